@@ -1,0 +1,12 @@
+"""Command-line interface. Each command lives in its own module and registers itself on ``app``."""
+
+from __future__ import annotations
+
+from cnnlab.cli import models as _models  # noqa: F401
+from cnnlab.cli import predict as _predict  # noqa: F401
+from cnnlab.cli.app import app
+
+
+def main() -> None:
+    """Entry point of the ``cnnlab`` console script."""
+    app()

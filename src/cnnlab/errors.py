@@ -1,0 +1,56 @@
+"""Exceptions that cnnlab raises on purpose.
+
+Every error a user can cause (a bad name, missing weights, an unreadable image) is a
+:class:`CnnlabError`; the CLI prints its message without a traceback and exits with
+``exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class CnnlabError(Exception):
+    """Base class of errors that carry a message meant for the user."""
+
+    exit_code: int = 1
+
+
+class UnknownModelError(CnnlabError, KeyError):
+    """A model name matched nothing in the registry."""
+
+    exit_code = 2
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown model"
+
+
+class WeightsNotFoundError(CnnlabError):
+    """Weights are neither on disk nor downloadable."""
+
+    exit_code = 3
+
+
+class WeightsIntegrityError(CnnlabError):
+    """A downloaded or given weights file fails its hash check or cannot be read."""
+
+    exit_code = 3
+
+
+class UnsafeWeightsError(CnnlabError):
+    """A weights file would run code when unpickled; it is refused."""
+
+    exit_code = 3
+
+
+class ImageDecodeError(CnnlabError):
+    """One image could not be used. ``reason`` is a short machine-friendly tag."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class DatasetError(CnnlabError):
+    """A dataset folder or manifest cannot be used at all."""
+
+    exit_code = 2

@@ -1,0 +1,155 @@
+"""Loading a ready-to-run classifier: registry entry + weights + device + preprocessing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError, WeightsIntegrityError
+from cnnlab.preprocess import Preprocessing
+from cnnlab.weights import load_state_dict, resolve_weights
+from cnnlab.zoo import ModelSpec, get_spec
+
+_PRECISIONS = {
+    "fp32": torch.float32,
+    "tf32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU. Asking for CUDA without one is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CnnlabError("--device cuda was asked for, but torch sees no CUDA device here")
+    return dev
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The compute dtype of a precision name (``fp32``, ``tf32``, ``bf16``, ``fp16``)."""
+    try:
+        return _PRECISIONS[precision]
+    except KeyError:
+        raise CnnlabError(f"unknown precision {precision!r}; choose from {', '.join(_PRECISIONS)}") from None
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready for inference. Call it on a ``uint8`` batch (N, 3, H, W) to get logits."""
+
+    spec: ModelSpec
+    module: nn.Module
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+    random_weights: bool = False
+    weights_path: Path | None = None
+    compiled: bool = False
+    _forward: nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.spec.preprocessing
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return self.spec.categories
+
+    def __call__(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """Normalise on the model's device and run the network; returns float32 logits."""
+        x = batch_uint8.to(self.device, non_blocking=True)
+        x = self.preprocessing.normalize(x, self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        forward = self._forward or self.module
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            out = forward(x)
+        if not isinstance(out, torch.Tensor):  # e.g. GoogLeNetOutputs in training mode
+            out = out[0]
+        return out.float()
+
+
+def load_model(
+    name: str,
+    *,
+    weights: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    random_weights: bool = False,
+    download: bool = True,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
+    progress: bool = True,
+) -> LoadedModel:
+    """Build a registered model (or a cnnlab training checkpoint file) with its weights, in eval mode.
+
+    Args:
+        name: ``resnet50``, ``resnet50.IMAGENET1K_V1``, ``efficientnet_lite0``, or a path to a
+            checkpoint written by ``cnnlab train``.
+        weights: an explicit weights file (highest priority).
+        weights_dir: a directory to search before the torch hub cache.
+        random_weights: skip weights entirely (speed and memory measurements only).
+        download: allow downloading missing weights.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32``, ``tf32`` (fp32 storage, TF32 matmuls on CUDA), ``bf16`` or ``fp16``
+            (autocast).
+        channels_last: use NHWC memory format (faster for convolutions on GPUs and recent CPUs).
+        compile: wrap the module with ``torch.compile``.
+    """
+    dev = resolve_device(device)
+    dtype = precision_dtype(precision)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    if _is_checkpoint_path(name):
+        from cnnlab.checkpoint import load_checkpoint
+
+        spec, module, weights_path = load_checkpoint(Path(name))
+        random_weights = False
+    else:
+        spec = get_spec(name)
+        weights_path = None
+        state_dict = None
+        if not random_weights:
+            weights_path = resolve_weights(
+                spec, weights=weights, weights_dir=weights_dir, download=download, progress=progress
+            )
+            state_dict = load_state_dict(weights_path)
+        try:
+            module = spec.build(state_dict)
+        except RuntimeError as exc:  # mismatched keys or shapes
+            raise WeightsIntegrityError(f"weights {weights_path} do not fit {spec.name}: {exc}") from None
+    module.eval().to(dev)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    loaded = LoadedModel(
+        spec=spec,
+        module=module,
+        device=dev,
+        dtype=dtype,
+        channels_last=channels_last,
+        random_weights=random_weights,
+        weights_path=weights_path,
+    )
+    if compile:
+        loaded._forward = torch.compile(module)  # type: ignore[assignment]
+        loaded.compiled = True
+    return loaded
+
+
+def _is_checkpoint_path(name: str) -> bool:
+    path = Path(name)
+    return path.suffix in (".pt", ".pth", ".ckpt") and path.is_file()

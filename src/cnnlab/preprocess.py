@@ -1,0 +1,90 @@
+"""Preprocessing that travels with the weights, split into a CPU half and a device half.
+
+The CPU half (:meth:`Preprocessing.to_uint8`) decodes, resizes the shorter side and centre-crops,
+giving a ``uint8`` tensor: small to move between processes and to the GPU. The device half
+(:meth:`Preprocessing.normalize`) turns a uint8 batch into normalised floats where the model runs.
+Together they compute what torchvision's ``ImageClassification`` preset computes on a PIL image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cnnlab.images import DEFAULT_MAX_PIXELS, decode_image
+
+_PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Evaluation preprocessing: resize shorter side, centre crop, scale to [0, 1], normalise."""
+
+    resize_size: int
+    crop_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def from_torchvision(cls, preset: Any) -> Preprocessing:
+        """Read the numbers off a torchvision ``ImageClassification`` preset (``weights.transforms()``)."""
+        resize = preset.resize_size
+        crop = preset.crop_size
+        return cls(
+            resize_size=int(resize[0] if isinstance(resize, (list, tuple)) else resize),
+            crop_size=int(crop[0] if isinstance(crop, (list, tuple)) else crop),
+            mean=tuple(float(v) for v in preset.mean),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in preset.std),  # type: ignore[arg-type]
+            interpolation=str(preset.interpolation.value),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def resize_and_crop(self, img: Image.Image) -> Image.Image:
+        """Resize so the shorter side is ``resize_size`` (as torchvision does), then centre-crop."""
+        width, height = img.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.resize_size, int(self.resize_size * long / short)
+        new_size = (new_short, new_long) if width <= height else (new_long, new_short)
+        if new_size != img.size:
+            img = img.resize(new_size, _PIL_FILTERS[self.interpolation])
+        crop = self.crop_size
+        left = int(round((img.width - crop) / 2.0))
+        top = int(round((img.height - crop) / 2.0))
+        return img.crop((left, top, left + crop, top + crop))
+
+    def to_uint8(self, img: Image.Image) -> torch.Tensor:
+        """CPU half: RGB PIL image -> ``uint8`` tensor of shape (3, crop, crop)."""
+        array = np.asarray(self.resize_and_crop(img.convert("RGB")), dtype=np.uint8)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+    def load(
+        self, path: str | Path | bytes, *, fast_decode: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> torch.Tensor:
+        """Decode a file and run the CPU half. ``fast_decode`` lets JPEGs decode at reduced scale.
+
+        Raises :class:`cnnlab.errors.ImageDecodeError` for files that cannot be used.
+        """
+        img = decode_image(path, max_pixels=max_pixels, draft_to=self.resize_size if fast_decode else None)
+        return self.to_uint8(img)
+
+    def normalize(self, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Device half: ``uint8`` (N, 3, H, W) on any device -> normalised ``dtype`` tensor."""
+        device = batch.device
+        std = torch.tensor(self.std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+        scale = 1.0 / (255.0 * std)
+        shift = -mean / std
+        return torch.addcmul(shift, batch.float(), scale).to(dtype)

@@ -1,0 +1,185 @@
+"""Where weights come from, and loading them safely.
+
+Resolution order for a model's weights:
+
+1. an explicit file (``--weights PATH``);
+2. a weights directory (``--weights-dir`` or ``$CNNLAB_WEIGHTS_DIR``);
+3. weights shipped inside an installed package (the offline model);
+4. the torch hub cache, ``$TORCH_HOME/hub/checkpoints`` (where torchvision itself puts them);
+5. a download from the publisher's URL (or ``$CNNLAB_WEIGHTS_MIRROR``, a base URL that replaces
+   everything before the file name) with a progress bar and a check of the sha256 prefix that
+   torchvision's file names carry (``resnet50-11ad3fa6.pth``).
+
+Files are always read with ``torch.load(..., weights_only=True)``: a pickle that would run code is
+refused with :class:`~cnnlab.errors.UnsafeWeightsError`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnlab.errors import UnsafeWeightsError, WeightsIntegrityError, WeightsNotFoundError
+from cnnlab.zoo import ModelSpec, StateDict
+
+WEIGHTS_DIR_ENV = "CNNLAB_WEIGHTS_DIR"
+MIRROR_ENV = "CNNLAB_WEIGHTS_MIRROR"
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
+
+
+@dataclass(frozen=True)
+class WeightsLocation:
+    """Where a model's weights file is, or would be, found."""
+
+    model: str
+    file: str | None
+    url: str | None
+    searched: tuple[Path, ...]
+    found: Path | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "file": self.file,
+            "url": self.url,
+            "searched": [str(p) for p in self.searched],
+            "found": str(self.found) if self.found else None,
+        }
+
+
+def hub_checkpoints_dir() -> Path:
+    """torch hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def search_dirs(weights_dir: str | Path | None = None) -> list[Path]:
+    """The directories searched, in order."""
+    dirs: list[Path] = []
+    if weights_dir is not None:
+        dirs.append(Path(weights_dir))
+    env_dir = os.environ.get(WEIGHTS_DIR_ENV)
+    if env_dir:
+        dirs.append(Path(env_dir))
+    dirs.append(hub_checkpoints_dir())
+    return dirs
+
+
+def download_url(spec: ModelSpec) -> str | None:
+    """The URL a download would use: the publisher's, or the same file under ``$CNNLAB_WEIGHTS_MIRROR``."""
+    if spec.weights_url is None:
+        return None
+    mirror = os.environ.get(MIRROR_ENV)
+    if mirror and spec.weights_file:
+        return mirror.rstrip("/") + "/" + spec.weights_file
+    return spec.weights_url
+
+
+def locate_weights(spec: ModelSpec, weights_dir: str | Path | None = None) -> WeightsLocation:
+    """Find ``spec``'s weights on disk without downloading anything."""
+    dirs = search_dirs(weights_dir)
+    found: Path | None = None
+    if spec.packaged_weights is not None and spec.packaged_weights.is_file():
+        found = spec.packaged_weights
+    elif spec.weights_file:
+        found = next((d / spec.weights_file for d in dirs if (d / spec.weights_file).is_file()), None)
+    return WeightsLocation(spec.name, spec.weights_file, download_url(spec), tuple(dirs), found)
+
+
+def fetch_weights(
+    spec: ModelSpec, dest_dir: str | Path | None = None, *, progress: bool = True
+) -> Path:
+    """Download ``spec``'s weights into ``dest_dir`` (default: the hub cache) and check their hash.
+
+    Returns the path at once if the file is already there.
+    """
+    location = locate_weights(spec, dest_dir)
+    if location.found is not None:
+        return location.found
+    url = location.url
+    if url is None or spec.weights_file is None:
+        raise WeightsNotFoundError(f"{spec.name} has no download URL and no weights on disk")
+    target_dir = Path(dest_dir) if dest_dir is not None else hub_checkpoints_dir()
+    target = target_dir / spec.weights_file
+    match = _HASH_IN_NAME.search(spec.weights_file)
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(target), hash_prefix=match.group(1) if match else None, progress=progress)
+    except RuntimeError as exc:
+        if "invalid hash" in str(exc):
+            raise WeightsIntegrityError(
+                f"the download of {spec.weights_file} from {url} does not match its sha256 prefix "
+                f"{match.group(1) if match else '?'}; nothing was saved ({exc})"
+            ) from None
+        raise _not_found(spec, location, exc) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise _not_found(spec, location, exc) from None
+    return target
+
+
+def _not_found(spec: ModelSpec, location: WeightsLocation, cause: BaseException | None) -> WeightsNotFoundError:
+    searched = ", ".join(str(p) for p in location.searched)
+    lines = [
+        f"weights for {spec.name} not found: file {location.file or '?'}",
+        f"  searched: {searched}",
+    ]
+    if location.url:
+        reason = getattr(cause, "reason", None) or cause
+        lines.append(f"  download from {location.url} failed: {reason}" if cause else f"  url: {location.url}")
+    lines.append(
+        "  fix: put the file into one of those directories (or pass --weights PATH / --weights-dir DIR), "
+        f"or run `cnnlab weights fetch {spec.arch}` on a machine with internet; "
+        "`--random-weights` measures speed and memory without them"
+    )
+    return WeightsNotFoundError("\n".join(lines))
+
+
+def resolve_weights(
+    spec: ModelSpec,
+    *,
+    weights: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    download: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Return the path of ``spec``'s weights, following the documented resolution order."""
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsNotFoundError(f"weights file {path} does not exist")
+        return path
+    location = locate_weights(spec, weights_dir)
+    if location.found is not None:
+        return location.found
+    if not download or location.url is None:
+        raise _not_found(spec, location, None)
+    return fetch_weights(spec, progress=progress)
+
+
+def load_state_dict(path: str | Path) -> StateDict:
+    """Load a state dict with ``weights_only=True``; unwrap ``{"state_dict": ...}``/``{"model": ...}``."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsafeWeightsError(
+            f"refused to load {path}: it is a pickle that contains more than tensors and plain data "
+            f"(loading it could run code). Only load files you trust with plain torch.load. ({first})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise WeightsIntegrityError(f"cannot read weights file {path}: {exc}") from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                return inner
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise WeightsIntegrityError(f"{path} holds no state dict of tensors")
