@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from cnnlab.data import SkippedFile, expand_paths, make_loader
+from cnnlab.datasets import SkippedFile, expand_paths, make_loader
 from cnnlab.models import LoadedModel, load_model
 
 

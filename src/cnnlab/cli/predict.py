@@ -12,7 +12,7 @@ from rich.table import Table
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, handle_errors, out, print_json
-from cnnlab.data import expand_paths
+from cnnlab.datasets import expand_paths
 from cnnlab.models import load_model
 from cnnlab.predict import predict
 
