@@ -202,10 +202,10 @@ def topk_hits(
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"k must be an int, got {k!r}")
     n_pred = topk_arr.shape[1]
-    if not 1 <= k <= n_pred and not (n == 0 and k >= 1):
-        raise ValueError(f"k must be between 1 and the {n_pred} predictions per sample, got {k}")
-    if n == 0:
+    if n == 0 and k >= 1:  # nothing to score; an empty list has no column count to check
         return np.zeros(0, dtype=np.bool_)
+    if not 1 <= k <= n_pred:
+        raise ValueError(f"k must be between 1 and the {n_pred} predictions per sample, got {k}")
     first = topk_arr[:, :k]
     if first.min() < 0:
         raise ValueError("topk holds a negative output index")
@@ -243,9 +243,9 @@ def predicted_user_class(
     class that accepts it, so with overlapping sets the diagonal of the confusion matrix can be
     lower than the top-1 hits. Check with :func:`ambiguous_outputs` that the mapping has none.
     """
-    top1_arr = _as_int_array(top1, "top1", 1) if np.ndim(top1) != 2 else None
-    if top1_arr is None:
+    if np.ndim(top1) == 2:
         raise ValueError("top1 must be 1-D; pass topk[:, 0]")
+    top1_arr = _as_int_array(top1, "top1", 1)
     sets = _accepted_sets(accepted)
     n_classes = len(sets)
     if other is None:
@@ -549,7 +549,7 @@ class AccuracySummary:
         return self._get(5)
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat, JSON-ready dict (``top1``, ``top1_hits``, ``top1_ci``, ...); ``nan`` -> ``None``."""
+        """Flat, JSON-ready dict: ``n``, ``top1``, ``top1_hits``, ``top1_ci``, ...; nan -> None."""
         out: dict[str, Any] = {"n": self.n}
         for k in self.accuracy:
             out[f"top{k}"] = _nan_to_none(self.accuracy[k])
@@ -714,7 +714,9 @@ def compare_models(
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    arrays = {name: _as_bool_array(h, f"hits_by_model[{name!r}]") for name, h in hits_by_model.items()}
+    arrays = {
+        name: _as_bool_array(h, f"hits_by_model[{name!r}]") for name, h in hits_by_model.items()
+    }
     if arrays:
         _check_same_length(**{f"hits_by_model[{name!r}]": a for name, a in arrays.items()})
     out = []

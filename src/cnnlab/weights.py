@@ -102,10 +102,14 @@ def fetch_weights(
     location = locate_weights(spec, dest_dir)
     if location.found is not None:
         return location.found
+    target_dir = Path(dest_dir) if dest_dir is not None else hub_checkpoints_dir()
+    return _download(spec, location, target_dir, progress)
+
+
+def _download(spec: ModelSpec, location: WeightsLocation, target_dir: Path, progress: bool) -> Path:
     url = location.url
     if url is None or spec.weights_file is None:
         raise WeightsNotFoundError(f"{spec.name} has no download URL and no weights on disk")
-    target_dir = Path(dest_dir) if dest_dir is not None else hub_checkpoints_dir()
     target = target_dir / spec.weights_file
     match = _HASH_IN_NAME.search(spec.weights_file)
     try:
@@ -159,7 +163,7 @@ def resolve_weights(
         return location.found
     if not download or location.url is None:
         raise _not_found(spec, location, None)
-    return fetch_weights(spec, progress=progress)
+    return _download(spec, location, hub_checkpoints_dir(), progress)
 
 
 def load_state_dict(path: str | Path) -> StateDict:

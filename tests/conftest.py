@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny images made on the fly, real photos from installed packages, a local HTTP server."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _site_file(package: str, *parts: str) -> Path:
+    module = __import__(package)
+    return Path(module.__file__).parent.joinpath(*parts)
+
+
+@pytest.fixture(scope="session")
+def real_photos() -> dict[str, Path]:
+    """Real photographs that ship inside installed packages, keyed by what they show."""
+    photos = {
+        "grace_hopper": _site_file("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg"),
+        "cat": _site_file("skimage", "data", "chelsea.png"),
+        "coffee": _site_file("skimage", "data", "coffee.png"),
+    }
+    for path in photos.values():
+        assert path.is_file(), path
+    return photos
+
+
+def make_image(path: Path, size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 30, 30),
+               mode: str = "RGB", **save_kwargs: object) -> Path:
+    """Write a small image with a gradient so that it is not trivially compressible."""
+    w, h = size
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+    base = np.array(color, dtype=np.float32)[None, None, :]
+    array = np.clip(base * 0.7 + x * 0.3 + np.zeros((h, 1, 1)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(array, "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **save_kwargs)
+    return path
+
+
+@pytest.fixture
+def image_factory(tmp_path: Path):
+    return functools.partial(make_image)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:  # keep test output clean
+        pass
+
+
+@pytest.fixture
+def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A threaded HTTP server on 127.0.0.1 serving a temporary folder: yields (base_url, folder)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
