@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cnnlab.cli import labels as _labels  # noqa: F401
 from cnnlab.cli import models as _models  # noqa: F401
 from cnnlab.cli import predict as _predict  # noqa: F401
 from cnnlab.cli.app import app

@@ -1,0 +1,50 @@
+"""`cnnlab labels`: show how class names map onto ImageNet-1k classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cnnlab.cli.app import app
+from cnnlab.cli.common import handle_errors, out, print_json
+from cnnlab.labels import describe_indices, map_classes
+
+SHOWN = 10  # classes listed per name unless --all
+
+
+@app.command("labels")
+@handle_errors
+def labels_command(
+    names: Annotated[list[str], typer.Argument(help="Class names (e.g. your folder names): cat dog crane.")],
+    mapping: Annotated[
+        Optional[Path],
+        typer.Option("--mapping", "-m", help="YAML/JSON file {class: [ImageNet indices, names, wnids or nouns]}."),
+    ] = None,
+    show_all: Annotated[bool, typer.Option("--all", help=f"List every class, not only the first {SHOWN}.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show which ImageNet classes each name maps to (via WordNet), and why."""
+    mappings = map_classes(names, mapping)
+    if as_json:
+        print_json([m.to_dict() for m in mappings.values()])
+        return
+
+    table = Table(show_lines=True)
+    for column in ("name", "how", "synset", "ImageNet classes"):
+        table.add_column(column)
+    for m in mappings.values():
+        classes = describe_indices(m.indices) or list(m.candidates)
+        shown = classes if show_all else classes[:SHOWN]
+        if len(shown) < len(classes):
+            shown.append(f"... {len(classes) - len(shown)} more (--all)")
+        if m.candidates:
+            shown.insert(0, "candidates:")
+        table.add_row(escape(m.name), m.how, escape(m.synset or ""), escape("\n".join(shown)))
+    out.print(table)
+    for m in mappings.values():
+        if m.note:
+            out.print(f"[bold]{escape(m.name)}[/]: {escape(m.note)}", highlight=False)
