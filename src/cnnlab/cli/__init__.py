@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from cnnlab.cli import bench as _bench  # noqa: F401
+from cnnlab.cli import collect as _collect  # noqa: F401
 from cnnlab.cli import labels as _labels  # noqa: F401
 from cnnlab.cli import models as _models  # noqa: F401
 from cnnlab.cli import predict as _predict  # noqa: F401

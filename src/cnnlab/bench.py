@@ -1,0 +1,349 @@
+"""``bench``: compare classifiers on a labelled folder — accuracy, speed and memory, one row per model.
+
+Accuracy for ImageNet models goes through the label mapping (:mod:`cnnlab.labels`): a folder
+``cat`` accepts any of the classes WordNet puts under "cat". Models fine-tuned by ``cnnlab train``
+are scored on the user's classes directly. Each model is measured in its own process by default
+(:mod:`cnnlab.bench_run`); a model that fails becomes a row with its error and the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnlab import metrics
+from cnnlab.bench_run import RunRequest, RunResult, run_model
+from cnnlab.datasets import LabelledImages, SkippedFile, scan_dataset
+from cnnlab.labels import LabelMapping, map_classes
+from cnnlab.zoo import LAB_MODELS
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class BenchConfig:
+    """Options of a benchmark run (the CLI's options, one to one)."""
+
+    data: Path
+    models: list[str] = field(default_factory=lambda: list(LAB_MODELS))
+    split: str | None = None
+    mapping_file: Path | None = None
+    device: str = "auto"
+    batch_size: int = 32
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    workers: int | None = None
+    threads: int | None = None
+    random_weights: str = "never"  # never | always | missing (fall back to random when not on disk)
+    weights_dir: Path | None = None
+    isolate: bool = True
+    fast_decode: bool = True
+    warmup: int = 3
+    latency_repeats: int = 20
+    throughput_repeats: int = 10
+    max_seconds_per_timing: float = 15.0
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+@dataclass
+class ModelAccuracy:
+    """Accuracy of one model on the scored images (those whose class maps onto its outputs)."""
+
+    scored: int
+    summary: metrics.AccuracySummary
+    per_class: list[metrics.ClassMetrics]
+    confusion: np.ndarray
+    unscored_classes: list[str]
+    hits1: np.ndarray  # per scored image, aligned with BenchResult.scored_rows[model]
+    rows: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scored": self.scored,
+            **self.summary.to_dict(),
+            "per_class": [c.to_dict() for c in self.per_class],
+            "confusion": self.confusion.tolist(),
+            "unscored_classes": self.unscored_classes,
+        }
+
+
+@dataclass
+class ModelResult:
+    """One row of the benchmark: the measured figures of one model, or its error."""
+
+    run: RunResult
+    accuracy: ModelAccuracy | None = None
+    predictions: dict[str, np.ndarray] | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.run.spec.get("name") or self.run.model)
+
+    @property
+    def ok(self) -> bool:
+        return self.run.error is None
+
+    @property
+    def memory_mib(self) -> float | None:
+        """The lab's memory column: peak GPU memory allocated on CUDA, else peak process RSS increase."""
+        if self.run.cuda_peak_allocated_mib is not None:
+            return self.run.cuda_peak_allocated_mib
+        return self.run.rss_peak_mib
+
+    def flat(self) -> dict[str, Any]:
+        """One flat row with stable columns (results.csv)."""
+        r = self.run
+        s = self.accuracy.summary if self.accuracy else None
+        ci1 = s.ci.get(1) if s else None
+        ci5 = s.ci.get(5) if s else None
+        lat = r.latency_b1 or {}
+        spec = r.spec
+        return {
+            "model": self.name,
+            "status": "ok" if self.ok else "error",
+            "error": r.error or "",
+            "random_weights": r.random_weights,
+            "scored_images": self.accuracy.scored if self.accuracy else 0,
+            "top1": _nan_none(s.top1) if s and not r.random_weights else None,
+            "top1_ci_low": ci1[0] if ci1 and not r.random_weights else None,
+            "top1_ci_high": ci1[1] if ci1 and not r.random_weights else None,
+            "top5": _nan_none(s.top5) if s and 5 in s.accuracy and not r.random_weights else None,
+            "top5_ci_low": ci5[0] if ci5 and not r.random_weights else None,
+            "top5_ci_high": ci5[1] if ci5 and not r.random_weights else None,
+            "mean_confidence": _nan_none(s.mean_confidence) if s and not r.random_weights else None,
+            "ece": _nan_none(s.ece) if s and not r.random_weights else None,
+            "eval_images": r.eval_images,
+            "skipped_images": len(r.eval_skipped),
+            "eval_total_s": r.eval_total_s,
+            "eval_data_s": r.eval_data_s,
+            "eval_model_s": r.eval_model_s,
+            "eval_images_per_s": (r.eval_images / r.eval_total_s) if r.eval_total_s else None,
+            "latency_b1_median_ms": lat.get("median_s", 0) * 1e3 if lat else None,
+            "latency_b1_p90_ms": lat.get("p90_s", 0) * 1e3 if lat else None,
+            "throughput_batch": r.throughput_batch,
+            "throughput_images_per_s": r.throughput_ips,
+            "load_s": r.load_s,
+            "params": r.params,
+            "weights_mib": r.weights_mib,
+            "weights_file_mb": r.weights_file_mb,
+            "gmacs_measured": r.gmacs_measured,
+            "gmacs_published": spec.get("gmacs"),
+            "published_acc1": spec.get("acc1"),
+            "published_acc5": spec.get("acc5"),
+            "memory_mib": self.memory_mib,
+            "rss_after_load_mib": r.rss_after_load_mib,
+            "rss_peak_mib": r.rss_peak_mib,
+            "cuda_weights_mib": r.cuda_weights_mib,
+            "cuda_peak_allocated_mib": r.cuda_peak_allocated_mib,
+            "cuda_peak_reserved_mib": r.cuda_peak_reserved_mib,
+            "device": r.device,
+            "device_name": r.device_name,
+            "threads": r.threads,
+            "workers": r.workers,
+        }
+
+
+def _nan_none(value: float | None) -> float | None:
+    return None if value is None or value != value else float(value)
+
+
+@dataclass
+class BenchResult:
+    """Everything a benchmark run produced."""
+
+    config: BenchConfig
+    dataset: LabelledImages
+    mappings: dict[str, LabelMapping]
+    models: list[ModelResult]
+    comparisons: list[metrics.PairwiseComparison]
+    environment: dict[str, Any]
+    started: str
+    finished: str
+
+    @property
+    def failed(self) -> list[ModelResult]:
+        return [m for m in self.models if not m.ok]
+
+    @property
+    def skipped(self) -> list[SkippedFile]:
+        """Files left out: missing from the manifest, or undecodable (from the first model that ran)."""
+        seen: dict[str, SkippedFile] = {s.path: s for s in self.dataset.skipped}
+        labels = {str(p): self.dataset.classes[t] for p, t in zip(self.dataset.paths, self.dataset.targets)}
+        for m in self.models:
+            for s in m.run.eval_skipped:
+                seen.setdefault(s["path"], SkippedFile(s["path"], s["reason"], s["detail"], labels.get(s["path"])))
+        return list(seen.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "started": self.started,
+            "finished": self.finished,
+            "environment": self.environment,
+            "config": self.config.to_dict(),
+            "dataset": {
+                "root": str(self.dataset.root),
+                "images": len(self.dataset),
+                "classes": self.dataset.class_counts(),
+                "empty_classes": self.dataset.empty_classes,
+                "skipped": [s.to_dict() for s in self.skipped],
+            },
+            "label_mapping": {k: v.to_dict() for k, v in self.mappings.items()},
+            "models": [
+                {**m.flat(), "run": {k: v for k, v in m.run.to_dict().items() if k != "categories"}, "accuracy": m.accuracy.to_dict() if m.accuracy else None}
+                for m in self.models
+            ],
+            "comparisons": [c.to_dict() for c in self.comparisons],
+        }
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware, recorded with every result."""
+    import torchvision
+
+    from cnnlab import __version__
+
+    env: dict[str, Any] = {
+        "cnnlab": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        env["cuda"] = torch.version.cuda
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def _run_isolated(request: RunRequest, workdir: Path) -> RunResult:
+    req_file = workdir / f"request-{abs(hash(request.model))}.json"
+    res_file = req_file.with_name(req_file.stem.replace("request", "result") + ".json")
+    req_file.write_text(json.dumps(request.to_dict()))
+    proc = subprocess.run([sys.executable, "-m", "cnnlab.bench_run", str(req_file), str(res_file)], check=False)
+    if res_file.is_file():
+        return RunResult(**json.loads(res_file.read_text()))
+    how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+    hint = " (killed: out of memory?)" if proc.returncode in (-9, 137) else ""
+    return RunResult(model=request.model, error=f"the worker process died with {how}{hint}")
+
+
+def _accepted_sets(model: ModelResult, classes: list[str], mappings: dict[str, LabelMapping]) -> list[set[int]]:
+    if model.run.spec.get("source") == "checkpoint":
+        categories = model.run.categories
+        index = {name: i for i, name in enumerate(categories)}
+        return [{index[c]} if c in index else set() for c in classes]
+    return [set(mappings[c].indices) for c in classes]
+
+
+def _score(model: ModelResult, dataset: LabelledImages, mappings: dict[str, LabelMapping]) -> ModelAccuracy | None:
+    pred = model.predictions
+    if pred is None or len(pred["rows"]) == 0:
+        return None
+    rows = pred["rows"]
+    y_all = np.asarray(dataset.targets, dtype=np.int64)[rows]
+    accepted = _accepted_sets(model, dataset.classes, mappings)
+    keep = metrics.mapped_mask(y_all, accepted)
+    unscored = [c for c, a in zip(dataset.classes, accepted) if not a]
+    if not keep.any():
+        return None
+    topk, probs, y = pred["topk"][keep], pred["probs"][keep], y_all[keep]
+    summary = metrics.summarize(topk, probs, y, accepted, ks=(1, 5) if topk.shape[1] >= 5 else (1,))
+    y_pred = metrics.predicted_user_class(topk[:, 0], accepted)
+    return ModelAccuracy(
+        scored=int(keep.sum()),
+        summary=summary,
+        per_class=metrics.per_class_report(y, y_pred, dataset.classes),
+        confusion=metrics.confusion_matrix(y, y_pred, len(dataset.classes)),
+        unscored_classes=unscored,
+        hits1=metrics.topk_hits(topk, y, accepted, 1),
+        rows=rows[keep],
+    )
+
+
+def _comparisons(models: list[ModelResult]) -> list[metrics.PairwiseComparison]:
+    """McNemar on the images that every compared model scored."""
+    scored = [m for m in models if m.accuracy is not None and not m.run.random_weights]
+    if len(scored) < 2:
+        return []
+    common = set(scored[0].accuracy.rows.tolist())  # type: ignore[union-attr]
+    for m in scored[1:]:
+        common &= set(m.accuracy.rows.tolist())  # type: ignore[union-attr]
+    order = np.array(sorted(common), dtype=np.int64)
+    hits = {}
+    for m in scored:
+        acc = m.accuracy
+        assert acc is not None
+        position = {r: i for i, r in enumerate(acc.rows.tolist())}
+        hits[m.name] = acc.hits1[[position[r] for r in order.tolist()]]
+    return metrics.compare_models(hits)
+
+
+def bench_models(config: BenchConfig, *, on_model_start: Any = None) -> BenchResult:
+    """Run the benchmark described by ``config``. Never raises for a single model's failure."""
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    dataset = scan_dataset(config.data, split=config.split)
+    mappings = map_classes(dataset.classes, config.mapping_file)
+    results: list[ModelResult] = []
+    with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as tmp:
+        workdir = Path(tmp)
+        for i, name in enumerate(config.models):
+            if on_model_start is not None:
+                on_model_start(i, name)
+            request = RunRequest(
+                model=name,
+                paths=[str(p) for p in dataset.paths],
+                predictions_file=str(workdir / f"pred-{i}.npz"),
+                device=config.device,
+                batch_size=config.batch_size,
+                precision=config.precision,
+                channels_last=config.channels_last,
+                compile=config.compile,
+                workers=config.workers,
+                threads=config.threads,
+                random_weights=config.random_weights,
+                weights_dir=str(config.weights_dir) if config.weights_dir else None,
+                fast_decode=config.fast_decode,
+                warmup=config.warmup,
+                latency_repeats=config.latency_repeats,
+                throughput_repeats=config.throughput_repeats,
+                max_seconds_per_timing=config.max_seconds_per_timing,
+                progress=config.progress,
+            )
+            run = _run_isolated(request, workdir) if config.isolate else run_model(request)
+            model = ModelResult(run)
+            pred_file = Path(request.predictions_file)
+            if run.error is None and pred_file.is_file():
+                with np.load(pred_file) as npz:
+                    model.predictions = {k: npz[k] for k in npz.files}
+                model.accuracy = _score(model, dataset, mappings)
+            results.append(model)
+    return BenchResult(
+        config=config,
+        dataset=dataset,
+        mappings=mappings,
+        models=results,
+        comparisons=_comparisons(results),
+        environment=environment(),
+        started=started,
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )

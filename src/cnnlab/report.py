@@ -1,0 +1,268 @@
+"""Turning a :class:`~cnnlab.bench.BenchResult` into files: Markdown, CSV, JSON, PNG plots, HTML.
+
+``write_bench_outputs(result, out_dir)`` writes:
+
+* ``results.md``: the lab's table (rows Top-1, Top-5, time, memory; a column per model), then the
+  full table, the verdicts of paired tests, the label mapping, per-class accuracy, skipped files;
+* ``results.csv`` / ``results.json``: one row per model, stable columns, schema version, environment;
+* ``predictions/<model>.csv``: path, label, top-5 indices and probabilities (recompute anything);
+* ``skipped.csv``; plots (``accuracy_vs_throughput.png``, ``memory.png``, ``per_class.png``,
+  ``confusion_<model>.png``); ``report.html`` showing all of it on one page.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from cnnlab.bench import BenchResult
+from cnnlab.labels import describe_indices
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+def _pct_ci(value: float | None, low: float | None, high: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if low is None or high is None:
+        return f"{value:.2f}"
+    return f"{value:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def _num(value: float | None, fmt: str = ".2f", suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{fmt}}{suffix}"
+
+
+def memory_label(result: BenchResult) -> str:
+    on_gpu = any(m.run.cuda_peak_allocated_mib is not None for m in result.models)
+    return "Memory (MiB, peak GPU allocated)" if on_gpu else "Memory (MiB, peak process RSS increase)"
+
+
+def lab_table(result: BenchResult) -> tuple[list[str], list[list[str]]]:
+    """The lab's table: header and rows (Top-1, Top-5, time, memory), a column per model."""
+    header = [""] + [m.name for m in result.models]
+    rows: list[list[str]] = [["Top-1 accuracy [95% CI]"], ["Top-5 accuracy [95% CI]"],
+                             ["Time (s, whole set, end to end)"], [memory_label(result)]]
+    for m in result.models:
+        f = m.flat()
+        if not m.ok:
+            for row in rows:
+                row.append("error")
+            continue
+        random = " (random weights)" if m.run.random_weights else ""
+        rows[0].append(_pct_ci(f["top1"], f["top1_ci_low"], f["top1_ci_high"]) + random)
+        rows[1].append(_pct_ci(f["top5"], f["top5_ci_low"], f["top5_ci_high"]) + random)
+        rows[2].append(_num(f["eval_total_s"]))
+        rows[3].append(_num(f["memory_mib"], ".0f"))
+    return header, rows
+
+
+def full_table(result: BenchResult) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "top-1", "top-5", "ECE", "images/s (end to end)", "data s", "model s",
+              "latency b1 median / p90 (ms)", "throughput (img/s @ batch)", "params (M)",
+              "GMACs measured / published", "weights (MiB)", "memory (MiB)", "status"]
+    rows = []
+    for m in result.models:
+        f = m.flat()
+        rows.append([
+            m.name,
+            _pct_ci(f["top1"], f["top1_ci_low"], f["top1_ci_high"]),
+            _pct_ci(f["top5"], f["top5_ci_low"], f["top5_ci_high"]),
+            _num(f["ece"], ".3f"),
+            _num(f["eval_images_per_s"], ".1f"),
+            _num(f["eval_data_s"]),
+            _num(f["eval_model_s"]),
+            f"{_num(f['latency_b1_median_ms'], '.1f')} / {_num(f['latency_b1_p90_ms'], '.1f')}",
+            f"{_num(f['throughput_images_per_s'], '.1f')} @ {f['throughput_batch'] or 'n/a'}",
+            _num(f["params"] / 1e6 if f["params"] else None, ".2f"),
+            f"{_num(f['gmacs_measured'], '.3f')} / {_num(f['gmacs_published'], '.3f')}",
+            _num(f["weights_mib"], ".1f"),
+            _num(f["memory_mib"], ".0f"),
+            ("random weights: speed and memory only" if f["random_weights"] else "ok") if m.ok else f"error: {f['error']}",
+        ])
+    return header, rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    def esc(cell: str) -> str:
+        return str(cell).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mapping_rows(result: BenchResult) -> list[list[str]]:
+    counts = result.dataset.class_counts()
+    rows = []
+    for name, mapping in result.mappings.items():
+        names = describe_indices(mapping.indices)
+        shown = ", ".join(names[:4]) + (f", … ({len(names)} classes)" if len(names) > 4 else "")
+        rows.append([name, str(counts.get(name, 0)), mapping.how, shown or "—", mapping.note])
+    return rows
+
+
+def per_class_rows(result: BenchResult) -> tuple[list[str], list[list[str]]]:
+    scored = [m for m in result.models if m.accuracy is not None and not m.run.random_weights]
+    header = ["class", "images"] + [f"{m.name} acc / prec" for m in scored]
+    counts = result.dataset.class_counts()
+    rows = []
+    for c in result.dataset.classes:
+        row = [c, str(counts[c])]
+        for m in scored:
+            pc = {p.name: p for p in m.accuracy.per_class}  # type: ignore[union-attr]
+            item = pc.get(c)
+            if item is None or item.support == 0:
+                row.append("not scored")
+            else:
+                row.append(f"{item.accuracy:.2f} / {_num(None if item.precision != item.precision else item.precision)}")
+        rows.append(row)
+    return header, rows
+
+
+def markdown_report(result: BenchResult) -> str:
+    env = result.environment
+    ds = result.dataset
+    device = next((m.run.device_name or m.run.device for m in result.models if m.ok), "n/a")
+    parts = [
+        "# cnnlab bench results",
+        "",
+        f"Data: `{ds.root}` — {len(ds)} images in {len(ds.classes)} classes; "
+        f"{len(result.skipped)} files skipped. Device: {device}; torch {env['torch']}, "
+        f"torchvision {env['torchvision']}; precision {result.config.precision}; batch {result.config.batch_size}.",
+        "",
+        "## The lab's table",
+        "",
+        _md_table(*lab_table(result)),
+        "",
+        "Accuracy counts only images whose class maps onto the model's outputs (see the label mapping). "
+        "Brackets are 95% Wilson intervals: where two models' intervals overlap, the data cannot tell them apart; "
+        "the paired tests below say whether the difference is significant.",
+        "",
+        "## All figures",
+        "",
+        _md_table(*full_table(result)),
+        "",
+    ]
+    if any(m.run.random_weights for m in result.models):
+        parts += ["Models marked *random weights* ran without their pretrained weights: their speed and memory "
+                  "figures are real, their accuracy is meaningless and is not reported.", ""]
+    if result.comparisons:
+        parts += ["## Are the differences real? (paired McNemar tests, top-1)", ""]
+        parts += [f"- {c.verdict}" for c in result.comparisons] + [""]
+    parts += ["## Label mapping", "", _md_table(["folder", "images", "how", "ImageNet classes", "note"], mapping_rows(result)), ""]
+    unmapped = [n for n, m in result.mappings.items() if not m.mapped]
+    if unmapped:
+        parts += [f"Left out of ImageNet accuracy (no mapping): {', '.join(unmapped)}. "
+                  "Add them to a mapping file (`--mapping`) to score them.", ""]
+    if ds.empty_classes:
+        parts += [f"Empty classes: {', '.join(ds.empty_classes)}.", ""]
+    header, rows = per_class_rows(result)
+    if len(header) > 2:
+        parts += ["## Per class", "", _md_table(header, rows), ""]
+    if result.skipped:
+        reasons = Counter(s.reason for s in result.skipped)
+        parts += ["## Skipped files", "", ", ".join(f"{r}: {n}" for r, n in reasons.most_common()) + " (see skipped.csv)", ""]
+    errors = [m for m in result.models if not m.ok]
+    if errors:
+        parts += ["## Errors", ""] + [f"- **{m.name}**: {m.run.error}" for m in errors] + [""]
+    return "\n".join(parts)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        path.write_text("")
+        return
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_predictions(result: BenchResult, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = result.dataset
+    for m in result.models:
+        if m.predictions is None:
+            continue
+        categories = m.run.categories
+        with (folder / f"{_safe_name(m.name)}.csv").open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            k = m.predictions["topk"].shape[1]
+            writer.writerow(["path", "label"] + [f"top{i}_index" for i in range(1, k + 1)]
+                            + [f"top{i}_prob" for i in range(1, k + 1)] + ["top1_name"])
+            for row, idx, prob in zip(m.predictions["rows"], m.predictions["topk"], m.predictions["probs"]):
+                top1 = categories[int(idx[0])] if categories else ""
+                writer.writerow([str(ds.paths[int(row)]), ds.classes[ds.targets[int(row)]]]
+                                + [int(i) for i in idx] + [f"{float(p):.6f}" for p in prob] + [top1])
+
+
+def write_bench_outputs(result: BenchResult, out_dir: str | Path, *, plots: bool = True) -> dict[str, Path]:
+    """Write every output file; returns their paths by kind."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    files["markdown"] = out / "results.md"
+    files["markdown"].write_text(markdown_report(result))
+    files["csv"] = out / "results.csv"
+    _write_csv(files["csv"], [{"schema_version": 1, **m.flat()} for m in result.models])
+    files["json"] = out / "results.json"
+    files["json"].write_text(json.dumps(result.to_dict(), indent=2, default=_json_default))
+    files["skipped"] = out / "skipped.csv"
+    with files["skipped"].open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "label", "reason", "detail"])
+        writer.writeheader()
+        writer.writerows({"path": s.path, "label": s.label or "", "reason": s.reason, "detail": s.detail}
+                         for s in result.skipped)
+    _write_predictions(result, out / "predictions")
+    if plots:
+        from cnnlab.plots import bench_plots
+
+        files.update(bench_plots(result, out))
+    files["html"] = out / "report.html"
+    files["html"].write_text(html_report(result, {k: v.name for k, v in files.items() if v.suffix == ".png"}))
+    return files
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    return str(obj)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_report(result: BenchResult, images: dict[str, str]) -> str:
+    """A self-contained page (plots referenced next to it) with the same content as results.md."""
+    sections = [
+        "<h1>cnnlab bench results</h1>",
+        f"<p>{html.escape(str(result.dataset.root))}: {len(result.dataset)} images, "
+        f"{len(result.dataset.classes)} classes, {len(result.skipped)} skipped.</p>",
+        "<h2>The lab's table</h2>", _html_table(*lab_table(result)),
+        "<h2>All figures</h2>", _html_table(*full_table(result)),
+    ]
+    if result.comparisons:
+        sections.append("<h2>Paired tests (McNemar, top-1)</h2><ul>"
+                        + "".join(f"<li>{html.escape(c.verdict)}</li>" for c in result.comparisons) + "</ul>")
+    sections += ["<h2>Label mapping</h2>",
+                 _html_table(["folder", "images", "how", "ImageNet classes", "note"], mapping_rows(result))]
+    for key, name in images.items():
+        sections.append(f"<h3>{html.escape(key.replace('_', ' '))}</h3><img src='{html.escape(name)}' alt='{html.escape(key)}'>")
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+             "th{background:#f3f3f3}img{max-width:100%}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>cnnlab bench</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"
