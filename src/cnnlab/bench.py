@@ -294,7 +294,8 @@ def _comparisons(models: list[ModelResult]) -> list[metrics.PairwiseComparison]:
         acc = m.accuracy
         assert acc is not None
         position = {r: i for i, r in enumerate(acc.rows.tolist())}
-        hits[m.name] = acc.hits1[[position[r] for r in order.tolist()]]
+        key = m.name if m.name not in hits else f"{m.name} (#{len(hits) + 1})"
+        hits[key] = acc.hits1[[position[r] for r in order.tolist()]]
     return metrics.compare_models(hits)
 
 

@@ -68,7 +68,7 @@ def decode_image(
         except UnidentifiedImageError:
             raise ImageDecodeError("not-an-image", "no image format recognises these bytes") from None
         except (OSError, ValueError, SyntaxError) as exc:
-            raise ImageDecodeError("unreadable", str(exc)) from None
+            raise ImageDecodeError(_reason_of(exc), str(exc)) from None
         width, height = img.size
         if width * height > max_pixels:
             raise ImageDecodeError(
@@ -83,14 +83,16 @@ def decode_image(
         except Image.DecompressionBombError as exc:
             raise ImageDecodeError("decompression-bomb", str(exc)) from None
         except OSError as exc:
-            message = str(exc)
-            reason = "truncated" if "truncat" in message.lower() else "unreadable"
-            raise ImageDecodeError(reason, message) from None
+            raise ImageDecodeError(_reason_of(exc), str(exc)) from None
         except (ValueError, SyntaxError, EOFError, IndexError) as exc:
             raise ImageDecodeError("unreadable", f"{type(exc).__name__}: {exc}") from None
     if min(img.size) < min_size:
         raise ImageDecodeError("too-small", f"{img.width}x{img.height} is below {min_size}px")
     return img
+
+
+def _reason_of(exc: BaseException) -> str:
+    return "truncated" if "truncat" in str(exc).lower() else "unreadable"
 
 
 def _read_bytes(source: str | Path | bytes) -> bytes:

@@ -1,0 +1,136 @@
+"""bench end to end: random-weights speed runs, real accuracy with the offline model, failures as rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cnnlab.bench import BenchConfig, bench_models
+from cnnlab.cli import app
+from cnnlab.demo import build_demo_set
+from cnnlab.measure import count_macs
+from cnnlab.metrics import wilson_interval
+from cnnlab.models import LoadedModel
+from cnnlab.report import write_bench_outputs
+from cnnlab.zoo import get_spec
+from tests.conftest import make_image
+
+runner = CliRunner()
+FAST = dict(latency_repeats=3, throughput_repeats=3, warmup=1, batch_size=4, workers=0, progress=False)
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "tiny"
+    for label, color in [("cat", (200, 120, 40)), ("dog", (90, 60, 30)), ("unicorn_rainbow", (250, 0, 250))]:
+        for i in range(3):
+            make_image(root / label / f"{i}.jpg", (48 + i, 40), color)
+    (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "empty_class").mkdir()
+    return root
+
+
+def test_random_weights_run_in_subprocesses_via_cli(tiny_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["bench", str(tiny_folder), "--models", "squeezenet1_1,mobilenet_v3_small",
+                                 "--random-weights", "--out", str(out), "-q", "--workers", "0",
+                                 "--repeats", "3", "-b", "4", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["model"] for r in rows] == ["squeezenet1_1.IMAGENET1K_V1", "mobilenet_v3_small.IMAGENET1K_V1"]
+    for r in rows:
+        assert r["status"] == "ok" and r["random_weights"] == "True"
+        assert r["top1"] == ""  # no accuracy from random weights
+        assert int(r["eval_images"]) == 9 and int(r["skipped_images"]) == 1
+        assert float(r["throughput_images_per_s"]) > 0 and float(r["latency_b1_median_ms"]) > 0
+        assert float(r["eval_total_s"]) >= float(r["eval_model_s"]) > 0
+        assert float(r["rss_peak_mib"]) > 0
+        assert int(r["threads"]) >= 1
+    md = (out / "results.md").read_text()
+    assert "random weights" in md and "unicorn_rainbow" in md and "Empty classes: empty_class" in md
+    skipped = list(csv.DictReader((out / "skipped.csv").open()))
+    assert [(Path(s["path"]).name, s["reason"], s["label"]) for s in skipped] == [("broken.jpg", "truncated", "cat")]
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["schema_version"] == 1
+    assert payload["environment"]["torch"] == torch.__version__
+    assert payload["label_mapping"]["unicorn_rainbow"]["how"] == "unmapped"
+
+
+def test_real_accuracy_with_offline_model(tmp_path: Path) -> None:
+    """Hand-checked: efficientnet_lite0 gets 7 of the 8 scorable demo photos right at top-1
+    (Grace Hopper's top-1 is 'mortarboard'; 'military uniform' is in her top 5) and all 8 at top-5.
+    The astronaut has no ImageNet class and is left out, not scored as wrong."""
+    data = build_demo_set(tmp_path / "demo")
+    (data / "coffee" / "bad.png").write_bytes(b"")
+    result = bench_models(BenchConfig(data=data, models=["efficientnet_lite0"], isolate=False, **FAST))
+    (model,) = result.models
+    assert model.ok and model.accuracy is not None
+    summary = model.accuracy.summary
+    assert model.accuracy.scored == 8
+    assert summary.hits[1] == 7 and summary.hits[5] == 8
+    assert summary.ci[1] == pytest.approx(wilson_interval(7, 8))
+    assert model.accuracy.unscored_classes == ["astronaut"]
+    assert [(Path(s.path).name, s.reason) for s in result.skipped] == [("bad.png", "empty")]
+    per_class = {c.name: c for c in model.accuracy.per_class}
+    assert per_class["military uniform"].correct == 0 and per_class["motorcycle"].correct == 2
+    files = write_bench_outputs(result, tmp_path / "out")
+    for key in ("markdown", "csv", "json", "html", "accuracy_vs_throughput", "memory", "per_class"):
+        assert files[key].is_file() and files[key].stat().st_size > 100, key
+    # predictions.csv lets anyone recompute top-1
+    rows = list(csv.DictReader((tmp_path / "out" / "predictions" / "efficientnet_lite0.IMAGENET1K.csv").open()))
+    cats = {r["path"]: int(r["top1_index"]) for r in rows if r["label"] == "cat"}
+    assert all(281 <= v <= 287 for v in cats.values()) and len(cats) == 1
+
+
+def test_failures_become_rows_and_the_run_goes_on(tiny_folder: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    monkeypatch.setenv("CNNLAB_WEIGHTS_MIRROR", "http://127.0.0.1:9")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["bench", str(tiny_folder), "--models", "alexnet,efficientnet_lite0",
+                                 "--out", str(out), "-q", "--workers", "0", "--repeats", "3", "-b", "4", "--no-plots"])
+    assert result.exit_code == 4
+    rows = {r["model"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert rows["alexnet"]["status"] == "error" and "alexnet-owt-7be5be79.pth" in rows["alexnet"]["error"]
+    assert rows["efficientnet_lite0.IMAGENET1K"]["status"] == "ok"
+    assert "alexnet failed" in result.stderr
+
+
+def test_simulated_oom_in_process(tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_call = LoadedModel.__call__
+
+    def maybe_oom(self: LoadedModel, batch: torch.Tensor) -> torch.Tensor:
+        if self.spec.arch == "squeezenet1_1":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_call(self, batch)
+
+    monkeypatch.setattr(LoadedModel, "__call__", maybe_oom)
+    result = bench_models(BenchConfig(data=tiny_folder, models=["squeezenet1_1", "mobilenet_v3_small"],
+                                      random_weights="always", isolate=False, **FAST))
+    first, second = result.models
+    assert first.run.error is not None and first.run.error.startswith("out of GPU memory")
+    assert second.ok and second.run.eval_images == 9
+    assert [m.name for m in result.failed] == ["squeezenet1_1.IMAGENET1K_V1"]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "alexnet", "googlenet", "efficientnet_lite0"])
+def test_measured_macs_match_published_metadata(name: str) -> None:
+    spec = get_spec(name)
+    model = spec.build().eval()
+    assert count_macs(model, spec.preprocessing.crop_size, torch.device("cpu")) == pytest.approx(spec.gmacs, rel=0.01)
+
+
+def test_paired_comparison_uses_common_images(tmp_path: Path) -> None:
+    data = build_demo_set(tmp_path / "demo")
+    result = bench_models(BenchConfig(data=data, models=["efficientnet_lite0", "efficientnet_lite0.IMAGENET1K"],
+                                      isolate=False, **FAST))
+    (comparison,) = result.comparisons
+    assert comparison.n == 8 and comparison.mcnemar.b == 0 and comparison.mcnemar.c == 0
+    assert "not a significant difference" in comparison.verdict
+    assert np.array_equal(result.models[0].predictions["topk"], result.models[1].predictions["topk"])
