@@ -30,8 +30,15 @@ def test_cuda_matches_cpu_on_real_photos(real_photos: dict[str, Path]) -> None:
     batch = torch.stack([cpu.preprocessing.load(p) for p in paths])
     with torch.inference_mode():
         a, b, c = cpu(batch), gpu(batch).cpu(), bf16(batch).cpu()
-    assert torch.allclose(a.softmax(1), b.softmax(1), atol=1e-3)
-    assert torch.equal(a.argmax(1), c.argmax(1))
+    pa, pb, pc = a.softmax(1), b.softmax(1), c.softmax(1)
+    assert torch.allclose(pa, pb, atol=1e-3)
+    # bf16 may swap near-ties (Grace Hopper: mortarboard 25% vs academic gown 25% in fp32), so
+    # compare its top-1 only where fp32 has a clear margin, and its probabilities loosely.
+    top2 = pa.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 0.1
+    assert clear.any()
+    assert torch.equal(pa.argmax(1)[clear], pc.argmax(1)[clear])
+    assert (pa - pc).abs().max() < 0.05
 
 
 def test_memory_meter_sees_activations() -> None:
