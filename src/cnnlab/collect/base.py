@@ -1,0 +1,116 @@
+"""Small shared types of the collect subpackage: search hits, candidates, the engine interface."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Final, Protocol, runtime_checkable
+
+from cnnlab import __version__
+from cnnlab.errors import CnnlabError
+
+#: The User-Agent sent with every request: it names cnnlab and says what it does.
+USER_AGENT: Final[str] = f"Mozilla/5.0 (compatible; cnnlab/{__version__}; image dataset collector)"
+
+#: The product token matched against robots.txt groups and ``X-Robots-Tag: <bot>:`` prefixes.
+ROBOTS_TOKEN: Final[str] = "cnnlab"
+
+#: Manifest statuses.
+STATUSES: Final[tuple[str, ...]] = ("ok", "duplicate", "rejected", "failed")
+
+
+class CollectError(CnnlabError):
+    """A collect or split run cannot start or go on (bad options, bad input file, locked folder)."""
+
+    exit_code = 2
+
+
+class PageFetchError(CnnlabError):
+    """A search-engine result page could not be fetched; ``reason`` is a short tag."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One image an engine found: where the image is, the page it sits on, its license if known."""
+
+    url: str
+    source_page: str | None = None
+    license: str | None = None
+    title: str | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One image to fetch (or import) for one class, with where it came from."""
+
+    label: str
+    url: str
+    engine: str
+    query: str | None = None
+    source_page: str | None = None
+    license: str | None = None
+    local_path: str | None = None  # set for images imported from a folder
+
+
+#: Fetches a search-result page and returns its body; raises :class:`PageFetchError`.
+PageFetcher = Callable[[str], bytes]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A search engine: search terms in, candidate image URLs out.
+
+    ``search`` is a lazy iterator: result pages are fetched (through ``fetch_page``, which applies
+    the downloader's timeouts, caps, retries and per-host politeness) only as hits are consumed.
+    A new engine is one class with these two attributes and this method.
+    """
+
+    @property
+    def name(self) -> str:
+        """Short name, recorded in the manifest's ``engine`` field."""
+
+    @property
+    def no_results_hint(self) -> str:
+        """Said after "<engine> returned no results for '<query>'", e.g. a known upstream breakage."""
+
+    def search(
+        self,
+        query: str,
+        *,
+        limit: int,
+        filters: Mapping[str, str],
+        fetch_page: PageFetcher,
+    ) -> Iterator[SearchHit]: ...
+
+
+def require(module: str) -> ModuleType:
+    """Import an optional dependency of collect, or say plainly how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        package = module.split(".")[0]
+        raise CollectError(
+            f"{package} is needed here but cannot be imported ({exc}); install it with: pip install 'cnnlab[collect]'"
+        ) from None
+
+
+_BAD_LABEL = re.compile(r"[\\/\x00-\x1f:*?\"<>|]")
+
+
+def check_label(label: str) -> str:
+    """Return ``label`` stripped, or raise :class:`CollectError` if it cannot be a folder name."""
+    name = label.strip()
+    if not name or name in (".", "..") or name.startswith((".", "_")) or _BAD_LABEL.search(name):
+        raise CollectError(
+            f"class name {label!r} cannot be used as a folder name "
+            "(no slashes or control characters, must not start with '.' or '_')"
+        )
+    return name

@@ -1,0 +1,468 @@
+"""A careful HTTP fetcher for images and search-result pages.
+
+Every image URL goes through :meth:`Downloader.fetch`, which
+
+* accepts only ``http``/``https`` URLs, and follows at most ``max_redirects`` redirects itself so
+  that each hop is checked again (scheme, robots.txt) and loops are caught;
+* honours robots.txt (RFC 9309, parsed with ``protego``; an unreachable robots.txt means "disallow"
+  as the RFC says, a missing one means "allow") including ``Crawl-delay`` up to a cap;
+* honours ``X-Robots-Tag: noai`` / ``noimageai`` (for all bots or for ``cnnlab``);
+* limits concurrency and spaces requests per host (politeness), sends an honest User-Agent;
+* bounds time: a connect/read ``timeout`` and a whole-download ``deadline`` that also stops a server
+  that drips a byte at a time;
+* bounds size: ``Content-Length`` over ``max_bytes`` is refused before reading, and a body that
+  grows past it is cut off;
+* retries transient failures (timeouts, resets, truncated bodies, 408/425/429/5xx) with exponential
+  backoff and ``Retry-After``.
+
+The outcome is a :class:`FetchResult`: ``ok`` with the bytes, ``rejected`` (policy or content:
+never retried on resume) or ``failed`` (network or server), each with a short ``reason`` tag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3
+
+from cnnlab.collect.base import ROBOTS_TOKEN, USER_AGENT, PageFetchError, require
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_ROBOTS_MAX_BYTES = 512 * 1024
+_NOT_IMAGE_TYPES = ("text/", "application/json", "application/xhtml", "application/javascript")
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """Network limits and manners. All times in seconds."""
+
+    timeout: float = 10.0
+    """Connect timeout, and the longest wait for any single read."""
+    deadline: float | None = None
+    """Longest time one attempt at one file may take in all (default ``4 * timeout``)."""
+    retries: int = 2
+    """Extra attempts after a transient failure."""
+    backoff: float = 0.5
+    """First retry waits about this long, then twice as long each time (with jitter)."""
+    max_backoff: float = 30.0
+    max_bytes: int = 20 * 1024 * 1024
+    """Largest image accepted, in bytes."""
+    max_page_bytes: int = 8 * 1024 * 1024
+    """Largest search-result page accepted, in bytes."""
+    max_redirects: int = 5
+    per_host: int = 2
+    """Requests in flight at once to one host."""
+    host_delay: float = 0.25
+    """Least time between the starts of two requests to one host."""
+    robots: bool = True
+    """Honour robots.txt for image URLs. Turn off only for hosts you own."""
+    max_crawl_delay: float = 10.0
+    """A robots.txt ``Crawl-delay`` is honoured up to this many seconds."""
+    user_agent: str = USER_AGENT
+
+    @property
+    def attempt_deadline(self) -> float:
+        return self.deadline if self.deadline is not None else 4.0 * self.timeout
+
+
+@dataclass
+class FetchResult:
+    """What happened to one URL."""
+
+    url: str
+    status: str  # "ok", "rejected" or "failed"
+    reason: str = ""
+    detail: str = ""
+    data: bytes | None = field(default=None, repr=False)
+    final_url: str | None = None
+    http_status: int | None = None
+    content_type: str | None = None
+    attempts: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class _Fault(Exception):
+    """Ends one attempt. ``transient`` faults are retried."""
+
+    def __init__(
+        self,
+        status: str,
+        reason: str,
+        detail: str = "",
+        *,
+        transient: bool = False,
+        retry_after: float | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        self.transient = transient
+        self.retry_after = retry_after
+        self.http_status = http_status
+
+
+class _HostGate:
+    """At most ``concurrency`` requests at once, their starts at least ``delay`` apart."""
+
+    def __init__(self, concurrency: int, delay: float) -> None:
+        self._sem = threading.BoundedSemaphore(max(1, concurrency))
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self.delay = delay
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._sem:
+            with self._lock:
+                now = time.monotonic()
+                start = max(now, self._next)
+                self._next = start + self.delay
+            if start > now:
+                time.sleep(start - now)
+            yield
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _check_url(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise _Fault("rejected", "bad-url", str(exc)) from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise _Fault("rejected", "bad-scheme", f"only http and https are fetched, not {parts.scheme or 'none'!r}")
+    if not parts.hostname:
+        raise _Fault("rejected", "bad-url", "no host name")
+
+
+def x_robots_forbids(values: str | None, token: str = ROBOTS_TOKEN) -> str | None:
+    """The directive (``noai`` or ``noimageai``) in an ``X-Robots-Tag`` value that applies to us.
+
+    Directives may be global (``noai``) or for one bot (``cnnlab: noai``); those for other bots
+    are ignored.
+    """
+    if not values:
+        return None
+    current_bot: str | None = None
+    for part in values.split(","):
+        part = part.strip()
+        if ":" in part:
+            head, rest = part.split(":", 1)
+            if head.strip().lower() not in ("unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"):
+                current_bot = head.strip().lower()
+                part = rest.strip()
+        for directive in part.lower().split():
+            if directive in ("noai", "noimageai") and current_bot in (None, "*", token.lower()):
+                return directive
+    return None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class _RobotsCache:
+    """robots.txt per origin, fetched once (RFC 9309 semantics)."""
+
+    def __init__(self, downloader: Downloader) -> None:
+        self._dl = downloader
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._rules: dict[str, Any] = {}  # origin -> Protego | True (allow all) | str (unreachable)
+
+    def check(self, url: str) -> None:
+        """Raise a rejecting :class:`_Fault` when robots.txt forbids ``url``."""
+        origin = _origin(url)
+        with self._lock:
+            lock = self._locks.setdefault(origin, threading.Lock())
+        with lock:
+            if origin not in self._rules:
+                self._rules[origin] = self._load(origin)
+        rules = self._rules[origin]
+        if rules is True:
+            return
+        if isinstance(rules, str):
+            raise _Fault("rejected", "robots-unreachable", f"{origin}/robots.txt: {rules} (RFC 9309: assume disallowed)")
+        if not rules.can_fetch(url, ROBOTS_TOKEN):
+            raise _Fault("rejected", "robots-disallowed", f"{origin}/robots.txt forbids this URL to {ROBOTS_TOKEN}")
+
+    def _load(self, origin: str) -> Any:
+        protego = require("protego")
+        cfg = self._dl.config
+        last = "unreachable"
+        for attempt in range(cfg.retries + 1):
+            if attempt:
+                time.sleep(min(cfg.max_backoff, cfg.backoff * 2 ** (attempt - 1)))
+            try:
+                status, body = self._dl._get_small(origin + "/robots.txt", _ROBOTS_MAX_BYTES)
+            except _Fault as fault:
+                last = fault.reason
+                continue
+            if 200 <= status < 300:
+                rules = protego.Protego.parse(body.decode("utf-8", "replace"))
+                delay = rules.crawl_delay(ROBOTS_TOKEN)
+                if delay:
+                    self._dl._gate(origin).delay = max(cfg.host_delay, min(float(delay), cfg.max_crawl_delay))
+                return rules
+            if 400 <= status < 500:
+                return True  # no robots.txt: everything allowed
+            last = f"HTTP {status}"
+        return last
+
+
+class Downloader:
+    """Fetches URLs with the limits of a :class:`FetchConfig`. Thread-safe; share one per run."""
+
+    def __init__(self, config: FetchConfig | None = None) -> None:
+        self.config = config or FetchConfig()
+        self._local = threading.local()
+        self._gates: dict[str, _HostGate] = {}
+        self._gates_lock = threading.Lock()
+        self._robots = _RobotsCache(self)
+        self._sessions: list[requests.Session] = []
+
+    # -- public -------------------------------------------------------------------------------
+
+    def fetch(self, url: str) -> FetchResult:
+        """Download one image URL (never raises for network or content problems)."""
+        return self._with_retries(url, self._fetch_image_once)
+
+    def fetch_page(self, url: str) -> bytes:
+        """Download a search-result page (no robots.txt check); raise :class:`PageFetchError`."""
+        result = self._with_retries(url, self._fetch_page_once)
+        if not result.ok or result.data is None:
+            raise PageFetchError(result.reason, result.detail)
+        return result.data
+
+    def close(self) -> None:
+        for s in self._sessions:
+            s.close()
+
+    def __enter__(self) -> Downloader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- machinery ----------------------------------------------------------------------------
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = self.config.user_agent
+            session.headers["Accept"] = "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.9,*/*;q=0.5"
+            session.max_redirects = self.config.max_redirects
+            session.trust_env = False
+            self._local.session = session
+            with self._gates_lock:
+                self._sessions.append(session)
+        return session
+
+    def _gate(self, origin: str) -> _HostGate:
+        with self._gates_lock:
+            gate = self._gates.get(origin)
+            if gate is None:
+                gate = self._gates[origin] = _HostGate(self.config.per_host, self.config.host_delay)
+            return gate
+
+    def _with_retries(self, url: str, once: Any) -> FetchResult:
+        cfg = self.config
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result: FetchResult = once(url)
+            except _Fault as fault:
+                if fault.transient and attempt <= cfg.retries:
+                    wait = cfg.backoff * 2 ** (attempt - 1) * (0.75 + 0.5 * random.random())
+                    if fault.retry_after is not None:
+                        wait = max(wait, fault.retry_after)
+                    time.sleep(min(wait, cfg.max_backoff))
+                    continue
+                result = FetchResult(
+                    url, fault.status, fault.reason, fault.detail, http_status=fault.http_status
+                )
+            result.attempts = attempt
+            result.elapsed = time.monotonic() - started
+            return result
+
+    @contextlib.contextmanager
+    def _request(self, url: str) -> Iterator[requests.Response]:
+        cfg = self.config
+        with self._gate(_origin(url)).slot():
+            try:
+                response = self._session().get(
+                    url, stream=True, allow_redirects=False, timeout=(cfg.timeout, cfg.timeout)
+                )
+            except requests.exceptions.Timeout as exc:
+                raise _Fault("failed", "timeout", _short(exc), transient=True) from None
+            except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
+                raise _Fault("rejected", "bad-url", _short(exc)) from None
+            except requests.exceptions.RequestException as exc:
+                raise _Fault("failed", "connection-error", _short(exc), transient=True) from None
+            try:
+                yield response
+            finally:
+                response.close()
+
+    def _read_body(
+        self, response: requests.Response, limit: int, deadline_at: float, *, truncate: bool = False
+    ) -> bytes:
+        """Read the body within the deadline; over ``limit`` bytes is refused (or cut, ``truncate``)."""
+        length = response.headers.get("Content-Length")
+        if not truncate and length and length.isdigit() and int(length) > limit:
+            raise _Fault("rejected", "too-large", f"Content-Length {int(length):,} exceeds {limit:,} bytes")
+        chunks: list[bytes] = []
+        total = 0
+        raw = response.raw
+        try:
+            while True:
+                if time.monotonic() > deadline_at:
+                    raise _Fault(
+                        "failed",
+                        "too-slow",
+                        f"not complete after {self.config.attempt_deadline:g} s ({total:,} bytes received)",
+                        transient=False,
+                    )
+                chunk = raw.read1(64 * 1024, decode_content=True)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > limit:
+                    if truncate:
+                        chunks.append(chunk[: limit - (total - len(chunk))])
+                        break
+                    raise _Fault("rejected", "too-large", f"body exceeds {limit:,} bytes")
+                chunks.append(chunk)
+        except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+            raise _Fault("failed", "timeout", _short(exc), transient=True) from None
+        except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError) as exc:
+            raise _Fault("failed", "incomplete-body", _short(exc), transient=True) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _Fault("failed", "connection-error", _short(exc), transient=True) from None
+        return b"".join(chunks)
+
+    @contextlib.contextmanager
+    def _follow(self, url: str, *, check_robots: bool) -> Iterator[tuple[str, requests.Response]]:
+        """The final (non-redirect) URL and response, following redirects one hop at a time."""
+        seen = {url}
+        current = url
+        for _ in range(self.config.max_redirects + 1):
+            _check_url(current)
+            if check_robots and self.config.robots:
+                self._robots.check(current)
+            with self._request(current) as response:
+                if response.status_code in _REDIRECTS and response.headers.get("Location"):
+                    target = urljoin(current, response.headers["Location"])
+                    if target in seen:
+                        raise _Fault("failed", "redirect-loop", f"{current} redirects back to {target}")
+                    seen.add(target)
+                    current = target
+                    continue
+                yield current, response
+                return
+        raise _Fault("failed", "too-many-redirects", f"more than {self.config.max_redirects} redirects")
+
+    def _raise_for_status(self, response: requests.Response) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        reason = f"http-{status}"
+        detail = f"HTTP {status} {response.reason or ''}".strip()
+        if status in _TRANSIENT_STATUS:
+            raise _Fault(
+                "failed",
+                reason,
+                detail,
+                transient=True,
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+                http_status=status,
+            )
+        raise _Fault("failed", reason, detail, http_status=status)
+
+    def _fetch_image_once(self, url: str) -> FetchResult:
+        deadline_at = time.monotonic() + self.config.attempt_deadline
+        with self._follow(url, check_robots=True) as (final_url, response):
+            self._raise_for_status(response)
+            content_type = response.headers.get("Content-Type", "")
+            directive = x_robots_forbids(response.headers.get("X-Robots-Tag"))
+            if directive:
+                raise _Fault("rejected", f"x-robots-{directive}", f"X-Robots-Tag: {response.headers['X-Robots-Tag']}")
+            if content_type.lower().startswith(_NOT_IMAGE_TYPES):
+                raise _Fault("rejected", "not-an-image", f"served as {content_type}")
+            data = self._read_body(response, self.config.max_bytes, deadline_at)
+            return FetchResult(
+                url,
+                "ok",
+                data=data,
+                final_url=final_url,
+                http_status=response.status_code,
+                content_type=content_type or None,
+            )
+
+    def _fetch_page_once(self, url: str) -> FetchResult:
+        deadline_at = time.monotonic() + self.config.attempt_deadline
+        with self._follow(url, check_robots=False) as (final_url, response):
+            self._raise_for_status(response)
+            data = self._read_body(response, self.config.max_page_bytes, deadline_at)
+            return FetchResult(url, "ok", data=data, final_url=final_url, http_status=response.status_code)
+
+    def _get_small(self, url: str, limit: int) -> tuple[int, bytes]:
+        """GET ``url`` (redirects followed) and return status and at most ``limit`` bytes."""
+        deadline_at = time.monotonic() + self.config.attempt_deadline
+        with self._follow(url, check_robots=False) as (_, response):
+            if response.status_code >= 300:
+                return response.status_code, b""
+            return response.status_code, self._read_body(response, limit, deadline_at, truncate=True)
+
+
+def read_local_file(path: str | Path, max_bytes: int) -> FetchResult:
+    """Read an image file to import, with the same size cap and result type as a download."""
+    p = Path(path)
+    url = p.resolve().as_uri()
+    try:
+        size = p.stat().st_size
+        if size > max_bytes:
+            return FetchResult(url, "rejected", "too-large", f"{size:,} bytes exceeds {max_bytes:,}")
+        data = p.read_bytes()
+    except FileNotFoundError:
+        return FetchResult(url, "failed", "missing", f"no such file: {p}")
+    except OSError as exc:
+        return FetchResult(url, "failed", "unreadable", str(exc))
+    return FetchResult(url, "ok", data=data, final_url=url, attempts=1)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:197] + "..."

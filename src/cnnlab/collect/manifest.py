@@ -1,0 +1,163 @@
+"""The append-only manifest (``manifest.jsonl``) and the lock that keeps one collect per folder.
+
+One JSON object per line, one line per candidate; each line is flushed and fsync'd before the
+next candidate is decided, so after a crash (even ``kill -9``) the manifest holds every decision
+made. A line cut short by the crash is dropped when the manifest is next opened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Final
+
+from cnnlab.collect.base import CollectError
+
+MANIFEST_NAME: Final[str] = "manifest.jsonl"
+
+#: Keys of every manifest line, in order. ``path`` is relative to the dataset folder and is ""
+#: unless ``status`` is ``ok``; ``label`` repeats ``class`` so the file reads as a
+#: ``path,label`` manifest (:func:`cnnlab.datasets.scan_dataset` keeps only ``ok`` lines).
+FIELDS: Final[tuple[str, ...]] = (
+    "class",
+    "label",
+    "query",
+    "engine",
+    "url",
+    "source_page",
+    "final_url",
+    "status",
+    "reason",
+    "detail",
+    "path",
+    "sha256",
+    "phash",
+    "width",
+    "height",
+    "bytes",
+    "format",
+    "orientation",
+    "duplicate_of",
+    "license",
+    "http_status",
+    "attempts",
+    "timestamp",
+)
+
+log = logging.getLogger("cnnlab.collect")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def make_record(**values: Any) -> dict[str, Any]:
+    """A manifest line with every key of :data:`FIELDS` (missing ones ``None``)."""
+    unknown = set(values) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"unknown manifest fields: {sorted(unknown)}")
+    record = {key: values.get(key) for key in FIELDS}
+    record["label"] = record["class"]
+    record["path"] = record["path"] or ""
+    record["timestamp"] = record["timestamp"] or now_iso()
+    return record
+
+
+def read_manifest(path: str | Path) -> list[dict[str, Any]]:
+    """All complete lines of a manifest (a torn or corrupt line is skipped with a warning)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records: list[dict[str, Any]] = []
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.endswith(b"\n"):
+                log.warning("%s:%d: dropping an incomplete last line (interrupted write)", path, n)
+                break
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                log.warning("%s:%d: skipping a line that is not JSON", path, n)
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+class Manifest:
+    """Appends manifest lines durably; thread-safe."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._fh: Any = None
+
+    def open(self) -> list[dict[str, Any]]:
+        """Repair a torn last line, open for appending, and return the existing lines."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        records = read_manifest(self.path)
+        if self.path.exists():
+            data = self.path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                with self.path.open("r+b") as fh:
+                    fh.truncate(data.rfind(b"\n") + 1)
+        self._fh = self.path.open("ab")
+        return records
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        line = (json.dumps(dict(record), ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        with self._lock:
+            if self._fh is None:
+                raise RuntimeError("manifest is not open")
+            self._fh.write(line)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+
+    def __enter__(self) -> Manifest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FolderLock:
+    """An exclusive lock on a dataset folder (``.lock``), released by the OS if the process dies."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = Path(folder) / ".lock"
+        self._fh: Any = None
+
+    def __enter__(self) -> FolderLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("a+")
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory lock; best effort
+            return self
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.close()
+            raise CollectError(
+                f"another `cnnlab collect` is writing to {self.path.parent} (lock {self.path}); "
+                "wait for it to finish or stop it first"
+            ) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing releases the flock
+            self._fh = None

@@ -1,0 +1,98 @@
+"""Resuming a collect run from its manifest.
+
+A worker writes verified bytes to ``OUT/.partial/`` (fsync'd); the run then appends the manifest
+line (fsync'd) and only then renames the file into ``OUT/<class>/``. So after any crash:
+
+* a manifest ``ok`` line whose file is missing but whose bytes are in ``.partial/`` is completed
+  (the crash came between the line and the rename);
+* an ``ok`` line whose file is gone altogether was deleted by hand: a ``rejected``/``removed`` line
+  is appended and the URL is not fetched again;
+* anything else in ``.partial/`` is an unfinished download and is deleted;
+* every URL with a line is done (``failed`` ones are retried only with ``retry_failed``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnlab.collect.dedup import DedupIndex, KeptImage
+from cnnlab.collect.manifest import Manifest, make_record
+
+log = logging.getLogger("cnnlab.collect")
+
+PARTIAL_DIR = ".partial"
+
+
+@dataclass
+class ResumeState:
+    """What the manifest says, per class."""
+
+    done: dict[str, set[str]] = field(default_factory=dict)  # class -> URLs decided
+    ok: Counter[str] = field(default_factory=Counter)
+    ok_urls: dict[str, KeptImage] = field(default_factory=dict)  # url -> kept image
+
+
+def restore(
+    out: Path, records: list[dict[str, Any]], manifest: Manifest, dedup: DedupIndex, retry_failed: bool
+) -> ResumeState:
+    """Rebuild the run state from the manifest, finishing renames a crash interrupted."""
+    state = ResumeState()
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for rec in records:
+        if rec.get("class") and rec.get("url"):
+            last[(rec["class"], rec["url"])] = rec
+    partial = out / PARTIAL_DIR
+    for (label, url), rec in last.items():
+        if rec.get("status") == "ok":
+            rel = str(rec.get("path") or "")
+            path = out / rel
+            if rel and not path.is_file():
+                _roll_forward(partial, rec, path)
+            if rel and path.is_file():
+                kept = KeptImage(label, str(rec.get("sha256")), int(str(rec.get("phash") or "0"), 16), rel)
+                dedup.add(kept)
+                state.ok[label] += 1
+                state.ok_urls.setdefault(url, kept)
+            else:
+                manifest.append(
+                    make_record(
+                        **{k: rec.get(k) for k in ("class", "query", "engine", "url", "source_page", "license", "sha256", "phash")},
+                        status="rejected",
+                        reason="removed",
+                        detail=f"{rel} is no longer in the dataset (deleted by hand?); not fetched again",
+                    )
+                )
+        if rec.get("status") == "failed" and retry_failed:
+            continue
+        state.done.setdefault(label, set()).add(url)
+    clean_partial(out)
+    return state
+
+
+def _roll_forward(partial: Path, rec: Mapping[str, Any], final: Path) -> None:
+    sha = str(rec.get("sha256") or "")
+    if not sha or not partial.is_dir():
+        return
+    for temp in sorted(partial.glob(f"{sha[:16]}-*")):
+        try:
+            if hashlib.sha256(temp.read_bytes()).hexdigest() == sha:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(temp, final)
+                log.info("completed the interrupted save of %s", final)
+                return
+        except OSError:
+            continue
+
+
+def clean_partial(out: Path) -> None:
+    partial = out / PARTIAL_DIR
+    if partial.is_dir():
+        shutil.rmtree(partial, ignore_errors=True)

@@ -1,0 +1,148 @@
+"""Candidates that do not come from a search engine: URL lists and local folders; query parsing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from cnnlab.collect.base import Candidate, CollectError, check_label
+
+
+def parse_queries(specs: Iterable[str]) -> dict[str, list[str]]:
+    """``["cat=tabby cat,house cat", "dog=puppy"]`` -> ``{"cat": ["tabby cat", "house cat"], ...}``.
+
+    A class given twice gets the queries of both.
+    """
+    queries: dict[str, list[str]] = {}
+    for spec in specs:
+        if "=" not in spec:
+            raise CollectError(f"--query {spec!r}: expected CLASS=query[,query...] (e.g. \"cat=tabby cat,house cat\")")
+        label, _, rest = spec.partition("=")
+        label = check_label(label)
+        terms = [t.strip() for t in rest.split(",") if t.strip()]
+        if not terms:
+            raise CollectError(f"--query {spec!r}: no search terms after '='")
+        queries.setdefault(label, []).extend(t for t in terms if t not in queries.get(label, []))
+    return queries
+
+
+def default_query(label: str) -> str:
+    """The search terms for a class with no ``--query``: its name, ``_`` and ``-`` read as spaces."""
+    return label.replace("_", " ").replace("-", " ").strip()
+
+
+def load_url_list(path: str | Path, label: str | None = None) -> list[Candidate]:
+    """Candidates from a URL list.
+
+    * ``.csv``: a header with ``url`` and ``label`` columns (``label`` may be left out when
+      ``label`` is given), optionally ``source_page``, ``license`` and ``query``;
+    * ``.jsonl`` / ``.ndjson``: one object per line with the same keys;
+    * anything else: one URL per line (blank lines and ``#`` comments skipped); needs ``label``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CollectError(f"no such URL list: {path}")
+    default = check_label(label) if label else None
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CollectError(f"{path} is not UTF-8 text: {exc}") from None
+    rows: list[tuple[int, Mapping[str, object]]] = []
+    if suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "url" not in reader.fieldnames:
+            raise CollectError(f"{path}: a CSV URL list needs a 'url' column (and 'label', or --label)")
+        rows = [(n, row) for n, row in enumerate(reader, 2)]
+    elif suffix in (".jsonl", ".ndjson"):
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CollectError(f"{path}:{n}: not JSON ({exc})") from None
+            if not isinstance(obj, dict):
+                raise CollectError(f"{path}:{n}: expected a JSON object with 'url' and 'label'")
+            rows.append((n, obj))
+    else:
+        if default is None:
+            raise CollectError(f"{path} is a plain URL list: give the class of its images with --label")
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                rows.append((n, {"url": line}))
+    candidates = []
+    for n, row in rows:
+        url = str(row.get("url") or "").strip()
+        if not url:
+            continue
+        raw_label = str(row.get("label") or "").strip() or default
+        if not raw_label:
+            raise CollectError(f"{path}:{n}: no label for {url} (add a 'label' column or pass --label)")
+        candidates.append(
+            Candidate(
+                label=check_label(raw_label),
+                url=url,
+                engine="urls",
+                query=_opt(row.get("query")),
+                source_page=_opt(row.get("source_page")),
+                license=_opt(row.get("license")),
+            )
+        )
+    return candidates
+
+
+def folder_candidates(root: str | Path, label: str | None = None) -> list[Candidate]:
+    """Candidates from a folder: every file under ``ROOT`` labelled ``label`` if given, otherwise
+    ``ROOT/<class>/...`` (any depth below the class folder).
+
+    Every visible file is a candidate (decoding decides what is an image); names starting with
+    ``.`` or ``_`` are skipped.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CollectError(f"no such folder to import: {root}")
+    if label:
+        name = check_label(label)
+        return [_file_candidate(p, name) for p in _walk(root)]
+    entries = sorted(e for e in root.iterdir() if not e.name.startswith((".", "_")))
+    if any(e.is_file() for e in entries):
+        raise CollectError(
+            f"{root} has files at its top level: pass --label to import everything under it as one "
+            f"class, or arrange the files as {root}/<class>/<files>"
+        )
+    candidates: list[Candidate] = []
+    for folder in (e for e in entries if e.is_dir()):
+        name = check_label(folder.name)
+        candidates.extend(_file_candidate(p, name) for p in _walk(folder))
+    return candidates
+
+
+def _walk(folder: Path) -> list[Path]:
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith((".", "_")))
+    return found
+
+
+def _file_candidate(path: Path, label: str) -> Candidate:
+    resolved = path.resolve()
+    return Candidate(label=label, url=resolved.as_uri(), engine="folder", local_path=str(resolved))
+
+
+def _opt(value: object) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def group_by_label(candidates: Sequence[Candidate]) -> dict[str, list[Candidate]]:
+    """Candidates per class, in first-seen class order and original order within a class."""
+    groups: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        groups.setdefault(c.label, []).append(c)
+    return groups

@@ -1,0 +1,109 @@
+"""Verification of downloaded bytes: full decode, hashes, and how the file is stored.
+
+Decoding is :func:`cnnlab.images.decode_image` (the one decoder of the project): it rejects empty,
+non-image, truncated and decompression-bomb files and images below the minimum size. The bytes are
+stored unchanged (so ``sha256`` names the stored file); the EXIF orientation is *recorded*, and the
+width, height and perceptual hash are those of the upright image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Final
+
+from PIL import Image
+
+from cnnlab.images import DEFAULT_MAX_PIXELS, decode_image
+
+#: Stored formats and their file extensions. Other formats Pillow can decode are re-encoded as PNG.
+FORMAT_EXTENSIONS: Final[dict[str, str]] = {
+    "JPEG": "jpg",
+    "MPO": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "BMP": "bmp",
+    "TIFF": "tif",
+}
+
+_ORIENTATION_TAG = 0x0112
+
+
+@dataclass(frozen=True)
+class VerifiedImage:
+    """A decoded-and-checked image, ready to store."""
+
+    data: bytes
+    """The bytes to store (the downloaded bytes, or a PNG re-encoding for unusual formats)."""
+    sha256: str
+    phash: str
+    """64-bit DCT perceptual hash (``imagehash.phash``) as 16 hex digits."""
+    width: int
+    height: int
+    format: str
+    ext: str
+    orientation: int
+    """EXIF orientation of the stored file (1 = upright); readers that apply EXIF see it upright."""
+    transcoded: bool = False
+
+    @property
+    def phash_int(self) -> int:
+        return int(self.phash, 16)
+
+
+def perceptual_hash(img: Image.Image) -> str:
+    """``imagehash.phash`` of an image, as 16 hex digits."""
+    from cnnlab.collect.base import require
+
+    return str(require("imagehash").phash(img))
+
+
+def verify_image(
+    data: bytes,
+    *,
+    min_size: int = 1,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> VerifiedImage:
+    """Fully decode ``data`` and describe it.
+
+    Raises:
+        ImageDecodeError: ``reason`` in :data:`cnnlab.images.REASONS`.
+    """
+    img = decode_image(data, max_pixels=max_pixels, min_size=min_size)
+    fmt, orientation = _header(data)
+    ext = FORMAT_EXTENSIONS.get(fmt)
+    transcoded = ext is None
+    if transcoded:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", optimize=False)
+        data, fmt, ext, orientation = buf.getvalue(), "PNG", "png", 1
+    return VerifiedImage(
+        data=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        phash=perceptual_hash(img),
+        width=img.width,
+        height=img.height,
+        format=fmt,
+        ext=ext or "png",
+        orientation=orientation,
+        transcoded=transcoded,
+    )
+
+
+def _header(data: bytes) -> tuple[str, int]:
+    """Format name and EXIF orientation, read without decoding pixels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                fmt = im.format or ""
+                try:
+                    orientation = int(im.getexif().get(_ORIENTATION_TAG, 1) or 1)
+                except Exception:  # a broken EXIF block is not a broken image
+                    orientation = 1
+        except Exception:  # decode_image already accepted the bytes; be lenient
+            return "", 1
+    return fmt, orientation if 1 <= orientation <= 8 else 1

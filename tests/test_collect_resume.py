@@ -1,0 +1,80 @@
+"""Resume after `kill -9`: a real `cnnlab collect` subprocess is killed mid-run, then run again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cnnlab.collect import read_manifest
+from tests.collect_fixtures.fakeweb import FakeWeb, Route, make_image
+
+PER_CLASS = 8
+
+
+def _command(web: FakeWeb, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "cnnlab", "collect", "--classes", "cat,dog", "--per-class", str(PER_CLASS),
+        "--engine", "bing", "--engine-url", web.base, "--out", str(out), "--threads", "2", "--per-host", "4",
+        "--host-delay", "0", "--timeout", "2", "--retries", "0", "--min-size", "32", "--quiet", "--json",
+    ]  # fmt: skip
+
+
+def _ok_lines(out: Path) -> list[dict]:
+    return [r for r in read_manifest(out / "manifest.jsonl") if r["status"] == "ok"]
+
+
+def _dataset_files(out: Path) -> list[Path]:
+    return [p for label in ("cat", "dog") if (out / label).is_dir() for p in (out / label).iterdir()]
+
+
+def test_kill_9_mid_run_then_resume(tmp_path: Path) -> None:
+    web = FakeWeb().start()
+    try:
+        for label, offset in (("cat", 0), ("dog", 100)):
+            paths = []
+            for i in range(PER_CLASS + 4):
+                path = f"/img/{label}/{i}.jpg"
+                web.add(path, Route(body=make_image(offset + i), delay=0.1))
+                paths.append(path)
+            web.add_results(label, paths)
+        out = tmp_path / "data"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(_command(web, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        deadline = time.monotonic() + 60
+        while len(_ok_lines(out)) < 5 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.kill()  # SIGKILL: no cleanup of any kind
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+        before = {r["url"].removeprefix(web.base) for r in _ok_lines(out)}
+        assert 5 <= len(before) < 2 * PER_CLASS
+        for f in _dataset_files(out):  # whatever is in the dataset is whole
+            assert f.name.startswith(hashlib.sha256(f.read_bytes()).hexdigest()[:16])
+        hits_before = dict(web.hits)
+
+        done = subprocess.run(_command(web, out), capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(done.stdout)
+        assert summary["complete"] is True
+        assert [(c["label"], c["ok"]) for c in summary["classes"]] == [("cat", PER_CLASS), ("dog", PER_CLASS)]
+
+        for path in before:  # nothing downloaded before the kill is fetched again
+            assert web.hits[path] == hits_before[path] == 1, path
+        files = _dataset_files(out)
+        assert len(files) == 2 * PER_CLASS
+        digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+        assert len(set(digests)) == len(digests)
+        assert all(f.name.startswith(d[:16]) for f, d in zip(files, digests))
+        ok = _ok_lines(out)
+        assert len(ok) == 2 * PER_CLASS and len({r["url"] for r in ok}) == len(ok)
+        assert not (out / ".partial").exists()
+    finally:
+        web.stop()
