@@ -7,6 +7,7 @@ from cnnlab.cli import collect as _collect  # noqa: F401
 from cnnlab.cli import labels as _labels  # noqa: F401
 from cnnlab.cli import models as _models  # noqa: F401
 from cnnlab.cli import predict as _predict  # noqa: F401
+from cnnlab.cli import train as _train  # noqa: F401
 from cnnlab.cli.app import app
 
 
