@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnlab.datasets import make_loader
+from cnnlab.datasets import default_cpu_threads, default_workers, make_loader
 from cnnlab.measure import MiB, MemoryMeter, count_macs, current_rss_mib, parameter_bytes, reset_peak_rss, time_repeated
 from cnnlab.models import load_model
 from cnnlab.weights import locate_weights
@@ -142,9 +142,7 @@ def _load(request: RunRequest) -> Any:
 
 
 def _run(request: RunRequest, result: RunResult) -> None:
-    if request.threads:
-        torch.set_num_threads(request.threads)
-    result.threads = torch.get_num_threads()
+    requested_threads = request.threads
     # Load the registry and BLAS before the memory baseline, so the baseline is the bare runtime.
     if not Path(request.model).is_file():
         get_spec(request.model)
@@ -155,6 +153,9 @@ def _run(request: RunRequest, result: RunResult) -> None:
     model = _load(request)
     result.load_s = time.perf_counter() - t0
     device = model.device
+    workers = default_workers(device.type) if request.workers is None else request.workers
+    torch.set_num_threads(requested_threads or (default_cpu_threads(workers) if device.type == "cpu" else torch.get_num_threads()))
+    result.threads = torch.get_num_threads()
     result.device = str(device)
     result.device_name = _device_name(device)
     result.spec = model.spec.to_dict()
@@ -199,7 +200,8 @@ def _evaluate(model: Any, request: RunRequest, result: RunResult) -> None:
 
     paths = [Path(p) for p in request.paths]
     loader = make_loader(paths, model.preprocessing, batch_size=request.batch_size, workers=request.workers,
-                         pin_memory=model.device.type == "cuda", fast_decode=request.fast_decode)
+                         pin_memory=model.device.type == "cuda", fast_decode=request.fast_decode,
+                         device_type=model.device.type)
     result.workers = loader.num_workers
     n = len(paths)
     indices = np.full(n, -1, dtype=np.int64)

@@ -84,7 +84,8 @@ def predict(
     k = max(1, min(topk, loaded.spec.num_classes))
     categories = loaded.categories
     loader = make_loader(
-        paths, loaded.preprocessing, batch_size=batch_size, workers=workers, pin_memory=loaded.device.type == "cuda"
+        paths, loaded.preprocessing, batch_size=batch_size, workers=workers, pin_memory=loaded.device.type == "cuda",
+        device_type=loaded.device.type,
     )
     by_index: dict[int, Prediction] = {}
     with torch.inference_mode():

@@ -1119,7 +1119,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         device=device,
         precision=precision,
         bn=bn,
-        workers=default_workers() if config.workers is None else config.workers,
+        workers=default_workers(device.type) if config.workers is None else config.workers,
         result=result,
     )
     for n in notes:
