@@ -14,7 +14,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -299,6 +299,16 @@ def _comparisons(models: list[ModelResult]) -> list[metrics.PairwiseComparison]:
     return metrics.compare_models(hits)
 
 
+def _request_for(config: BenchConfig, model: str, dataset: LabelledImages, predictions_file: Path) -> RunRequest:
+    """A worker's request: the options it shares with ``config``, plus the model and the files."""
+    shared = {f.name for f in fields(RunRequest)} & {f.name for f in fields(BenchConfig)}
+    options = {name: getattr(config, name) for name in shared}
+    if options.get("weights_dir") is not None:
+        options["weights_dir"] = str(options["weights_dir"])
+    return RunRequest(model=model, paths=[str(p) for p in dataset.paths],
+                      predictions_file=str(predictions_file), **options)
+
+
 def bench_models(config: BenchConfig, *, on_model_start: Any = None) -> BenchResult:
     """Run the benchmark described by ``config``. Never raises for a single model's failure."""
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -310,26 +320,7 @@ def bench_models(config: BenchConfig, *, on_model_start: Any = None) -> BenchRes
         for i, name in enumerate(config.models):
             if on_model_start is not None:
                 on_model_start(i, name)
-            request = RunRequest(
-                model=name,
-                paths=[str(p) for p in dataset.paths],
-                predictions_file=str(workdir / f"pred-{i}.npz"),
-                device=config.device,
-                batch_size=config.batch_size,
-                precision=config.precision,
-                channels_last=config.channels_last,
-                compile=config.compile,
-                workers=config.workers,
-                threads=config.threads,
-                random_weights=config.random_weights,
-                weights_dir=str(config.weights_dir) if config.weights_dir else None,
-                fast_decode=config.fast_decode,
-                warmup=config.warmup,
-                latency_repeats=config.latency_repeats,
-                throughput_repeats=config.throughput_repeats,
-                max_seconds_per_timing=config.max_seconds_per_timing,
-                progress=config.progress,
-            )
+            request = _request_for(config, name, dataset, workdir / f"pred-{i}.npz")
             run = _run_isolated(request, workdir) if config.isolate else run_model(request)
             model = ModelResult(run)
             pred_file = Path(request.predictions_file)
