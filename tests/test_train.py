@@ -438,6 +438,7 @@ def test_cli_train_then_predict_then_bench(colours: Path, tmp_path: Path) -> Non
     ours = rows[str(run / "best.pt")]
     assert ours["status"] == "ok" and ours["scored_images"] == 36  # scored on the user's classes directly
     assert ours["top1"] >= 0.9
+    assert ours["top5"] is None  # 3 classes: "top-5" would be trivially 1.0, so it is not reported
 
 
 def test_cli_random_weights_says_so_and_json(colours: Path, tmp_path: Path) -> None:

@@ -267,7 +267,10 @@ def _score(model: ModelResult, dataset: LabelledImages, mappings: dict[str, Labe
     if not keep.any():
         return None
     topk, probs, y = pred["topk"][keep], pred["probs"][keep], y_all[keep]
-    summary = metrics.summarize(topk, probs, y, accepted, ks=(1, 5) if topk.shape[1] >= 5 else (1,))
+    # top-5 only means something when the model has more than 5 classes to choose from
+    num_classes = len(model.run.categories) or topk.shape[1]
+    ks = (1, 5) if topk.shape[1] >= 5 and num_classes > 5 else (1,)
+    summary = metrics.summarize(topk, probs, y, accepted, ks=ks)
     y_pred = metrics.predicted_user_class(topk[:, 0], accepted)
     return ModelAccuracy(
         scored=int(keep.sum()),

@@ -242,7 +242,8 @@ def _evaluate(model: Any, request: RunRequest, result: RunResult) -> None:
     result.eval_model_s = model_s
     ok = indices >= 0
     result.eval_images = int(ok.sum())
-    np.savez(request.predictions_file, rows=np.nonzero(ok)[0], topk=top_idx[ok], probs=top_prob[ok])
+    # a model with fewer than TOPK classes (a fine-tuned 3-class head) has only k columns
+    np.savez(request.predictions_file, rows=np.nonzero(ok)[0], topk=top_idx[ok, :k], probs=top_prob[ok, :k])
 
 
 def main(argv: list[str] | None = None) -> int:

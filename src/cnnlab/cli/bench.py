@@ -37,7 +37,7 @@ def _run(config: BenchConfig, out_dir: Path, plots: bool) -> None:
     _print_tables(result)
     unmapped = [n for n, m in result.mappings.items() if not m.mapped]
     if unmapped:
-        err.print(f"[yellow]not scored (no ImageNet mapping):[/] {', '.join(unmapped)}", highlight=False)
+        err.print(f"[yellow]not scored by ImageNet models (no mapping):[/] {', '.join(unmapped)}", highlight=False)
     if result.skipped:
         err.print(f"[yellow]{len(result.skipped)} files skipped[/] (see {files['skipped']})")
     err.print(f"results in {out_dir}/ (results.md, results.csv, results.json, report.html, plots, predictions/)")
