@@ -134,3 +134,37 @@ def test_paired_comparison_uses_common_images(tmp_path: Path) -> None:
     assert comparison.n == 8 and comparison.mcnemar.b == 0 and comparison.mcnemar.c == 0
     assert "not a significant difference" in comparison.verdict
     assert np.array_equal(result.models[0].predictions["topk"], result.models[1].predictions["topk"])
+
+
+def test_random_weights_never_publish_accuracy(tmp_path: Path) -> None:
+    data = build_demo_set(tmp_path / "demo")
+    result = bench_models(BenchConfig(data=data, models=["efficientnet_lite0", "squeezenet1_1"],
+                                      random_weights="missing", isolate=False, **FAST))
+    real, random = result.models
+    assert not real.run.random_weights and real.accuracy is not None
+    assert random.run.random_weights and random.accuracy is None
+    models = result.to_dict()["models"]
+    assert models[1]["accuracy"] is None and models[1]["top1"] is None
+    assert result.comparisons == []  # nothing to compare a random model with
+
+
+def test_empty_and_unreadable_sets(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    result = runner.invoke(app, ["bench", str(tmp_path / "empty"), "-q"])
+    assert result.exit_code == 2 and "no images found" in result.stderr
+    (tmp_path / "bad" / "cat").mkdir(parents=True)
+    (tmp_path / "bad" / "cat" / "x.jpg").write_bytes(b"nope")
+    result = runner.invoke(app, ["bench", str(tmp_path / "bad"), "--models", "efficientnet_lite0", "--in-process",
+                                 "-q", "--no-plots", "--workers", "0", "--repeats", "3", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no image could be read" in result.stderr
+    (tmp_path / "m.csv").write_text("path,label\nx.jpg,\n")
+    result = runner.invoke(app, ["bench", str(tmp_path / "m.csv"), "-q"])
+    assert result.exit_code == 2 and "needs both a path and a label" in result.stderr
+
+
+def test_same_model_twice_keeps_both_prediction_files(tiny_folder: Path, tmp_path: Path) -> None:
+    result = bench_models(BenchConfig(data=tiny_folder, models=["squeezenet1_1", "squeezenet1_1"],
+                                      random_weights="always", isolate=False, **FAST))
+    write_bench_outputs(result, tmp_path / "o", plots=False)
+    names = sorted(p.name for p in (tmp_path / "o" / "predictions").iterdir())
+    assert names == ["squeezenet1_1.IMAGENET1K_V1.csv", "squeezenet1_1.IMAGENET1K_V1_2.csv"]

@@ -102,3 +102,17 @@ def test_models_cli_lists_and_filters() -> None:
     lite = json.loads(runner.invoke(app, ["models", "efficientnet_lite0", "--json"]).stdout)
     assert lite[0]["available"] is True
     assert runner.invoke(app, ["models", "zzz*"]).exit_code == 1
+
+
+def test_clear_errors_for_device_and_checkpoint_typos(tmp_path: Path) -> None:
+    img = make_image(tmp_path / "a.png")
+    result = runner.invoke(app, ["predict", str(img), "--device", "gpu", "-q"])
+    assert result.exit_code != 0 and "unknown device 'gpu'" in result.stderr and "Traceback" not in result.output
+    result = runner.invoke(app, ["predict", str(img), "--model", str(tmp_path / "runs" / "best.pt"), "-q"])
+    assert result.exit_code == 3 and "does not exist" in result.stderr
+
+
+def test_empty_folder_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "nothing").mkdir()
+    result = runner.invoke(app, ["predict", str(tmp_path / "nothing"), "-q"])
+    assert result.exit_code == 1 and "no image files found" in result.stderr

@@ -149,3 +149,32 @@ def test_weights_where_cli() -> None:
     assert "resnet50-11ad3fa6.pth" in result.output
     assert "https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in result.output
     assert "not on this machine" in result.output
+
+
+def test_non_torch_file_is_called_what_it_is(tmp_path: Path, image_factory) -> None:
+    fake = image_factory(tmp_path / "photo.jpg")
+    renamed = tmp_path / "weights.pt"
+    renamed.write_bytes(fake.read_bytes())
+    with pytest.raises(WeightsIntegrityError, match="not a PyTorch weights file"):
+        load_state_dict(renamed)
+
+
+def test_fetch_dest_copies_a_cached_file_after_checking_its_hash(tmp_path: Path, isolated_torch_home: Path) -> None:
+    cache = isolated_torch_home / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    served, _ = _hash_named_state_dict(cache, "resnet18")
+    spec = dataclasses.replace(get_spec("resnet18"), weights_file=served.name)
+    copied = fetch_weights(spec, tmp_path / "airgap", progress=False)
+    assert copied == tmp_path / "airgap" / served.name and copied.read_bytes() == served.read_bytes()
+    corrupt = cache / "resnet18-deadbeef.pth"
+    corrupt.write_bytes(served.read_bytes())
+    with pytest.raises(WeightsIntegrityError, match="deadbeef"):
+        fetch_weights(dataclasses.replace(spec, weights_file=corrupt.name), tmp_path / "airgap2", progress=False)
+
+
+def test_weights_dir_comes_before_packaged_weights(tmp_path: Path) -> None:
+    spec = get_spec("efficientnet_lite0")
+    assert locate_weights(spec).found == spec.packaged_weights
+    mine = tmp_path / spec.weights_file
+    mine.write_bytes(b"placeholder")
+    assert locate_weights(spec, tmp_path).found == mine

@@ -25,6 +25,7 @@ import torch
 from cnnlab import metrics
 from cnnlab.bench_run import RunRequest, RunResult, run_model
 from cnnlab.datasets import LabelledImages, SkippedFile, scan_dataset
+from cnnlab.errors import DatasetError
 from cnnlab.labels import LabelMapping, map_classes
 from cnnlab.zoo import LAB_MODELS
 
@@ -235,9 +236,10 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def _run_isolated(request: RunRequest, workdir: Path) -> RunResult:
-    req_file = workdir / f"request-{abs(hash(request.model))}.json"
-    res_file = req_file.with_name(req_file.stem.replace("request", "result") + ".json")
+def _run_isolated(request: RunRequest, workdir: Path, index: int) -> RunResult:
+    req_file = workdir / f"request-{index}.json"
+    res_file = workdir / f"result-{index}.json"
+    res_file.unlink(missing_ok=True)
     req_file.write_text(json.dumps(request.to_dict()))
     proc = subprocess.run([sys.executable, "-m", "cnnlab.bench_run", str(req_file), str(res_file)], check=False)
     if res_file.is_file():
@@ -284,22 +286,41 @@ def _score(model: ModelResult, dataset: LabelledImages, mappings: dict[str, Labe
 
 
 def _comparisons(models: list[ModelResult]) -> list[metrics.PairwiseComparison]:
-    """McNemar on the images that every compared model scored."""
+    """McNemar for each pair of scored models, on the images both of them scored."""
     scored = [m for m in models if m.accuracy is not None and not m.run.random_weights]
-    if len(scored) < 2:
-        return []
-    common = set(scored[0].accuracy.rows.tolist())  # type: ignore[union-attr]
-    for m in scored[1:]:
-        common &= set(m.accuracy.rows.tolist())  # type: ignore[union-attr]
-    order = np.array(sorted(common), dtype=np.int64)
-    hits = {}
-    for m in scored:
-        acc = m.accuracy
-        assert acc is not None
-        position = {r: i for i, r in enumerate(acc.rows.tolist())}
-        key = m.name if m.name not in hits else f"{m.name} (#{len(hits) + 1})"
-        hits[key] = acc.hits1[[position[r] for r in order.tolist()]]
-    return metrics.compare_models(hits)
+    names = unique_names(scored)
+    comparisons = []
+    for i, a in enumerate(scored):
+        for j in range(i + 1, len(scored)):
+            b = scored[j]
+            acc_a, acc_b = a.accuracy, b.accuracy
+            assert acc_a is not None and acc_b is not None
+            common = np.intersect1d(acc_a.rows, acc_b.rows)
+            if len(common) == 0:
+                continue  # e.g. a fine-tuned model and an ImageNet model that score different classes
+            hits_a = acc_a.hits1[np.searchsorted(acc_a.rows, common)]
+            hits_b = acc_b.hits1[np.searchsorted(acc_b.rows, common)]
+            comparisons.extend(metrics.compare_models({names[i]: hits_a, names[j]: hits_b}))
+    return comparisons
+
+
+def unique_names(models: list[ModelResult]) -> list[str]:
+    """Model names, with ``#2``, ``#3`` appended to repeats (the same model listed twice)."""
+    seen: dict[str, int] = {}
+    names = []
+    for m in models:
+        seen[m.name] = seen.get(m.name, 0) + 1
+        names.append(m.name if seen[m.name] == 1 else f"{m.name} #{seen[m.name]}")
+    return names
+
+
+def _release_memory() -> None:
+    """Between in-process models: drop the last model's memory so the next one starts clean."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _request_for(config: BenchConfig, model: str, dataset: LabelledImages, predictions_file: Path) -> RunRequest:
@@ -316,6 +337,8 @@ def bench_models(config: BenchConfig, *, on_model_start: Any = None) -> BenchRes
     """Run the benchmark described by ``config``. Never raises for a single model's failure."""
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     dataset = scan_dataset(config.data, split=config.split)
+    if len(dataset) == 0:
+        raise DatasetError(f"no images found in {config.data}" + (f" (split {config.split})" if config.split else ""))
     mappings = map_classes(dataset.classes, config.mapping_file)
     results: list[ModelResult] = []
     with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as tmp:
@@ -324,13 +347,18 @@ def bench_models(config: BenchConfig, *, on_model_start: Any = None) -> BenchRes
             if on_model_start is not None:
                 on_model_start(i, name)
             request = _request_for(config, name, dataset, workdir / f"pred-{i}.npz")
-            run = _run_isolated(request, workdir) if config.isolate else run_model(request)
+            if config.isolate:
+                run = _run_isolated(request, workdir, i)
+            else:
+                run = run_model(request)
+                _release_memory()
             model = ModelResult(run)
             pred_file = Path(request.predictions_file)
             if run.error is None and pred_file.is_file():
                 with np.load(pred_file) as npz:
                     model.predictions = {k: npz[k] for k in npz.files}
-                model.accuracy = _score(model, dataset, mappings)
+                if not run.random_weights:  # random weights: speed and memory only, never accuracy
+                    model.accuracy = _score(model, dataset, mappings)
             results.append(model)
     return BenchResult(
         config=config,

@@ -195,6 +195,9 @@ def _scan_manifest(path: Path, split: str | None) -> LabelledImages:
             raise DatasetError(f"{path} has no rows with split={split!r}")
     # a collect manifest holds every candidate; only 'ok' ones are images of the set
     rows = [r for r in rows if r.get("status", "ok") == "ok"]
+    for n, r in enumerate(rows, 1):
+        if not (r.get("path") or "").strip() or not (r.get("label") or "").strip():
+            raise DatasetError(f"{path}: row {n} needs both a path and a label, got {dict(r)}")
     classes = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(classes)}
     base = path.parent

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError, WeightsIntegrityError
+from cnnlab.errors import CnnlabError, WeightsIntegrityError, WeightsNotFoundError
 from cnnlab.preprocess import Preprocessing
 from cnnlab.weights import load_state_dict, resolve_weights
 from cnnlab.zoo import ModelSpec, get_spec
@@ -27,7 +27,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise CnnlabError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CnnlabError("--device cuda was asked for, but torch sees no CUDA device here")
     return dev
@@ -114,6 +117,8 @@ def load_model(
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
         torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    if _looks_like_checkpoint(name) and not Path(name).is_file():
+        raise WeightsNotFoundError(f"checkpoint file {name} does not exist")
     if _is_checkpoint_path(name):
         from cnnlab.checkpoint import load_checkpoint
 
@@ -150,6 +155,9 @@ def load_model(
     return loaded
 
 
+def _looks_like_checkpoint(name: str) -> bool:
+    return Path(name).suffix in (".pt", ".pth", ".ckpt")
+
+
 def _is_checkpoint_path(name: str) -> bool:
-    path = Path(name)
-    return path.suffix in (".pt", ".pth", ".ckpt") and path.is_file()
+    return _looks_like_checkpoint(name) and Path(name).is_file()

@@ -71,12 +71,14 @@ def bench_plots(result: BenchResult, out: Path) -> dict[str, Path]:
         width = 0.8 / len(scored)
         for j, m in enumerate(scored):
             pc = {p.name: p for p in m.accuracy.per_class}  # type: ignore[union-attr]
-            values = [pc[c].accuracy if c in pc and pc[c].support else 0.0 for c in classes]
+            unscored = set(m.accuracy.unscored_classes)  # type: ignore[union-attr]
+            values = [float("nan") if c in unscored or c not in pc or not pc[c].support else pc[c].accuracy
+                      for c in classes]
             ax.bar([i + j * width for i in range(len(classes))], values, width=width, label=m.name)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(classes))], classes, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("top-1 accuracy (recall)")
-        ax.set_title("Per-class accuracy")
+        ax.set_title("Per-class accuracy (no bar: class not scored by that model)")
         ax.legend(fontsize=8)
         fig.tight_layout()
         files["per_class"] = out / "per_class.png"
@@ -84,9 +86,10 @@ def bench_plots(result: BenchResult, out: Path) -> dict[str, Path]:
         plt.close(fig)
 
     # confusion matrices
-    from cnnlab.report import _safe_name
+    from cnnlab.bench import unique_names
+    from cnnlab.report import file_stem
 
-    for m in scored:
+    for m, name in zip(scored, unique_names(scored)):
         cm = m.accuracy.confusion  # type: ignore[union-attr]
         classes = result.dataset.classes
         fig, ax = plt.subplots(figsize=(1.0 + 0.5 * (len(classes) + 1), 1.0 + 0.45 * len(classes)))
@@ -100,7 +103,7 @@ def bench_plots(result: BenchResult, out: Path) -> dict[str, Path]:
         ax.set_ylabel("true")
         ax.set_title(m.name, fontsize=9)
         fig.tight_layout()
-        key = f"confusion_{_safe_name(m.name)}"
+        key = f"confusion_{file_stem(name)}"
         files[key] = out / f"{key}.png"
         fig.savefig(files[key], dpi=110)
         plt.close(fig)

@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cnnlab.bench import BenchResult
+from cnnlab.bench import BenchResult, unique_names
 from cnnlab.labels import describe_indices
 
 def _safe_name(name: str) -> str:
@@ -126,52 +126,72 @@ def per_class_rows(result: BenchResult) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def markdown_report(result: BenchResult) -> str:
+# A report is a list of blocks, rendered both as Markdown and as HTML so the two never drift apart:
+# ("h1"|"h2"|"p", text), ("table", header, rows), ("list", items).
+Block = tuple[Any, ...]
+
+
+def report_blocks(result: BenchResult) -> list[Block]:
+    """The content of results.md and report.html, in order."""
     env = result.environment
     ds = result.dataset
     device = next((m.run.device_name or m.run.device for m in result.models if m.ok), "n/a")
-    parts = [
-        "# cnnlab bench results",
-        "",
-        f"Data: `{ds.root}` — {len(ds)} images in {len(ds.classes)} classes; "
-        f"{len(result.skipped)} files skipped. Device: {device}; torch {env['torch']}, "
-        f"torchvision {env['torchvision']}; precision {result.config.precision}; batch {result.config.batch_size}.",
-        "",
-        "## The lab's table",
-        "",
-        _md_table(*lab_table(result)),
-        "",
-        "Accuracy counts only images whose class maps onto the model's outputs (see the label mapping). "
-        "Brackets are 95% Wilson intervals: where two models' intervals overlap, the data cannot tell them apart; "
-        "the paired tests below say whether the difference is significant.",
-        "",
-        "## All figures",
-        "",
-        _md_table(*full_table(result)),
-        "",
+    blocks: list[Block] = [
+        ("h1", "cnnlab bench results"),
+        ("p", f"Data: {ds.root} — {len(ds)} images in {len(ds.classes)} classes; {len(result.skipped)} files "
+              f"skipped. Device: {device}; torch {env['torch']}, torchvision {env['torchvision']}; "
+              f"precision {result.config.precision}; batch {result.config.batch_size}."),
+        ("h2", "The lab's table"),
+        ("table", *lab_table(result)),
+        ("p", "Accuracy counts only images whose class maps onto the model's outputs (see the label mapping). "
+              "Brackets are 95% Wilson intervals: where two models' intervals overlap, the data cannot tell them "
+              "apart; the paired tests below say whether a difference is significant."),
+        ("h2", "All figures"),
+        ("table", *full_table(result)),
     ]
     if any(m.run.random_weights for m in result.models):
-        parts += ["Models marked *random weights* ran without their pretrained weights: their speed and memory "
-                  "figures are real, their accuracy is meaningless and is not reported.", ""]
+        blocks.append(("p", "Models marked 'random weights' ran without their pretrained weights: their speed and "
+                            "memory figures are real; they have no accuracy figures."))
     if result.comparisons:
-        parts += ["## Are the differences real? (paired McNemar tests, top-1)", ""]
-        parts += [f"- {c.verdict}" for c in result.comparisons] + [""]
-    parts += ["## Label mapping", "", _md_table(["folder", "images", "how", "ImageNet classes", "note"], mapping_rows(result)), ""]
+        blocks += [("h2", "Are the differences real? (paired McNemar tests, top-1)"),
+                   ("list", [c.verdict for c in result.comparisons])]
+    blocks += [("h2", "Label mapping"),
+               ("table", ["folder", "images", "how", "ImageNet classes", "note"], mapping_rows(result))]
     unmapped = [n for n, m in result.mappings.items() if not m.mapped]
     if unmapped:
-        parts += [f"Left out of ImageNet accuracy (no mapping): {', '.join(unmapped)}. "
-                  "Add them to a mapping file (`--mapping`) to score them.", ""]
+        blocks.append(("p", f"Left out of ImageNet accuracy (no mapping): {', '.join(unmapped)}. "
+                            "Add them to a mapping file (--mapping) to score them."))
     if ds.empty_classes:
-        parts += [f"Empty classes: {', '.join(ds.empty_classes)}.", ""]
+        blocks.append(("p", f"Empty classes: {', '.join(ds.empty_classes)}."))
     header, rows = per_class_rows(result)
     if len(header) > 2:
-        parts += ["## Per class", "", _md_table(header, rows), ""]
+        blocks += [("h2", "Per class"), ("table", header, rows)]
     if result.skipped:
         reasons = Counter(s.reason for s in result.skipped)
-        parts += ["## Skipped files", "", ", ".join(f"{r}: {n}" for r, n in reasons.most_common()) + " (see skipped.csv)", ""]
+        blocks += [("h2", "Skipped files"),
+                   ("p", ", ".join(f"{r}: {n}" for r, n in reasons.most_common()) + " (every file in skipped.csv)")]
     errors = [m for m in result.models if not m.ok]
     if errors:
-        parts += ["## Errors", ""] + [f"- **{m.name}**: {m.run.error}" for m in errors] + [""]
+        blocks += [("h2", "Errors"), ("list", [f"{m.name}: {m.run.error}" for m in errors])]
+    return blocks
+
+
+def markdown_report(result: BenchResult) -> str:
+    """results.md."""
+    parts = []
+    for block in report_blocks(result):
+        kind = block[0]
+        if kind == "h1":
+            parts.append(f"# {block[1]}")
+        elif kind == "h2":
+            parts.append(f"## {block[1]}")
+        elif kind == "p":
+            parts.append(block[1])
+        elif kind == "table":
+            parts.append(_md_table(block[1], block[2]))
+        elif kind == "list":
+            parts.append("\n".join(f"- {item}" for item in block[1]))
+        parts.append("")
     return "\n".join(parts)
 
 
@@ -185,14 +205,19 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def file_stem(name: str) -> str:
+    """A file-name-safe form of a model name (``runs/x/best.pt`` -> ``runs_x_best.pt``)."""
+    return _safe_name(name)
+
+
 def _write_predictions(result: BenchResult, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     ds = result.dataset
-    for m in result.models:
+    for m, name in zip(result.models, unique_names(result.models)):
         if m.predictions is None:
             continue
         categories = m.run.categories
-        with (folder / f"{_safe_name(m.name)}.csv").open("w", newline="") as fh:
+        with (folder / f"{file_stem(name)}.csv").open("w", newline="") as fh:
             writer = csv.writer(fh)
             k = m.predictions["topk"].shape[1]
             writer.writerow(["path", "label"] + [f"top{i}_index" for i in range(1, k + 1)]
@@ -247,22 +272,25 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def html_report(result: BenchResult, images: dict[str, str]) -> str:
-    """A self-contained page (plots referenced next to it) with the same content as results.md."""
-    sections = [
-        "<h1>cnnlab bench results</h1>",
-        f"<p>{html.escape(str(result.dataset.root))}: {len(result.dataset)} images, "
-        f"{len(result.dataset.classes)} classes, {len(result.skipped)} skipped.</p>",
-        "<h2>The lab's table</h2>", _html_table(*lab_table(result)),
-        "<h2>All figures</h2>", _html_table(*full_table(result)),
-    ]
-    if result.comparisons:
-        sections.append("<h2>Paired tests (McNemar, top-1)</h2><ul>"
-                        + "".join(f"<li>{html.escape(c.verdict)}</li>" for c in result.comparisons) + "</ul>")
-    sections += ["<h2>Label mapping</h2>",
-                 _html_table(["folder", "images", "how", "ImageNet classes", "note"], mapping_rows(result))]
+    """report.html: the same blocks as results.md, then the plots (PNG files next to it)."""
+    esc = html.escape
+    parts = []
+    for block in report_blocks(result):
+        kind = block[0]
+        if kind in ("h1", "h2"):
+            parts.append(f"<{kind}>{esc(block[1])}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{esc(block[1])}</p>")
+        elif kind == "table":
+            parts.append(_html_table(block[1], block[2]))
+        elif kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in block[1]) + "</ul>")
+    if images:
+        parts.append("<h2>Plots</h2>")
     for key, name in images.items():
-        sections.append(f"<h3>{html.escape(key.replace('_', ' '))}</h3><img src='{html.escape(name)}' alt='{html.escape(key)}'>")
+        parts.append(f"<h3>{esc(key.replace('_', ' '))}</h3><img src='{esc(name)}' alt='{esc(key)}'>")
     style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
              "th{background:#f3f3f3}img{max-width:100%}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>cnnlab bench</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>cnnlab bench</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")

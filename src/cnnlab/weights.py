@@ -4,8 +4,8 @@ Resolution order for a model's weights:
 
 1. an explicit file (``--weights PATH``);
 2. a weights directory (``--weights-dir`` or ``$CNNLAB_WEIGHTS_DIR``);
-3. weights shipped inside an installed package (the offline model);
-4. the torch hub cache, ``$TORCH_HOME/hub/checkpoints`` (where torchvision itself puts them);
+3. the torch hub cache, ``$TORCH_HOME/hub/checkpoints`` (where torchvision itself puts them);
+4. weights shipped inside an installed package (the offline model);
 5. a download from the publisher's URL (or ``$CNNLAB_WEIGHTS_MIRROR``, a base URL that replaces
    everything before the file name) with a progress bar and a check of the sha256 prefix that
    torchvision's file names carry (``resnet50-11ad3fa6.pth``).
@@ -16,10 +16,13 @@ refused with :class:`~cnnlab.errors.UnsafeWeightsError`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import shutil
 import re
 import urllib.error
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,10 +88,10 @@ def locate_weights(spec: ModelSpec, weights_dir: str | Path | None = None) -> We
     """Find ``spec``'s weights on disk without downloading anything."""
     dirs = search_dirs(weights_dir)
     found: Path | None = None
-    if spec.packaged_weights is not None and spec.packaged_weights.is_file():
-        found = spec.packaged_weights
-    elif spec.weights_file:
+    if spec.weights_file:
         found = next((d / spec.weights_file for d in dirs if (d / spec.weights_file).is_file()), None)
+    if found is None and spec.packaged_weights is not None and spec.packaged_weights.is_file():
+        found = spec.packaged_weights
     return WeightsLocation(spec.name, spec.weights_file, download_url(spec), tuple(dirs), found)
 
 
@@ -100,10 +103,30 @@ def fetch_weights(
     Returns the path at once if the file is already there.
     """
     location = locate_weights(spec, dest_dir)
-    if location.found is not None:
-        return location.found
     target_dir = Path(dest_dir) if dest_dir is not None else hub_checkpoints_dir()
-    return _download(spec, location, target_dir, progress)
+    if location.found is None:
+        return _download(spec, location, target_dir, progress)
+    if dest_dir is None or location.found.parent == target_dir:
+        return location.found
+    # found elsewhere (hub cache, package): copy it into dest_dir, checking its hash on the way
+    target = target_dir / location.found.name
+    _check_hash(location.found)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(location.found, target)
+    return target
+
+
+def _check_hash(path: Path) -> None:
+    """Compare a file with the sha256 prefix in its name (torchvision's ``name-<prefix>.pth``)."""
+    match = _HASH_IN_NAME.search(path.name)
+    if match is None:
+        return
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    if not digest.hexdigest().startswith(match.group(1)):
+        raise WeightsIntegrityError(f"{path} does not match the sha256 prefix {match.group(1)} in its name")
 
 
 def _download(spec: ModelSpec, location: WeightsLocation, target_dir: Path, progress: bool) -> Path:
@@ -166,16 +189,27 @@ def resolve_weights(
     return _download(spec, location, hub_checkpoints_dir(), progress)
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive; old files and plain pickles start with the pickle protocol byte."""
+    if zipfile.is_zipfile(path):
+        return True
+    with path.open("rb") as fh:
+        return fh.read(1) == b"\x80"
+
+
 def load_state_dict(path: str | Path) -> StateDict:
     """Load a state dict with ``weights_only=True``; unwrap ``{"state_dict": ...}``/``{"model": ...}``."""
     path = Path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not _looks_like_torch_file(path):
+            raise WeightsIntegrityError(f"{path} is not a PyTorch weights file") from None
+        text = str(exc)
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if text.strip() else ""
         raise UnsafeWeightsError(
             f"refused to load {path}: it is a pickle that contains more than tensors and plain data "
-            f"(loading it could run code). Only load files you trust with plain torch.load. ({first})"
+            f"(loading it could run code). Only load files you trust with plain torch.load. ({detail})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise WeightsIntegrityError(f"cannot read weights file {path}: {exc}") from None

@@ -12,6 +12,7 @@ from cnnlab.bench import BenchConfig, BenchResult, bench_models
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, handle_errors, out, split_csv
 from cnnlab.demo import build_demo_set
+from cnnlab.errors import CnnlabError
 from cnnlab.report import full_table, lab_table, write_bench_outputs
 from cnnlab.zoo import LAB_MODELS, OFFLINE_MODEL
 
@@ -31,6 +32,8 @@ def _print_tables(result: BenchResult) -> None:
 
 
 def _run(config: BenchConfig, out_dir: Path, plots: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CnnlabError(f"--out {out_dir} exists and is not a folder")
     result = bench_models(config, on_model_start=lambda i, name: err.print(
         f"[bold]model {i + 1}/{len(config.models)}: {name}[/]") if config.progress else None)
     files = write_bench_outputs(result, out_dir, plots=plots)
@@ -41,6 +44,9 @@ def _run(config: BenchConfig, out_dir: Path, plots: bool) -> None:
     if result.skipped:
         err.print(f"[yellow]{len(result.skipped)} files skipped[/] (see {files['skipped']})")
     err.print(f"results in {out_dir}/ (results.md, results.csv, results.json, report.html, plots, predictions/)")
+    if not any(m.run.eval_images for m in result.models if m.ok) and any(m.ok for m in result.models):
+        err.print("[red]no image could be read[/]: every file was skipped (see skipped.csv)")
+        raise typer.Exit(2)
     if result.failed:
         for m in result.failed:
             err.print(f"[red]{m.name} failed:[/] {m.run.error}", highlight=False)
@@ -63,8 +69,8 @@ def bench_command(
     precision: Annotated[str, typer.Option("--precision", help="fp32, tf32, bf16 or fp16.")] = "fp32",
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory format.")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (slow to start).")] = False,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes (default: cores-1).")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (default: torch's choice, reported).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes (default: GPU cores-1 up to 8; CPU a quarter of the cores).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (default: the cores not used for decoding; reported).")] = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Speed and memory only: no weights, no accuracy.")] = False,
     random_if_missing: Annotated[bool, typer.Option("--random-weights-if-missing", help="Use random weights only for models whose weights are not on disk.")] = False,
     weights_dir: Annotated[Optional[Path], typer.Option("--weights-dir", help="Folder to search for weights.")] = None,

@@ -25,7 +25,7 @@ def predict_command(
     topk: Annotated[int, typer.Option("--topk", "-k", min=1, help="How many classes to show per image.")] = 5,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes (default: cores-1).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes (default: GPU cores-1 up to 8; CPU a quarter of the cores).")] = None,
     weights: Annotated[Optional[str], typer.Option("--weights", help="Explicit weights file.")] = None,
     weights_dir: Annotated[Optional[str], typer.Option("--weights-dir", help="Folder to search for weights.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
@@ -58,6 +58,9 @@ def predict_command(
         out.print(table)
     for s in result.skipped:
         err.print(f"[yellow]skipped[/] {s.path}: {s.reason}" + (f" ({s.detail})" if s.detail else ""), highlight=False)
+    if not result.predictions and not result.skipped:
+        err.print("no image files found in " + ", ".join(inputs))
+        raise typer.Exit(1)
     if result.skipped:
         err.print(f"{len(result.predictions)} predicted, {len(result.skipped)} skipped")
         raise typer.Exit(1)
