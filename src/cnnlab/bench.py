@@ -14,7 +14,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from cnnlab import metrics
-from cnnlab.bench_run import RunRequest, RunResult, run_model
+from cnnlab.bench_run import MeasureOptions, RunRequest, RunResult, run_model
 from cnnlab.datasets import LabelledImages, SkippedFile, scan_dataset
 from cnnlab.errors import DatasetError
 from cnnlab.labels import LabelMapping, map_classes
@@ -32,30 +32,16 @@ from cnnlab.zoo import LAB_MODELS
 SCHEMA_VERSION = 1
 
 
-@dataclass
-class BenchConfig:
-    """Options of a benchmark run (the CLI's options, one to one)."""
+@dataclass(kw_only=True)
+class BenchConfig(MeasureOptions):
+    """Options of a benchmark run (the CLI's options, one to one): what to measure, and how."""
 
     data: Path
     models: list[str] = field(default_factory=lambda: list(LAB_MODELS))
     split: str | None = None
     mapping_file: Path | None = None
-    device: str = "auto"
-    batch_size: int = 32
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
-    workers: int | None = None
-    threads: int | None = None
-    random_weights: str = "never"  # never | always | missing (fall back to random when not on disk)
-    weights_dir: Path | None = None
+    #: Run each model in its own process (recommended: clean memory figures and failures).
     isolate: bool = True
-    fast_decode: bool = True
-    warmup: int = 3
-    latency_repeats: int = 20
-    throughput_repeats: int = 10
-    max_seconds_per_timing: float = 15.0
-    progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -324,13 +310,9 @@ def _release_memory() -> None:
 
 
 def _request_for(config: BenchConfig, model: str, dataset: LabelledImages, predictions_file: Path) -> RunRequest:
-    """A worker's request: the options it shares with ``config``, plus the model and the files."""
-    shared = {f.name for f in fields(RunRequest)} & {f.name for f in fields(BenchConfig)}
-    options = {name: getattr(config, name) for name in shared}
-    if options.get("weights_dir") is not None:
-        options["weights_dir"] = str(options["weights_dir"])
+    """A worker's request: ``config``'s measuring options, the model and the files."""
     return RunRequest(model=model, paths=[str(p) for p in dataset.paths],
-                      predictions_file=str(predictions_file), **options)
+                      predictions_file=str(predictions_file), **config.measure_options())
 
 
 def bench_models(config: BenchConfig, *, on_model_start: Any = None) -> BenchResult:

@@ -15,7 +15,7 @@ import platform
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +31,10 @@ from cnnlab.zoo import get_spec
 TOPK = 5
 
 
-@dataclass
-class RunRequest:
-    """Everything a worker needs, as plain data (it travels as JSON)."""
+@dataclass(kw_only=True)
+class MeasureOptions:
+    """How a model is measured: the options ``bench`` passes on to each model's worker."""
 
-    model: str
-    paths: list[str]
-    predictions_file: str
     device: str = "auto"
     batch_size: int = 32
     precision: str = "fp32"
@@ -45,8 +42,9 @@ class RunRequest:
     compile: bool = False
     workers: int | None = None
     threads: int | None = None
-    random_weights: str = "never"  # never | always | missing
-    weights_dir: str | None = None
+    #: never | always | missing (random weights only for models whose weights are not on disk)
+    random_weights: str = "never"
+    weights_dir: str | Path | None = None
     fast_decode: bool = True
     warmup: int = 3
     latency_repeats: int = 20
@@ -54,8 +52,22 @@ class RunRequest:
     max_seconds_per_timing: float = 15.0
     progress: bool = True
 
+    def measure_options(self) -> dict[str, Any]:
+        """The options alone, as plain data (paths as strings)."""
+        values = {f.name: getattr(self, f.name) for f in fields(MeasureOptions)}
+        return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+
+
+@dataclass(kw_only=True)
+class RunRequest(MeasureOptions):
+    """Everything a worker needs, as plain data (it travels as JSON)."""
+
+    model: str
+    paths: list[str]
+    predictions_file: str
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), **self.measure_options()}
 
 
 @dataclass
