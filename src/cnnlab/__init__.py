@@ -7,7 +7,9 @@ The library mirrors the CLI::
     model = cnnlab.load_model("efficientnet_lite0")
     result = cnnlab.predict(["photos/"], model=model, topk=5)
     bench = cnnlab.bench_models(cnnlab.BenchConfig(data="photos/", models=["efficientnet_lite0"]))
-    run = cnnlab.train(cnnlab.TrainConfig(data="photos/", model="efficientnet_lite0", out="runs/x"))
+
+    from cnnlab.train import TrainConfig, train   # (the module name cnnlab.train stays a module)
+    run = train(TrainConfig(data="photos/", model="efficientnet_lite0", out="runs/x"))
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 from cnnlab.bench import BenchConfig, BenchResult, bench_models
 from cnnlab.models import LoadedModel, load_model
 from cnnlab.predict import PredictResult, predict
-from cnnlab.train import TrainConfig, TrainResult, train
 from cnnlab.zoo import ModelSpec, get_spec, list_models
 
 __version__ = "0.1.0"
@@ -23,10 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BenchConfig",
     "BenchResult",
-    "TrainConfig",
-    "TrainResult",
     "bench_models",
-    "train",
     "LoadedModel",
     "ModelSpec",
     "PredictResult",
