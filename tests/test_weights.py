@@ -178,3 +178,12 @@ def test_weights_dir_comes_before_packaged_weights(tmp_path: Path) -> None:
     mine = tmp_path / spec.weights_file
     mine.write_bytes(b"placeholder")
     assert locate_weights(spec, tmp_path).found == mine
+
+
+def test_checkpoint_paths_refuse_other_weights(tmp_path: Path) -> None:
+    from cnnlab.errors import CnnlabError
+
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"\x80placeholder")
+    with pytest.raises(CnnlabError, match="checkpoint with its own weights"):
+        load_model(str(ckpt), random_weights=True)

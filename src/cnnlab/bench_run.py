@@ -138,9 +138,12 @@ def run_model(request: RunRequest) -> RunResult:
 
 
 def _load(request: RunRequest) -> Any:
-    random_weights = request.random_weights == "always"
-    if request.random_weights == "missing" and not Path(request.model).is_file():
+    if Path(request.model).is_file():  # a checkpoint from `cnnlab train` always brings its own weights
+        random_weights = False
+    elif request.random_weights == "missing":
         random_weights = locate_weights(get_spec(request.model), request.weights_dir).found is None
+    else:
+        random_weights = request.random_weights == "always"
     return load_model(
         request.model,
         weights_dir=request.weights_dir,

@@ -120,10 +120,11 @@ def load_model(
     if _looks_like_checkpoint(name) and not Path(name).is_file():
         raise WeightsNotFoundError(f"checkpoint file {name} does not exist")
     if _is_checkpoint_path(name):
+        if weights is not None or random_weights:
+            raise CnnlabError(f"{name} is a checkpoint with its own weights: --weights and --random-weights do not apply")
         from cnnlab.checkpoint import load_checkpoint
 
         spec, module, weights_path = load_checkpoint(Path(name))
-        random_weights = False
     else:
         spec = get_spec(name)
         weights_path = None
