@@ -68,18 +68,21 @@ def predict(
     device: str = "auto",
     weights: str | Path | None = None,
     weights_dir: str | Path | None = None,
+    on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> PredictResult:
     """Classify files, folders (searched recursively) and glob patterns.
 
     Files that cannot be decoded are listed in ``result.skipped`` with their reason; the other
     files are still predicted. ``on_batch(n)`` is called after each batch with the number of files
-    it covered (for progress bars).
+    it covered, after ``on_start(total)`` with the number of files found (for progress bars).
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(
         model, weights=weights, weights_dir=weights_dir, device=device
     )
     paths, skipped = expand_paths(inputs)
+    if on_start is not None:
+        on_start(len(paths))
     result = PredictResult(loaded.name, skipped=list(skipped), random_weights=loaded.random_weights)
     k = max(1, min(topk, loaded.spec.num_classes))
     categories = loaded.categories

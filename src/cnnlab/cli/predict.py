@@ -12,7 +12,6 @@ from rich.table import Table
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, handle_errors, out, print_json
-from cnnlab.datasets import expand_paths
 from cnnlab.models import load_model
 from cnnlab.predict import predict
 
@@ -34,11 +33,11 @@ def predict_command(
 ) -> None:
     """Predict the top-k classes of images. Exit status 1 if some files could not be read."""
     loaded = load_model(model, weights=weights, weights_dir=weights_dir, device=device, progress=not quiet)
-    total = len(expand_paths(inputs)[0])
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, disable=quiet, transient=True) as progress:
-        task = progress.add_task(f"predict {loaded.name}", total=total)
+        task = progress.add_task(f"predict {loaded.name}", total=None)
         result = predict(inputs, model=loaded, topk=topk, batch_size=batch_size, workers=workers,
+                         on_start=lambda total: progress.update(task, total=total),
                          on_batch=lambda n: progress.advance(task, n))
     if as_json:
         print_json(result.to_dict())
