@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from cnnlab.bench import BenchConfig, bench_models
+from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
 from cnnlab.models import load_model
 from cnnlab.weights import locate_weights
 from cnnlab.zoo import get_spec
@@ -107,11 +107,11 @@ def main() -> int:
             random_weights = locate_weights(get_spec(name)).found is None
             for kind, root in sets.items():
                 ref = reference_loop(root, name, device, args.batch_size, random_weights)
-                result = bench_models(BenchConfig(
-                    data=root, models=[name], device=str(device), batch_size=args.batch_size,
-                    workers=args.workers, precision=args.precision, channels_last=args.channels_last,
-                    random_weights="always" if random_weights else "never", isolate=False, progress=False,
-                    warmup=1, latency_repeats=3, throughput_repeats=3))
+                measure = MeasureOptions(
+                    device=str(device), batch_size=args.batch_size, workers=args.workers, precision=args.precision,
+                    channels_last=args.channels_last, weights="random" if random_weights else "pretrained",
+                    warmup=1, latency_repeats=3, throughput_repeats=3)
+                result = bench_models(BenchConfig(data=root, models=[name], measure=measure, isolate=False))
                 run = result.models[0].run
                 if run.error:
                     print(f"{name} {kind}: error {run.error}", file=sys.stderr)

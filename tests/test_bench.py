@@ -11,10 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cnnlab.bench import BenchConfig, bench_models
+from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
 from cnnlab.cli import app
 from cnnlab.demo import build_demo_set
-from cnnlab.measure import count_macs
+from cnnlab.bench.measure import count_macs
 from cnnlab.metrics import wilson_interval
 from cnnlab.models import LoadedModel
 from cnnlab.report import write_bench_outputs
@@ -22,7 +22,11 @@ from cnnlab.zoo import get_spec
 from tests.conftest import make_image
 
 runner = CliRunner()
-FAST = dict(latency_repeats=3, throughput_repeats=3, warmup=1, batch_size=4, workers=0, progress=False)
+FAST = dict(latency_repeats=3, throughput_repeats=3, warmup=1, batch_size=4, workers=0)
+
+
+def fast(**kwargs: object) -> MeasureOptions:
+    return MeasureOptions(**{**FAST, **kwargs})  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -57,7 +61,7 @@ def test_random_weights_run_in_subprocesses_via_cli(tiny_folder: Path, tmp_path:
     skipped = list(csv.DictReader((out / "skipped.csv").open()))
     assert [(Path(s["path"]).name, s["reason"], s["label"]) for s in skipped] == [("broken.jpg", "truncated", "cat")]
     payload = json.loads((out / "results.json").read_text())
-    assert payload["schema_version"] == 1
+    assert payload["schema_version"] == 2
     assert payload["environment"]["torch"] == torch.__version__
     assert payload["label_mapping"]["unicorn_rainbow"]["how"] == "unmapped"
 
@@ -68,7 +72,7 @@ def test_real_accuracy_with_offline_model(tmp_path: Path) -> None:
     The astronaut has no ImageNet class and is left out, not scored as wrong."""
     data = build_demo_set(tmp_path / "demo")
     (data / "coffee" / "bad.png").write_bytes(b"")
-    result = bench_models(BenchConfig(data=data, models=["efficientnet_lite0"], isolate=False, **FAST))
+    result = bench_models(BenchConfig(data=data, models=["efficientnet_lite0"], measure=fast(), isolate=False))
     (model,) = result.models
     assert model.ok and model.accuracy is not None
     summary = model.accuracy.summary
@@ -112,7 +116,7 @@ def test_simulated_oom_in_process(tiny_folder: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(LoadedModel, "__call__", maybe_oom)
     result = bench_models(BenchConfig(data=tiny_folder, models=["squeezenet1_1", "mobilenet_v3_small"],
-                                      random_weights="always", isolate=False, **FAST))
+                                      measure=fast(weights="random"), isolate=False))
     first, second = result.models
     assert first.run.error is not None and first.run.error.startswith("out of GPU memory")
     assert second.ok and second.run.eval_images == 9
@@ -129,7 +133,7 @@ def test_measured_macs_match_published_metadata(name: str) -> None:
 def test_paired_comparison_uses_common_images(tmp_path: Path) -> None:
     data = build_demo_set(tmp_path / "demo")
     result = bench_models(BenchConfig(data=data, models=["efficientnet_lite0", "efficientnet_lite0.IMAGENET1K"],
-                                      isolate=False, **FAST))
+                                      measure=fast(), isolate=False))
     (comparison,) = result.comparisons
     assert comparison.n == 8 and comparison.mcnemar.b == 0 and comparison.mcnemar.c == 0
     assert "not a significant difference" in comparison.verdict
@@ -139,7 +143,7 @@ def test_paired_comparison_uses_common_images(tmp_path: Path) -> None:
 def test_random_weights_never_publish_accuracy(tmp_path: Path) -> None:
     data = build_demo_set(tmp_path / "demo")
     result = bench_models(BenchConfig(data=data, models=["efficientnet_lite0", "squeezenet1_1"],
-                                      random_weights="missing", isolate=False, **FAST))
+                                      measure=fast(weights="random-if-missing"), isolate=False))
     real, random = result.models
     assert not real.run.random_weights and real.accuracy is not None
     assert random.run.random_weights and random.accuracy is None
@@ -164,7 +168,7 @@ def test_empty_and_unreadable_sets(tmp_path: Path) -> None:
 
 def test_same_model_twice_keeps_both_prediction_files(tiny_folder: Path, tmp_path: Path) -> None:
     result = bench_models(BenchConfig(data=tiny_folder, models=["squeezenet1_1", "squeezenet1_1"],
-                                      random_weights="always", isolate=False, **FAST))
+                                      measure=fast(weights="random"), isolate=False))
     write_bench_outputs(result, tmp_path / "o", plots=False)
     names = sorted(p.name for p in (tmp_path / "o" / "predictions").iterdir())
     assert names == ["squeezenet1_1.IMAGENET1K_V1.csv", "squeezenet1_1.IMAGENET1K_V1_2.csv"]

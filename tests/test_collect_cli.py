@@ -70,7 +70,7 @@ def test_collect_queries_and_progress(web: FakeWeb, tmp_path: Path) -> None:
     [
         (["--per-class", "3"], "name the classes"),
         (["--query", "cat tabby"], "CLASS=query"),
-        (["--classes", "cat", "--engine", "altavista"], "unknown engine"),
+        (["--classes", "cat", "--engine", "altavista"], "'altavista' is not one of"),
         (["--classes", "cat", "--engine", "flickr"], "API key"),
         (["--engine", "urls"], "--urls FILE"),
         (["--classes", "../up"], "folder name"),

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab.bench import BenchConfig, bench_models
+from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
 from cnnlab.demo import build_demo_set
-from cnnlab.measure import MemoryMeter, time_repeated
+from cnnlab.bench.measure import MemoryMeter, time_repeated
 from cnnlab.models import load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -52,9 +52,9 @@ def test_memory_meter_sees_activations() -> None:
 
 def test_bench_on_cuda_in_subprocesses(tmp_path: Path) -> None:
     data = build_demo_set(tmp_path / "demo")
-    result = bench_models(BenchConfig(data=data, models=["efficientnet_lite0", "resnet50"], device="cuda",
-                                      random_weights="missing", batch_size=8, progress=False,
-                                      latency_repeats=5, throughput_repeats=5))
+    measure = MeasureOptions(device="cuda", weights="random-if-missing", batch_size=8, latency_repeats=5,
+                             throughput_repeats=5)
+    result = bench_models(BenchConfig(data=data, models=["efficientnet_lite0", "resnet50"], measure=measure))
     lite, resnet = result.models
     assert lite.ok and resnet.ok, (lite.run.error, resnet.run.error)
     assert lite.accuracy is not None and lite.accuracy.summary.hits[1] == 7  # as on the CPU

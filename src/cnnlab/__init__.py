@@ -7,29 +7,34 @@ The library mirrors the CLI::
     model = cnnlab.load_model("efficientnet_lite0")
     result = cnnlab.predict(["photos/"], model=model, topk=5)
     bench = cnnlab.bench_models(cnnlab.BenchConfig(data="photos/", models=["efficientnet_lite0"]))
+    run = cnnlab.fine_tune(cnnlab.TrainConfig(data="photos/", model="efficientnet_lite0", out="runs/x"))
 
-    from cnnlab.train import TrainConfig, train   # (the module name cnnlab.train stays a module)
-    run = train(TrainConfig(data="photos/", model="efficientnet_lite0", out="runs/x"))
+Names are imported on first use (``import cnnlab`` alone loads neither torch nor scipy), so the
+command line starts fast.
 """
 
 from __future__ import annotations
 
-from cnnlab.bench import BenchConfig, BenchResult, bench_models
-from cnnlab.models import LoadedModel, load_model
-from cnnlab.predict import PredictResult, predict
-from cnnlab.zoo import ModelSpec, get_spec, list_models
+from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+import lazy_loader
 
-__all__ = [
-    "BenchConfig",
-    "BenchResult",
-    "bench_models",
-    "LoadedModel",
-    "ModelSpec",
-    "PredictResult",
-    "get_spec",
-    "list_models",
-    "load_model",
-    "predict",
-]
+__version__ = "0.2.0"
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "bench": ["BenchConfig", "BenchResult", "bench_models"],
+        "finetune": ["TrainConfig", "TrainResult", "fine_tune"],
+        "models": ["LoadedModel", "load_model"],
+        "prediction": ["PredictResult", "predict"],
+        "zoo": ["ModelSpec", "get_spec", "list_models"],
+    },
+)
+
+if TYPE_CHECKING:
+    from cnnlab.bench import BenchConfig, BenchResult, bench_models
+    from cnnlab.finetune import TrainConfig, TrainResult, fine_tune
+    from cnnlab.models import LoadedModel, load_model
+    from cnnlab.prediction import PredictResult, predict
+    from cnnlab.zoo import ModelSpec, get_spec, list_models

@@ -1,11 +1,11 @@
-"""Finding images and feeding them to models.
+"""Finding images: folders, globs, class-folder trees and manifests.
 
 * :func:`expand_paths` turns files, folders (recursive) and globs into a list of image files.
 * :func:`scan_dataset` reads a labelled set: a class-folder tree (``DIR/<class>/*.jpg``, like
   torchvision's ImageFolder) or a manifest (CSV or JSONL with ``path`` and ``label`` columns and an
   optional ``split`` column, e.g. the ``split.csv`` that ``cnnlab split`` writes).
-* :func:`make_loader` decodes and preprocesses in DataLoader workers; files that cannot be used
-  come back as :class:`SkippedFile` records instead of stopping the run.
+
+Feeding the images to a model is :mod:`cnnlab.inference`'s job.
 """
 
 from __future__ import annotations
@@ -19,11 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader, Dataset
-
-from cnnlab.errors import DatasetError, ImageDecodeError
-from cnnlab.preprocess import Preprocessing
+from cnnlab.errors import DatasetError
 
 #: File name extensions treated as images when scanning folders (case-insensitive).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -215,96 +211,3 @@ def _scan_manifest(path: Path, split: str | None) -> LabelledImages:
     present = set(targets)
     empty = [c for i, c in enumerate(classes) if i not in present]
     return LabelledImages(base, paths, targets, classes, skipped, empty)
-
-
-class ImageFileDataset(Dataset[tuple[int, torch.Tensor | None, str, str]]):
-    """Decodes and preprocesses one file per item: ``(index, uint8 tensor or None, reason, detail)``."""
-
-    def __init__(
-        self, paths: Sequence[Path], preprocessing: Preprocessing, *, fast_decode: bool = True
-    ) -> None:
-        self.paths = list(paths)
-        self.preprocessing = preprocessing
-        self.fast_decode = fast_decode
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str, str]:
-        try:
-            tensor = self.preprocessing.load(self.paths[index], fast_decode=self.fast_decode)
-        except ImageDecodeError as exc:
-            return index, None, exc.reason, exc.detail
-        except Exception as exc:  # noqa: BLE001 - one odd file must not stop a whole run
-            return index, None, "unreadable", f"{type(exc).__name__}: {exc}"
-        return index, tensor, "", ""
-
-
-@dataclass
-class Batch:
-    """A batch of decoded images plus the items of the same slice that failed."""
-
-    indices: list[int]
-    images: torch.Tensor | None
-    failed: list[tuple[int, str, str]]
-
-    def pin_memory(self) -> Batch:
-        """Called by DataLoader(pin_memory=True) so host-to-GPU copies can be asynchronous."""
-        if self.images is not None:
-            self.images = self.images.pin_memory()
-        return self
-
-
-def _collate(items: list[tuple[int, torch.Tensor | None, str, str]]) -> Batch:
-    good = [(i, t) for i, t, _, _ in items if t is not None]
-    failed = [(i, reason, detail) for i, t, reason, detail in items if t is None]
-    images = torch.stack([t for _, t in good]) if good else None
-    return Batch([i for i, _ in good], images, failed)
-
-
-def available_cores() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def default_workers(device_type: str = "cpu") -> int:
-    """Decoding processes to use by default.
-
-    With a GPU the CPU only decodes: one worker per core, leaving one for the main process (at most
-    8). On the CPU, decoding and the model share the cores: a quarter of them decode and the model
-    gets the rest (see :func:`default_cpu_threads`); on 2 cores decoding stays in-process, which
-    measured faster than one worker competing with the model's threads.
-    """
-    cores = available_cores()
-    if device_type == "cuda":
-        return max(0, min(cores - 1, 8))
-    return min(cores // 4, 8)
-
-
-def default_cpu_threads(workers: int) -> int:
-    """torch threads for CPU inference next to ``workers`` decoding processes."""
-    return max(1, available_cores() - workers)
-
-
-def make_loader(
-    paths: Sequence[Path],
-    preprocessing: Preprocessing,
-    *,
-    batch_size: int = 32,
-    workers: int | None = None,
-    pin_memory: bool = False,
-    fast_decode: bool = True,
-    device_type: str = "cpu",
-) -> DataLoader[Batch]:
-    """A DataLoader yielding :class:`Batch` objects in file order (``workers=None``: :func:`default_workers`)."""
-    workers = default_workers(device_type) if workers is None else workers
-    return DataLoader(
-        ImageFileDataset(paths, preprocessing, fast_decode=fast_decode),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
-    )

@@ -14,6 +14,12 @@ class CnnlabError(Exception):
     exit_code: int = 1
 
 
+class UsageError(CnnlabError):
+    """An option value that cannot work, reported before any work starts (exit 2, like a CLI usage error)."""
+
+    exit_code = 2
+
+
 class UnknownModelError(CnnlabError, KeyError):
     """A model name matched nothing in the registry."""
 

@@ -27,11 +27,10 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models import LoadedModel, load_model
+from cnnlab.options import DEFAULT_EXPORT_TOLERANCE, ExportFormat
 from cnnlab.preprocess import Preprocessing
 
-FORMATS = ("torchscript", "onnx")
-#: Largest accepted absolute difference of fp32 logits (typical: 1e-6 to 1e-5).
-DEFAULT_TOLERANCE = 1e-3
+FORMATS = tuple(f.value for f in ExportFormat)
 _SUFFIXES = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
 #: Above this size, ONNX weights go to a separate ``FILE.data`` (protobuf's 2 GB limit).
 _ONNX_SINGLE_FILE_BYTES = 1_500_000_000
@@ -116,7 +115,7 @@ def export_model(
     format: str,
     out: str | Path | None = None,
     *,
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float = DEFAULT_EXPORT_TOLERANCE,
     check_batch: int = 3,
     opset: int | None = None,
 ) -> ExportResult:

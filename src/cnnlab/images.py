@@ -17,9 +17,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cnnlab.errors import ImageDecodeError
+from cnnlab.preprocess import DEFAULT_MAX_PIXELS
 
-#: Default pixel limit (width * height): Pillow's own default. Larger images are refused as bombs.
-DEFAULT_MAX_PIXELS: Final[int] = 89_478_485
 
 #: The reasons :func:`decode_image` can give, for counting and reports.
 REASONS: Final[tuple[str, ...]] = (

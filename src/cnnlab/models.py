@@ -8,16 +8,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError, WeightsIntegrityError, WeightsNotFoundError
+from cnnlab.errors import CnnlabError, UsageError, WeightsIntegrityError, WeightsNotFoundError
+from cnnlab.options import Precision, parse_choice, parse_device
 from cnnlab.preprocess import Preprocessing
 from cnnlab.weights import load_state_dict, resolve_weights
 from cnnlab.zoo import ModelSpec, get_spec
 
-_PRECISIONS = {
-    "fp32": torch.float32,
-    "tf32": torch.float32,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
+_DTYPES = {
+    Precision.FP32: torch.float32,
+    Precision.TF32: torch.float32,
+    Precision.BF16: torch.bfloat16,
+    Precision.FP16: torch.float16,
 }
 
 
@@ -25,23 +26,39 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else CPU. Asking for CUDA without one is an error."""
     if isinstance(device, torch.device):
         return device
-    if device == "auto":
+    text = parse_device(device)
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise CnnlabError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CnnlabError("--device cuda was asked for, but torch sees no CUDA device here")
+    dev = torch.device(text)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CnnlabError(f"--device {text} was asked for, but torch sees no CUDA device here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CnnlabError(f"--device {text}: there are only {torch.cuda.device_count()} CUDA devices")
     return dev
 
 
-def precision_dtype(precision: str) -> torch.dtype:
-    """The compute dtype of a precision name (``fp32``, ``tf32``, ``bf16``, ``fp16``)."""
-    try:
-        return _PRECISIONS[precision]
-    except KeyError:
-        raise CnnlabError(f"unknown precision {precision!r}; choose from {', '.join(_PRECISIONS)}") from None
+def resolve_precision(precision: str | Precision, device: torch.device) -> Precision:
+    """A concrete precision for ``device``: ``auto`` is bf16 (or fp16) autocast on CUDA and fp32 elsewhere.
+
+    fp16 needs CUDA; on other devices it is a usage error.
+    """
+    chosen = parse_choice(Precision, precision, "precision")
+    if chosen is Precision.AUTO:
+        if device.type != "cuda":
+            return Precision.FP32
+        return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP16
+    if chosen is Precision.FP16 and device.type != "cuda":
+        raise UsageError("fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+    return chosen
+
+
+def precision_dtype(precision: str | Precision) -> torch.dtype:
+    """The compute dtype of a concrete precision (``fp32``, ``tf32``, ``bf16``, ``fp16``)."""
+    chosen = parse_choice(Precision, precision, "precision")
+    if chosen is Precision.AUTO:
+        raise UsageError("precision 'auto' must be resolved for a device first (resolve_precision)")
+    return _DTYPES[chosen]
 
 
 @dataclass
@@ -52,6 +69,7 @@ class LoadedModel:
     module: nn.Module
     device: torch.device
     dtype: torch.dtype = torch.float32
+    precision: Precision = Precision.FP32
     channels_last: bool = False
     random_weights: bool = False
     weights_path: Path | None = None
@@ -92,7 +110,7 @@ def load_model(
     random_weights: bool = False,
     download: bool = True,
     device: str | torch.device = "auto",
-    precision: str = "fp32",
+    precision: str | Precision = Precision.FP32,
     channels_last: bool = False,
     compile: bool = False,
     progress: bool = True,
@@ -108,15 +126,16 @@ def load_model(
         download: allow downloading missing weights.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``fp32``, ``tf32`` (fp32 storage, TF32 matmuls on CUDA), ``bf16`` or ``fp16``
-            (autocast).
+            (autocast), or ``auto`` (see :func:`resolve_precision`).
         channels_last: use NHWC memory format (faster for convolutions on GPUs and recent CPUs).
         compile: wrap the module with ``torch.compile``.
     """
     dev = resolve_device(device)
-    dtype = precision_dtype(precision)
+    chosen = resolve_precision(precision, dev)
+    dtype = precision_dtype(chosen)
     if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = chosen is Precision.TF32
+        torch.backends.cudnn.allow_tf32 = chosen is Precision.TF32
     if _looks_like_checkpoint(name) and not Path(name).is_file():
         raise WeightsNotFoundError(f"checkpoint file {name} does not exist")
     if _is_checkpoint_path(name):
@@ -146,6 +165,7 @@ def load_model(
         module=module,
         device=dev,
         dtype=dtype,
+        precision=chosen,
         channels_last=channels_last,
         random_weights=random_weights,
         weights_path=weights_path,

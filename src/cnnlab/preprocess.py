@@ -10,20 +10,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from PIL import Image
+if TYPE_CHECKING:  # imported where pixels are touched: the registry imports this module for its names
+    import torch
+    from PIL import Image
 
-from cnnlab.images import DEFAULT_MAX_PIXELS, decode_image
-
-_PIL_FILTERS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
+#: Largest number of pixels (width * height) decoded by default: Pillow's own default limit.
+DEFAULT_MAX_PIXELS = 89_478_485
 
 
 @dataclass(frozen=True)
@@ -59,7 +53,9 @@ class Preprocessing:
         new_short, new_long = self.resize_size, int(self.resize_size * long / short)
         new_size = (new_short, new_long) if width <= height else (new_long, new_short)
         if new_size != img.size:
-            img = img.resize(new_size, _PIL_FILTERS[self.interpolation])
+            from PIL import Image
+
+            img = img.resize(new_size, Image.Resampling[self.interpolation.upper()])
         crop = self.crop_size
         left = int(round((img.width - crop) / 2.0))
         top = int(round((img.height - crop) / 2.0))
@@ -67,6 +63,9 @@ class Preprocessing:
 
     def to_uint8(self, img: Image.Image) -> torch.Tensor:
         """CPU half: RGB PIL image -> ``uint8`` tensor of shape (3, crop, crop)."""
+        import numpy as np
+        import torch
+
         array = np.asarray(self.resize_and_crop(img.convert("RGB")), dtype=np.uint8)
         return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
@@ -77,14 +76,18 @@ class Preprocessing:
 
         Raises :class:`cnnlab.errors.ImageDecodeError` for files that cannot be used.
         """
+        from cnnlab.images import decode_image
+
         img = decode_image(path, max_pixels=max_pixels, draft_to=self.resize_size if fast_decode else None)
         return self.to_uint8(img)
 
-    def normalize(self, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def normalize(self, batch: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Device half: ``uint8`` (N, 3, H, W) on any device -> normalised ``dtype`` tensor."""
+        import torch
+
         device = batch.device
         std = torch.tensor(self.std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
         mean = torch.tensor(self.mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
         scale = 1.0 / (255.0 * std)
         shift = -mean / std
-        return torch.addcmul(shift, batch.float(), scale).to(dtype)
+        return torch.addcmul(shift, batch.float(), scale).to(dtype or torch.float32)

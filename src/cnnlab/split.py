@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from cnnlab.collect.config import DEFAULT_NEAR_DUP_THRESHOLD
 from cnnlab.errors import DatasetError, ImageDecodeError
 
 SPLIT_FILE: Final[str] = "split.csv"
 SPLITS: Final[tuple[str, ...]] = ("train", "val", "test")
-DEFAULT_NEAR_DUP_THRESHOLD: Final[int] = 4
 
 
 @dataclass(frozen=True)

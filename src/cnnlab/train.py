@@ -72,17 +72,9 @@ from cnnlab.checkpoint import (
     replace_head,
     save_checkpoint,
 )
-from cnnlab.datasets import (
-    Batch,
-    ImageFileDataset,
-    LabelledImages,
-    SkippedFile,
-    _collate,
-    _read_manifest_rows,
-    default_workers,
-    make_loader,
-    scan_dataset,
-)
+from cnnlab.datasets import LabelledImages, SkippedFile, _read_manifest_rows, scan_dataset
+from cnnlab.inference import Batch, ImageFileDataset, default_workers, make_loader
+from cnnlab.inference import collate as _collate
 from cnnlab.errors import CnnlabError, DatasetError
 from cnnlab.images import decode_image
 from cnnlab.metrics import confusion_matrix, per_class_report, summarize
@@ -749,9 +741,7 @@ def _predict_split(
     workers: int,
 ) -> _Predictions:
     model.eval()
-    loader = make_loader(
-        images.paths, preprocessing, batch_size=batch_size, workers=workers, pin_memory=device.type == "cuda"
-    )
+    loader = make_loader(images.paths, preprocessing, batch_size=batch_size, workers=workers, device_type=device.type)
     found: dict[int, torch.Tensor] = {}
     skipped: list[SkippedFile] = []
     amp = _AMP_DTYPES.get(precision)

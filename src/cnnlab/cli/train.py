@@ -1,4 +1,4 @@
-"""`cnnlab train`: fine-tune a zoo model on a folder's classes; `cnnlab export`: TorchScript/ONNX."""
+"""`cnnlab train`: fine-tune a zoo model on a folder's classes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from rich.table import Table
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, handle_errors, out, print_json
-from cnnlab.export import DEFAULT_TOLERANCE, FORMATS, export_model
 from cnnlab.train import (
     BN_POLICIES,
     PRECISIONS,
@@ -160,31 +159,3 @@ def _print_summary(result: TrainResult) -> None:
         out.print(per)
     for s in result.skipped:
         err.print(f"[yellow]skipped[/] {s.path}: {s.reason}" + (f" ({s.detail})" if s.detail else ""), highlight=False)
-
-
-@app.command("export")
-@handle_errors
-def export_command(
-    checkpoint: Annotated[str, typer.Argument(help="A checkpoint of `cnnlab train` (or a registry model name).")],
-    format: Annotated[str, typer.Option("--format", "-f", help=f"{' or '.join(FORMATS)}.")] = "onnx",
-    out_file: Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (default: next to the checkpoint).")] = None,
-    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Largest accepted logit difference from PyTorch.")] = DEFAULT_TOLERANCE,
-    as_json: Annotated[bool, typer.Option("--json", help="The result as JSON on stdout.")] = False,
-) -> None:
-    """Export to TorchScript or ONNX and check the file against PyTorch on a sample batch."""
-    if format not in FORMATS:
-        raise typer.BadParameter(f"choose from {', '.join(FORMATS)}", param_hint="--format")
-    result = export_model(checkpoint, format, out_file, tolerance=tolerance)
-    if as_json:
-        print_json(result.to_dict())
-        return
-    out.print(
-        f"wrote {result.path} ({result.format}, uint8 NCHW input {list(result.input_shape[1:])}, "
-        f"{len(result.classes)} classes) and {result.metadata_path}",
-        highlight=False,
-    )
-    out.print(
-        f"check: max |logit difference| vs PyTorch {result.max_abs_diff:.2e} on {result.check_batch} images "
-        f"(tolerance {result.tolerance:g}): [green]ok[/]",
-        highlight=False,
-    )

@@ -17,32 +17,29 @@ imported only when used.
 
 from __future__ import annotations
 
-from cnnlab.collect.base import USER_AGENT, Candidate, CollectError, Engine, PageFetchError, SearchHit
-from cnnlab.collect.download import Downloader, FetchConfig, FetchResult
-from cnnlab.collect.engines import ENGINES, make_engine
-from cnnlab.collect.manifest import FIELDS as MANIFEST_FIELDS
-from cnnlab.collect.manifest import MANIFEST_NAME, read_manifest
-from cnnlab.collect.run import ClassSummary, CollectProgress, CollectResult, collect
-from cnnlab.collect.sources import parse_queries
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "ENGINES",
-    "MANIFEST_FIELDS",
-    "MANIFEST_NAME",
-    "USER_AGENT",
-    "Candidate",
-    "ClassSummary",
-    "CollectError",
-    "CollectProgress",
-    "CollectResult",
-    "Downloader",
-    "Engine",
-    "FetchConfig",
-    "FetchResult",
-    "PageFetchError",
-    "SearchHit",
-    "collect",
-    "make_engine",
-    "parse_queries",
-    "read_manifest",
-]
+import lazy_loader
+
+# Names are imported on first use: the network stack is heavy, and the CLI needs only the config.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "base": ["USER_AGENT", "Candidate", "CollectError", "Engine", "PageFetchError", "SearchHit"],
+        "config": ["FetchConfig"],
+        "download": ["Downloader", "FetchResult"],
+        "engines": ["ENGINES", "make_engine"],
+        "manifest": ["MANIFEST_NAME", "read_manifest"],
+        "run": ["ClassSummary", "CollectResult", "collect"],
+        "sources": ["parse_queries"],
+    },
+)
+
+if TYPE_CHECKING:
+    from cnnlab.collect.base import USER_AGENT, Candidate, CollectError, Engine, PageFetchError, SearchHit
+    from cnnlab.collect.config import FetchConfig
+    from cnnlab.collect.download import Downloader, FetchResult
+    from cnnlab.collect.engines import ENGINES, make_engine
+    from cnnlab.collect.manifest import MANIFEST_NAME, read_manifest
+    from cnnlab.collect.run import ClassSummary, CollectResult, collect
+    from cnnlab.collect.sources import parse_queries

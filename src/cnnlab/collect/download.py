@@ -35,45 +35,13 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
-from cnnlab.collect.base import ROBOTS_TOKEN, USER_AGENT, PageFetchError, require
+from cnnlab.collect.base import ROBOTS_TOKEN, PageFetchError, require
+from cnnlab.collect.config import FetchConfig
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _ROBOTS_MAX_BYTES = 512 * 1024
 _NOT_IMAGE_TYPES = ("text/", "application/json", "application/xhtml", "application/javascript")
-
-
-@dataclass(frozen=True)
-class FetchConfig:
-    """Network limits and manners. All times in seconds."""
-
-    timeout: float = 10.0
-    """Connect timeout, and the longest wait for any single read."""
-    deadline: float | None = None
-    """Longest time one attempt at one file may take in all (default ``4 * timeout``)."""
-    retries: int = 2
-    """Extra attempts after a transient failure."""
-    backoff: float = 0.5
-    """First retry waits about this long, then twice as long each time (with jitter)."""
-    max_backoff: float = 30.0
-    max_bytes: int = 20 * 1024 * 1024
-    """Largest image accepted, in bytes."""
-    max_page_bytes: int = 8 * 1024 * 1024
-    """Largest search-result page accepted, in bytes."""
-    max_redirects: int = 5
-    per_host: int = 2
-    """Requests in flight at once to one host."""
-    host_delay: float = 0.25
-    """Least time between the starts of two requests to one host."""
-    robots: bool = True
-    """Honour robots.txt for image URLs. Turn off only for hosts you own."""
-    max_crawl_delay: float = 10.0
-    """A robots.txt ``Crawl-delay`` is honoured up to this many seconds."""
-    user_agent: str = USER_AGENT
-
-    @property
-    def attempt_deadline(self) -> float:
-        return self.deadline if self.deadline is not None else 4.0 * self.timeout
 
 
 @dataclass

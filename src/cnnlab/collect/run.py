@@ -21,7 +21,14 @@ from typing import Any
 
 from cnnlab.collect.base import Candidate, CollectError, Engine, PageFetchError, check_label
 from cnnlab.collect.dedup import DedupIndex, KeptImage
-from cnnlab.collect.download import Downloader, FetchConfig, FetchResult, read_local_file
+from cnnlab.collect.config import (
+    DEFAULT_MIN_SIZE,
+    DEFAULT_NEAR_DUP_THRESHOLD,
+    DEFAULT_PER_CLASS,
+    DEFAULT_THREADS,
+    FetchConfig,
+)
+from cnnlab.collect.download import Downloader, FetchResult, read_local_file
 from cnnlab.collect.engines import make_engine
 from cnnlab.collect.manifest import MANIFEST_NAME, FolderLock, Manifest, make_record
 from cnnlab.collect.resume import PARTIAL_DIR, ResumeState, clean_partial, restore
@@ -29,6 +36,7 @@ from cnnlab.collect.sources import default_query, folder_candidates, group_by_la
 from cnnlab.collect.verify import VerifiedImage, verify_image
 from cnnlab.errors import ImageDecodeError
 from cnnlab.images import DEFAULT_MAX_PIXELS
+from cnnlab.progress import Progress
 
 log = logging.getLogger("cnnlab.collect")
 
@@ -96,22 +104,6 @@ class CollectResult:
         }
 
 
-class CollectProgress:
-    """Hooks called from the run's main thread; override what you need (the CLI draws a bar)."""
-
-    def class_started(self, label: str, wanted: int, have: int) -> None:
-        """A class begins: ``have`` of ``wanted`` images are already there."""
-
-    def item_done(self, label: str, record: Mapping[str, Any], ok: int) -> None:
-        """One candidate decided (``record`` is its manifest line); the class now has ``ok`` images."""
-
-    def class_finished(self, summary: ClassSummary) -> None:
-        """A class is done."""
-
-    def note(self, message: str) -> None:
-        """Something the user should know (an engine returned nothing, a search failed)."""
-
-
 @dataclass
 class _Outcome:
     fetch: FetchResult
@@ -123,7 +115,7 @@ class _Outcome:
 def collect(
     out: str | Path,
     classes: Sequence[str] = (),
-    per_class: int | None = 100,
+    per_class: int | None = DEFAULT_PER_CLASS,
     *,
     engine: str | Engine = "bing",
     queries: Mapping[str, Sequence[str]] | None = None,
@@ -133,14 +125,14 @@ def collect(
     from_folder: str | Path | None = None,
     engine_url: str | None = None,
     api_key: str | None = None,
-    min_size: int = 64,
+    min_size: int = DEFAULT_MIN_SIZE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    near_dup_threshold: int = 4,
-    threads: int = 8,
+    near_dup_threshold: int = DEFAULT_NEAR_DUP_THRESHOLD,
+    threads: int = DEFAULT_THREADS,
     fetch: FetchConfig | None = None,
     retry_failed: bool = False,
     max_hits_per_query: int = DEFAULT_MAX_HITS_PER_QUERY,
-    progress: CollectProgress | None = None,
+    progress: Progress | None = None,
 ) -> CollectResult:
     """Build (or continue building) a labelled image set in ``out``.
 
@@ -173,7 +165,7 @@ def collect(
     started = time.monotonic()
     out = Path(out)
     fetch = fetch or FetchConfig()
-    progress = progress or CollectProgress()
+    progress = progress or Progress()
     if threads < 1:
         raise CollectError("threads must be at least 1")
     if per_class is not None and per_class < 0:
@@ -210,7 +202,7 @@ def collect(
         result_notes: list[str] = []
         for cls_label, (wanted, source) in plan.items():
             have = state.ok[cls_label]
-            progress.class_started(cls_label, wanted, have)
+            progress.start(cls_label, cls_label, total=wanted, completed=min(have, wanted))
             notes: list[str] = []
             if have < wanted:
                 if engine_obj is not None:
@@ -222,12 +214,12 @@ def collect(
                     stream = iter(source)
                 run.fill(cls_label, wanted, stream)
             for note in notes:
-                progress.note(note)
+                progress.note(note, warning=True)
             summary = _summarise(cls_label, wanted, manifest.path, run.new[cls_label], notes)
             if not summary.met:
                 short = f"{cls_label}: {summary.ok} of {wanted} images"
                 summary.notes.append(f"{short} (candidates ran out; see the manifest for why the others were refused)")
-            progress.class_finished(summary)
+            progress.finish(cls_label, _summary_line(summary))
             result_notes.extend(summary.notes)
             run.summaries.append(summary)
         clean_partial(out)
@@ -363,7 +355,7 @@ class _Run:
         max_pixels: int,
         max_bytes: int,
         threads: int,
-        progress: CollectProgress,
+        progress: Progress,
     ) -> None:
         self.out = out
         self.partial = out / PARTIAL_DIR
@@ -377,6 +369,7 @@ class _Run:
         self.max_bytes = max_bytes
         self.threads = threads
         self.progress = progress
+        self.tallies: dict[str, Counter[str]] = {}
         self.new: Counter[str] = Counter()
         self.fetched = 0
         self.bytes = 0
@@ -497,7 +490,7 @@ class _Run:
         self.state.ok_urls.setdefault(cand.url, kept)
         self.state.ok[cand.label] += 1
         self.new[cand.label] += 1
-        self.progress.item_done(cand.label, record, self.state.ok[cand.label])
+        self._report(cand.label, record)
 
     def _record_same_url(self, cand: Candidate, kept: KeptImage) -> None:
         record = make_record(
@@ -511,10 +504,23 @@ class _Run:
 
     def _emit(self, label: str, record: dict[str, Any]) -> None:
         self.manifest.append(record)
-        self.progress.item_done(label, record, self.state.ok[label])
+        self._report(label, record)
+
+    def _report(self, label: str, record: dict[str, Any]) -> None:
+        status = str(record.get("status"))
+        tally = self.tallies.setdefault(label, Counter())
+        tally[status] += 1
+        info = f"dup {tally['duplicate']} · rejected {tally['rejected']} · failed {tally['failed']}"
+        self.progress.update(label, completed=self.state.ok[label], info=info)
 
 
 # -- summaries ---------------------------------------------------------------------------------
+
+
+def _summary_line(summary: ClassSummary) -> str:
+    return (f"{summary.label}: {summary.ok} of {summary.wanted} images ({summary.new} new, "
+            f"{summary.duplicates} duplicates, {sum(summary.rejected.values())} rejected, "
+            f"{sum(summary.failed.values())} failed)")
 
 
 def _summarise(label: str, wanted: int, manifest_path: Path, new: int, notes: list[str]) -> ClassSummary:

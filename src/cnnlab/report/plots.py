@@ -86,10 +86,9 @@ def bench_plots(result: BenchResult, out: Path) -> dict[str, Path]:
         plt.close(fig)
 
     # confusion matrices
-    from cnnlab.bench import unique_names
-    from cnnlab.report import file_stem
+    from cnnlab.report.naming import file_stem, unique_names
 
-    for m, name in zip(scored, unique_names(scored)):
+    for m, name in zip(scored, unique_names([m.name for m in scored])):
         cm = m.accuracy.confusion  # type: ignore[union-attr]
         classes = result.dataset.classes
         fig, ax = plt.subplots(figsize=(1.0 + 0.5 * (len(classes) + 1), 1.0 + 0.45 * len(classes)))

@@ -15,16 +15,17 @@ from __future__ import annotations
 import csv
 import html
 import json
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cnnlab.bench import BenchResult, unique_names
-from cnnlab.labels import describe_indices
+from typing import TYPE_CHECKING
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+from cnnlab.labels import describe_indices
+from cnnlab.report.naming import file_stem, unique_names
+
+if TYPE_CHECKING:
+    from cnnlab.bench import BenchResult
 
 
 def _pct_ci(value: float | None, low: float | None, high: float | None) -> str:
@@ -60,6 +61,34 @@ def lab_table(result: BenchResult) -> tuple[list[str], list[list[str]]]:
         rows[1].append(_pct_ci(f["top5"], f["top5_ci_low"], f["top5_ci_high"]) + random)
         rows[2].append(_num(f["eval_total_s"]))
         rows[3].append(_num(f["memory_mib"], ".0f"))
+    return header, rows
+
+
+def short_name(model_name: str) -> str:
+    """``resnet50`` for a model's default weights entry, the full name otherwise (tables at 80 columns)."""
+    from cnnlab.zoo import get_spec
+
+    arch = model_name.split(".", 1)[0]
+    try:
+        return arch if get_spec(arch).name == model_name else model_name
+    except Exception:  # noqa: BLE001 - a checkpoint path or unknown name stays as it is
+        return model_name
+
+
+def summary_table(result: BenchResult) -> tuple[list[str], list[list[str]]]:
+    """The key figures, one row per model, narrow enough for an 80-column terminal."""
+    on_gpu = any(m.run.cuda_peak_allocated_mib is not None for m in result.models)
+    header = ["model", "top-1", "95% CI", "top-5", "time s", "img/s", "GPU MiB" if on_gpu else "RSS MiB"]
+    rows = []
+    for m in result.models:
+        f = m.flat()
+        name = short_name(m.name) + (" *" if m.ok and m.run.random_weights else "")
+        if not m.ok:
+            rows.append([name, "error", "", "", "", "", ""])
+            continue
+        ci = "" if f["top1_ci_low"] is None else f"{f['top1_ci_low']:.2f}-{f['top1_ci_high']:.2f}"
+        rows.append([name, _num(f["top1"]), ci, _num(f["top5"]), _num(f["eval_total_s"], ".1f"),
+                     _num(f["eval_images_per_s"], ".1f"), _num(f["memory_mib"], ".0f")])
     return header, rows
 
 
@@ -140,7 +169,7 @@ def report_blocks(result: BenchResult) -> list[Block]:
         ("h1", "cnnlab bench results"),
         ("p", f"Data: {ds.root} — {len(ds)} images in {len(ds.classes)} classes; {len(result.skipped)} files "
               f"skipped. Device: {device}; torch {env['torch']}, torchvision {env['torchvision']}; "
-              f"precision {result.config.precision}; batch {result.config.batch_size}."),
+              f"precision {result.config.measure.precision}; batch {result.config.measure.batch_size}."),
         ("h2", "The lab's table"),
         ("table", *lab_table(result)),
         ("p", "Accuracy counts only images whose class maps onto the model's outputs (see the label mapping). "
@@ -205,15 +234,10 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def file_stem(name: str) -> str:
-    """A file-name-safe form of a model name (``runs/x/best.pt`` -> ``runs_x_best.pt``)."""
-    return _safe_name(name)
-
-
 def _write_predictions(result: BenchResult, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     ds = result.dataset
-    for m, name in zip(result.models, unique_names(result.models)):
+    for m, name in zip(result.models, unique_names([m.name for m in result.models])):
         if m.predictions is None:
             continue
         categories = m.run.categories
@@ -247,7 +271,7 @@ def write_bench_outputs(result: BenchResult, out_dir: str | Path, *, plots: bool
                          for s in result.skipped)
     _write_predictions(result, out / "predictions")
     if plots:
-        from cnnlab.plots import bench_plots
+        from cnnlab.report.plots import bench_plots
 
         files.update(bench_plots(result, out))
     files["html"] = out / "report.html"

@@ -1,0 +1,196 @@
+"""What a benchmark run produced: one :class:`ModelResult` per model, gathered in a :class:`BenchResult`."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cnnlab import metrics
+from cnnlab.bench.config import BenchConfig
+from cnnlab.bench.protocol import RunResult
+from cnnlab.datasets import LabelledImages, SkippedFile
+from cnnlab.labels import LabelMapping
+
+#: Version of the layout of results.json and results.csv.
+SCHEMA_VERSION = 2
+
+
+@dataclass
+class ModelAccuracy:
+    """Accuracy of one model on the scored images (those whose class maps onto its outputs)."""
+
+    scored: int
+    summary: metrics.AccuracySummary
+    per_class: list[metrics.ClassMetrics]
+    confusion: np.ndarray
+    unscored_classes: list[str]
+    hits1: np.ndarray  # per scored image, aligned with ``rows``
+    rows: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scored": self.scored,
+            **self.summary.to_dict(),
+            "per_class": [c.to_dict() for c in self.per_class],
+            "confusion": self.confusion.tolist(),
+            "unscored_classes": self.unscored_classes,
+        }
+
+
+def _nan_none(value: float | None) -> float | None:
+    return None if value is None or value != value else float(value)
+
+
+@dataclass
+class ModelResult:
+    """One row of the benchmark: the measured figures of one model, or its error."""
+
+    run: RunResult
+    accuracy: ModelAccuracy | None = None
+    predictions: dict[str, np.ndarray] | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.run.spec.get("name") or self.run.model)
+
+    @property
+    def ok(self) -> bool:
+        return self.run.error is None
+
+    @property
+    def memory_mib(self) -> float | None:
+        """The lab's memory column: peak GPU memory allocated on CUDA, else peak process RSS increase."""
+        if self.run.cuda_peak_allocated_mib is not None:
+            return self.run.cuda_peak_allocated_mib
+        return self.run.rss_peak_mib
+
+    def flat(self) -> dict[str, Any]:
+        """One flat row with stable columns (results.csv)."""
+        r = self.run
+        s = self.accuracy.summary if self.accuracy else None
+        ci1 = s.ci.get(1) if s else None
+        ci5 = s.ci.get(5) if s else None
+        lat = r.latency_b1 or {}
+        spec = r.spec
+        return {
+            "model": self.name,
+            "status": "ok" if self.ok else "error",
+            "error": r.error or "",
+            "random_weights": r.random_weights,
+            "scored_images": self.accuracy.scored if self.accuracy else 0,
+            "top1": _nan_none(s.top1) if s else None,
+            "top1_ci_low": ci1[0] if ci1 else None,
+            "top1_ci_high": ci1[1] if ci1 else None,
+            "top5": _nan_none(s.top5) if s and 5 in s.accuracy else None,
+            "top5_ci_low": ci5[0] if ci5 else None,
+            "top5_ci_high": ci5[1] if ci5 else None,
+            "mean_confidence": _nan_none(s.mean_confidence) if s else None,
+            "ece": _nan_none(s.ece) if s else None,
+            "eval_images": r.eval_images,
+            "skipped_images": len(r.eval_skipped),
+            "eval_total_s": r.eval_total_s,
+            "eval_data_s": r.eval_data_s,
+            "eval_model_s": r.eval_model_s,
+            "eval_images_per_s": (r.eval_images / r.eval_total_s) if r.eval_total_s else None,
+            "latency_b1_median_ms": lat.get("median_s", 0) * 1e3 if lat else None,
+            "latency_b1_p90_ms": lat.get("p90_s", 0) * 1e3 if lat else None,
+            "throughput_batch": r.throughput_batch,
+            "throughput_images_per_s": r.throughput_ips,
+            "load_s": r.load_s,
+            "params": r.params,
+            "weights_mib": r.weights_mib,
+            "weights_file_mb": r.weights_file_mb,
+            "gmacs_measured": r.gmacs_measured,
+            "gmacs_published": spec.get("gmacs"),
+            "published_acc1": spec.get("acc1"),
+            "published_acc5": spec.get("acc5"),
+            "memory_mib": self.memory_mib,
+            "rss_after_load_mib": r.rss_after_load_mib,
+            "rss_peak_mib": r.rss_peak_mib,
+            "cuda_weights_mib": r.cuda_weights_mib,
+            "cuda_peak_allocated_mib": r.cuda_peak_allocated_mib,
+            "cuda_peak_reserved_mib": r.cuda_peak_reserved_mib,
+            "device": r.device,
+            "device_name": r.device_name,
+            "precision": r.precision,
+            "threads": r.threads,
+            "workers": r.workers,
+        }
+
+
+@dataclass
+class BenchResult:
+    """Everything a benchmark run produced."""
+
+    config: BenchConfig
+    dataset: LabelledImages
+    mappings: dict[str, LabelMapping]
+    models: list[ModelResult]
+    comparisons: list[metrics.PairwiseComparison]
+    environment: dict[str, Any]
+    started: str
+    finished: str
+
+    @property
+    def failed(self) -> list[ModelResult]:
+        return [m for m in self.models if not m.ok]
+
+    @property
+    def skipped(self) -> list[SkippedFile]:
+        """Files left out: missing from the manifest, or undecodable (from the first model that ran)."""
+        seen: dict[str, SkippedFile] = {s.path: s for s in self.dataset.skipped}
+        labels = {str(p): self.dataset.classes[t] for p, t in zip(self.dataset.paths, self.dataset.targets)}
+        for m in self.models:
+            for s in m.run.eval_skipped:
+                seen.setdefault(s["path"], SkippedFile(s["path"], s["reason"], s["detail"], labels.get(s["path"])))
+        return list(seen.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "started": self.started,
+            "finished": self.finished,
+            "environment": self.environment,
+            "config": self.config.to_dict(),
+            "dataset": {
+                "root": str(self.dataset.root),
+                "images": len(self.dataset),
+                "classes": self.dataset.class_counts(),
+                "empty_classes": self.dataset.empty_classes,
+                "skipped": [s.to_dict() for s in self.skipped],
+            },
+            "label_mapping": {k: v.to_dict() for k, v in self.mappings.items()},
+            "models": [
+                {**m.flat(), "run": {k: v for k, v in m.run.to_dict().items() if k != "categories"},
+                 "accuracy": m.accuracy.to_dict() if m.accuracy else None}
+                for m in self.models
+            ],
+            "comparisons": [c.to_dict() for c in self.comparisons],
+        }
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware, recorded with every result."""
+    import torch
+    import torchvision
+
+    from cnnlab import __version__
+
+    env: dict[str, Any] = {
+        "cnnlab": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        env["cuda"] = torch.version.cuda
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env

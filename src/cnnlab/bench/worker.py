@@ -1,0 +1,199 @@
+"""Measuring one model: the part of ``bench`` that runs in its own process.
+
+:func:`run_model` loads a model, measures throughput and latency on synthetic batches, evaluates
+it over the request's image files (the end-to-end time, split into data and model time), records
+memory peaks and MACs, and returns a :class:`~cnnlab.bench.protocol.RunResult`. It never raises:
+a failure is reported in ``error`` so that a bulk run goes on. ``python -m cnnlab.bench.worker
+REQUEST.json RESULT.json`` runs it in a fresh process (the default in ``bench``), so one model's
+memory, caches or cuDNN state cannot colour the next model's figures; it reports progress as JSON
+lines on stdout (:class:`cnnlab.progress.JsonLinesProgress`).
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from cnnlab.bench.measure import (
+    MiB,
+    MemoryMeter,
+    count_macs,
+    current_rss_mib,
+    parameter_bytes,
+    reset_peak_rss,
+    time_repeated,
+)
+from cnnlab.bench.protocol import RunRequest, RunResult
+from cnnlab.inference import default_cpu_threads, default_workers, run_inference
+from cnnlab.models import load_model, resolve_device
+from cnnlab.options import WeightsPolicy
+from cnnlab.progress import JsonLinesProgress, Progress
+from cnnlab.weights import locate_weights
+from cnnlab.zoo import get_spec
+
+if TYPE_CHECKING:
+    from cnnlab.models import LoadedModel
+
+#: Predictions kept per image (top-5 accuracy needs five).
+TOPK = 5
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def run_model(request: RunRequest, progress: Progress | None = None) -> RunResult:
+    """Measure one model. Never raises; errors end up in ``result.error``."""
+    result = RunResult(model=request.model)
+    try:
+        _run(request, result, progress or Progress())
+    except Exception as exc:  # noqa: BLE001 - a bulk run must go on; the row carries the error
+        from cnnlab.errors import CnnlabError
+
+        if isinstance(exc, CnnlabError):
+            result.error = str(exc)
+        elif isinstance(exc, torch.cuda.OutOfMemoryError):
+            result.error = f"out of GPU memory: {str(exc).splitlines()[0]}"
+        else:  # an unexpected failure: keep the traceback for a bug report
+            result.error = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc(file=sys.stderr)
+    return result
+
+
+def _load(request: RunRequest) -> LoadedModel:
+    m = request.measure
+    if Path(request.model).is_file():  # a checkpoint from `cnnlab train` always brings its own weights
+        random_weights = False
+    elif m.weights is WeightsPolicy.RANDOM_IF_MISSING:
+        random_weights = locate_weights(get_spec(request.model), m.weights_dir).found is None
+    else:
+        random_weights = m.weights is WeightsPolicy.RANDOM
+    return load_model(request.model, weights_dir=m.weights_dir, random_weights=random_weights, device=m.device,
+                      precision=m.precision, channels_last=m.channels_last, compile=m.compile,
+                      progress=request.progress)
+
+
+def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
+    m = request.measure
+    # Load the registry, BLAS and (on a GPU) the CUDA context and cuDNN before the memory baseline,
+    # so that the baseline is the bare runtime and the figures are the model's own.
+    if not Path(request.model).is_file():
+        get_spec(request.model)
+    torch.ones(8, 8) @ torch.ones(8, 8)
+    target = resolve_device(m.device)
+    if target.type == "cuda":
+        torch.cuda.init()
+        torch.nn.functional.conv2d(torch.ones(1, 3, 8, 8, device=target), torch.ones(4, 3, 3, 3, device=target))
+        torch.cuda.synchronize(target)
+    reset_peak_rss()
+    rss_start = current_rss_mib()
+    progress.start("load", f"{request.model}: load")
+    t0 = time.perf_counter()
+    model = _load(request)
+    result.load_s = time.perf_counter() - t0
+    progress.finish("load")
+    device = model.device
+    workers = default_workers(device.type) if m.workers is None else m.workers
+    default_threads = default_cpu_threads(workers) if device.type == "cpu" else torch.get_num_threads()
+    torch.set_num_threads(m.threads or default_threads)
+    result.threads = torch.get_num_threads()
+    result.workers = workers
+    result.device = str(device)
+    result.device_name = _device_name(device)
+    result.precision = model.precision.value
+    result.spec = model.spec.to_dict()
+    result.categories = list(model.categories)
+    result.random_weights = model.random_weights
+    result.weights_path = str(model.weights_path) if model.weights_path else None
+    result.params = sum(p.numel() for p in model.module.parameters())
+    result.weights_mib = parameter_bytes(model.module) / MiB
+    if model.weights_path is not None:
+        result.weights_file_mb = model.weights_path.stat().st_size / 1e6
+    result.rss_after_load_mib = current_rss_mib() - rss_start
+    if device.type == "cuda":
+        result.cuda_weights_mib = torch.cuda.memory_allocated(device) / MiB
+
+    crop = model.preprocessing.crop_size
+    with MemoryMeter(device) as meter, torch.inference_mode():
+        batch = torch.randint(0, 256, (m.batch_size, 3, crop, crop), dtype=torch.uint8, device=device)
+        progress.start("throughput", f"{model.name}: throughput at batch {m.batch_size}")
+        timing = time_repeated(lambda: model(batch), device, warmup=m.warmup, repeats=m.throughput_repeats,
+                               max_seconds=m.max_seconds_per_timing)
+        result.throughput_batch = m.batch_size
+        result.throughput_timing = timing.to_dict()
+        result.throughput_ips = m.batch_size / timing.median_s
+        progress.finish("throughput")
+        one = batch[:1].clone()
+        progress.start("latency", f"{model.name}: latency at batch 1")
+        result.latency_b1 = time_repeated(lambda: model(one), device, warmup=m.warmup, repeats=m.latency_repeats,
+                                          max_seconds=m.max_seconds_per_timing).to_dict()
+        progress.finish("latency")
+        del batch, one
+        _evaluate(model, request, result, progress)
+    result.rss_peak_mib = max(0.0, meter.rss_before - rss_start + meter.rss_peak_increase)
+    result.cuda_peak_allocated_mib = meter.cuda_peak_allocated
+    result.cuda_peak_reserved_mib = meter.cuda_peak_reserved
+    try:
+        result.gmacs_measured = count_macs(model.module, crop, device)
+    except Exception as exc:  # noqa: BLE001 - a counting failure must not lose the other figures
+        progress.note(f"could not count MACs for {request.model}: {exc}", warning=True)
+
+
+def _evaluate(model: LoadedModel, request: RunRequest, result: RunResult, progress: Progress) -> None:
+    """The lab's "time": evaluate every file once, data (decode + preprocess) and model time apart."""
+    m = request.measure
+    paths = [Path(p) for p in request.paths]
+    n = len(paths)
+    indices = np.full(n, -1, dtype=np.int64)
+    k = min(TOPK, model.spec.num_classes)
+    top_idx = np.zeros((n, k), dtype=np.int64)
+    top_prob = np.zeros((n, k), dtype=np.float32)
+    data_s = model_s = 0.0
+    start = time.perf_counter()
+    for batch in run_inference(model, paths, batch_size=m.batch_size, workers=result.workers,
+                               fast_decode=m.fast_decode, progress=progress, task="eval",
+                               description=f"{model.name}: evaluation"):
+        t0 = time.perf_counter()
+        result.eval_skipped.extend({"path": s.path, "reason": s.reason, "detail": s.detail} for s in batch.skipped)
+        if batch.indices:
+            values, idx = torch.softmax(batch.logits, dim=1).topk(k, dim=1)
+            rows = np.asarray(batch.indices)
+            indices[rows] = rows
+            top_idx[rows] = idx.numpy()
+            top_prob[rows] = values.numpy()
+        data_s += batch.data_s
+        model_s += batch.model_s + (time.perf_counter() - t0)
+    result.eval_total_s = time.perf_counter() - start
+    result.eval_data_s = data_s
+    result.eval_model_s = model_s
+    ok = indices >= 0
+    result.eval_images = int(ok.sum())
+    np.savez(request.predictions_file, rows=np.nonzero(ok)[0], topk=top_idx[ok], probs=top_prob[ok])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cnnlab.bench.worker REQUEST.json RESULT.json``: progress events on stdout."""
+    args = sys.argv[1:] if argv is None else argv
+    request = RunRequest.read(Path(args[0]))
+    progress = JsonLinesProgress(sys.stdout) if request.progress else Progress()
+    result = run_model(request, progress)
+    result.write(Path(args[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

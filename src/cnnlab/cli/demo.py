@@ -1,0 +1,39 @@
+"""`cnnlab demo`: the lab's comparison on real photos that ship with installed packages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cnnlab.bench.config import BenchConfig, MeasureOptions
+from cnnlab.cli.app import app
+from cnnlab.cli.common import err, escape, handle_errors
+from cnnlab.cli.options import Device, Quiet, Wide
+from cnnlab.options import WeightsPolicy
+from cnnlab.zoo import LAB_MODELS, OFFLINE_MODEL
+
+
+@app.command("demo")
+@handle_errors
+def demo_command(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where results go.")] = Path("demo-results"),
+    device: Device = "auto",
+    wide: Wide = False,
+    quiet: Quiet = False,
+) -> None:
+    """Run the lab's comparison on built-in real photos: the offline model plus resnet50, alexnet, googlenet.
+
+    The lab's three models use their pretrained weights when they are on disk (see `cnnlab weights
+    where`); otherwise they run with random weights, for speed and memory only, and say so.
+    """
+    from cnnlab.cli.bench import run_bench
+    from cnnlab.demo import build_demo_set
+
+    data = build_demo_set(out_dir / "demo-data")
+    err.print(f"demo set: {escape(str(data))} (sources listed in {escape(str(data / 'SOURCES.csv'))})")
+    measure = MeasureOptions(device=device, batch_size=8, weights=WeightsPolicy.RANDOM_IF_MISSING,
+                             latency_repeats=10, throughput_repeats=5)
+    config = BenchConfig(data=data, models=[OFFLINE_MODEL, *LAB_MODELS], measure=measure)
+    run_bench(config, out_dir, plots=True, quiet=quiet, wide=wide)

@@ -1,0 +1,39 @@
+"""`cnnlab export`: a checkpoint (or registry model) as TorchScript or ONNX, checked against PyTorch."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from cnnlab.cli.app import app
+from cnnlab.cli.common import handle_errors, out, print_json
+from cnnlab.cli.options import Json
+from cnnlab.options import DEFAULT_EXPORT_TOLERANCE, ExportFormat
+
+
+@app.command("export")
+@handle_errors
+def export_command(
+    checkpoint: Annotated[str, typer.Argument(help="A checkpoint of `cnnlab train` (or a registry model name).")],
+    format: Annotated[ExportFormat, typer.Option("--format", "-f", case_sensitive=False, help="File format.")] = ExportFormat.ONNX,
+    out_file: Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (default: next to the checkpoint).")] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Largest accepted logit difference from PyTorch.")] = DEFAULT_EXPORT_TOLERANCE,
+    as_json: Json = False,
+) -> None:
+    """Export to TorchScript or ONNX and check the file against PyTorch on a sample batch."""
+    from cnnlab.export import export_model
+
+    result = export_model(checkpoint, format.value, out_file, tolerance=tolerance)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    out.print(
+        f"wrote {result.path} ({result.format}, uint8 NCHW input {list(result.input_shape[1:])}, "
+        f"{len(result.classes)} classes) and {result.metadata_path}",
+        markup=False,
+    )
+    out.print(
+        f"check: max |logit difference| vs PyTorch {result.max_abs_diff:.2e} on {result.check_batch} images "
+        f"(tolerance {result.tolerance:g}): [green]ok[/]",
+    )

@@ -1,0 +1,52 @@
+"""Option definitions shared by several commands (sqlite-utils' ``output_options``, for typer).
+
+Each is an ``Annotated`` type: a command declares ``device: Device = BenchConfig.device`` and gets
+the same flag, help text and validation as every other command. Defaults stay with the config
+classes (:func:`default_of`), so the CLI, the library and the README cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from cnnlab.errors import UsageError
+from cnnlab.options import Precision, parse_device
+
+
+def default_of(config: type, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``config`` (also for ``default_factory`` fields)."""
+    for f in dataclasses.fields(config):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    raise KeyError(f"{config.__name__} has no field {name!r}")
+
+
+def _check_device(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return parse_device(value)
+    except UsageError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto: CUDA when there is one).",
+                                     callback=_check_device)]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", case_sensitive=False,
+                                                 help="Arithmetic: fp32, tf32 (CUDA), bf16 or fp16 autocast; auto picks per device.")]
+Workers = Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes (default: on a GPU cores-1 up to 8; on a CPU a quarter of the cores).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (default: the cores not used for decoding).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, max=65536, help="Images per batch.")]
+Weights = Annotated[Optional[str], typer.Option("--weights", help="An explicit weights file for the model.")]
+WeightsDir = Annotated[Optional[str], typer.Option("--weights-dir", help="Also look for weights here (before the torch hub cache). Env: CNNLAB_WEIGHTS_DIR.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes (warnings and errors still show).")]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+Wide = Annotated[bool, typer.Option("--wide", help="Show every column (the default table fits 80 columns).")]
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]

@@ -1,0 +1,45 @@
+"""`cnnlab split`: a stratified, deterministic train/val/test split that keeps near duplicates together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cnnlab.cli.app import app
+from cnnlab.cli.collect import logging_to_stderr
+from cnnlab.cli.common import err, handle_errors, out, print_json, print_table
+from cnnlab.cli.options import Json, Quiet
+from cnnlab.collect.config import DEFAULT_NEAR_DUP_THRESHOLD
+
+
+@app.command("split")
+@handle_errors
+def split_command(
+    root: Annotated[Path, typer.Argument(help="Dataset folder (DIR/<class>/<images>), e.g. the output of `cnnlab collect`.")],
+    val: Annotated[float, typer.Option("--val", min=0.0, max=1.0, help="Fraction of each class for validation.")] = 0.15,
+    test: Annotated[float, typer.Option("--test", min=0.0, max=1.0, help="Fraction of each class for test.")] = 0.15,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same files: same split.")] = 0,
+    near_dup_threshold: Annotated[int, typer.Option("--near-dup-threshold", min=-1, help="Near duplicates (phash distance) stay in one split; -1: off.")] = DEFAULT_NEAR_DUP_THRESHOLD,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Write DIR/split.csv (path,label,split): stratified, deterministic, near duplicates never straddle splits."""
+    from cnnlab.split import make_split
+
+    with logging_to_stderr(quiet):
+        result = make_split(root, val=val, test=test, seed=seed, near_dup_threshold=near_dup_threshold)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    rows = [[label, *(str(counts[s]) for s in ("train", "val", "test"))] for label, counts in result.counts.items()]
+    print_table(["class", "train", "val", "test"], rows, title=f"split of {result.root} (seed {seed})",
+                justify={s: "right" for s in ("train", "val", "test")})
+    out.print(
+        f"{len(result.rows)} images in {result.groups} groups "
+        f"({result.near_duplicate_groups} near-duplicate groups kept whole); wrote {result.file}",
+        markup=False,
+    )
+    if result.unhashed:
+        err.print(f"[yellow]warning:[/] {len(result.unhashed)} files could not be decoded to hash (e.g. {result.unhashed[0]})")

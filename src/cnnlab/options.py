@@ -1,0 +1,107 @@
+"""The vocabularies that cnnlab's options take, one type each, shared by the library and the CLI
+(plus the few shared defaults that belong to no config class).
+
+Each is a :class:`~enum.StrEnum`: the CLI offers exactly its values (a typo is a usage error,
+exit 2, before any work starts), the library accepts the enum or its string value, and configs
+store the plain string. Nothing here imports torch, so the CLI can build its help from it.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import TypeVar
+
+from cnnlab.errors import UsageError
+
+E = TypeVar("E", bound=StrEnum)
+
+#: Largest accepted absolute difference between exported and PyTorch fp32 logits (typical: 1e-6 to 1e-5).
+DEFAULT_EXPORT_TOLERANCE = 1e-3
+
+
+class Precision(StrEnum):
+    """Numeric precision of a model's arithmetic.
+
+    ``auto`` resolves per device (see :func:`cnnlab.models.resolve_precision`); ``tf32`` keeps fp32
+    storage with TF32 matrix units on CUDA; ``bf16``/``fp16`` run under autocast.
+    """
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    TF32 = "tf32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class DeviceKind(StrEnum):
+    """Where models run. A device string is a kind, optionally with an index: ``cuda:1``."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class WeightsPolicy(StrEnum):
+    """Which weights ``bench`` uses: the pretrained ones, random ones, or random where missing."""
+
+    PRETRAINED = "pretrained"
+    RANDOM = "random"
+    RANDOM_IF_MISSING = "random-if-missing"
+
+
+class Schedule(StrEnum):
+    """Learning-rate schedule of each training phase."""
+
+    ONECYCLE = "onecycle"
+    COSINE = "cosine"
+
+
+class BNPolicy(StrEnum):
+    """What BatchNorm layers do while fine-tuning (see :mod:`cnnlab.finetune`)."""
+
+    AUTO = "auto"
+    FROZEN = "frozen"
+    TRAIN = "train"
+
+
+class ExportFormat(StrEnum):
+    """File formats of ``cnnlab export``."""
+
+    TORCHSCRIPT = "torchscript"
+    ONNX = "onnx"
+
+
+class EngineName(StrEnum):
+    """Where ``cnnlab collect`` finds images."""
+
+    BING = "bing"
+    BAIDU = "baidu"
+    FLICKR = "flickr"
+    GOOGLE = "google"
+    DDG = "ddg"
+    URLS = "urls"
+    FOLDER = "folder"
+
+
+def parse_choice(kind: type[E], value: str | E, what: str | None = None) -> E:
+    """``value`` as a member of ``kind``; a :class:`CnnlabError` (exit 2) naming the choices otherwise."""
+    if isinstance(value, kind):
+        return value
+    try:
+        return kind(str(value).strip().lower())
+    except ValueError:
+        choices = ", ".join(m.value for m in kind)
+        raise UsageError(f"unknown {what or kind.__name__.lower()} {value!r}; choose from {choices}") from None
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
+
+
+def parse_device(value: str) -> str:
+    """Check a device string (``auto``, ``cpu``, ``cuda``, ``cuda:N``) without importing torch."""
+    text = str(value).strip().lower()
+    match = _DEVICE.match(text)
+    if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
+        raise UsageError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
+    return text
