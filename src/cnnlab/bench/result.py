@@ -13,6 +13,7 @@ from cnnlab import metrics
 from cnnlab.bench.config import BenchConfig
 from cnnlab.bench.protocol import RunResult
 from cnnlab.datasets import LabelledImages, SkippedFile
+from cnnlab.jsonable import finite_or_none
 from cnnlab.labels import LabelMapping
 
 #: Version of the layout of results.json and results.csv.
@@ -39,10 +40,6 @@ class ModelAccuracy:
             "confusion": self.confusion.tolist(),
             "unscored_classes": self.unscored_classes,
         }
-
-
-def _nan_none(value: float | None) -> float | None:
-    return None if value is None or value != value else float(value)
 
 
 @dataclass
@@ -82,14 +79,14 @@ class ModelResult:
             "error": r.error or "",
             "random_weights": r.random_weights,
             "scored_images": self.accuracy.scored if self.accuracy else 0,
-            "top1": _nan_none(s.top1) if s else None,
+            "top1": finite_or_none(s.top1) if s else None,
             "top1_ci_low": ci1[0] if ci1 else None,
             "top1_ci_high": ci1[1] if ci1 else None,
-            "top5": _nan_none(s.top5) if s and 5 in s.accuracy else None,
+            "top5": finite_or_none(s.top5) if s and 5 in s.accuracy else None,
             "top5_ci_low": ci5[0] if ci5 else None,
             "top5_ci_high": ci5[1] if ci5 else None,
-            "mean_confidence": _nan_none(s.mean_confidence) if s else None,
-            "ece": _nan_none(s.ece) if s else None,
+            "mean_confidence": finite_or_none(s.mean_confidence) if s else None,
+            "ece": finite_or_none(s.ece) if s else None,
             "eval_images": r.eval_images,
             "skipped_images": len(r.eval_skipped),
             "eval_total_s": r.eval_total_s,
