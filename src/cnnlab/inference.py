@@ -148,13 +148,16 @@ class InferenceBatch:
     """What :func:`run_inference` yields per batch.
 
     ``indices`` are positions in the list of files, ``logits`` their float32 logits on the CPU
-    (row ``r`` belongs to ``indices[r]``); ``skipped`` are the files of this batch that could not
-    be used; ``data_s`` is the time spent waiting for the batch (decoding), ``model_s`` the time
-    in the model, including the copy of its output to the host (so GPU work is finished).
+    (row ``r`` belongs to ``indices[r]``); ``features`` (when asked for) the input of the model's
+    classifier head, pooled to one float32 vector per image; ``skipped`` are the files of this
+    batch that could not be used; ``data_s`` is the time spent waiting for the batch (decoding),
+    ``model_s`` the time in the model, including the copy of its output to the host (so GPU work
+    is finished).
     """
 
     indices: list[int]
     logits: torch.Tensor
+    features: torch.Tensor | None = None
     skipped: list[SkippedFile] = field(default_factory=list)
     data_s: float = 0.0
     model_s: float = 0.0
@@ -171,13 +174,18 @@ def run_inference(
     progress: Progress | None = None,
     task: str = "inference",
     description: str | None = None,
+    features: bool = False,
 ) -> Iterator[InferenceBatch]:
     """Run ``model`` over ``paths`` in order, one :class:`InferenceBatch` at a time.
 
-    ``labels`` (parallel to ``paths``) are copied into the skipped-file records. Progress is
+    ``labels`` (parallel to ``paths``) are copied into the skipped-file records. With
+    ``features=True`` each batch also carries the penultimate features (what the classifier head
+    receives: the embedding used by linear probes, outlier and similarity searches). Progress is
     reported as task ``task`` in images, with the rate so far.
     """
     progress = progress or Progress()
+    captured: list[torch.Tensor] = []
+    hook = _capture_head_input(model, captured) if features else None
     device = model.device
     if device.type == "cuda":  # the first pinned host-to-device copy sets things up: keep it out of the timing
         crop = model.preprocessing.crop_size
@@ -199,13 +207,36 @@ def run_inference(
             t1 = time.perf_counter()
             skipped = [SkippedFile(str(paths[i]), reason, detail, labels[i] if labels is not None else None)
                        for i, reason, detail in batch.failed]
+            feats = None
             if batch.images is not None:
+                captured.clear()
                 logits = model(batch.images).cpu()  # .cpu() waits for the device
+                if hook is not None:
+                    feats = _pooled(captured[-1]).float().cpu()
             else:
                 logits = torch.zeros(0, model.spec.num_classes)
             t2 = time.perf_counter()
             done += len(batch.indices) + len(batch.failed)
             rate = done / max(t2 - started, 1e-9)
             progress.update(task, advance=len(batch.indices) + len(batch.failed), info=f"{rate:,.0f} img/s")
-            yield InferenceBatch(batch.indices, logits, skipped, t1 - t0, t2 - t1)
+            yield InferenceBatch(batch.indices, logits, feats, skipped, t1 - t0, t2 - t1)
+    if hook is not None:
+        hook.remove()
     progress.finish(task)
+
+
+def _capture_head_input(model: LoadedModel, into: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
+    """Record what the model's classifier head receives on every forward pass."""
+    from cnnlab.checkpoint import find_head
+
+    _, head = find_head(model.module, model.spec.num_classes)
+
+    def keep(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        into.append(args[0].detach())
+
+    return head.register_forward_pre_hook(keep)
+
+
+def _pooled(x: torch.Tensor) -> torch.Tensor:
+    """(N, C) features as they are; (N, C, H, W) maps (a 1x1-convolution head) averaged over space."""
+    return x.flatten(2).mean(2) if x.ndim > 2 else x.flatten(1)
