@@ -45,7 +45,7 @@ def _serve(n: int, size: tuple[int, int], latency: float, ready: mp.Queue) -> No
         def log_message(self, *args: object) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if latency:
                 time.sleep(latency)
             body = images.get(self.path)

@@ -12,9 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
+from cnnlab.bench.measure import count_macs
 from cnnlab.cli import app
 from cnnlab.demo import build_demo_set
-from cnnlab.bench.measure import count_macs
 from cnnlab.metrics import wilson_interval
 from cnnlab.models import LoadedModel
 from cnnlab.report import write_bench_outputs

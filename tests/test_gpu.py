@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
-from cnnlab.demo import build_demo_set
 from cnnlab.bench.measure import MemoryMeter, time_repeated
+from cnnlab.demo import build_demo_set
 from cnnlab.models import load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -7,7 +7,6 @@ import torch
 from torchvision.models import get_model_weights
 
 from cnnlab.errors import UnknownModelError
-from cnnlab.preprocess import Preprocessing
 from cnnlab.zoo import LAB_MODELS, OFFLINE_MODEL, all_specs, get_spec, list_models
 
 
@@ -44,10 +43,18 @@ def test_lab_models_carry_torchvision_metadata() -> None:
     assert [get_spec(n).arch for n in LAB_MODELS] == ["resnet50", "alexnet", "googlenet"]
 
 
-def test_preprocessing_is_read_from_the_weights_not_hard_coded() -> None:
-    for spec in list_models("efficientnet_b*"):
-        weights = get_model_weights(spec.arch)[spec.weights_tag]
-        assert spec.preprocessing == Preprocessing.from_torchvision(weights.transforms())
+@pytest.mark.parametrize("name", ["efficientnet_b3", "vit_b_16", "regnet_y_400mf", "inception_v3"])
+def test_preprocessing_computes_what_the_weights_own_transforms_compute(name: str, real_photos) -> None:  # type: ignore[no-untyped-def]
+    """Sizes, interpolation and mean/std differ between these weights; each must come out as torchvision's preset."""
+    from PIL import Image
+
+    spec = get_spec(name)
+    preset = get_model_weights(spec.arch)[spec.weights_tag].transforms()
+    img = Image.open(real_photos["coffee"]).convert("RGB")
+    ours = spec.preprocessing.normalize(spec.preprocessing.to_uint8(img)[None])[0]
+    theirs = preset(img)
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs, atol=1e-5)
     assert get_spec("efficientnet_b3").preprocessing.crop_size == 300
 
 

@@ -214,7 +214,7 @@ def _export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Path) -
         # is checked numerically, at another batch size, right after.
         warnings.simplefilter("ignore")
         with torch.inference_mode(False), torch.no_grad():
-            traced = torch.jit.trace(wrapper, example, check_trace=False)  # type: ignore[no-untyped-call]
+            traced = torch.jit.trace(wrapper, example, check_trace=False)
         traced = torch.jit.freeze(traced.eval())
         torch.jit.save(traced, str(path))
 
@@ -247,7 +247,7 @@ def _run_exported(format: str, path: Path, batch: torch.Tensor) -> torch.Tensor:
     if format == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            loaded = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+            loaded = torch.jit.load(str(path), map_location="cpu")
         with torch.inference_mode():
             logits: torch.Tensor = loaded(batch)
             return logits.float()

@@ -19,7 +19,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cnnlab.errors import ImageDecodeError
 from cnnlab.preprocess import DEFAULT_MAX_PIXELS
 
-
 #: The reasons :func:`decode_image` can give, for counting and reports.
 REASONS: Final[tuple[str, ...]] = (
     "missing",
@@ -61,7 +60,7 @@ def decode_image(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as exc:
             raise ImageDecodeError("decompression-bomb", str(exc)) from None
         except UnidentifiedImageError:

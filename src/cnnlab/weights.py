@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import shutil
 import re
+import shutil
 import urllib.error
 import zipfile
 from dataclasses import dataclass

@@ -151,16 +151,16 @@ def _build_torchvision(arch: str, weights: Any, state_dict: StateDict | None = N
         return original_load(module, sd, *args, **kwargs)
 
     with _BUILD_LOCK:
-        weights_type.get_state_dict = provide  # type: ignore[method-assign]
+        weights_type.get_state_dict = provide
         nn.Module.load_state_dict = load_or_skip  # type: ignore[method-assign,assignment]
         try:
             return tvm.get_model(arch, weights=weights)
         finally:
-            weights_type.get_state_dict = original_get  # type: ignore[method-assign]
+            weights_type.get_state_dict = original_get
             nn.Module.load_state_dict = original_load  # type: ignore[method-assign]
 
 
-class _SkipLoad(dict):  # type: ignore[type-arg]
+class _SkipLoad(dict):
     """Marker state dict meaning "keep the random initialisation"."""
 
 

@@ -98,7 +98,7 @@ class FakeWeb:
             def log_message(self, *args: object) -> None:  # quiet
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 with web._lock:
                     web.concurrent += 1
                     web.max_concurrent = max(web.max_concurrent, web.concurrent)

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from cnnlab.bench.config import MeasureOptions
 from cnnlab.bench.measure import (
-    MiB,
     MemoryMeter,
+    MiB,
     count_macs,
     current_rss_mib,
     parameter_bytes,
@@ -129,20 +130,7 @@ def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
 
     crop = model.preprocessing.crop_size
     with MemoryMeter(device) as meter, torch.inference_mode():
-        batch = torch.randint(0, 256, (m.batch_size, 3, crop, crop), dtype=torch.uint8, device=device)
-        progress.start("throughput", f"{model.name}: throughput at batch {m.batch_size}")
-        timing = time_repeated(lambda: model(batch), device, warmup=m.warmup, repeats=m.throughput_repeats,
-                               max_seconds=m.max_seconds_per_timing)
-        result.throughput_batch = m.batch_size
-        result.throughput_timing = timing.to_dict()
-        result.throughput_ips = m.batch_size / timing.median_s
-        progress.finish("throughput")
-        one = batch[:1].clone()
-        progress.start("latency", f"{model.name}: latency at batch 1")
-        result.latency_b1 = time_repeated(lambda: model(one), device, warmup=m.warmup, repeats=m.latency_repeats,
-                                          max_seconds=m.max_seconds_per_timing).to_dict()
-        progress.finish("latency")
-        del batch, one
+        _time_synthetic(model, result, progress, m)
         _evaluate(model, request, result, progress)
     result.rss_peak_mib = max(0.0, meter.rss_before - rss_start + meter.rss_peak_increase)
     result.cuda_peak_allocated_mib = meter.cuda_peak_allocated
@@ -151,6 +139,24 @@ def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
         result.gmacs_measured = count_macs(model.module, crop, device)
     except Exception as exc:  # noqa: BLE001 - a counting failure must not lose the other figures
         progress.note(f"could not count MACs for {request.model}: {exc}", warning=True)
+
+
+def _time_synthetic(model: LoadedModel, result: RunResult, progress: Progress, m: MeasureOptions) -> None:
+    """Model-only speed on random uint8 batches: throughput at the batch size, latency at batch 1."""
+    crop = model.preprocessing.crop_size
+    batch = torch.randint(0, 256, (m.batch_size, 3, crop, crop), dtype=torch.uint8, device=model.device)
+    progress.start("throughput", f"{model.name}: throughput at batch {m.batch_size}")
+    timing = time_repeated(lambda: model(batch), model.device, warmup=m.warmup, repeats=m.throughput_repeats,
+                           max_seconds=m.max_seconds_per_timing)
+    result.throughput_batch = m.batch_size
+    result.throughput_timing = timing.to_dict()
+    result.throughput_ips = m.batch_size / timing.median_s
+    progress.finish("throughput")
+    one = batch[:1].clone()
+    progress.start("latency", f"{model.name}: latency at batch 1")
+    result.latency_b1 = time_repeated(lambda: model(one), model.device, warmup=m.warmup, repeats=m.latency_repeats,
+                                      max_seconds=m.max_seconds_per_timing).to_dict()
+    progress.finish("latency")
 
 
 def _evaluate(model: LoadedModel, request: RunRequest, result: RunResult, progress: Progress) -> None:

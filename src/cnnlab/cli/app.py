@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -21,7 +20,7 @@ WORKFLOW_ORDER = ("demo", "collect", "split", "review", "labels", "models", "wei
 
 
 class _WorkflowGroup(TyperGroup):
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
         names = super().list_commands(ctx)
         rank = {name: i for i, name in enumerate(WORKFLOW_ORDER)}
         return sorted(names, key=lambda n: rank.get(n, len(rank)))

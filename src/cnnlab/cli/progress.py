@@ -9,11 +9,13 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress as RichBars,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+)
+from rich.progress import (
+    Progress as RichBars,
 )
 
 from cnnlab.cli.common import err, escape
@@ -48,7 +50,7 @@ class RichProgress(Progress):
     def start(self, key: str, description: str, *, total: float | None = None, completed: float = 0) -> None:
         if key in self._tasks:
             self._bars.remove_task(self._tasks.pop(key))
-        self._tasks[key] = self._bars.add_task(escape(description), total=total, completed=completed, info="")
+        self._tasks[key] = self._bars.add_task(escape(description), total=total, completed=int(completed), info="")
 
     def update(self, key: str, *, advance: float = 0, completed: float | None = None, total: float | None = None,
                description: str | None = None, info: str | None = None) -> None:

@@ -393,7 +393,7 @@ class DuckDuckGoEngine:
                     backend="duckduckgo",
                     **kwargs,
                 )
-            except Exception as exc:  # ddgs raises DDGSException for "no results" as for errors
+            except Exception as exc:  # noqa: BLE001 - ddgs raises DDGSException for "no results" as for errors
                 message = str(exc)
                 if "no results" in message.lower():
                     return
@@ -435,5 +435,5 @@ def make_engine(
             raise CollectError("ddg does not take a base URL (ddgs talks to DuckDuckGo itself)")
         return DuckDuckGoEngine(timeout=timeout)
     if key in ENGINES:
-        return ENGINES[key](base_url=base_url)  # type: ignore[no-any-return]
+        return ENGINES[key](base_url=base_url)
     raise CollectError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}, urls, folder")

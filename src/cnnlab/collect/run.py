@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.collect.base import Candidate, CollectError, Engine, PageFetchError, check_label
-from cnnlab.collect.dedup import DedupIndex, KeptImage
 from cnnlab.collect.config import (
     DEFAULT_MIN_SIZE,
     DEFAULT_NEAR_DUP_THRESHOLD,
@@ -28,6 +27,7 @@ from cnnlab.collect.config import (
     DEFAULT_THREADS,
     FetchConfig,
 )
+from cnnlab.collect.dedup import DedupIndex, KeptImage
 from cnnlab.collect.download import Downloader, FetchResult, read_local_file
 from cnnlab.collect.engines import make_engine
 from cnnlab.collect.manifest import MANIFEST_NAME, FolderLock, Manifest, make_record
@@ -320,7 +320,7 @@ def _engine_candidates(
                     continue
                 except CollectError:
                     raise
-                except Exception as exc:  # a fetch failure, or an engine broken upstream: say so, go on
+                except Exception as exc:  # noqa: BLE001 - a fetch failure, or an engine broken upstream: say so, go on
                     active.remove(item)
                     what = str(exc) if isinstance(exc, PageFetchError) else f"{type(exc).__name__}: {exc}"
                     got = f" after {hits[query]} results" if hits[query] else ""

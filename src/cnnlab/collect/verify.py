@@ -102,8 +102,8 @@ def _header(data: bytes) -> tuple[str, int]:
                 fmt = im.format or ""
                 try:
                     orientation = int(im.getexif().get(_ORIENTATION_TAG, 1) or 1)
-                except Exception:  # a broken EXIF block is not a broken image
+                except Exception:  # noqa: BLE001 - a broken EXIF block is not a broken image
                     orientation = 1
-        except Exception:  # decode_image already accepted the bytes; be lenient
+        except Exception:  # noqa: BLE001 - decode_image already accepted the bytes; be lenient
             return "", 1
     return fmt, orientation if 1 <= orientation <= 8 else 1

@@ -1,0 +1,84 @@
+"""The bench worker protocol: versioned, tolerant of new fields, a clean subprocess, a time limit per model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
+from cnnlab.bench.protocol import PROTOCOL_VERSION, ProtocolError, RunRequest, RunResult
+from cnnlab.progress import JsonLinesProgress, Progress, replay
+from tests.conftest import make_image
+
+
+def test_request_round_trip_ignores_unknown_fields_and_refuses_other_versions(tmp_path: Path) -> None:
+    request = RunRequest(model="resnet18", paths=["a.jpg"], predictions_file="p.npz",
+                         measure=MeasureOptions(precision="bf16", weights="random"))
+    data = request.to_dict()
+    assert data["protocol"] == PROTOCOL_VERSION and data["measure"]["precision"] == "bf16"
+    data["a_field_from_the_future"] = 1
+    data["measure"]["another_one"] = True
+    again = RunRequest.from_dict(json.loads(json.dumps(data)))
+    assert again.measure == request.measure and again.paths == ["a.jpg"]
+    with pytest.raises(ProtocolError, match="protocol version 1"):
+        RunRequest.from_dict({**data, "protocol": 1})
+    result = RunResult(model="x", eval_images=3).to_dict()
+    assert RunResult.from_dict({**result, "new_figure": 1.5}).eval_images == 3
+    with pytest.raises(ProtocolError):
+        RunResult.from_dict({k: v for k, v in result.items() if k != "protocol"})
+
+
+def test_bad_option_values_fail_when_the_config_is_made() -> None:
+    from cnnlab.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown precision 'fp8'"):
+        MeasureOptions(precision="fp8")
+    with pytest.raises(UsageError, match="unknown device"):
+        MeasureOptions(device="gpu0")
+
+
+def test_worker_process_reports_progress_and_errors_without_warnings(tmp_path: Path) -> None:
+    request = RunRequest(model="no_such_model", paths=[], predictions_file=str(tmp_path / "p.npz"), progress=True)
+    request.write(tmp_path / "req.json")
+    proc = subprocess.run([sys.executable, "-m", "cnnlab.bench.worker", str(tmp_path / "req.json"),
+                           str(tmp_path / "res.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    assert "Warning" not in proc.stderr, proc.stderr  # e.g. runpy's "found in sys.modules" RuntimeWarning
+    result = RunResult.read(tmp_path / "res.json")
+    assert result.error is not None and "unknown model 'no_such_model'" in result.error
+
+
+def test_progress_events_survive_the_pipe() -> None:
+    import io
+
+    class Keep(Progress):
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, object]] = []
+
+        def update(self, key: str, **kwargs: object) -> None:
+            self.seen.append((key, kwargs.get("advance")))
+
+        def note(self, message: str, *, warning: bool = False) -> None:
+            self.seen.append((message, warning))
+
+    stream = io.StringIO()
+    sender = JsonLinesProgress(stream)
+    sender.update("eval", advance=8, info="3 img/s")
+    sender.note("hello", warning=True)
+    keep = Keep()
+    lines = stream.getvalue().splitlines() + ["plain output line"]
+    assert [replay(line, keep, key_prefix="0:") for line in lines] == [True, True, False]
+    assert keep.seen == [("0:eval", 8), ("hello", True)]
+
+
+def test_a_model_past_its_time_limit_becomes_an_error_row(tmp_path: Path) -> None:
+    for i in range(2):
+        make_image(tmp_path / "data" / "cat" / f"{i}.png")
+    config = BenchConfig(data=tmp_path / "data", models=["squeezenet1_1"], model_timeout_s=0.2,
+                         measure=MeasureOptions(weights="random", workers=0))
+    (model,) = bench_models(config).models
+    assert not model.ok and "time limit of 0.2 s" in str(model.run.error)
