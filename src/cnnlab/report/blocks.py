@@ -1,0 +1,161 @@
+"""The content of a report as a list of blocks, rendered both as Markdown and as HTML so the two cannot drift.
+
+A block is one of :class:`Heading`, :class:`Paragraph`, :class:`Table`, :class:`Bullets` or
+:class:`Figure`; each has a ``kind`` that the HTML template dispatches on.
+:func:`report_blocks` builds the benchmark report: the lab's table first, then every figure, the
+paired tests (or why there are none), the plots, the label mapping, per-class accuracy, skipped
+files and errors.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from cnnlab.report.tables import full_table, lab_table, mapping_table, per_class_table, scored_models
+
+if TYPE_CHECKING:
+    from cnnlab.bench.result import BenchResult
+
+
+@dataclass(frozen=True)
+class Heading:
+    """A section title; level 1 is the report's title."""
+
+    text: str
+    level: int = 2
+    kind: ClassVar[str] = "heading"
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    """A paragraph of plain text."""
+
+    text: str
+    kind: ClassVar[str] = "paragraph"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of plain-text cells."""
+
+    header: list[str]
+    rows: list[list[str]]
+    kind: ClassVar[str] = "table"
+
+
+@dataclass(frozen=True)
+class Bullets:
+    """A bulleted list of plain-text items."""
+
+    items: list[str]
+    kind: ClassVar[str] = "bullets"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A PNG plot written next to the report: Markdown links to it, HTML embeds it."""
+
+    #: Its key among the output files (also the file's stem).
+    key: str
+    title: str
+    path: Path
+    kind: ClassVar[str] = "figure"
+
+
+Block = Heading | Paragraph | Table | Bullets | Figure
+
+#: The heading of the paired tests' section (present with or without tests).
+PAIRED_TESTS_HEADING = "Are the differences real? (paired McNemar tests, top-1)"
+
+
+def _overview(result: BenchResult) -> list[Block]:
+    env, ds, measure = result.environment, result.dataset, result.config.measure
+    device = next((m.run.device_name or m.run.device for m in result.models if m.ok), "n/a")
+    return [
+        Heading("cnnlab bench results", level=1),
+        Paragraph(f"Data: {ds.root} — {len(ds)} images in {len(ds.classes)} classes; {len(result.skipped)} files "
+                  f"skipped. Device: {device}; torch {env.get('torch', 'n/a')}, torchvision "
+                  f"{env.get('torchvision', 'n/a')}; precision {measure.precision}; batch {measure.batch_size}."),
+    ]
+
+
+def _figures_tables(result: BenchResult) -> list[Block]:
+    blocks: list[Block] = [
+        Heading("The lab's table"),
+        Table(*lab_table(result)),
+        Paragraph("Accuracy counts only images whose class maps onto the model's outputs (see the label mapping). "
+                  "Brackets are 95% Wilson intervals: where two models' intervals overlap, the data cannot tell them "
+                  "apart; the paired tests below say whether a difference is significant."),
+        Heading("All figures"),
+        Table(*full_table(result)),
+    ]
+    if any(m.run.random_weights for m in result.models):
+        blocks.append(Paragraph("Models marked 'random weights' ran without their pretrained weights: their speed "
+                                "and memory figures are real; they have no accuracy figures."))
+    return blocks
+
+
+def _paired_tests(result: BenchResult) -> list[Block]:
+    heading = Heading(PAIRED_TESTS_HEADING)
+    if result.comparisons:
+        return [heading, Bullets([c.verdict for c in result.comparisons])]
+    scored = len(scored_models(result))
+    if scored < 2:
+        why = (f"No paired tests: they need two models with accuracy figures, and this run has {scored} "
+               "(models with random weights and models that failed have none).")
+    else:
+        why = ("No paired tests: no two models scored the same images (each model scores only the classes "
+               "that map onto its outputs).")
+    return [heading, Paragraph(why)]
+
+
+def _plots(figures: Sequence[Figure]) -> list[Block]:
+    return [Heading("Plots"), *figures] if figures else []
+
+
+def _label_mapping(result: BenchResult) -> list[Block]:
+    blocks: list[Block] = [Heading("Label mapping"), Table(*mapping_table(result))]
+    unmapped = [name for name, mapping in result.mappings.items() if not mapping.mapped]
+    if unmapped:
+        blocks.append(Paragraph(f"Left out of ImageNet accuracy (no mapping): {', '.join(unmapped)}. "
+                                "Add them to a mapping file (--mapping) to score them."))
+    if result.dataset.empty_classes:
+        blocks.append(Paragraph(f"Empty classes: {', '.join(result.dataset.empty_classes)}."))
+    return blocks
+
+
+def _per_class(result: BenchResult) -> list[Block]:
+    header, rows = per_class_table(result)
+    return [Heading("Per class"), Table(header, rows)] if len(header) > 2 else []
+
+
+def _skipped(result: BenchResult) -> list[Block]:
+    if not result.skipped:
+        return []
+    reasons = Counter(s.reason for s in result.skipped)
+    counts = ", ".join(f"{reason}: {n}" for reason, n in reasons.most_common())
+    return [Heading("Skipped files"), Paragraph(f"{counts} (every file in skipped.csv)")]
+
+
+def _errors(result: BenchResult) -> list[Block]:
+    if not result.failed:
+        return []
+    return [Heading("Errors"), Bullets([f"{m.name}: {m.run.error}" for m in result.failed])]
+
+
+def report_blocks(result: BenchResult, figures: Sequence[Figure] = ()) -> list[Block]:
+    """The content of results.md and report.html, in order; ``figures`` go in a "Plots" section."""
+    return [
+        *_overview(result),
+        *_figures_tables(result),
+        *_paired_tests(result),
+        *_plots(figures),
+        *_label_mapping(result),
+        *_per_class(result),
+        *_skipped(result),
+        *_errors(result),
+    ]
