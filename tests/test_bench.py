@@ -92,18 +92,36 @@ def test_real_accuracy_with_offline_model(tmp_path: Path) -> None:
     assert all(281 <= v <= 287 for v in cats.values()) and len(cats) == 1
 
 
-def test_failures_become_rows_and_the_run_goes_on(tiny_folder: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_weights_stop_the_run_before_any_model(tiny_folder: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     monkeypatch.setenv("CNNLAB_WEIGHTS_MIRROR", "http://127.0.0.1:9")
     out = tmp_path / "out"
-    result = runner.invoke(app, ["bench", str(tiny_folder), "--models", "alexnet,efficientnet_lite0",
+    result = runner.invoke(app, ["bench", str(tiny_folder), "--models", "efficientnet_lite0,alexnet,googlenet",
+                                 "--out", str(out), "-q", "--workers", "0", "--repeats", "3", "-b", "4"])
+    assert result.exit_code == 3
+    assert "alexnet-owt-7be5be79.pth" in result.stderr and "googlenet-1378be20.pth" in result.stderr
+    assert "cnnlab weights fetch alexnet googlenet" in result.stderr and "--random-weights-if-missing" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (out / "results.json").exists()
+
+
+def test_failures_become_rows_and_the_run_goes_on(tiny_folder: Path, tmp_path: Path) -> None:
+    """A checkpoint trained from an architecture this installation does not know fails in its worker."""
+    from cnnlab.checkpoint import HeadInfo, make_checkpoint, save_checkpoint
+
+    spec = get_spec("squeezenet1_1")
+    ckpt = make_checkpoint(arch="no_such_arch.V1", head=HeadInfo("fc", "linear", 8, 1000, 2), classes=["cat", "dog"],
+                           preprocessing=spec.preprocessing, state_dict={"w": torch.zeros(2)}, train_args={}, metrics={})
+    broken = save_checkpoint(ckpt, tmp_path / "broken.pt")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["bench", str(tiny_folder), "--models", f"{broken},squeezenet1_1", "--random-weights",
                                  "--out", str(out), "-q", "--workers", "0", "--repeats", "3", "-b", "4", "--no-plots"])
-    assert result.exit_code == 4
+    assert result.exit_code == 4, result.output
     rows = {r["model"]: r for r in csv.DictReader((out / "results.csv").open())}
-    assert rows["alexnet"]["status"] == "error" and "alexnet-owt-7be5be79.pth" in rows["alexnet"]["error"]
-    assert rows["efficientnet_lite0.IMAGENET1K"]["status"] == "ok"
-    assert "alexnet failed" in result.stderr
+    assert rows[str(broken)]["status"] == "error" and "no_such_arch" in rows[str(broken)]["error"]
+    assert rows["squeezenet1_1.IMAGENET1K_V1"]["status"] == "ok"
+    assert f"{broken} failed" in result.stderr
 
 
 def test_simulated_oom_in_process(tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,11 @@ import base64
 import csv
 import dataclasses
 import fnmatch
+import functools
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -26,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MODEL = "efficientnet_lite0.IMAGENET1K"
 SECTIONS = ["cnnlab bench results", "The lab's table", "All figures",
-            "Are the differences real? (paired McNemar tests, top-1)", "Plots", "Label mapping", "Per class",
-            "Skipped files"]
+            "Are the differences real? (paired McNemar tests, top-1)", "Plots", "Most confident mistakes", MODEL,
+            "Label mapping", "Per class", "Skipped files"]
 
 
 class _Page(HTMLParser):
@@ -90,7 +94,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[BenchResult, dict[st
 def test_every_output_file_is_written(demo: tuple[BenchResult, dict[str, Path]]) -> None:
     _, files = demo
     expected = {"markdown", "html", "csv", "json", "skipped", "accuracy_vs_throughput", "memory", "per_class",
-                f"confusion_{MODEL}"}
+                f"confusion_{MODEL}", f"confusion_csv_{MODEL}"}
     assert set(files) == expected
     for key, path in files.items():
         assert path.is_file() and path.stat().st_size > 0, key
@@ -112,11 +116,14 @@ def test_report_html_is_self_contained(demo: tuple[BenchResult, dict[str, Path]]
     assert page.links == [] and "<script" not in html and "url(" not in html
     assert "src=\"http" not in html and "src='http" not in html and "href=" not in html
     plots = [path for path in files.values() if path.suffix == ".png"]
-    assert len(page.images) == len(plots) == 4
-    for src in page.images:
-        prefix = "data:image/png;base64,"
-        assert src.startswith(prefix)
-        assert base64.b64decode(src[len(prefix):], validate=True).startswith(PNG_SIGNATURE)
+    pngs = [src for src in page.images if src.startswith("data:image/png;base64,")]
+    thumbnails = [src for src in page.images if src.startswith("data:image/jpeg;base64,")]
+    assert len(pngs) == len(plots) == 4
+    assert len(thumbnails) == 1  # the gallery: Grace Hopper, the one mistake (mortarboard, not military uniform)
+    assert len(page.images) == len(pngs) + len(thumbnails)
+    for src in pngs:
+        assert base64.b64decode(src.split(",", 1)[1], validate=True).startswith(PNG_SIGNATURE)
+    assert base64.b64decode(thumbnails[0].split(",", 1)[1], validate=True).startswith(b"\xff\xd8")
 
 
 def test_markdown_and_html_show_the_same_sections(demo: tuple[BenchResult, dict[str, Path]]) -> None:
@@ -170,7 +177,7 @@ def test_failed_models_and_missing_tests_are_explained(demo: tuple[BenchResult, 
     assert "- alexnet: weights missing: <alexnet-owt-7be5be79.pth>" in markdown
     html = files["html"].read_text(encoding="utf-8")
     assert "&lt;alexnet-owt-7be5be79.pth&gt;" in html and "<alexnet-owt" not in html  # text is escaped
-    assert "<img" not in html
+    assert "data:image/png" not in html  # no plots; the gallery's thumbnail stays
     assert [row[2] for row in lab_table(with_failure)[1]] == ["error"] * 4
     rows = {r["model"]: r for r in csv.DictReader(files["csv"].open(encoding="utf-8"))}
     assert rows["alexnet"]["status"] == "error" and rows[MODEL]["status"] == "ok"
@@ -196,3 +203,40 @@ def test_template_ships_as_package_data() -> None:
     package = ROOT / "src" / "cnnlab"
     templates = [p.relative_to(package).as_posix() for p in (package / "report" / "templates").iterdir()]
     assert templates and all(any(fnmatch.fnmatch(t, pattern) for pattern in patterns) for t in templates)
+
+
+_PROBE = """<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const loaded = images.filter((img) => img.complete && img.naturalWidth > 0).length;
+  document.body.dataset.probe = `${loaded}/${images.length} ${document.documentElement.scrollWidth}`;
+});
+</script>"""
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_report_renders_in_a_real_browser(demo: tuple[BenchResult, dict[str, Path]], tmp_path: Path) -> None:
+    """Headless Chromium at 1280 px: no console errors, every image decodes, no sideways scrolling.
+
+    The screenshot is kept in ``$CNNLAB_TEST_ARTIFACTS`` (default ``test-artifacts/``) for a person to look at.
+    """
+    _, files = demo
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,2400"]
+    run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=120)
+    artifacts = Path(os.environ.get("CNNLAB_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    shot = artifacts / "report.png"
+    shown = run(["chromium", *flags, "--enable-logging=stderr", "--v=0", f"--screenshot={shot}",
+                 files["html"].as_uri()])
+    assert shot.is_file() and shot.stat().st_size > 20_000, shown.stderr[-2000:]
+    console = [line for line in shown.stderr.splitlines() if ":CONSOLE" in line]
+    assert console == []
+    probed = tmp_path / "probed.html"  # the same page with a probe script appended
+    probed.write_text(files["html"].read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"),
+                      encoding="utf-8")
+    dom = run(["chromium", *flags, "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()]).stdout
+    match = re.search(r'data-probe="(\d+)/(\d+) (\d+)"', dom)
+    assert match is not None, dom[-2000:]
+    loaded, total, width = map(int, match.groups())
+    assert total == 5 and loaded == total  # 4 plots and 1 gallery thumbnail
+    assert width <= 1280

@@ -7,6 +7,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from cnnlab.errors import UsageError
 from cnnlab.options import Precision, WeightsPolicy, parse_choice, parse_device
 from cnnlab.zoo import LAB_MODELS
 
@@ -28,6 +29,8 @@ class MeasureOptions:
     weights_dir: str | None = None
     #: Let JPEGs decode at reduced scale (``Image.draft``) when only a small image is needed.
     fast_decode: bool = True
+    #: Also measure model-only throughput at these batch sizes (a curve: on a CPU a large batch can be slower).
+    batch_sizes: list[int] | None = None
     warmup: int = 3
     latency_repeats: int = 20
     throughput_repeats: int = 10
@@ -40,6 +43,15 @@ class MeasureOptions:
         self.weights = parse_choice(WeightsPolicy, self.weights, "weights policy")
         if self.weights_dir is not None:
             self.weights_dir = str(self.weights_dir)
+        sizes = [self.batch_size, *(self.batch_sizes or [])]
+        if any(not isinstance(b, int) or not 1 <= b <= 65536 for b in sizes):
+            raise UsageError(f"batch sizes must be whole numbers from 1 to 65536, got {sizes}")
+        if self.batch_sizes is not None:
+            self.batch_sizes = sorted(set(self.batch_sizes))
+
+    def throughput_batch_sizes(self) -> list[int]:
+        """The batch sizes at which throughput is measured (always including ``batch_size``)."""
+        return sorted({self.batch_size, *(self.batch_sizes or [])})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (enums as their string values)."""
@@ -63,6 +75,12 @@ class BenchConfig:
     split: str | None = None
     #: YAML/JSON file: class -> ImageNet names, wnids or indices.
     mapping_file: Path | None = None
+    #: Ground truth of a flat ImageNet validation folder (LOC_val_solution.csv, the devkit's file or folder).
+    labels_file: Path | None = None
+    #: ImageNet-ReaL labels (``real.json``): an extra accuracy on the relabelled validation set.
+    real_labels: Path | None = None
+    #: Most confident mistakes kept per model for the report's gallery.
+    gallery_size: int = 12
     measure: MeasureOptions = field(default_factory=MeasureOptions)
     #: Run each model in its own process (clean memory figures; a crash is that model's row).
     isolate: bool = True
@@ -71,8 +89,14 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
-        if self.mapping_file is not None:
-            self.mapping_file = Path(self.mapping_file)
+        for name in ("mapping_file", "labels_file", "real_labels"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, Path(value))
+        if not self.models:
+            raise UsageError("no models to run: name at least one (e.g. --models resnet50)")
+        if self.model_timeout_s is not None and not self.model_timeout_s > 0:
+            raise UsageError(f"the time limit per model must be positive, got {self.model_timeout_s}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +104,9 @@ class BenchConfig:
             "models": list(self.models),
             "split": self.split,
             "mapping_file": str(self.mapping_file) if self.mapping_file else None,
+            "labels_file": str(self.labels_file) if self.labels_file else None,
+            "real_labels": str(self.real_labels) if self.real_labels else None,
+            "gallery_size": self.gallery_size,
             "measure": self.measure.to_dict(),
             "isolate": self.isolate,
             "model_timeout_s": self.model_timeout_s,

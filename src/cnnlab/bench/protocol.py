@@ -13,10 +13,20 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cnnlab.bench.config import MeasureOptions
 from cnnlab.errors import CnnlabError
 
 PROTOCOL_VERSION = 2
+
+#: Predictions kept per image (top-5 accuracy needs five).
+TOPK = 5
+#: One prediction record: the image's position, its top-5 outputs and probabilities (padded with -1
+#: and 0 for models with fewer classes), the user class the top-1 output belongs to (-1: none, or
+#: several) and the probability mass the model puts on that class (on no user class, for -1).
+PREDICTION_DTYPE = np.dtype([("row", "<i8"), ("topk", "<i4", (TOPK,)), ("probs", "<f4", (TOPK,)),
+                             ("pred_class", "<i4"), ("pred_mass", "<f4")])
 
 
 class ProtocolError(CnnlabError):
@@ -40,9 +50,12 @@ class RunRequest:
 
     model: str
     paths: list[str]
-    #: Where the worker writes its predictions (``.npz``: rows, topk, probs).
+    #: Where the worker appends its predictions, batch by batch (records of :data:`PREDICTION_DTYPE`).
     predictions_file: str
     measure: MeasureOptions = field(default_factory=MeasureOptions)
+    #: The user's class names, and for each the ImageNet outputs that count as it (the label mapping).
+    class_names: list[str] = field(default_factory=list)
+    imagenet_accepted: list[list[int]] = field(default_factory=list)
     #: Report progress events on stdout.
     progress: bool = False
     protocol: int = PROTOCOL_VERSION
@@ -90,12 +103,18 @@ class RunResult:
     throughput_batch: int | None = None
     throughput_timing: dict[str, Any] | None = None
     throughput_ips: float | None = None
+    #: Model-only images/s at each measured batch size (keys are batch sizes as strings: JSON).
+    throughput_curve: dict[str, float] = field(default_factory=dict)
+    #: Predictions per image in the predictions file (min(5, classes)).
+    topk: int = 0
     params: int | None = None
     weights_mib: float | None = None
     weights_file_mb: float | None = None
     gmacs_measured: float | None = None
     rss_after_load_mib: float | None = None
     rss_peak_mib: float | None = None
+    #: The worker process's own peak resident memory (VmHWM), absolute, in MiB.
+    process_peak_rss_mib: float | None = None
     cuda_weights_mib: float | None = None
     cuda_peak_allocated_mib: float | None = None
     cuda_peak_reserved_mib: float | None = None

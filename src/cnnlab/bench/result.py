@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,24 +21,58 @@ SCHEMA_VERSION = 2
 
 
 @dataclass
+class RealAccuracy:
+    """Accuracy under the ImageNet-ReaL labels: a prediction is right when it is in the image's set."""
+
+    n: int
+    #: Images whose ReaL set is empty (no correct class): left out.
+    empty_sets: int
+    #: Images the ReaL file does not cover (not named ILSVRC2012_val_NNNNNNNN): left out.
+    not_covered: int
+    hits: dict[int, int]
+    ci: dict[int, tuple[float, float]]
+
+    def accuracy(self, k: int) -> float | None:
+        return self.hits[k] / self.n if self.n and k in self.hits else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": self.n, "empty_sets": self.empty_sets, "not_covered": self.not_covered}
+        for k in self.hits:
+            out[f"top{k}"] = self.accuracy(k)
+            out[f"top{k}_hits"] = self.hits[k]
+            out[f"top{k}_ci"] = list(self.ci[k])
+        return out
+
+
+@dataclass
 class ModelAccuracy:
-    """Accuracy of one model on the scored images (those whose class maps onto its outputs)."""
+    """Accuracy of one model on the scored images (those whose class maps onto its outputs).
+
+    Sizes: ``per_class`` is linear in the classes, ``confusion`` holds only non-zero cells, and
+    ``hits1``/``rows`` take a few bytes per scored image (for paired tests between models).
+    """
 
     scored: int
     summary: metrics.AccuracySummary
     per_class: list[metrics.ClassMetrics]
-    confusion: np.ndarray
+    confusion: metrics.SparseConfusion
     unscored_classes: list[str]
     hits1: np.ndarray  # per scored image, aligned with ``rows``
     rows: np.ndarray
+    #: The most confident mistakes, surest first: path, true, predicted, confidence, top (index, name, probability).
+    mistakes: list[dict[str, Any]] = field(default_factory=list)
+    real: RealAccuracy | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "scored": self.scored,
             **self.summary.to_dict(),
+            "calibration": "confidence = probability mass on the predicted user class; "
+                           "right = the predicted user class is the image's class",
             "per_class": [c.to_dict() for c in self.per_class],
-            "confusion": self.confusion.tolist(),
             "unscored_classes": self.unscored_classes,
+            "most_confident_mistakes": self.mistakes,
+            "real": self.real.to_dict() if self.real else None,
         }
 
 
@@ -48,7 +82,8 @@ class ModelResult:
 
     run: RunResult
     accuracy: ModelAccuracy | None = None
-    predictions: dict[str, np.ndarray] | None = None
+    #: The worker's prediction records (:data:`cnnlab.bench.protocol.PREDICTION_DTYPE`), one per evaluated image.
+    predictions: np.ndarray | None = None
 
     @property
     def name(self) -> str:
@@ -85,6 +120,8 @@ class ModelResult:
             "top5": finite_or_none(s.top5) if s and 5 in s.accuracy else None,
             "top5_ci_low": ci5[0] if ci5 else None,
             "top5_ci_high": ci5[1] if ci5 else None,
+            "real_top1": self.accuracy.real.accuracy(1) if self.accuracy and self.accuracy.real else None,
+            "real_top5": self.accuracy.real.accuracy(5) if self.accuracy and self.accuracy.real else None,
             "mean_confidence": finite_or_none(s.mean_confidence) if s else None,
             "ece": finite_or_none(s.ece) if s else None,
             "eval_images": r.eval_images,
@@ -106,6 +143,7 @@ class ModelResult:
             "published_acc1": spec.get("acc1"),
             "published_acc5": spec.get("acc5"),
             "memory_mib": self.memory_mib,
+            "process_peak_rss_mib": r.process_peak_rss_mib,
             "rss_after_load_mib": r.rss_after_load_mib,
             "rss_peak_mib": r.rss_peak_mib,
             "cuda_weights_mib": r.cuda_weights_mib,

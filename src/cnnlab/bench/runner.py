@@ -13,18 +13,21 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from cnnlab.bench.config import BenchConfig
-from cnnlab.bench.protocol import ProtocolError, RunRequest, RunResult
+from cnnlab.bench.protocol import PREDICTION_DTYPE, ProtocolError, RunRequest, RunResult
 from cnnlab.bench.result import BenchResult, ModelResult, environment
 from cnnlab.bench.scoring import comparisons, score
 from cnnlab.datasets import LabelledImages, scan_dataset
-from cnnlab.errors import DatasetError
-from cnnlab.labels import map_classes
+from cnnlab.errors import CnnlabError, DatasetError, WeightsNotFoundError
+from cnnlab.imagenet_val import read_real_labels, real_sets_for, scan_flat_val
+from cnnlab.labels import LabelMapping, map_classes
+from cnnlab.options import WeightsPolicy
 from cnnlab.progress import Progress, replay
 
 
@@ -79,21 +82,113 @@ def _run_in_process(request: RunRequest, progress: Progress) -> RunResult:
     return result
 
 
-def _load_predictions(path: Path) -> dict[str, np.ndarray] | None:
+def _load_predictions(path: Path) -> np.ndarray | None:
     if not path.is_file():
         return None
-    with np.load(path) as npz:
-        return {k: npz[k] for k in npz.files}
+    return np.fromfile(path, dtype=PREDICTION_DTYPE)
 
 
-def bench_models(config: BenchConfig, *, progress: Progress | None = None) -> BenchResult:
-    """Run the benchmark described by ``config``. Never raises for a single model's failure."""
+@dataclass
+class Plan:
+    """What :func:`preflight` found: the images, the label mapping, the ReaL sets, the weights to use."""
+
+    dataset: LabelledImages
+    mappings: dict[str, LabelMapping]
+    real_sets: list[tuple[int, ...] | None] | None
+    #: Per model: ``"pretrained"``, ``"random"`` or ``"checkpoint"``.
+    weights: dict[str, str]
+
+    def describe(self) -> str:
+        ds = self.dataset
+        mapped = sum(1 for m in self.mappings.values() if m.mapped)
+        text = (f"{len(ds):,} images in {len(ds.classes):,} classes ({mapped:,} mapped onto ImageNet); "
+                f"{len(ds.skipped):,} files left out")
+        randoms = [n for n, w in self.weights.items() if w == "random"]
+        if randoms:
+            text += f"; random weights (speed and memory only): {', '.join(randoms)}"
+        return text
+
+
+def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
+    """Everything that can be checked before a model runs: the data, the label mapping, the model names,
+    and the weights (downloaded now if they are missing and can be fetched).
+
+    Raises:
+        DatasetError: no images, or unreadable ground-truth/ReaL files.
+        UnknownModelError: a model name the registry does not know.
+        WeightsNotFoundError: pretrained weights are missing and cannot be downloaded (one message for all).
+    """
     progress = progress or Progress()
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    dataset: LabelledImages = scan_dataset(config.data, split=config.split)
+    progress.start("preflight", "checking data, labels and weights")
+    if config.labels_file is not None:
+        dataset = scan_flat_val(config.data, config.labels_file)
+    else:
+        dataset = scan_dataset(config.data, split=config.split)
     if len(dataset) == 0:
         raise DatasetError(f"no images found in {config.data}" + (f" (split {config.split})" if config.split else ""))
     mappings = map_classes(dataset.classes, config.mapping_file)
+    real_sets = real_sets_for(dataset.paths, read_real_labels(config.real_labels)) if config.real_labels else None
+    weights = {name: _weights_for(name, config) for name in config.models}
+    progress.finish("preflight")
+    return Plan(dataset, mappings, real_sets, weights)
+
+
+def _weights_for(name: str, config: BenchConfig) -> str:
+    from cnnlab.checkpoint import read_checkpoint
+    from cnnlab.weights import fetch_weights, locate_weights
+    from cnnlab.zoo import get_spec
+
+    if Path(name).suffix in (".pt", ".pth", ".ckpt"):
+        read_checkpoint(Path(name))  # a missing, unsafe or foreign file is reported now, not in a worker
+        return "checkpoint"
+    spec = get_spec(name)
+    m = config.measure
+    if m.weights is WeightsPolicy.RANDOM:
+        return "random"
+    if locate_weights(spec, m.weights_dir).found is not None:
+        return "pretrained"
+    if m.weights is WeightsPolicy.RANDOM_IF_MISSING:
+        return "random"
+    try:
+        fetch_weights(spec, progress=False)
+    except WeightsNotFoundError:
+        raise _missing_weights(config, spec.weights_file or name) from None
+    return "pretrained"
+
+
+def _missing_weights(config: BenchConfig, first: str) -> WeightsNotFoundError:
+    from cnnlab.weights import locate_weights, search_dirs
+    from cnnlab.zoo import get_spec
+
+    missing = []
+    for name in config.models:
+        try:
+            spec = get_spec(name)
+        except CnnlabError:
+            continue
+        if locate_weights(spec, config.measure.weights_dir).found is None:
+            missing.append((spec.arch, spec.weights_file or spec.name))
+    missing = missing or [(first, first)]
+    files = ", ".join(f for _, f in missing)
+    dirs = ", ".join(str(d) for d in search_dirs(config.measure.weights_dir))
+    return WeightsNotFoundError(
+        f"pretrained weights missing and not downloadable: {files}\n"
+        f"  searched: {dirs}\n"
+        f"  either fetch them on a machine with internet: cnnlab weights fetch {' '.join(a for a, _ in missing)}\n"
+        "  or measure speed and memory only: --random-weights-if-missing")
+
+
+def bench_models(config: BenchConfig, *, progress: Progress | None = None) -> BenchResult:
+    """Run the benchmark described by ``config``. Never raises for a single model's failure.
+
+    Everything that can fail before the first model runs fails first (see :func:`preflight`).
+    """
+    progress = progress or Progress()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    plan = preflight(config, progress)
+    progress.note(plan.describe())
+    dataset, mappings = plan.dataset, plan.mappings
+    imagenet_accepted = [list(mappings[c].indices) for c in dataset.classes]
     results: list[ModelResult] = []
     total = len(config.models)
     progress.start("models", "models", total=total)
@@ -101,9 +196,10 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None) -> Be
         workdir = Path(tmp)
         for i, name in enumerate(config.models):
             progress.update("models", description=f"model {i + 1}/{total}: {name}")
-            pred_file = workdir / f"pred-{i}.npz"
+            pred_file = workdir / f"pred-{i}.bin"
             request = RunRequest(model=name, paths=[str(p) for p in dataset.paths], predictions_file=str(pred_file),
-                                 measure=config.measure, progress=True)
+                                 measure=config.measure, class_names=list(dataset.classes),
+                                 imagenet_accepted=imagenet_accepted, progress=True)
             t0 = time.perf_counter()
             if config.isolate:
                 run = run_isolated(request, workdir, i, progress=progress, timeout_s=config.model_timeout_s)
@@ -113,11 +209,11 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None) -> Be
             if run.error is None:
                 model.predictions = _load_predictions(pred_file)
                 if not run.random_weights and model.predictions is not None:  # random weights: never accuracy
-                    model.accuracy = score(model, dataset, mappings)
+                    model.accuracy = score(model, dataset, mappings, real_sets=plan.real_sets,
+                                           gallery_size=config.gallery_size)
             results.append(model)
-            status = "ok" if model.ok else "error"
             progress.update("models", advance=1)
-            progress.finish(f"model-{i}", f"{model.name}: {status} ({time.perf_counter() - t0:.0f} s)")
+            progress.finish(f"model-{i}", _one_line(model, time.perf_counter() - t0))
     progress.finish("models")
     return BenchResult(
         config=config,
@@ -129,3 +225,17 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None) -> Be
         started=started,
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def _one_line(model: ModelResult, seconds: float) -> str:
+    """The line a finished model leaves on the screen (also in quiet mode)."""
+    if not model.ok:
+        return f"{model.name}: error after {seconds:.0f} s: {str(model.run.error).splitlines()[0]}"
+    f = model.flat()
+    parts = [f"top-1 {f['top1']:.3f}" if f["top1"] is not None else
+             ("random weights" if model.run.random_weights else "not scored")]
+    if f["eval_images_per_s"]:
+        parts.append(f"{f['eval_images_per_s']:,.1f} img/s end to end")
+    if f["memory_mib"] is not None:
+        parts.append(f"{f['memory_mib']:,.0f} MiB")
+    return f"{model.name}: " + ", ".join(parts) + f" ({seconds:.0f} s)"

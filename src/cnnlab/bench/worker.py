@@ -11,6 +11,7 @@ lines on stdout (:class:`cnnlab.progress.JsonLinesProgress`).
 
 from __future__ import annotations
 
+import functools
 import platform
 import sys
 import time
@@ -28,10 +29,12 @@ from cnnlab.bench.measure import (
     count_macs,
     current_rss_mib,
     parameter_bytes,
+    peak_rss_mib,
     reset_peak_rss,
     time_repeated,
 )
-from cnnlab.bench.protocol import RunRequest, RunResult
+from cnnlab.bench.protocol import PREDICTION_DTYPE, TOPK, RunRequest, RunResult
+from cnnlab.bench.scoring import accepted_sets
 from cnnlab.inference import default_cpu_threads, default_workers, run_inference
 from cnnlab.models import load_model, resolve_device
 from cnnlab.options import WeightsPolicy
@@ -41,10 +44,6 @@ from cnnlab.zoo import get_spec
 
 if TYPE_CHECKING:
     from cnnlab.models import LoadedModel
-
-#: Predictions kept per image (top-5 accuracy needs five).
-TOPK = 5
-
 
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
@@ -135,6 +134,7 @@ def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
     result.rss_peak_mib = max(0.0, meter.rss_before - rss_start + meter.rss_peak_increase)
     result.cuda_peak_allocated_mib = meter.cuda_peak_allocated
     result.cuda_peak_reserved_mib = meter.cuda_peak_reserved
+    result.process_peak_rss_mib = peak_rss_mib()
     try:
         result.gmacs_measured = count_macs(model.module, crop, device)
     except Exception as exc:  # noqa: BLE001 - a counting failure must not lose the other figures
@@ -144,51 +144,93 @@ def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
 def _time_synthetic(model: LoadedModel, result: RunResult, progress: Progress, m: MeasureOptions) -> None:
     """Model-only speed on random uint8 batches: throughput at the batch size, latency at batch 1."""
     crop = model.preprocessing.crop_size
-    batch = torch.randint(0, 256, (m.batch_size, 3, crop, crop), dtype=torch.uint8, device=model.device)
-    progress.start("throughput", f"{model.name}: throughput at batch {m.batch_size}")
-    timing = time_repeated(lambda: model(batch), model.device, warmup=m.warmup, repeats=m.throughput_repeats,
-                           max_seconds=m.max_seconds_per_timing)
-    result.throughput_batch = m.batch_size
-    result.throughput_timing = timing.to_dict()
-    result.throughput_ips = m.batch_size / timing.median_s
+    sizes = m.throughput_batch_sizes()
+    progress.start("throughput", f"{model.name}: throughput", total=len(sizes))
+    for size in sizes:
+        progress.update("throughput", description=f"{model.name}: throughput at batch {size}")
+        batch = torch.randint(0, 256, (size, 3, crop, crop), dtype=torch.uint8, device=model.device)
+        timing = time_repeated(functools.partial(model, batch), model.device, warmup=m.warmup,
+                               repeats=m.throughput_repeats, max_seconds=m.max_seconds_per_timing)
+        result.throughput_curve[str(size)] = size / timing.median_s
+        if size == m.batch_size:
+            result.throughput_batch = size
+            result.throughput_timing = timing.to_dict()
+            result.throughput_ips = size / timing.median_s
+        progress.update("throughput", advance=1, info=f"{size / timing.median_s:,.1f} img/s at batch {size}")
     progress.finish("throughput")
-    one = batch[:1].clone()
+    one = torch.randint(0, 256, (1, 3, crop, crop), dtype=torch.uint8, device=model.device)
     progress.start("latency", f"{model.name}: latency at batch 1")
     result.latency_b1 = time_repeated(lambda: model(one), model.device, warmup=m.warmup, repeats=m.latency_repeats,
                                       max_seconds=m.max_seconds_per_timing).to_dict()
     progress.finish("latency")
 
 
+class _UserClasses:
+    """Which user class each model output belongs to, and the probability mass of each user class."""
+
+    def __init__(self, accepted: list[set[int]], num_outputs: int) -> None:
+        self.membership = torch.zeros(num_outputs, max(len(accepted), 1))
+        claims = torch.zeros(num_outputs, dtype=torch.int64)
+        for c, outputs in enumerate(accepted):
+            valid = [o for o in outputs if 0 <= o < num_outputs]
+            self.membership[valid, c] = 1.0
+            claims[valid] += 1
+        self.owner = torch.full((num_outputs,), -1, dtype=torch.int64)
+        for c, outputs in enumerate(accepted):
+            for o in outputs:
+                if 0 <= o < num_outputs and claims[o] == 1:
+                    self.owner[o] = c
+        self.union = (claims > 0).float()
+
+    def predicted(self, probs: torch.Tensor, top1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The user class of each top-1 output (-1: none or several) and the mass the model puts on it."""
+        pred = self.owner[top1]
+        mass = (probs @ self.membership).gather(1, pred.clamp(min=0)[:, None])[:, 0]
+        other = 1.0 - probs @ self.union
+        return pred, torch.where(pred >= 0, mass, other)
+
+
 def _evaluate(model: LoadedModel, request: RunRequest, result: RunResult, progress: Progress) -> None:
-    """The lab's "time": evaluate every file once, data (decode + preprocess) and model time apart."""
+    """The lab's "time": evaluate every file once, data (decode + preprocess) and model time apart.
+
+    Predictions are appended to ``request.predictions_file`` batch by batch, so memory does not
+    grow with the number of images.
+    """
     m = request.measure
     paths = [Path(p) for p in request.paths]
-    n = len(paths)
-    indices = np.full(n, -1, dtype=np.int64)
     k = min(TOPK, model.spec.num_classes)
-    top_idx = np.zeros((n, k), dtype=np.int64)
-    top_prob = np.zeros((n, k), dtype=np.float32)
+    result.topk = k
+    accepted = accepted_sets(model.spec.source, model.categories, request.class_names, request.imagenet_accepted)
+    classes = _UserClasses(accepted, model.spec.num_classes)
     data_s = model_s = 0.0
+    done = 0
     start = time.perf_counter()
-    for batch in run_inference(model, paths, batch_size=m.batch_size, workers=result.workers,
-                               fast_decode=m.fast_decode, progress=progress, task="eval",
-                               description=f"{model.name}: evaluation"):
-        t0 = time.perf_counter()
-        result.eval_skipped.extend({"path": s.path, "reason": s.reason, "detail": s.detail} for s in batch.skipped)
-        if batch.indices:
-            values, idx = torch.softmax(batch.logits, dim=1).topk(k, dim=1)
-            rows = np.asarray(batch.indices)
-            indices[rows] = rows
-            top_idx[rows] = idx.numpy()
-            top_prob[rows] = values.numpy()
-        data_s += batch.data_s
-        model_s += batch.model_s + (time.perf_counter() - t0)
+    with open(request.predictions_file, "wb") as out:
+        for batch in run_inference(model, paths, batch_size=m.batch_size, workers=result.workers,
+                                   fast_decode=m.fast_decode, progress=progress, task="eval",
+                                   description=f"{model.name}: evaluation"):
+            t0 = time.perf_counter()
+            result.eval_skipped.extend({"path": s.path, "reason": s.reason, "detail": s.detail}
+                                       for s in batch.skipped)
+            if batch.indices:
+                probs = torch.softmax(batch.logits, dim=1)
+                values, idx = probs.topk(k, dim=1)
+                pred, mass = classes.predicted(probs, idx[:, 0])
+                records = np.zeros(len(batch.indices), dtype=PREDICTION_DTYPE)
+                records["row"] = batch.indices
+                records["topk"][:] = -1
+                records["topk"][:, :k] = idx.numpy()
+                records["probs"][:, :k] = values.numpy()
+                records["pred_class"] = pred.numpy()
+                records["pred_mass"] = mass.clamp(0.0, 1.0).numpy()
+                out.write(records.tobytes())
+                done += len(batch.indices)
+            data_s += batch.data_s
+            model_s += batch.model_s + (time.perf_counter() - t0)
     result.eval_total_s = time.perf_counter() - start
     result.eval_data_s = data_s
     result.eval_model_s = model_s
-    ok = indices >= 0
-    result.eval_images = int(ok.sum())
-    np.savez(request.predictions_file, rows=np.nonzero(ok)[0], topk=top_idx[ok], probs=top_prob[ok])
+    result.eval_images = done
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,13 @@ from __future__ import annotations
 
 from cnnlab.metrics.calibration import DEFAULT_ECE_BINS, expected_calibration_error, mean_confidence
 from cnnlab.metrics.comparison import PairwiseComparison, compare_models
-from cnnlab.metrics.confusion import ClassMetrics, confusion_matrix, per_class_report
+from cnnlab.metrics.confusion import (
+    ClassMetrics,
+    SparseConfusion,
+    confusion_matrix,
+    per_class_report,
+    sparse_confusion,
+)
 from cnnlab.metrics.hits import ambiguous_outputs, mapped_mask, predicted_user_class, topk_hits
 from cnnlab.metrics.significance import McNemarResult, mcnemar_exact, overlapping, wilson_interval
 from cnnlab.metrics.summary import AccuracySummary, summarize
@@ -43,6 +49,7 @@ __all__ = [
     "ClassMetrics",
     "McNemarResult",
     "PairwiseComparison",
+    "SparseConfusion",
     "ambiguous_outputs",
     "compare_models",
     "confusion_matrix",
@@ -53,6 +60,7 @@ __all__ = [
     "overlapping",
     "per_class_report",
     "predicted_user_class",
+    "sparse_confusion",
     "summarize",
     "topk_hits",
     "wilson_interval",

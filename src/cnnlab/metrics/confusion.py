@@ -39,6 +39,40 @@ def confusion_matrix(y: npt.ArrayLike, y_pred: npt.ArrayLike, n_classes: int) ->
 
 
 @dataclass(frozen=True)
+class SparseConfusion:
+    """A confusion matrix kept as its non-zero cells: memory linear in the samples' distinct (true, predicted)
+    pairs, never C x C. ``predicted == n_classes`` is the "other" column."""
+
+    n_classes: int
+    true: IntArray
+    predicted: IntArray
+    count: IntArray
+
+    def dense(self) -> IntArray:
+        """The ``(C, C + 1)`` matrix of :func:`confusion_matrix` (for small C: it is C x C)."""
+        m = np.zeros((self.n_classes, self.n_classes + 1), dtype=np.intp)
+        m[self.true, self.predicted] = self.count
+        return m
+
+    def most_confused(self, n: int = 20) -> list[tuple[int, int, int]]:
+        """The ``n`` largest off-diagonal cells as ``(true, predicted, count)``, largest first."""
+        off = np.flatnonzero(self.true != self.predicted)
+        order = off[np.lexsort((self.predicted[off], self.true[off], -self.count[off]))][:n]
+        return [(int(self.true[i]), int(self.predicted[i]), int(self.count[i])) for i in order]
+
+
+def sparse_confusion(y: npt.ArrayLike, y_pred: npt.ArrayLike, n_classes: int) -> SparseConfusion:
+    """The non-zero cells of :func:`confusion_matrix`, sorted by (true, predicted)."""
+    y_arr = as_int_array(y, "y", 1)
+    p_arr = as_int_array(y_pred, "y_pred", 1)
+    check_same_length(y=y_arr, y_pred=p_arr)
+    check_labels(y_arr, n_classes, "y")
+    check_labels(p_arr, n_classes, "y_pred", allow_other=True)
+    cells, count = np.unique(y_arr * (n_classes + 1) + p_arr, return_counts=True)
+    return SparseConfusion(n_classes, cells // (n_classes + 1), cells % (n_classes + 1), count.astype(np.intp))
+
+
+@dataclass(frozen=True)
 class ClassMetrics:
     """Scores of one user class.
 
@@ -84,12 +118,18 @@ def per_class_report(
         class_names: the name of each user class.
     """
     n_classes = len(class_names)
-    m = confusion_matrix(y, y_pred, n_classes)
-    support = m.sum(axis=1)
-    predicted = m[:, :n_classes].sum(axis=0)
+    y_arr = as_int_array(y, "y", 1)
+    p_arr = as_int_array(y_pred, "y_pred", 1)
+    check_same_length(y=y_arr, y_pred=p_arr)
+    check_labels(y_arr, n_classes, "y")
+    check_labels(p_arr, n_classes, "y_pred", allow_other=True)
+    # counts per class, linear in the number of classes (no C x C matrix)
+    support = np.bincount(y_arr, minlength=n_classes)
+    predicted = np.bincount(p_arr[p_arr < n_classes], minlength=n_classes)
+    hits = np.bincount(y_arr[y_arr == p_arr], minlength=n_classes)
     report = []
     for c, name in enumerate(class_names):
-        correct = int(m[c, c])
+        correct = int(hits[c])
         recall = rate(correct, int(support[c]))
         report.append(
             ClassMetrics(

@@ -86,7 +86,7 @@ def topk_hits(
         if s:
             table[c, list(s)] = True
     cols = np.minimum(first, width)
-    return table[y_arr[:, None], cols].any(axis=1)
+    return np.asarray(table[y_arr[:, None], cols].any(axis=1), dtype=np.bool_)
 
 
 def predicted_user_class(

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from cnnlab.report.tables import full_table, lab_table, mapping_table, per_class_table, scored_models
+from cnnlab.report.naming import unique_names
+from cnnlab.report.tables import (
+    full_table,
+    lab_table,
+    mapping_table,
+    per_class_table,
+    scored_models,
+    throughput_table,
+)
 
 if TYPE_CHECKING:
     from cnnlab.bench.result import BenchResult
@@ -66,7 +74,23 @@ class Figure:
     kind: ClassVar[str] = "figure"
 
 
-Block = Heading | Paragraph | Table | Bullets | Figure
+@dataclass(frozen=True)
+class GalleryItem:
+    """One picture of a gallery: the image file and a few lines about it."""
+
+    path: Path
+    caption: list[str]
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """Thumbnails of image files with captions: HTML embeds small copies, Markdown lists the files."""
+
+    items: list[GalleryItem]
+    kind: ClassVar[str] = "gallery"
+
+
+Block = Heading | Paragraph | Table | Bullets | Figure | Gallery
 
 #: The heading of the paired tests' section (present with or without tests).
 PAIRED_TESTS_HEADING = "Are the differences real? (paired McNemar tests, top-1)"
@@ -96,6 +120,14 @@ def _figures_tables(result: BenchResult) -> list[Block]:
     if any(m.run.random_weights for m in result.models):
         blocks.append(Paragraph("Models marked 'random weights' ran without their pretrained weights: their speed "
                                 "and memory figures are real; they have no accuracy figures."))
+    blocks.append(Paragraph("ECE (expected calibration error) compares each prediction's confidence with how often "
+                            "such predictions are right. The confidence is the probability the model puts on the "
+                            "predicted class as a whole (for a folder 'cat', all of ImageNet's cat classes together)."))
+    if result.config.real_labels is not None:
+        blocks.append(Paragraph("ReaL: accuracy against the ImageNet-ReaL relabelling (a prediction is right when it "
+                                "is one of the image's correct classes); images with no correct class are left out."))
+    if len(result.config.measure.throughput_batch_sizes()) > 1:
+        blocks += [Heading("Throughput at each batch size (model only, images/s)"), Table(*throughput_table(result))]
     return blocks
 
 
@@ -115,6 +147,27 @@ def _paired_tests(result: BenchResult) -> list[Block]:
 
 def _plots(figures: Sequence[Figure]) -> list[Block]:
     return [Heading("Plots"), *figures] if figures else []
+
+
+def _mistakes(result: BenchResult) -> list[Block]:
+    scored = scored_models(result)
+    with_mistakes = [(m, name) for m, name in zip(scored, unique_names([m.name for m in scored]))
+                     if m.accuracy is not None and m.accuracy.mistakes]
+    if not with_mistakes:
+        return []
+    blocks: list[Block] = [Heading("Most confident mistakes"),
+                           Paragraph("The wrong predictions each model was surest of: often a wrong or ambiguous "
+                                     "label, an image of two things, or a real weakness of the model.")]
+    for m, name in with_mistakes:
+        assert m.accuracy is not None
+        items = []
+        for x in m.accuracy.mistakes:
+            top = ", ".join(f"{t['name']} {t['probability']:.0%}" for t in x["top"])
+            items.append(GalleryItem(Path(x["path"]), [f"true: {x['true']}",
+                                                       f"predicted: {x['predicted']} ({x['confidence']:.0%})",
+                                                       f"top-5: {top}"]))
+        blocks += [Heading(name, level=3), Gallery(items)]
+    return blocks
 
 
 def _label_mapping(result: BenchResult) -> list[Block]:
@@ -154,6 +207,7 @@ def report_blocks(result: BenchResult, figures: Sequence[Figure] = ()) -> list[B
         *_figures_tables(result),
         *_paired_tests(result),
         *_plots(figures),
+        *_mistakes(result),
         *_label_mapping(result),
         *_per_class(result),
         *_skipped(result),

@@ -26,6 +26,27 @@ def png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
+#: Longest side of a gallery thumbnail, in pixels.
+THUMBNAIL_SIZE = 200
+
+
+def thumbnail_data_uri(path: Path) -> str:
+    """A small JPEG copy of the image at ``path`` as a ``data:`` URI (an empty string if it cannot be read)."""
+    import io
+
+    from cnnlab.errors import ImageDecodeError
+    from cnnlab.images import decode_image
+
+    try:
+        img = decode_image(path, draft_to=THUMBNAIL_SIZE)
+    except ImageDecodeError:
+        return ""
+    img.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def _unknown_block(block: object) -> NoReturn:
     raise TypeError(f"no HTML rendering for {block!r}")
 
@@ -40,6 +61,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["png_data_uri"] = png_data_uri
+    env.filters["thumbnail_data_uri"] = thumbnail_data_uri
     env.globals["unknown_block"] = _unknown_block
     return env
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from cnnlab.report.blocks import Block, Bullets, Figure, Heading, Paragraph, Table
+from cnnlab.report.blocks import Block, Bullets, Figure, Gallery, Heading, Paragraph, Table
 
 
 def _one_line(text: str) -> str:
@@ -31,6 +31,9 @@ def _block(block: Block) -> str:
         return "\n".join(f"- {_one_line(item)}" for item in block.items)
     if isinstance(block, Figure):
         return f"![{_one_line(block.title)}]({block.path.name})"
+    if isinstance(block, Gallery):
+        return _table(["file", *[f"note {i}" for i in range(1, 4)]],
+                      [[str(item.path), *item.caption[:3]] for item in block.items])
     raise TypeError(f"no Markdown rendering for {block!r}")
 
 

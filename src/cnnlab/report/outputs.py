@@ -6,8 +6,10 @@
 * ``report.html``: the same report on one self-contained page, figures embedded;
 * ``results.csv`` / ``results.json``: one row per model, stable columns, the schema version
   (:data:`cnnlab.bench.result.SCHEMA_VERSION`); the JSON adds the environment, configuration,
-  label mapping, per-class figures, confusion matrices and paired tests (strict JSON: no nan);
+  label mapping, per-class figures, the most confident mistakes and paired tests (strict JSON:
+  no nan; its size grows with models x classes, not with images);
 * ``predictions/<model>.csv``: path, label, top-k indices and probabilities (recompute anything);
+* ``confusion/<model>.csv``: the non-zero cells of each scored model's confusion matrix;
 * ``skipped.csv``: every file left out, and why;
 * the plots as PNG files (``accuracy_vs_throughput``, ``memory``, ``per_class``, ``confusion_<model>``).
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab.jsonable import to_jsonable
+from cnnlab.output_files import OutputError, atomic_open, atomic_write, check_output_folder, describe_os_error
 from cnnlab.report.blocks import Figure, report_blocks
 from cnnlab.report.html import render_html
 from cnnlab.report.markdown import render_markdown
@@ -32,10 +35,12 @@ if TYPE_CHECKING:
 
 #: The columns of skipped.csv.
 SKIPPED_COLUMNS = ("path", "label", "reason", "detail")
+#: Prediction records turned into CSV rows at a time.
+_CHUNK = 4096
 
 
 def _write_rows(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_open(path) as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(rows)
@@ -43,10 +48,7 @@ def _write_rows(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[st
 
 def _write_results_csv(result: BenchResult, path: Path, schema_version: int) -> None:
     rows = [{"schema_version": schema_version, **m.flat()} for m in result.models]
-    if rows:
-        _write_rows(path, rows, list(rows[0]))
-    else:
-        path.write_text("", encoding="utf-8")
+    _write_rows(path, rows, list(rows[0]) if rows else ["schema_version"])
 
 
 def _write_skipped(result: BenchResult, path: Path) -> None:
@@ -55,43 +57,71 @@ def _write_skipped(result: BenchResult, path: Path) -> None:
 
 
 def _write_predictions(result: BenchResult, folder: Path) -> None:
+    """One CSV per model, written chunk by chunk from the prediction records (memory flat in images)."""
     folder.mkdir(parents=True, exist_ok=True)
     ds = result.dataset
     for m, name in zip(result.models, unique_names([m.name for m in result.models])):
-        if m.predictions is None:
+        records = m.predictions
+        if records is None:
             continue
         categories = m.run.categories
-        k = m.predictions["topk"].shape[1]
-        with (folder / f"{file_stem(name)}.csv").open("w", newline="", encoding="utf-8") as fh:
+        k = m.run.topk or records["topk"].shape[1]
+        with atomic_open(folder / f"{file_stem(name)}.csv") as fh:
             writer = csv.writer(fh)
             writer.writerow(["path", "label"] + [f"top{i}_index" for i in range(1, k + 1)]
                             + [f"top{i}_prob" for i in range(1, k + 1)] + ["top1_name"])
-            for row, idx, prob in zip(m.predictions["rows"], m.predictions["topk"], m.predictions["probs"]):
-                top1 = categories[int(idx[0])] if categories else ""
-                writer.writerow([str(ds.paths[int(row)]), ds.classes[ds.targets[int(row)]]]
-                                + [int(i) for i in idx] + [f"{float(p):.6f}" for p in prob] + [top1])
+            for start in range(0, len(records), _CHUNK):
+                chunk = records[start:start + _CHUNK]
+                for row, idx, prob in zip(chunk["row"].tolist(), chunk["topk"][:, :k].tolist(),
+                                          chunk["probs"][:, :k].tolist()):
+                    top1 = categories[idx[0]] if categories else ""
+                    writer.writerow([str(ds.paths[row]), ds.classes[ds.targets[row]], *idx,
+                                     *[f"{p:.6f}" for p in prob], top1])
+
+
+def _write_confusions(result: BenchResult, folder: Path) -> dict[str, Path]:
+    """``confusion/<model>.csv``: the non-zero cells (true, predicted, count) of each scored model."""
+    files: dict[str, Path] = {}
+    scored = [m for m in result.models if m.accuracy is not None and not m.run.random_weights]
+    if not scored:
+        return files
+    folder.mkdir(parents=True, exist_ok=True)
+    classes = result.dataset.classes
+    for m, name in zip(scored, unique_names([m.name for m in scored])):
+        assert m.accuracy is not None
+        c = m.accuracy.confusion
+        rows = [{"true": classes[t], "predicted": classes[p] if p < len(classes) else "other", "count": n}
+                for t, p, n in zip(c.true.tolist(), c.predicted.tolist(), c.count.tolist())]
+        path = folder / f"{file_stem(name)}.csv"
+        _write_rows(path, rows, ("true", "predicted", "count"))
+        files[f"confusion_csv_{file_stem(name)}"] = path
+    return files
 
 
 def write_bench_outputs(result: BenchResult, out_dir: str | Path, *, plots: bool = True) -> dict[str, Path]:
     """Write every output file into ``out_dir`` (created if needed); returns their paths by kind.
 
-    The kinds are ``markdown``, ``html``, ``csv``, ``json``, ``skipped`` and, with ``plots``, one
-    per plot (``accuracy_vs_throughput``, ``memory``, ``per_class``, ``confusion_<model>``).
+    The kinds are ``markdown``, ``html``, ``csv``, ``json``, ``skipped``, ``confusion_csv_<model>``
+    and, with ``plots``, one per plot (``accuracy_vs_throughput``, ``memory``, ``per_class``,
+    ``confusion_<model>``, ``throughput_curve``). Every file is written atomically; a write that
+    fails (disk full, no permission) raises :class:`cnnlab.output_files.OutputError`.
     """
     from cnnlab.bench.result import SCHEMA_VERSION  # here, not at import: cnnlab.bench.result loads numpy and scipy
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"csv": out / "results.csv", "json": out / "results.json", "skipped": out / "skipped.csv"}
-    _write_results_csv(result, files["csv"], SCHEMA_VERSION)
-    files["json"].write_text(json.dumps(to_jsonable(result.to_dict()), indent=2, allow_nan=False), encoding="utf-8")
-    _write_skipped(result, files["skipped"])
-    _write_predictions(result, out / "predictions")
-    figures: list[Figure] = bench_plots(result, out) if plots else []
-    files.update({figure.key: figure.path for figure in figures})
-    blocks = report_blocks(result, figures)
-    files["markdown"] = out / "results.md"
-    files["markdown"].write_text(render_markdown(blocks), encoding="utf-8")
-    files["html"] = out / "report.html"
-    files["html"].write_text(render_html(blocks), encoding="utf-8")
+    out = check_output_folder(out_dir)
+    try:
+        files = {"csv": out / "results.csv", "json": out / "results.json", "skipped": out / "skipped.csv"}
+        _write_results_csv(result, files["csv"], SCHEMA_VERSION)
+        text = json.dumps(to_jsonable(result.to_dict()), indent=2, allow_nan=False)
+        atomic_write(files["json"], text)
+        _write_skipped(result, files["skipped"])
+        _write_predictions(result, out / "predictions")
+        files.update(_write_confusions(result, out / "confusion"))
+        figures: list[Figure] = bench_plots(result, out) if plots else []
+        files.update({figure.key: figure.path for figure in figures})
+        blocks = report_blocks(result, figures)
+        files["markdown"] = atomic_write(out / "results.md", render_markdown(blocks))
+        files["html"] = atomic_write(out / "report.html", render_html(blocks))
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, out)) from None
     return files

@@ -9,7 +9,8 @@ The same tables appear on the terminal (``cnnlab bench``), in results.md and in 
 * :func:`full_table`: one row per model with every figure: :data:`FULL_COLUMNS`;
 * :func:`mapping_table`: how each class folder maps onto ImageNet: :data:`MAPPING_COLUMNS`;
 * :func:`per_class_table`: ``class``, ``images``, then ``<model> acc / prec`` per model with
-  accuracy figures.
+  accuracy figures;
+* :func:`throughput_table`: model-only images/s at each measured batch size.
 
 A figure that was not measured reads ``n/a``; a failed model's cells read ``error``.
 """
@@ -38,6 +39,8 @@ FULL_COLUMNS: Final = (
     "latency b1 median / p90 (ms)", "throughput (img/s @ batch)", "params (M)",
     "GMACs measured / published", "weights (MiB)", "memory (MiB)", "status",
 )
+#: Columns added to :func:`full_table` when the run has ImageNet-ReaL labels.
+REAL_COLUMNS: Final = ("ReaL top-1", "ReaL top-5")
 #: The columns of :func:`mapping_table`.
 MAPPING_COLUMNS: Final = ("folder", "images", "how", "ImageNet classes", "note")
 #: ImageNet classes named in a mapping cell before the rest are only counted.
@@ -145,7 +148,21 @@ def full_table(result: BenchResult) -> HeaderAndRows:
             _num(f["memory_mib"], ".0f"),
             _status(m),
         ])
-    return list(FULL_COLUMNS), rows
+    header = list(FULL_COLUMNS)
+    if result.config.real_labels is not None:
+        header[3:3] = REAL_COLUMNS
+        for row, m in zip(rows, result.models):
+            real = m.accuracy.real if m.accuracy else None
+            row[3:3] = [_pct_ci(real.accuracy(k), *real.ci[k]) if real and k in real.hits else "n/a" for k in (1, 5)]
+    return header, rows
+
+
+def throughput_table(result: BenchResult) -> HeaderAndRows:
+    """Model-only images/s at each measured batch size, a column per batch size."""
+    sizes = sorted({int(b) for m in result.models for b in m.run.throughput_curve}, key=int)
+    rows = [[name, *[_num(m.run.throughput_curve.get(str(b)), ".1f") for b in sizes]]
+            for m, name in zip(result.models, unique_names([m.name for m in result.models])) if m.ok]
+    return ["model", *[f"batch {b}" for b in sizes]], rows
 
 
 def mapping_table(result: BenchResult) -> HeaderAndRows:

@@ -1,0 +1,133 @@
+"""Writing output files and folders safely: atomic writes, a folder check before work, an advisory lock.
+
+* :func:`atomic_open` / :func:`atomic_write`: the file appears complete or not at all (a temporary
+  file in the same folder, flushed and fsync'd, then renamed over the target). A full disk or a kill
+  mid-write leaves the old file (or none), never a cut-off one, and no temporary file behind.
+* :func:`check_output_folder`: create the folder and prove it writable *before* any long work, so
+  an unwritable or full ``--out`` is reported in a second, not after an hour of measuring.
+* :class:`FolderLock`: one writer per folder at a time (``fcntl.flock`` on ``FOLDER/.lock``; the OS
+  releases it if the process dies).
+
+Text is written as UTF-8 with ``surrogateescape``: a file name that is not valid UTF-8 (decoded by
+Python with surrogate escapes) is written back as its original bytes instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from cnnlab.errors import CnnlabError
+
+#: How text output files are encoded (see the module docstring).
+TEXT_ENCODING = "utf-8"
+TEXT_ERRORS = "surrogateescape"
+
+
+class OutputError(CnnlabError):
+    """An output folder or file cannot be written (exists as a file, no permission, disk full, locked)."""
+
+    exit_code = 2
+
+
+def describe_os_error(exc: OSError, path: Path) -> str:
+    """One sentence for an OSError met while writing ``path``."""
+    if exc.errno == errno.ENOSPC:
+        return f"the disk holding {path} is full"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"no permission to write {path}"
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"a file name is too long for the file system: {path}"
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path`` for writing; on success it replaces ``path`` atomically.
+
+    ``mode`` is ``"w"`` (text: UTF-8 with surrogate escapes unless ``encoding``/``errors`` are given)
+    or ``"wb"``. On any exception the temporary file is removed and ``path`` is left as it was.
+    """
+    target = Path(path)
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', not {mode!r}")
+    if mode == "w":
+        kwargs.setdefault("encoding", TEXT_ENCODING)
+        kwargs.setdefault("errors", TEXT_ERRORS)
+        kwargs.setdefault("newline", "")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`); an OSError becomes an :class:`OutputError`."""
+    target = Path(path)
+    try:
+        with atomic_open(target, "wb" if isinstance(data, bytes) else "w") as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, target)) from None
+    return target
+
+
+def check_output_folder(path: str | Path, *, what: str = "--out") -> Path:
+    """Create ``path`` if needed and prove that a file can be written in it; raise :class:`OutputError` if not."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{what} {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-") as fh:
+            fh.write(b"\0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise OutputError(f"{what}: {describe_os_error(exc, folder)}") from None
+    return folder
+
+
+class FolderLock:
+    """An exclusive advisory lock on a folder (``FOLDER/.lock``), released by the OS if the process dies."""
+
+    def __init__(self, folder: str | Path, *, holder: str = "another cnnlab command") -> None:
+        self.path = Path(folder) / ".lock"
+        self.holder = holder
+        self._fh: IO[str] | None = None
+
+    def __enter__(self) -> FolderLock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("a+")
+        except OSError as exc:
+            raise OutputError(describe_os_error(exc, self.path)) from None
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory lock; best effort
+            return self
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.close()
+            self._fh = None
+            raise OutputError(f"{self.holder} is writing to {self.path.parent} (lock {self.path}); "
+                              "wait for it to finish or stop it first") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing releases the flock
+            self._fh = None
