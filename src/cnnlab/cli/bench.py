@@ -40,21 +40,33 @@ def print_results(result: BenchResult, *, wide: bool) -> None:
         out.print(f"- {c.verdict}", markup=False)
 
 
-def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, wide: bool) -> None:
-    """Run ``config``, write every output into ``out_dir``, print the comparison; exit 2/4 on failures."""
+def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, wide: bool, overwrite: bool) -> None:
+    """Run ``config``, write every output into ``out_dir``, print the comparison; exit 2/4 on failures.
+
+    The output folder is checked (writable, not holding another run unless ``overwrite``) and locked
+    before any model runs.
+    """
     from cnnlab.bench import bench_models
     from cnnlab.cli.progress import RichProgress
+    from cnnlab.output_files import FolderLock, check_output_folder
     from cnnlab.report import write_bench_outputs
+    from cnnlab.report.outputs import previous_outputs, remove_previous_outputs
 
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out {out_dir} exists and is not a folder")
-    with RichProgress(quiet=quiet) as progress:
-        result = bench_models(config, progress=progress)
-    files = write_bench_outputs(result, out_dir, plots=plots)
+    out_dir = check_output_folder(out_dir)
+    with FolderLock(out_dir, holder="another `cnnlab bench`"):
+        old = previous_outputs(out_dir)
+        if old and not overwrite:
+            raise UsageError(f"{out_dir} already holds the results of a benchmark run ({old[0].name}, ...); "
+                             "add --overwrite to replace them, or choose another --out")
+        with RichProgress(quiet=quiet) as progress:
+            result = bench_models(config, progress=progress)
+        remove_previous_outputs(out_dir)
+        files = write_bench_outputs(result, out_dir, plots=plots)
     print_results(result, wide=wide)
     unmapped = [n for n, m in result.mappings.items() if not m.mapped]
     if unmapped:
-        err.print(f"[yellow]not scored by ImageNet models (no mapping):[/] {escape(', '.join(unmapped))}")
+        shown = ", ".join(unmapped[:10]) + (f" and {len(unmapped) - 10} more" if len(unmapped) > 10 else "")
+        err.print(f"[yellow]not scored by ImageNet models (no mapping):[/] {escape(shown)}")
     if result.skipped:
         err.print(f"[yellow]{len(result.skipped)} files skipped[/] (see {escape(str(files['skipped']))})")
     err.print(f"results in {escape(str(out_dir))}/ (results.md, results.csv, results.json, report.html, plots, "
@@ -68,6 +80,15 @@ def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, w
         raise typer.Exit(EXIT_MODEL_FAILED)
 
 
+def _batch_sizes(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated whole numbers, e.g. 1,8,32; got {text!r}") from None
+
+
 @app.command("bench")
 @handle_errors
 def bench_command(
@@ -76,8 +97,11 @@ def bench_command(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.md/csv/json, report.html, plots, predictions/.")] = Path("bench-results"),
     split: Annotated[Optional[str], typer.Option("--split", help="Use only this split of DIR/split.csv (train, val, test).")] = None,
     mapping: Annotated[Optional[Path], typer.Option("--mapping", help="YAML/JSON file: class -> ImageNet names, wnids or indices.")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Ground truth of a flat ImageNet validation folder: LOC_val_solution.csv, or the devkit's folder or ground-truth file.")] = None,
+    real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="ImageNet-ReaL real.json: also report accuracy against the ReaL labels.")] = None,
     device: Device = _M.device,
     batch_size: BatchSize = _M.batch_size,
+    batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", help="Also measure model-only throughput at these batch sizes, e.g. 1,8,32,128 (a curve).")] = None,
     precision: PrecisionOpt = _M.precision,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory format.")] = _M.channels_last,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (slow to start).")] = _M.compile,
@@ -91,6 +115,7 @@ def bench_command(
     exact_decode: Annotated[bool, typer.Option("--exact-decode", help="Decode JPEGs at full size (default: DCT-domain downscaling, faster).")] = False,
     repeats: Annotated[int, typer.Option("--repeats", min=3, help="Timed repeats for latency (throughput uses half).")] = _M.latency_repeats,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --out.")] = False,
     wide: Wide = False,
     quiet: Quiet = False,
 ) -> None:
@@ -100,13 +125,16 @@ def bench_command(
     """
     if random_weights and random_if_missing:
         raise typer.BadParameter("choose one of --random-weights and --random-weights-if-missing")
+    names = split_csv(models) if models is not None else list(LAB_MODELS)
+    if not names:
+        raise typer.BadParameter("names no model; leave it out for the lab's three", param_hint="--models")
     policy = (WeightsPolicy.RANDOM if random_weights else
               WeightsPolicy.RANDOM_IF_MISSING if random_if_missing else WeightsPolicy.PRETRAINED)
     measure = MeasureOptions(
         device=device, batch_size=batch_size, precision=precision, channels_last=channels_last, compile=compile,
         workers=workers, threads=threads, weights=policy, weights_dir=weights_dir, fast_decode=not exact_decode,
-        latency_repeats=repeats, throughput_repeats=max(3, repeats // 2),
+        latency_repeats=repeats, throughput_repeats=max(3, repeats // 2), batch_sizes=_batch_sizes(batch_sizes),
     )
-    config = BenchConfig(data=data, models=split_csv(models) or list(LAB_MODELS), split=split, mapping_file=mapping,
-                         measure=measure, isolate=not in_process, model_timeout_s=timeout)
-    run_bench(config, out_dir, plots=not no_plots, quiet=quiet, wide=wide)
+    config = BenchConfig(data=data, models=names, split=split, mapping_file=mapping, labels_file=labels,
+                         real_labels=real_labels, measure=measure, isolate=not in_process, model_timeout_s=timeout)
+    run_bench(config, out_dir, plots=not no_plots, quiet=quiet, wide=wide, overwrite=overwrite)

@@ -36,4 +36,4 @@ def demo_command(
     measure = MeasureOptions(device=device, batch_size=8, weights=WeightsPolicy.RANDOM_IF_MISSING,
                              latency_repeats=10, throughput_repeats=5)
     config = BenchConfig(data=data, models=[OFFLINE_MODEL, *LAB_MODELS], measure=measure)
-    run_bench(config, out_dir, plots=True, quiet=quiet, wide=wide)
+    run_bench(config, out_dir, plots=True, quiet=quiet, wide=wide, overwrite=True)  # the demo's own folder

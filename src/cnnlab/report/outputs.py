@@ -98,6 +98,31 @@ def _write_confusions(result: BenchResult, folder: Path) -> dict[str, Path]:
     return files
 
 
+#: Files and folders of a previous run that :func:`previous_outputs` recognises.
+_OUTPUT_FILES = ("results.csv", "results.json", "results.md", "report.html", "skipped.csv")
+_OUTPUT_FOLDERS = ("predictions", "confusion")
+
+
+def previous_outputs(out_dir: str | Path) -> list[Path]:
+    """The outputs of an earlier benchmark run in ``out_dir`` (which a new run would mix with)."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    found = [out / name for name in (*_OUTPUT_FILES, *_OUTPUT_FOLDERS) if (out / name).exists()]
+    return found + sorted(out.glob("*.png")) if found else []
+
+
+def remove_previous_outputs(out_dir: str | Path) -> None:
+    """Delete what :func:`previous_outputs` finds (only cnnlab's own file names, never anything else)."""
+    import shutil
+
+    for path in previous_outputs(out_dir):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def write_bench_outputs(result: BenchResult, out_dir: str | Path, *, plots: bool = True) -> dict[str, Path]:
     """Write every output file into ``out_dir`` (created if needed); returns their paths by kind.
 
