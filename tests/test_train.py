@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,6 +43,7 @@ from cnnlab.errors import (
     WeightsIntegrityError,
 )
 from cnnlab.finetune import (
+    DataSplits,
     TrainConfig,
     TrainResult,
     TrainTransform,
@@ -137,7 +139,7 @@ def random_field(rng: np.random.Generator, size: int = 64) -> Image.Image:
     return Image.fromarray(rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
 
 
-def split_of(splits) -> dict[str, str]:
+def split_of(splits: DataSplits) -> dict[str, str]:
     """file name (class/file) -> split name."""
     return {f"{p.parent.name}/{p.name}": name for name, part in splits.parts() for p in part.paths}
 
@@ -260,7 +262,7 @@ def test_training_augmentation_gives_uint8_crops(colours: Path) -> None:
     assert a[0].float().mean() > 150 > a[2].float().mean()  # still red
 
 
-def _phase_lrs(config: TrainConfig, phase: str, steps: int) -> tuple[list[dict[str, float]], list[dict]]:
+def _phase_lrs(config: TrainConfig, phase: str, steps: int) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
     """Per optimiser step of a phase on a tiny network: the lr and beta1 of each group, and the groups."""
     head = nn.Linear(8, 3)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
@@ -281,7 +283,7 @@ def test_onecycle_warms_up_and_decays_within_each_phase() -> None:
     assert [g["weight_decay"] for g in groups] == [0.01, 0.0]  # no decay for the bias
     assert head_steps[0]["head"] == pytest.approx(0.01 / 25) and head_steps[0]["beta1"] == pytest.approx(0.95)
     peak = max(range(100), key=lambda i: head_steps[i]["head"])
-    assert peak == 24 and head_steps[peak]["head"] == pytest.approx(0.01) and head_steps[peak]["beta1"] == pytest.approx(0.85)
+    assert peak == 25 and head_steps[peak]["head"] == pytest.approx(0.01) and head_steps[peak]["beta1"] == pytest.approx(0.85)
     change = [b["head"] - a["head"] for a, b in itertools.pairwise(head_steps)]
     assert all(d > 0 for d in change[:peak]) and all(d < 0 for d in change[peak:])  # up, then down
     assert head_steps[-1]["head"] == pytest.approx(0.01 / 25e4) and head_steps[-1]["beta1"] == pytest.approx(0.95)
@@ -290,8 +292,15 @@ def test_onecycle_warms_up_and_decays_within_each_phase() -> None:
     assert {g["part"] for g in groups} == {"head", "backbone"}
     assert [g["weight_decay"] for g in groups if g["part"] == "backbone"] == [0.01, 0.0]  # conv weight; bias+BN
     assert full_steps[0]["head"] == pytest.approx(0.005 / 25)
-    assert full_steps[9]["head"] == pytest.approx(0.005) and full_steps[9]["backbone"] == pytest.approx(0.0005)
+    assert full_steps[10]["head"] == pytest.approx(0.005) and full_steps[10]["backbone"] == pytest.approx(0.0005)
     assert full_steps[-1]["head"] < 1e-7
+
+    for n in range(1, 7):  # phases of a few steps (tiny data sets) start low, peak, and end decayed
+        lrs = [step["head"] for step in _phase_lrs(config, "head", n)[0]]
+        assert lrs[0] == pytest.approx(0.01 / 25)
+        if n >= 3:
+            assert max(lrs) == pytest.approx(0.01) and lrs.index(max(lrs)) == max(1, round(n / 4)), n
+            assert lrs[-1] == pytest.approx(0.01 / 25e4), n
 
 
 def test_cosine_schedule_and_bn_train_policy() -> None:

@@ -130,7 +130,7 @@ def _print_summary(result: TrainResult) -> None:
         ci_text = f" (95% CI {_pct(ci[0])}-{_pct(ci[1])})" if ci[0] is not None else ""
         table.add_row(f"{result.evaluated_on} top-1", f"{_pct(ev.get('top1'))}{ci_text} on {ev.get('n')} images")
     if result.skipped:
-        table.add_row("skipped", f"{len(result.skipped)} files")
+        table.add_row("skipped", f"{len(result.skipped)} file{'' if len(result.skipped) == 1 else 's'}")
     table.add_row("files", escape(f"{result.out}/: best.pt, last.pt, history.csv, curves.png, metrics.json, "
                                   "data_split.csv"))
     out.print(table)

@@ -83,6 +83,9 @@ class TrainConfig:
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("out", "device", "workers", "resume", "overwrite")
 
     def __post_init__(self) -> None:
+        self._parse_choices()
+
+    def _parse_choices(self) -> None:
         self.schedule = parse_choice(Schedule, self.schedule, "schedule")
         self.bn = parse_choice(BNPolicy, self.bn, "BatchNorm policy (bn)")
         self.precision = parse_choice(Precision, self.precision, "precision")
@@ -90,7 +93,11 @@ class TrainConfig:
         self.crop_scale = (float(self.crop_scale[0]), float(self.crop_scale[1]))
 
     def validate(self) -> None:
-        """Raise :class:`~cnnlab.errors.UsageError` (exit 2) for settings that cannot work."""
+        """Raise :class:`~cnnlab.errors.UsageError` (exit 2) for settings that cannot work.
+
+        Choices assigned after construction are parsed again (a string becomes its enum).
+        """
+        self._parse_choices()
         problems = []
         if self.epochs < (1 if self.freeze else 0):
             problems.append(f"epochs must be >= {1 if self.freeze else 0}, got {self.epochs}")

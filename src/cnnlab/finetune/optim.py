@@ -5,7 +5,8 @@ Each phase gets its own AdamW optimiser over the parameters that train in it, in
 own per-step schedule from :mod:`torch.optim.lr_scheduler`:
 
 * ``onecycle``: :class:`~torch.optim.lr_scheduler.OneCycleLR`, warm-up over the first ``warmup``
-  of the phase from lr/25 (cosine), then cosine down to lr/25e4, with beta1 cycled 0.95-0.85-0.95;
+  of the phase from lr/25 (cosine), then cosine down to lr/25e4, with beta1 cycled 0.95-0.85-0.95
+  (fastai's ``fit_one_cycle``);
 * ``cosine``: :class:`~torch.optim.lr_scheduler.CosineAnnealingLR` from lr to 0.
 
 BatchNorm policies (``bn``, resolved from ``auto``):
@@ -84,15 +85,22 @@ def make_optimizer(
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> LRScheduler:
-    """The per-step schedule of one phase of ``total_steps`` optimiser steps, peaking at each group's lr."""
-    total_steps = max(total_steps, 1)
+    """The per-step schedule of one phase of ``total_steps`` optimiser steps, peaking at each group's lr.
+
+    The one-cycle peak comes after ``round(warmup * total_steps)`` steps, at least one, so that
+    even a phase of three steps warms up and then decays. (``OneCycleLR`` peaks at step
+    ``pct_start * total_steps - 1`` and divides by zero when a part of the cycle has no steps,
+    so it is built for at least three steps; a shorter phase takes the first ones.)
+    """
     if config.schedule is Schedule.COSINE:
-        return CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0.0)
+        return CosineAnnealingLR(optimizer, T_max=max(total_steps, 1), eta_min=0.0)
+    steps = max(total_steps, 3)
+    peak = min(max(1, round(config.warmup * steps)), steps - 2)
     return OneCycleLR(
         optimizer,
         max_lr=[group["lr"] for group in optimizer.param_groups],
-        total_steps=total_steps,
-        pct_start=config.warmup,
+        total_steps=steps,
+        pct_start=(peak + 1) / steps,
         anneal_strategy="cos",
         cycle_momentum=True,
         base_momentum=MOMENTUM[1],

@@ -84,8 +84,8 @@ class TrainingRun:
     #: ``last.pt``'s ``resume`` entry, until the interrupted phase has taken its optimiser states.
     resume: dict[str, Any] | None = None
     generator: torch.Generator = field(default_factory=torch.Generator)
-    loader: DataLoader[Batch] = field(init=False)
-    _skipped_paths: set[str] = field(default_factory=set)
+    loader: DataLoader[Batch] = field(init=False, repr=False)
+    _skipped_paths: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         c, pp = self.config, self.model.preprocessing
@@ -175,7 +175,7 @@ def start_run(config: TrainConfig, progress: Progress) -> tuple[TrainingRun, Run
     else:
         loaded = load_model(config.model, weights=config.weights, weights_dir=config.weights_dir,
                             random_weights=config.random_weights, device="cpu",
-                            progress=type(progress) is not Progress)
+                            progress=type(progress) is not Progress)  # a display was given: show downloads
         spec, module = loaded.spec, loaded.module
         head_info = replace_head(module, len(splits.classes))
         reset_out(out)
