@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from cnnlab.errors import WeightsNotFoundError
-from cnnlab.train import TrainConfig, TrainResult, train
+from cnnlab.finetune import TrainConfig, TrainResult, fine_tune
 from cnnlab.weights import locate_weights
 from cnnlab.zoo import get_spec
 
@@ -54,10 +54,10 @@ def run_one(model: str, data: Path, out: Path, args: argparse.Namespace) -> tupl
         device=args.device, workers=args.workers, random_weights=random_weights, patience=None,
     )
     try:
-        return train(config), random_weights
+        return fine_tune(config), random_weights
     except WeightsNotFoundError:
         config.random_weights = True
-        return train(config), True
+        return fine_tune(config), True
 
 
 def main() -> int:
@@ -67,7 +67,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--models", default="efficientnet_lite0,resnet50")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores-1)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: cnnlab.inference.default_workers)")
     parser.add_argument("--random-weights", action="store_true", help="random weights for every model")
     args = parser.parse_args()
 

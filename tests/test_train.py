@@ -1,4 +1,4 @@
-"""train: head replacement, data splits, learning, reproducibility, resume, checkpoints, CLI end to end.
+"""finetune: head replacement, data splits, schedules, learning, reproducibility, resume, checkpoints, CLI.
 
 Data is made on the fly: three classes of noisy solid colours (40x40 PNGs, 12 per class, plus one
 empty file that must be skipped), and for the pretrained test, crops and flips of real photos
@@ -9,10 +9,14 @@ uses the offline model's real ImageNet weights at a reduced input size so each r
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import pickle
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,20 +35,28 @@ from cnnlab.checkpoint import (
     save_checkpoint,
 )
 from cnnlab.cli import app
-from cnnlab.errors import CnnlabError, DatasetError, UnsafeWeightsError, WeightsIntegrityError
-from cnnlab.models import load_model
-from cnnlab.train import (
-    TrainCallbacks,
+from cnnlab.errors import (
+    CnnlabError,
+    DatasetError,
+    UnsafeWeightsError,
+    UsageError,
+    WeightsIntegrityError,
+)
+from cnnlab.finetune import (
+    DataSplits,
     TrainConfig,
     TrainResult,
     TrainTransform,
+    fine_tune,
+    make_optimizer,
+    make_scheduler,
     make_train_loader,
     prepare_data,
     read_history,
-    schedule_factors,
-    stratified_split,
-    train,
 )
+from cnnlab.models import load_model
+from cnnlab.progress import Progress
+from cnnlab.split import make_split
 from cnnlab.zoo import get_spec
 
 runner = CliRunner()
@@ -72,7 +84,7 @@ def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def colour_run(colours: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
-    return train(TrainConfig(data=str(colours), out=str(tmp_path_factory.mktemp("run") / "a"), **FAST))
+    return fine_tune(TrainConfig(data=str(colours), out=str(tmp_path_factory.mktemp("run") / "a"), **FAST))
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
@@ -122,16 +134,72 @@ def test_replace_head_runs_and_refuses_models_without_one() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_stratified_split_is_deterministic_and_stratified() -> None:
-    targets = [0] * 20 + [1] * 10 + [2] * 3
-    a = stratified_split(targets, val_fraction=0.2, test_fraction=0.1, seed=3)
-    assert a == stratified_split(targets, val_fraction=0.2, test_fraction=0.1, seed=3)
-    assert a != stratified_split(targets, val_fraction=0.2, test_fraction=0.1, seed=4)
-    assert sorted(a["train"] + a["val"] + a["test"]) == list(range(len(targets)))
-    per_split = {k: Counter(targets[i] for i in v) for k, v in a.items()}
-    assert per_split["val"] == {0: 4, 1: 2, 2: 1}  # round(n * 0.2), at least one per class
-    assert per_split["test"] == {0: 2, 1: 1, 2: 1}
-    assert all(per_split["train"][c] >= 1 for c in range(3))
+def random_field(rng: np.random.Generator, size: int = 64) -> Image.Image:
+    """A distinct photo-like image: a random 8x8 colour field, smoothly enlarged (far from any other in phash)."""
+    return Image.fromarray(rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def split_of(splits: DataSplits) -> dict[str, str]:
+    """file name (class/file) -> split name."""
+    return {f"{p.parent.name}/{p.name}": name for name, part in splits.parts() for p in part.paths}
+
+
+def test_split_is_deterministic_stratified_and_from_split_py(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for label, n in (("a", 20), ("b", 10), ("c", 3)):
+        (tmp_path / label).mkdir()
+        for i in range(n):
+            random_field(rng).save(tmp_path / label / f"{i}.png")
+    a = prepare_data(tmp_path, val_fraction=0.2, test_fraction=0.1, seed=3)
+    assert split_of(a) == split_of(prepare_data(tmp_path, val_fraction=0.2, test_fraction=0.1, seed=3))
+    assert split_of(a) != split_of(prepare_data(tmp_path, val_fraction=0.2, test_fraction=0.1, seed=4))
+    assert sorted(split_of(a)) == sorted(f"{p.parent.name}/{p.name}" for p in tmp_path.glob("*/*.png"))
+    per_split = {name: Counter(a.classes[t] for t in part.targets) for name, part in a.parts()}
+    assert per_split["val"] == {"a": 4, "b": 2, "c": 1}  # round(n * 0.2) per class
+    assert per_split["test"] == {"a": 2, "b": 1}  # round(n * 0.1); none of 3 images
+    assert per_split["train"] == {"a": 14, "b": 7, "c": 2}
+    assert "near duplicates together" in a.source
+    rows = {(r.path, r.split) for r in make_split(tmp_path, 0.2, 0.1, 3, write=False).rows}
+    assert rows == set(split_of(a).items())  # exactly cnnlab.split's assignment
+    assert not (tmp_path / "split.csv").exists()  # nothing written into the data
+
+
+@pytest.mark.parametrize("layout", ["folders", "manifest", "split.csv with train rows only"])
+def test_near_duplicates_never_straddle_splits(tmp_path: Path, layout: str) -> None:
+    """An image and its slightly smaller copy always land in one split, whatever the seed and the layout."""
+    rng = np.random.default_rng(1)
+    root, rows = tmp_path / "data", []
+    for label in ("a", "b", "c"):
+        (root / label).mkdir(parents=True)
+        for i in range(8):
+            img = random_field(rng)
+            img.save(root / label / f"{i}.png")
+            img.resize((56, 56), Image.Resampling.BILINEAR).save(root / label / f"{i}-copy.png")
+            rows += [[f"{label}/{i}.png", label, "train"], [f"{label}/{i}-copy.png", label, "train"]]
+    data = root
+    if layout == "manifest":
+        data = root / "images.csv"
+        with data.open("w", newline="") as fh:
+            csv.writer(fh).writerows([["path", "label"], *[r[:2] for r in rows]])
+    elif layout != "folders":
+        with (root / "split.csv").open("w", newline="") as fh:
+            csv.writer(fh).writerows([["path", "label", "split"], *rows])
+    test = 0.25 if layout != "split.csv with train rows only" else 0.0
+
+    def pairs_apart(threshold: int) -> tuple[int, Counter[str]]:
+        apart, used = 0, Counter()
+        for seed in range(4):
+            where = split_of(prepare_data(data, val_fraction=0.25, test_fraction=test, seed=seed,
+                                          near_dup_threshold=threshold))
+            apart += sum(where[f"{label}/{i}.png"] != where[f"{label}/{i}-copy.png"]
+                         for label in "abc" for i in range(8))
+            used.update(where.values())
+        return apart, used
+
+    apart, used = pairs_apart(4)
+    assert apart == 0
+    assert used["val"] >= 4 * 3 * 4 and (used["test"] >= 4 * 3 * 2 or test == 0)  # pairs did leave train
+    assert pairs_apart(-1)[0] > 0  # without grouping some pairs are split: the test can fail
 
 
 def test_prepare_data_uses_a_split_csv_and_checks_its_classes(colours: Path, tmp_path: Path) -> None:
@@ -194,14 +262,53 @@ def test_training_augmentation_gives_uint8_crops(colours: Path) -> None:
     assert a[0].float().mean() > 150 > a[2].float().mean()  # still red
 
 
-def test_schedules() -> None:
-    first, beta = schedule_factors("onecycle", 0.0, 0.25)
-    assert first == pytest.approx(1 / 25) and beta == pytest.approx(0.95)
-    peak, beta = schedule_factors("onecycle", 0.25, 0.25)
-    assert peak == pytest.approx(1.0) and beta == pytest.approx(0.85)
-    assert schedule_factors("onecycle", 0.999, 0.25)[0] < 1e-3
-    assert schedule_factors("cosine", 0.0)[0] == 1.0 and schedule_factors("cosine", 0.5)[0] == pytest.approx(0.5)
-    assert schedule_factors("cosine", 0.3)[1] is None
+def _phase_lrs(config: TrainConfig, phase: str, steps: int) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
+    """Per optimiser step of a phase on a tiny network: the lr and beta1 of each group, and the groups."""
+    head = nn.Linear(8, 3)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+    optimizer = make_optimizer(model, head, phase, config, config.bn)
+    scheduler = make_scheduler(optimizer, config, total_steps=steps)
+    seen = []
+    for _ in range(steps):
+        seen.append({g["part"]: g["lr"] for g in optimizer.param_groups} | {"beta1": optimizer.param_groups[0]["betas"][0]})
+        optimizer.step()
+        scheduler.step()
+    return seen, optimizer.param_groups
+
+
+def test_onecycle_warms_up_and_decays_within_each_phase() -> None:
+    config = TrainConfig(lr=0.01, backbone_lr_ratio=0.1, warmup=0.25, bn="frozen")
+    head_steps, groups = _phase_lrs(config, "head", 100)
+    assert [g["part"] for g in groups] == ["head", "head"]  # frozen backbone, BN statistics frozen too
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0]  # no decay for the bias
+    assert head_steps[0]["head"] == pytest.approx(0.01 / 25) and head_steps[0]["beta1"] == pytest.approx(0.95)
+    peak = max(range(100), key=lambda i: head_steps[i]["head"])
+    assert peak == 25 and head_steps[peak]["head"] == pytest.approx(0.01) and head_steps[peak]["beta1"] == pytest.approx(0.85)
+    change = [b["head"] - a["head"] for a, b in itertools.pairwise(head_steps)]
+    assert all(d > 0 for d in change[:peak]) and all(d < 0 for d in change[peak:])  # up, then down
+    assert head_steps[-1]["head"] == pytest.approx(0.01 / 25e4) and head_steps[-1]["beta1"] == pytest.approx(0.95)
+
+    full_steps, groups = _phase_lrs(config, "full", 40)  # a new cycle, at half the rate, backbone slower
+    assert {g["part"] for g in groups} == {"head", "backbone"}
+    assert [g["weight_decay"] for g in groups if g["part"] == "backbone"] == [0.01, 0.0]  # conv weight; bias+BN
+    assert full_steps[0]["head"] == pytest.approx(0.005 / 25)
+    assert full_steps[10]["head"] == pytest.approx(0.005) and full_steps[10]["backbone"] == pytest.approx(0.0005)
+    assert full_steps[-1]["head"] < 1e-7
+
+    for n in range(1, 7):  # phases of a few steps (tiny data sets) start low, peak, and end decayed
+        lrs = [step["head"] for step in _phase_lrs(config, "head", n)[0]]
+        assert lrs[0] == pytest.approx(0.01 / 25)
+        if n >= 3:
+            assert max(lrs) == pytest.approx(0.01) and lrs.index(max(lrs)) == max(1, round(n / 4)), n
+            assert lrs[-1] == pytest.approx(0.01 / 25e4), n
+
+
+def test_cosine_schedule_and_bn_train_policy() -> None:
+    config = TrainConfig(lr=0.01, schedule="cosine", bn="train")
+    steps, groups = _phase_lrs(config, "head", 10)
+    assert {g["part"] for g in groups} == {"head", "backbone"}  # BatchNorm trains while the rest is frozen
+    assert steps[0]["head"] == pytest.approx(0.01) and steps[5]["head"] == pytest.approx(0.005)
+    assert steps[9]["head"] < steps[8]["head"] and all(s["beta1"] == 0.95 for s in steps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,6 +323,9 @@ def test_colours_are_learnt_and_every_output_is_written(colour_run: TrainResult)
     assert r.history[-1].val_acc >= 0.99 and r.evaluation["top1"] >= 0.99
     assert r.history[-1].val_loss < r.history[0].val_loss
     assert r.history[1].backbone_lr > 0 == r.history[0].backbone_lr  # frozen, then unfrozen
+    assert r.history[0].lr == pytest.approx(2e-3 / 25e4)  # the head phase's one cycle ends decayed...
+    assert r.history[1].lr > 100 * r.history[2].lr  # ...and the full phase has a cycle of its own
+    assert r.history[2].lr == pytest.approx(1e-3 / 25e4) and r.history[1].backbone_lr == pytest.approx(r.history[1].lr / 10)
     assert r.bn == "frozen" and r.evaluated_on == "val"
     assert [s.reason for s in r.skipped] == ["empty"] and r.skipped[0].path.endswith("broken.jpg")
     assert sum(h.skipped for h in r.history) >= 1  # counted in the epochs it fell in
@@ -240,11 +350,11 @@ def test_colours_are_learnt_and_every_output_is_written(colour_run: TrainResult)
 
 
 def test_same_seed_same_history_and_weights(colour_run: TrainResult, colours: Path, tmp_path: Path) -> None:
-    again = train(TrainConfig(data=str(colours), out=str(tmp_path / "b"), **FAST))
+    again = fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "b"), **FAST))
     assert [h.key() for h in again.history] == [h.key() for h in colour_run.history]
     a, b = _state(colour_run.out / "last.pt"), _state(again.out / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    other = train(TrainConfig(data=str(colours), out=str(tmp_path / "c"), **{**FAST, "seed": 1, "epochs": 0}))
+    other = fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "c"), **{**FAST, "seed": 1, "epochs": 0}))
     assert other.history[0].key() != colour_run.history[0].key()
 
 
@@ -254,18 +364,26 @@ def test_resume_after_interruption_gives_the_uninterrupted_weights(
     class Interrupt(Exception):
         pass
 
-    def interrupt_after_epoch_2(record, is_best) -> None:
-        if record.epoch == 2:
-            raise Interrupt
+    class InterruptAfterEpoch2(Progress):
+        """A display whose second finished epoch raises, as Ctrl-C in the CLI would."""
+
+        def __init__(self) -> None:
+            self.epochs = 0
+
+        def finish(self, key: str, message: str | None = None) -> None:
+            self.epochs += key == "epoch"
+            if self.epochs == 2:
+                raise Interrupt
 
     out = tmp_path / "interrupted"
-    with pytest.raises(Interrupt):  # stopped inside the full phase: optimiser state must carry over
-        train(TrainConfig(data=str(colours), out=str(out), **FAST), TrainCallbacks(on_epoch_end=interrupt_after_epoch_2))
+    with pytest.raises(Interrupt):  # stopped inside the full phase: optimiser and scheduler state must carry over
+        fine_tune(TrainConfig(data=str(colours), out=str(out), **FAST), InterruptAfterEpoch2())
     assert len(read_history(out / "history.csv")) == 2
+    assert torch.load(out / "last.pt", weights_only=True)["resume"]["scheduler"]["last_epoch"] == 3  # 3 steps done
     with pytest.raises(CnnlabError, match="--resume"):  # no silent restart over an existing run
-        train(TrainConfig(data=str(colours), out=str(out), **FAST))
+        fine_tune(TrainConfig(data=str(colours), out=str(out), **FAST))
 
-    resumed = train(TrainConfig(out=str(out), resume=True, workers=0))  # settings come from last.pt
+    resumed = fine_tune(TrainConfig(out=str(out), resume=True, workers=0))  # settings come from last.pt
     assert resumed.resumed_from_epoch == 2
     assert [h.key() for h in resumed.history] == [h.key() for h in colour_run.history]
     for name in ("last.pt", "best.pt"):
@@ -276,11 +394,11 @@ def test_resume_after_interruption_gives_the_uninterrupted_weights(
 def test_early_stopping_ends_each_phase(colours: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With a validation loss that only rises, each phase stops after `patience` epochs without a
     new best (the full phase compares with the head phase's best)."""
-    from cnnlab import train as train_module
+    from cnnlab.finetune import loop
 
     losses = iter(np.arange(1.0, 20.0))
-    monkeypatch.setattr(train_module._Predictions, "loss", property(lambda self: float(next(losses))))
-    r = train(TrainConfig(
+    monkeypatch.setattr(loop.Predictions, "loss", property(lambda self: float(next(losses))))
+    r = fine_tune(TrainConfig(
         data=str(colours), out=str(tmp_path / "es"), model="squeezenet1_1", random_weights=True,
         image_size=32, batch_size=16, workers=0, freeze_epochs=5, epochs=5, patience=2,
     ))
@@ -320,8 +438,8 @@ def test_fine_tuning_real_photos_reaches_the_frozen_baseline(tmp_path: Path) -> 
         csv.writer(fh).writerows([["path", "label", "split"], *rows])
 
     common = {"data": str(root), "model": "efficientnet_lite0", "batch_size": 8, "image_size": 96, "workers": 0}
-    probe = train(TrainConfig(out=str(tmp_path / "probe"), freeze=True, epochs=3, **common))
-    tuned = train(TrainConfig(out=str(tmp_path / "tuned"), freeze_epochs=1, epochs=2, **common))
+    probe = fine_tune(TrainConfig(out=str(tmp_path / "probe"), freeze=True, epochs=3, **common))
+    tuned = fine_tune(TrainConfig(out=str(tmp_path / "tuned"), freeze_epochs=1, epochs=2, **common))
     assert tuned.evaluated_on == probe.evaluated_on == "test" and tuned.n_test == 16
     assert [h.phase for h in probe.history] == ["head"] * 3
     assert tuned.evaluation["top1"] >= 0.9
@@ -453,18 +571,34 @@ def test_cli_random_weights_says_so_and_json(colours: Path, tmp_path: Path) -> N
     assert [h["phase"] for h in data["history"]] == ["full"]
 
 
+def test_cli_module_is_light_and_shows_the_configs_defaults() -> None:
+    code = "import sys, cnnlab.cli.train; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert "<onecycle|cosine>" in result.stdout and "<auto|frozen|train>" in result.stdout
+    assert "[default: 0.002;" in result.stdout and f"[default: {TrainConfig().epochs};" in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+
+
 def test_invalid_settings_are_refused(colours: Path, tmp_path: Path) -> None:
-    with pytest.raises(CnnlabError, match="schedule"):
-        train(TrainConfig(data=str(colours), out=str(tmp_path / "x"), schedule="linear"))
+    with pytest.raises(UsageError, match="schedule 'linear'; choose from onecycle, cosine"):
+        fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "x"), schedule="linear"))
+    with pytest.raises(UsageError, match="warmup must be in"):
+        fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "x"), warmup=1.5))
     with pytest.raises(CnnlabError, match="nothing to resume"):
-        train(TrainConfig(out=str(tmp_path / "none"), resume=True))
+        fine_tune(TrainConfig(out=str(tmp_path / "none"), resume=True))
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "y")])
     assert result.exit_code == 2 and "no such folder" in result.stderr
+    for option, value in (("--schedule", "linear"), ("--bn", "frozn"), ("--precision", "fp8"), ("--device", "tpu")):
+        result = runner.invoke(app, ["train", "--data", str(colours), "--out", str(tmp_path / "z"), option, value])
+        assert result.exit_code == 2 and value in result.stderr, (option, result.output)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_mixed_precision_on_cuda(colours: Path, tmp_path: Path) -> None:
-    r = train(TrainConfig(data=str(colours), out=str(tmp_path / "gpu"), device="cuda", **FAST))
+    r = fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "gpu"), device="cuda", **FAST))
     assert r.precision in ("bf16", "fp16") and r.device.startswith("cuda")
     assert r.evaluation["top1"] >= 0.99
     loaded = load_model(str(r.best_path), device="cpu")  # a GPU-trained checkpoint loads on the CPU

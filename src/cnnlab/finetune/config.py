@@ -1,0 +1,183 @@
+"""What defines a training run: :class:`TrainConfig` and the phases it asks for.
+
+Light to import (no torch): the CLI reads its defaults from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar, NamedTuple
+
+from cnnlab.collect.config import DEFAULT_NEAR_DUP_THRESHOLD
+from cnnlab.errors import UsageError
+from cnnlab.options import BNPolicy, Precision, Schedule, parse_choice, parse_device
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (plain data: it is stored in the checkpoints).
+
+    ``schedule``, ``bn`` and ``precision`` accept the enum or its string value (a typo is a
+    :class:`~cnnlab.errors.UsageError` at construction); ``device`` is checked the same way.
+    """
+
+    #: A class-folder tree (``DIR/<class>/*.jpg``), a CSV/JSONL manifest, or a folder with the
+    #: ``split.csv`` of ``cnnlab split``.
+    data: str | None = None
+    out: str = "runs/train"
+    #: Registry name of the starting model.
+    model: str = "efficientnet_lite0"
+    #: Epochs of the full phase (of the head phase with ``freeze``).
+    epochs: int = 5
+    #: Head-only epochs before the full phase (fastai's ``freeze_epochs``).
+    freeze_epochs: int = 1
+    #: Linear probe: train the head only, for ``epochs`` epochs.
+    freeze: bool = False
+    batch_size: int = 32
+    #: Peak learning rate of the head (AdamW); the full phase uses half of it.
+    lr: float = 2e-3
+    #: Backbone learning rate in the full phase, relative to the head's.
+    backbone_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    schedule: Schedule = Schedule.ONECYCLE
+    #: Fraction of each phase spent warming up (``onecycle``).
+    warmup: float = 0.25
+    #: Stop a phase after this many epochs without a lower validation loss (``None``: never).
+    patience: int | None = 3
+    label_smoothing: float = 0.0
+    #: Fractions of each class held out when the data has no split of its own.
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    #: Images whose perceptual hashes differ in at most this many bits land in one split
+    #: (:func:`cnnlab.split.make_split`; ``-1``: no grouping).
+    near_dup_threshold: int = DEFAULT_NEAR_DUP_THRESHOLD
+    seed: int = 0
+    device: str = "auto"
+    #: ``auto``: mixed precision (bf16, else fp16) on CUDA, fp32 on the CPU.
+    precision: Precision = Precision.AUTO
+    #: DataLoader worker processes (``None``: :func:`cnnlab.inference.default_workers`).
+    workers: int | None = None
+    #: Random resized crop + flip for training images; ``False`` uses the evaluation preprocessing.
+    augment: bool = True
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    hflip: bool = True
+    color_jitter: float = 0.0
+    #: Train and evaluate at this crop size instead of the model's (stored in the checkpoint).
+    image_size: int | None = None
+    #: Sample every class equally often (weighted sampling with replacement).
+    balance: bool = False
+    bn: BNPolicy = BNPolicy.AUTO
+    #: Start from random weights (testing, architecture work): not a pretrained fine-tune.
+    random_weights: bool = False
+    weights: str | None = None
+    weights_dir: str | None = None
+    #: Continue the run in ``out`` from its ``last.pt`` with the settings stored there (only
+    #: ``device``, ``workers`` and ``data`` (a moved copy of the same images) may differ).
+    resume: bool = False
+    #: Replace a finished or interrupted run in ``out`` instead of refusing.
+    overwrite: bool = False
+
+    #: Settings that do not change the result, and may differ on ``resume``.
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("out", "device", "workers", "resume", "overwrite")
+
+    def __post_init__(self) -> None:
+        self._parse_choices()
+
+    def _parse_choices(self) -> None:
+        self.schedule = parse_choice(Schedule, self.schedule, "schedule")
+        self.bn = parse_choice(BNPolicy, self.bn, "BatchNorm policy (bn)")
+        self.precision = parse_choice(Precision, self.precision, "precision")
+        self.device = parse_device(self.device)
+        self.crop_scale = (float(self.crop_scale[0]), float(self.crop_scale[1]))
+
+    def validate(self) -> None:
+        """Raise :class:`~cnnlab.errors.UsageError` (exit 2) for settings that cannot work.
+
+        Choices assigned after construction are parsed again (a string becomes its enum).
+        """
+        self._parse_choices()
+        problems = []
+        if self.epochs < (1 if self.freeze else 0):
+            problems.append(f"epochs must be >= {1 if self.freeze else 0}, got {self.epochs}")
+        if self.freeze_epochs < 0:
+            problems.append(f"freeze_epochs must be >= 0, got {self.freeze_epochs}")
+        if not self.freeze and self.epochs + self.freeze_epochs < 1:
+            problems.append("nothing to train: epochs + freeze_epochs is 0")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0 or not self.backbone_lr_ratio >= 0 or not self.weight_decay >= 0:
+            problems.append("lr must be > 0, backbone_lr_ratio and weight_decay >= 0")
+        if not 0 < self.warmup < 1:
+            problems.append(f"warmup must be in (0, 1), got {self.warmup}")
+        if self.patience is not None and self.patience < 1:
+            problems.append(f"patience must be >= 1 (or None), got {self.patience}")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.val_fraction < 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:
+            problems.append("val_fraction and test_fraction must be >= 0 and leave images to train on")
+        if self.near_dup_threshold < -1:
+            problems.append(f"near_dup_threshold must be >= -1, got {self.near_dup_threshold}")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            problems.append(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        if self.color_jitter < 0:
+            problems.append(f"color_jitter must be >= 0, got {self.color_jitter}")
+        if self.image_size is not None and self.image_size < 16:
+            problems.append(f"image_size must be >= 16, got {self.image_size}")
+        if self.workers is not None and self.workers < 0:
+            problems.append(f"workers must be >= 0, got {self.workers}")
+        if self.resume and self.overwrite:
+            problems.append("resume and overwrite exclude each other")
+        if problems:
+            raise UsageError("invalid training settings: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (enums as their values, ``crop_scale`` as a list)."""
+        d = {k: _plain(v) for k, v in dataclasses.asdict(self).items()}
+        d["crop_scale"] = list(self.crop_scale)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The inverse of :meth:`to_dict`; keys this version does not know are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class Phase(NamedTuple):
+    """One phase of a run: ``head`` (backbone frozen) or ``full`` (the whole network)."""
+
+    name: str
+    epochs: int
+
+
+def plan_phases(config: TrainConfig) -> list[Phase]:
+    """The phases ``config`` asks for, in order (fastai's ``fine_tune``: head first, then full)."""
+    if config.freeze:
+        return [Phase("head", config.epochs)]
+    return [Phase(name, n) for name, n in (("head", config.freeze_epochs), ("full", config.epochs)) if n > 0]
+
+
+def resumed_config(config: TrainConfig, stored_args: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
+    """The run's stored settings with this call's runtime settings, and a note on what was ignored."""
+    stored = TrainConfig.from_dict(stored_args)
+    defaults = TrainConfig()
+    ignored = []
+    for f in dataclasses.fields(TrainConfig):
+        given = getattr(config, f.name)
+        if f.name in TrainConfig.RUNTIME_FIELDS or (f.name == "data" and given is not None):
+            # the data may have moved; its fingerprint is checked against the run's
+            setattr(stored, f.name, given)
+            continue
+        kept = getattr(stored, f.name)
+        if given != getattr(defaults, f.name) and given != kept:
+            ignored.append(f"{f.name}={_plain(given)!r} (the run uses {_plain(kept)!r})")
+    stored.resume, stored.overwrite = True, False
+    notes = [f"resume uses the run's stored settings; ignored {', '.join(ignored)}"] if ignored else []
+    return stored, notes
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value

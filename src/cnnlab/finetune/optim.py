@@ -1,0 +1,115 @@
+"""What trains in a phase and how fast: layer modes, parameter groups, AdamW and its schedule.
+
+Each phase gets its own AdamW optimiser over the parameters that train in it, in groups by part
+(``head``/``backbone``) and by weight decay (none for biases and normalisation parameters), and its
+own per-step schedule from :mod:`torch.optim.lr_scheduler`:
+
+* ``onecycle``: :class:`~torch.optim.lr_scheduler.OneCycleLR`, warm-up over the first ``warmup``
+  of the phase from lr/25 (cosine), then cosine down to lr/25e4, with beta1 cycled 0.95-0.85-0.95
+  (fastai's ``fit_one_cycle``);
+* ``cosine``: :class:`~torch.optim.lr_scheduler.CosineAnnealingLR` from lr to 0.
+
+BatchNorm policies (``bn``, resolved from ``auto``):
+
+* ``frozen``: the backbone's BatchNorm layers keep their pretrained running statistics (they stay
+  in eval mode) in both phases; their scale and shift train in the full phase like any backbone
+  weight. In the head phase the whole backbone runs in eval mode: a fixed feature extractor.
+* ``train``: BatchNorm layers are in training mode and their parameters train in both phases,
+  also while the rest of the backbone is frozen (fastai's ``train_bn=True``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, OneCycleLR
+
+from cnnlab.finetune.config import TrainConfig
+from cnnlab.options import BNPolicy, Schedule
+
+#: One-cycle: the start is peak/25, the end peak/(25 * 1e4) (fastai's defaults).
+ONECYCLE_DIV = 25.0
+ONECYCLE_FINAL_DIV = 1e4
+#: beta1 of AdamW at the start/end of a one-cycle phase and at its peak learning rate.
+MOMENTUM = (0.95, 0.85)
+BETA2 = 0.99
+
+
+def is_batchnorm(module: nn.Module) -> bool:
+    """Whether ``module`` is a BatchNorm layer (any dimension)."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def set_phase_modes(model: nn.Module, head: nn.Module, phase: str, bn: BNPolicy) -> None:
+    """Train/eval mode of every layer for ``phase`` under BatchNorm policy ``bn`` (see the module doc)."""
+    if phase == "head" and bn is BNPolicy.FROZEN:
+        model.eval()  # the frozen backbone is a fixed feature extractor
+        head.train()
+        return
+    model.train()
+    if bn is BNPolicy.FROZEN:
+        for m in model.modules():
+            if is_batchnorm(m):
+                m.eval()
+
+
+def make_optimizer(
+    model: nn.Module, head: nn.Module, phase: str, config: TrainConfig, bn: BNPolicy
+) -> torch.optim.AdamW:
+    """AdamW over the parameters that train in ``phase`` (the others get ``requires_grad=False``).
+
+    Groups are tagged with ``part`` (``head`` or ``backbone``), head first. In the head phase
+    every group peaks at ``lr``; in the full phase the head at ``lr / 2`` and the backbone at
+    ``lr / 2 * backbone_lr_ratio``, so the pretrained features move slowly.
+    """
+    head_ids = {id(p) for p in head.parameters()}
+    bn_ids = {id(p) for m in model.modules() if is_batchnorm(m) for p in m.parameters(recurse=False)}
+    if phase == "head":
+        lrs = {"head": config.lr, "backbone": config.lr}
+    else:
+        lrs = {"head": config.lr / 2, "backbone": config.lr / 2 * config.backbone_lr_ratio}
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        is_head = id(p) in head_ids
+        trainable = is_head or phase == "full" or (bn is BNPolicy.TRAIN and id(p) in bn_ids)
+        p.requires_grad_(trainable)
+        if trainable:
+            decay = p.ndim > 1 and id(p) not in bn_ids
+            groups.setdefault(("head" if is_head else "backbone", decay), []).append(p)
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0] != "head", not kv[0][1]))
+    param_groups = [
+        {"params": params, "lr": lrs[part], "part": part, "weight_decay": config.weight_decay if decay else 0.0}
+        for (part, decay), params in ordered
+    ]
+    return torch.optim.AdamW(param_groups, lr=config.lr, betas=(MOMENTUM[0], BETA2))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> LRScheduler:
+    """The per-step schedule of one phase of ``total_steps`` optimiser steps, peaking at each group's lr.
+
+    The one-cycle peak comes after ``round(warmup * total_steps)`` steps, at least one, so that
+    even a phase of three steps warms up and then decays. (``OneCycleLR`` peaks at step
+    ``pct_start * total_steps - 1`` and divides by zero when a part of the cycle has no steps,
+    so it is built for at least three steps; a shorter phase takes the first ones.)
+    """
+    if config.schedule is Schedule.COSINE:
+        return CosineAnnealingLR(optimizer, T_max=max(total_steps, 1), eta_min=0.0)
+    steps = max(total_steps, 3)
+    peak = min(max(1, round(config.warmup * steps)), steps - 2)
+    return OneCycleLR(
+        optimizer,
+        max_lr=[group["lr"] for group in optimizer.param_groups],
+        total_steps=steps,
+        pct_start=(peak + 1) / steps,
+        anneal_strategy="cos",
+        cycle_momentum=True,
+        base_momentum=MOMENTUM[1],
+        max_momentum=MOMENTUM[0],
+        div_factor=ONECYCLE_DIV,
+        final_div_factor=ONECYCLE_FINAL_DIV,
+    )
+
+
+def group_lr(optimizer: torch.optim.Optimizer, part: str) -> float:
+    """The current learning rate of ``part`` (``head``/``backbone``); 0 when it does not train."""
+    return float(next((g["lr"] for g in optimizer.param_groups if g["part"] == part), 0.0))
