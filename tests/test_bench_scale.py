@@ -12,12 +12,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
+from cnnlab.bench import BenchConfig, BenchResult, MeasureOptions, ModelResult, bench_models
+from cnnlab.bench.protocol import PREDICTION_DTYPE, RunResult
+from cnnlab.bench.scoring import score
 from cnnlab.bench.worker import _UserClasses
 from cnnlab.cli import app
+from cnnlab.datasets import scan_dataset
 from cnnlab.errors import DatasetError
 from cnnlab.imagenet_val import read_ground_truth, read_real_labels, scan_flat_val
-from cnnlab.labels import imagenet_wnids
+from cnnlab.labels import imagenet_categories, imagenet_wnids, map_classes
+from cnnlab.report import write_bench_outputs
+from cnnlab.zoo import get_spec
 from tests.conftest import make_image
 
 runner = CliRunner()
@@ -101,30 +106,61 @@ def test_calibration_uses_the_mass_of_the_predicted_user_class() -> None:
     torch.testing.assert_close(mass, torch.tensor([0.85, 0.8, 0.1, 0.6]))
 
 
-def test_a_thousand_class_run_stays_small(tmp_path: Path) -> None:
-    """1000 wnid folders: results.json grows with classes, not squared; plots stay readable."""
+def _thousand_class_result(tmp_path: Path) -> BenchResult:
+    """1000 wnid folders of one image each, scored from synthetic predictions (70% right) of an ImageNet model.
+
+    The model's arithmetic is not what this tests (the end-to-end run is benchmarks/bench_scale.py):
+    scoring, the files and the plots are, at 1000 classes.
+    """
     data = tmp_path / "imagenet"
-    rng = np.random.default_rng(0)
     for wnid in WNIDS:
-        make_image(data / wnid / "a.png", (40, 32), tuple(int(v) for v in rng.integers(0, 255, 3)))
-    out = tmp_path / "out"
-    result = runner.invoke(app, ["bench", str(data), "-m", "efficientnet_lite0", "-o", str(out), "-q", "--in-process",
-                                 "--workers", "0", "--repeats", "3", "-b", "50"])
-    assert result.exit_code == 0, result.output
-    payload = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    (model,) = payload["models"]
-    assert model["scored_images"] == 1000 and len(model["accuracy"]["per_class"]) == 1000
-    assert "confusion" not in model["accuracy"]
-    assert (out / "results.json").stat().st_size < 2_000_000
-    cells = list(csv.DictReader((out / "confusion" / "efficientnet_lite0.IMAGENET1K.csv").open(encoding="utf-8")))
-    assert sum(int(c["count"]) for c in cells) == 1000 and len(cells) <= 1000
-    html = (out / "report.html").read_text(encoding="utf-8")
+        make_image(data / wnid / "a.png", (16, 16))
+    dataset = scan_dataset(data)
+    mappings = map_classes(dataset.classes)
+    n = len(dataset)
+    rng = np.random.default_rng(0)
+    top1 = np.where(rng.random(n) < 0.7, np.arange(n), rng.integers(0, 1000, n))
+    records = np.zeros(n, dtype=PREDICTION_DTYPE)
+    records["row"] = np.arange(n)
+    records["topk"] = (top1[:, None] + np.arange(5)[None, :]) % 1000
+    records["probs"] = [0.6, 0.2, 0.1, 0.05, 0.05]
+    records["pred_class"] = top1  # class i is ImageNet output i: the folders are the sorted wnids
+    records["pred_mass"] = 0.6
+    spec = get_spec("efficientnet_lite0").to_dict()
+    run = RunResult(model="efficientnet_lite0", spec=spec, categories=imagenet_categories(), topk=5, eval_images=n,
+                    eval_total_s=10.0, eval_data_s=2.0, eval_model_s=8.0, throughput_ips=120.0, rss_peak_mib=300.0)
+    model = ModelResult(run, predictions=records)
+    model.accuracy = score(model, dataset, mappings)
+    return BenchResult(config=BenchConfig(data=data, models=["efficientnet_lite0"]), dataset=dataset,
+                       mappings=mappings, models=[model], comparisons=[], environment={}, started="", finished="")
+
+
+def test_a_thousand_class_run_stays_small(tmp_path: Path) -> None:
+    """results.json grows with classes (not squared), the confusion matrix is kept sparse, plots stay readable."""
+    result = _thousand_class_result(tmp_path)
+    (model,) = result.models
+    assert model.accuracy is not None and model.accuracy.scored == 1000
+    top1 = model.accuracy.summary.hits[1]
+    assert 650 < top1 < 800  # 70% right by construction, plus lucky draws
+    confusion = model.accuracy.confusion
+    assert int(confusion.count.sum()) == 1000 and len(confusion.count) <= 1000
+    assert int(confusion.count[confusion.true == confusion.predicted].sum()) == top1
+    files = write_bench_outputs(result, tmp_path / "out")
+    payload = json.loads(files["json"].read_text(encoding="utf-8"))
+    (row,) = payload["models"]
+    assert len(row["accuracy"]["per_class"]) == 1000 and "confusion" not in row["accuracy"]
+    assert files["json"].stat().st_size < 2_000_000
+    cells = list(csv.DictReader(files["confusion_csv_efficientnet_lite0.IMAGENET1K"].open(encoding="utf-8")))
+    assert sum(int(c["count"]) for c in cells) == 1000
+    html = files["html"].read_text(encoding="utf-8")
     assert "The class pairs efficientnet_lite0.IMAGENET1K confuses most" in html
+    assert files["per_class"].is_file()
     from PIL import Image
 
-    for png in out.glob("*.png"):
-        with Image.open(png) as img:
-            assert img.width * img.height < 4_000_000, png.name
+    for key, path in files.items():
+        if path.suffix == ".png":
+            with Image.open(path) as img:
+                assert img.width * img.height < 4_000_000, key
 
 
 def test_output_folder_rules(tmp_path: Path, real_photos: dict[str, Path]) -> None:

@@ -21,8 +21,8 @@ from cnnlab import export as export_module
 from cnnlab.cli import app
 from cnnlab.errors import CnnlabError
 from cnnlab.export import ExportMismatchError, export_model
+from cnnlab.finetune import TrainConfig, fine_tune
 from cnnlab.models import load_model
-from cnnlab.train import TrainConfig, train
 
 runner = CliRunner()
 STATED_TOLERANCE = 1e-4
@@ -37,7 +37,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for i in range(6):
             noise = rng.normal(0, 20, (24, 24, 3))
             Image.fromarray(np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
-    result = train(TrainConfig(
+    result = fine_tune(TrainConfig(
         data=str(root), out=str(tmp_path_factory.mktemp("run") / "r"), model="squeezenet1_1", random_weights=True,
         image_size=32, freeze_epochs=0, epochs=1, batch_size=8, workers=0,
     ))

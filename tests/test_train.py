@@ -205,7 +205,7 @@ def test_near_duplicates_never_straddle_splits(tmp_path: Path, layout: str) -> N
 def test_prepare_data_uses_a_split_csv_and_checks_its_classes(colours: Path, tmp_path: Path) -> None:
     root = tmp_path / "data"
     rows = []
-    for i, name in enumerate(sorted(COLOURS)):
+    for name in sorted(COLOURS):
         for j, split in enumerate(["train", "train", "train", "val", "test"]):
             path = root / name / f"{j}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
