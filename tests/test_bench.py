@@ -190,3 +190,31 @@ def test_same_model_twice_keeps_both_prediction_files(tiny_folder: Path, tmp_pat
     write_bench_outputs(result, tmp_path / "o", plots=False)
     names = sorted(p.name for p in (tmp_path / "o" / "predictions").iterdir())
     assert names == ["squeezenet1_1.IMAGENET1K_V1.csv", "squeezenet1_1.IMAGENET1K_V1_2.csv"]
+
+
+def test_predictions_equal_a_plain_reference_computation(tmp_path: Path) -> None:
+    """Image for image, bench's predictions are what PIL + torchvision transforms + the model compute."""
+    from PIL import Image
+    from torchvision import transforms
+
+    from cnnlab.weights import load_state_dict, resolve_weights
+
+    data = build_demo_set(tmp_path / "demo")
+    result = bench_models(BenchConfig(data=data, models=["efficientnet_lite0"], measure=fast(fast_decode=False),
+                                      isolate=False))
+    write_bench_outputs(result, tmp_path / "out", plots=False)
+    rows = list(csv.DictReader((tmp_path / "out" / "predictions" / "efficientnet_lite0.IMAGENET1K.csv").open()))
+    spec = get_spec("efficientnet_lite0")
+    model = spec.build(load_state_dict(resolve_weights(spec))).eval()
+    reference = transforms.Compose([
+        transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(224), transforms.ToTensor(),
+        transforms.Normalize(mean=[127 / 255] * 3, std=[128 / 255] * 3),
+    ])
+    assert len(rows) == 9
+    for row in rows:
+        with torch.inference_mode():
+            probs = model(reference(Image.open(row["path"]).convert("RGB"))[None]).softmax(1)[0]
+        values, indices = probs.topk(5)
+        assert [int(row[f"top{i}_index"]) for i in range(1, 6)] == indices.tolist(), row["path"]
+        assert [float(row[f"top{i}_prob"]) for i in range(1, 6)] == pytest.approx(values.tolist(), abs=2e-4)

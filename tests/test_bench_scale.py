@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cnnlab.bench import BenchConfig, BenchResult, MeasureOptions, ModelResult, bench_models
 from cnnlab.bench.protocol import PREDICTION_DTYPE, RunResult
 from cnnlab.bench.scoring import score
-from cnnlab.bench.worker import _UserClasses
+from cnnlab.bench.user_classes import UserClasses
 from cnnlab.cli import app
 from cnnlab.datasets import scan_dataset
 from cnnlab.errors import DatasetError
@@ -96,7 +96,7 @@ def test_flat_validation_folder_with_real_labels(tmp_path: Path, real_photos: di
 
 def test_calibration_uses_the_mass_of_the_predicted_user_class() -> None:
     # outputs 0,1 are "cat", 2 is "dog", 3 is claimed by both (ambiguous), 4 by none
-    classes = _UserClasses([{0, 1, 3}, {2, 3}], num_outputs=5)
+    classes = UserClasses([{0, 1, 3}, {2, 3}], num_outputs=5)
     probs = torch.tensor([[0.5, 0.3, 0.1, 0.05, 0.05],   # top-1 output 0: cat, mass 0.5 + 0.3 + 0.05
                           [0.1, 0.0, 0.6, 0.2, 0.1],     # top-1 output 2: dog, mass 0.6 + 0.2
                           [0.1, 0.1, 0.1, 0.6, 0.1],     # top-1 output 3: ambiguous -> other, mass 1 - 0.9

@@ -18,20 +18,10 @@ import numpy as np
 
 from cnnlab import metrics
 from cnnlab.bench.result import ModelAccuracy, ModelResult, RealAccuracy
+from cnnlab.bench.user_classes import accepted_sets
 from cnnlab.datasets import LabelledImages
 from cnnlab.labels import LabelMapping
 from cnnlab.report.naming import unique_names
-
-
-def accepted_sets(source: str, categories: Sequence[str], class_names: Sequence[str],
-                  imagenet_accepted: Sequence[Sequence[int]]) -> list[set[int]]:
-    """For each user class, the model outputs that count as right: the label mapping for ImageNet
-    models, the class of the same name for a model fine-tuned by ``cnnlab train`` (``source``
-    ``"checkpoint"``)."""
-    if source == "checkpoint":
-        index = {name: i for i, name in enumerate(categories)}
-        return [{index[c]} if c in index else set() for c in class_names]
-    return [set(a) for a in imagenet_accepted]
 
 
 def score(model: ModelResult, dataset: LabelledImages, mappings: dict[str, LabelMapping], *,

@@ -34,7 +34,7 @@ from cnnlab.bench.measure import (
     time_repeated,
 )
 from cnnlab.bench.protocol import PREDICTION_DTYPE, TOPK, RunRequest, RunResult
-from cnnlab.bench.scoring import accepted_sets
+from cnnlab.bench.user_classes import UserClasses, accepted_sets
 from cnnlab.inference import default_cpu_threads, default_workers, run_inference
 from cnnlab.models import load_model, resolve_device
 from cnnlab.options import WeightsPolicy
@@ -144,7 +144,8 @@ def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
 def _time_synthetic(model: LoadedModel, result: RunResult, progress: Progress, m: MeasureOptions) -> None:
     """Model-only speed on random uint8 batches: throughput at the batch size, latency at batch 1."""
     crop = model.preprocessing.crop_size
-    sizes = m.throughput_batch_sizes()
+    sizes = m.throughput_batch_sizes(model.device.type)
+    batch_size = m.batch_size_for(model.device.type)
     progress.start("throughput", f"{model.name}: throughput", total=len(sizes))
     for size in sizes:
         progress.update("throughput", description=f"{model.name}: throughput at batch {size}")
@@ -152,7 +153,7 @@ def _time_synthetic(model: LoadedModel, result: RunResult, progress: Progress, m
         timing = time_repeated(functools.partial(model, batch), model.device, warmup=m.warmup,
                                repeats=m.throughput_repeats, max_seconds=m.max_seconds_per_timing)
         result.throughput_curve[str(size)] = size / timing.median_s
-        if size == m.batch_size:
+        if size == batch_size:
             result.throughput_batch = size
             result.throughput_timing = timing.to_dict()
             result.throughput_ips = size / timing.median_s
@@ -163,31 +164,6 @@ def _time_synthetic(model: LoadedModel, result: RunResult, progress: Progress, m
     result.latency_b1 = time_repeated(lambda: model(one), model.device, warmup=m.warmup, repeats=m.latency_repeats,
                                       max_seconds=m.max_seconds_per_timing).to_dict()
     progress.finish("latency")
-
-
-class _UserClasses:
-    """Which user class each model output belongs to, and the probability mass of each user class."""
-
-    def __init__(self, accepted: list[set[int]], num_outputs: int) -> None:
-        self.membership = torch.zeros(num_outputs, max(len(accepted), 1))
-        claims = torch.zeros(num_outputs, dtype=torch.int64)
-        for c, outputs in enumerate(accepted):
-            valid = [o for o in outputs if 0 <= o < num_outputs]
-            self.membership[valid, c] = 1.0
-            claims[valid] += 1
-        self.owner = torch.full((num_outputs,), -1, dtype=torch.int64)
-        for c, outputs in enumerate(accepted):
-            for o in outputs:
-                if 0 <= o < num_outputs and claims[o] == 1:
-                    self.owner[o] = c
-        self.union = (claims > 0).float()
-
-    def predicted(self, probs: torch.Tensor, top1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The user class of each top-1 output (-1: none or several) and the mass the model puts on it."""
-        pred = self.owner[top1]
-        mass = (probs @ self.membership).gather(1, pred.clamp(min=0)[:, None])[:, 0]
-        other = 1.0 - probs @ self.union
-        return pred, torch.where(pred >= 0, mass, other)
 
 
 def _evaluate(model: LoadedModel, request: RunRequest, result: RunResult, progress: Progress) -> None:
@@ -201,12 +177,12 @@ def _evaluate(model: LoadedModel, request: RunRequest, result: RunResult, progre
     k = min(TOPK, model.spec.num_classes)
     result.topk = k
     accepted = accepted_sets(model.spec.source, model.categories, request.class_names, request.imagenet_accepted)
-    classes = _UserClasses(accepted, model.spec.num_classes)
+    classes = UserClasses(accepted, model.spec.num_classes)
     data_s = model_s = 0.0
     done = 0
     start = time.perf_counter()
     with open(request.predictions_file, "wb") as out:
-        for batch in run_inference(model, paths, batch_size=m.batch_size, workers=result.workers,
+        for batch in run_inference(model, paths, batch_size=m.batch_size_for(model.device.type), workers=result.workers,
                                    fast_decode=m.fast_decode, progress=progress, task="eval",
                                    description=f"{model.name}: evaluation"):
             t0 = time.perf_counter()

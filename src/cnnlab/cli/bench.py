@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from cnnlab.bench.config import BenchConfig, MeasureOptions
+from cnnlab.bench.config import DEFAULT_BATCH_SIZE, BenchConfig, MeasureOptions
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, out, print_table, split_csv
-from cnnlab.cli.options import BatchSize, Device, PrecisionOpt, Quiet, Threads, WeightsDir, Wide, Workers, default_of
+from cnnlab.cli.options import Device, PrecisionOpt, Quiet, Threads, WeightsDir, Wide, Workers, default_of
 from cnnlab.errors import UsageError
 from cnnlab.options import WeightsPolicy
 from cnnlab.zoo import LAB_MODELS
@@ -100,7 +100,7 @@ def bench_command(
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Ground truth of a flat ImageNet validation folder: LOC_val_solution.csv, or the devkit's folder or ground-truth file.")] = None,
     real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="ImageNet-ReaL real.json: also report accuracy against the ReaL labels.")] = None,
     device: Device = _M.device,
-    batch_size: BatchSize = _M.batch_size,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, max=65536, help=f"Images per batch (default: {DEFAULT_BATCH_SIZE['cpu']} on a CPU, {DEFAULT_BATCH_SIZE['cuda']} on a GPU).")] = _M.batch_size,
     batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", help="Also measure model-only throughput at these batch sizes, e.g. 1,8,32,128 (a curve).")] = None,
     precision: PrecisionOpt = _M.precision,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory format.")] = _M.channels_last,

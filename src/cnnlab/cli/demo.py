@@ -33,7 +33,7 @@ def demo_command(
 
     data = build_demo_set(out_dir / "demo-data")
     err.print(f"demo set: {escape(str(data))} (sources listed in {escape(str(data / 'SOURCES.csv'))})")
-    measure = MeasureOptions(device=device, batch_size=8, weights=WeightsPolicy.RANDOM_IF_MISSING,
+    measure = MeasureOptions(device=device, weights=WeightsPolicy.RANDOM_IF_MISSING,
                              latency_repeats=10, throughput_repeats=5)
     config = BenchConfig(data=data, models=[OFFLINE_MODEL, *LAB_MODELS], measure=measure)
     run_bench(config, out_dir, plots=True, quiet=quiet, wide=wide, overwrite=True)  # the demo's own folder

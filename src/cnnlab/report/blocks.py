@@ -96,6 +96,11 @@ Block = Heading | Paragraph | Table | Bullets | Figure | Gallery
 PAIRED_TESTS_HEADING = "Are the differences real? (paired McNemar tests, top-1)"
 
 
+def _batch(result: BenchResult) -> str:
+    sizes = sorted({m.run.throughput_batch for m in result.models if m.run.throughput_batch})
+    return ", ".join(str(s) for s in sizes) or str(result.config.measure.batch_size or "n/a")
+
+
 def _overview(result: BenchResult) -> list[Block]:
     env, ds, measure = result.environment, result.dataset, result.config.measure
     device = next((m.run.device_name or m.run.device for m in result.models if m.ok), "n/a")
@@ -103,7 +108,7 @@ def _overview(result: BenchResult) -> list[Block]:
         Heading("cnnlab bench results", level=1),
         Paragraph(f"Data: {ds.root} — {len(ds)} images in {len(ds.classes)} classes; {len(result.skipped)} files "
                   f"skipped. Device: {device}; torch {env.get('torch', 'n/a')}, torchvision "
-                  f"{env.get('torchvision', 'n/a')}; precision {measure.precision}; batch {measure.batch_size}."),
+                  f"{env.get('torchvision', 'n/a')}; precision {measure.precision}; batch {_batch(result)}."),
     ]
 
 
@@ -126,7 +131,7 @@ def _figures_tables(result: BenchResult) -> list[Block]:
     if result.config.real_labels is not None:
         blocks.append(Paragraph("ReaL: accuracy against the ImageNet-ReaL relabelling (a prediction is right when it "
                                 "is one of the image's correct classes); images with no correct class are left out."))
-    if len(result.config.measure.throughput_batch_sizes()) > 1:
+    if any(len(m.run.throughput_curve) > 1 for m in result.models):
         blocks += [Heading("Throughput at each batch size (model only, images/s)"), Table(*throughput_table(result))]
     return blocks
 
