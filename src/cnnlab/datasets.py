@@ -131,12 +131,14 @@ def _not_a_file(path: str | Path) -> SkippedFile | None:
     return SkippedFile(str(path), "not-a-file", f"{kind}, not a regular file")
 
 
-def _walk_images(folder: Path, problems: list[SkippedFile], root: Path | None = None) -> Iterator[Path]:
-    """Image files under ``folder``, depth first, sorted by name at each level; each real folder once.
+def _walk_real(folder: Path, problems: list[SkippedFile], root: Path | None = None) -> Iterator[tuple[Path, str]]:
+    """Image files under ``folder`` with their resolved paths, depth first, sorted by name at each
+    level; each real folder once.
 
     Links to folders are followed unless they lead back into a folder already walked or to ``root``
     (default ``folder``) or above it: those are loops and are reported in ``problems``, as are folders
-    that cannot be read and image names that are not regular files.
+    that cannot be read and image names that are not regular files. Resolved paths are computed
+    only for links (the walk costs no more system calls than ``os.walk``).
     """
     root_real = _real(root if root is not None else folder)
     visited: set[str] = set()
@@ -154,19 +156,20 @@ def _walk_images(folder: Path, problems: list[SkippedFile], root: Path | None = 
         for entry in entries:
             if is_junk_name(entry.name):
                 continue
-            try:
-                is_dir = entry.is_dir()  # follows links
+            try:  # both follow links; for plain files and folders they cost no system call
+                is_file = entry.is_file()
+                is_dir = not is_file and entry.is_dir()
             except OSError:
-                is_dir = False
+                is_file = is_dir = False
             if not is_dir:
-                if is_image_name(entry.name):
-                    problem = _not_a_file(entry.path)
-                    if problem is None:
-                        yield Path(entry.path)
-                    else:
-                        problems.append(problem)
+                if not is_image_name(entry.name):
+                    continue
+                if is_file:
+                    yield Path(entry.path), _real(entry.path) if entry.is_symlink() else os.path.join(real, entry.name)
+                else:
+                    problems.append(_not_a_file(entry.path) or SkippedFile(entry.path, "not-a-file", "not a regular file"))
                 continue
-            sub_real = _real(entry.path)
+            sub_real = _real(entry.path) if entry.is_symlink() else os.path.join(real, entry.name)
             if _within(root_real, sub_real) or _within(real, sub_real):
                 problems.append(SkippedFile(entry.path, "symlink-loop",
                                             f"links back to {sub_real}, which contains it; not followed"))
@@ -190,8 +193,8 @@ def expand_paths(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Skipped
     skipped: list[SkippedFile] = []
     seen: set[str] = set()
 
-    def add(p: Path) -> None:
-        key = _real(p)
+    def add(p: Path, key: str | None = None) -> None:
+        key = key or _real(p)
         if key not in seen:
             seen.add(key)
             found.append(p)
@@ -199,8 +202,8 @@ def expand_paths(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Skipped
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for p in _walk_images(path, skipped):
-                add(p)
+            for p, key in _walk_real(path, skipped):
+                add(p, key)
         elif path.exists():
             add(path)
         elif glob.has_magic(str(item)):
@@ -208,8 +211,8 @@ def expand_paths(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Skipped
             for m in matches:
                 mp = Path(m)
                 if mp.is_dir():
-                    for p in _walk_images(mp, skipped):
-                        add(p)
+                    for p, key in _walk_real(mp, skipped):
+                        add(p, key)
                 elif is_image_name(mp) and not is_junk_name(mp.name):
                     add(mp)
             if not matches:
@@ -276,8 +279,7 @@ def _scan_folders(root: Path) -> LabelledImages:
         if _within(root_real, _real(d)):
             skipped.append(SkippedFile(str(d), "symlink-loop", f"links to {_real(d)}, which contains the dataset"))
         else:
-            for p in _walk_images(d, skipped, root=root):
-                key = _real(p)
+            for p, key in _walk_real(d, skipped, root=root):
                 first = owner.get(key)
                 if first is None:
                     owner[key] = (idx, p)
