@@ -501,3 +501,43 @@ def test_a_big_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
     with pytest.raises(ImageDecodeError) as info:
         decode_image(big, max_bytes=1_000_000)
     assert info.value.reason == "too-large" and time.monotonic() - started < 1
+
+
+def test_a_full_disk_during_a_checkpoint_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect 13 (the checkpoint writer train uses): a full disk was torch's "unexpected pos"; now one
+    sentence, no temporary file left, the previous checkpoint intact."""
+    from cnnlab.checkpoint import save_checkpoint
+    from cnnlab.errors import OutputError
+
+    target = save_checkpoint({"x": torch.zeros(4)}, tmp_path / "best.pt")
+    real_open = Path.open
+
+    class FillsUp:
+        def __init__(self, fh: Any) -> None:
+            self.fh, self.written = fh, 0
+
+        def write(self, data: Any) -> int:
+            self.written += len(data)
+            if self.written > 100:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return int(self.fh.write(data))
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.fh, name)
+
+        def __enter__(self) -> FillsUp:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.fh.close()
+
+    def open_on_a_full_disk(self: Path, *args: Any, **kwargs: Any) -> Any:
+        fh = real_open(self, *args, **kwargs)
+        return FillsUp(fh) if self.name.endswith(".tmp") else fh
+
+    monkeypatch.setattr(Path, "open", open_on_a_full_disk)
+    with pytest.raises(OutputError, match="No space left on device; the previous best.pt is intact"):
+        save_checkpoint({"x": torch.ones(1000)}, target)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+    assert torch.equal(torch.load(target, weights_only=True)["x"], torch.zeros(4))

@@ -23,6 +23,7 @@ model can rebuild a checkpoint without the training data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import glob
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError, UnknownModelError, WeightsIntegrityError
+from cnnlab.errors import CnnlabError, OutputError, UnknownModelError, WeightsIntegrityError
 from cnnlab.preprocess import Preprocessing
 from cnnlab.weights import describe_mismatch, torch_load_plain
 from cnnlab.zoo import ModelSpec, StateDict, get_spec
@@ -214,22 +215,61 @@ def save_checkpoint(ckpt: Mapping[str, Any], path: str | Path) -> Path:
 
     Temporary files that an earlier, killed save of the same checkpoint left behind (their process
     is gone) are removed first.
+
+    Raises:
+        OutputError: the file cannot be written (a full disk: torch itself only says "unexpected
+            pos"; no permission). The temporary file is removed and an earlier ``path`` is intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(path)
         with tmp.open("wb") as fh:
-            torch.save(dict(ckpt), fh)
+            writer = _WriteRecorder(fh)
+            try:
+                torch.save(dict(ckpt), writer)  # type: ignore[arg-type]
+            except RuntimeError:
+                if writer.error is None:
+                    raise
+                raise writer.error from None
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        kept = f"; the previous {path.name} is intact" if path.exists() else ""
+        raise OutputError(f"cannot save the checkpoint {path}: {exc.strerror or exc}{kept}") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
     return path
+
+
+class _WriteRecorder:
+    """A file for :func:`torch.save` that remembers the ``OSError`` of a failed write: torch turns it
+    into a ``RuntimeError`` that says only "unexpected pos"."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return int(self._fh.write(data))
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._fh.flush()
+        except OSError as exc:
+            self.error = exc
+            raise
 
 
 def remove_stale_temp_files(path: str | Path) -> list[Path]:
