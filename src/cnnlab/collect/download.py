@@ -538,9 +538,8 @@ class Downloader:
             return _Fault("rejected", "bad-url", _short(exc))
         return _Fault("failed", "connection-error", _short(exc), transient=True)
 
-    def _too_slow(self, budget: _Budget, received: int | None = None) -> _Fault:
-        got = f" ({received:,} bytes received)" if received is not None else ""
-        return _Fault("failed", "too-slow", f"no complete response after {budget.seconds:g} s{got}", transient=False)
+    def _too_slow(self, budget: _Budget) -> _Fault:
+        return _Fault("failed", "too-slow", f"no complete response after {budget.seconds:g} s", transient=False)
 
     def _read_body(
         self, response: requests.Response, limit: int, deadline_at: float, *, truncate: bool = False
