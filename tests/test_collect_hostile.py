@@ -103,7 +103,8 @@ def test_collect_cli_refuses_private_hosts_unless_asked(web: FakeWeb, tmp_path: 
             "--retries", "0", "--min-size", "32", "--host-delay", "0"]
     refused = runner.invoke(app, args)
     assert refused.exit_code == 0, refused.output
-    assert json.loads(refused.stdout)["classes"][0]["failed"] == {"private-address": 1}
+    (cat,) = json.loads(refused.stdout)["classes"]
+    assert cat["failed"] == {"private-address": 1} and "--allow-private-hosts" in cat["notes"][0]
     allowed = runner.invoke(app, [*args, "--allow-private-hosts", "--retry-failed"])
     assert json.loads(allowed.stdout)["classes"][0]["ok"] == 1
 

@@ -582,4 +582,9 @@ def _summarise(label: str, wanted: int, manifest_path: Path, new: int, notes: li
             failed[str(rec.get("reason"))] += 1
     summary.rejected = dict(sorted(rejected.items()))
     summary.failed = dict(sorted(failed.items()))
+    if failed.get("private-address"):
+        summary.notes.append(
+            f"{label}: {failed['private-address']} URLs lead to private or local addresses and were refused "
+            "(SSRF protection); for hosts you own, run again with --allow-private-hosts --retry-failed"
+        )
     return summary
