@@ -15,7 +15,8 @@ from tests.collect_fixtures.fakeweb import FakeWeb, Route, make_image
 
 runner = CliRunner()
 FIXTURES = Path(__file__).parent / "collect_fixtures"
-NET = ["--threads", "4", "--per-host", "8", "--host-delay", "0", "--timeout", "1", "--retries", "0", "--min-size", "32"]
+NET = ["--threads", "4", "--per-host", "8", "--host-delay", "0", "--timeout", "1", "--retries", "0", "--min-size", "32",
+       "--allow-private-hosts"]  # the fake web is on 127.0.0.1
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from cnnlab.collect import Downloader, FetchConfig, PageFetchError
 from cnnlab.collect.download import x_robots_forbids
 from tests.collect_fixtures.fakeweb import FakeWeb, Route, make_image
 
-FAST = FetchConfig(timeout=0.5, deadline=1.0, retries=1, backoff=0.01, per_host=8, host_delay=0.0, max_bytes=200_000)
+FAST = FetchConfig(timeout=0.5, deadline=1.0, retries=1, backoff=0.01, per_host=8, host_delay=0.0, max_bytes=200_000,
+                   allow_private_hosts=True)  # the fake web is on 127.0.0.1
 IMG = make_image(1)
 
 
@@ -119,8 +120,10 @@ def test_robots_group_for_cnnlab(web):
 
 def test_unreachable_robots_txt_means_disallow(web):
     web.robots, web.robots_status = "", 503
-    result = fetch(web, "/a.jpg", IMG, FetchConfig(timeout=0.5, retries=0, per_host=8, host_delay=0))
-    assert (result.status, result.reason) == ("rejected", "robots-unreachable")
+    result = fetch(web, "/a.jpg", IMG, FetchConfig(timeout=0.5, retries=0, per_host=8, host_delay=0, allow_private_hosts=True))
+    # disallowed for now, but an outage is "failed" (retryable), never "rejected" for ever
+    assert (result.status, result.reason) == ("failed", "robots-unreachable")
+    assert web.fetches("/a.jpg") == 0
 
 
 def test_retry_after_a_transient_error(web):
@@ -133,7 +136,7 @@ def test_per_host_concurrency_is_capped():
     try:
         for i in range(12):
             web.add(f"/{i}.jpg", IMG)
-        config = FetchConfig(timeout=2, retries=0, per_host=2, host_delay=0.0)
+        config = FetchConfig(timeout=2, retries=0, per_host=2, host_delay=0.0, allow_private_hosts=True)
         with Downloader(config) as dl, ThreadPoolExecutor(8) as pool:
             results = list(pool.map(dl.fetch, [web.url(f"/{i}.jpg") for i in range(12)]))
         assert all(r.ok for r in results)
@@ -145,7 +148,7 @@ def test_per_host_concurrency_is_capped():
 def test_per_host_delay_spaces_requests(web):
     for i in range(5):
         web.add(f"/{i}.jpg", IMG)
-    config = FetchConfig(timeout=2, retries=0, per_host=8, host_delay=0.1)
+    config = FetchConfig(timeout=2, retries=0, per_host=8, host_delay=0.1, allow_private_hosts=True)
     started = time.monotonic()
     with Downloader(config) as dl, ThreadPoolExecutor(5) as pool:
         results = list(pool.map(dl.fetch, [web.url(f"/{i}.jpg") for i in range(5)]))
@@ -158,7 +161,7 @@ def test_crawl_delay_from_robots_txt(web):
     web.robots = "User-agent: *\nCrawl-delay: 0.2\n"
     for i in range(3):
         web.add(f"/{i}.jpg", IMG)
-    config = FetchConfig(timeout=2, retries=0, per_host=8, host_delay=0.0)
+    config = FetchConfig(timeout=2, retries=0, per_host=8, host_delay=0.0, allow_private_hosts=True)
     started = time.monotonic()
     with Downloader(config) as dl:
         assert all(dl.fetch(web.url(f"/{i}.jpg")).ok for i in range(3))

@@ -21,6 +21,7 @@ def _command(web: FakeWeb, out: Path) -> list[str]:
         sys.executable, "-m", "cnnlab", "collect", "--classes", "cat,dog", "--per-class", str(PER_CLASS),
         "--engine", "bing", "--engine-url", web.base, "--out", str(out), "--threads", "2", "--per-host", "4",
         "--host-delay", "0", "--timeout", "2", "--retries", "0", "--min-size", "32", "--quiet", "--json",
+        "--allow-private-hosts",
     ]  # fmt: skip
 
 

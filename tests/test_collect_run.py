@@ -18,7 +18,8 @@ from cnnlab.datasets import scan_dataset
 from tests.collect_fixtures.fakeweb import FakeWeb, Route, bomb_png, make_image, resized
 
 FIXTURES = Path(__file__).parent / "collect_fixtures"
-FAST = FetchConfig(timeout=0.5, deadline=1.0, retries=1, backoff=0.01, per_host=16, host_delay=0.0, max_bytes=200_000)
+FAST = FetchConfig(timeout=0.5, deadline=1.0, retries=1, backoff=0.01, per_host=16, host_delay=0.0, max_bytes=200_000,
+                   allow_private_hosts=True)  # the fake web is on 127.0.0.1
 
 
 @pytest.fixture
@@ -246,7 +247,7 @@ def test_retry_failed(web: FakeWeb, tmp_path: Path) -> None:
     web.add("/flaky.jpg", Route(body=make_image(1), fail_times=2))
     web.add_results("cat", ["/flaky.jpg"])
     out = tmp_path / "data"
-    first = run(web, out, ["cat"], 1, fetch=FetchConfig(timeout=0.5, retries=0, per_host=4, host_delay=0))
+    first = run(web, out, ["cat"], 1, fetch=FetchConfig(timeout=0.5, retries=0, per_host=4, host_delay=0, allow_private_hosts=True))
     assert first.classes[0].failed == {"http-503": 1}
     assert run(web, out, ["cat"], 1).classes[0].ok == 0  # failed URLs are left alone by default
     assert run(web, out, ["cat"], 1, retry_failed=True).classes[0].ok == 1

@@ -17,7 +17,7 @@ def test_class_folders_ignore_hidden_and_non_images(tmp_path: Path) -> None:
     make_image(tmp_path / "a" / "x" / "2.jpg")
     (tmp_path / "a" / "notes.txt").write_text("hi")
     make_image(tmp_path / ".partial" / "3.jpg")
-    make_image(tmp_path / "a" / "_tmp.jpg")
+    make_image(tmp_path / "a" / ".tmp.jpg")  # hidden (camera names such as _DSC1.JPG are not: see test_hostile_inputs)
     (tmp_path / "empty").mkdir()
     ds = scan_dataset(tmp_path)
     assert ds.classes == ["a", "b", "empty"]

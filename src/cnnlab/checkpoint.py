@@ -23,8 +23,10 @@ model can rebuild a checkpoint without the training data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import glob
 import math
 import os
 import platform
@@ -38,9 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError, UnknownModelError, WeightsIntegrityError
+from cnnlab.errors import CnnlabError, OutputError, UnknownModelError, WeightsIntegrityError
 from cnnlab.preprocess import Preprocessing
-from cnnlab.weights import load_state_dict
+from cnnlab.weights import describe_mismatch, torch_load_plain
 from cnnlab.zoo import ModelSpec, StateDict, get_spec
 
 FORMAT = "cnnlab-checkpoint"
@@ -207,18 +209,107 @@ def make_checkpoint(
 
 
 def save_checkpoint(ckpt: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``ckpt`` atomically (a temporary file renamed over ``path``): an interrupted save
-    never leaves a half-written checkpoint behind."""
+    """Write ``ckpt`` atomically and durably: a temporary file ``.NAME.PID.tmp`` is written, fsync'd
+    and renamed over ``path``, and the folder is fsync'd, so an interrupted save (even ``kill -9``
+    or a power cut) never leaves a half-written checkpoint behind.
+
+    Temporary files that an earlier, killed save of the same checkpoint left behind (their process
+    is gone) are removed first.
+
+    Raises:
+        OutputError: the file cannot be written (a full disk: torch itself only says "unexpected
+            pos"; no permission). The temporary file is removed and an earlier ``path`` is intact.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(dict(ckpt), tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(path)
+        with tmp.open("wb") as fh:
+            writer = _WriteRecorder(fh)
+            try:
+                torch.save(dict(ckpt), writer)  # type: ignore[arg-type]
+            except RuntimeError:
+                if writer.error is None:
+                    raise
+                raise writer.error from None
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        kept = f"; the previous {path.name} is intact" if path.exists() else ""
+        raise OutputError(f"cannot save the checkpoint {path}: {exc.strerror or exc}{kept}") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
     return path
+
+
+class _WriteRecorder:
+    """A file for :func:`torch.save` that remembers the ``OSError`` of a failed write: torch turns it
+    into a ``RuntimeError`` that says only "unexpected pos"."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return int(self._fh.write(data))
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._fh.flush()
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
+def remove_stale_temp_files(path: str | Path) -> list[Path]:
+    """Delete the ``.NAME.PID.tmp`` files of ``path`` whose writing process no longer runs; return them."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid_text = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _process_alive(int(pid_text)):
+            continue
+        try:
+            tmp.unlink()
+        except OSError:
+            continue
+        removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or cannot tell: leave its file alone
+    return True
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,14 +326,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise WeightsIntegrityError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # weights.load_state_dict reads the file the same way and turns each failure into the
-        # user-facing error (UnsafeWeightsError for a pickle that needs code); let it raise that.
-        load_state_dict(path)
-        raise
+        what = "is not a regular file" if os.path.lexists(path) else "does not exist"
+        raise WeightsIntegrityError(f"checkpoint {path} {what}")
+    obj = torch_load_plain(path)
     if not isinstance(obj, dict):
         raise WeightsIntegrityError(f"{path} is not a cnnlab training checkpoint (it holds a {type(obj).__name__})")
     if obj.get("format") != FORMAT:
@@ -272,8 +358,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if len(set(classes)) != len(classes):
         raise WeightsIntegrityError(f"checkpoint {path}: 'classes' has duplicate names")
     state = obj["state_dict"]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsIntegrityError(f"checkpoint {path}: 'state_dict' must be a non-empty dict of tensors")
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    ):
+        raise WeightsIntegrityError(f"checkpoint {path}: 'state_dict' must be a non-empty dict of named tensors")
     if not isinstance(obj["arch"], str):
         raise WeightsIntegrityError(f"checkpoint {path}: 'arch' must be a registry model name")
     return obj
@@ -292,10 +382,11 @@ def checkpoint_preprocessing(ckpt: Mapping[str, Any], path: str | Path = "checkp
             std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
             interpolation=str(data.get("interpolation", "bilinear")),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise WeightsIntegrityError(f"checkpoint {path}: unusable 'preprocessing' entry ({exc})") from None
-    if len(pp.mean) != 3 or len(pp.std) != 3 or min(pp.std) <= 0 or pp.crop_size < 1:
-        raise WeightsIntegrityError(f"checkpoint {path}: 'preprocessing' has impossible values {data}")
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise WeightsIntegrityError(
+            f"checkpoint {path}: unusable 'preprocessing' entry ({type(exc).__name__}: {exc}); "
+            "it was edited by hand or damaged"
+        ) from None
     return pp
 
 
@@ -365,11 +456,18 @@ def load_checkpoint(path: Path) -> tuple[ModelSpec, nn.Module, Path]:
     ckpt = read_checkpoint(path)
     base = base_spec(ckpt, path)
     num_classes = len(ckpt["classes"])
+    checkpoint_preprocessing(ckpt, path)  # refuse a hand-edited entry before building anything
     try:
         module = build_finetuned(base, num_classes, ckpt["state_dict"])
-    except (RuntimeError, CnnlabError) as exc:
+    except CnnlabError as exc:
         raise WeightsIntegrityError(
             f"the weights in {path} do not fit {base.name} with a {num_classes}-class head: {exc}"
+        ) from None
+    except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError):
+        expected = build_finetuned(base, num_classes, None).state_dict()
+        raise WeightsIntegrityError(
+            f"the weights in {path} do not fit {base.name} with a {num_classes}-class head: "
+            f"{describe_mismatch(expected, ckpt['state_dict'])}"
         ) from None
     module.eval()
     return checkpoint_spec(ckpt, path, module), module, path

@@ -60,3 +60,10 @@ class DatasetError(CnnlabError):
     """A dataset folder or manifest cannot be used at all."""
 
     exit_code = 2
+
+
+class OutputError(CnnlabError):
+    """Results cannot be written: the output path is unusable (a file where a folder is needed, no
+    permission) or the disk is full. Raised with what was kept and how to continue."""
+
+    exit_code = 1

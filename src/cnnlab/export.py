@@ -15,6 +15,7 @@ absolute difference from the PyTorch model's logits must stay within ``tolerance
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, OutputError, UsageError
 from cnnlab.models import LoadedModel, load_model
 from cnnlab.options import DEFAULT_EXPORT_TOLERANCE, ExportFormat
 from cnnlab.preprocess import Preprocessing
@@ -131,6 +132,9 @@ def export_model(
 
     Raises:
         ExportMismatchError: the exported file does not reproduce the model within ``tolerance``.
+        UsageError: ``out`` is a folder.
+        OutputError: the output folder cannot be made or written (a file in its place, no
+            permission, disk full).
         CnnlabError: unknown format, or the export failed.
     """
     if format not in FORMATS:
@@ -139,6 +143,9 @@ def export_model(
         raise CnnlabError(f"tolerance must be >= 0, got {tolerance}")
     if check_batch < 1:
         raise CnnlabError(f"check_batch must be >= 1, got {check_batch}")
+    if out is not None and Path(out).is_dir():
+        raise UsageError(f"--out {out} is a folder; give the name of the file to write, e.g. {Path(out) / 'model'}"
+                         f"{_SUFFIXES[format]}")
     started = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_model(str(model), device="cpu", progress=False)
     name = loaded.name
@@ -146,7 +153,12 @@ def export_model(
     pp = loaded.preprocessing
     wrapper = UInt8Classifier(module, pp).eval()
     path = Path(out) if out is not None else default_output(name, format)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give the file to write with --out")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot make the folder {path.parent} for {path.name}: {exc.strerror or exc}") from None
     trace_input = sample_batch(pp, 2, seed=1)
     try:
         if format == "torchscript":
@@ -155,6 +167,9 @@ def export_model(
             _export_onnx(wrapper, trace_input, path, opset)
     except CnnlabError:
         raise
+    except OSError as exc:
+        _remove(path)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}; nothing was kept") from None
     except Exception as exc:  # exporters fail in many ways; say which model and format
         raise CnnlabError(f"{format} export of {name} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -192,7 +207,13 @@ def export_model(
         "output": {"name": "logits", "dtype": "float32", "shape": ["N", len(loaded.categories)]},
         "check": {"batch": check_batch, "max_abs_diff": diff, "tolerance": tolerance},
     }
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    try:
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        _remove(path)
+        with contextlib.suppress(OSError):
+            meta_path.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {meta_path}: {exc.strerror or exc}; {path} was removed with it") from None
     return ExportResult(
         model=name,
         format=format,
@@ -261,5 +282,6 @@ def _run_exported(format: str, path: Path, batch: torch.Tensor) -> torch.Tensor:
 
 
 def _remove(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    path.with_name(path.name + ".data").unlink(missing_ok=True)
+    for p in (path, path.with_name(path.name + ".data")):
+        with contextlib.suppress(OSError):
+            p.unlink(missing_ok=True)

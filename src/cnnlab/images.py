@@ -4,14 +4,20 @@ Handles EXIF orientation, grayscale, palette and alpha images (composited onto w
 16-bit PNGs, animated images (first frame), WebP, large photos (JPEG DCT-domain downscaling with
 ``Image.draft`` when the caller only needs a small image), and rejects empty, truncated,
 non-image and decompression-bomb files with an :class:`~cnnlab.errors.ImageDecodeError`.
+
+Only regular files are read (a FIFO would block for ever, ``/dev/zero`` never ends), and never more
+than ``max_bytes`` of them: :func:`read_regular_file` is the one way cnnlab reads an image file.
 """
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -19,7 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cnnlab.errors import ImageDecodeError
 from cnnlab.preprocess import DEFAULT_MAX_PIXELS
 
-#: The reasons :func:`decode_image` can give, for counting and reports.
+#: The reasons a file can be skipped for (:func:`decode_image` and the folder walk), for counting and reports.
 REASONS: Final[tuple[str, ...]] = (
     "missing",
     "empty",
@@ -28,7 +34,15 @@ REASONS: Final[tuple[str, ...]] = (
     "decompression-bomb",
     "too-small",
     "unreadable",
+    "not-a-file",  # a FIFO, device or socket: only regular files are images
+    "too-large",  # more bytes than the read limit
+    "extreme-aspect-ratio",  # one side many times the other (where the caller sets a limit)
+    "symlink-loop",  # a link back into a folder being walked: not followed
+    "duplicate",  # the same real file again (a link, or a repeated manifest row): counted once
 )
+
+#: Largest image file read by default, in bytes (the biggest camera RAW-sized TIFFs stay below it).
+DEFAULT_MAX_BYTES: Final[int] = 256 * 1024 * 1024
 
 _WHITE = (255, 255, 255)
 
@@ -39,6 +53,8 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_size: int = 1,
     draft_to: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_aspect_ratio: float | None = None,
 ) -> Image.Image:
     """Decode ``source`` fully into an upright 8-bit RGB image.
 
@@ -50,11 +66,14 @@ def decode_image(
         draft_to: if given, a JPEG may be decoded at a reduced scale (1/2, 1/4, 1/8) as long as
             both sides stay at least this many pixels. Use it when the image will be resized so
             that its shorter side is ``draft_to``; it is several times faster for camera photos.
+        max_bytes: files larger than this are refused (``too-large``) without being read whole.
+        max_aspect_ratio: if given, images whose longer side is more than this many times the
+            shorter one are refused (``extreme-aspect-ratio``) before their pixels are decoded.
 
     Raises:
         ImageDecodeError: with ``reason`` one of :data:`REASONS`.
     """
-    data = _read_bytes(source)
+    data = source if isinstance(source, bytes) else read_regular_file(source, max_bytes)
     if not data:
         raise ImageDecodeError("empty", "the file has no bytes")
     with warnings.catch_warnings():
@@ -72,6 +91,11 @@ def decode_image(
             raise ImageDecodeError(
                 "decompression-bomb",
                 f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,}",
+            )
+        if max_aspect_ratio is not None and max(width, height) > max_aspect_ratio * max(1, min(width, height)):
+            raise ImageDecodeError(
+                "extreme-aspect-ratio",
+                f"{width}x{height}: one side is more than {max_aspect_ratio:g} times the other",
             )
         try:
             if draft_to is not None and img.format == "JPEG":
@@ -93,18 +117,65 @@ def _reason_of(exc: BaseException) -> str:
     return "truncated" if "truncat" in str(exc).lower() else "unreadable"
 
 
-def _read_bytes(source: str | Path | bytes) -> bytes:
-    if isinstance(source, bytes):
-        return source
-    path = Path(source)
+def read_regular_file(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``max_bytes`` bytes.
+
+    The file is opened without blocking (a FIFO with no writer would otherwise wait for ever) and
+    checked on the open descriptor, so a link swapped in between cannot fool the check; the read
+    stops after ``max_bytes + 1`` bytes whatever size the file reports.
+
+    Raises:
+        ImageDecodeError: ``missing``, ``not-a-file``, ``too-large``, ``symlink-loop`` or ``unreadable``.
+    """
+    path = Path(path)
     try:
-        return path.read_bytes()
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None  # reported by the open below
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        _refuse_special(path, mode)  # devices are not even opened: opening some has side effects
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageDecodeError("missing", f"a symbolic link that leads nowhere: {path}") from None
         raise ImageDecodeError("missing", f"no such file: {path}") from None
     except IsADirectoryError:
-        raise ImageDecodeError("unreadable", f"is a directory: {path}") from None
+        raise ImageDecodeError("not-a-file", f"is a directory: {path}") from None
     except OSError as exc:
-        raise ImageDecodeError("unreadable", str(exc)) from None
+        if exc.errno == errno.ELOOP:
+            raise ImageDecodeError("symlink-loop", f"a symbolic link that leads back to itself: {path}") from None
+        raise ImageDecodeError("unreadable", f"{exc.strerror or exc}: {path}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageDecodeError("not-a-file", f"is a directory: {path}")
+        if not stat.S_ISREG(info.st_mode):
+            _refuse_special(path, info.st_mode)
+        if info.st_size > max_bytes:
+            raise ImageDecodeError("too-large", f"{info.st_size:,} bytes exceeds the limit of {max_bytes:,}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise ImageDecodeError("too-large", f"more than {max_bytes:,} bytes (the file grew while read)")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ImageDecodeError("unreadable", f"{exc.strerror or exc}: {path}") from None
+    finally:
+        os.close(fd)
+
+
+def _refuse_special(path: Path, mode: int) -> NoReturn:
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    raise ImageDecodeError("not-a-file", f"{path} is {kind}, not a regular file")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

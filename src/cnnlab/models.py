@@ -11,7 +11,7 @@ from torch import nn
 from cnnlab.errors import CnnlabError, UsageError, WeightsIntegrityError, WeightsNotFoundError
 from cnnlab.options import Precision, parse_choice, parse_device
 from cnnlab.preprocess import Preprocessing
-from cnnlab.weights import load_state_dict, resolve_weights
+from cnnlab.weights import describe_mismatch, load_state_dict, resolve_weights
 from cnnlab.zoo import ModelSpec, get_spec
 
 _DTYPES = {
@@ -23,10 +23,18 @@ _DTYPES = {
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU. Asking for CUDA without one is an error."""
+    """``auto`` picks CUDA when available, else CPU. Asking for CUDA without one is an error.
+
+    cnnlab runs models on ``cpu`` and ``cuda`` only: other torch device types (``mps``, ``meta``,
+    ``xpu``...) are refused with a :class:`UsageError`, as strings or as ``torch.device`` objects
+    (``meta`` would "run" without computing anything).
+    """
     if isinstance(device, torch.device):
-        return device
-    text = parse_device(device)
+        if device.type not in ("cpu", "cuda"):
+            raise UsageError(f"device type {device.type!r} is not supported; use cpu or cuda (or auto)")
+        text = str(device)
+    else:
+        text = parse_device(device)
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(text)
@@ -155,8 +163,10 @@ def load_model(
             state_dict = load_state_dict(weights_path)
         try:
             module = spec.build(state_dict)
-        except RuntimeError as exc:  # mismatched keys or shapes
-            raise WeightsIntegrityError(f"weights {weights_path} do not fit {spec.name}: {exc}") from None
+        except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError):  # keys or shapes
+            assert state_dict is not None  # random weights always build
+            detail = describe_mismatch(spec.build(None).state_dict(), state_dict)
+            raise WeightsIntegrityError(f"weights {weights_path} do not fit {spec.name}: {detail}") from None
     module.eval().to(dev)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)

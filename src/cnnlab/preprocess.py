@@ -8,6 +8,7 @@ Together they compute what torchvision's ``ImageClassification`` preset computes
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,18 @@ if TYPE_CHECKING:  # imported where pixels are touched: the registry imports thi
 #: Largest number of pixels (width * height) decoded by default: Pillow's own default limit.
 DEFAULT_MAX_PIXELS = 89_478_485
 
+#: Largest resize and crop size accepted (the largest published preset is 600; a hand-edited
+#: checkpoint asking for 100000 would need 30 GB per image).
+MAX_INPUT_SIZE = 2048
+
+#: Resampling filters (Pillow's names, as torchvision's ``InterpolationMode`` values).
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+#: Before resizing, the long side is cut to at most this many times the larger of resize and crop
+#: size (after scaling): only the centre crop is kept, and without the cut a 20000x1 strip would
+#: become a 5-gigapixel intermediate. Ordinary photos (aspect ratio up to 4:1) are not cut.
+_MAX_LONG_FACTOR = 4
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -29,6 +42,21 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        """Refuse numbers no model was trained with (a hand-edited checkpoint): ``ValueError``."""
+        for name in ("resize_size", "crop_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= MAX_INPUT_SIZE:
+                raise ValueError(f"{name} must be a whole number from 1 to {MAX_INPUT_SIZE}, got {value!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                raise ValueError(f"{name} must be 3 finite numbers (one per RGB channel), got {values!r}")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
 
     @classmethod
     def from_torchvision(cls, preset: Any) -> Preprocessing:
@@ -47,9 +75,21 @@ class Preprocessing:
         return asdict(self)
 
     def resize_and_crop(self, img: Image.Image) -> Image.Image:
-        """Resize so the shorter side is ``resize_size`` (as torchvision does), then centre-crop."""
+        """Resize so the shorter side is ``resize_size`` (as torchvision does), then centre-crop.
+
+        The working size is bounded: for an extreme aspect ratio, the part of the long side that the
+        centre crop cannot reach is cut off before resizing (see ``_MAX_LONG_FACTOR``).
+        """
         width, height = img.size
         short, long = (width, height) if width <= height else (height, width)
+        limit = _MAX_LONG_FACTOR * max(self.resize_size, self.crop_size)
+        if self.resize_size * long / short > limit:
+            keep = min(long, math.ceil(limit * short / self.resize_size))
+            start = (long - keep) // 2
+            box = (start, 0, start + keep, height) if width > height else (0, start, width, start + keep)
+            img = img.crop(box)
+            width, height = img.size
+            short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = self.resize_size, int(self.resize_size * long / short)
         new_size = (new_short, new_long) if width <= height else (new_long, new_short)
         if new_size != img.size:

@@ -10,6 +10,7 @@ requested fractions. The result is ``DIR/split.csv`` with ``path,label,split`` (
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -21,10 +22,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from cnnlab.collect.config import DEFAULT_NEAR_DUP_THRESHOLD
-from cnnlab.errors import DatasetError, ImageDecodeError
+from cnnlab.datasets import SPLIT_NAMES
+from cnnlab.errors import DatasetError, ImageDecodeError, OutputError
 
 SPLIT_FILE: Final[str] = "split.csv"
-SPLITS: Final[tuple[str, ...]] = ("train", "val", "test")
+SPLITS: Final[tuple[str, ...]] = SPLIT_NAMES
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,9 @@ def make_split(
     from cnnlab.datasets import scan_dataset
 
     root = Path(root)
+    if not root.is_dir():
+        what = "is a file, not a dataset folder" if root.exists() else "does not exist"
+        raise DatasetError(f"{root} {what} (expected {root}/<class>/<images>)")
     images = scan_dataset(root)
     if not images.paths:
         raise DatasetError(f"{root} holds no images to split")
@@ -125,7 +130,8 @@ def make_split(
     split_of: dict[int, str] = {}
     for label in sorted(by_stratum):
         groups = sorted(by_stratum[label], key=lambda g: min(rel[i] for i in members[g]))
-        random.Random(f"cnnlab-split:{seed}:{label}").shuffle(groups)
+        # bytes seed the same as the str they encode; surrogate escapes (non-UTF-8 folder names) need them
+        random.Random(f"cnnlab-split:{seed}:{label}".encode("utf-8", "surrogateescape")).shuffle(groups)
         n = sum(len(members[g]) for g in groups)
         target = {"test": test * n, "val": val * n}
         target["train"] = n - target["test"] - target["val"]
@@ -163,16 +169,33 @@ def make_split(
 
 
 def write_split(root: Path, rows: list[SplitRow]) -> Path:
-    """Write ``root/split.csv`` (``path,label,split``) atomically."""
+    """Write ``root/split.csv`` (``path,label,split``) atomically (temporary file, fsync, rename).
+
+    The file is UTF-8; a file name that is not valid UTF-8 (possible on Linux) is written as its
+    original bytes (surrogate escapes), which is how :func:`cnnlab.datasets.scan_dataset` reads it
+    back. A full disk or an unwritable folder is an :class:`OutputError` and leaves any earlier
+    ``split.csv`` as it was.
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "label", "split"])
     for r in rows:
         writer.writerow([r.path, r.label, r.split])
     target = root / SPLIT_FILE
-    temp = root / f".{SPLIT_FILE}.tmp"
-    temp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(temp, target)
+    temp = root / f".{SPLIT_FILE}.{os.getpid()}.tmp"
+    try:
+        with temp.open("w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
+            fh.write(buf.getvalue())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        raise OutputError(
+            f"cannot write {target}: {exc.strerror or exc}; nothing was changed (free space or fix the permissions, "
+            "then run `cnnlab split` again)"
+        ) from None
     return target
 
 

@@ -23,13 +23,14 @@ import re
 import shutil
 import urllib.error
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cnnlab.errors import UnsafeWeightsError, WeightsIntegrityError, WeightsNotFoundError
+from cnnlab.errors import UnsafeWeightsError, UsageError, WeightsIntegrityError, WeightsNotFoundError
 from cnnlab.zoo import ModelSpec, StateDict
 
 WEIGHTS_DIR_ENV = "CNNLAB_WEIGHTS_DIR"
@@ -101,7 +102,11 @@ def fetch_weights(
     """Download ``spec``'s weights into ``dest_dir`` (default: the hub cache) and check their hash.
 
     Returns the path at once if the file is already there.
+
+    Raises:
+        UsageError: ``dest_dir`` is a file.
     """
+    check_dest_dir(dest_dir)
     location = locate_weights(spec, dest_dir)
     target_dir = Path(dest_dir) if dest_dir is not None else hub_checkpoints_dir()
     if location.found is None:
@@ -114,6 +119,12 @@ def fetch_weights(
     target_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(location.found, target)
     return target
+
+
+def check_dest_dir(dest_dir: str | Path | None) -> None:
+    """Refuse a destination that exists and is not a folder, before anything is downloaded."""
+    if dest_dir is not None and Path(dest_dir).exists() and not Path(dest_dir).is_dir():
+        raise UsageError(f"--dest {dest_dir} is a file; give a folder to download into (it is made if missing)")
 
 
 def _check_hash(path: Path) -> None:
@@ -191,33 +202,92 @@ def resolve_weights(
 
 def _looks_like_torch_file(path: Path) -> bool:
     """torch.save writes a zip archive; old files and plain pickles start with the pickle protocol byte."""
-    if zipfile.is_zipfile(path):
-        return True
-    with path.open("rb") as fh:
-        return fh.read(1) == b"\x80"
-
-
-def load_state_dict(path: str | Path) -> StateDict:
-    """Load a state dict with ``weights_only=True``; unwrap ``{"state_dict": ...}``/``{"model": ...}``."""
-    path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if zipfile.is_zipfile(path):
+            return True
+        with path.open("rb") as fh:
+            return fh.read(1) == b"\x80"
+    except OSError:
+        return False
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def torch_load_plain(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with every failure a user-facing error.
+
+    Raises:
+        UnsafeWeightsError: the file is a pickle that would need code to load.
+        WeightsIntegrityError: anything else (damaged, truncated, not a PyTorch file, unreadable);
+            a damaged file fails in many ways inside ``torch.load`` (``IndexError``, ``KeyError``,
+            ``struct.error``...), and none of them becomes a traceback.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is not a regular file" if os.path.lexists(path) else "does not exist"
+        raise WeightsIntegrityError(f"weights file {path} {what}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not _looks_like_torch_file(path):
             raise WeightsIntegrityError(f"{path} is not a PyTorch weights file") from None
         text = str(exc)
         detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if text.strip() else ""
+        if detail.startswith("Unsupported operand"):  # damaged bytes, or an opcode the safe loader refuses
+            raise UnsafeWeightsError(
+                f"refused to load {path}: the safe loader cannot read it ({detail}); it is damaged, or a pickle "
+                "that holds more than tensors and plain data. Only load files you trust with plain torch.load."
+            ) from None
         raise UnsafeWeightsError(
             f"refused to load {path}: it is a pickle that contains more than tensors and plain data "
             f"(loading it could run code). Only load files you trust with plain torch.load. ({detail})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise WeightsIntegrityError(f"cannot read weights file {path}: {exc}") from None
+    except MemoryError:
+        raise WeightsIntegrityError(f"cannot read weights file {path}: not enough memory to load it") from None
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        what = "not a PyTorch weights file" if not _looks_like_torch_file(path) else "damaged or truncated"
+        raise WeightsIntegrityError(f"cannot read weights file {path}: it is {what} ({_short(exc)})") from None
+
+
+def load_state_dict(path: str | Path) -> StateDict:
+    """Load a state dict with ``weights_only=True``; unwrap ``{"state_dict": ...}``/``{"model": ...}``."""
+    path = Path(path)
+    obj = torch_load_plain(path)
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             inner = obj.get(key)
-            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            if isinstance(inner, dict) and _is_state_dict(inner):
                 return inner
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if _is_state_dict(obj):
             return obj
     raise WeightsIntegrityError(f"{path} holds no state dict of tensors")
+
+
+def _is_state_dict(obj: dict[Any, Any]) -> bool:
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def describe_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], shown: int = 3) -> str:
+    """A short account of why ``given`` does not load into a model whose state dict is ``expected``.
+
+    Counts missing and unexpected keys and shape mismatches, naming at most ``shown`` of each,
+    instead of torch's message, which lists every key (20 KB for a ResNet).
+    """
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [
+        f"{k} {list(given[k].shape)} vs {list(expected[k].shape)}"
+        for k in expected
+        if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = []
+    for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            more = f", ... {len(items) - shown} more" if len(items) > shown else ""
+            parts.append(f"{len(items)} {what} ({', '.join(items[:shown])}{more})")
+    if not parts:
+        return "the tensors do not load (same keys and shapes)"
+    return f"{len(given)} tensors given, {len(expected)} expected: " + "; ".join(parts)

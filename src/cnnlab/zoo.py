@@ -8,6 +8,7 @@ its default weights. Patterns use shell wildcards (``res*``), as ``timm.list_mod
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import functools
 import threading
@@ -247,17 +248,28 @@ def list_models(pattern: str = "*", *, defaults_only: bool = False) -> list[Mode
 
 
 def get_spec(name: str) -> ModelSpec:
-    """Look up ``arch`` (its default weights) or ``arch.WEIGHTS_TAG`` (case-insensitive tag)."""
+    """Look up ``arch`` (its default weights) or ``arch.WEIGHTS_TAG``; case does not matter.
+
+    ``ResNet50`` is ``resnet50`` and ``resnet50.imagenet1k_v1`` is ``resnet50.IMAGENET1K_V1`` (no two
+    entries differ only in case). An unknown name raises :class:`UnknownModelError` with the closest
+    names (``difflib``: typos, missing or extra letters, ``_`` for ``-``) or the weights an
+    architecture has.
+    """
     registry = _registry()
     if name in registry:
         return registry[name]
-    arch, _, tag = name.partition(".")
+    arch, _, tag = name.strip().partition(".")
+    arch_key = arch.lower().replace("-", "_")
     for spec in registry.values():
-        if spec.arch == arch and (spec.weights_tag.lower() == tag.lower() if tag else spec.is_default):
+        if spec.arch.lower() == arch_key and (spec.weights_tag.lower() == tag.lower() if tag else spec.is_default):
             return spec
-    close = sorted({s.arch for s in registry.values() if arch[:3] and s.arch.startswith(arch[:3])})
+    archs = sorted({s.arch for s in registry.values()})
+    if tag and any(a.lower() == arch_key for a in archs):
+        known = next(a for a in archs if a.lower() == arch_key)
+        tags = ", ".join(s.weights_tag for s in registry.values() if s.arch == known)
+        raise UnknownModelError(f"unknown model {name!r}. {known} has weights: {tags}.")
+    close = difflib.get_close_matches(arch_key, archs, n=8, cutoff=0.6)
+    if arch_key:
+        close += [a for a in archs if a.startswith(arch_key[:3]) and a not in close]
     hint = f" Did you mean: {', '.join(close[:8])}?" if close else " See `cnnlab models`."
-    if tag and any(s.arch == arch for s in registry.values()):
-        tags = ", ".join(s.weights_tag for s in registry.values() if s.arch == arch)
-        hint = f" {arch} has weights: {tags}."
     raise UnknownModelError(f"unknown model {name!r}.{hint}")

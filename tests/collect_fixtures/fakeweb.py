@@ -72,6 +72,7 @@ class Route:
     location: str | None = None  # a redirect target
     send_length: bool = True  # False: no Content-Length, the body ends when the connection closes
     fail_times: int = 0  # answer 503 to the first N requests (a flaky server)
+    header_drip: float | None = None  # seconds between single bytes of the status line and headers
 
 
 class FakeWeb:
@@ -166,6 +167,15 @@ class FakeWeb:
         if route.location is not None:
             return self._send(h, route.status if route.status in (301, 302, 303, 307, 308) else 302, b"", "text/plain",
                               {"Location": route.location})  # fmt: skip
+        if route.header_drip is not None:
+            head = (f"HTTP/1.1 {route.status} OK\r\nContent-Type: {route.content_type}\r\n"
+                    f"Content-Length: {len(route.body)}\r\n\r\n").encode()
+            for i in range(len(head)):
+                h.wfile.write(head[i : i + 1])
+                h.wfile.flush()
+                time.sleep(route.header_drip)
+            h.wfile.write(route.body)
+            return None
         if route.drip is not None:
             h.send_response(route.status)
             h.send_header("Content-Type", route.content_type)

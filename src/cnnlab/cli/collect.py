@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from cnnlab.cli.app import app
-from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table, split_csv
+from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table, printable, split_csv
 from cnnlab.cli.options import Json, Quiet
 from cnnlab.collect.config import (
     DEFAULT_MIN_SIZE,
@@ -81,6 +81,7 @@ def collect_command(
     timeout: Annotated[float, typer.Option("--timeout", min=0.01, help="Connect/read timeout (s); a whole download may take 4x this.")] = _FETCH.timeout,
     retries: Annotated[int, typer.Option("--retries", min=0, help="Retries after a transient failure.")] = _FETCH.retries,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Fetch again URLs that failed in an earlier run.")] = False,
+    allow_private_hosts: Annotated[bool, typer.Option("--allow-private-hosts", help="Also connect to private, loopback and link-local addresses (refused by default: SSRF protection). Only for hosts you own.")] = False,
     flickr_key: Annotated[Optional[str], typer.Option("--flickr-key", envvar="FLICKR_API_KEY", help="Flickr API key.")] = None,
     engine_url: Annotated[Optional[str], typer.Option("--engine-url", help="Base URL of the engine (a mirror or a local test server).")] = None,
     as_json: Json = False,
@@ -92,7 +93,8 @@ def collect_command(
 
     filters = {k: v for k, v in (("size", size), ("type", image_type), ("license", license_)) if v}
     from_file = urls is not None or from_folder is not None or engine in (EngineName.URLS, EngineName.FOLDER)
-    fetch = FetchConfig(timeout=timeout, retries=retries, max_bytes=max_bytes, per_host=per_host, host_delay=host_delay)
+    fetch = FetchConfig(timeout=timeout, retries=retries, max_bytes=max_bytes, per_host=per_host, host_delay=host_delay,
+                        allow_private_hosts=allow_private_hosts)
     with logging_to_stderr(quiet), RichProgress(quiet=quiet) as progress:
         result = collect(
             out_dir,
@@ -121,7 +123,7 @@ def collect_command(
     for note in result.notes:
         out.print(f"[yellow]note:[/] {escape(note)}")
     out.print(
-        f"{sum(c.new for c in result.classes)} new images, {result.fetched} candidates fetched "
-        f"({result.bytes_downloaded / 1e6:.1f} MB) in {result.elapsed:.1f} s; manifest: {result.manifest}",
+        printable(f"{sum(c.new for c in result.classes)} new images, {result.fetched} candidates fetched "
+                  f"({result.bytes_downloaded / 1e6:.1f} MB) in {result.elapsed:.1f} s; manifest: {result.manifest}"),
         markup=False,
     )

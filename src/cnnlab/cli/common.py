@@ -2,6 +2,10 @@
 
 Results go to stdout (``out``); progress, warnings and errors go to stderr (``err``). Tables on both
 fit the terminal's width, or ``$COLUMNS``, or 80 columns when piped; plain lines are never wrapped.
+
+File names that are not valid UTF-8 (possible on Linux) reach Python as surrogate escapes, which a
+strict UTF-8 terminal refuses: :func:`printable` shows their odd bytes as ``\\xe9`` on screen, and
+:func:`write_stdout` writes machine-readable output (CSV) with the original bytes.
 """
 
 from __future__ import annotations
@@ -40,11 +44,35 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def printable(text: str) -> str:
+    """``text`` safe for any UTF-8 output: undecodable file-name bytes become ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def escape(text: str) -> str:
-    """``text`` with rich markup made literal (file names and messages can hold ``[...]``)."""
+    """``text`` with rich markup made literal (file names and messages can hold ``[...]``) and
+    undecodable file-name bytes shown as ``\\xNN`` (see :func:`printable`)."""
     from rich.markup import escape as rich_escape
 
-    return rich_escape(text)
+    return rich_escape(printable(text))
+
+
+def write_stdout(text: str) -> None:
+    """Write ``text`` to stdout as it is: file names that are not valid UTF-8 go out as their
+    original bytes (so a CSV of paths names the files), whatever the stream's error policy."""
+    stream = sys.stdout
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write(printable(text))
+        return
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        data = text.encode(encoding, "surrogateescape")
+    except UnicodeEncodeError:  # a label the terminal's encoding cannot show
+        data = text.encode(encoding, "backslashreplace")
+    stream.flush()
+    buffer.write(data)
+    buffer.flush()
 
 
 def split_csv(values: Iterable[str] | None) -> list[str]:
@@ -65,7 +93,7 @@ def print_table(header: list[str], rows: list[list[str]], *, title: str | None =
     """Print a table that wraps its cells rather than cutting them."""
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title) if title is not None else None, title_justify="left")
     for h in header:
         table.add_column(h, overflow="fold", justify=(justify or {}).get(h, "left"))  # type: ignore[arg-type]
     for row in rows:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnnlab.cli.app import app
-from cnnlab.cli.common import handle_errors, out, print_json
+from cnnlab.cli.common import handle_errors, out, print_json, printable
 from cnnlab.cli.options import Json
 from cnnlab.options import DEFAULT_EXPORT_TOLERANCE, ExportFormat
 
@@ -29,8 +29,8 @@ def export_command(
         print_json(result.to_dict())
         return
     out.print(
-        f"wrote {result.path} ({result.format}, uint8 NCHW input {list(result.input_shape[1:])}, "
-        f"{len(result.classes)} classes) and {result.metadata_path}",
+        printable(f"wrote {result.path} ({result.format}, uint8 NCHW input {list(result.input_shape[1:])}, "
+                  f"{len(result.classes)} classes) and {result.metadata_path}"),
         markup=False,
     )
     out.print(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import sys
+import io
 from typing import Annotated
 
 import typer
 
 from cnnlab.cli.app import app
-from cnnlab.cli.common import err, escape, handle_errors, print_json, print_table
+from cnnlab.cli.common import err, escape, handle_errors, print_json, print_table, write_stdout
 from cnnlab.cli.options import BatchSize, Device, Json, Quiet, Weights, WeightsDir, Wide, Workers
 from cnnlab.zoo import OFFLINE_MODEL
 
@@ -41,11 +41,13 @@ def predict_command(
     if as_json:
         print_json(result.to_dict())
     elif as_csv:
-        writer = csv.writer(sys.stdout)
+        buf = io.StringIO()
+        writer = csv.writer(buf)
         writer.writerow(["path", "rank", "index", "label", "probability"])
         for p in result.predictions:
             for rank, c in enumerate(p.top, 1):
                 writer.writerow([p.path, rank, c.index, c.label, f"{c.probability:.6f}"])
+        write_stdout(buf.getvalue())
     elif wide:
         header = ["file"] + [f"#{rank}" for rank in range(1, topk + 1)]
         rows = [[p.path, *[f"{c.label} ({c.probability:.0%})" for c in p.top]] for p in result.predictions]

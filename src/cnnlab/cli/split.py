@@ -9,7 +9,7 @@ import typer
 
 from cnnlab.cli.app import app
 from cnnlab.cli.collect import logging_to_stderr
-from cnnlab.cli.common import err, handle_errors, out, print_json, print_table
+from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table, printable
 from cnnlab.cli.options import Json, Quiet
 from cnnlab.collect.config import DEFAULT_NEAR_DUP_THRESHOLD
 
@@ -37,9 +37,9 @@ def split_command(
     print_table(["class", "train", "val", "test"], rows, title=f"split of {result.root} (seed {seed})",
                 justify={s: "right" for s in ("train", "val", "test")})
     out.print(
-        f"{len(result.rows)} images in {result.groups} groups "
-        f"({result.near_duplicate_groups} near-duplicate groups kept whole); wrote {result.file}",
+        printable(f"{len(result.rows)} images in {result.groups} groups "
+                  f"({result.near_duplicate_groups} near-duplicate groups kept whole); wrote {result.file}"),
         markup=False,
     )
     if result.unhashed:
-        err.print(f"[yellow]warning:[/] {len(result.unhashed)} files could not be decoded to hash (e.g. {result.unhashed[0]})")
+        err.print(f"[yellow]warning:[/] {len(result.unhashed)} files could not be decoded to hash (e.g. {escape(result.unhashed[0])})")

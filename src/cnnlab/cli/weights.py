@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from cnnlab.cli.app import app
-from cnnlab.cli.common import err, escape, handle_errors, out, print_json
+from cnnlab.cli.common import err, escape, handle_errors, out, print_json, printable
 from cnnlab.cli.options import Json, Quiet, WeightsDir
 
 weights_app = typer.Typer(help="Find, prefetch and check pretrained weights files.", no_args_is_help=True,
@@ -34,8 +34,8 @@ def weights_where(
         out.print(f"[bold]{escape(loc.model)}[/]")
         out.print(f"  file:     {loc.file}", markup=False)
         out.print(f"  url:      {loc.url or '(ships inside an installed package)'}", markup=False)
-        out.print(f"  found:    {loc.found or 'not on this machine'}", markup=False)
-        out.print("  searched: " + ", ".join(str(p) for p in loc.searched), markup=False)
+        out.print(printable(f"  found:    {loc.found or 'not on this machine'}"), markup=False)
+        out.print(printable("  searched: " + ", ".join(str(p) for p in loc.searched)), markup=False)
 
 
 @weights_app.command("fetch")
@@ -47,9 +47,10 @@ def weights_fetch(
 ) -> None:
     """Download weights (checking their hash) for later use on machines without internet."""
     from cnnlab.errors import CnnlabError
-    from cnnlab.weights import fetch_weights
+    from cnnlab.weights import check_dest_dir, fetch_weights
     from cnnlab.zoo import get_spec
 
+    check_dest_dir(dest)  # once, before any download
     failures = 0
     for name in names:
         spec = get_spec(name)
@@ -59,7 +60,7 @@ def weights_fetch(
             failures += 1
             err.print(f"[red]{escape(spec.name)}:[/] {escape(str(exc))}")
             continue
-        out.print(f"{spec.name}\t{path}", markup=False)
+        out.print(printable(f"{spec.name}\t{path}"), markup=False)
     if failures:
         raise typer.Exit(3)
 
@@ -70,4 +71,4 @@ def weights_dirs(weights_dir: WeightsDir = None) -> None:
     from cnnlab.weights import search_dirs
 
     for d in search_dirs(weights_dir):
-        out.print(str(d), markup=False)
+        out.print(printable(str(d)), markup=False)

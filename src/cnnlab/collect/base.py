@@ -104,13 +104,24 @@ def require(module: str) -> ModuleType:
 
 _BAD_LABEL = re.compile(r"[\\/\x00-\x1f:*?\"<>|]")
 
+#: Longest folder name most file systems accept (ext4, XFS, Btrfs, APFS, NTFS: 255), in bytes.
+MAX_LABEL_BYTES: Final[int] = 255
+
 
 def check_label(label: str) -> str:
-    """Return ``label`` stripped, or raise :class:`CollectError` if it cannot be a folder name."""
+    """Return ``label`` stripped, or raise :class:`CollectError` if it cannot be a folder name.
+
+    A name longer than :data:`MAX_LABEL_BYTES` bytes (UTF-8) is refused before anything is written.
+    """
     name = label.strip()
     if not name or name in (".", "..") or name.startswith((".", "_")) or _BAD_LABEL.search(name):
         raise CollectError(
             f"class name {label!r} cannot be used as a folder name "
             "(no slashes or control characters, must not start with '.' or '_')"
+        )
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_LABEL_BYTES:
+        raise CollectError(
+            f"class name {name[:40]!r}... is {size} bytes long; folder names can have at most {MAX_LABEL_BYTES} bytes"
         )
     return name

@@ -30,6 +30,8 @@ class FetchConfig:
     backoff: float = 0.5
     """First retry waits about this long, then twice as long each time (with jitter)."""
     max_backoff: float = 30.0
+    """Longest wait before a retry. A server whose ``Retry-After`` asks for more is not retried in
+    this run: the URL is ``failed`` (its detail says so) and ``retry_failed`` tries it later."""
     max_bytes: int = 20 * 1024 * 1024
     """Largest image accepted, in bytes."""
     max_page_bytes: int = 8 * 1024 * 1024
@@ -44,6 +46,11 @@ class FetchConfig:
     max_crawl_delay: float = 10.0
     """A robots.txt ``Crawl-delay`` is honoured up to this many seconds."""
     user_agent: str = USER_AGENT
+    allow_private_hosts: bool = False
+    """Connect to private, loopback, link-local and other non-public addresses (checked on the
+    resolved address of every connection, redirects included). Off by default (SSRF protection:
+    a URL list or a redirect must not reach ``169.254.169.254`` or your LAN); turn on only for
+    hosts you own, e.g. a server on 127.0.0.1 in tests."""
 
     @property
     def attempt_deadline(self) -> float:

@@ -3,17 +3,27 @@
 Every image URL goes through :meth:`Downloader.fetch`, which
 
 * accepts only ``http``/``https`` URLs, and follows at most ``max_redirects`` redirects itself so
-  that each hop is checked again (scheme, robots.txt) and loops are caught;
+  that each hop is checked again (scheme, robots.txt, address) and loops are caught;
+* refuses to connect to private, loopback, link-local, multicast, reserved and unspecified addresses
+  (SSRF: ``169.254.169.254``, ``10.x``, ``127.0.0.1``, ``[::ffff:10.0.0.1]``, ``http://2130706433/``
+  ...). The check is made on the address each connection is actually opened to, after DNS
+  resolution, for every hop of a redirect chain, so no spelling of a host name or address and no
+  DNS answer that changes between check and use gets around it. ``FetchConfig.allow_private_hosts``
+  (``cnnlab collect --allow-private-hosts``) turns it off, for hosts you own;
 * honours robots.txt (RFC 9309, parsed with ``protego``; an unreachable robots.txt means "disallow"
-  as the RFC says, a missing one means "allow") including ``Crawl-delay`` up to a cap;
+  as the RFC says, a missing one means "allow") including ``Crawl-delay`` up to a cap. An
+  unreachable robots.txt is an outage, not a policy: its URLs are ``failed`` (retried with
+  ``retry_failed``), never ``rejected`` for ever;
 * honours ``X-Robots-Tag: noai`` / ``noimageai`` (for all bots or for ``cnnlab``);
 * limits concurrency and spaces requests per host (politeness), sends an honest User-Agent;
-* bounds time: a connect/read ``timeout`` and a whole-download ``deadline`` that also stops a server
-  that drips a byte at a time;
+* bounds time: a connect/read ``timeout``, and one ``deadline`` for each attempt at a URL that covers
+  everything after its turn at the host comes (connecting, the status line and headers, the body,
+  every redirect hop); a server that drips its headers or its body a byte at a time is cut off at it;
 * bounds size: ``Content-Length`` over ``max_bytes`` is refused before reading, and a body that
   grows past it is cut off;
 * retries transient failures (timeouts, resets, truncated bodies, 408/425/429/5xx) with exponential
-  backoff and ``Retry-After``.
+  backoff and ``Retry-After``. A ``Retry-After`` longer than ``max_backoff`` is not waited for: the
+  URL is ``failed`` with the server's wish in its detail, for a later ``retry_failed`` run.
 
 The outcome is a :class:`FetchResult`: ``ok`` with the bytes, ``rejected`` (policy or content:
 never retried on resume) or ``failed`` (network or server), each with a short ``reason`` tag.
@@ -22,7 +32,10 @@ never retried on resume) or ``failed`` (network or server), each with a short ``
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -34,9 +47,14 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
+import urllib3.connection
+import urllib3.connectionpool
+from requests.adapters import HTTPAdapter
+from urllib3.util import connection as urllib3_connection
 
 from cnnlab.collect.base import ROBOTS_TOKEN, PageFetchError, require
 from cnnlab.collect.config import FetchConfig
+from cnnlab.errors import ImageDecodeError
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -84,6 +102,181 @@ class _Fault(Exception):
         self.transient = transient
         self.retry_after = retry_after
         self.http_status = http_status
+
+
+# -- where connections may go (SSRF) ------------------------------------------------------------
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def blocked_address_kind(address: str) -> str | None:
+    """Why connecting to the IP ``address`` is refused by default (``"private"``, ``"loopback"``,
+    ``"link-local"``, ``"multicast"``, ``"reserved"``, ``"unspecified"``, ``"non-public"``), or
+    ``None`` for a public address. IPv4 addresses embedded in IPv6 ones (``::ffff:10.0.0.1``,
+    6to4, Teredo, NAT64) are judged by the IPv4 address."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            kind = blocked_address_kind(str(embedded))
+            if kind is not None:
+                return kind
+    for kind, hit in (
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("reserved", ip.is_reserved),
+        ("private", ip.is_private),
+        ("non-public", not ip.is_global),
+    ):
+        if hit:
+            return kind
+    return None
+
+
+class _BlockedAddress(urllib3.exceptions.NewConnectionError):
+    """A connection refused before it was opened: the host resolves to a non-public address."""
+
+
+class _Attempt:
+    """One request in flight on this thread: whether private hosts are allowed, and a watchdog that
+    shuts the connection's socket at the deadline (a blocked read of a status line, header or body
+    then ends at once, whatever the per-read timeout)."""
+
+    def __init__(self, deadline_at: float, allow_private: bool) -> None:
+        self.allow_private = allow_private
+        self.conn: Any = None
+        self.expired = False
+        self._timer = threading.Timer(max(0.0, deadline_at - time.monotonic()), self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Attempt:
+        _CURRENT.attempt = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        _CURRENT.attempt = None
+
+    def _expire(self) -> None:
+        self.expired = True
+        sock = getattr(self.conn, "sock", None)
+        if sock is None:
+            return
+        try:  # shut the connection down through a duplicate descriptor: safe for TLS sockets too
+            dup = socket.socket(fileno=os.dup(sock.fileno()))
+        except (OSError, ValueError):
+            return
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            dup.close()
+
+
+_CURRENT = threading.local()
+
+
+def _open_checked(conn: Any) -> socket.socket:
+    """Resolve, check every address, then connect to exactly the addresses checked (no second DNS
+    lookup that could answer differently)."""
+    attempt: _Attempt | None = getattr(_CURRENT, "attempt", None)
+    allow_private = attempt.allow_private if attempt is not None else False
+    try:
+        infos = socket.getaddrinfo(conn._dns_host, conn.port, 0, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise urllib3.exceptions.NameResolutionError(conn.host, conn, exc) from exc
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not allow_private:
+        for address in addresses:
+            kind = blocked_address_kind(address)
+            if kind is not None:
+                raise _BlockedAddress(conn, f"{conn.host} resolves to {address}, a {kind} address")
+    error: Exception | None = None
+    for address in addresses:
+        try:
+            return urllib3_connection.create_connection(
+                (address, conn.port), conn.timeout, source_address=conn.source_address,
+                socket_options=conn.socket_options,
+            )  # fmt: skip
+        except TimeoutError as exc:
+            error = urllib3.exceptions.ConnectTimeoutError(
+                conn, f"Connection to {conn.host} timed out. (connect timeout={conn.timeout})"
+            )
+            error.__cause__ = exc
+        except OSError as exc:
+            error = urllib3.exceptions.NewConnectionError(conn, f"Failed to establish a new connection: {exc}")
+    raise error or urllib3.exceptions.NewConnectionError(conn, f"{conn.host} has no address")
+
+
+def _register(conn: Any) -> None:
+    attempt: _Attempt | None = getattr(_CURRENT, "attempt", None)
+    if attempt is not None:
+        attempt.conn = conn
+
+
+class _CheckedHTTPConnection(urllib3.connection.HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        return _open_checked(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _register(self)
+        super().request(*args, **kwargs)
+
+
+class _CheckedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        return _open_checked(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _register(self)
+        super().request(*args, **kwargs)
+
+
+class _CheckedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _CheckedHTTPConnection
+
+
+class _CheckedHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _CheckedHTTPSConnection
+
+
+class _CheckedAdapter(HTTPAdapter):
+    """requests' adapter with connections that check addresses and obey the attempt's watchdog."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _CheckedHTTPPool, "https": _CheckedHTTPSPool}
+
+
+def _blocked_detail(exc: BaseException) -> str | None:
+    """The message of a :class:`_BlockedAddress` somewhere inside a requests exception."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, _BlockedAddress):
+            return str(item).split(": ", 1)[-1]
+        todo.extend([getattr(item, "reason", None), item.__cause__, item.__context__])
+        todo.extend(a for a in getattr(item, "args", ()) if isinstance(a, BaseException))
+    return None
+
+
+class _Budget:
+    """The time one attempt at one URL may take in all (every redirect hop), counted while its
+    requests are in flight, not while it waits for its turn at a host."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.left = seconds
 
 
 class _HostGate:
@@ -165,7 +358,7 @@ class _RobotsCache:
         self._dl = downloader
         self._lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
-        self._rules: dict[str, Any] = {}  # origin -> Protego | True (allow all) | str (unreachable)
+        self._rules: dict[str, Any] = {}  # origin -> Protego | True (allow all) | str (unreachable) | _Fault
 
     def check(self, url: str) -> None:
         """Raise a rejecting :class:`_Fault` when robots.txt forbids ``url``."""
@@ -178,8 +371,15 @@ class _RobotsCache:
         rules = self._rules[origin]
         if rules is True:
             return
+        if isinstance(rules, _Fault):  # e.g. the host is a private address: say that, not "robots"
+            raise _Fault(rules.status, rules.reason, rules.detail)
         if isinstance(rules, str):
-            raise _Fault("rejected", "robots-unreachable", f"{origin}/robots.txt: {rules} (RFC 9309: assume disallowed)")
+            raise _Fault(
+                "failed",
+                "robots-unreachable",
+                f"{origin}/robots.txt: {rules} (RFC 9309: assume disallowed for now; "
+                "retried by a later run with --retry-failed)",
+            )
         if not rules.can_fetch(url, ROBOTS_TOKEN):
             raise _Fault("rejected", "robots-disallowed", f"{origin}/robots.txt forbids this URL to {ROBOTS_TOKEN}")
 
@@ -193,6 +393,8 @@ class _RobotsCache:
             try:
                 status, body = self._dl._get_small(origin + "/robots.txt", _ROBOTS_MAX_BYTES)
             except _Fault as fault:
+                if fault.reason == "private-address":
+                    return fault
                 last = fault.reason
                 continue
             if 200 <= status < 300:
@@ -201,8 +403,8 @@ class _RobotsCache:
                 if delay:
                     self._dl._gate(origin).delay = max(cfg.host_delay, min(float(delay), cfg.max_crawl_delay))
                 return rules
-            if 400 <= status < 500:
-                return True  # no robots.txt: everything allowed
+            if 400 <= status < 500 and status != 429:
+                return True  # no robots.txt: everything allowed (429 "too many requests" is an outage)
             last = f"HTTP {status}"
         return last
 
@@ -250,7 +452,10 @@ class Downloader:
             session.headers["User-Agent"] = self.config.user_agent
             session.headers["Accept"] = "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.9,*/*;q=0.5"
             session.max_redirects = self.config.max_redirects
-            session.trust_env = False
+            session.trust_env = False  # no proxies from the environment: every connection is checked here
+            adapter = _CheckedAdapter()
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             self._local.session = session
             with self._gates_lock:
                 self._sessions.append(session)
@@ -272,37 +477,69 @@ class Downloader:
             try:
                 result: FetchResult = once(url)
             except _Fault as fault:
+                detail = fault.detail
                 if fault.transient and attempt <= cfg.retries:
-                    wait = cfg.backoff * 2 ** (attempt - 1) * (0.75 + 0.5 * random.random())
-                    if fault.retry_after is not None:
-                        wait = max(wait, fault.retry_after)
-                    time.sleep(min(wait, cfg.max_backoff))
-                    continue
-                result = FetchResult(
-                    url, fault.status, fault.reason, fault.detail, http_status=fault.http_status
-                )
+                    if fault.retry_after is None or fault.retry_after <= cfg.max_backoff:
+                        wait = cfg.backoff * 2 ** (attempt - 1) * (0.75 + 0.5 * random.random())
+                        if fault.retry_after is not None:
+                            wait = max(wait, fault.retry_after)
+                        time.sleep(min(wait, cfg.max_backoff))
+                        continue
+                    detail = (
+                        f"{detail}; the server asks to wait {fault.retry_after:,.0f} s (Retry-After), longer than "
+                        f"the {cfg.max_backoff:g} s this run waits at most: not retried now (--retry-failed does later)"
+                    )
+                result = FetchResult(url, fault.status, fault.reason, detail, http_status=fault.http_status)
             result.attempts = attempt
             result.elapsed = time.monotonic() - started
             return result
 
     @contextlib.contextmanager
-    def _request(self, url: str) -> Iterator[requests.Response]:
+    def _request(self, url: str, budget: _Budget) -> Iterator[tuple[requests.Response, float]]:
+        """One GET (no redirects followed) once the host's turn comes; yields the response and the
+        moment the attempt's time budget runs out, at which a watchdog cuts the connection."""
         cfg = self.config
         with self._gate(_origin(url)).slot():
+            started = time.monotonic()
+            deadline_at = started + budget.left
             try:
-                response = self._session().get(
-                    url, stream=True, allow_redirects=False, timeout=(cfg.timeout, cfg.timeout)
-                )
-            except requests.exceptions.Timeout as exc:
-                raise _Fault("failed", "timeout", _short(exc), transient=True) from None
-            except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
-                raise _Fault("rejected", "bad-url", _short(exc)) from None
-            except requests.exceptions.RequestException as exc:
-                raise _Fault("failed", "connection-error", _short(exc), transient=True) from None
-            try:
-                yield response
+                with _Attempt(deadline_at, cfg.allow_private_hosts) as attempt:
+                    try:
+                        response = self._session().get(
+                            url, stream=True, allow_redirects=False, timeout=(cfg.timeout, cfg.timeout)
+                        )
+                    except requests.exceptions.RequestException as exc:
+                        raise self._request_fault(exc, attempt, budget) from None
+                    try:
+                        yield response, deadline_at
+                    except _Fault as fault:
+                        if attempt.expired and fault.reason != "too-slow":
+                            raise self._too_slow(budget) from None
+                        raise
+                    finally:
+                        response.close()
             finally:
-                response.close()
+                budget.left -= time.monotonic() - started
+
+    def _request_fault(self, exc: requests.exceptions.RequestException, attempt: _Attempt, budget: _Budget) -> _Fault:
+        blocked = _blocked_detail(exc)
+        if blocked is not None:
+            return _Fault(
+                "failed",
+                "private-address",
+                f"{blocked}: refused (SSRF protection); for a host you own run again with "
+                "--allow-private-hosts --retry-failed",
+            )
+        if attempt.expired:
+            return self._too_slow(budget)
+        if isinstance(exc, requests.exceptions.Timeout):
+            return _Fault("failed", "timeout", _short(exc), transient=True)
+        if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema)):
+            return _Fault("rejected", "bad-url", _short(exc))
+        return _Fault("failed", "connection-error", _short(exc), transient=True)
+
+    def _too_slow(self, budget: _Budget) -> _Fault:
+        return _Fault("failed", "too-slow", f"no complete response after {budget.seconds:g} s", transient=False)
 
     def _read_body(
         self, response: requests.Response, limit: int, deadline_at: float, *, truncate: bool = False
@@ -320,7 +557,7 @@ class Downloader:
                     raise _Fault(
                         "failed",
                         "too-slow",
-                        f"not complete after {self.config.attempt_deadline:g} s ({total:,} bytes received)",
+                        f"no complete response after {self.config.attempt_deadline:g} s ({total:,} bytes received)",
                         transient=False,
                     )
                 chunk = raw.read1(64 * 1024, decode_content=True)
@@ -342,15 +579,17 @@ class Downloader:
         return b"".join(chunks)
 
     @contextlib.contextmanager
-    def _follow(self, url: str, *, check_robots: bool) -> Iterator[tuple[str, requests.Response]]:
-        """The final (non-redirect) URL and response, following redirects one hop at a time."""
+    def _follow(self, url: str, *, check_robots: bool) -> Iterator[tuple[str, requests.Response, float]]:
+        """The final (non-redirect) URL and response, following redirects one hop at a time, and the
+        moment the attempt's one deadline (for every hop together) passes."""
+        budget = _Budget(self.config.attempt_deadline)
         seen = {url}
         current = url
         for _ in range(self.config.max_redirects + 1):
             _check_url(current)
             if check_robots and self.config.robots:
                 self._robots.check(current)
-            with self._request(current) as response:
+            with self._request(current, budget) as (response, deadline_at):
                 if response.status_code in _REDIRECTS and response.headers.get("Location"):
                     target = urljoin(current, response.headers["Location"])
                     if target in seen:
@@ -358,7 +597,7 @@ class Downloader:
                     seen.add(target)
                     current = target
                     continue
-                yield current, response
+                yield current, response, deadline_at
                 return
         raise _Fault("failed", "too-many-redirects", f"more than {self.config.max_redirects} redirects")
 
@@ -380,8 +619,7 @@ class Downloader:
         raise _Fault("failed", reason, detail, http_status=status)
 
     def _fetch_image_once(self, url: str) -> FetchResult:
-        deadline_at = time.monotonic() + self.config.attempt_deadline
-        with self._follow(url, check_robots=True) as (final_url, response):
+        with self._follow(url, check_robots=True) as (final_url, response, deadline_at):
             self._raise_for_status(response)
             content_type = response.headers.get("Content-Type", "")
             directive = x_robots_forbids(response.headers.get("X-Robots-Tag"))
@@ -400,34 +638,39 @@ class Downloader:
             )
 
     def _fetch_page_once(self, url: str) -> FetchResult:
-        deadline_at = time.monotonic() + self.config.attempt_deadline
-        with self._follow(url, check_robots=False) as (final_url, response):
+        with self._follow(url, check_robots=False) as (final_url, response, deadline_at):
             self._raise_for_status(response)
             data = self._read_body(response, self.config.max_page_bytes, deadline_at)
             return FetchResult(url, "ok", data=data, final_url=final_url, http_status=response.status_code)
 
     def _get_small(self, url: str, limit: int) -> tuple[int, bytes]:
         """GET ``url`` (redirects followed) and return status and at most ``limit`` bytes."""
-        deadline_at = time.monotonic() + self.config.attempt_deadline
-        with self._follow(url, check_robots=False) as (_, response):
+        with self._follow(url, check_robots=False) as (_, response, deadline_at):
             if response.status_code >= 300:
                 return response.status_code, b""
             return response.status_code, self._read_body(response, limit, deadline_at, truncate=True)
 
 
 def read_local_file(path: str | Path, max_bytes: int) -> FetchResult:
-    """Read an image file to import, with the same size cap and result type as a download."""
+    """Read an image file to import, with the same size cap and result type as a download.
+
+    Only regular files are read, and never more than ``max_bytes`` of them whatever size they report
+    (a FIFO, ``/dev/zero`` or a link to it is ``rejected``/``not-a-file``; a link that loops or
+    leads nowhere is ``failed`` (``symlink-loop``, ``missing``), so a later run with ``retry_failed``
+    tries it again once it is fixed).
+    """
+    from cnnlab.images import read_regular_file
+
     p = Path(path)
-    url = p.resolve().as_uri()
     try:
-        size = p.stat().st_size
-        if size > max_bytes:
-            return FetchResult(url, "rejected", "too-large", f"{size:,} bytes exceeds {max_bytes:,}")
-        data = p.read_bytes()
-    except FileNotFoundError:
-        return FetchResult(url, "failed", "missing", f"no such file: {p}")
-    except OSError as exc:
-        return FetchResult(url, "failed", "unreadable", str(exc))
+        url = p.resolve().as_uri()
+    except (OSError, RuntimeError, ValueError):  # a link to itself cannot be resolved
+        url = p.absolute().as_uri()
+    try:
+        data = read_regular_file(p, max_bytes)
+    except ImageDecodeError as exc:
+        status = "rejected" if exc.reason in ("not-a-file", "too-large") else "failed"
+        return FetchResult(url, status, exc.reason, exc.detail)
     return FetchResult(url, "ok", data=data, final_url=url, attempts=1)
 
 

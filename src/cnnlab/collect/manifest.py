@@ -68,6 +68,18 @@ def make_record(**values: Any) -> dict[str, Any]:
     return record
 
 
+def encode_line(record: Mapping[str, Any]) -> bytes:
+    """One manifest line: JSON in UTF-8. A file or class name that is not valid UTF-8 (surrogate
+    escapes from the file system) is written as JSON ``\\udcXX`` escapes, which read back as the same
+    name, instead of failing the run."""
+    text = json.dumps(dict(record), ensure_ascii=False, default=str)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = json.dumps(dict(record), ensure_ascii=True, default=str).encode("ascii")
+    return data + b"\n"
+
+
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:
     """All complete lines of a manifest (a torn or corrupt line is skipped with a warning)."""
     path = Path(path)
@@ -108,23 +120,27 @@ class Manifest:
             if data and not data.endswith(b"\n"):
                 with self.path.open("r+b") as fh:
                     fh.truncate(data.rfind(b"\n") + 1)
-        self._fh = self.path.open("ab")
+        self._fh = self.path.open("ab", buffering=0)  # unbuffered: a failed write is not retried at close
         return records
 
     def append(self, record: Mapping[str, Any]) -> None:
-        line = (json.dumps(dict(record), ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        """Write one line and fsync it. Raises ``OSError`` (a full disk): the line may be cut short,
+        which the next :meth:`open` repairs."""
+        line = encode_line(record)
         with self._lock:
             if self._fh is None:
                 raise RuntimeError("manifest is not open")
-            self._fh.write(line)
-            self._fh.flush()
+            view = memoryview(line)
+            while view:
+                written = self._fh.write(view)
+                view = view[written or len(view) :]
             os.fsync(self._fh.fileno())
 
     def close(self) -> None:
         with self._lock:
             if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+                fh, self._fh = self._fh, None
+                fh.close()
 
     def __enter__(self) -> Manifest:
         return self

@@ -7,6 +7,7 @@ duplicates one candidate at a time, appends the manifest line, then renames the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -33,8 +34,8 @@ from cnnlab.collect.engines import make_engine
 from cnnlab.collect.manifest import MANIFEST_NAME, FolderLock, Manifest, make_record
 from cnnlab.collect.resume import PARTIAL_DIR, ResumeState, clean_partial, restore
 from cnnlab.collect.sources import default_query, folder_candidates, group_by_label, load_url_list
-from cnnlab.collect.verify import VerifiedImage, verify_image
-from cnnlab.errors import ImageDecodeError
+from cnnlab.collect.verify import DEFAULT_MAX_ASPECT_RATIO, VerifiedImage, verify_image
+from cnnlab.errors import ImageDecodeError, OutputError
 from cnnlab.images import DEFAULT_MAX_PIXELS
 from cnnlab.progress import Progress
 
@@ -127,6 +128,7 @@ def collect(
     api_key: str | None = None,
     min_size: int = DEFAULT_MIN_SIZE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
     near_dup_threshold: int = DEFAULT_NEAR_DUP_THRESHOLD,
     threads: int = DEFAULT_THREADS,
     fetch: FetchConfig | None = None,
@@ -151,16 +153,22 @@ def collect(
         api_key: Flickr API key (default: ``FLICKR_API_KEY`` or ``FLICKR_APIKEY``).
         min_size: images whose shorter side is below this are rejected.
         max_pixels: images with more pixels are rejected as decompression bombs.
+        max_aspect_ratio: images whose longer side is more than this many times the shorter are
+            rejected (``extreme-aspect-ratio``); ``None`` accepts any shape.
         near_dup_threshold: perceptual-hash distance (bits of 64) at or below which images are
             near duplicates; ``-1`` turns near-duplicate detection off (exact still applies).
         threads: downloads in flight at once (per-host limits are in ``fetch``).
-        fetch: timeouts, retries, byte cap, redirects, politeness, robots.txt.
+        fetch: timeouts, retries, byte cap, redirects, politeness, robots.txt, and whether private
+            hosts may be reached (``allow_private_hosts``; refused by default).
         retry_failed: fetch again URLs whose earlier attempt ``failed`` (network/server errors).
         max_hits_per_query: stop asking an engine for more after this many hits per query.
         progress: hooks for a progress display.
 
     Raises:
-        CollectError: bad options or inputs, or another collect holds the folder.
+        CollectError: bad options or inputs (``out`` is a file, a class name too long for a folder
+            name), or another collect holds the folder.
+        OutputError: the dataset folder cannot be written (no permission, disk full). What was
+            saved before stays, recorded in the manifest: the same call continues the run.
     """
     started = time.monotonic()
     out = Path(out)
@@ -180,8 +188,13 @@ def collect(
     elif filters and engine_obj is None:
         raise CollectError(f"filters ({', '.join(filters)}) apply to search engines, not to {engine_name}")
 
-    out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out), Manifest(out / MANIFEST_NAME) as manifest, Downloader(fetch) as downloader:
+    if out.exists() and not out.is_dir():
+        raise CollectError(f"--out {out} is a file; give a folder for the dataset (it is made if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot make the dataset folder {out}: {exc.strerror or exc}") from None
+    with _disk_errors(out), FolderLock(out), Manifest(out / MANIFEST_NAME) as manifest, Downloader(fetch) as downloader:
         records = manifest.open()
         dedup = DedupIndex(near_dup_threshold if near_dup_threshold >= 0 else 0)
         near_enabled = near_dup_threshold >= 0
@@ -195,6 +208,7 @@ def collect(
             state=state,
             min_size=min_size,
             max_pixels=max_pixels,
+            max_aspect_ratio=max_aspect_ratio,
             max_bytes=fetch.max_bytes,
             threads=threads,
             progress=progress,
@@ -233,6 +247,23 @@ def collect(
         bytes_downloaded=run.bytes,
         notes=result_notes,
     )
+
+
+@contextlib.contextmanager
+def _disk_errors(out: Path) -> Iterator[None]:
+    """Turn an ``OSError`` while writing the dataset (a full disk, lost permissions) into one sentence.
+
+    Nothing else raises ``OSError`` here: the downloader and the file reader turn theirs into results.
+    """
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise OutputError(
+            f"cannot write to {out}: {exc.strerror or exc}{where}. The run stopped; the images saved so far are "
+            "complete and in the manifest: fix the cause (free space, permissions) and run the same command "
+            "again to continue"
+        ) from None
 
 
 # -- planning ---------------------------------------------------------------------------------
@@ -353,6 +384,7 @@ class _Run:
         state: ResumeState,
         min_size: int,
         max_pixels: int,
+        max_aspect_ratio: float | None,
         max_bytes: int,
         threads: int,
         progress: Progress,
@@ -366,6 +398,7 @@ class _Run:
         self.state = state
         self.min_size = min_size
         self.max_pixels = max_pixels
+        self.max_aspect_ratio = max_aspect_ratio
         self.max_bytes = max_bytes
         self.threads = threads
         self.progress = progress
@@ -423,7 +456,8 @@ class _Run:
         if not fetched.ok or fetched.data is None:
             return _Outcome(fetched)
         try:
-            image = verify_image(fetched.data, min_size=self.min_size, max_pixels=self.max_pixels)
+            image = verify_image(fetched.data, min_size=self.min_size, max_pixels=self.max_pixels,
+                                 max_aspect_ratio=self.max_aspect_ratio)
         except ImageDecodeError as exc:
             return _Outcome(fetched, reject=exc)
         self.partial.mkdir(parents=True, exist_ok=True)
@@ -548,4 +582,9 @@ def _summarise(label: str, wanted: int, manifest_path: Path, new: int, notes: li
             failed[str(rec.get("reason"))] += 1
     summary.rejected = dict(sorted(rejected.items()))
     summary.failed = dict(sorted(failed.items()))
+    if failed.get("private-address"):
+        summary.notes.append(
+            f"{label}: {failed['private-address']} URLs lead to private or local addresses and were refused "
+            "(SSRF protection); for hosts you own, run again with --allow-private-hosts --retry-failed"
+        )
     return summary

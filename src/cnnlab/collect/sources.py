@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from cnnlab.collect.base import Candidate, CollectError, check_label
+from cnnlab.datasets import is_junk_name
+
+log = logging.getLogger("cnnlab.collect")
 
 
 def parse_queries(specs: Iterable[str]) -> dict[str, list[str]]:
@@ -100,8 +104,11 @@ def folder_candidates(root: str | Path, label: str | None = None) -> list[Candid
     """Candidates from a folder: every file under ``ROOT`` labelled ``label`` if given, otherwise
     ``ROOT/<class>/...`` (any depth below the class folder).
 
-    Every visible file is a candidate (decoding decides what is an image); names starting with
-    ``.`` or ``_`` are skipped.
+    Every file is a candidate (decoding decides what is an image; reading refuses what is not a
+    regular file) except hidden names and operating-system litter
+    (:func:`cnnlab.datasets.is_junk_name`): camera names such as ``_DSC0001.JPG`` are imported. At
+    the top level, folders starting with ``_`` are not classes. Links to folders are not followed;
+    a folder that cannot be read is reported (a warning on the ``cnnlab.collect`` logger).
     """
     root = Path(root)
     if not root.is_dir():
@@ -109,7 +116,10 @@ def folder_candidates(root: str | Path, label: str | None = None) -> list[Candid
     if label:
         name = check_label(label)
         return [_file_candidate(p, name) for p in _walk(root)]
-    entries = sorted(e for e in root.iterdir() if not e.name.startswith((".", "_")))
+    try:
+        entries = sorted(e for e in root.iterdir() if not is_junk_name(e.name) and not e.name.startswith("_"))
+    except OSError as exc:
+        raise CollectError(f"cannot read the folder to import {root}: {exc.strerror or exc}") from None
     if any(e.is_file() for e in entries):
         raise CollectError(
             f"{root} has files at its top level: pass --label to import everything under it as one "
@@ -124,14 +134,21 @@ def folder_candidates(root: str | Path, label: str | None = None) -> list[Candid
 
 def _walk(folder: Path) -> list[Path]:
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith((".", "_")))
+
+    def unreadable(exc: OSError) -> None:
+        log.warning("cannot read the folder %s (%s): its files are not imported", exc.filename, exc.strerror or exc)
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
+        dirnames[:] = sorted(d for d in dirnames if not is_junk_name(d))
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if not is_junk_name(f))
     return found
 
 
 def _file_candidate(path: Path, label: str) -> Candidate:
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a link to itself (or a loop of links): reading it will say so
+        resolved = path.absolute()
     return Candidate(label=label, url=resolved.as_uri(), engine="folder", local_path=str(resolved))
 
 

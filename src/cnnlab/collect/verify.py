@@ -31,6 +31,9 @@ FORMAT_EXTENSIONS: Final[dict[str, str]] = {
 
 _ORIENTATION_TAG = 0x0112
 
+#: Longest side over shortest side above which a collected image is refused (panoramas stay below).
+DEFAULT_MAX_ASPECT_RATIO: Final[float] = 10.0
+
 
 @dataclass(frozen=True)
 class VerifiedImage:
@@ -66,13 +69,17 @@ def verify_image(
     *,
     min_size: int = 1,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
 ) -> VerifiedImage:
     """Fully decode ``data`` and describe it.
+
+    Images whose longer side is more than ``max_aspect_ratio`` times the shorter (a 20000x1 strip)
+    are refused as ``extreme-aspect-ratio``: no model input can be cut from them.
 
     Raises:
         ImageDecodeError: ``reason`` in :data:`cnnlab.images.REASONS`.
     """
-    img = decode_image(data, max_pixels=max_pixels, min_size=min_size)
+    img = decode_image(data, max_pixels=max_pixels, min_size=min_size, max_aspect_ratio=max_aspect_ratio)
     fmt, orientation = _header(data)
     ext = FORMAT_EXTENSIONS.get(fmt)
     transcoded = ext is None
