@@ -60,7 +60,7 @@ def web() -> Iterator[FakeWeb]:
 )
 def test_which_addresses_are_refused(address: str, kind: str | None) -> None:
     """Decision (SSRF): private, loopback, link-local, reserved, multicast and unspecified addresses, also embedded in IPv6."""
-    from cnnlab.collect.download import blocked_address_kind
+    from cnnlab.collect.connections import blocked_address_kind
 
     assert blocked_address_kind(address) == kind
 
@@ -82,10 +82,10 @@ def test_private_hosts_are_refused_in_every_spelling(web: FakeWeb) -> None:
 
 def test_a_redirect_to_a_private_address_is_refused(web: FakeWeb, monkeypatch: pytest.MonkeyPatch) -> None:
     """Decision (SSRF): every hop is checked on its resolved address (here 127.0.0.1 plays a public host)."""
-    from cnnlab.collect import download
+    from cnnlab.collect import connections
 
-    check = download.blocked_address_kind
-    monkeypatch.setattr(download, "blocked_address_kind", lambda a: None if a == "127.0.0.1" else check(a))
+    check = connections.blocked_address_kind
+    monkeypatch.setattr(connections, "blocked_address_kind", lambda a: None if a == "127.0.0.1" else check(a))
     port = web.base.rsplit(":", 1)[1]
     web.add("/hop.jpg", Route(location=f"http://[::1]:{port}/inner.jpg"))
     with Downloader(config(allow_private_hosts=False)) as dl:

@@ -447,7 +447,7 @@ def test_split_on_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(os, "replace", full)
     result = runner.invoke(app, ["split", str(tmp_path / "data"), "--near-dup-threshold", "-1"])
     assert result.exit_code == 1, result.output
-    assert "No space left on device" in result.output and "Traceback" not in result.output
+    assert "is full; the previous split.csv is intact" in result.output and "Traceback" not in result.output
     assert (tmp_path / "data" / "split.csv").read_text() == "path,label,split\nold,row,train\n"
     assert [p.name for p in (tmp_path / "data").iterdir() if p.name.endswith(".tmp")] == []
 
@@ -536,7 +536,7 @@ def test_a_full_disk_during_a_checkpoint_save(tmp_path: Path, monkeypatch: pytes
         return FillsUp(fh) if self.name.endswith(".tmp") else fh
 
     monkeypatch.setattr(Path, "open", open_on_a_full_disk)
-    with pytest.raises(OutputError, match="No space left on device; the previous best.pt is intact"):
+    with pytest.raises(OutputError, match="best.pt is full; the previous best.pt is intact"):
         save_checkpoint({"x": torch.ones(1000)}, target)
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]

@@ -23,10 +23,8 @@ model can rebuild a checkpoint without the training data.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import glob
 import math
 import os
 import platform
@@ -40,7 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError, OutputError, UnknownModelError, WeightsIntegrityError
+from cnnlab.errors import CnnlabError, UnknownModelError, WeightsIntegrityError
+from cnnlab.output_files import atomic_open
 from cnnlab.preprocess import Preprocessing
 from cnnlab.weights import describe_mismatch, torch_load_plain
 from cnnlab.zoo import ModelSpec, StateDict, get_spec
@@ -209,43 +208,23 @@ def make_checkpoint(
 
 
 def save_checkpoint(ckpt: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``ckpt`` atomically and durably: a temporary file ``.NAME.PID.tmp`` is written, fsync'd
-    and renamed over ``path``, and the folder is fsync'd, so an interrupted save (even ``kill -9``
-    or a power cut) never leaves a half-written checkpoint behind.
-
-    Temporary files that an earlier, killed save of the same checkpoint left behind (their process
-    is gone) are removed first.
+    """Write ``ckpt`` atomically and durably (:func:`cnnlab.output_files.atomic_open`): an interrupted
+    save (even ``kill -9`` or a power cut) never leaves a half-written checkpoint behind, and the
+    temporary file of a killed save is removed by the next one.
 
     Raises:
         OutputError: the file cannot be written (a full disk: torch itself only says "unexpected
-            pos"; no permission). The temporary file is removed and an earlier ``path`` is intact.
+            pos"; no permission). An earlier ``path`` is intact.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(path)
-        with tmp.open("wb") as fh:
-            writer = _WriteRecorder(fh)
-            try:
-                torch.save(dict(ckpt), writer)  # type: ignore[arg-type]
-            except RuntimeError:
-                if writer.error is None:
-                    raise
-                raise writer.error from None
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        kept = f"; the previous {path.name} is intact" if path.exists() else ""
-        raise OutputError(f"cannot save the checkpoint {path}: {exc.strerror or exc}{kept}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
+    with atomic_open(path, "wb") as fh:
+        writer = _WriteRecorder(fh)
+        try:
+            torch.save(dict(ckpt), writer)  # type: ignore[arg-type]
+        except RuntimeError:
+            if writer.error is None:
+                raise
+            raise writer.error from None
     return path
 
 
@@ -270,46 +249,6 @@ class _WriteRecorder:
         except OSError as exc:
             self.error = exc
             raise
-
-
-def remove_stale_temp_files(path: str | Path) -> list[Path]:
-    """Delete the ``.NAME.PID.tmp`` files of ``path`` whose writing process no longer runs; return them."""
-    path = Path(path)
-    removed = []
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid_text = tmp.name[len(path.name) + 2 : -len(".tmp")]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _process_alive(int(pid_text)):
-            continue
-        try:
-            tmp.unlink()
-        except OSError:
-            continue
-        removed.append(tmp)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists (another user's), or cannot tell: leave its file alone
-    return True
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------

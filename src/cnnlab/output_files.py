@@ -2,7 +2,8 @@
 
 * :func:`atomic_open` / :func:`atomic_write`: the file appears complete or not at all (a temporary
   file in the same folder, flushed and fsync'd, then renamed over the target). A full disk or a kill
-  mid-write leaves the old file (or none), never a cut-off one, and no temporary file behind.
+  mid-write leaves the old file (or none), never a cut-off one; a killed writer's temporary file is
+  removed by the next write.
 * :func:`check_output_folder`: create the folder and prove it writable *before* any long work, so
   an unwritable or full ``--out`` is reported in a second, not after an hour of measuring.
 * :class:`FolderLock`: one writer per folder at a time (``fcntl.flock`` on ``FOLDER/.lock``; the OS
@@ -16,23 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, OutputError, UsageError
 
 #: How text output files are encoded (see the module docstring).
 TEXT_ENCODING = "utf-8"
 TEXT_ERRORS = "surrogateescape"
-
-
-class OutputError(CnnlabError):
-    """An output folder or file cannot be written (exists as a file, no permission, disk full, locked)."""
-
-    exit_code = 2
 
 
 def describe_os_error(exc: OSError, path: Path) -> str:
@@ -48,10 +44,13 @@ def describe_os_error(exc: OSError, path: Path) -> str:
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temporary file next to ``path`` for writing; on success it replaces ``path`` atomically.
+    """Open a temporary file ``.NAME.PID.tmp`` next to ``path``; on success it replaces ``path`` atomically.
 
     ``mode`` is ``"w"`` (text: UTF-8 with surrogate escapes unless ``encoding``/``errors`` are given)
-    or ``"wb"``. On any exception the temporary file is removed and ``path`` is left as it was.
+    or ``"wb"``. The file is fsync'd before the rename and the folder after it, so even a power cut
+    leaves the old file or the new one. On any exception the temporary file is removed and ``path``
+    is left as it was; an ``OSError`` (disk full, no permission) becomes an :class:`OutputError`.
+    Temporary files of ``path`` left by killed processes are removed first.
     """
     target = Path(path)
     if mode not in ("w", "wb"):
@@ -60,27 +59,70 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
         kwargs.setdefault("encoding", TEXT_ENCODING)
         kwargs.setdefault("errors", TEXT_ERRORS)
         kwargs.setdefault("newline", "")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp = Path(tmp_name)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, mode, **kwargs) as fh:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(target)
+        with tmp.open(mode, **kwargs) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        kept = f"; the previous {target.name} is intact" if target.exists() else ""
+        raise OutputError(describe_os_error(exc, target) + kept) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
+    _fsync_folder(target.parent)
+
+
+def remove_stale_temp_files(path: str | Path) -> list[Path]:
+    """Delete the ``.NAME.PID.tmp`` files of ``path`` whose writing process no longer runs; return them."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid_text = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _process_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists (another user's), or cannot tell: leave its file alone
+    return True
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`); an OSError becomes an :class:`OutputError`."""
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
     target = Path(path)
-    try:
-        with atomic_open(target, "wb" if isinstance(data, bytes) else "w") as fh:
-            fh.write(data)
-    except OSError as exc:
-        raise OutputError(describe_os_error(exc, target)) from None
+    with atomic_open(target, "wb" if isinstance(data, bytes) else "w") as fh:
+        fh.write(data)
     return target
 
 
@@ -88,7 +130,7 @@ def check_output_folder(path: str | Path, *, what: str = "--out") -> Path:
     """Create ``path`` if needed and prove that a file can be written in it; raise :class:`OutputError` if not."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{what} {folder} exists and is not a folder")
+        raise UsageError(f"{what} {folder} exists and is not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-") as fh:
@@ -101,11 +143,17 @@ def check_output_folder(path: str | Path, *, what: str = "--out") -> Path:
 
 
 class FolderLock:
-    """An exclusive advisory lock on a folder (``FOLDER/.lock``), released by the OS if the process dies."""
+    """An exclusive advisory lock on a folder (``FOLDER/.lock``), released by the OS if the process dies.
 
-    def __init__(self, folder: str | Path, *, holder: str = "another cnnlab command") -> None:
+    When another process holds it, ``error`` (an :class:`OutputError` by default) says that ``holder``
+    is writing there.
+    """
+
+    def __init__(self, folder: str | Path, *, holder: str = "another cnnlab command",
+                 error: type[CnnlabError] = OutputError) -> None:
         self.path = Path(folder) / ".lock"
         self.holder = holder
+        self.error = error
         self._fh: IO[str] | None = None
 
     def __enter__(self) -> FolderLock:
@@ -123,8 +171,8 @@ class FolderLock:
         except OSError:
             self._fh.close()
             self._fh = None
-            raise OutputError(f"{self.holder} is writing to {self.path.parent} (lock {self.path}); "
-                              "wait for it to finish or stop it first") from None
+            raise self.error(f"{self.holder} is writing to {self.path.parent} (lock {self.path}); "
+                             "wait for it to finish or stop it first") from None
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,11 +10,9 @@ requested fractions. The result is ``DIR/split.csv`` with ``path,label,split`` (
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -23,7 +21,8 @@ from typing import Any, Final
 
 from cnnlab.collect.config import DEFAULT_NEAR_DUP_THRESHOLD
 from cnnlab.datasets import SPLIT_NAMES
-from cnnlab.errors import DatasetError, ImageDecodeError, OutputError
+from cnnlab.errors import DatasetError, ImageDecodeError
+from cnnlab.output_files import atomic_write
 
 SPLIT_FILE: Final[str] = "split.csv"
 SPLITS: Final[tuple[str, ...]] = SPLIT_NAMES
@@ -174,29 +173,14 @@ def write_split(root: Path, rows: list[SplitRow]) -> Path:
     The file is UTF-8; a file name that is not valid UTF-8 (possible on Linux) is written as its
     original bytes (surrogate escapes), which is how :func:`cnnlab.datasets.scan_dataset` reads it
     back. A full disk or an unwritable folder is an :class:`OutputError` and leaves any earlier
-    ``split.csv`` as it was.
+    ``split.csv`` as it was (see :func:`cnnlab.output_files.atomic_write`).
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "label", "split"])
     for r in rows:
         writer.writerow([r.path, r.label, r.split])
-    target = root / SPLIT_FILE
-    temp = root / f".{SPLIT_FILE}.{os.getpid()}.tmp"
-    try:
-        with temp.open("w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
-            fh.write(buf.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temp, target)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
-        raise OutputError(
-            f"cannot write {target}: {exc.strerror or exc}; nothing was changed (free space or fix the permissions, "
-            "then run `cnnlab split` again)"
-        ) from None
-    return target
+    return atomic_write(root / SPLIT_FILE, buf.getvalue())
 
 
 def _phashes(root: Path, rel: list[str]) -> tuple[list[int | None], list[str]]:

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
+from cnnlab import output_files
 from cnnlab.collect.base import CollectError
 
 MANIFEST_NAME: Final[str] = "manifest.jsonl"
@@ -149,31 +150,10 @@ class Manifest:
         self.close()
 
 
-class FolderLock:
+class FolderLock(output_files.FolderLock):
     """An exclusive lock on a dataset folder (``.lock``), released by the OS if the process dies."""
 
     def __init__(self, folder: str | Path) -> None:
-        self.path = Path(folder) / ".lock"
-        self._fh: Any = None
+        super().__init__(folder, holder="another `cnnlab collect`", error=CollectError)
 
-    def __enter__(self) -> FolderLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = self.path.open("a+")
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory lock; best effort
-            return self
-        try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._fh.close()
-            raise CollectError(
-                f"another `cnnlab collect` is writing to {self.path.parent} (lock {self.path}); "
-                "wait for it to finish or stop it first"
-            ) from None
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._fh is not None:
-            self._fh.close()  # closing releases the flock
-            self._fh = None
