@@ -64,6 +64,9 @@ def test_random_weights_run_in_subprocesses_via_cli(tiny_folder: Path, tmp_path:
     assert payload["schema_version"] == 2
     assert payload["environment"]["torch"] == torch.__version__
     assert payload["label_mapping"]["unicorn_rainbow"]["how"] == "unmapped"
+    # quiet: no bars, one line per finished model
+    finished = [line for line in result.stderr.splitlines() if "random weights," in line and "img/s" in line]
+    assert [line.split(":")[0] for line in finished] == ["squeezenet1_1.IMAGENET1K_V1", "mobilenet_v3_small.IMAGENET1K_V1"]
 
 
 def test_real_accuracy_with_offline_model(tmp_path: Path) -> None:
