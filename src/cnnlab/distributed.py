@@ -1,0 +1,143 @@
+"""Running on several processes with PyTorch's own engine: ``torchrun`` launches, ``torch.distributed`` talks.
+
+cnnlab never starts its own process groups or rendezvous: a command started by ``torchrun`` (or by
+``--nproc N``, which re-launches the same command under ``torch.distributed.run``) finds the
+variables torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ...), joins the
+group (gloo on CPUs, NCCL on CUDA), and splits its work by rank:
+
+* :func:`shard` gives each rank a contiguous block of the items, each item exactly once (no padding
+  with repeats, unlike ``DistributedSampler``'s default), so evaluation counts are exact;
+* :func:`gather_to_main` collects one picklable object per rank on rank 0, which alone writes files.
+
+Multi-node runs use torchrun's own options (``--nnodes``, ``--node-rank``, ``--rdzv-endpoint`` or
+``--master-addr``/``--master-port``), documented in the README.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cnnlab.errors import UsageError
+
+#: The variables torchrun sets for every process it starts.
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands in a ``torchrun`` launch."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that reports and writes files."""
+        return self.rank == 0
+
+
+def from_environment() -> DistContext | None:
+    """The launch this process belongs to, or ``None`` when it was not started by ``torchrun``."""
+    if not all(name in os.environ for name in TORCHRUN_VARIABLES):
+        return None
+    try:
+        ctx = DistContext(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    except ValueError:
+        raise UsageError("RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers (they are set by torchrun)") from None
+    if not 0 <= ctx.rank < ctx.world_size:
+        raise UsageError(f"RANK {ctx.rank} is outside WORLD_SIZE {ctx.world_size}")
+    return ctx
+
+
+def init_process_group(ctx: DistContext, device_type: str = "cpu") -> None:
+    """Join the group torchrun set up: NCCL for CUDA, gloo otherwise (idempotent)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        import torch
+
+        torch.cuda.set_device(ctx.local_rank)
+    dist.init_process_group(backend=backend, rank=ctx.rank, world_size=ctx.world_size)
+
+
+def destroy_process_group() -> None:
+    """Leave the group (so the process exits cleanly)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(count: int, ctx: DistContext | None) -> range:
+    """This rank's contiguous block of ``range(count)``; the blocks of all ranks cover it exactly once.
+
+    Block sizes differ by at most one item. Without a launch (``ctx`` is ``None``) it is everything.
+    """
+    if ctx is None or ctx.world_size == 1:
+        return range(count)
+    start = count * ctx.rank // ctx.world_size
+    stop = count * (ctx.rank + 1) // ctx.world_size
+    return range(start, stop)
+
+
+def gather_to_main(obj: Any, ctx: DistContext | None) -> list[Any] | None:
+    """Every rank's ``obj``, in rank order, on rank 0 (``None`` on the others). Without a launch: ``[obj]``."""
+    if ctx is None or ctx.world_size == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    gathered: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+def broadcast_from_main(obj: Any, ctx: DistContext | None) -> Any:
+    """Rank 0's ``obj`` on every rank (what rank 0 decided, e.g. the data it scanned)."""
+    if ctx is None or ctx.world_size == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(ctx: DistContext | None) -> None:
+    """Wait until every rank arrives here."""
+    if ctx is not None and ctx.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def torchrun_command(nproc: int, cnnlab_args: Sequence[str]) -> list[str]:
+    """The command that runs ``cnnlab ARGS`` as ``nproc`` processes on this machine under torchrun."""
+    if nproc < 1:
+        raise UsageError(f"--nproc must be at least 1, got {nproc}")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "cnnlab", *cnnlab_args]
+
+
+def without_option(argv: Sequence[str], name: str) -> list[str]:
+    """``argv`` without ``--name VALUE`` / ``--name=VALUE`` (to re-launch a command without ``--nproc``)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == name:
+            skip = True
+            continue
+        if arg.startswith(name + "="):
+            continue
+        out.append(arg)
+    return out
