@@ -1,0 +1,133 @@
+"""JPEG decoding, resizing and cropping on the GPU: the data path that keeps a fast GPU busy.
+
+On a GPU, ``bench`` is bound by JPEG decoding on the CPU (a few hundred images per second from 16
+cores, against tens of thousands the model could take). With this path the loader's workers only
+read file bytes; the main process decodes a whole batch at once with nvJPEG
+(``torchvision.io.decode_jpeg(..., device="cuda")``), then resizes the shorter side and centre-crops
+each image on the device, giving the same ``uint8`` batch the CPU path gives. Files that are not
+baseline JPEGs (PNG, WebP, CMYK or progressive JPEGs nvJPEG refuses, ...) are decoded on the CPU as
+usual, in the workers.
+
+The arithmetic differs slightly from Pillow's (antialiased interpolation in float, rounded once), so
+predictions can differ on near-ties; ``benchmarks/gpu_check.sh`` measures the agreement.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cnnlab.errors import ImageDecodeError
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnlab.preprocess import Preprocessing
+
+#: The first bytes of every JPEG file (SOI marker).
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class JpegBytes:
+    """A loader transform: JPEG files as their raw bytes (to decode on the device), other files decoded
+    and preprocessed on the CPU by ``preprocessing`` as usual."""
+
+    def __init__(self, preprocessing: Preprocessing, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.preprocessing = preprocessing
+        self.max_bytes = max_bytes
+
+    def load(self, path: str | Path | bytes, *, fast_decode: bool = True) -> torch.Tensor:
+        import torch
+
+        if not isinstance(path, bytes):
+            with open(path, "rb") as fh:
+                head = fh.read(len(JPEG_MAGIC))
+                if head == JPEG_MAGIC:
+                    data = head + fh.read(self.max_bytes)
+                    if len(data) > self.max_bytes:
+                        raise ImageDecodeError("too-large", f"over {self.max_bytes:,} bytes")
+                    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return self.preprocessing.load(path, fast_decode=fast_decode)
+
+
+def is_encoded(item: torch.Tensor) -> bool:
+    """Whether a loader item holds file bytes (1-D) rather than a decoded (3, H, W) image."""
+    return item.ndim == 1
+
+
+def resize_and_crop(image: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """A (3, H, W) ``uint8`` image on any device, resized so its shorter side is ``resize_size`` and
+    centre-cropped to ``crop_size`` (the device-side twin of :meth:`Preprocessing.resize_and_crop`)."""
+    import torch
+    from torch.nn import functional
+
+    _, height, width = image.shape
+    size = preprocessing.resize_size
+    if width <= height:
+        new_w, new_h = size, max(1, int(size * height / width))
+    else:
+        new_w, new_h = max(1, int(size * width / height)), size
+    crop = preprocessing.crop_size
+    if (new_h, new_w) != (height, width):
+        mode = preprocessing.interpolation if preprocessing.interpolation in ("bilinear", "bicubic") else "bilinear"
+        resized = functional.interpolate(image[None].float(), size=(new_h, new_w), mode=mode, antialias=True,
+                                         align_corners=False)[0]
+        image = resized.round_().clamp_(0, 255).to(torch.uint8)
+    top = int(round((new_h - crop) / 2.0))
+    left = int(round((new_w - crop) / 2.0))
+    if top < 0 or left < 0:  # smaller than the crop: pad like PIL's crop does (black)
+        pad = functional.pad(image, (max(0, -left), max(0, crop - new_w - left), max(0, -top),
+                                     max(0, crop - new_h - top)))
+        return pad[:, max(0, top):max(0, top) + crop, max(0, left):max(0, left) + crop]
+    return image[:, top:top + crop, left:left + crop]
+
+
+def decode_batch(items: list[torch.Tensor], preprocessing: Preprocessing, device: torch.device
+                 ) -> tuple[torch.Tensor, list[int]]:
+    """Decode the encoded items of a batch on ``device`` (nvJPEG on CUDA) and return the whole batch as
+    one ``uint8`` (N, 3, crop, crop) tensor there, with the positions of items that failed to decode.
+
+    Items already decoded on the CPU are moved as they are. A failed item is left out of the tensor.
+    """
+    import torch
+
+    encoded = [i for i, item in enumerate(items) if is_encoded(item)]
+    decoded: dict[int, torch.Tensor] = {}
+    failed: list[int] = []
+    if encoded:
+        data = [items[i] for i in encoded]
+        try:
+            images: list[torch.Tensor | None] = list(_decode_jpeg(data, device))
+        except RuntimeError:  # one bad file fails the whole call: decode one by one to find it
+            images = []
+            for item in data:
+                try:
+                    images.append(_decode_jpeg([item], device)[0])
+                except RuntimeError:
+                    images.append(None)
+        for i, image in zip(encoded, images):
+            if image is None:
+                failed.append(i)
+            else:
+                decoded[i] = resize_and_crop(image, preprocessing)
+    out = []
+    for i, item in enumerate(items):
+        if i in decoded:
+            out.append(decoded[i])
+        elif not is_encoded(item):
+            out.append(item.to(device, non_blocking=True))
+    crop = preprocessing.crop_size
+    batch = torch.stack(out) if out else torch.zeros(0, 3, crop, crop, dtype=torch.uint8, device=device)
+    return batch, failed
+
+
+def _decode_jpeg(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """``torchvision.io.decode_jpeg`` on a list, in RGB, upright (EXIF orientation applied)."""
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs for TorchCodec; they still work
+        warnings.simplefilter("ignore", DeprecationWarning)
+        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+    return list(images)
