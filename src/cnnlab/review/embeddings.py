@@ -56,7 +56,7 @@ def model_identity(model: LoadedModel) -> dict[str, Any]:
     if model.weights_path is not None:
         stat = Path(model.weights_path).stat()
         identity.update(weights=str(model.weights_path), weights_size=stat.st_size, weights_mtime_ns=stat.st_mtime_ns)
-    return identity
+    return json.loads(json.dumps(identity))  # as it reads back from the file (tuples become lists)
 
 
 def file_sha256(path: Path) -> str:
@@ -165,7 +165,9 @@ def embed_images(
         for batch in run_inference(model, todo_paths, batch_size=batch_size, workers=workers, labels=todo_labels,
                                    progress=progress, task="embed", description=f"{model.name} embeddings",
                                    features=True):
-            assert batch.features is not None  # asked for
+            skipped.extend(batch.skipped)
+            if batch.features is None:  # every file of the batch failed
+                continue
             feats = batch.features.numpy().astype(_STORED)
             logits = batch.logits.numpy().astype(_STORED)
             for row, j in enumerate(batch.indices):
@@ -173,13 +175,12 @@ def embed_images(
                 feature_rows[i], logit_rows[i] = feats[row], logits[row]
                 if cache is not None and keys[i] is not None:
                     cache.vectors[keys[i]] = (feats[row], logits[row])  # type: ignore[index]
-            skipped.extend(batch.skipped)
     if cache is not None and todo:
         try:
             cache.save()
         except OSError as exc:
             progress.note(f"embeddings not cached ({cache.file}: {exc})", warning=True)
-    return _assemble(len(paths), feature_rows, logit_rows, skipped, len(found), len(todo),
+    return _assemble(len(paths), feature_rows, logit_rows, skipped, len(found), len(todo) - len(skipped),
                      cache.file if cache is not None else None)
 
 
