@@ -15,9 +15,9 @@ Two steps, as copy-detection systems do:
    patches). Thumbnails with almost no contrast (a patch of clear sky) are not matched: anything
    correlates with them. Mirrored copies are not looked for.
 
-Pairs at or above the threshold are joined into groups (connected components). In each group the
-image with the most pixels (then the first path) is kept and the others are flagged as its
-duplicates, within or across classes.
+Pairs at or above the threshold are joined into groups (connected components). In each group one
+image is kept: one that is not a crop of another, then the one with the most pixels, then the first;
+the others are flagged as its duplicates, within or across classes.
 """
 
 from __future__ import annotations
@@ -118,15 +118,22 @@ def _inside(big: _Target, small: np.ndarray, grid: Sequence[float] = _COARSE, st
     return max((best, fx0), (at(fx0 - step), fx0 - step), (at(fx0 + step), fx0 + step))
 
 
-def match(a: np.ndarray, b: np.ndarray, *, fine: bool = False) -> float:
-    """How well one thumbnail is a crop, rescale or recolour of the other: best NCC in [-1, 1].
+def match_detail(a: np.ndarray, b: np.ndarray, *, fine: bool = False) -> tuple[float, bool, float]:
+    """(best NCC in [-1, 1], whether ``a`` is the crop of ``b`` rather than the reverse, the side fraction kept).
 
     ``fine``: the finer search used on the larger thumbnails that confirm a match.
     """
     if float(a.std()) < MIN_CONTRAST or float(b.std()) < MIN_CONTRAST:
-        return -1.0
+        return -1.0, False, 1.0
     grid, step = (_FINE, 0.0125) if fine else (_COARSE, 0.025)
-    return max(_inside(_Target(a), b, grid, step)[0], _inside(_Target(b), a, grid, step)[0])
+    b_in_a = _inside(_Target(a), b, grid, step)
+    a_in_b = _inside(_Target(b), a, grid, step)
+    return (a_in_b[0], True, a_in_b[1]) if a_in_b[0] > b_in_a[0] else (b_in_a[0], False, b_in_a[1])
+
+
+def match(a: np.ndarray, b: np.ndarray, *, fine: bool = False) -> float:
+    """How well one thumbnail is a crop, rescale or recolour of the other: best NCC in [-1, 1]."""
+    return match_detail(a, b, fine=fine)[0]
 
 
 def find_duplicates(nb: Neighbours, thumbs: Sequence[np.ndarray | None], pixels: Sequence[int],
@@ -141,6 +148,7 @@ def find_duplicates(nb: Neighbours, thumbs: Sequence[np.ndarray | None], pixels:
     n = len(thumbs)
     seen: set[tuple[int, int]] = set()
     pairs: list[tuple[int, int, float]] = []
+    cropped: set[int] = set()  # images found to be a crop of another: never the one kept
     coarse: dict[int, _Target] = {}
     fine: dict[int, np.ndarray | None] = {}
     for i in range(n):
@@ -160,14 +168,19 @@ def find_duplicates(nb: Neighbours, thumbs: Sequence[np.ndarray | None], pixels:
                 if k not in fine:
                     fine[k] = fine_thumbnail(k)
             fa, fb = fine[pair[0]], fine[pair[1]]
-            score = match(fa, fb, fine=True) if fa is not None and fb is not None else -1.0
+            if fa is None or fb is None:
+                continue
+            score, first_is_crop, kept = match_detail(fa, fb, fine=True)
             if score >= threshold:
                 pairs.append((pair[0], pair[1], score))
-    return _grouped(n, pairs, pixels, len(seen))
+                if kept < 0.97:
+                    cropped.add(pair[0] if first_is_crop else pair[1])
+    return _grouped(n, pairs, pixels, cropped, len(seen))
 
 
-def _grouped(n: int, pairs: list[tuple[int, int, float]], pixels: Sequence[int], checked: int) -> DuplicateFindings:
-    """Join pairs into groups (connected components); keep the largest image of each, flag the others."""
+def _grouped(n: int, pairs: list[tuple[int, int, float]], pixels: Sequence[int], cropped: set[int],
+             checked: int) -> DuplicateFindings:
+    """Join pairs into groups (connected components); keep one image of each (not a crop, the most pixels)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -185,7 +198,7 @@ def _grouped(n: int, pairs: list[tuple[int, int, float]], pixels: Sequence[int],
     for i in sorted(best_pair):
         members.setdefault(int(component[i]), []).append(i)
     for gid, group in enumerate(sorted(members.values(), key=lambda g: g[0])):
-        keeper = max(group, key=lambda i: (pixels[i], -i))
+        keeper = max(group, key=lambda i: (i not in cropped, pixels[i], -i))
         for i in group:
             findings.group[i] = gid
             if i != keeper:
