@@ -351,11 +351,12 @@ def test_collect_review_apply_bench_end_to_end(web: FakeWeb, tmp_path: Path) -> 
     assert row["status"] == "ok" and int(row["eval_images"]) == 12 and int(row["skipped_images"]) == 0
 
 
-def test_the_review_command_module_is_light() -> None:
+def test_what_the_review_command_imports_at_start_is_light() -> None:
+    """cnnlab.cli.review imports only these at the top (test_cli checks the whole CLI)."""
     import subprocess
     import sys
 
-    code = ("import sys, cnnlab.cli.review; heavy = [m for m in ('torch', 'numpy', 'scipy', 'PIL', 'sklearn', "
+    code = ("import sys, cnnlab.review, cnnlab.review.config, cnnlab.jsonable, cnnlab.options; heavy = [m for m in ('torch', 'numpy', 'scipy', 'PIL', 'sklearn', "
             "'cleanlab', 'jinja2') if m in sys.modules]; print(heavy)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
