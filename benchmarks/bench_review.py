@@ -14,12 +14,15 @@ random, recoloured a little and rescaled to 160-256 px. Then, with a fixed seed:
 * about 8% of the images get a near-duplicate: a crop keeping 70-90% of each side, a rescale (with
   another JPEG quality), a recolour, or a crop plus a rescale; one in five is put into another class
   (so it is a mislabel too);
-* one file too small and one truncated file.
+* one file too small (a 40x30 copy of an image: reported too-small, not counted as a duplicate)
+  and one truncated file.
 
 Composition A has eight classes of colour photos (cat, coffee, astronaut, ...) and grey-scale
 photos, textures, logos and text as off-topic images; composition B swaps the roles (classes made
 of the galaxy, retina, micrograph and grey-scale photos, colour photos as off-topic images). The
-defaults were tuned on A with seed 0; B and other seeds are held out.
+defaults were tuned in two rounds: on A seed 0, then on seeds 1-3 of A and 0-3 of B (whose
+failures showed what to change); seeds 4 and up of both were not looked at before the figures
+were taken, and are reported apart as held out.
 
 The script prints, per set and issue kind, precision and recall at the default thresholds, and the
 wall time of the whole review per 1,000 images (embedding included, empty cache). The machine may
@@ -250,7 +253,11 @@ def _flagged_set(truth: set[str], flagged: set[str]) -> Score:
 
 
 def evaluate(result: ReviewResult, truth: Truth) -> dict[str, Score]:
-    """Precision and recall per issue kind. A near-duplicate pair is found when both are in one group."""
+    """Precision and recall per issue kind.
+
+    A planted near-duplicate pair is found when both images are in one group; a flagged duplicate is
+    right when its group holds its planted partner.
+    """
     flagged = {kind: {f.path for f in result.of(kind)} for kind in ReviewIssue}
     scores = {
         "mislabel": _flagged_set(set(truth.mislabelled), flagged[ReviewIssue.MISLABEL]),
@@ -261,7 +268,8 @@ def evaluate(result: ReviewResult, truth: Truth) -> dict[str, Score]:
     group: dict[str, int] = {}
     for f in result.of(ReviewIssue.DUPLICATE):
         group[f.path] = group[f.evidence["kept"]] = int(f.evidence["group"])
-    pairs = [(copy, original) for copy, (original, _) in truth.duplicates.items()]
+    # the 40x30 copy is reported too-small; images below --min-side are not compared for duplicates
+    pairs = [(copy, original) for copy, (original, _) in truth.duplicates.items() if copy not in truth.too_small]
     partners: dict[str, set[str]] = {}
     for a, b in pairs:
         partners.setdefault(a, set()).add(b)
@@ -276,8 +284,8 @@ def evaluate(result: ReviewResult, truth: Truth) -> dict[str, Score]:
 
 
 KINDS = ("mislabel", "offtopic", "duplicate", "too-small", "unreadable")
-#: The set the defaults were tuned on; every other (composition, seed) is held out.
-TUNED_ON = ("A", 0)
+#: Seeds the defaults were tuned on (both compositions); higher seeds are held out.
+TUNED_SEEDS = range(4)
 
 
 def run_set(composition: str, seed: int, per_class: int, folder: Path, device: str) -> tuple[dict[str, Score], float, float, int]:
@@ -296,7 +304,7 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compositions", default="A,B")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="4,5,6,7", help="0-3: the sets tuned on; 4 and up: held out")
     parser.add_argument("--per-class", type=int, default=40, help="tiles wanted per class (fewer where they do not fit)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--keep", type=Path, help="keep the sets in this folder (default: a temporary one)")
@@ -311,7 +319,7 @@ def main() -> int:
     try:
         for composition in args.compositions.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                held = "tuned" if (composition, seed) == TUNED_ON else "held-out"
+                held = "tuned" if seed in TUNED_SEEDS else "held-out"
                 folder = tmp / f"{composition}{seed}"
                 shutil.rmtree(folder, ignore_errors=True)
                 scores, wall, cpu, n = run_set(composition, seed, args.per_class, folder, args.device)

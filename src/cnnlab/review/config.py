@@ -38,6 +38,8 @@ class ReviewConfig:
     """Registry name or training checkpoint whose penultimate features are compared."""
     device: str = "auto"
     batch_size: int = 32
+    channels_last: bool = True
+    """NHWC memory format for the model (measured 1.2-1.6x faster on this CPU; same features)."""
     workers: int | None = None
     weights_dir: str | None = None
     mapping_file: Path | None = None
@@ -51,9 +53,9 @@ class ReviewConfig:
     seed: int = 0
     min_side: int = 64
     """A file whose shorter side has fewer pixels is reported ``too-small`` (collect's own default)."""
-    duplicate_match: float = 0.94
+    duplicate_match: float = 0.93
     """Pixel match (normalised cross-correlation of thumbnails) at or above which two images are near-duplicates."""
-    duplicate_candidates: int = 10
+    duplicate_candidates: int = 15
     """How many nearest neighbours (by features) of each image are checked on pixels for duplicates."""
     neighbours: int = 3
     """k of the k-nearest-neighbour distances behind the off-topic score."""

@@ -34,7 +34,13 @@ from cnnlab.review.neighbours import Neighbours
 THUMB_SIDE = 48
 FINE_SIDE = 96
 #: A first match at or above this is confirmed on the finer thumbnails.
-COARSE_THRESHOLD = 0.88
+COARSE_THRESHOLD = 0.8
+#: The edges (gradient magnitudes) of a confirmed pair must match at least this well...
+EDGE_THRESHOLD = 0.8
+#: ... unless one has almost no edges (standard deviation of the gradient magnitude below this):
+FLAT_EDGES = 2.5
+#: then the features must agree at least this much instead (a smooth patch matches any other).
+FLAT_MIN_SIMILARITY = 0.75
 #: A thumbnail whose grey levels vary less than this (standard deviation) is too flat to match.
 MIN_CONTRAST = 2.0
 _COARSE = (1.0, 0.9, 0.8, 0.7, 0.6)
@@ -99,7 +105,18 @@ class _Target:
 def _resize(pixels: np.ndarray, w: int, h: int) -> np.ndarray:
     from PIL import Image
 
-    return np.asarray(Image.fromarray(pixels).resize((w, h), Image.Resampling.BILINEAR), dtype=np.float64)
+    image = Image.fromarray(pixels if pixels.dtype == np.uint8 else pixels.astype(np.float32))
+    return np.asarray(image.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float64)
+
+
+def edges(pixels: np.ndarray) -> np.ndarray:
+    """Gradient magnitude (central differences) of a grey-scale thumbnail, as float32."""
+    x = pixels.astype(np.float32)
+    gx = np.zeros_like(x)
+    gy = np.zeros_like(x)
+    gx[:, 1:-1] = x[:, 2:] - x[:, :-2]
+    gy[1:-1, :] = x[2:, :] - x[:-2, :]
+    return np.sqrt(gx * gx + gy * gy)
 
 
 def _inside(big: _Target, small: np.ndarray, grid: Sequence[float] = _COARSE, step: float = 0.025) -> tuple[float, float]:
@@ -136,19 +153,47 @@ def match(a: np.ndarray, b: np.ndarray, *, fine: bool = False) -> float:
     return match_detail(a, b, fine=fine)[0]
 
 
+@dataclass
+class PairCheck:
+    """The evidence on one candidate pair: grey-level and edge matches on the fine thumbnails, feature similarity."""
+
+    grey: float
+    edge: float
+    flat: bool
+    similarity: float
+    first_is_crop: bool
+    kept_fraction: float
+
+    def is_duplicate(self, threshold: float) -> bool:
+        """Grey levels match and so do the edges; where there are no edges to match, the features must agree."""
+        if self.grey < threshold:
+            return False
+        return self.similarity >= FLAT_MIN_SIMILARITY if self.flat else self.edge >= EDGE_THRESHOLD
+
+
+def check_pair(a: np.ndarray, b: np.ndarray, similarity: float) -> PairCheck:
+    """Compare two fine thumbnails."""
+    grey, first_is_crop, kept = match_detail(a, b, fine=True)
+    ea, eb = edges(a), edges(b)
+    flat = min(float(ea.std()), float(eb.std())) < FLAT_EDGES
+    edge = -1.0 if flat or grey < 0.5 else match_detail(ea, eb, fine=True)[0]
+    return PairCheck(grey, edge, flat, similarity, first_is_crop, kept)
+
+
 def find_duplicates(nb: Neighbours, thumbs: Sequence[np.ndarray | None], pixels: Sequence[int],
-                    fine_thumbnail: Callable[[int], np.ndarray | None], *, threshold: float, candidates: int = 10,
+                    fine_thumbnail: Callable[[int], np.ndarray | None], *, threshold: float, candidates: int = 15,
                     min_similarity: float = 0.5) -> DuplicateFindings:
     """Verify the ``candidates`` nearest neighbours of every image (feature similarity >= ``min_similarity``) on pixels.
 
     ``thumbs[i]``: image ``i``'s coarse thumbnail (None: not compared); ``fine_thumbnail(i)`` makes
-    its finer one, for the few pairs that pass the coarse test. A pair is a near-duplicate when the
-    fine match reaches ``threshold``. ``pixels[i]`` (width x height) chooses which image of a group to keep.
+    its finer one, for the few pairs that pass the coarse test. A pair is a near-duplicate when its
+    grey-level match reaches ``threshold`` and :meth:`PairCheck.is_duplicate` agrees. ``pixels[i]``
+    (width x height) helps choose which image of a group to keep.
     """
     n = len(thumbs)
     seen: set[tuple[int, int]] = set()
     pairs: list[tuple[int, int, float]] = []
-    cropped: set[int] = set()  # images found to be a crop of another: never the one kept
+    cropped: set[int] = set()  # images found to be a crop of another: not kept when the other is there
     coarse: dict[int, _Target] = {}
     fine: dict[int, np.ndarray | None] = {}
     for i in range(n):
@@ -170,39 +215,42 @@ def find_duplicates(nb: Neighbours, thumbs: Sequence[np.ndarray | None], pixels:
             fa, fb = fine[pair[0]], fine[pair[1]]
             if fa is None or fb is None:
                 continue
-            score, first_is_crop, kept = match_detail(fa, fb, fine=True)
-            if score >= threshold:
-                pairs.append((pair[0], pair[1], score))
-                if kept < 0.97:
-                    cropped.add(pair[0] if first_is_crop else pair[1])
+            check = check_pair(fa, fb, sim)
+            if check.is_duplicate(threshold):
+                pairs.append((pair[0], pair[1], check.grey))
+                if check.kept_fraction < 0.97:
+                    cropped.add(pair[0] if check.first_is_crop else pair[1])
     return _grouped(n, pairs, pixels, cropped, len(seen))
 
 
 def _grouped(n: int, pairs: list[tuple[int, int, float]], pixels: Sequence[int], cropped: set[int],
              checked: int) -> DuplicateFindings:
-    """Join pairs into groups (connected components); keep one image of each (not a crop, the most pixels)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    """Groups around kept images: each image is kept or flagged as a duplicate of a kept image it matched itself.
 
+    Images are taken in order of preference (not a crop of another, most pixels, first); one not yet
+    placed is kept, and its matches not yet placed become its duplicates. So a group never chains
+    two images that did not match each other.
+    """
     findings = DuplicateFindings(group=np.full(n, -1), keeper=np.full(n, -1), score=np.zeros(n),
                                  flagged=np.zeros(n, bool), pairs=pairs, checked_pairs=checked)
-    if not pairs:
-        return findings
-    graph = coo_matrix((np.ones(len(pairs)), ([p[0] for p in pairs], [p[1] for p in pairs])), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
-    best_pair: dict[int, float] = {}
+    partners: dict[int, dict[int, float]] = {}
     for i, j, s in pairs:
-        best_pair[i] = max(best_pair.get(i, -1.0), s)
-        best_pair[j] = max(best_pair.get(j, -1.0), s)
-    members: dict[int, list[int]] = {}
-    for i in sorted(best_pair):
-        members.setdefault(int(component[i]), []).append(i)
-    for gid, group in enumerate(sorted(members.values(), key=lambda g: g[0])):
-        keeper = max(group, key=lambda i: (i not in cropped, pixels[i], -i))
-        for i in group:
-            findings.group[i] = gid
-            if i != keeper:
-                findings.keeper[i] = keeper
-                findings.flagged[i] = True
-                findings.score[i] = best_pair[i]
+        partners.setdefault(i, {})[j] = s
+        partners.setdefault(j, {})[i] = s
+    placed: set[int] = set()
+    for keeper in sorted(partners, key=lambda i: (i in cropped, -pixels[i], i)):
+        if keeper in placed:
+            continue
+        members = [j for j in sorted(partners[keeper]) if j not in placed]
+        if not members:
+            continue
+        gid = int(findings.group.max()) + 1
+        placed.add(keeper)
+        findings.group[keeper] = gid
+        for j in members:
+            placed.add(j)
+            findings.group[j] = gid
+            findings.keeper[j] = keeper
+            findings.flagged[j] = True
+            findings.score[j] = partners[keeper][j]
     return findings

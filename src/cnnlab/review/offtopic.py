@@ -62,42 +62,51 @@ def _robust(values: np.ndarray, floor: float) -> tuple[float, float]:
     return med, max(spread, floor)
 
 
-def class_distances(nb: Neighbours, targets: np.ndarray, n_classes: int, k: int, groups: np.ndarray) -> np.ndarray:
-    """(n, classes): mean cosine distance to the ``k`` nearest images of each class among the neighbour lists.
+def class_distances(nb: Neighbours, targets: np.ndarray, k: int, groups: np.ndarray) -> list[dict[int, float]]:
+    """Per image, for each class in its neighbour list: the mean cosine distance to its ``k`` nearest images of it.
 
     Images in the same near-duplicate group (``groups``, -1: none) are not counted. A class with
-    fewer than ``k`` images in an image's list is padded with the list's farthest distance (a lower
-    bound; ``inf`` when it has none there).
+    fewer than ``k`` images in the list is padded with the list's farthest distance (a lower bound).
+    Classes absent from the list are farther still and are left out (memory stays ``n x k``).
     """
     n, width = nb.index.shape
-    dist = np.full((n, n_classes), np.inf)
-    farthest = 1.0 - nb.similarity[:, -1] if width else np.full(n, np.inf)
+    result: list[dict[int, float]] = []
     for i in range(n):
         keep = (groups[nb.index[i]] != groups[i]) | (groups[i] < 0)
         labels = targets[nb.index[i][keep]]
-        d = 1.0 - nb.similarity[i][keep]
-        for c in np.unique(labels):
+        d = 1.0 - nb.similarity[i][keep].astype(np.float64)
+        farthest = float(1.0 - nb.similarity[i, -1]) if width else 1.0
+        row: dict[int, float] = {}
+        for c in np.unique(labels).tolist():
             mine = d[labels == c][:k]
-            if len(mine) < k:
-                mine = np.concatenate([mine, np.full(k - len(mine), farthest[i])])
-            dist[i, c] = float(mine.mean())
-    return dist
+            row[c] = float((mine.sum() + (k - len(mine)) * farthest) / k)
+        result.append(row)
+    return result
 
 
-def feature_z(dist: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Robust z of every image's distance to each class, minimised over classes: (z, nearest class)."""
-    n, n_classes = dist.shape
-    own = dist[np.arange(n), targets]
-    finite = np.isfinite(own)
-    pooled = _robust(own[finite], _MIN_DISTANCE_SPREAD) if finite.any() else (0.0, 1.0)
-    z = np.full((n, n_classes), np.inf)
+def feature_z(dist: list[dict[int, float]], targets: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Robust z of every image's distance to each class near it, minimised over those classes: (z, nearest class).
+
+    An image with no class in its neighbour list gets z = 10 (as far as it gets).
+    """
+    n = len(dist)
+    own = np.array([row.get(int(t), np.nan) for row, t in zip(dist, targets)])
+    known = ~np.isnan(own)
+    pooled = _robust(own[known], _MIN_DISTANCE_SPREAD) if known.any() else (0.0, 1.0)
+    centre = np.full(n_classes, pooled[0])
+    spread = np.full(n_classes, pooled[1])
     for c in range(n_classes):
-        members = own[(targets == c) & finite]
-        med, spread = _robust(members, _MIN_DISTANCE_SPREAD) if len(members) >= MIN_CLASS_IMAGES else pooled
-        z[:, c] = (dist[:, c] - med) / spread
-    nearest = z.argmin(1)
-    best = z[np.arange(n), nearest]
-    return np.where(np.isfinite(best), best, 10.0), nearest
+        members = own[(targets == c) & known]
+        if len(members) >= MIN_CLASS_IMAGES:
+            centre[c], spread[c] = _robust(members, _MIN_DISTANCE_SPREAD)
+    z = np.full(n, 10.0)
+    nearest = targets.copy()
+    for i, row in enumerate(dist):
+        for c, d in row.items():
+            value = (d - centre[c]) / spread[c]
+            if value < z[i]:
+                z[i], nearest[i] = value, c
+    return z, nearest
 
 
 def imagenet_mass(logits: np.ndarray, classes: Sequence[str], categories: Sequence[str],
@@ -143,7 +152,7 @@ def find_offtopic(nb: Neighbours, targets: Sequence[int], n_classes: int, *, k: 
     """
     y = np.asarray(targets, dtype=np.int64)
     groups = np.full(len(y), -1) if groups is None else groups
-    z, nearest = feature_z(class_distances(nb, y, n_classes, k, groups), y)
+    z, nearest = feature_z(class_distances(nb, y, k, groups), y, n_classes)
     if pred_probs is not None:
         checked = ~np.isnan(pred_probs).any(1)
         z = np.where(checked, (z + entropy_z(pred_probs)) / 2, z)

@@ -65,7 +65,8 @@ def review(data: str | Path, config: ReviewConfig | None = None, *, progress: Pr
     names = [images.classes[t] for t in images.targets]
     rel = [_relative(p, images.root) for p in images.paths]
     checks = check_files(images.paths)
-    model = load_model(config.model, weights_dir=config.weights_dir, device=config.device, progress=False)
+    model = load_model(config.model, weights_dir=config.weights_dir, device=config.device,
+                       channels_last=config.channels_last, progress=False)
     seconds["load"] = time.perf_counter() - started
     t0 = time.perf_counter()
     emb = embed_images(model, images.paths, labels=names,
@@ -141,8 +142,9 @@ def _analyse(images: LabelledImages, rows: np.ndarray, emb: Embeddings, checks: 
     nb = nearest_neighbours(features, NEIGHBOURS_KEPT)
     progress.start("thumbs", "thumbnails for duplicates", total=len(rows))
     thumbs = []
-    for p in paths:
-        thumbs.append(_thumb_or_none(thumbnail, p))
+    too_small = set(checks.too_small(config.min_side))  # reported as such; too little left to compare
+    for i, p in zip(rows.tolist(), paths):
+        thumbs.append(None if i in too_small else _thumb_or_none(thumbnail, p))
         progress.update("thumbs", advance=1)
     progress.finish("thumbs")
     dups = find_duplicates(nb, thumbs, [checks.pixels(i) for i in rows],
@@ -166,6 +168,7 @@ def _analyse(images: LabelledImages, rows: np.ndarray, emb: Embeddings, checks: 
                 rel[i], names[i], ReviewIssue.DUPLICATE, float(dups.score[j]),
                 detail=f"near-duplicate of {rel[rows[k]]}" + (f" (class {names[rows[k]]!r})" if across else ""),
                 evidence={"kept": rel[rows[k]], "kept_label": names[rows[k]], "match": round(float(dups.score[j]), 3),
+                          "similarity": round(float(_cosine(features[j], features[k])), 3),
                           "group": int(dups.group[j]), "across_classes": bool(across)}))
         if off.flagged[j]:
             evidence = {"z": round(float(off.z[j]), 2), "nearest_class": images.classes[off.nearest_class[j]],
@@ -194,6 +197,10 @@ def _thumb_or_none(make: Callable[..., np.ndarray], path: Path, *args: int) -> n
         return make(path, *args)
     except ImageDecodeError:
         return None
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
