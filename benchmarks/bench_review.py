@@ -222,7 +222,14 @@ def build_noisy_set(root: Path, composition: str, seed: int, per_class: int = 40
     base[-2][1].save(buf, "JPEG")
     broken.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
     truth.unreadable.add(f"{base[-2][0]}/{broken.name}")
-    truth.images = sum(1 for p in root.rglob("*.jpg"))
+    files = sorted(root.rglob("*.jpg"))
+    truth.images = len(files)
+    for path in files:  # a rescaled copy can fall below --min-side too: it is too small as well
+        rel = path.relative_to(root).as_posix()
+        if rel not in truth.unreadable:
+            with Image.open(path) as img:
+                if min(img.size) < ReviewConfig.min_side:
+                    truth.too_small.add(rel)
     return truth
 
 
@@ -288,13 +295,14 @@ KINDS = ("mislabel", "offtopic", "duplicate", "too-small", "unreadable")
 TUNED_SEEDS = range(4)
 
 
-def run_set(composition: str, seed: int, per_class: int, folder: Path, device: str) -> tuple[dict[str, Score], float, float, int]:
-    """Build one set, review it (empty cache), score it: (scores, wall s, CPU s, images)."""
+def run_set(composition: str, seed: int, per_class: int, folder: Path,
+            device: str) -> tuple[dict[str, Score], ReviewResult, float, int]:
+    """Build one set, review it (empty cache), score it: (scores, result, CPU s, images)."""
     truth = build_noisy_set(folder, composition, seed, per_class=per_class)
-    wall, cpu = time.perf_counter(), time.process_time()
+    cpu = time.process_time()
     result = review(folder, ReviewConfig(device=device))
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return evaluate(result, truth), wall, cpu, truth.images
+    cpu = time.process_time() - cpu
+    return evaluate(result, truth), result, cpu, truth.images
 
 
 def main() -> int:
@@ -314,7 +322,8 @@ def main() -> int:
           f"load average {load:.1f} at start (a shared machine: timings are upper bounds)")
     totals: dict[str, dict[str, Score]] = {}
     images = 0
-    wall_total = cpu_total = 0.0
+    cpu_total = 0.0
+    stages: dict[str, float] = {}
     tmp = Path(tempfile.mkdtemp(prefix="cnnlab-bench-review-")) if args.keep is None else args.keep
     try:
         for composition in args.compositions.split(","):
@@ -322,11 +331,14 @@ def main() -> int:
                 held = "tuned" if seed in TUNED_SEEDS else "held-out"
                 folder = tmp / f"{composition}{seed}"
                 shutil.rmtree(folder, ignore_errors=True)
-                scores, wall, cpu, n = run_set(composition, seed, args.per_class, folder, args.device)
+                scores, result, cpu, n = run_set(composition, seed, args.per_class, folder, args.device)
                 images += n
-                wall_total += wall
                 cpu_total += cpu
-                print(f"\n{composition} seed {seed} ({held}): {n} images, review {wall:.1f} s wall, {cpu:.1f} s CPU")
+                for stage, seconds in result.seconds.items():
+                    stages[stage] = stages.get(stage, 0.0) + seconds
+                load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+                print(f"\n{composition} seed {seed} ({held}): {n} images, review {result.seconds['total']:.1f} s wall, "
+                      f"{cpu:.1f} s CPU, load average {load:.1f}")
                 for kind in KINDS:
                     print(f"  {kind:10s} {scores[kind].text()}")
                     totals.setdefault("held-out" if held == "held-out" else "tuned", {}).setdefault(kind, Score()).add(scores[kind])
@@ -337,8 +349,10 @@ def main() -> int:
         print(f"\nall {group} sets together:")
         for kind in KINDS:
             print(f"  {kind:10s} {scores[kind].text()}")
-    print(f"\ntime per 1,000 images (model load and an empty embedding cache included): {1000 * wall_total / images:.0f} s "
-          f"wall, {1000 * cpu_total / images:.0f} s CPU of this process, over {images} images")
+    per_k = {stage: 1000 * seconds / images for stage, seconds in stages.items()}
+    print(f"\ntime per 1,000 images (model load and an empty embedding cache included): {per_k['total']:.0f} s wall "
+          f"(load {per_k.get('load', 0):.0f}, embed {per_k.get('embed', 0):.0f}, analyse {per_k.get('analyse', 0):.0f}), "
+          f"{1000 * cpu_total / images:.0f} s CPU of this process, over {images} images")
     print("goals: mislabel R >= 0.8 at P >= 0.6; offtopic R >= 0.8; duplicate R >= 0.95; <= 60 s per 1,000 images")
     return 0
 

@@ -147,14 +147,18 @@ def _analyse(images: LabelledImages, rows: np.ndarray, emb: Embeddings, checks: 
         thumbs.append(None if i in too_small else _thumb_or_none(thumbnail, p))
         progress.update("thumbs", advance=1)
     progress.finish("thumbs")
+    progress.start("analyse", "duplicates, labels, off-topic", total=3)
     dups = find_duplicates(nb, thumbs, [checks.pixels(i) for i in rows],
                            lambda j: _thumb_or_none(thumbnail, paths[j], FINE_SIDE), threshold=config.duplicate_match,
                            candidates=config.duplicate_candidates, min_similarity=MIN_DUPLICATE_SIMILARITY)
+    progress.update("analyse", advance=1, info=f"{dups.checked_pairs:,} pairs checked")
     mis = find_mislabels(features, targets, images.classes, folds=config.folds,
                          regularization=config.regularization, seed=config.seed)
+    progress.update("analyse", advance=1, info=f"{config.folds}-fold probabilities")
     mass, why_not = imagenet_mass(emb.logits[rows], images.classes, categories, config.mapping_file)
     off = find_offtopic(nb, targets, len(images.classes), k=config.neighbours, z_threshold=config.offtopic_z,
                         groups=dups.group, pred_probs=mis.pred_probs, mass=mass)
+    progress.finish("analyse")
     notes = mis.notes + off.notes + ([why_not] if why_not else [])
     imagenet_probs = _softmax(emb.logits[rows]) if len(categories) == emb.logits.shape[1] else None
     findings: list[Finding] = []
