@@ -12,12 +12,14 @@ Two steps, as copy-detection systems do:
    the pair's score. The aspect ratios of the two images fix one side's fraction from the other's,
    so one fraction is searched, in both directions: first on 48-pixel thumbnails, then, for the
    few pairs that pass, on 96-pixel ones (which tell a real crop from two similar-looking
-   patches). Thumbnails with almost no contrast (a patch of clear sky) are not matched: anything
-   correlates with them. Mirrored copies are not looked for.
+   patches). There the edges (gradient magnitudes) must match too, which repetitive textures
+   rarely do by chance; where an image has almost no edges (a patch of sky, a blur) grey levels
+   prove little, and the features must agree instead. Thumbnails with no contrast at all are not
+   matched. Mirrored copies are not looked for.
 
-Pairs at or above the threshold are joined into groups (connected components). In each group one
-image is kept: one that is not a crop of another, then the one with the most pixels, then the first;
-the others are flagged as its duplicates, within or across classes.
+Groups form around kept images: images are taken in order of preference (not a crop of another,
+most pixels, first path); one not yet placed is kept and the images it matched become its
+duplicates, within or across classes. A group never chains two images that did not match.
 """
 
 from __future__ import annotations
