@@ -229,6 +229,28 @@ def test_offtopic_is_far_from_every_class_while_a_wrong_label_is_near_another() 
     assert found.flagged.sum() <= 6  # Gaussian clusters have tails: a few false alarms at the default
 
 
+def test_the_pretrained_models_opinion_is_used_only_where_it_knows_the_classes() -> None:
+    from cnnlab.labels import imagenet_categories, map_classes
+    from cnnlab.review.offtopic import imagenet_mass
+
+    categories = imagenet_categories()
+    cat = map_classes(["cat"])["cat"].indices[0]
+    logits = np.zeros((41, 1000))
+    logits[:40, cat] = 12.0  # the model sees a cat in 40 images...
+    mass, why_not = imagenet_mass(logits, ["cat"], categories, None)
+    assert why_not is None and mass is not None and mass[:40].min() > 0.9 and mass[40] < 0.01  # ...not in the last
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(41, 32)) + 3.0
+    nb = nearest_neighbours(features, 30)
+    with_opinion = find_offtopic(nb, [0] * 41, 1, k=3, z_threshold=1.5, mass=mass)
+    without = find_offtopic(nb, [0] * 41, 1, k=3, z_threshold=1.5)
+    assert with_opinion.imagenet_used and with_opinion.flagged[40] and with_opinion.z[40] > without.z[40]
+    unsure = find_offtopic(nb, [0] * 41, 1, k=3, z_threshold=1.5, mass=np.full(41, 0.05))
+    assert not unsure.imagenet_used and "shown, not used" in unsure.notes[0]
+    assert imagenet_mass(logits, ["cat", "astronaut"], categories, None)[0] is None  # a class ImageNet lacks
+    assert "not an ImageNet classifier" in str(imagenet_mass(logits[:, :10], ["cat"], categories[:10], None)[1])
+
+
 def test_mislabels_with_a_class_of_one_image_and_with_one_class() -> None:
     rng = np.random.default_rng(1)
     features = np.concatenate([rng.normal(size=(10, 16)) + 4, rng.normal(size=(10, 16)) - 4, rng.normal(size=(1, 16))])
