@@ -105,3 +105,13 @@ def parse_device(value: str) -> str:
     if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
         raise UsageError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
     return text
+
+
+class ReviewIssue(StrEnum):
+    """Kinds of problems ``cnnlab review`` finds in a labelled image set (see :mod:`cnnlab.review`)."""
+
+    MISLABEL = "mislabel"
+    OFFTOPIC = "offtopic"
+    DUPLICATE = "duplicate"
+    UNREADABLE = "unreadable"
+    TOO_SMALL = "too-small"

@@ -9,6 +9,7 @@ from cnnlab.cli import export as _export
 from cnnlab.cli import labels as _labels
 from cnnlab.cli import models as _models
 from cnnlab.cli import predict as _predict
+from cnnlab.cli import review as _review
 from cnnlab.cli import split as _split
 from cnnlab.cli import train as _train
 from cnnlab.cli import weights as _weights

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -84,6 +84,7 @@ def collect_command(
     allow_private_hosts: Annotated[bool, typer.Option("--allow-private-hosts", help="Also connect to private, loopback and link-local addresses (refused by default: SSRF protection). Only for hosts you own.")] = False,
     flickr_key: Annotated[Optional[str], typer.Option("--flickr-key", envvar="FLICKR_API_KEY", help="Flickr API key.")] = None,
     engine_url: Annotated[Optional[str], typer.Option("--engine-url", help="Base URL of the engine (a mirror or a local test server).")] = None,
+    review: Annotated[bool, typer.Option("--review", help="Then run `cnnlab review` on the set (outputs in OUT/.cnnlab/review/).")] = False,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -116,8 +117,12 @@ def collect_command(
             retry_failed=retry_failed,
             progress=progress,
         )
+    reviewed = _review_after_crawl(out_dir, quiet) if review else None
     if as_json:
-        print_json(result.to_dict())
+        payload = result.to_dict()
+        if reviewed is not None:
+            payload["review"] = reviewed
+        print_json(payload)
         return
     _print_summary(result.classes, f"collect ({result.engine}) -> {result.out}")
     for note in result.notes:
@@ -127,3 +132,21 @@ def collect_command(
                   f"({result.bytes_downloaded / 1e6:.1f} MB) in {result.elapsed:.1f} s; manifest: {result.manifest}"),
         markup=False,
     )
+    if reviewed is not None:
+        counts = ", ".join(f"{kind} {n}" for kind, n in reviewed["counts"].items())
+        out.print(f"review: {counts}; gallery: {reviewed['files']['html']} "
+                  f"(act on it: cnnlab review {out_dir} --apply --kinds ...)", markup=False)
+
+
+def _review_after_crawl(out_dir: Path, quiet: bool) -> dict[str, Any] | None:
+    """`cnnlab review` on the collected set with its defaults: counts and output files, or None with a note."""
+    from cnnlab.cli.review import run_review
+    from cnnlab.review import ReviewConfig
+
+    if not any(p.is_dir() and not p.name.startswith((".", "_")) for p in out_dir.iterdir()):
+        err.print("[yellow]note:[/] nothing collected: no review")
+        return None
+    result, files = run_review(out_dir, ReviewConfig(), None, quiet=quiet)
+    for note in result.notes:
+        err.print(f"[yellow]review note:[/] {escape(note)}")
+    return {"counts": result.counts(), "files": {k: str(v) for k, v in files.items()}}

@@ -1,0 +1,146 @@
+"""`cnnlab review`: wrong labels, off-topic images, near-duplicates and unusable files in a labelled set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from cnnlab.cli.app import app
+from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table, split_csv
+from cnnlab.cli.options import BatchSize, Device, Json, Quiet, WeightsDir, Workers
+from cnnlab.errors import UsageError
+from cnnlab.jsonable import to_jsonable
+from cnnlab.options import ReviewIssue, parse_choice
+from cnnlab.review.config import ISSUE_ORDER, QUARANTINE_DIR, STATE_DIR, ReviewConfig
+
+if TYPE_CHECKING:
+    from cnnlab.review import ReviewResult
+    from cnnlab.review.quarantine import MoveReport
+
+_KINDS = ",".join(k.value for k in ReviewIssue)
+_R = ReviewConfig()
+
+
+def parse_kinds(values: list[str] | None) -> list[ReviewIssue]:
+    """``--kinds mislabel,duplicate`` as issue kinds (all of them when not given); a typo is a usage error."""
+    names = split_csv(values)
+    return [parse_choice(ReviewIssue, n, "issue kind") for n in names] if names else list(ISSUE_ORDER)
+
+
+def default_out(data: Path) -> Path:
+    """Where outputs go unless --out says: the hidden ``.cnnlab/review`` of the dataset folder."""
+    root = data if data.is_dir() else data.parent
+    return root / STATE_DIR / "review"
+
+
+def check_out(out_dir: Path, data: Path) -> None:
+    """Refuse an output folder that a dataset scan would read as a class."""
+    root = (data if data.is_dir() else data.parent).resolve()
+    try:
+        inside = out_dir.resolve().relative_to(root)
+    except ValueError:
+        return
+    if inside.parts and not inside.parts[0].startswith((".", "_")):
+        raise UsageError(f"--out {out_dir} is inside {root} and would be read as a class; "
+                         f"choose a folder outside it or a hidden one ({root / STATE_DIR / 'review'})")
+
+
+def print_summary(result: ReviewResult, files: dict[str, Path]) -> None:
+    """The table of issues (fits 80 columns), the notes, where the outputs are."""
+    rows = []
+    for kind in ReviewIssue:
+        found = result.of(kind)
+        top = found[0] if found else None
+        rows.append([kind.value, str(len(found)), top.path if top else "-", f"{top.score:.2f}" if top else "-"])
+    print_table(["issue", "files", "most suspicious", "score"], rows,
+                title=f"cnnlab review: {result.images} images, {len(result.classes)} classes",
+                justify={"files": "right", "score": "right"})
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}")
+    cached = f", {result.from_cache} from the cache" if result.from_cache else ""
+    err.print(f"{result.embedded} images embedded{cached} in {result.seconds.get('total', 0.0):.1f} s; "
+              f"gallery: {escape(str(files['html']))} (and review.csv, review.json)")
+
+
+def print_moves(report: MoveReport, root: Path, undo: bool) -> None:
+    for note in report.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}")
+    if undo:
+        out.print(f"restored {len(report.moves)} files from {root / QUARANTINE_DIR}", markup=False)
+    else:
+        out.print(f"moved {len(report.moves)} files into {root / QUARANTINE_DIR} "
+                  f"(put them back: cnnlab review --undo {root})", markup=False)
+
+
+def run_review(data: Path, config: ReviewConfig, out_dir: Path | None, *, quiet: bool) -> tuple[ReviewResult, dict[str, Path]]:
+    """Review ``data`` with progress on stderr and write the outputs; used by `review` and `collect --review`."""
+    from cnnlab.cli.progress import RichProgress
+    from cnnlab.review import review, write_review_outputs
+
+    with RichProgress(quiet=quiet) as progress:
+        result = review(data, config, progress=progress)
+    files = write_review_outputs(result, out_dir or default_out(data))
+    return result, files
+
+
+@app.command("review")
+@handle_errors
+def review_command(
+    data: Annotated[Path, typer.Argument(help="A class-folder tree, a CSV/JSONL manifest, or a collect output folder.")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for review.csv/json/html (default: DATA/.cnnlab/review).")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Registry name or a checkpoint from `cnnlab train`.")] = _R.model,
+    mapping: Annotated[Optional[Path], typer.Option("--mapping", help="YAML/JSON file: class -> ImageNet classes.")] = None,
+    device: Device = _R.device,
+    batch_size: BatchSize = _R.batch_size,
+    workers: Workers = None,
+    weights_dir: WeightsDir = None,
+    folds: Annotated[int, typer.Option("--folds", min=2, max=20, help="k of the k-fold probabilities for wrong labels.")] = _R.folds,
+    min_side: Annotated[int, typer.Option("--min-side", min=1, help="Report images whose shorter side is below this (px).")] = _R.min_side,
+    offtopic_z: Annotated[float, typer.Option("--offtopic-z", min=0.1, help="Off-topic threshold (robust z from the nearest class).")] = _R.offtopic_z,
+    duplicate_match: Annotated[float, typer.Option("--duplicate-match", min=0.5, max=1.0, help="Pixel match (0-1) for near-duplicates.")] = _R.duplicate_match,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write DATA/.cnnlab/embeddings-*.npz.")] = False,
+    apply: Annotated[bool, typer.Option("--apply", help="Move flagged files into DATA/.quarantine/ (see --kinds).")] = False,
+    kinds: Annotated[Optional[list[str]], typer.Option("--kinds", help=f"Issue kinds --apply moves (default: all): {_KINDS}.")] = None,
+    min_score: Annotated[float, typer.Option("--min-score", min=0.0, max=1.0, help="--apply moves only files scored at least this.")] = 0.0,
+    undo: Annotated[bool, typer.Option("--undo", help="Put back every file --apply moved out of DATA, and stop.")] = False,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Find wrong labels, off-topic images, near-duplicates and bad files.
+
+    Writes review.csv, review.json and a self-contained review.html (thumbnails and
+    evidence, most suspicious first). --apply moves flagged files into DATA/.quarantine/
+    (recorded, also in manifest.jsonl); --undo puts them back.
+    """
+    from cnnlab.review import apply_review, undo_review
+
+    chosen = parse_kinds(kinds)
+    if undo:
+        report = undo_review(data)
+        if as_json:
+            print_json({"restored": [m.to_dict() for m in report.moves], "notes": report.notes})
+        else:
+            print_moves(report, data, undo=True)
+        return
+    if out_dir is not None:
+        check_out(out_dir, data)
+    if apply and not data.is_dir():
+        raise UsageError(f"--apply moves files inside a dataset folder; {data} is not one")
+    config = ReviewConfig(model=model, device=device, batch_size=batch_size, workers=workers, weights_dir=weights_dir,
+                          mapping_file=mapping, cache=not no_cache, folds=folds, min_side=min_side,
+                          offtopic_z=offtopic_z, duplicate_match=duplicate_match)
+    result, files = run_review(data, config, out_dir, quiet=quiet)
+    moves = apply_review(result.root, result.findings, kinds=chosen, min_score=min_score) if apply else None
+    if as_json:
+        payload = {"review": {k: v for k, v in result.to_dict().items() if k != "findings"},
+                   "files": {k: str(v) for k, v in files.items()}, "findings": [f.to_row() for f in result.findings]}
+        if moves is not None:
+            payload["moved"] = [m.to_dict() for m in moves.moves]
+            payload["move_notes"] = moves.notes
+        print_json(to_jsonable(payload))
+        return
+    print_summary(result, files)
+    if moves is not None:
+        print_moves(moves, result.root, undo=False)

@@ -1,0 +1,37 @@
+"""Find what is wrong with a labelled image set before training on it (``cnnlab review``).
+
+* :func:`review` (:mod:`~cnnlab.review.run`): likely wrong labels (:mod:`~cnnlab.review.mislabel`,
+  confident learning with cleanlab), off-topic images (:mod:`~cnnlab.review.offtopic`),
+  near-duplicates (:mod:`~cnnlab.review.duplicates`) and unusable files
+  (:mod:`~cnnlab.review.files`), from cached embeddings (:mod:`~cnnlab.review.embeddings`);
+* :func:`write_review_outputs` (:mod:`~cnnlab.review.report`): ``review.csv``, ``review.json`` and
+  a self-contained ``review.html``;
+* :func:`apply_review` / :func:`undo_review` (:mod:`~cnnlab.review.quarantine`): move flagged files
+  into ``DIR/.quarantine/`` and back, recording every move (and in ``manifest.jsonl`` when there is one).
+
+scikit-learn and cleanlab come with the ``cnnlab[review]`` extra and are imported only when used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "config": ["ReviewConfig"],
+        "quarantine": ["Move", "apply_review", "undo_review"],
+        "report": ["write_review_outputs"],
+        "result": ["Finding", "ReviewResult"],
+        "run": ["MissingExtraError", "review"],
+    },
+)
+
+if TYPE_CHECKING:
+    from cnnlab.review.config import ReviewConfig
+    from cnnlab.review.quarantine import Move, apply_review, undo_review
+    from cnnlab.review.report import write_review_outputs
+    from cnnlab.review.result import Finding, ReviewResult
+    from cnnlab.review.run import MissingExtraError, review

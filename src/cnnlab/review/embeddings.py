@@ -1,0 +1,200 @@
+"""Penultimate features (and logits) of every image, with a cache so a grown set only embeds its new files.
+
+The cache is one ``.npz`` file per model inside the dataset folder, ``DIR/.cnnlab/embeddings-<model>.npz``
+(a hidden folder: dataset scans skip it). Entries are keyed by the sha256 of the file's bytes, so
+a file that was moved or renamed (``--apply`` and ``--undo`` move files) is still found; a
+(path, size, mtime) index avoids hashing unchanged files again. The cache records which model and
+weights file made it and is ignored when they differ. Features and logits are stored as float16,
+and fresh ones are rounded the same way, so a run gives the same answer with or without the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cnnlab.datasets import SkippedFile
+from cnnlab.progress import Progress
+
+if TYPE_CHECKING:
+    from cnnlab.models import LoadedModel
+
+CACHE_FORMAT = 1
+_STORED = np.float16
+
+
+@dataclass
+class Embeddings:
+    """Features and logits of ``paths``; rows of files that could not be decoded are zeros, ``ok`` False."""
+
+    features: np.ndarray
+    logits: np.ndarray
+    ok: np.ndarray
+    skipped: list[SkippedFile] = field(default_factory=list)
+    from_cache: int = 0
+    computed: int = 0
+    cache_file: Path | None = None
+
+
+def cache_path(folder: Path, model_name: str) -> Path:
+    """``folder/embeddings-<model>.npz`` with the model name made safe for a file name."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("._") or "model"
+    return folder / f"embeddings-{slug}.npz"
+
+
+def model_identity(model: LoadedModel) -> dict[str, Any]:
+    """What must match for cached features to be reused: the model and the exact weights file."""
+    identity: dict[str, Any] = {"format": CACHE_FORMAT, "model": model.name, "preprocessing": model.preprocessing.to_dict()}
+    if model.weights_path is not None:
+        stat = Path(model.weights_path).stat()
+        identity.update(weights=str(model.weights_path), weights_size=stat.st_size, weights_mtime_ns=stat.st_mtime_ns)
+    return json.loads(json.dumps(identity))  # as it reads back from the file (tuples become lists)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class EmbeddingCache:
+    """The on-disk cache: sha256 -> (features, logits), plus a stat index -> sha256."""
+
+    def __init__(self, file: Path, identity: dict[str, Any]) -> None:
+        self.file = file
+        self.identity = identity
+        self.vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.index: dict[tuple[str, int, int], str] = {}
+        self._load()
+
+    def _load(self) -> None:
+        if not self.file.is_file():
+            return
+        try:
+            with np.load(self.file, allow_pickle=False) as data:
+                if json.loads(str(data["identity"])) != self.identity:
+                    return  # another model or weights file: start afresh
+                keys = [str(k) for k in data["keys"]]
+                feats, logits = data["features"], data["logits"]
+                self.vectors = {k: (feats[i], logits[i]) for i, k in enumerate(keys)}
+                self.index = {(str(p), int(s), int(m)): str(h) for p, s, m, h in
+                              zip(data["stat_paths"], data["stat_sizes"], data["stat_mtimes"], data["stat_shas"])}
+        except (OSError, ValueError, KeyError):  # a damaged cache is rebuilt, not fatal
+            self.vectors, self.index = {}, {}
+
+    def key_of(self, path: Path) -> str:
+        """The file's sha256, from the stat index when size and mtime are unchanged."""
+        stat = path.stat()
+        stat_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        sha = self.index.get(stat_key)
+        if sha is None:
+            sha = file_sha256(path)
+            self.index[stat_key] = sha
+        return sha
+
+    def save(self) -> None:
+        """Write atomically (a temporary file renamed over the old one)."""
+        if not self.vectors:
+            return
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        keys = sorted(self.vectors)
+        stat_items = sorted(self.index.items())
+        temp = self.file.with_name(self.file.name + ".tmp.npz")
+        np.savez(
+            temp,
+            identity=np.array(json.dumps(self.identity, sort_keys=True)),
+            keys=np.array(keys, dtype=str),
+            features=np.stack([self.vectors[k][0] for k in keys]).astype(_STORED),
+            logits=np.stack([self.vectors[k][1] for k in keys]).astype(_STORED),
+            stat_paths=np.array([k[0] for k, _ in stat_items], dtype=str),
+            stat_sizes=np.array([k[1] for k, _ in stat_items], dtype=np.int64),
+            stat_mtimes=np.array([k[2] for k, _ in stat_items], dtype=np.int64),
+            stat_shas=np.array([v for _, v in stat_items], dtype=str),
+        )
+        os.replace(temp, self.file)
+
+
+def embed_images(
+    model: LoadedModel,
+    paths: Sequence[Path],
+    *,
+    labels: Sequence[str] | None = None,
+    cache_dir: Path | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> Embeddings:
+    """Features (the classifier head's input) and logits of every file, embedding only what the cache lacks.
+
+    ``cache_dir`` None: no cache. A cache that cannot be written is reported as a note, not an error.
+    """
+    from cnnlab.inference import run_inference
+
+    progress = progress or Progress()
+    cache = None
+    keys: list[str | None] = [None] * len(paths)
+    if cache_dir is not None:
+        identity = model_identity(model)
+        cache = EmbeddingCache(cache_path(cache_dir, model.name), identity)
+        for i, p in enumerate(paths):
+            try:
+                keys[i] = cache.key_of(p)
+            except OSError:
+                keys[i] = None  # unreadable: the decoder will say why
+    todo = [i for i, k in enumerate(keys) if cache is None or k is None or k not in cache.vectors]
+    found = {i for i in range(len(paths))} - set(todo)
+    feature_rows: dict[int, np.ndarray] = {}
+    logit_rows: dict[int, np.ndarray] = {}
+    if cache is not None:
+        for i in found:
+            feature_rows[i], logit_rows[i] = cache.vectors[keys[i]]  # type: ignore[index]
+    skipped: list[SkippedFile] = []
+    if todo:
+        todo_paths = [paths[i] for i in todo]
+        todo_labels = [labels[i] for i in todo] if labels is not None else None
+        for batch in run_inference(model, todo_paths, batch_size=batch_size, workers=workers, labels=todo_labels,
+                                   progress=progress, task="embed", description=f"{model.name} embeddings",
+                                   features=True):
+            skipped.extend(batch.skipped)
+            if batch.features is None:  # every file of the batch failed
+                continue
+            feats = batch.features.numpy().astype(_STORED)
+            logits = batch.logits.numpy().astype(_STORED)
+            for row, j in enumerate(batch.indices):
+                i = todo[j]
+                feature_rows[i], logit_rows[i] = feats[row], logits[row]
+                if cache is not None and keys[i] is not None:
+                    cache.vectors[keys[i]] = (feats[row], logits[row])  # type: ignore[index]
+    if cache is not None and todo:
+        try:
+            cache.save()
+        except OSError as exc:
+            progress.note(f"embeddings not cached ({cache.file}: {exc})", warning=True)
+    return _assemble(len(paths), feature_rows, logit_rows, skipped, len(found), len(todo) - len(skipped),
+                     cache.file if cache is not None else None)
+
+
+def _assemble(n: int, feature_rows: dict[int, np.ndarray], logit_rows: dict[int, np.ndarray],
+              skipped: list[SkippedFile], from_cache: int, computed: int, cache_file: Path | None) -> Embeddings:
+    ok = np.zeros(n, dtype=bool)
+    if not feature_rows:
+        return Embeddings(np.zeros((n, 0), np.float32), np.zeros((n, 0), np.float32), ok, skipped, from_cache,
+                          computed, cache_file)
+    any_row = next(iter(feature_rows))
+    features = np.zeros((n, feature_rows[any_row].shape[0]), np.float32)
+    logits = np.zeros((n, logit_rows[any_row].shape[0]), np.float32)
+    for i, row in feature_rows.items():
+        features[i] = row.astype(np.float32)
+        logits[i] = logit_rows[i].astype(np.float32)
+        ok[i] = True
+    return Embeddings(features, logits, ok, skipped, from_cache, computed, cache_file)

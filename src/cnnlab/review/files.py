@@ -1,0 +1,52 @@
+"""Files that are too small to learn from or cannot be read: a cheap header pass, no full decode.
+
+The header gives the size; a file whose header cannot be parsed is unreadable at once. Files whose
+header is fine but whose pixels are damaged (a truncated JPEG) are found by the full decode that
+embedding does (:func:`cnnlab.inference.run_inference` reports them as skipped).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class FileCheck:
+    """``sizes[i]``: (width, height) from the header, or None; ``unreadable[i]``: (reason, detail)."""
+
+    sizes: list[tuple[int, int] | None]
+    unreadable: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+    def too_small(self, min_side: int) -> list[int]:
+        """Positions of readable files whose shorter side is below ``min_side`` pixels."""
+        return [i for i, s in enumerate(self.sizes) if s is not None and min(s) < min_side]
+
+    def pixels(self, i: int) -> int:
+        size = self.sizes[i]
+        return size[0] * size[1] if size is not None else 0
+
+
+def check_files(paths: Sequence[Path]) -> FileCheck:
+    """Read every file's header: its size, or why it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    result = FileCheck(sizes=[None] * len(paths))
+    for i, path in enumerate(paths):
+        try:
+            if path.stat().st_size == 0:
+                result.unreadable[i] = ("empty", "the file has no bytes")
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # decompression-bomb warnings: decoding decides
+                with Image.open(path) as img:
+                    result.sizes[i] = (int(img.width), int(img.height))
+        except UnidentifiedImageError:
+            result.unreadable[i] = ("not-an-image", "no image format recognises these bytes")
+        except Image.DecompressionBombError as exc:
+            result.unreadable[i] = ("decompression-bomb", str(exc))
+        except (OSError, ValueError, SyntaxError) as exc:
+            result.unreadable[i] = ("unreadable", f"{type(exc).__name__}: {exc}")
+    return result
