@@ -79,3 +79,33 @@ def test_kill_9_mid_run_then_resume(tmp_path: Path) -> None:
         assert not (out / ".partial").exists()
     finally:
         web.stop()
+
+
+def test_quarantined_images_stay_out_of_scans_and_resumes(tmp_path: Path) -> None:
+    """After `cnnlab review --apply`, the manifest's last line about a file says `quarantined-...`: the set
+    read from manifest.jsonl leaves it out (it is not "missing"), and a resumed crawl treats the same bytes
+    from another URL as a duplicate."""
+    from cnnlab.collect.dedup import DedupIndex
+    from cnnlab.collect.manifest import Manifest, make_record
+    from cnnlab.collect.resume import restore
+    from cnnlab.datasets import scan_dataset
+
+    out = tmp_path / "data"
+    (out / "cat").mkdir(parents=True)
+    kept_bytes, moved_bytes = make_image(1), make_image(2)
+    (out / "cat" / "a.jpg").write_bytes(kept_bytes)
+    sha = hashlib.sha256(moved_bytes).hexdigest()
+    lines = [make_record(**{"class": "cat"}, url="http://x/a.jpg", status="ok", path="cat/a.jpg",
+                         sha256=hashlib.sha256(kept_bytes).hexdigest(), phash="0" * 16),
+             make_record(**{"class": "cat"}, url="http://x/b.jpg", status="ok", path="cat/b.jpg", sha256=sha,
+                         phash="f" * 16),
+             make_record(**{"class": "cat"}, url="http://x/b.jpg", status="rejected", reason="quarantined-offtopic",
+                         path="cat/b.jpg", sha256=sha, phash="f" * 16)]
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    data = scan_dataset(out / "manifest.jsonl")
+    assert [p.name for p in data.paths] == ["a.jpg"] and data.skipped == []
+    dedup = DedupIndex(4)
+    with Manifest(out / "manifest.jsonl") as manifest:
+        restore(out, manifest.open(), manifest, dedup, retry_failed=False)
+    match = dedup.find(sha, int("f" * 16, 16), "cat")
+    assert match is not None and "quarantined" in match.kept.path

@@ -348,7 +348,7 @@ def web(photos: dict[str, Image.Image]) -> Iterator[FakeWeb]:
 @pytest.mark.slow
 def test_collect_review_apply_bench_end_to_end(web: FakeWeb, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    net = ["--threads", "4", "--per-host", "8", "--host-delay", "0", "--timeout", "2", "--retries", "0",
+    net = ["--threads", "4", "--per-host", "8", "--host-delay", "0", "--timeout", "2", "--retries", "0", "--allow-private-hosts",
            "--min-size", "32"]
     collected = runner.invoke(app, ["collect", "-c", "cat,coffee", "-n", "7", "--engine-url", web.base, "--out",
                                     str(data), "--review", "-q", *net])

@@ -359,7 +359,11 @@ def _scan_manifest(path: Path, split: str | None) -> LabelledImages:
         numbered = [(n, r) for n, r in numbered if r.get("split") == split]
         if not numbered:
             raise DatasetError(f"{path} has no rows with split={split!r}")
-    # a collect manifest holds every candidate; only 'ok' ones are images of the set
+    # a collect manifest holds every candidate, and a later line about the same (class, url) replaces an
+    # earlier one (a file quarantined by `cnnlab review`, or removed by hand); only 'ok' ones are images
+    if numbered and "url" in numbered[0][1] and "status" in numbered[0][1]:
+        latest = {(r.get("label"), r.get("url")): (n, r) for n, r in numbered if r.get("url")}
+        numbered = sorted(latest.values(), key=lambda item: item[0]) + [(n, r) for n, r in numbered if not r.get("url")]
     numbered = [(n, r) for n, r in numbered if r.get("status", "ok") == "ok"]
     for n, r in numbered:
         if not (r.get("path") or "").strip() or not (r.get("label") or "").strip():

@@ -70,6 +70,10 @@ def restore(
                         detail=f"{rel} is no longer in the dataset (deleted by hand?); not fetched again",
                     )
                 )
+        if str(rec.get("reason") or "").startswith("quarantined-") and rec.get("sha256"):
+            # moved out by `cnnlab review --apply`: the same bytes from another URL are not wanted again
+            where = f"{rec.get('path') or url} (quarantined)"
+            dedup.add(KeptImage(label, str(rec["sha256"]), int(str(rec.get("phash") or "0"), 16), where))
         if rec.get("status") == "failed" and retry_failed:
             continue
         state.done.setdefault(label, set()).add(url)
