@@ -41,15 +41,29 @@ def test_bad_option_values_fail_when_the_config_is_made() -> None:
         MeasureOptions(device="gpu0")
 
 
-def test_worker_process_reports_progress_and_errors_without_warnings(tmp_path: Path) -> None:
-    request = RunRequest(model="no_such_model", paths=[], predictions_file=str(tmp_path / "p.npz"), progress=True)
+def _run_worker(request: RunRequest, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], RunResult]:
     request.write(tmp_path / "req.json")
     proc = subprocess.run([sys.executable, "-m", "cnnlab.bench.worker", str(tmp_path / "req.json"),
-                           str(tmp_path / "res.json")], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0
+                           str(tmp_path / "res.json")], capture_output=True, text=True, timeout=180)
+    return proc, RunResult.read(tmp_path / "res.json")
+
+
+def test_worker_process_reports_progress_and_errors_without_warnings(tmp_path: Path) -> None:
+    make_image(tmp_path / "a.png")
+    measure = MeasureOptions(weights="random", workers=0, warmup=1, latency_repeats=3, throughput_repeats=3)
+    request = RunRequest(model="squeezenet1_1", paths=[str(tmp_path / "a.png")], measure=measure,
+                         predictions_file=str(tmp_path / "p.bin"), class_names=["x"], imagenet_accepted=[[1]],
+                         progress=True)
+    proc, result = _run_worker(request, tmp_path)
+    assert proc.returncode == 0 and result.error is None and result.eval_images == 1
     assert "Warning" not in proc.stderr, proc.stderr  # e.g. runpy's "found in sys.modules" RuntimeWarning
-    result = RunResult.read(tmp_path / "res.json")
-    assert result.error is not None and "unknown model 'no_such_model'" in result.error
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    started = [e["args"]["key"] for e in events if e["call"] == "start"]
+    assert started == ["load", "throughput", "latency", "eval"]
+    assert all(e["cnnlab-progress"] == 1 for e in events)
+    request.model = "no_such_model"
+    proc, result = _run_worker(request, tmp_path)
+    assert proc.returncode == 0 and result.error is not None and "unknown model 'no_such_model'" in result.error
 
 
 def test_progress_events_survive_the_pipe() -> None:

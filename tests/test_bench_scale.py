@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -183,3 +184,38 @@ def test_output_folder_rules(tmp_path: Path, real_photos: dict[str, Path]) -> No
     assert result.exit_code == 2 and "is not a folder" in result.stderr
     result = runner.invoke(app, ["bench", str(data), "--models", "", "-o", str(tmp_path / "o2")])
     assert result.exit_code == 2 and "names no model" in result.output
+
+
+def test_undecodable_class_names_and_user_files_in_the_output_folder(tmp_path: Path,
+                                                                     real_photos: dict[str, Path]) -> None:
+    """A class folder whose name is not UTF-8 is shown as \\xNN in every report; --overwrite deletes only
+    the files of the earlier run, never a user's own picture in the folder."""
+    data = tmp_path / "data"
+    (data / "cat").mkdir(parents=True)
+    shutil.copy(real_photos["cat"], data / "cat" / "chelsea.png")
+    odd = os.fsdecode(os.fsencode(str(data)) + b"/caf\xe9")
+    os.mkdir(odd)
+    make_image(Path(odd) / "1.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "my_photo.png").write_bytes(b"mine")
+    args = ["bench", str(data), "-m", "efficientnet_lite0", "-o", str(out), "-q", "--in-process", "--workers", "0",
+            "--repeats", "3", "-b", "4"]
+    assert runner.invoke(app, args).exit_code == 0  # a folder with other files is fine
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--overwrite" in again.stderr  # ... one with an earlier run is not
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert (out / "my_photo.png").read_bytes() == b"mine"
+    assert "caf\\xe9" in (out / "results.md").read_text(encoding="utf-8")
+    assert "caf\\xe9" in (out / "report.html").read_text(encoding="utf-8")
+    assert (out / "per_class.png").is_file()
+
+
+def test_folders_sharing_imagenet_classes_are_made_disjoint() -> None:
+    from cnnlab.labels import disjoint_mappings
+
+    mappings = disjoint_mappings(map_classes(["cat", "tiger cat", "dog"]))
+    assert TIGER_CAT in mappings["tiger cat"].indices and TIGER_CAT not in mappings["cat"].indices
+    assert "282 tiger cat left to 'tiger cat'" in mappings["cat"].note
+    assert mappings["dog"] == map_classes(["dog"])["dog"]

@@ -127,7 +127,14 @@ def _not_a_file(path: str | Path) -> SkippedFile | None:
         return SkippedFile(str(path), "missing", str(exc.strerror or exc))
     if stat.S_ISREG(mode):
         return None
-    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+    if stat.S_ISDIR(mode):
+        kind = "a folder"
+    elif stat.S_ISFIFO(mode):
+        kind = "a FIFO"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "a device"
+    else:
+        kind = "a socket"
     return SkippedFile(str(path), "not-a-file", f"{kind}, not a regular file")
 
 

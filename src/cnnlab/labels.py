@@ -17,7 +17,7 @@ import importlib.resources
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "imagenet_categories",
     "imagenet_wnids",
     "load_mapping_file",
+    "disjoint_mappings",
     "map_classes",
     "normalize_name",
     "resolve_label",
@@ -345,3 +346,41 @@ def map_classes(class_names: Sequence[str], mapping_file: str | Path | None = No
             note=f"from {mapping_file} (automatic: {automatic.how}, {count} class{'es' if count != 1 else ''})",
         )  # fmt: skip
     return result
+
+
+def disjoint_mappings(mappings: dict[str, LabelMapping]) -> dict[str, LabelMapping]:
+    """The same mappings with no ImageNet class accepted by two user classes.
+
+    Folders ``cat`` and ``tiger cat`` both claim class 282: a prediction of 282 must count for one of
+    them, or top-1, per-class figures and the confusion matrix would disagree. A shared class goes to
+    the most specific claimant (the one that accepts the fewest classes: ``tiger cat``); when two
+    claimants are equally specific it goes to neither. Each change is said in the mapping's note.
+    """
+    owners: dict[int, list[str]] = {}
+    for name, mapping in mappings.items():
+        for index in mapping.indices:
+            owners.setdefault(index, []).append(name)
+    shared = {index: names for index, names in owners.items() if len(names) > 1}
+    if not shared:
+        return dict(mappings)
+    keep: dict[str, set[int]] = {name: set(m.indices) for name, m in mappings.items()}
+    notes: dict[str, list[str]] = {name: [] for name in mappings}
+    h = _hierarchy()
+    for index, names in sorted(shared.items()):
+        size = {name: len(mappings[name].indices) for name in names}
+        smallest = min(size.values())
+        winners = [name for name in names if size[name] == smallest]
+        winner = winners[0] if len(winners) == 1 else None
+        for name in names:
+            if name != winner:
+                keep[name].discard(index)
+                given = f"to {winner!r}" if winner else "to no folder (claimed equally by " + ", ".join(names) + ")"
+                notes[name].append(f"{index} {h.names[index]} left {given}")
+    out = {}
+    for name, mapping in mappings.items():
+        if not notes[name]:
+            out[name] = mapping
+            continue
+        note = "; ".join(filter(None, [mapping.note, "shared with another folder: " + ", ".join(notes[name])]))
+        out[name] = replace(mapping, indices=tuple(sorted(keep[name])), note=note)
+    return out

@@ -96,8 +96,8 @@ def replay(line: str, progress: Progress, *, key_prefix: str = "") -> bool:
         event = json.loads(line)
     except ValueError:
         return False
-    if not isinstance(event, dict) or EVENT_KEY not in event or event.get("call") not in _CALLS:
-        return False
+    if not isinstance(event, dict) or event.get(EVENT_KEY) != EVENT_VERSION or event.get("call") not in _CALLS:
+        return False  # not an event, or one of a format this version does not read
     args = dict(event.get("args") or {})
     if "key" in args:
         args["key"] = key_prefix + str(args["key"])

@@ -147,8 +147,3 @@ def parameter_bytes(model: nn.Module) -> int:
     """Bytes held by parameters and buffers."""
     tensors = list(model.parameters()) + list(model.buffers())
     return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def cpu_threads() -> int:
-    """Intra-op threads torch uses on the CPU."""
-    return torch.get_num_threads()

@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 
 from cnnlab.errors import CnnlabError
+from cnnlab.report.naming import printable
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -42,11 +43,6 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def printable(text: str) -> str:
-    """``text`` safe for any UTF-8 output: undecodable file-name bytes become ``\\xNN``."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def escape(text: str) -> str:

@@ -101,6 +101,11 @@ def _batch(result: BenchResult) -> str:
     return ", ".join(str(s) for s in sizes) or str(result.config.measure.batch_size or "n/a")
 
 
+def _precision(result: BenchResult) -> str:
+    used = sorted({m.run.precision for m in result.models if m.run.precision})
+    return ", ".join(used) or str(result.config.measure.precision)
+
+
 def _overview(result: BenchResult) -> list[Block]:
     env, ds, measure = result.environment, result.dataset, result.config.measure
     device = next((m.run.device_name or m.run.device for m in result.models if m.ok), "n/a")
@@ -108,7 +113,7 @@ def _overview(result: BenchResult) -> list[Block]:
         Heading("cnnlab bench results", level=1),
         Paragraph(f"Data: {ds.root} — {len(ds)} images in {len(ds.classes)} classes; {len(result.skipped)} files "
                   f"skipped. Device: {device}; torch {env.get('torch', 'n/a')}, torchvision "
-                  f"{env.get('torchvision', 'n/a')}; precision {measure.precision}; batch {_batch(result)}."),
+                  f"{env.get('torchvision', 'n/a')}; precision {_precision(result)}; batch {_batch(result)}."),
     ]
 
 
@@ -129,8 +134,11 @@ def _figures_tables(result: BenchResult) -> list[Block]:
                             "such predictions are right. The confidence is the probability the model puts on the "
                             "predicted class as a whole (for a folder 'cat', all of ImageNet's cat classes together)."))
     if result.config.real_labels is not None:
+        real = next((m.accuracy.real for m in result.models if m.accuracy and m.accuracy.real), None)
+        left_out = (f" ({real.empty_sets:,} images with no correct class and {real.not_covered:,} the file does not "
+                    f"cover were left out; {real.n:,} scored)") if real else ""
         blocks.append(Paragraph("ReaL: accuracy against the ImageNet-ReaL relabelling (a prediction is right when it "
-                                "is one of the image's correct classes); images with no correct class are left out."))
+                                f"is one of the image's correct classes){left_out}."))
     if any(len(m.run.throughput_curve) > 1 for m in result.models):
         blocks += [Heading("Throughput at each batch size (model only, images/s)"), Table(*throughput_table(result))]
     return blocks

@@ -27,7 +27,7 @@ from cnnlab.output_files import OutputError, atomic_open, atomic_write, check_ou
 from cnnlab.report.blocks import Figure, report_blocks
 from cnnlab.report.html import render_html
 from cnnlab.report.markdown import render_markdown
-from cnnlab.report.naming import file_stem, unique_names
+from cnnlab.report.naming import file_stem, printable, unique_names
 from cnnlab.report.plots import bench_plots
 
 if TYPE_CHECKING:
@@ -98,22 +98,31 @@ def _write_confusions(result: BenchResult, folder: Path) -> dict[str, Path]:
     return files
 
 
-#: Files and folders of a previous run that :func:`previous_outputs` recognises.
+#: The files and folders every run writes (its plots are listed in results.json's ``files``).
 _OUTPUT_FILES = ("results.csv", "results.json", "results.md", "report.html", "skipped.csv")
 _OUTPUT_FOLDERS = ("predictions", "confusion")
 
 
 def previous_outputs(out_dir: str | Path) -> list[Path]:
-    """The outputs of an earlier benchmark run in ``out_dir`` (which a new run would mix with)."""
+    """The outputs of an earlier benchmark run in ``out_dir`` (which a new run would mix with): the files
+    its results.json lists, and the fixed names every run writes — never anything else in the folder."""
     out = Path(out_dir)
     if not out.is_dir():
         return []
     found = [out / name for name in (*_OUTPUT_FILES, *_OUTPUT_FOLDERS) if (out / name).exists()]
-    return found + sorted(out.glob("*.png")) if found else []
+    try:
+        listed = json.loads((out / "results.json").read_text(encoding="utf-8")).get("files") or []
+    except (OSError, ValueError, AttributeError):
+        listed = []
+    for name in listed:
+        path = out / str(name)
+        if str(name) == path.name and path.suffix == ".png" and path.is_file() and path not in found:
+            found.append(path)  # plots: a plain file name in the folder itself, nothing else
+    return found
 
 
 def remove_previous_outputs(out_dir: str | Path) -> None:
-    """Delete what :func:`previous_outputs` finds (only cnnlab's own file names, never anything else)."""
+    """Delete what :func:`previous_outputs` finds."""
     import shutil
 
     for path in previous_outputs(out_dir):
@@ -129,7 +138,9 @@ def write_bench_outputs(result: BenchResult, out_dir: str | Path, *, plots: bool
     The kinds are ``markdown``, ``html``, ``csv``, ``json``, ``skipped``, ``confusion_csv_<model>``
     and, with ``plots``, one per plot (``accuracy_vs_throughput``, ``memory``, ``per_class``,
     ``confusion_<model>``, ``throughput_curve``). Every file is written atomically; a write that
-    fails (disk full, no permission) raises :class:`cnnlab.output_files.OutputError`.
+    fails (disk full, no permission) raises :class:`cnnlab.output_files.OutputError`. Text meant for
+    people (results.md, report.html) shows undecodable file-name bytes as ``\\xNN``; the CSV files
+    keep them as they are, so they name the files exactly.
     """
     from cnnlab.bench.result import SCHEMA_VERSION  # here, not at import: cnnlab.bench.result loads numpy and scipy
 
@@ -137,16 +148,16 @@ def write_bench_outputs(result: BenchResult, out_dir: str | Path, *, plots: bool
     try:
         files = {"csv": out / "results.csv", "json": out / "results.json", "skipped": out / "skipped.csv"}
         _write_results_csv(result, files["csv"], SCHEMA_VERSION)
-        text = json.dumps(to_jsonable(result.to_dict()), indent=2, allow_nan=False)
-        atomic_write(files["json"], text)
         _write_skipped(result, files["skipped"])
         _write_predictions(result, out / "predictions")
         files.update(_write_confusions(result, out / "confusion"))
         figures: list[Figure] = bench_plots(result, out) if plots else []
         files.update({figure.key: figure.path for figure in figures})
         blocks = report_blocks(result, figures)
-        files["markdown"] = atomic_write(out / "results.md", render_markdown(blocks))
-        files["html"] = atomic_write(out / "report.html", render_html(blocks))
+        files["markdown"] = atomic_write(out / "results.md", printable(render_markdown(blocks)))
+        files["html"] = atomic_write(out / "report.html", printable(render_html(blocks)))
+        payload = {**result.to_dict(), "files": sorted(p.relative_to(out).as_posix() for p in files.values())}
+        atomic_write(files["json"], json.dumps(to_jsonable(payload), indent=2, allow_nan=False))
     except OSError as exc:
         raise OutputError(describe_os_error(exc, out)) from None
     return files
