@@ -107,7 +107,7 @@ def _precision(result: BenchResult) -> str:
 
 
 def _overview(result: BenchResult) -> list[Block]:
-    env, ds, measure = result.environment, result.dataset, result.config.measure
+    env, ds = result.environment, result.dataset
     device = next((m.run.device_name or m.run.device for m in result.models if m.ok), "n/a")
     return [
         Heading("cnnlab bench results", level=1),
