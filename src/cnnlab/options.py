@@ -105,3 +105,16 @@ def parse_device(value: str) -> str:
     if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
         raise UsageError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
     return text
+
+
+class Augment(StrEnum):
+    """Augmentation preset of training images (see :mod:`cnnlab.finetune.augment`).
+
+    ``none``: the evaluation preprocessing; ``light``: random resized crop and flip;
+    ``trivialaugment``/``randaugment``: ``light`` plus torchvision's TrivialAugmentWide/RandAugment.
+    """
+
+    NONE = "none"
+    LIGHT = "light"
+    TRIVIALAUGMENT = "trivialaugment"
+    RANDAUGMENT = "randaugment"
