@@ -119,7 +119,7 @@ def find_lr(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            value = float(loss)
+            value = loss.item()
             average = SMOOTHING * average + (1 - SMOOTHING) * value
             smooth = average / (1 - SMOOTHING ** (len(result.lrs) + 1))
             result.lrs.append(start_lr * (end_lr / start_lr) ** (len(result.lrs) / (steps - 1)))
