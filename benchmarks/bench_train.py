@@ -34,12 +34,15 @@ Methods, each given the same training images and scored on the same held-out ima
   no normalisation for an architecture it does not know), fastai's default batch size 64.
   ``fastai-bs16``: the same with ``bs=16`` (fastai's loader drops the last partial batch, so at
   bs 64 a training part under 64 images trains on nothing).
+* ``cnnlab+KEY=VALUE``: cnnlab's defaults with one setting changed, e.g. ``cnnlab+ema=1``,
+  ``cnnlab+augment=trivialaugment``, ``cnnlab+mixup=0.2``, ``cnnlab+freeze=1`` (the probe alone).
 
 Also ``colours``: the generated 3-colour set of the tests (24 images per class given to cnnlab,
 unseen images from another seed), cnnlab's defaults with ``--epochs 3``, the acceptance figure.
 
 Wall time is end to end per method (data loading, training, scoring the held-out images) on this
-machine; rerun with ``--repeats`` when the machine is shared.
+machine, and so is CPU time (user + system, of the process and its DataLoader workers): on a
+shared machine the CPU time is the steadier figure; rerun with ``--repeats`` when in doubt.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import argparse
 import contextlib
 import csv
 import io
+import os
 import platform
 import sys
 import tempfile
@@ -161,10 +165,25 @@ def make_colours(root: Path, per_class: int, seed: int) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def run_cnnlab(root: Path, work: Path, epochs: int) -> float:
-    result = fine_tune(TrainConfig(data=str(root), out=str(work / "cnnlab"), epochs=epochs, overwrite=True))
+def run_cnnlab(root: Path, work: Path, epochs: int, **settings: object) -> float:
+    config = TrainConfig(data=str(root), out=str(work / "cnnlab"), epochs=epochs, overwrite=True)
+    for key, value in settings.items():
+        setattr(config, key, value)
+    result = fine_tune(config)
     assert result.evaluated_on == "test"
     return float(result.evaluation["top1"])
+
+
+def cnnlab_variant(method: str) -> Callable[[Path, Path, int], float]:
+    """``cnnlab+KEY=VALUE+...``: cnnlab's defaults with some TrainConfig fields changed (``+ema=1``,
+    ``+augment=trivialaugment``, ``+mixup=0.2``, ``+freeze=1``, ...)."""
+    defaults = TrainConfig()
+    settings: dict[str, object] = {}
+    for part in method.split("+")[1:]:
+        key, _, value = part.partition("=")
+        kind = type(getattr(defaults, key))
+        settings[key] = value not in ("0", "false") if kind is bool else (kind(value) if kind in (int, float) else value)
+    return lambda root, work, epochs: run_cnnlab(root, work, epochs, **settings)
 
 
 def _features(paths: list[Path]) -> np.ndarray:
@@ -251,24 +270,32 @@ METHODS: dict[str, Callable[[Path, Path, int], float]] = {
 }
 
 
-def timed(method: str, root: Path, work: Path, epochs: int) -> tuple[float, float]:
-    started = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (DataLoader workers), user + system."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def timed(method: str, root: Path, work: Path, epochs: int) -> tuple[float, float, float]:
+    """Held-out accuracy, wall seconds and CPU seconds of one method."""
+    started, cpu = time.perf_counter(), cpu_seconds()
+    run = cnnlab_variant(method) if method.startswith("cnnlab+") else METHODS[method]
     with contextlib.redirect_stdout(io.StringIO()):
-        accuracy = METHODS[method](root, work, epochs)
-    return accuracy, time.perf_counter() - started
+        accuracy = run(root, work, epochs)
+    return accuracy, time.perf_counter() - started, cpu_seconds() - cpu
 
 
-def colours_figure(work: Path, epochs: int = 3) -> tuple[float, float]:
+def colours_figure(work: Path, epochs: int = 3) -> tuple[float, float, float]:
     """cnnlab's defaults (``--epochs 3``) on 24 generated images per class, scored on 30 unseen ones per class."""
     from cnnlab.prediction import predict
 
     data = make_colours(work / "colours", 24, seed=0)
     unseen = make_colours(work / "colours-unseen", 30, seed=1)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     result = fine_tune(TrainConfig(data=str(data), out=str(work / "colours-run"), epochs=epochs, overwrite=True))
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     preds = predict([unseen], model=str(result.best_path), workers=0, device="cpu").predictions
-    return float(np.mean([Path(p.path).parent.name == p.top[0].label for p in preds])), seconds
+    return float(np.mean([Path(p.path).parent.name == p.top[0].label for p in preds])), seconds, cpu
 
 
 def main() -> int:
@@ -285,18 +312,18 @@ def main() -> int:
           f"epochs {args.epochs}; efficientnet_lite0 (real ImageNet weights), 224 px")
     with tempfile.TemporaryDirectory(prefix="cnnlab-bench-train-") as tmp:
         work = Path(args.workdir or tmp)
-        print("set | classes | train/held-out per class | method | held-out acc | wall s")
+        print("set | classes | train/held-out per class | method | held-out acc | wall s | cpu s")
         for name in [s for s in args.sets.split(",") if s]:
             root = make_set(name, work / name / "data")
             n_train, n_test = SIZES[name]
             for method in methods:
                 for rep in range(args.repeats):
-                    acc, seconds = timed(method, root, work / name / f"{method}-{rep}", args.epochs)
-                    print(f"{name} | {len(SETS[name])} | {n_train}/{n_test} | {method} | {acc:.3f} | {seconds:.0f}",
-                          flush=True)
+                    acc, seconds, cpu = timed(method, root, work / name / f"{method}-{rep}", args.epochs)
+                    print(f"{name} | {len(SETS[name])} | {n_train}/{n_test} | {method} | {acc:.3f} | {seconds:.0f} | "
+                          f"{cpu:.0f}", flush=True)
         if not args.no_colours:
-            acc, seconds = colours_figure(work)
-            print(f"colours | 3 | 24/30 unseen | cnnlab --epochs 3 | {acc:.3f} | {seconds:.0f}", flush=True)
+            acc, seconds, cpu = colours_figure(work)
+            print(f"colours | 3 | 24/30 unseen | cnnlab --epochs 3 | {acc:.3f} | {seconds:.0f} | {cpu:.0f}", flush=True)
     print("held-out: crops from a part of each photo that no training crop comes from", file=sys.stderr)
     return 0
 

@@ -149,7 +149,7 @@ def _print_summary(result: TrainResult) -> None:
     probe = "probe + " if any(r.phase == "probe" for r in result.history) else ""
     table.add_row("epochs", f"{probe}{heads} head + {fulls} full{stopped}")
     table.add_row("settings", f"BatchNorm {result.bn}, {result.precision} on {result.device}")
-    times = [f"{p} {t:.1f}s" for p in ("head", "full") if (t := result.seconds_per_epoch(p)) is not None]
+    times = [f"{p} {t:.1f}s" for p in ("probe", "head", "full") if (t := result.seconds_per_epoch(p)) is not None]
     table.add_row("time/epoch", ", ".join(times))
     best = next((r for r in result.history if r.epoch == result.best_epoch), None)
     if best is not None:
