@@ -24,10 +24,10 @@ class EpochRecord:
 
     ``epoch`` 0 with ``phase`` ``probe`` is the head's logistic-regression fit (learning rates 0,
     ``train_*`` on the clean training features). ``lr``/``backbone_lr``: the learning rates at the
-    epoch's last step (``backbone_lr`` is 0 while the backbone is frozen); ``train_*``: running figures over the epoch's augmented batches, in
-    training mode; ``val_*``: the model after the epoch on the validation split (``None`` without
-    one); ``images``/``skipped``: training images used and undecodable files met; ``seconds``:
-    wall time of the epoch including validation.
+    epoch's last step (``backbone_lr`` is 0 while the backbone is frozen); ``train_*``: running
+    figures over the epoch's augmented batches, in training mode; ``val_*``: the model after the
+    epoch on the validation split (``None`` without one); ``images``/``skipped``: training images
+    used and undecodable files met; ``seconds``: wall time of the epoch including validation.
     """
 
     epoch: int
