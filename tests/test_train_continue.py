@@ -69,13 +69,24 @@ def test_find_lr_writes_a_plot_and_suggests_a_value(colours: Path, tmp_path: Pat
     result = runner.invoke(app, ["train", "--find-lr", "--data", str(colours), "--model", "squeezenet1_1",
                                  "--random-weights", "--image-size", "32", "--workers", "0", "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
-    assert "suggested --lr" in result.stdout and "lowest smoothed loss, divided by 10" in result.stdout
+    assert "suggested --lr" in result.stdout and "a tenth of the first learning rate" in result.stdout
     assert (out / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
     rows = (out / "lr_find.csv").read_text().splitlines()
     assert rows[0] == "lr,loss,smoothed_loss" and 10 < len(rows) <= 101
     lrs = [float(r.split(",")[0]) for r in rows[1:]]
     assert lrs[0] == pytest.approx(1e-7) and all(b > a for a, b in zip(lrs, lrs[1:]))
     assert not (out / "best.pt").exists() and not (out / "data_split.csv").exists()  # nothing trained for good
+
+
+def test_the_suggestion_rule_on_both_kinds_of_curve() -> None:
+    from cnnlab.finetune.lr_find import suggest
+
+    lrs = [10 ** (-7 + i / 10) for i in range(80)]
+    falling = [2.0 - 1.8 * min(i, 50) / 50 + (0.2 * (i - 60) if i > 60 else 0) for i in range(80)]  # random head
+    flat = [0.01 + (0.05 * (i - 55) if i > 55 else 0) for i in range(80)]  # after the probe: flat, then rising
+    assert suggest(lrs, falling, 3) == pytest.approx(lrs[62] / 10)  # just past the minimum, divided by 10
+    assert suggest(lrs, flat, 3) == pytest.approx(lrs[57] / 10)  # where the flat loss turns, divided by 10
+    assert suggest(lrs, [0.1] * 80, 3) == lrs[-1] / 10 and suggest([], [], 3) is None
 
 
 def test_tensorboard_event_files_next_to_history(colours: Path, tmp_path: Path) -> None:

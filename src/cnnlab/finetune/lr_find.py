@@ -6,12 +6,16 @@ while the learning rate grows exponentially from ``start_lr`` to ``end_lr`` (tor
 :class:`~torch.optim.lr_scheduler.ExponentialLR`). The x axis is the value of ``--lr``: every
 parameter group moves with it in the phase's proportions (in the full phase the head at half of
 it, the backbone at ``backbone_lr_ratio`` of that). The loss is smoothed by an exponential moving
-average (0.98, bias-corrected); the test stops early once the smoothed loss exceeds 4 times its
-minimum.
+average (0.98, bias-corrected); the test stops early once the smoothed loss exceeds both 4 times
+its minimum and ``ln(classes)`` (the loss of a uniform guess: diverged).
 
-**Suggested value** (the rule of fastai's ``lr_min``): the learning rate at the minimum of the
-smoothed loss, divided by 10 -- a rate that still lowers the loss steadily, well below where it
-diverges.
+**Suggested value**: a tenth of the learning rate at which training starts to break down -- the
+first rate where the smoothed loss exceeds twice its lowest value so far plus
+``0.05 * ln(classes)`` (the largest rate tested when that never happens). fastai's ``lr_min``
+(the rate at the lowest loss, divided by 10) assumes a loss that first falls; after the probe the
+head starts at its optimum, the loss is flat and near zero until the rate is too high, and the
+minimum of a flat curve is noise. The onset of the rise is where both kinds of curve turn, and a
+tenth of it is a rate that trains without breaking what the probe found.
 
 Nothing is trained for good: the weights are discarded; ``lr_find.csv`` and ``lr_find.png`` are
 written to ``out``.
@@ -41,7 +45,9 @@ from cnnlab.progress import Progress
 SMOOTHING = 0.98
 #: Stop once the smoothed loss is this many times its minimum.
 DIVERGED = 4.0
-RULE = "the learning rate at the lowest smoothed loss, divided by 10 (fastai's lr_min)"
+RULE = "a tenth of the first learning rate where the smoothed loss rises above 2 x its lowest so far + 0.05 ln(classes)"
+#: The rise (relative, and in units of ln(classes)) that marks the onset of the breakdown.
+RISE = (2.0, 0.05)
 
 
 @dataclass
@@ -62,12 +68,16 @@ class LRFinderResult:
                            for lr, a, b in zip(self.lrs, self.losses, self.smoothed)]}
 
 
-def suggest(lrs: list[float], smoothed: list[float]) -> float | None:
+def suggest(lrs: list[float], smoothed: list[float], num_classes: int) -> float | None:
     """:data:`RULE` applied to a range test (``None`` without points)."""
     if not smoothed:
         return None
-    best = min(range(len(smoothed)), key=smoothed.__getitem__)
-    return lrs[best] / 10
+    lowest = math.inf
+    for lr, loss in zip(lrs, smoothed):
+        if not math.isfinite(loss) or loss > RISE[0] * lowest + RISE[1] * math.log(num_classes):
+            return lr / 10
+        lowest = min(lowest, loss)
+    return lrs[-1] / 10
 
 
 def find_lr(
@@ -107,6 +117,7 @@ def find_lr(
     set_phase_modes(module, run.head, phase.name, run.bn)
     progress.start("lr_find", f"learning-rate range test ({phase.name} phase)", total=steps)
     average, lowest, cycle = 0.0, math.inf, 0
+    chance = math.log(len(run.splits.classes))
     while len(result.lrs) < steps:
         reseed(config.seed, cycle, run.generator)
         cycle += 1
@@ -128,7 +139,7 @@ def find_lr(
             scheduler.step()
             progress.update("lr_find", advance=1, info=f"lr {result.lrs[-1]:.1e} loss {smooth:.3f}")
             lowest = min(lowest, smooth)
-            if not math.isfinite(smooth) or smooth > DIVERGED * lowest or len(result.lrs) >= steps:
+            if not math.isfinite(smooth) or smooth > max(DIVERGED * lowest, chance) or len(result.lrs) >= steps:
                 break
         else:
             continue
@@ -136,7 +147,7 @@ def find_lr(
     progress.finish("lr_find")
     if not result.lrs:
         raise CnnlabError("the range test got no training batch (no image could be decoded)")
-    result.suggestion = suggest(result.lrs, result.smoothed)
+    result.suggestion = suggest(result.lrs, result.smoothed, len(run.splits.classes))
     result.files = [str(_write_csv(result, out)), str(_plot(result, out))]
     return result
 
