@@ -61,8 +61,10 @@ from cnnlab.zoo import get_spec
 
 runner = CliRunner()
 COLOURS = {"blue": (40, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
-#: Settings of the small, fast runs: the offline model's real weights at 64 px, 1 head + 2 full epochs.
-FAST = {"model": "efficientnet_lite0", "epochs": 2, "freeze_epochs": 1, "batch_size": 8, "image_size": 64, "workers": 0}
+#: Settings of the small, fast runs: the offline model's real weights at 64 px, the probe, 1 head + 2 full
+#: epochs, a moving average of the weights (so that resume is checked with its state too).
+FAST = {"model": "efficientnet_lite0", "epochs": 2, "freeze_epochs": 1, "batch_size": 8, "image_size": 64, "workers": 0,
+        "ema": True}
 
 
 def make_colours(root: Path, per_class: int = 12, size: int = 40, seed: int = 0) -> Path:
@@ -319,13 +321,14 @@ def test_cosine_schedule_and_bn_train_policy() -> None:
 def test_colours_are_learnt_and_every_output_is_written(colour_run: TrainResult) -> None:
     r = colour_run
     assert r.classes == ["blue", "green", "red"] and not r.random_weights
-    assert [h.phase for h in r.history] == ["head", "full", "full"]
+    assert [(h.epoch, h.phase) for h in r.history] == [(0, "probe"), (1, "head"), (2, "full"), (3, "full")]
+    assert r.history[0].val_acc >= 0.99 and r.history[0].lr == 0  # the probe alone already separates colours
     assert r.history[-1].val_acc >= 0.99 and r.evaluation["top1"] >= 0.99
     assert r.history[-1].val_loss < r.history[0].val_loss
-    assert r.history[1].backbone_lr > 0 == r.history[0].backbone_lr  # frozen, then unfrozen
-    assert r.history[0].lr == pytest.approx(2e-3 / 25e4)  # the head phase's one cycle ends decayed...
-    assert r.history[1].lr > 100 * r.history[2].lr  # ...and the full phase has a cycle of its own
-    assert r.history[2].lr == pytest.approx(1e-3 / 25e4) and r.history[1].backbone_lr == pytest.approx(r.history[1].lr / 10)
+    assert r.history[2].backbone_lr > 0 == r.history[1].backbone_lr  # frozen, then unfrozen
+    assert r.history[1].lr == pytest.approx(2e-3 / 25e4)  # the head phase's one cycle ends decayed...
+    assert r.history[2].lr > 100 * r.history[3].lr  # ...and the full phase has a cycle of its own
+    assert r.history[3].lr == pytest.approx(1e-3 / 25e4) and r.history[2].backbone_lr == pytest.approx(r.history[2].lr / 10)
     assert r.bn == "frozen" and r.evaluated_on == "val"
     assert [s.reason for s in r.skipped] == ["empty"] and r.skipped[0].path.endswith("broken.jpg")
     assert sum(h.skipped for h in r.history) >= 1  # counted in the epochs it fell in
@@ -345,6 +348,7 @@ def test_colours_are_learnt_and_every_output_is_written(colour_run: TrainResult)
     assert best["format"] == FORMAT and best["arch"] == "efficientnet_lite0.IMAGENET1K"
     assert best["classes"] == r.classes and best["preprocessing"]["crop_size"] == 64
     assert best["train_args"]["epochs"] == 2 and best["versions"]["torch"] == torch.__version__
+    assert best["data_record"]["splits"]["train"]["count"] == r.n_train  # the leakage record
     assert best["metrics"]["val_top1"] == r.evaluation["top1"] and "resume" not in best
     assert "optimizer" in torch.load(out / "last.pt", weights_only=True)["resume"]
 
@@ -365,21 +369,24 @@ def test_resume_after_interruption_gives_the_uninterrupted_weights(
         pass
 
     class InterruptAfterEpoch2(Progress):
-        """A display whose second finished epoch raises, as Ctrl-C in the CLI would."""
+        """A display whose third finished epoch (probe, head, 1st full) raises, as Ctrl-C in the CLI would."""
 
         def __init__(self) -> None:
             self.epochs = 0
 
         def finish(self, key: str, message: str | None = None) -> None:
             self.epochs += key == "epoch"
-            if self.epochs == 2:
+            if self.epochs == 3:
                 raise Interrupt
 
     out = tmp_path / "interrupted"
-    with pytest.raises(Interrupt):  # stopped inside the full phase: optimiser and scheduler state must carry over
+    with pytest.raises(Interrupt):  # stopped inside the full phase: optimiser, scheduler, EMA states must carry over
         fine_tune(TrainConfig(data=str(colours), out=str(out), **FAST), InterruptAfterEpoch2())
-    assert len(read_history(out / "history.csv")) == 2
-    assert torch.load(out / "last.pt", weights_only=True)["resume"]["scheduler"]["last_epoch"] == 3  # 3 steps done
+    assert len(read_history(out / "history.csv")) == 3
+    stopped = torch.load(out / "last.pt", weights_only=True)
+    assert stopped["resume"]["scheduler"]["last_epoch"] == 4  # 29 images in 4 batches: 4 steps done
+    assert int(stopped["resume"]["ema"]["n_averaged"]) == 4 + 4  # head phase steps + full phase steps
+    assert not torch.equal(stopped["resume"]["model"]["_fc.weight"], stopped["state_dict"]["_fc.weight"])  # raw vs EMA
     with pytest.raises(CnnlabError, match="--resume"):  # no silent restart over an existing run
         fine_tune(TrainConfig(data=str(colours), out=str(out), **FAST))
 
@@ -400,7 +407,7 @@ def test_early_stopping_ends_each_phase(colours: Path, tmp_path: Path, monkeypat
     monkeypatch.setattr(loop.Predictions, "loss", property(lambda self: float(next(losses))))
     r = fine_tune(TrainConfig(
         data=str(colours), out=str(tmp_path / "es"), model="squeezenet1_1", random_weights=True,
-        image_size=32, batch_size=16, workers=0, freeze_epochs=5, epochs=5, patience=2,
+        image_size=32, batch_size=16, workers=0, freeze_epochs=5, epochs=5, patience=2, probe=False,
     ))
     assert [h.phase for h in r.history] == ["head"] * 3 + ["full"] * 2
     assert r.stopped_early == ["head", "full"] and r.best_epoch == 1
@@ -438,10 +445,10 @@ def test_fine_tuning_real_photos_reaches_the_frozen_baseline(tmp_path: Path) -> 
         csv.writer(fh).writerows([["path", "label", "split"], *rows])
 
     common = {"data": str(root), "model": "efficientnet_lite0", "batch_size": 8, "image_size": 96, "workers": 0}
-    probe = fine_tune(TrainConfig(out=str(tmp_path / "probe"), freeze=True, epochs=3, **common))
-    tuned = fine_tune(TrainConfig(out=str(tmp_path / "tuned"), freeze_epochs=1, epochs=2, **common))
+    probe = fine_tune(TrainConfig(out=str(tmp_path / "probe"), freeze=True, **common))
+    tuned = fine_tune(TrainConfig(out=str(tmp_path / "tuned"), epochs=2, **common))
     assert tuned.evaluated_on == probe.evaluated_on == "test" and tuned.n_test == 16
-    assert [h.phase for h in probe.history] == ["head"] * 3
+    assert [h.phase for h in probe.history] == ["probe"] and [h.phase for h in tuned.history] == ["probe", "full", "full"]
     assert tuned.evaluation["top1"] >= 0.9
     assert tuned.evaluation["top1"] >= probe.evaluation["top1"]
 
@@ -531,7 +538,7 @@ def test_cli_train_then_predict_then_bench(colours: Path, tmp_path: Path) -> Non
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "val top-1" in result.stdout and "pretrained weights" in result.stdout
-    assert "epoch   1 head" in result.stderr and "epoch   3 full" in result.stderr
+    assert "epoch   0 probe" in result.stderr and "epoch   2 full" in result.stderr
     assert "skipped" in result.stderr and "broken.jpg" in result.stderr
     assert (run / "best.pt").is_file() and (run / "curves.png").is_file()
 
@@ -562,13 +569,15 @@ def test_cli_train_then_predict_then_bench(colours: Path, tmp_path: Path) -> Non
 def test_cli_random_weights_says_so_and_json(colours: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--data", str(colours), "--model", "squeezenet1_1", "--random-weights",
                                  "--freeze-epochs", "0", "--epochs", "1", "--image-size", "32", "--workers", "0",
+                                 "--augment", "randaugment", "--mixup", "0.2", "--cutmix", "1.0",
                                  "--out", str(tmp_path / "r"), "--json", "-q"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["random_weights"] is True and any("RANDOM" in w for w in data["warnings"])
     assert "RANDOM" in result.stderr
     assert data["head"] == "classifier.1: conv1x1 512 -> 3"
-    assert [h["phase"] for h in data["history"]] == ["full"]
+    assert [h["phase"] for h in data["history"]] == ["probe", "full"]
+    assert data["train_args"]["augment"] == "randaugment" and data["train_args"]["mixup"] == 0.2
 
 
 def test_cli_module_is_light_and_shows_the_configs_defaults() -> None:
@@ -577,6 +586,7 @@ def test_cli_module_is_light_and_shows_the_configs_defaults() -> None:
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "80"})
     assert result.exit_code == 0
     assert "<onecycle|cosine>" in result.stdout and "<auto|frozen|train>" in result.stdout
+    assert "trivialaugment" in result.stdout and "--find-lr" in result.stdout and "--tensorboard" in result.stdout
     assert "[default: 0.002;" in result.stdout and f"[default: {TrainConfig().epochs};" in result.stdout
     assert max(len(line) for line in result.stdout.splitlines()) <= 80
 
@@ -590,7 +600,8 @@ def test_invalid_settings_are_refused(colours: Path, tmp_path: Path) -> None:
         fine_tune(TrainConfig(out=str(tmp_path / "none"), resume=True))
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "y")])
     assert result.exit_code == 2 and "no such folder" in result.stderr
-    for option, value in (("--schedule", "linear"), ("--bn", "frozn"), ("--precision", "fp8"), ("--device", "tpu")):
+    for option, value in (("--schedule", "linear"), ("--bn", "frozn"), ("--precision", "fp8"), ("--device", "tpu"),
+                          ("--augment", "heavy")):
         result = runner.invoke(app, ["train", "--data", str(colours), "--out", str(tmp_path / "z"), option, value])
         assert result.exit_code == 2 and value in result.stderr, (option, result.output)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()

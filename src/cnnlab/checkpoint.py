@@ -14,7 +14,8 @@ tensors, so it loads with ``torch.load(weights_only=True)`` and no code runs whi
         "versions": {"torch": ..., "torchvision": ..., "cnnlab": ..., "python": ...},
         "created": "2025-01-01T12:00:00+00:00",
         "resume": {...},                               # last.pt only: optimizer, epoch, history
-    }
+        "data_record": {...},                          # optional: what it was trained and validated
+    }                                                  # on (cnnlab.finetune.leakage)
 
 The fine-tuned architecture is the base model with its 1000-way ImageNet classifier replaced by a
 layer with one output per class (:func:`replace_head`), so everything that can build a registry
@@ -187,8 +188,12 @@ def make_checkpoint(
     train_args: Mapping[str, Any],
     metrics: Mapping[str, Any],
     resume: Mapping[str, Any] | None = None,
+    data_record: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the checkpoint dict (tensors are detached copies on the CPU)."""
+    """Assemble the checkpoint dict (tensors are detached copies on the CPU).
+
+    ``data_record``: the images it was trained and validated on (:mod:`cnnlab.finetune.leakage`).
+    """
     ckpt: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
@@ -204,6 +209,8 @@ def make_checkpoint(
     }
     if resume is not None:
         ckpt["resume"] = plain(dict(resume))
+    if data_record is not None:
+        ckpt["data_record"] = plain(dict(data_record))
     return ckpt
 
 

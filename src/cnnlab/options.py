@@ -84,6 +84,29 @@ class EngineName(StrEnum):
     FOLDER = "folder"
 
 
+class ReviewIssue(StrEnum):
+    """Kinds of problems ``cnnlab review`` finds in a labelled image set (see :mod:`cnnlab.review`)."""
+
+    MISLABEL = "mislabel"
+    OFFTOPIC = "offtopic"
+    DUPLICATE = "duplicate"
+    UNREADABLE = "unreadable"
+    TOO_SMALL = "too-small"
+
+
+class Augment(StrEnum):
+    """Augmentation preset of training images (see :mod:`cnnlab.finetune.augment`).
+
+    ``none``: the evaluation preprocessing; ``light``: random resized crop and flip;
+    ``trivialaugment``/``randaugment``: ``light`` plus torchvision's TrivialAugmentWide/RandAugment.
+    """
+
+    NONE = "none"
+    LIGHT = "light"
+    TRIVIALAUGMENT = "trivialaugment"
+    RANDAUGMENT = "randaugment"
+
+
 def parse_choice(kind: type[E], value: str | E, what: str | None = None) -> E:
     """``value`` as a member of ``kind``; a :class:`CnnlabError` (exit 2) naming the choices otherwise."""
     if isinstance(value, kind):
@@ -105,13 +128,3 @@ def parse_device(value: str) -> str:
     if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
         raise UsageError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
     return text
-
-
-class ReviewIssue(StrEnum):
-    """Kinds of problems ``cnnlab review`` finds in a labelled image set (see :mod:`cnnlab.review`)."""
-
-    MISLABEL = "mislabel"
-    OFFTOPIC = "offtopic"
-    DUPLICATE = "duplicate"
-    UNREADABLE = "unreadable"
-    TOO_SMALL = "too-small"

@@ -9,7 +9,6 @@ import typer
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table
 from cnnlab.cli.options import (
-    BatchSize,
     Device,
     Json,
     PrecisionOpt,
@@ -19,9 +18,10 @@ from cnnlab.cli.options import (
     Workers,
 )
 from cnnlab.finetune.config import TrainConfig
-from cnnlab.options import BNPolicy, Schedule
+from cnnlab.options import Augment, BNPolicy, Schedule
 
 if TYPE_CHECKING:
+    from cnnlab.finetune.lr_find import LRFinderResult
     from cnnlab.finetune.result import TrainResult
 
 _C = TrainConfig()
@@ -39,12 +39,15 @@ def _num(value: float | None) -> str:
 @handle_errors
 def train_command(
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Class folders (DIR/<class>/*.jpg), a manifest, or a folder with the split.csv of `cnnlab split`.")] = _C.data,
-    model: Annotated[str, typer.Option("--model", "-m", help="Registry model to start from.")] = _C.model,
+    model: Annotated[str, typer.Option("--model", "-m", help="Registry model, or a checkpoint (runs/x/best.pt) to start a new run from.")] = _C.model,
     out_dir: Annotated[str, typer.Option("--out", "-o", help="Run folder: best.pt, last.pt, history.csv, curves.png, metrics.json.")] = _C.out,
-    epochs: Annotated[int, typer.Option("--epochs", "-e", min=0, help="Epochs of the whole network (of the head with --freeze).")] = _C.epochs,
-    freeze_epochs: Annotated[int, typer.Option("--freeze-epochs", min=0, help="Head-only epochs first, backbone frozen.")] = _C.freeze_epochs,
-    freeze: Annotated[bool, typer.Option("--freeze", help="Linear probe: train only the new head.")] = _C.freeze,
-    batch_size: BatchSize = _C.batch_size,
+    epochs: Annotated[int, typer.Option("--epochs", "-e", min=0, help="Epochs of the whole network.")] = _C.epochs,
+    freeze_epochs: Annotated[int, typer.Option("--freeze-epochs", min=0, help="Head-only epochs after the probe, backbone frozen.")] = _C.freeze_epochs,
+    freeze: Annotated[bool, typer.Option("--freeze", help="Linear probe only: fit the head on frozen features (seconds), no epochs.")] = _C.freeze,
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Start the head from a logistic regression on frozen features.")] = _C.probe,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=65536, help="Largest batch (lowered for small data, see --min-phase-steps).")] = _C.batch_size,
+    min_phase_steps: Annotated[int, typer.Option("--min-phase-steps", min=1, help="Optimiser steps each phase should have; smaller batches (>= 8) give them.")] = _C.min_phase_steps,
+    find_lr: Annotated[bool, typer.Option("--find-lr", help="Only run the learning-rate range test: lr_find.png/csv and a suggested --lr.")] = False,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate of the head (AdamW).")] = _C.lr,
     backbone_lr_ratio: Annotated[float, typer.Option("--backbone-lr-ratio", min=0.0, help="Backbone learning rate relative to the head's.")] = _C.backbone_lr_ratio,
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = _C.weight_decay,
@@ -58,7 +61,11 @@ def train_command(
     device: Device = _C.device,
     precision: PrecisionOpt = _C.precision,
     workers: Workers = _C.workers,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random resized crop and flip for training images.")] = _C.augment,
+    augment: Annotated[Augment, typer.Option("--augment", case_sensitive=False, help="Augmentation preset (light: random resized crop and flip).")] = _C.augment,
+    mixup: Annotated[float, typer.Option("--mixup", min=0.0, help="MixUp of batches: Beta alpha, e.g. 0.2 (0: off).")] = _C.mixup,
+    cutmix: Annotated[float, typer.Option("--cutmix", min=0.0, help="CutMix of batches: Beta alpha, e.g. 1.0 (0: off).")] = _C.cutmix,
+    ema: Annotated[bool, typer.Option("--ema", help="Validate and save a moving average of the weights.")] = _C.ema,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also write TensorBoard event files to OUT/tensorboard.")] = _C.tensorboard,
     crop_scale: Annotated[float, typer.Option("--crop-scale", min=0.01, max=1.0, help="Smallest area fraction of a random crop.")] = _C.crop_scale[0],
     hflip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = _C.hflip,
     color_jitter: Annotated[float, typer.Option("--color-jitter", min=0.0, help="Brightness/contrast/saturation jitter.")] = _C.color_jitter,
@@ -73,19 +80,25 @@ def train_command(
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Fine-tune a pretrained model for the classes in a folder: head first, then the whole network."""
+    """Fine-tune a pretrained model for the classes in a folder: a linear probe for the new head, then the whole network."""
     from cnnlab.cli.progress import RichProgress
-    from cnnlab.finetune.recipe import fine_tune
 
     config = TrainConfig(
-        data=data, out=out_dir, model=model, epochs=epochs, freeze_epochs=freeze_epochs, freeze=freeze,
-        batch_size=batch_size, lr=lr, backbone_lr_ratio=backbone_lr_ratio, weight_decay=weight_decay,
+        data=data, out=out_dir, model=model, epochs=epochs, freeze_epochs=freeze_epochs, freeze=freeze, probe=probe,
+        batch_size=batch_size, min_phase_steps=min_phase_steps, lr=lr, backbone_lr_ratio=backbone_lr_ratio, weight_decay=weight_decay,
         schedule=schedule, patience=patience or None, label_smoothing=label_smoothing, val_fraction=val_fraction,
         test_fraction=test_fraction, near_dup_threshold=near_dup_threshold, seed=seed, device=device,
-        precision=precision, workers=workers, augment=augment, crop_scale=(crop_scale, 1.0), hflip=hflip,
+        precision=precision, workers=workers, augment=augment, mixup=mixup, cutmix=cutmix, ema=ema,
+        tensorboard=tensorboard, crop_scale=(crop_scale, 1.0), hflip=hflip,
         color_jitter=color_jitter, image_size=image_size, balance=balance, bn=bn, random_weights=random_weights,
         weights=weights, weights_dir=weights_dir, resume=resume, overwrite=overwrite,
     )
+    config.validate()  # bad settings exit 2 before any work
+    if find_lr:
+        _find_lr(config, quiet=quiet, as_json=as_json)
+        return
+    from cnnlab.finetune.recipe import fine_tune
+
     with RichProgress(quiet=quiet) as progress:
         try:
             result = fine_tune(config, progress)
@@ -98,6 +111,22 @@ def train_command(
     _print_summary(result)
     for s in result.skipped:
         err.print(f"[yellow]skipped[/] {escape(s.path)}: {s.reason}" + (f" ({escape(s.detail)})" if s.detail else ""))
+
+
+def _find_lr(config: TrainConfig, *, quiet: bool, as_json: bool) -> None:
+    """The learning-rate range test: files in --out, the suggestion on stdout."""
+    from cnnlab.cli.progress import RichProgress
+    from cnnlab.finetune.lr_find import find_lr
+
+    with RichProgress(quiet=quiet) as progress:
+        result: LRFinderResult = find_lr(config, progress)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    value = "none (no loss recorded)" if result.suggestion is None else f"{result.suggestion:.2e}"
+    out.print(f"suggested --lr {value}")
+    out.print(f"rule: {escape(result.rule)}")
+    out.print(f"plot: {escape(result.files[-1])}")
 
 
 def _print_summary(result: TrainResult) -> None:
@@ -117,9 +146,10 @@ def _print_summary(result: TrainResult) -> None:
     heads = sum(r.phase == "head" for r in result.history)
     fulls = sum(r.phase == "full" for r in result.history)
     stopped = f"; early stop in {', '.join(result.stopped_early)}" if result.stopped_early else ""
-    table.add_row("epochs", f"{heads} head + {fulls} full{stopped}")
+    probe = "probe + " if any(r.phase == "probe" for r in result.history) else ""
+    table.add_row("epochs", f"{probe}{heads} head + {fulls} full{stopped}")
     table.add_row("settings", f"BatchNorm {result.bn}, {result.precision} on {result.device}")
-    times = [f"{p} {t:.1f}s" for p in ("head", "full") if (t := result.seconds_per_epoch(p)) is not None]
+    times = [f"{p} {t:.1f}s" for p in ("probe", "head", "full") if (t := result.seconds_per_epoch(p)) is not None]
     table.add_row("time/epoch", ", ".join(times))
     best = next((r for r in result.history if r.epoch == result.best_epoch), None)
     if best is not None:

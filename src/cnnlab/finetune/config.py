@@ -12,7 +12,10 @@ from typing import Any, ClassVar, NamedTuple
 
 from cnnlab.collect.config import DEFAULT_NEAR_DUP_THRESHOLD
 from cnnlab.errors import UsageError
-from cnnlab.options import BNPolicy, Precision, Schedule, parse_choice, parse_device
+from cnnlab.options import Augment, BNPolicy, Precision, Schedule, parse_choice, parse_device
+
+#: Smallest batch the run lowers ``batch_size`` to so that a phase gets ``min_phase_steps`` steps.
+MIN_BATCH = 8
 
 
 @dataclass
@@ -29,13 +32,19 @@ class TrainConfig:
     out: str = "runs/train"
     #: Registry name of the starting model.
     model: str = "efficientnet_lite0"
-    #: Epochs of the full phase (of the head phase with ``freeze``).
+    #: Epochs of the full phase (the whole network).
     epochs: int = 5
-    #: Head-only epochs before the full phase (fastai's ``freeze_epochs``).
-    freeze_epochs: int = 1
-    #: Linear probe: train the head only, for ``epochs`` epochs.
+    #: Head-only epochs (backbone frozen, augmented images) between the probe and the full phase.
+    freeze_epochs: int = 0
+    #: Linear probe only: fit the head on frozen features (seconds) and stop; no SGD epochs.
     freeze: bool = False
+    #: Initialise the new head by a logistic-regression fit on frozen features (:mod:`~cnnlab.finetune.probe`).
+    probe: bool = True
+    #: Largest batch; a small training set gets smaller batches so that each phase has
+    #: ``min_phase_steps`` optimiser steps (never below 8 images), all batches about equal.
     batch_size: int = 32
+    #: Optimiser steps each phase should have at least (``batch_size`` is lowered towards it).
+    min_phase_steps: int = 24
     #: Peak learning rate of the head (AdamW); the full phase uses half of it.
     lr: float = 2e-3
     #: Backbone learning rate in the full phase, relative to the head's.
@@ -59,11 +68,20 @@ class TrainConfig:
     precision: Precision = Precision.AUTO
     #: DataLoader worker processes (``None``: :func:`cnnlab.inference.default_workers`).
     workers: int | None = None
-    #: Random resized crop + flip for training images; ``False`` uses the evaluation preprocessing.
-    augment: bool = True
+    #: Augmentation preset: ``light`` is random resized crop + flip; ``none`` the evaluation preprocessing.
+    augment: Augment = Augment.LIGHT
     crop_scale: tuple[float, float] = (0.35, 1.0)
     hflip: bool = True
     color_jitter: float = 0.0
+    #: MixUp / CutMix of training batches: the Beta distribution's alpha (0: off).
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    #: Validate and keep an exponential moving average of the weights (torch's AveragedModel).
+    ema: bool = False
+    #: Decay of the average per step (``None``: ``1 - 10 / steps of the run``, in [0.5, 0.9998]).
+    ema_decay: float | None = None
+    #: Write TensorBoard event files to ``out/tensorboard`` (needs the ``tensorboard`` package).
+    tensorboard: bool = False
     #: Train and evaluate at this crop size instead of the model's (stored in the checkpoint).
     image_size: int | None = None
     #: Sample every class equally often (weighted sampling with replacement).
@@ -89,6 +107,9 @@ class TrainConfig:
         self.schedule = parse_choice(Schedule, self.schedule, "schedule")
         self.bn = parse_choice(BNPolicy, self.bn, "BatchNorm policy (bn)")
         self.precision = parse_choice(Precision, self.precision, "precision")
+        if isinstance(self.augment, bool):  # stored by cnnlab before the presets
+            self.augment = Augment.LIGHT if self.augment else Augment.NONE
+        self.augment = parse_choice(Augment, self.augment, "augmentation preset (augment)")
         self.device = parse_device(self.device)
         self.crop_scale = (float(self.crop_scale[0]), float(self.crop_scale[1]))
 
@@ -99,14 +120,18 @@ class TrainConfig:
         """
         self._parse_choices()
         problems = []
-        if self.epochs < (1 if self.freeze else 0):
-            problems.append(f"epochs must be >= {1 if self.freeze else 0}, got {self.epochs}")
-        if self.freeze_epochs < 0:
-            problems.append(f"freeze_epochs must be >= 0, got {self.freeze_epochs}")
-        if not self.freeze and self.epochs + self.freeze_epochs < 1:
-            problems.append("nothing to train: epochs + freeze_epochs is 0")
-        if self.batch_size < 1:
-            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.epochs < 0 or self.freeze_epochs < 0:
+            problems.append(f"epochs and freeze_epochs must be >= 0, got {self.epochs} and {self.freeze_epochs}")
+        if self.freeze and not self.probe:
+            problems.append("freeze is the linear probe alone: it needs probe=True")
+        if not self.freeze and not self.probe and self.epochs + self.freeze_epochs < 1:
+            problems.append("nothing to train: no probe and epochs + freeze_epochs is 0")
+        if self.batch_size < 1 or self.min_phase_steps < 1:
+            problems.append(f"batch_size and min_phase_steps must be >= 1, got {self.batch_size}, {self.min_phase_steps}")
+        if self.mixup < 0 or self.cutmix < 0:
+            problems.append(f"mixup and cutmix must be >= 0 (0: off), got {self.mixup}, {self.cutmix}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            problems.append(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if not self.lr > 0 or not self.backbone_lr_ratio >= 0 or not self.weight_decay >= 0:
             problems.append("lr must be > 0, backbone_lr_ratio and weight_decay >= 0")
         if not 0 < self.warmup < 1:
@@ -147,22 +172,59 @@ class TrainConfig:
 
 
 class Phase(NamedTuple):
-    """One phase of a run: ``head`` (backbone frozen) or ``full`` (the whole network)."""
+    """One phase of a run: ``probe`` (the head fitted on frozen features: one step, recorded as
+    epoch 0), ``head`` (SGD on the head, backbone frozen) or ``full`` (the whole network)."""
 
     name: str
     epochs: int
 
 
-def plan_phases(config: TrainConfig) -> list[Phase]:
-    """The phases ``config`` asks for, in order (fastai's ``fine_tune``: head first, then full)."""
+def plan_phases(config: TrainConfig, *, probe: bool | None = None) -> list[Phase]:
+    """The phases ``config`` asks for, in order: the probe, then head-only epochs, then the full network.
+
+    ``probe`` overrides ``config.probe`` (a continued run that keeps its trained head skips it).
+    ``freeze`` is the probe alone.
+    """
+    with_probe = config.probe if probe is None else probe
+    phases = [Phase("probe", 1)] if with_probe or config.freeze else []
     if config.freeze:
-        return [Phase("head", config.epochs)]
-    return [Phase(name, n) for name, n in (("head", config.freeze_epochs), ("full", config.epochs)) if n > 0]
+        return phases
+    return phases + [Phase(name, n) for name, n in (("head", config.freeze_epochs), ("full", config.epochs)) if n > 0]
+
+
+class BatchPlan(NamedTuple):
+    """How one SGD phase walks through the training images."""
+
+    batch_size: int
+    steps_per_epoch: int
+    drop_last: bool
+
+    def steps(self, epochs: int) -> int:
+        return self.steps_per_epoch * epochs
+
+
+def plan_batches(n_train: int, epochs: int, batch_size: int, min_steps: int) -> BatchPlan:
+    """The batches of a phase of ``epochs`` epochs over ``n_train`` images.
+
+    The batch is ``batch_size``, lowered (not below :data:`MIN_BATCH`) until the phase has
+    ``min_steps`` optimiser steps, and never above ``n_train``; the images are then shared out
+    into batches of about equal size, so none is dropped. Only a last batch of a single image is
+    dropped (BatchNorm in training mode cannot use it): at most one image per epoch.
+    """
+    per_epoch = -(-min_steps // max(epochs, 1))
+    size = max(1, min(batch_size, max(MIN_BATCH, n_train // per_epoch), n_train))
+    batches = -(-n_train // size)
+    size = -(-n_train // batches)
+    last = n_train - (batches - 1) * size
+    drop_last = batches > 1 and last == 1
+    return BatchPlan(size, batches - drop_last, drop_last)
 
 
 def resumed_config(config: TrainConfig, stored_args: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
     """The run's stored settings with this call's runtime settings, and a note on what was ignored."""
     stored = TrainConfig.from_dict(stored_args)
+    if "probe" not in stored_args:  # a run of a cnnlab without the probe: keep its phases
+        stored.probe = False
     defaults = TrainConfig()
     ignored = []
     for f in dataclasses.fields(TrainConfig):

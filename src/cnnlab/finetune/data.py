@@ -1,4 +1,4 @@
-"""The images of a training run: its splits, the training augmentation and the training loader.
+"""The images of a training run: its splits and the training loader.
 
 Splits: a ``split.csv`` written by ``cnnlab split`` (or a manifest with a ``split`` column) is
 used as given. Otherwise the images are split by :func:`cnnlab.split.make_split`: per class
@@ -6,6 +6,8 @@ used as given. Otherwise the images are split by :func:`cnnlab.split.make_split`
 re-encoded copy) always in the same split, so that validation and test never see a copy of a
 training image. A given split without validation images gets them the same way, from its
 training images.
+
+The training augmentation is :mod:`cnnlab.finetune.augment`'s.
 
 Reproducibility: the training order and augmentations depend only on the loader's generator,
 which the run re-seeds from ``(seed, epoch)`` at the start of every epoch (:func:`reseed`).
@@ -18,11 +20,9 @@ import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, RandomSampler, Sampler, WeightedRandomSampler
 
 from cnnlab.collect.config import DEFAULT_NEAR_DUP_THRESHOLD
@@ -33,9 +33,7 @@ from cnnlab.datasets import (
     scan_dataset,
 )
 from cnnlab.errors import DatasetError
-from cnnlab.images import decode_image
 from cnnlab.inference import Batch, ImageTransform, make_loader
-from cnnlab.preprocess import Preprocessing
 from cnnlab.progress import Progress
 from cnnlab.split import SPLITS, make_split
 
@@ -198,55 +196,6 @@ def _split(
     return train, val_part, test_part
 
 
-class TrainTransform:
-    """Decode + training augmentation, giving a ``uint8`` (3, crop, crop) tensor.
-
-    Has the ``load(path, fast_decode=...)`` method of :class:`Preprocessing`, so that the loaders
-    of :mod:`cnnlab.inference` (with their skip-and-count handling of bad files) serve training
-    images too. Images are first shrunk so that their shorter side is at most ``resize_size`` (the
-    evaluation resize), then cropped at random and flipped; normalisation happens later, on the
-    device, with the weights' numbers (:class:`cnnlab.models.LoadedModel`).
-    """
-
-    def __init__(
-        self,
-        preprocessing: Preprocessing,
-        *,
-        crop_scale: tuple[float, float] = (0.35, 1.0),
-        hflip: bool = True,
-        color_jitter: float = 0.0,
-    ) -> None:
-        from torchvision.transforms import v2
-
-        self.preprocessing = preprocessing
-        steps: list[Any] = [
-            v2.RandomResizedCrop(
-                preprocessing.crop_size,
-                scale=tuple(crop_scale),
-                interpolation=v2.InterpolationMode(preprocessing.interpolation),
-                antialias=True,
-            )
-        ]
-        if hflip:
-            steps.append(v2.RandomHorizontalFlip(p=0.5))
-        if color_jitter > 0:
-            steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
-        self.transform = v2.Compose(steps)
-
-    def load(self, path: str | Path | bytes, *, fast_decode: bool = True) -> torch.Tensor:
-        """Decode ``path`` and return one random augmented crop."""
-        pp = self.preprocessing
-        img = decode_image(path, draft_to=pp.resize_size if fast_decode else None)
-        short = min(img.size)
-        if short > pp.resize_size:
-            scale = pp.resize_size / short
-            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-            img = img.resize(size, Image.Resampling[pp.interpolation.upper()])
-        tensor = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-        crop: torch.Tensor = self.transform(tensor)
-        return crop.contiguous()
-
-
 def make_train_loader(
     images: LabelledImages,
     transform: ImageTransform,
@@ -256,12 +205,14 @@ def make_train_loader(
     balance: bool,
     generator: torch.Generator,
     device_type: str = "cpu",
+    drop_last: bool = False,
 ) -> DataLoader[Batch]:
     """Shuffled (or with ``balance``, class-balanced) training batches of :class:`~cnnlab.inference.Batch`.
 
     The order and the augmentations depend only on ``generator``'s state when iteration starts
-    (workers are seeded from it; see :func:`reseed`). A last batch smaller than ``batch_size`` is
-    dropped when there is more than one batch (tiny batches give BatchNorm noisy statistics).
+    (workers are seeded from it; see :func:`reseed`). ``batch_size`` and ``drop_last`` come from
+    :func:`cnnlab.finetune.config.plan_batches`, which shares the images out into about equal
+    batches.
     """
     sampler: Sampler[int]
     if balance:
@@ -272,7 +223,7 @@ def make_train_loader(
         sampler = RandomSampler(range(len(images)), generator=generator)
     return make_loader(
         images.paths, transform, batch_size=batch_size, workers=workers, device_type=device_type,
-        sampler=sampler, generator=generator, drop_last=len(images) > batch_size, worker_init_fn=_seed_worker,
+        sampler=sampler, generator=generator, drop_last=drop_last, worker_init_fn=_seed_worker,
     )
 
 

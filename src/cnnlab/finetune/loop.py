@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from cnnlab.datasets import LabelledImages, SkippedFile
 from cnnlab.errors import CnnlabError, DatasetError
+from cnnlab.finetune.augment import BatchMix
 from cnnlab.finetune.optim import group_lr
 from cnnlab.inference import Batch, run_inference
 from cnnlab.metrics import confusion_matrix, per_class_report, summarize
@@ -53,11 +55,15 @@ def train_one_epoch(
     criterion: nn.Module,
     progress: Progress,
     task: str = "epoch",
+    mix: BatchMix | None = None,
+    ema: AveragedModel | None = None,
 ) -> EpochStats:
     """Train ``model`` (in the layer modes already set) on one pass of ``loader`` over ``images``
     (``epoch`` names the epoch in error messages).
 
-    The scheduler steps after every optimiser step (not after one that fp16's scaler skipped).
+    The scheduler steps after every optimiser step (not after one that fp16's scaler skipped),
+    and so does ``ema`` (the moving average of the weights). ``mix`` (MixUp/CutMix) mixes each
+    batch and its labels; the running accuracy then counts the larger share of each label.
     Files that cannot be decoded are skipped and returned. Progress: ``update(task, advance=1)``
     per batch with the running loss and accuracy. Raises :class:`CnnlabError` when the loss stops
     being finite, :class:`DatasetError` when no image could be decoded.
@@ -72,9 +78,11 @@ def train_one_epoch(
         if batch.images is None:
             progress.update(task, advance=1)
             continue
-        y = targets[batch.indices].to(model.device, non_blocking=True)
-        output = model(batch.images)
-        loss = criterion(output, y)
+        y = targets[batch.indices]
+        x, soft = mix(batch.images, y) if mix is not None else (batch.images, None)
+        y = y.to(model.device, non_blocking=True)
+        output = model(x)
+        loss = criterion(output, y if soft is None else soft.to(model.device))
         if not torch.isfinite(loss):
             raise CnnlabError(f"the training loss became {loss.item()} in epoch {epoch}; lower --lr (or use fp32)")
         optimizer.zero_grad(set_to_none=True)
@@ -85,8 +93,11 @@ def train_one_epoch(
         lrs = (group_lr(optimizer, "head"), group_lr(optimizer, "backbone"))
         if scale is None or scaler.get_scale() >= scale:  # a lower scale means fp16 skipped the step
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model.module)
         loss_sum += loss.item() * len(y)
-        correct += int((output.argmax(1) == y).sum())
+        truth = y if soft is None else soft.argmax(1).to(y.device)
+        correct += int((output.argmax(1) == truth).sum())
         seen += len(y)
         progress.update(task, advance=1, info=f"loss {loss_sum / seen:.3f} acc {correct / seen:.0%}")
     if seen == 0:

@@ -1,4 +1,4 @@
-"""The fine-tuning recipe (fastai's ``fine_tune``): the new head first, then the whole network."""
+"""The fine-tuning recipe: a linear probe for the new head, then (optionally) the head alone, then the whole network."""
 
 from __future__ import annotations
 
@@ -7,14 +7,19 @@ import time
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader
 
-from cnnlab.finetune.config import Phase, TrainConfig, plan_phases
+from cnnlab.finetune.augment import BatchMix, make_batch_mix
+from cnnlab.finetune.config import Phase, TrainConfig
 from cnnlab.finetune.data import reseed
 from cnnlab.finetune.loop import train_one_epoch
 from cnnlab.finetune.optim import make_optimizer, make_scheduler, set_phase_modes
+from cnnlab.finetune.probe import fit_probe, set_head
 from cnnlab.finetune.result import EpochRecord, TrainResult
-from cnnlab.finetune.run import TrainingRun, finish_run, start_run
+from cnnlab.finetune.run import TrainingRun, finish_run
+from cnnlab.finetune.start import start_run
 from cnnlab.finetune.state import load_phase_states, resume_entry
+from cnnlab.inference import Batch
 from cnnlab.options import Precision
 from cnnlab.progress import Progress
 
@@ -22,24 +27,38 @@ from cnnlab.progress import Progress
 def fine_tune(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.data``; write checkpoints and reports into ``config.out``.
 
-    1. **head phase** (``freeze_epochs``): the ImageNet classifier is replaced by a layer with one
-       output per class and only that layer trains, the backbone frozen, at ``lr``.
+    0. **probe** (``probe``, the default): the ImageNet classifier is replaced by a layer with one
+       output per class, set by a logistic regression on the frozen features of the training
+       images (:mod:`cnnlab.finetune.probe`). Recorded as epoch 0, validated like an epoch, so
+       ``best.pt`` is never worse on validation than the probe. ``freeze`` stops here.
+    1. **head phase** (``freeze_epochs``, 0 by default): only the head trains, backbone frozen.
     2. **full phase** (``epochs``): the whole network trains, the backbone at a lower rate.
 
-    ``freeze=True`` is a linear probe: the head phase only, for ``epochs`` epochs. Each phase has
-    its own optimiser and schedule (:mod:`cnnlab.finetune.optim`) and stops early after
-    ``patience`` epochs without a lower validation loss. Progress goes to ``progress``: notes,
-    and each epoch as task ``"epoch"`` whose ``finish`` comes once ``last.pt`` is written; an
-    exception raised there stops the run, and ``resume`` continues it from ``last.pt``.
+    Each SGD phase has its own optimiser and per-step schedule (:mod:`cnnlab.finetune.optim`) over
+    batches that give it at least ``min_phase_steps`` steps (:func:`~cnnlab.finetune.config.plan_batches`),
+    and stops early after ``patience`` epochs without a lower validation loss. Progress goes to
+    ``progress``: notes, and each epoch as task ``"epoch"`` whose ``finish`` comes once
+    ``last.pt`` is written; an exception raised there stops the run, and ``resume`` continues it
+    from ``last.pt``.
 
     Raises :class:`~cnnlab.errors.CnnlabError` (and subclasses) for unusable settings, data or weights.
     """
     run, state = start_run(config, progress or Progress())
-    phases = plan_phases(run.config)
+    phases = run.phases
+    total_epochs = sum(p.epochs for p in phases if p.name != "probe")
+    mix = make_batch_mix(len(run.splits.classes), mixup=run.config.mixup, cutmix=run.config.cutmix)
     for index in range(state.phase_index, len(phases)):
         phase = phases[index]
+        if phase.name == "probe":
+            record = _probe(run)
+            is_best, _ = state.end_epoch(record, phase, run.config.patience)
+            run.save_epoch(state, record, is_best, resume_entry(state, run.splits, run.config.seed))
+            run.progress.finish("epoch", record.summary(best=is_best))
+            continue
+        run.start_ema()
+        loader = run.train_loader(phase)
         optimizer = make_optimizer(run.model.module, run.head, phase.name, run.config, run.bn)
-        scheduler = make_scheduler(optimizer, run.config, total_steps=len(run.loader) * phase.epochs)
+        scheduler = make_scheduler(optimizer, run.config, total_steps=len(loader) * phase.epochs)
         scaler = torch.amp.GradScaler(run.model.device.type, enabled=run.model.precision is Precision.FP16)
         if state.epoch_in_phase > 0 and run.resume is not None:  # resuming inside this phase
             load_phase_states(run.resume, optimizer, scheduler, scaler)
@@ -47,8 +66,8 @@ def fine_tune(config: TrainConfig, progress: Progress | None = None) -> TrainRes
             state.bad_epochs = 0
         run.resume = None
         while state.phase_index == index:
-            record = _train_epoch(run, phase, state.epochs_done + 1, sum(p.epochs for p in phases),
-                                  optimizer, scheduler, scaler)
+            record = _train_epoch(run, phase, state.epochs_done + 1, total_epochs, loader, optimizer, scheduler,
+                                  scaler, mix)
             is_best, stop = state.end_epoch(record, phase, run.config.patience)
             run.save_epoch(state, record, is_best,
                            resume_entry(state, run.splits, run.config.seed, optimizer, scheduler, scaler))
@@ -59,32 +78,53 @@ def fine_tune(config: TrainConfig, progress: Progress | None = None) -> TrainRes
     return finish_run(run, state)
 
 
+def _probe(run: TrainingRun) -> EpochRecord:
+    """Fit the head on frozen features (epoch 0), then validate."""
+    started = time.perf_counter()
+    run.progress.start("epoch", "epoch   0 probe (logistic regression on frozen features)", total=1)
+    fit = fit_probe(run.model, run.head, run.splits.train, batch_size=run.config.batch_size, workers=run.workers,
+                    balance=run.config.balance, seed=run.config.seed, progress=run.progress)
+    set_head(run.head, fit)
+    run.skip(fit.skipped)
+    run.progress.update("epoch", advance=1)
+    return _record(run, Phase("probe", 1), 0, started, lr=(0.0, 0.0), train=(fit.loss, fit.accuracy),
+                   images=fit.images, skipped=len(fit.skipped))
+
+
 def _train_epoch(
     run: TrainingRun,
     phase: Phase,
     epoch: int,
     total_epochs: int,
+    loader: DataLoader[Batch],
     optimizer: torch.optim.Optimizer,
     scheduler: LRScheduler,
     scaler: torch.amp.GradScaler,
+    mix: BatchMix | None,
 ) -> EpochRecord:
     """Train epoch ``epoch`` of ``phase`` (re-seeded from the run's seed and ``epoch``), then validate."""
     started = time.perf_counter()
     reseed(run.config.seed, epoch, run.generator)
     set_phase_modes(run.model.module, run.head, phase.name, run.bn)
-    run.progress.start("epoch", f"epoch {epoch}/{total_epochs} {phase.name}", total=len(run.loader))
+    run.progress.start("epoch", f"epoch {epoch}/{total_epochs} {phase.name}", total=len(loader))
     stats = train_one_epoch(
-        run.model, run.loader, run.splits.train, epoch=epoch, optimizer=optimizer, scheduler=scheduler,
+        run.model, loader, run.splits.train, epoch=epoch, optimizer=optimizer, scheduler=scheduler,
         scaler=scaler, criterion=nn.CrossEntropyLoss(label_smoothing=run.config.label_smoothing),
-        progress=run.progress,
+        progress=run.progress, mix=mix, ema=run.ema,
     )
     run.skip(stats.skipped)
+    return _record(run, phase, epoch, started, lr=(stats.lr, stats.backbone_lr), train=(stats.loss, stats.accuracy),
+                   images=stats.images, skipped=len(stats.skipped))
+
+
+def _record(run: TrainingRun, phase: Phase, epoch: int, started: float, *, lr: tuple[float, float],
+            train: tuple[float, float], images: int, skipped: int) -> EpochRecord:
+    """Validate the model as it is now and describe the epoch."""
     val = run.evaluate(run.splits.val, f"epoch {epoch} val") if run.splits.val is not None else None
     if val is not None and not len(val.targets):  # every validation file failed to decode
         val = None
     return EpochRecord(
-        epoch=epoch, phase=phase.name, lr=stats.lr, backbone_lr=stats.backbone_lr,
-        train_loss=stats.loss, train_acc=stats.accuracy,
+        epoch=epoch, phase=phase.name, lr=lr[0], backbone_lr=lr[1], train_loss=train[0], train_acc=train[1],
         val_loss=val.loss if val is not None else None, val_acc=val.accuracy if val is not None else None,
-        images=stats.images, skipped=len(stats.skipped), seconds=round(time.perf_counter() - started, 3),
+        images=images, skipped=skipped, seconds=round(time.perf_counter() - started, 3),
     )

@@ -22,11 +22,12 @@ RUN_FILES = ("best.pt", "last.pt", "history.csv", "curves.png", "metrics.json", 
 class EpochRecord:
     """One line of ``history.csv``.
 
-    ``lr``/``backbone_lr``: the learning rates at the epoch's last step (``backbone_lr`` is 0 while
-    the backbone is frozen); ``train_*``: running figures over the epoch's augmented batches, in
-    training mode; ``val_*``: the model after the epoch on the validation split (``None`` without
-    one); ``images``/``skipped``: training images used and undecodable files met; ``seconds``:
-    wall time of the epoch including validation.
+    ``epoch`` 0 with ``phase`` ``probe`` is the head's logistic-regression fit (learning rates 0,
+    ``train_*`` on the clean training features). ``lr``/``backbone_lr``: the learning rates at the
+    epoch's last step (``backbone_lr`` is 0 while the backbone is frozen); ``train_*``: running
+    figures over the epoch's augmented batches, in training mode; ``val_*``: the model after the
+    epoch on the validation split (``None`` without one); ``images``/``skipped``: training images
+    used and undecodable files met; ``seconds``: wall time of the epoch including validation.
     """
 
     epoch: int
@@ -135,10 +136,7 @@ class TrainResult:
             "best_val_loss": self.best_val_loss,
             "stopped_early": self.stopped_early,
             "resumed_from_epoch": self.resumed_from_epoch,
-            "seconds_per_epoch": {
-                "head": self.seconds_per_epoch("head"),
-                "full": self.seconds_per_epoch("full"),
-            },
+            "seconds_per_epoch": {phase: self.seconds_per_epoch(phase) for phase in ("probe", "head", "full")},
             "evaluated_on": self.evaluated_on,
             "evaluation": self.evaluation,
             "files": {name: str(self.out / name) for name in RUN_FILES},

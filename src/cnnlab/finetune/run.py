@@ -1,9 +1,13 @@
-"""Starting and finishing a training run: settings, data, model, run folder; final evaluation and reports.
+"""A training run in progress: :class:`TrainingRun` (what the epochs work with) and :func:`finish_run`.
 
-:func:`start_run` turns a :class:`TrainConfig` into a :class:`TrainingRun` (everything the epochs
-work with) and the :class:`RunState` to continue from; :func:`finish_run` evaluates ``best.pt``
-and writes ``metrics.json`` and ``curves.png``. :func:`cnnlab.finetune.fine_tune` runs the
-epochs in between.
+:func:`cnnlab.finetune.start.start_run` builds a :class:`TrainingRun` from a :class:`TrainConfig`;
+:func:`cnnlab.finetune.fine_tune` runs its phases; :func:`finish_run` evaluates ``best.pt`` and
+writes ``metrics.json`` and ``curves.png``.
+
+With ``ema`` the run keeps an exponential moving average of the weights (torch's
+:class:`~torch.optim.swa_utils.AveragedModel` with ``get_ema_multi_avg_fn``, updated after every
+optimiser step, buffers included): validation, ``best.pt`` and ``last.pt``'s ``state_dict`` are
+the averaged weights; ``last.pt`` keeps the raw training weights in its ``resume`` entry.
 """
 
 from __future__ import annotations
@@ -16,55 +20,35 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
-from cnnlab.checkpoint import (
-    HeadInfo,
-    base_spec,
-    build_finetuned,
-    make_checkpoint,
-    read_checkpoint,
-    replace_head,
-    save_checkpoint,
-)
+from cnnlab.checkpoint import HeadInfo, make_checkpoint, read_checkpoint, save_checkpoint
 from cnnlab.datasets import LabelledImages, SkippedFile
-from cnnlab.errors import CnnlabError, UsageError
-from cnnlab.finetune.config import TrainConfig, resumed_config
-from cnnlab.finetune.data import (
-    DataSplits,
-    TrainTransform,
-    make_train_loader,
-    prepare_data,
-    seed_everything,
-)
+from cnnlab.finetune.augment import make_transform
+from cnnlab.finetune.config import BatchPlan, Phase, TrainConfig, plan_batches
+from cnnlab.finetune.data import DataSplits, make_train_loader
 from cnnlab.finetune.loop import Predictions, evaluate, evaluation_report
 from cnnlab.finetune.result import RUN_FILES, EpochRecord, TrainResult
-from cnnlab.finetune.state import (
-    RunState,
-    check_out,
-    plot_curves,
-    read_resume_checkpoint,
-    reset_out,
-    write_history,
-    write_split_csv,
-)
-from cnnlab.inference import Batch, default_workers
+from cnnlab.finetune.state import RunState, plot_curves, write_history
+from cnnlab.finetune.tblog import TensorBoardLog
+from cnnlab.inference import Batch
 from cnnlab.jsonable import to_jsonable
-from cnnlab.models import (
-    LoadedModel,
-    load_model,
-    precision_dtype,
-    resolve_device,
-    resolve_precision,
-)
-from cnnlab.options import BNPolicy, Precision
-from cnnlab.preprocess import Preprocessing
+from cnnlab.models import LoadedModel
+from cnnlab.options import BNPolicy
+from cnnlab.output_files import atomic_write
 from cnnlab.progress import Progress
-from cnnlab.zoo import ModelSpec
 
-#: Ratio of the largest to the smallest training class above which a warning suggests ``balance``.
-IMBALANCE_WARNING = 3.0
-_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+#: Bounds of the EMA decay chosen from the run's length (``1 - 10 / steps``).
+EMA_DECAY_RANGE = (0.5, 0.9998)
+
+
+def ema_decay(total_steps: int, given: float | None = None) -> float:
+    """The EMA decay: ``given``, else one that averages over about the last tenth of the run's steps."""
+    if given is not None:
+        return given
+    lo, hi = EMA_DECAY_RANGE
+    return min(hi, max(lo, 1.0 - 10.0 / max(total_steps, 1)))
 
 
 @dataclass
@@ -81,25 +65,31 @@ class TrainingRun:
     workers: int
     result: TrainResult
     progress: Progress
-    #: ``last.pt``'s ``resume`` entry, until the interrupted phase has taken its optimiser states.
+    #: The run's phases (:func:`cnnlab.finetune.config.plan_phases`).
+    phases: list[Phase]
+    #: What the run trains and validates on (:mod:`cnnlab.finetune.leakage`), stored in every checkpoint.
+    data_record: dict[str, Any]
+    #: ``last.pt``'s ``resume`` entry, until the interrupted phase has taken its states.
     resume: dict[str, Any] | None = None
+    ema: AveragedModel | None = None
+    tensorboard: TensorBoardLog | None = None
     generator: torch.Generator = field(default_factory=torch.Generator)
-    loader: DataLoader[Batch] = field(init=False, repr=False)
     _skipped_paths: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        c, pp = self.config, self.model.preprocessing
-        transform = (TrainTransform(pp, crop_scale=c.crop_scale, hflip=c.hflip, color_jitter=c.color_jitter)
-                     if c.augment else pp)
-        self.loader = make_train_loader(self.splits.train, transform, batch_size=c.batch_size, workers=self.workers,
-                                        balance=c.balance, generator=self.generator,
-                                        device_type=self.model.device.type)
         self._skipped_paths = {s.path for s in self.result.skipped}
 
     @property
     def head(self) -> nn.Module:
         """The new classifier layer."""
         return self.model.module.get_submodule(self.head_info.path)
+
+    @property
+    def eval_model(self) -> LoadedModel:
+        """The weights that are validated and saved: the moving average with ``ema``, else the model."""
+        if self.ema is None or int(self.ema.n_averaged) == 0:
+            return self.model
+        return dataclasses.replace(self.model, module=self.ema.module)
 
     def note(self, message: str, *, warning: bool = False) -> None:
         """Tell the user; warnings are also kept in the result."""
@@ -114,150 +104,65 @@ class TrainingRun:
                 self._skipped_paths.add(s.path)
                 self.result.skipped.append(s)
 
+    def batch_plan(self, phase: Phase) -> BatchPlan:
+        """How ``phase`` walks through the training images."""
+        c = self.config
+        return plan_batches(len(self.splits.train), phase.epochs, c.batch_size, c.min_phase_steps)
+
+    def train_loader(self, phase: Phase) -> DataLoader[Batch]:
+        """The augmented, shuffled training batches of ``phase``."""
+        c, plan = self.config, self.batch_plan(phase)
+        transform = make_transform(self.model.preprocessing, c.augment, crop_scale=c.crop_scale, hflip=c.hflip,
+                                   color_jitter=c.color_jitter)
+        return make_train_loader(self.splits.train, transform, batch_size=plan.batch_size, workers=self.workers,
+                                 balance=c.balance, generator=self.generator, device_type=self.model.device.type,
+                                 drop_last=plan.drop_last)
+
+    def sgd_steps(self) -> int:
+        """Optimiser steps of the whole run."""
+        return sum(self.batch_plan(p).steps(p.epochs) for p in self.phases if p.name != "probe")
+
+    def start_ema(self) -> None:
+        """Start the moving average of the weights (``ema``), from ``last.pt``'s state when resuming."""
+        if not self.config.ema or self.ema is not None:
+            return
+        decay = ema_decay(self.sgd_steps(), self.config.ema_decay)
+        self.ema = AveragedModel(self.model.module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        if self.resume is not None and self.resume.get("ema") is not None:
+            self.ema.load_state_dict(self.resume["ema"])
+
     def evaluate(self, images: LabelledImages, description: str) -> Predictions:
-        """The model (in eval mode) over ``images``; skipped files are recorded."""
-        preds = evaluate(self.model, images, batch_size=self.config.batch_size, workers=self.workers,
+        """The validated weights (in eval mode) over ``images``; skipped files are recorded."""
+        preds = evaluate(self.eval_model, images, batch_size=self.config.batch_size, workers=self.workers,
                          progress=self.progress, description=description)
         self.skip(preds.skipped)
         return preds
 
     def checkpoint(self, metrics: dict[str, Any], resume: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The checkpoint dict of the model as it is now."""
+        """The checkpoint dict of the validated weights as they are now."""
         return make_checkpoint(
             arch=self.model.spec.name,  # the registry entry it was trained from
             head=self.head_info,
             classes=self.splits.classes,
             preprocessing=self.model.preprocessing,
-            state_dict=self.model.module.state_dict(),
+            state_dict=self.eval_model.module.state_dict(),
             train_args=self.result.train_args,
             metrics=metrics,
             resume=resume,
+            data_record=self.data_record,
         )
 
     def save_epoch(self, state: RunState, record: EpochRecord, is_best: bool, resume: dict[str, Any]) -> None:
-        """``best.pt`` (when ``is_best``), ``last.pt`` with the ``resume`` entry, and ``history.csv``."""
+        """TensorBoard scalars, ``best.pt`` (when ``is_best``), ``last.pt`` with ``resume``, ``history.csv``."""
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(record)
+        if self.ema is not None:  # the raw weights go on training
+            resume = {**resume, "model": self.model.module.state_dict(), "ema": self.ema.state_dict()}
         metrics = {k: v for k, v in record.to_dict().items() if k != "seconds"}
         if is_best:
             save_checkpoint(self.checkpoint(metrics), self.out / "best.pt")
         save_checkpoint(self.checkpoint(metrics, resume), self.out / "last.pt")
         write_history(state.history, self.out / "history.csv")
-
-
-def start_run(config: TrainConfig, progress: Progress) -> tuple[TrainingRun, RunState]:
-    """Check the settings, read and split the data, build the model, prepare the run folder.
-
-    With ``config.resume`` the settings, weights and progress come from ``last.pt`` in
-    ``config.out``. Nothing is written before the data has been read and the model built.
-    """
-    config.validate()
-    stored: dict[str, Any] | None = None
-    notes: list[str] = []
-    if config.resume:
-        stored = read_resume_checkpoint(Path(config.out))
-        config, notes = resumed_config(config, stored["train_args"])
-        config.validate()
-    if config.data is None:
-        raise UsageError("no training data: pass --data DIR (a class-folder tree, a manifest or a split folder)")
-    if Path(config.model).suffix in _CHECKPOINT_SUFFIXES and Path(config.model).is_file():
-        raise UsageError(f"--model {config.model} is a checkpoint; training starts from a registry model "
-                         "(to continue an interrupted run use --resume with its --out)")
-    out = check_out(config)
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    splits = prepare_data(config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                          seed=config.seed, near_dup_threshold=config.near_dup_threshold, progress=progress)
-    seed_everything(config.seed)  # the random parts of the model (the new head) are reproducible
-    if stored is not None:
-        spec = base_spec(stored, out / "last.pt")
-        _check_same_data(stored, splits, config.data)
-        module = build_finetuned(spec, len(splits.classes), stored["state_dict"])
-        head_info = HeadInfo(**stored["head"])
-    else:
-        loaded = load_model(config.model, weights=config.weights, weights_dir=config.weights_dir,
-                            random_weights=config.random_weights, device="cpu",
-                            progress=type(progress) is not Progress)  # a display was given: show downloads
-        spec, module = loaded.spec, loaded.module
-        head_info = replace_head(module, len(splits.classes))
-        reset_out(out)
-    bn = config.bn if config.bn is not BNPolicy.AUTO else (BNPolicy.TRAIN if config.random_weights else BNPolicy.FROZEN)
-    model = _wrap(spec, module, splits.classes, _run_preprocessing(spec, config.image_size), device, precision)
-    result = TrainResult(
-        out=out, model=config.model, arch=spec.name, classes=splits.classes, random_weights=config.random_weights,
-        device=str(device), precision=precision.value, bn=bn.value,
-        head=f"{head_info.path}: {head_info.kind} {head_info.in_features} -> {head_info.num_classes}",
-        split_source=splits.source, class_counts=splits.class_counts(), n_train=len(splits.train),
-        n_val=len(splits.val) if splits.val else 0, n_test=len(splits.test) if splits.test else 0,
-        skipped=list(splits.skipped),
-        train_args={**config.to_dict(), "arch": spec.name, "bn_resolved": bn.value,
-                    "precision_resolved": precision.value},
-    )
-    workers = default_workers(device.type) if config.workers is None else config.workers
-    run = TrainingRun(config=config, out=out, splits=splits, model=model, head_info=head_info, bn=bn,
-                      workers=workers, result=result, progress=progress)
-    for n in notes:
-        run.note(n, warning=True)
-    _describe(run)
-    if stored is None:
-        write_split_csv(splits, out / "data_split.csv")
-        return run, RunState()
-    run.resume = stored["resume"]
-    state = RunState.from_dict(stored["resume"]["state"])
-    result.resumed_from_epoch = state.epochs_done
-    run.note(f"resuming after epoch {state.epochs_done}")
-    return run, state
-
-
-def _check_same_data(stored: dict[str, Any], splits: DataSplits, data: str) -> None:
-    if list(stored["classes"]) != splits.classes:
-        raise CnnlabError(
-            f"the classes in {data} ({', '.join(splits.classes)}) differ from those of the run "
-            f"({', '.join(stored['classes'])}); resume needs the same data"
-        )
-    if stored["resume"].get("data_fingerprint") != splits.fingerprint():
-        raise CnnlabError(f"the images in {data} or their split changed since the run started; "
-                          "resume needs the same data")
-
-
-def _run_preprocessing(spec: ModelSpec, image_size: int | None) -> Preprocessing:
-    """The weights' evaluation preprocessing, scaled to ``image_size`` when one is given."""
-    pp = spec.preprocessing
-    if image_size is None:
-        return pp
-    ratio = pp.resize_size / pp.crop_size
-    return dataclasses.replace(pp, crop_size=image_size, resize_size=max(image_size, round(image_size * ratio)))
-
-
-def _wrap(spec: ModelSpec, module: nn.Module, classes: list[str], preprocessing: Preprocessing,
-          device: torch.device, precision: Precision) -> LoadedModel:
-    """``module`` on ``device`` as a :class:`LoadedModel` over ``classes`` with the run's preprocessing."""
-    if device.type == "cuda":  # as load_model does: TF32 matrix units only when asked for
-        torch.backends.cuda.matmul.allow_tf32 = precision is Precision.TF32
-        torch.backends.cudnn.allow_tf32 = precision is Precision.TF32
-    run_spec = dataclasses.replace(spec, categories=tuple(classes), preprocessing=preprocessing)
-    return LoadedModel(spec=run_spec, module=module.to(device), device=device, dtype=precision_dtype(precision),
-                       precision=precision)
-
-
-def _describe(run: TrainingRun) -> None:
-    """Tell what the run is about to do, with the warnings that matter."""
-    r, c = run.result, run.config
-    if c.random_weights:
-        run.note(f"starting from RANDOM weights ({run.model.spec.arch}): not a pretrained fine-tune", warning=True)
-    run.note(f"model {r.arch}, new head {r.head}, BatchNorm {r.bn}, {r.precision} on {r.device}")
-    run.note(f"data: {r.n_train} train / {r.n_val} val / {r.n_test} test images, {len(r.classes)} classes "
-             f"({r.split_source})")
-    run.note("train images per class: " + ", ".join(f"{k} {n}" for k, n in r.class_counts.items()))
-    if run.splits.dropped_classes:
-        run.note(f"class folder(s) without images left out: {', '.join(run.splits.dropped_classes)}", warning=True)
-    if r.imbalance_ratio >= IMBALANCE_WARNING:
-        advice = "classes are sampled equally (--balance)" if c.balance else "consider --balance"
-        run.note(f"classes are imbalanced: the largest has {r.imbalance_ratio:.1f}x the images of the smallest; "
-                 f"{advice}", warning=True)
-    if run.splits.val is None:
-        run.note("no validation images: no early stopping, and best.pt is the last epoch", warning=True)
-    if run.splits.test is None:
-        run.note("no test split: the final evaluation uses the validation images, which also chose the best epoch "
-                 "(optimistic); use --test-fraction or a split.csv with a test split for an unbiased figure")
 
 
 def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
@@ -266,7 +171,10 @@ def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
     result.history = list(state.history)
     result.best_epoch, result.best_val_loss = state.best_epoch, state.best_val_loss
     result.stopped_early = list(state.stopped_early)
+    if run.tensorboard is not None:
+        run.tensorboard.close()
     best = read_checkpoint(out / "best.pt")
+    run.ema = None  # the best weights (averaged or not) are evaluated in the model itself
     run.model.module.load_state_dict(best["state_dict"])
     reports: dict[str, Any] = {}
     for name, part in (("val", run.splits.val), ("test", run.splits.test)):
@@ -293,8 +201,7 @@ def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
         "skipped": [s.to_dict() for s in result.skipped],
         "train_args": result.train_args,
     }
-    text = json.dumps(to_jsonable(metrics), indent=2, allow_nan=False)
-    (out / "metrics.json").write_text(text + "\n", encoding="utf-8")
+    atomic_write(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n")
     best["metrics"] = {
         **best.get("metrics", {}),
         "evaluated_on": result.evaluated_on,

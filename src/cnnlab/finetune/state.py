@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,10 @@ from cnnlab.errors import CnnlabError
 from cnnlab.finetune.config import Phase, TrainConfig
 from cnnlab.finetune.data import DataSplits
 from cnnlab.finetune.result import RUN_FILES, EpochRecord
+from cnnlab.output_files import atomic_open
+
+#: TensorBoard's folder inside the run folder (:mod:`cnnlab.finetune.tblog`).
+TENSORBOARD_FOLDER = "tensorboard"
 
 
 @dataclass
@@ -44,11 +49,12 @@ class RunState:
         """Add ``record``; return ``(is_best, stop_early)`` and move on to the next phase when due.
 
         The best epoch has the lowest validation loss so far (without validation, the last one);
-        a phase stops early after ``patience`` epochs without a new best (the full phase compares
-        with the head phase's best).
+        a phase stops early after ``patience`` epochs without a new best (later phases compare
+        with the best so far, the probe's included). The probe is not a training epoch (it is
+        recorded as epoch 0).
         """
         self.history.append(record)
-        self.epochs_done += 1
+        self.epochs_done += phase.name != "probe"
         self.epoch_in_phase += 1
         improved = record.val_loss is not None and (self.best_val_loss is None or record.val_loss < self.best_val_loss)
         is_best = improved or record.val_loss is None
@@ -80,17 +86,17 @@ def resume_entry(
     state: RunState,
     splits: DataSplits,
     seed: int,
-    optimizer: torch.optim.Optimizer,
-    scheduler: LRScheduler,
-    scaler: torch.amp.GradScaler,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: LRScheduler | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, Any]:
     """``last.pt``'s ``resume`` entry after an epoch (optimiser states only inside a phase)."""
     in_phase = state.epoch_in_phase > 0
     return {
         "state": state.to_dict(),
-        "optimizer": optimizer.state_dict() if in_phase else None,
-        "scheduler": scheduler.state_dict() if in_phase else None,
-        "scaler": scaler.state_dict() if in_phase and scaler.is_enabled() else None,
+        "optimizer": optimizer.state_dict() if in_phase and optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if in_phase and scheduler is not None else None,
+        "scaler": scaler.state_dict() if in_phase and scaler is not None and scaler.is_enabled() else None,
         "rng": f"re-seeded from (seed={seed}, epoch) at the start of every epoch",
         "data_fingerprint": splits.fingerprint(),
     }
@@ -138,15 +144,16 @@ def check_out(config: TrainConfig) -> Path:
 
 
 def reset_out(out: Path) -> None:
-    """Remove the files of an earlier run from ``out`` (made if missing)."""
+    """Remove the files of an earlier run from ``out`` (made if missing), its TensorBoard events included."""
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / TENSORBOARD_FOLDER, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
 def write_split_csv(splits: DataSplits, path: Path) -> None:
     """``data_split.csv``: ``path,label,split`` of every image of the run."""
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_open(path) as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "split"])
         writer.writerows(splits.rows())
@@ -155,7 +162,7 @@ def write_split_csv(splits: DataSplits, path: Path) -> None:
 def write_history(records: Sequence[EpochRecord], path: Path) -> None:
     """``history.csv``: one row per epoch (empty cells for missing validation figures)."""
     names = [f.name for f in dataclasses.fields(EpochRecord)]
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_open(path) as fh:
         writer = csv.DictWriter(fh, fieldnames=names)
         writer.writeheader()
         for r in records:

@@ -1,0 +1,259 @@
+"""Starting a training run: settings, data, the starting model, the leakage record, the run folder.
+
+The starting model is one of three:
+
+* a registry model (``config.model``), whose ImageNet classifier is replaced by a new head;
+* a checkpoint of ``cnnlab train`` (``--model runs/x/best.pt``): a *new* run continues from its
+  weights. With the same classes (same names, same order) it keeps the trained head and skips the
+  probe; with other classes the head is replaced (and fitted by the probe). The checkpoint's
+  preprocessing is kept unless ``image_size`` is given, and its data record is inherited;
+* ``last.pt`` of the run in ``config.out`` (``resume``), with the settings stored there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.checkpoint import (
+    HeadInfo,
+    base_spec,
+    build_finetuned,
+    checkpoint_preprocessing,
+    find_head,
+    read_checkpoint,
+    replace_head,
+)
+from cnnlab.errors import CnnlabError, UsageError, WeightsIntegrityError
+from cnnlab.finetune import tblog
+from cnnlab.finetune.config import TrainConfig, plan_phases, resumed_config
+from cnnlab.finetune.data import DataSplits, prepare_data, seed_everything
+from cnnlab.finetune.leakage import make_record
+from cnnlab.finetune.result import TrainResult
+from cnnlab.finetune.run import TrainingRun
+from cnnlab.finetune.state import RunState, check_out, read_resume_checkpoint, reset_out, write_split_csv
+from cnnlab.inference import default_workers
+from cnnlab.models import LoadedModel, load_model, precision_dtype, resolve_device, resolve_precision
+from cnnlab.options import BNPolicy, Precision
+from cnnlab.preprocess import Preprocessing
+from cnnlab.progress import Progress
+from cnnlab.zoo import ModelSpec
+
+#: Ratio of the largest to the smallest training class above which a warning suggests ``balance``.
+IMBALANCE_WARNING = 3.0
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+@dataclass
+class StartingModel:
+    """The network a run starts from, before it is wrapped for the run's device and precision."""
+
+    spec: ModelSpec  # the registry entry it was built from
+    module: nn.Module
+    head_info: HeadInfo
+    preprocessing: Preprocessing
+    random_weights: bool = False
+    #: A continued run over the same classes keeps the trained head (no probe).
+    keep_head: bool = False
+    #: A continued run: the checkpoint and its data record.
+    parent: str | None = None
+    inherited: dict[str, Any] | None = None
+
+
+def is_checkpoint(name: str) -> bool:
+    """Whether ``--model`` names a checkpoint file rather than a registry model."""
+    return Path(name).suffix in CHECKPOINT_SUFFIXES
+
+
+def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = True) -> tuple[TrainingRun, RunState]:
+    """Check the settings, read and split the data, build the model, prepare the run folder.
+
+    With ``config.resume`` the settings, weights and progress come from ``last.pt`` in
+    ``config.out``. Nothing is written before the data has been read and the model built;
+    ``prepare_out=False`` writes nothing at all (the learning-rate finder).
+    """
+    config.validate()
+    stored: dict[str, Any] | None = None
+    notes: list[str] = []
+    if config.resume:
+        stored = read_resume_checkpoint(Path(config.out))
+        config, notes = resumed_config(config, stored["train_args"])
+        config.validate()
+    if config.data is None:
+        raise UsageError("no training data: pass --data DIR (a class-folder tree, a manifest or a split folder)")
+    if config.tensorboard and prepare_out:
+        tblog.check_available()
+    out = check_out(config) if prepare_out else Path(config.out)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    splits = prepare_data(config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                          seed=config.seed, near_dup_threshold=config.near_dup_threshold, progress=progress)
+    seed_everything(config.seed)  # the random parts of the model (the new head) are reproducible
+    if stored is not None:
+        _check_same_data(stored, splits, config.data)
+        start = _from_last(stored, out / "last.pt")
+        with_probe = bool(stored["train_args"].get("probe_resolved", config.probe))
+    else:
+        start = _from_checkpoint(config, splits.classes) if is_checkpoint(config.model) else _from_registry(
+            config, len(splits.classes), progress)
+        with_probe = config.freeze or (config.probe and not start.keep_head)
+    bn = config.bn if config.bn is not BNPolicy.AUTO else (BNPolicy.TRAIN if start.random_weights else BNPolicy.FROZEN)
+    model = _wrap(start, splits.classes, device, precision)
+    head_info = start.head_info
+    result = TrainResult(
+        out=out, model=config.model, arch=start.spec.name, classes=splits.classes,
+        random_weights=start.random_weights, device=str(device), precision=precision.value, bn=bn.value,
+        head=f"{head_info.path}: {head_info.kind} {head_info.in_features} -> {head_info.num_classes}"
+             + (" (kept)" if start.keep_head else ""),
+        split_source=splits.source, class_counts=splits.class_counts(), n_train=len(splits.train),
+        n_val=len(splits.val) if splits.val else 0, n_test=len(splits.test) if splits.test else 0,
+        skipped=list(splits.skipped),
+        train_args={**config.to_dict(), "arch": start.spec.name, "bn_resolved": bn.value,
+                    "precision_resolved": precision.value, "probe_resolved": with_probe,
+                    **({"continued_from": start.parent} if start.parent else {})},
+    )
+    record: dict[str, Any] = {}
+    if stored is not None and stored.get("data_record"):
+        record = stored["data_record"]
+    elif prepare_out:  # not for the learning-rate finder, which writes no checkpoint
+        record = make_record({name: (part.root, part.paths) for name, part in splits.parts() if name != "test"},
+                             inherited=start.inherited, parent=start.parent, progress=progress)
+    workers = default_workers(device.type) if config.workers is None else config.workers
+    run = TrainingRun(config=config, out=out, splits=splits, model=model, head_info=head_info, bn=bn,
+                      workers=workers, result=result, progress=progress,
+                      phases=plan_phases(config, probe=with_probe), data_record=record)
+    for n in notes:
+        run.note(n, warning=True)
+    _describe(run, start)
+    state = RunState()
+    if stored is not None:
+        run.resume = stored["resume"]
+        state = RunState.from_dict(stored["resume"]["state"])
+        result.resumed_from_epoch = state.epochs_done
+        run.note(f"resuming after epoch {state.epochs_done}")
+    elif prepare_out:
+        reset_out(out)
+        write_split_csv(splits, out / "data_split.csv")
+    if config.tensorboard and prepare_out:
+        run.tensorboard = tblog.TensorBoardLog(out, first_epoch=state.epochs_done + 1 if stored is not None else 0)
+    return run, state
+
+
+def _from_registry(config: TrainConfig, num_classes: int, progress: Progress) -> StartingModel:
+    loaded = load_model(config.model, weights=config.weights, weights_dir=config.weights_dir,
+                        random_weights=config.random_weights, device="cpu",
+                        progress=type(progress) is not Progress)  # a display was given: show downloads
+    head_info = replace_head(loaded.module, num_classes)
+    return StartingModel(loaded.spec, loaded.module, head_info, _run_preprocessing(loaded.spec, config.image_size),
+                         random_weights=config.random_weights)
+
+
+def _from_checkpoint(config: TrainConfig, classes: list[str]) -> StartingModel:
+    """A new run from a checkpoint of ``cnnlab train``: its weights, a new head for new classes."""
+    if config.weights is not None or config.random_weights:
+        raise UsageError(f"--model {config.model} is a checkpoint with its own weights: "
+                         "--weights and --random-weights do not apply")
+    path = Path(config.model)
+    ckpt = read_checkpoint(path)
+    spec = base_spec(ckpt, path)
+    old = list(ckpt["classes"])
+    stored_head = HeadInfo(**ckpt["head"])
+    try:
+        module = build_finetuned(spec, len(old), ckpt["state_dict"])
+    except (RuntimeError, CnnlabError) as exc:
+        raise WeightsIntegrityError(f"the weights in {path} do not fit {spec.name}: {exc}") from None
+    keep = old == classes
+    head_info = stored_head
+    if not keep:
+        if find_head(module, len(old))[0] != stored_head.path:
+            raise WeightsIntegrityError(f"{path}: its head {stored_head.path!r} is not the model's last classifier")
+        new = replace_head(module, len(classes), num_outputs=len(old))
+        head_info = dataclasses.replace(new, old_outputs=stored_head.old_outputs)
+    pp = checkpoint_preprocessing(ckpt, path) if config.image_size is None else _run_preprocessing(
+        spec, config.image_size)
+    random_weights = bool((ckpt.get("train_args") or {}).get("random_weights", False))
+    return StartingModel(spec, module, head_info, pp, random_weights=random_weights, keep_head=keep,
+                         parent=str(path), inherited=ckpt.get("data_record"))
+
+
+def _from_last(stored: dict[str, Any], path: Path) -> StartingModel:
+    """The interrupted run's model (its raw training weights when it averages them)."""
+    spec = base_spec(stored, path)
+    weights = stored["resume"].get("model") or stored["state_dict"]
+    module = build_finetuned(spec, len(stored["classes"]), weights)
+    args = stored["train_args"]
+    return StartingModel(spec, module, HeadInfo(**stored["head"]), checkpoint_preprocessing(stored, path),
+                         random_weights=bool(args.get("random_weights")), parent=args.get("continued_from"))
+
+
+def _check_same_data(stored: dict[str, Any], splits: DataSplits, data: str) -> None:
+    if list(stored["classes"]) != splits.classes:
+        raise CnnlabError(
+            f"the classes in {data} ({', '.join(splits.classes)}) differ from those of the run "
+            f"({', '.join(stored['classes'])}); resume needs the same data"
+        )
+    if stored["resume"].get("data_fingerprint") != splits.fingerprint():
+        raise CnnlabError(f"the images in {data} or their split changed since the run started; "
+                          "resume needs the same data")
+
+
+def _run_preprocessing(spec: ModelSpec, image_size: int | None) -> Preprocessing:
+    """The weights' evaluation preprocessing, scaled to ``image_size`` when one is given."""
+    pp = spec.preprocessing
+    if image_size is None:
+        return pp
+    ratio = pp.resize_size / pp.crop_size
+    return dataclasses.replace(pp, crop_size=image_size, resize_size=max(image_size, round(image_size * ratio)))
+
+
+def _wrap(start: StartingModel, classes: list[str], device: torch.device, precision: Precision) -> LoadedModel:
+    """The starting network on ``device`` as a :class:`LoadedModel` over ``classes`` with the run's preprocessing."""
+    if device.type == "cuda":  # as load_model does: TF32 matrix units only when asked for
+        torch.backends.cuda.matmul.allow_tf32 = precision is Precision.TF32
+        torch.backends.cudnn.allow_tf32 = precision is Precision.TF32
+    run_spec = dataclasses.replace(start.spec, categories=tuple(classes), preprocessing=start.preprocessing)
+    return LoadedModel(spec=run_spec, module=start.module.to(device), device=device, dtype=precision_dtype(precision),
+                       precision=precision)
+
+
+def _describe(run: TrainingRun, start: StartingModel) -> None:
+    """Tell what the run is about to do, with the warnings that matter."""
+    r, c = run.result, run.config
+    if r.random_weights:
+        run.note(f"starting from RANDOM weights ({run.model.spec.arch}): not a pretrained fine-tune", warning=True)
+    if start.parent:
+        kept = "keeps its head (same classes)" if start.keep_head else "gets a new head (other classes)"
+        run.note(f"a new run from the checkpoint {start.parent}: it {kept}")
+    run.note(f"model {r.arch}, head {r.head}, BatchNorm {r.bn}, {r.precision} on {r.device}")
+    run.note(f"data: {r.n_train} train / {r.n_val} val / {r.n_test} test images, {len(r.classes)} classes "
+             f"({r.split_source})")
+    run.note("train images per class: " + ", ".join(f"{k} {n}" for k, n in r.class_counts.items()))
+    for phase in run.phases:
+        if phase.name == "probe":
+            run.note("probe: the head is fitted by logistic regression on frozen features"
+                     + (" (--freeze: nothing else trains)" if c.freeze else ""))
+            continue
+        plan = run.batch_plan(phase)
+        steps = plan.steps(phase.epochs)
+        run.note(f"{phase.name} phase: {phase.epochs} epoch(s) x {plan.steps_per_epoch} steps of about "
+                 f"{plan.batch_size} images = {steps} optimiser steps")
+        if steps < c.min_phase_steps:
+            run.note(f"the {phase.name} phase has only {steps} optimiser steps ({r.n_train} training images, "
+                     f"{phase.epochs} epoch(s)), fewer than the {c.min_phase_steps} a schedule needs to warm up "
+                     "and settle: add images or epochs", warning=True)
+    if run.splits.dropped_classes:
+        run.note(f"class folder(s) without images left out: {', '.join(run.splits.dropped_classes)}", warning=True)
+    if r.imbalance_ratio >= IMBALANCE_WARNING:
+        advice = "classes are sampled equally (--balance)" if c.balance else "consider --balance"
+        run.note(f"classes are imbalanced: the largest has {r.imbalance_ratio:.1f}x the images of the smallest; "
+                 f"{advice}", warning=True)
+    if run.splits.val is None:
+        run.note("no validation images: no early stopping, and best.pt is the last epoch", warning=True)
+    if run.splits.test is None:
+        run.note("no test split: the final evaluation uses the validation images, which also chose the best epoch "
+                 "(optimistic); use --test-fraction or a split.csv with a test split for an unbiased figure")

@@ -1,0 +1,83 @@
+"""The leakage guard: the data record in checkpoints and cnnlab.finetune.leakage.overlap."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.checkpoint import read_checkpoint
+from cnnlab.finetune import TrainConfig, TrainResult, fine_tune, overlap
+from cnnlab.finetune.leakage import file_digests, make_record, recorded_paths
+from tests.test_train import make_colours
+
+
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    """A probe-only run (seconds): small random-weights model, 32 px."""
+    data = make_colours(tmp_path_factory.mktemp("leak") / "data")
+    return fine_tune(TrainConfig(data=str(data), out=str(data.parent / "run"), model="squeezenet1_1",
+                                 random_weights=True, image_size=32, workers=0, freeze=True))
+
+
+def test_checkpoint_records_what_it_was_trained_and_validated_on(probe_run: TrainResult) -> None:
+    ckpt = read_checkpoint(probe_run.best_path)
+    record = ckpt["data_record"]
+    assert record["hash"] == "sha256[:8]" and set(record["splits"]) == {"train", "val"}
+    train = record["splits"]["train"]
+    assert train["count"] == probe_run.n_train  # the broken file included: it was in the split
+    assert train["digests"].dtype == torch.int64 and train["digests"].shape == (train["count"],)
+    names = recorded_paths(train)
+    assert len(names) == train["count"] and all(n.count("/") == 1 for n in names)  # relative to the data root
+    assert Path(train["root"], names[0]).is_file()
+
+
+def test_overlap_finds_byte_identical_copies_and_nothing_else(probe_run: TrainResult, tmp_path: Path) -> None:
+    rows = [line.split(",") for line in (probe_run.out / "data_split.csv").read_text().splitlines()[1:]]
+    train = [Path(p) for p, _, split in rows if split == "train" and not p.endswith(".jpg")]
+    val = [Path(p) for p, _, split in rows if split == "val"]
+    evaluated = tmp_path / "eval"
+    evaluated.mkdir()
+    copies = [shutil.copy(train[0], evaluated / "a.png"), shutil.copy(train[1], evaluated / "b.png"),
+              shutil.copy(val[0], evaluated / "c.png")]
+    buffer = io.BytesIO()
+    Image.open(train[2]).save(buffer, format="PNG", compress_level=1)  # same pixels, other bytes
+    (evaluated / "re-encoded.png").write_bytes(buffer.getvalue())
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(evaluated / "new.png")
+    paths = sorted(evaluated.iterdir())
+
+    report = overlap(probe_run.best_path, paths)
+    assert report.recorded and report.checked == 5 and report.overlapping == 3
+    assert report.counts == {"train": 2, "val": 1}
+    assert sorted(Path(p).name for p in report.examples["train"]) == ["a.png", "b.png"]
+    message = report.message()
+    assert message is not None and "3 of 5" in message and "2 in its train split" in message
+    assert report.to_dict()["overlapping"] == 3
+
+    clean = overlap(read_checkpoint(probe_run.best_path), [evaluated / "new.png", evaluated / "re-encoded.png"])
+    assert clean.ok and clean.message() is None
+    digests = file_digests(copies)  # computed once, reused for several checkpoints
+    assert overlap(probe_run.last_path, copies, digests=digests).overlapping == 3
+
+
+def test_a_checkpoint_without_a_record_says_so(probe_run: TrainResult) -> None:
+    ckpt = {k: v for k, v in read_checkpoint(probe_run.best_path).items() if k != "data_record"}
+    report = overlap(ckpt, [probe_run.best_path])
+    assert not report.recorded and "not checked" in (report.message() or "")
+
+
+def test_the_record_stays_small_for_100k_images(tmp_path: Path) -> None:
+    """8 bytes of digest per image plus zlib-compressed paths: about 1 MB for 100k images."""
+    root = tmp_path / "photos"
+    paths = [root / f"class{i % 50:02d}" / f"img_{i:06d}.jpg" for i in range(100_000)]  # unreadable: digest 0
+    record = make_record({"train": (root, paths[:80_000]), "val": (root, paths[80_000:])})
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
+    assert buffer.tell() < 1.5e6, buffer.tell()
+    assert recorded_paths(record["splits"]["val"])[:1] == ["class00/img_080000.jpg"]
+    assert np.all(record["splits"]["train"]["digests"].numpy() == 0)

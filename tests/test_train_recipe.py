@@ -1,0 +1,99 @@
+"""finetune's default recipe on small data: batch and phase plans, the probe, the 3-colour acceptance run, warnings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab.finetune import TrainConfig, fine_tune, fit_logistic, make_batch_mix, plan_batches, plan_phases
+from cnnlab.finetune.config import MIN_BATCH
+from cnnlab.finetune.run import ema_decay
+from cnnlab.prediction import predict
+from tests.test_train import make_colours
+
+
+@pytest.mark.parametrize(
+    ("n_train", "epochs", "expected"),
+    [
+        (57, 3, (8, 7, True)),  # 3-colour set: batch lowered from 32 to 8, only a 1-image remainder dropped
+        (100_000, 5, (32, 3125, False)),  # large data: the requested batch, nothing dropped
+        (10, 1, (5, 2, False)),  # too few for 24 steps: two equal batches (and a warning, see below)
+        (200, 5, (29, 7, False)),  # 200 / 32 would leave 8 images over: 6 batches of 29 and one of 26
+    ],
+)
+def test_batches_are_planned_for_steps_and_never_drop_a_share(n_train: int, epochs: int, expected: tuple) -> None:
+    plan = plan_batches(n_train, epochs, batch_size=32, min_steps=24)
+    assert (plan.batch_size, plan.steps_per_epoch, plan.drop_last) == expected
+
+
+def test_batch_plan_properties() -> None:
+    for n in range(1, 400, 7):
+        for epochs in (1, 2, 3, 5, 10):
+            plan = plan_batches(n, epochs, batch_size=32, min_steps=24)
+            used = n - 1 if plan.drop_last else n
+            batches = plan.steps_per_epoch + plan.drop_last
+            assert plan.batch_size <= 32 and (plan.batch_size >= MIN_BATCH or plan.batch_size == n or batches >= 2)
+            assert (batches - 1) * plan.batch_size < n <= batches * plan.batch_size  # every image has a batch
+            assert used >= n - 1  # at most one image per epoch is left out
+            if n >= MIN_BATCH * 24:
+                assert plan.steps(epochs) >= 24
+
+
+def test_phases_of_the_recipe() -> None:
+    assert plan_phases(TrainConfig()) == [("probe", 1), ("full", TrainConfig().epochs)]
+    assert plan_phases(TrainConfig(freeze=True, epochs=9)) == [("probe", 1)]  # the probe alone
+    assert plan_phases(TrainConfig(probe=False, freeze_epochs=1, epochs=2)) == [("head", 1), ("full", 2)]
+    assert plan_phases(TrainConfig(epochs=2), probe=False) == [("full", 2)]  # a continued run keeping its head
+
+
+def test_probe_is_scikit_learns_default_logistic_regression() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 16)).astype(np.float32)
+    y = rng.integers(0, 3, 90)
+    x[np.arange(90), y] += 1.5  # learnable but not separable
+    weight, bias = fit_logistic(torch.from_numpy(x), torch.from_numpy(y), 3)
+    reference = LogisticRegression(C=1.0, max_iter=2000, tol=1e-8).fit(x, y)
+    assert bias is not None
+    assert np.allclose(weight.numpy(), reference.coef_, atol=2e-3)
+    assert np.allclose(bias.numpy(), reference.intercept_, atol=2e-3)
+
+
+def test_mixup_cutmix_and_ema_decay() -> None:
+    assert make_batch_mix(3) is None
+    mix = make_batch_mix(3, mixup=0.4, cutmix=1.0)
+    assert mix is not None
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    mixed, soft = mix(images, torch.tensor([0, 1, 2, 0]))
+    assert mixed.dtype == torch.float32 and mixed.shape == images.shape and 0 <= mixed.min() <= mixed.max() <= 255
+    assert soft.shape == (4, 3) and torch.allclose(soft.sum(1), torch.ones(4))
+    assert ema_decay(12) == 0.5 and ema_decay(1000) == pytest.approx(0.99) and ema_decay(10**7) == 0.9998
+    assert ema_decay(24, 0.9) == 0.9
+
+
+def test_three_colours_with_the_defaults_reach_90_percent_on_unseen_images(tmp_path: Path) -> None:
+    """The acceptance run: 24 images per class, 3 epochs, every other setting at its default (the
+    reduced image size and in-process decoding only make it fast), scored on images it never saw."""
+    data = make_colours(tmp_path / "data", per_class=24)
+    unseen = make_colours(tmp_path / "unseen", per_class=20, seed=1)
+    (unseen / "red" / "broken.jpg").unlink()
+    result = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "run"), epochs=3, image_size=64, workers=0))
+    assert [h.phase for h in result.history] == ["probe", "full", "full", "full"]
+    full = result.history[1:]
+    assert all(h.images >= result.n_train - 2 for h in full)  # no share of the images dropped (1 broken file)
+    assert not any("optimiser steps" in w for w in result.warnings)  # 3 epochs x 8 steps: enough
+    preds = predict([unseen], model=str(result.best_path), workers=0, device="cpu").predictions
+    accuracy = np.mean([Path(p.path).parent.name == p.top[0].label for p in preds])
+    assert len(preds) == 60 and accuracy >= 0.9
+
+
+def test_too_few_images_for_the_run_are_warned_about(tmp_path: Path) -> None:
+    data = make_colours(tmp_path / "tiny", per_class=4)
+    result = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "run"), model="squeezenet1_1", random_weights=True,
+                                   image_size=32, epochs=1, workers=0, val_fraction=0.0))
+    assert any("full phase has only 2 optimiser steps" in w for w in result.warnings), result.warnings
