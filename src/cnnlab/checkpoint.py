@@ -76,8 +76,13 @@ def find_head(module: nn.Module, num_outputs: int = IMAGENET_OUTPUTS) -> tuple[s
 
     Works for every torchvision family (``fc``, ``classifier[-1]``, ``heads.head``, ``head``) and
     EfficientNet-Lite (``_fc``); Inception's auxiliary ``AuxLogits.fc`` is registered before ``fc``
-    and is left alone. SqueezeNet classifies with a 1x1 convolution, which counts too.
+    and is left alone. SqueezeNet classifies with a 1x1 convolution, which counts too. A timm model
+    names its classifier itself (``get_classifier``: ``head.fc``, LeViT's ``NormLinear``...); of a
+    distilled model's two heads the first is returned.
     """
+    timm_head = _timm_classifier(module)
+    if timm_head is not None and _outputs(timm_head[1]) == num_outputs:
+        return timm_head
     found: tuple[str, nn.Module] | None = None
     for name, layer in module.named_modules():
         linear = isinstance(layer, nn.Linear) and layer.out_features == num_outputs
@@ -97,15 +102,46 @@ def find_head(module: nn.Module, num_outputs: int = IMAGENET_OUTPUTS) -> tuple[s
     return found
 
 
+def _timm_classifier(module: nn.Module) -> tuple[str, nn.Module] | None:
+    """``(path, classifier)`` of a timm model (one with ``get_classifier``/``reset_classifier``), else ``None``."""
+    get = getattr(module, "get_classifier", None)
+    if not callable(get) or not callable(getattr(module, "reset_classifier", None)):
+        return None
+    head = get()
+    if isinstance(head, tuple):  # distilled models: (head, head_dist)
+        head = head[0]
+    if not isinstance(head, nn.Module):
+        return None
+    path = next((name for name, layer in module.named_modules() if layer is head), "")
+    return (path, head) if path else None
+
+
+def _last_layer(head: nn.Module) -> nn.Linear | nn.Conv2d | None:
+    layers = [m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return layers[-1] if layers else None
+
+
+def _outputs(head: nn.Module) -> int | None:
+    last = _last_layer(head)
+    if last is None:
+        return None
+    return last.out_features if isinstance(last, nn.Linear) else last.out_channels
+
+
 def replace_head(module: nn.Module, num_classes: int, *, num_outputs: int = IMAGENET_OUTPUTS) -> HeadInfo:
     """Replace the final ``num_outputs``-way classifier of ``module`` (in place) by a ``num_classes``-way one.
 
     The new layer has the old one's input size, bias setting, device and dtype, and the default
-    PyTorch initialisation (seed the global RNG first for a reproducible head).
+    PyTorch initialisation (seed the global RNG first for a reproducible head). A timm model gets
+    its new head from its own ``reset_classifier``; a distilled one (DeiT, LeViT: a head for the
+    class token and one for the distillation token, averaged) gets one new head shared by both
+    tokens, so that training the head trains all of it.
     """
     if num_classes < 1:
         raise CnnlabError(f"a head needs at least one class, got {num_classes}")
     path, old = find_head(module, num_outputs)
+    if _timm_classifier(module) is not None:
+        return _replace_timm_head(module, num_classes, num_outputs, old)
     device, dtype = old.weight.device, old.weight.dtype
     new: nn.Module
     if isinstance(old, nn.Linear):
@@ -120,6 +156,27 @@ def replace_head(module: nn.Module, num_classes: int, *, num_outputs: int = IMAG
     parent_path, _, attr = path.rpartition(".")
     parent = module.get_submodule(parent_path) if parent_path else module
     setattr(parent, attr, new)
+    return HeadInfo(path, kind, in_features, num_outputs, num_classes)
+
+
+def _replace_timm_head(module: nn.Module, num_classes: int, num_outputs: int, old: nn.Module) -> HeadInfo:
+    """``module.reset_classifier(num_classes)``, a distillation head tied to the class head, on the old head's device."""
+    reference = next(old.parameters())
+    module.reset_classifier(num_classes)  # type: ignore[operator]
+    heads = module.get_classifier()  # type: ignore[operator]
+    if isinstance(heads, tuple):
+        first, second = heads
+        second_path = next(name for name, layer in module.named_modules() if layer is second)
+        parent_path, _, attr = second_path.rpartition(".")
+        setattr(module.get_submodule(parent_path) if parent_path else module, attr, first)
+    found = _timm_classifier(module)
+    last = _last_layer(found[1]) if found is not None else None
+    if found is None or last is None:
+        raise CnnlabError(f"{type(module).__name__}.reset_classifier left no classifier layer")
+    path, head = found
+    head.to(device=reference.device, dtype=reference.dtype)
+    kind = {nn.Linear: "linear", nn.Conv2d: "conv1x1"}.get(type(head), type(head).__name__.lower())
+    in_features = last.in_features if isinstance(last, nn.Linear) else last.in_channels
     return HeadInfo(path, kind, in_features, num_outputs, num_classes)
 
 
