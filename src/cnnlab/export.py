@@ -4,8 +4,9 @@ The exported network takes what :class:`cnnlab.models.LoadedModel` takes: a ``ui
 ``(N, 3, crop, crop)`` (resized and centre-cropped as the stored preprocessing says) and returns
 float32 logits ``(N, num_classes)``; the normalisation with the weights' mean and std is part of
 the exported graph. The batch dimension is dynamic. A JSON file next to the export
-(``FILE.json``) records the class names, the preprocessing and the measured difference, so the
-file can be used without cnnlab.
+(``FILE.json``) records the class names, the preprocessing, the source model (name, weights
+file, published figures) and the measured difference, so the file can be used without cnnlab;
+``cnnlab predict`` and ``bench`` run an ONNX file with it (see :mod:`cnnlab.backends`).
 
 After writing, the file is loaded back (``torch.jit.load``; an ONNX Runtime session for ONNX) and
 run on a seeded random batch of a different size than the one used for export; the largest
@@ -191,9 +192,15 @@ def export_model(
             f"(tolerance {tolerance:g}); {path} was removed"
         )
     meta_path = path.with_name(path.name + ".json")
+    spec = loaded.spec
     meta = {
         "model": name,
         "format": format,
+        "source": spec.source,
+        "random_weights": loaded.random_weights,
+        "weights_file": str(loaded.weights_path) if loaded.weights_path else None,
+        "spec": {"arch": spec.arch, "num_params": sum(p.numel() for p in module.parameters()), "gmacs": spec.gmacs,
+                 "acc1": spec.acc1, "acc5": spec.acc5, "license": spec.license},
         "classes": list(loaded.categories),
         "preprocessing": pp.to_dict(),
         "input": {
