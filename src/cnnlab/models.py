@@ -113,7 +113,7 @@ class LoadedModel:
         """What runs the model: for results and reports (:class:`cnnlab.backends.Runtime`)."""
         return {"backend": "torch", "quantization": "none", "precision": self.precision.value,
                 "provider": f"torch {torch.__version__} {self.device}" + (" channels_last" if self.channels_last else "")
-                + (" compiled" if self.compiled else ""), "threads": torch.get_num_threads()}
+                + (" compiled" if self.compiled else ""), "threads": torch.get_num_threads(), "device": str(self.device)}
 
     def __call__(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """Normalise on the model's device and run the network; returns float32 logits."""

@@ -91,6 +91,8 @@ def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = 
     spec = onnx_spec(path, meta, name=name or (str(meta["model"]) if in_cache else str(path)))
     threads = threads or default_cpu_threads(default_workers("cpu"))
     run, provider = open_session(choice.backend, path, threads, device)
+    on_gpu = provider.startswith(("CUDA", "Tensorrt"))
+    runs_on = (device if device.startswith("cuda") else "cuda") if on_gpu else "cpu"
     quantization = meta.get("quantization") or {}
     used = int(quantization.get("calibration_images") or 0)
     if quantization and used < FEW_CALIBRATION_IMAGES:
@@ -103,7 +105,7 @@ def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = 
         spec=spec, file=path, run=run, backend=choice.backend, quantization=choice.quantization, provider=provider,
         threads=threads, device=torch.device("cpu"), random_weights=bool(meta.get("random_weights")),
         weights_path=Path(weights_file) if weights_file else None,
-        details={"calibration_images": used} if quantization else {},
+        details={"device": runs_on, **({"calibration_images": used} if quantization else {})},
     )
 
 
