@@ -151,11 +151,10 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
 
 
 def _weights_for(name: str, config: BenchConfig) -> str:
+    from cnnlab.backends.artifacts import is_onnx_file, read_sidecar
     from cnnlab.checkpoint import read_checkpoint
     from cnnlab.weights import fetch_weights, locate_weights
     from cnnlab.zoo import get_spec
-
-    from cnnlab.backends.artifacts import is_onnx_file, read_sidecar
 
     if Path(name).suffix in (".pt", ".pth", ".ckpt"):
         read_checkpoint(Path(name))  # a missing, unsafe or foreign file is reported now, not in a worker

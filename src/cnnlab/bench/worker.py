@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from cnnlab.backends.loader import load_runtime_file
 from cnnlab.bench.config import MeasureOptions
 from cnnlab.bench.measure import (
     MemoryMeter,
@@ -36,7 +37,6 @@ from cnnlab.bench.measure import (
 )
 from cnnlab.bench.protocol import PREDICTION_DTYPE, TOPK, RunRequest, RunResult
 from cnnlab.bench.user_classes import UserClasses, accepted_sets
-from cnnlab.backends.loader import load_runtime_file
 from cnnlab.errors import CnnlabError
 from cnnlab.inference import default_cpu_threads, default_workers, run_inference
 from cnnlab.models import LoadedModel, load_model, resolve_device

@@ -22,7 +22,7 @@ from cnnlab.cli.options import (
     default_of,
 )
 from cnnlab.errors import UsageError
-from cnnlab.options import RuntimeChoice, WeightsPolicy, parse_choice
+from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, RuntimeChoice, WeightsPolicy, parse_choice
 from cnnlab.zoo import LAB_MODELS
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def bench_command(
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Ground truth of a flat ImageNet validation folder: LOC_val_solution.csv, or the devkit's folder or ground-truth file.")] = None,
     real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="ImageNet-ReaL real.json: also report accuracy against the ReaL labels.")] = None,
     backends: Annotated[Optional[list[str]], typer.Option("--backend", callback=_backends, help="Comma-separated: torch, onnxruntime, openvino, onnxruntime-int8, openvino-int8; a row per model and backend (default: torch).")] = None,
-    calibration_images: CalibrationImages = default_of(BenchConfig, "calibration_images"),
+    calibration_images: CalibrationImages = DEFAULT_CALIBRATION_IMAGES,
     device: Device = _M.device,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, max=65536, help=f"Images per batch (default: {DEFAULT_BATCH_SIZE['cpu']} on a CPU, {DEFAULT_BATCH_SIZE['cuda']} on a GPU).")] = _M.batch_size,
     batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", help="Also measure model-only throughput at these batch sizes, e.g. 1,8,32,128 (a curve).")] = None,
