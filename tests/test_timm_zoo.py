@@ -215,3 +215,16 @@ def test_new_heads_for_timm_classifiers(arch: str) -> None:
     rebuilt = timm.create_model(arch)
     replace_head(rebuilt, 3)
     rebuilt.load_state_dict(module.state_dict())  # a checkpoint of the new architecture loads strictly
+
+
+def test_listing_timm_models_imports_neither_timm_nor_huggingface_hub() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from cnnlab.zoo import list_models; from cnnlab.weights import locate_weights; "
+            "specs = list_models('timm/convnext*'); [locate_weights(s) for s in specs]; "
+            "print(len(specs), [m for m in ('timm', 'huggingface_hub', 'safetensors') if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    count, loaded = proc.stdout.split(" ", 1)
+    assert int(count) > 10 and loaded.strip() == "[]"

@@ -120,6 +120,7 @@ def export_model(
     tolerance: float = DEFAULT_EXPORT_TOLERANCE,
     check_batch: int = 3,
     opset: int | None = None,
+    weights: str | Path | None = None,
 ) -> ExportResult:
     """Export a checkpoint of ``cnnlab train`` (or any model :func:`load_model` accepts).
 
@@ -130,6 +131,7 @@ def export_model(
         tolerance: the largest accepted absolute difference of the logits.
         check_batch: images in the check batch (the export itself traces a batch of 2).
         opset: ONNX opset version (default: the exporter's).
+        weights: a weights file for a registry model (default: the usual search, see :mod:`cnnlab.weights`).
 
     Raises:
         ExportMismatchError: the exported file does not reproduce the model within ``tolerance``.
@@ -148,7 +150,10 @@ def export_model(
         raise UsageError(f"--out {out} is a folder; give the name of the file to write, e.g. {Path(out) / 'model'}"
                          f"{_SUFFIXES[format]}")
     started = time.perf_counter()
-    loaded = model if isinstance(model, LoadedModel) else load_model(str(model), device="cpu", progress=False)
+    if weights is not None and isinstance(model, LoadedModel):
+        raise UsageError("weights apply to a model name, not to a loaded model")
+    loaded = model if isinstance(model, LoadedModel) else load_model(str(model), weights=weights, device="cpu",
+                                                                      progress=False)
     name = loaded.name
     module = loaded.module.float().to("cpu").eval()
     pp = loaded.preprocessing
