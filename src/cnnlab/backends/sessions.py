@@ -1,6 +1,9 @@
 """Opening an ONNX file in ONNX Runtime or OpenVINO with an explicit thread count.
 
-* ONNX Runtime: ``intra_op_num_threads`` threads, one inter-op thread, every graph optimisation.
+* ONNX Runtime: ``intra_op_num_threads`` threads, one inter-op thread, every graph optimisation,
+  and no spin-waiting between runs: the inference loop decodes the next batch in the same process
+  on small machines, and spinning threads took its CPU (measured on 2 shared cores: efficientnet_lite0
+  end to end 14.6 -> 23.3 images/s, resnet50 7.0 -> 8.8, the model's own time shorter too).
   On a GPU machine (``--device cuda``, or ``auto`` when torch sees CUDA) the execution providers
   are TensorRT (when this onnxruntime build has it; engines cached under the export cache), then
   CUDA, then the CPU; the provider that actually runs the graph is reported, since ONNX Runtime
@@ -66,6 +69,7 @@ def onnxruntime_session(path: Path, threads: int, device: str) -> Session:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: the CUDA provider's fallback warnings are reported below
     providers = onnxruntime_providers(ort.get_available_providers(), device, path.parent / "tensorrt")
     session = ort.InferenceSession(str(path), options, providers=providers)
