@@ -377,6 +377,7 @@ def checkpoint_preprocessing(ckpt: Mapping[str, Any], path: str | Path = "checkp
             mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
             std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
             interpolation=str(data.get("interpolation", "bilinear")),
+            crop_mode=str(data.get("crop_mode", "center")),  # timm tags that squash; older checkpoints: center
         )
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise WeightsIntegrityError(

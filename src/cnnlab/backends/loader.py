@@ -70,7 +70,7 @@ def prepare_runtime_file(name: str, choice: RuntimeChoice | str, *, weights: str
     else:
         path = cached_export(name, weights=weights, weights_dir=weights_dir, random_weights=random_weights,
                              download=download, progress=progress)
-    if choice.quantization is Quantization.INT8:
+    if choice.quantization is Quantization.INT8 and not read_sidecar(path).get("quantization"):
         if not calibration:
             raise UsageError(f"--backend {choice.value} calibrates on your images: none were given")
         path = quantized_file(path, calibration, progress=progress)
@@ -78,9 +78,10 @@ def prepare_runtime_file(name: str, choice: RuntimeChoice | str, *, weights: str
 
 
 def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = "auto", threads: int | None = None,
-                      name: str | None = None, progress: Progress | None = None) -> ExportedModel:
-    """Open an ONNX file (with its sidecar) in the backend of ``choice``; ``name`` names the model
-    (default: the source model for a file in the export cache, the path for any other file)."""
+                      progress: Progress | None = None) -> ExportedModel:
+    """Open an ONNX file (with its sidecar) in the backend of ``choice``. The model is named after its
+    source model for a file of the export cache, after its path otherwise; it is int8 when its
+    sidecar says it was quantised."""
     from cnnlab.backends.artifacts import exports_dir
     from cnnlab.backends.sessions import open_session
     from cnnlab.inference import default_cpu_threads, default_workers
@@ -88,7 +89,7 @@ def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = 
     choice = parse_choice(RuntimeChoice, choice, "backend")
     meta = read_sidecar(path)
     in_cache = path.resolve().is_relative_to(exports_dir().resolve())
-    spec = onnx_spec(path, meta, name=name or (str(meta["model"]) if in_cache else str(path)))
+    spec = onnx_spec(path, meta, name=str(meta["model"]) if in_cache else str(path))
     threads = threads or default_cpu_threads(default_workers("cpu"))
     run, provider = open_session(choice.backend, path, threads, device)
     on_gpu = provider.startswith(("CUDA", "Tensorrt"))
@@ -102,7 +103,8 @@ def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = 
 
     weights_file = meta.get("weights_file")
     return ExportedModel(
-        spec=spec, file=path, run=run, backend=choice.backend, quantization=choice.quantization, provider=provider,
+        spec=spec, file=path, run=run, backend=choice.backend,
+        quantization=Quantization.INT8 if quantization else Quantization.NONE, provider=provider,
         threads=threads, device=torch.device("cpu"), random_weights=bool(meta.get("random_weights")),
         weights_path=Path(weights_file) if weights_file else None,
         details={"device": runs_on, **({"calibration_images": used} if quantization else {})},
