@@ -228,3 +228,13 @@ def test_listing_timm_models_imports_neither_timm_nor_huggingface_hub() -> None:
     assert proc.returncode == 0, proc.stderr
     count, loaded = proc.stdout.split(" ", 1)
     assert int(count) > 10 and loaded.strip() == "[]"
+
+
+def test_squash_preprocessing_survives_a_checkpoint() -> None:
+    from cnnlab.checkpoint import checkpoint_preprocessing
+
+    pp = get_spec("timm/convnext_tiny.fb_in22k_ft_in1k_384").preprocessing
+    assert pp.crop_mode == "squash"
+    assert checkpoint_preprocessing({"preprocessing": pp.to_dict()}) == pp
+    legacy = {k: v for k, v in pp.to_dict().items() if k != "crop_mode"}  # written before crop_mode existed
+    assert checkpoint_preprocessing({"preprocessing": legacy}).crop_mode == "center"
