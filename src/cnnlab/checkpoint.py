@@ -41,6 +41,7 @@ from torch import nn
 from cnnlab.errors import CnnlabError, UnknownModelError, WeightsIntegrityError
 from cnnlab.output_files import atomic_open
 from cnnlab.preprocess import Preprocessing
+from cnnlab.timm_heads import outputs_of, replace_timm_head, timm_classifier
 from cnnlab.weights import describe_mismatch, torch_load_plain
 from cnnlab.zoo import ModelSpec, StateDict, get_spec
 
@@ -80,8 +81,8 @@ def find_head(module: nn.Module, num_outputs: int = IMAGENET_OUTPUTS) -> tuple[s
     names its classifier itself (``get_classifier``: ``head.fc``, LeViT's ``NormLinear``...); of a
     distilled model's two heads the first is returned.
     """
-    timm_head = _timm_classifier(module)
-    if timm_head is not None and _outputs(timm_head[1]) == num_outputs:
+    timm_head = timm_classifier(module)
+    if timm_head is not None and outputs_of(timm_head[1]) == num_outputs:
         return timm_head
     found: tuple[str, nn.Module] | None = None
     for name, layer in module.named_modules():
@@ -102,32 +103,6 @@ def find_head(module: nn.Module, num_outputs: int = IMAGENET_OUTPUTS) -> tuple[s
     return found
 
 
-def _timm_classifier(module: nn.Module) -> tuple[str, nn.Module] | None:
-    """``(path, classifier)`` of a timm model (one with ``get_classifier``/``reset_classifier``), else ``None``."""
-    get = getattr(module, "get_classifier", None)
-    if not callable(get) or not callable(getattr(module, "reset_classifier", None)):
-        return None
-    head = get()
-    if isinstance(head, tuple):  # distilled models: (head, head_dist)
-        head = head[0]
-    if not isinstance(head, nn.Module):
-        return None
-    path = next((name for name, layer in module.named_modules() if layer is head), "")
-    return (path, head) if path else None
-
-
-def _last_layer(head: nn.Module) -> nn.Linear | nn.Conv2d | None:
-    layers = [m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    return layers[-1] if layers else None
-
-
-def _outputs(head: nn.Module) -> int | None:
-    last = _last_layer(head)
-    if last is None:
-        return None
-    return last.out_features if isinstance(last, nn.Linear) else last.out_channels
-
-
 def replace_head(module: nn.Module, num_classes: int, *, num_outputs: int = IMAGENET_OUTPUTS) -> HeadInfo:
     """Replace the final ``num_outputs``-way classifier of ``module`` (in place) by a ``num_classes``-way one.
 
@@ -140,8 +115,8 @@ def replace_head(module: nn.Module, num_classes: int, *, num_outputs: int = IMAG
     if num_classes < 1:
         raise CnnlabError(f"a head needs at least one class, got {num_classes}")
     path, old = find_head(module, num_outputs)
-    if _timm_classifier(module) is not None:
-        return _replace_timm_head(module, num_classes, num_outputs, old)
+    if timm_classifier(module) is not None:
+        return HeadInfo(*replace_timm_head(module, num_classes, old), num_outputs, num_classes)
     device, dtype = old.weight.device, old.weight.dtype
     new: nn.Module
     if isinstance(old, nn.Linear):
@@ -156,27 +131,6 @@ def replace_head(module: nn.Module, num_classes: int, *, num_outputs: int = IMAG
     parent_path, _, attr = path.rpartition(".")
     parent = module.get_submodule(parent_path) if parent_path else module
     setattr(parent, attr, new)
-    return HeadInfo(path, kind, in_features, num_outputs, num_classes)
-
-
-def _replace_timm_head(module: nn.Module, num_classes: int, num_outputs: int, old: nn.Module) -> HeadInfo:
-    """``module.reset_classifier(num_classes)``, a distillation head tied to the class head, on the old head's device."""
-    reference = next(old.parameters())
-    module.reset_classifier(num_classes)  # type: ignore[operator]
-    heads = module.get_classifier()  # type: ignore[operator]
-    if isinstance(heads, tuple):
-        first, second = heads
-        second_path = next(name for name, layer in module.named_modules() if layer is second)
-        parent_path, _, attr = second_path.rpartition(".")
-        setattr(module.get_submodule(parent_path) if parent_path else module, attr, first)
-    found = _timm_classifier(module)
-    last = _last_layer(found[1]) if found is not None else None
-    if found is None or last is None:
-        raise CnnlabError(f"{type(module).__name__}.reset_classifier left no classifier layer")
-    path, head = found
-    head.to(device=reference.device, dtype=reference.dtype)
-    kind = {nn.Linear: "linear", nn.Conv2d: "conv1x1"}.get(type(head), type(head).__name__.lower())
-    in_features = last.in_features if isinstance(last, nn.Linear) else last.in_channels
     return HeadInfo(path, kind, in_features, num_outputs, num_classes)
 
 
