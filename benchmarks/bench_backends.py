@@ -28,6 +28,7 @@ is printed before and after.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -104,6 +105,10 @@ def one_round(photos: Path, models: list[str], weights_dir: Path, args: argparse
     return rows
 
 
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    return value / reference if value and reference else None
+
+
 def _median(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
@@ -124,10 +129,13 @@ def summarise(rounds: list[list[dict[str, Any]]], random_models: list[str]) -> l
             "scored": row["scored_images"],
             "top1_by_row": row["top1_by_row"],
         })
-    for row in table:
-        eager = next(r for r in table if r["model"] == row["model"] and r["runtime"] == "torch")
-        row["e2e_x"] = row["e2e"] / eager["e2e"] if row["e2e"] and eager["e2e"] else None
-        row["model_x"] = row["model_only"] / eager["model_only"] if row["model_only"] and eager["model_only"] else None
+    for i, row in enumerate(table):
+        eager_i = next(j for j, r in enumerate(table) if r["model"] == row["model"] and r["runtime"] == "torch")
+        eager = table[eager_i]
+        # ratios within each round (the load of a shared machine changes between rounds), then their median
+        row["e2e_x"] = _median([_ratio(r[i]["eval_images_per_s"], r[eager_i]["eval_images_per_s"]) for r in rounds])
+        row["model_x"] = _median([_ratio(r[i]["throughput_images_per_s"], r[eager_i]["throughput_images_per_s"])
+                                  for r in rounds])
         common = set(row["top1_by_row"]) & set(eager["top1_by_row"])
         same_top1 = sum(row["top1_by_row"][k] == eager["top1_by_row"][k] for k in common)
         row["agree"] = same_top1 / len(common) if common else None
@@ -152,8 +160,9 @@ def report(table: list[dict[str, Any]], random_models: list[str], rounds: int) -
         print(f"{name:<26} {r['runtime']:<20} {_f(r['e2e'], '9.1f')} {spread:>13} {_f(r['e2e_x'], '6.2f')}x "
               f"{_f(r['model_only'], '11.1f')} {_f(r['model_x'], '6.2f')}x {agree:>14} {_f(r['top1'], '6.3f')} "
               f"{_f(r['memory'], '5.0f')}")
-    print(f"\n(median of {rounds} round{'s' if rounds > 1 else ''}; top-1 on the {table[0]['scored']} photos of "
-          "mapped classes, real weights only)")
+    print(f"\n(images/s: median of {rounds} round{'s' if rounds > 1 else ''}, each round's figure in brackets; "
+          "'x eager': median of the ratios within each round;\n top-1 on the "
+          f"{table[0]['scored']} photos of mapped classes, real weights only)")
     goals(table)
 
 
@@ -195,6 +204,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--calibration-images", type=int, default=64)
+    parser.add_argument("--json", type=Path, help="also write every round's rows here")
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, SHARED with other work; "
@@ -206,7 +216,12 @@ def main() -> None:
         random_models = seeded_weights(weights_dir, models)
         print(f"photo set: {sum(1 for _ in photos.rglob('*.png'))} images; seeded random weights: "
               f"{', '.join(random_models) or 'none'}")
-        rounds = [one_round(photos, models, weights_dir, args) for _ in range(args.rounds)]
+        rounds = []
+        for i in range(args.rounds):
+            rounds.append(one_round(photos, models, weights_dir, args))
+            print(f"round {i + 1} done; load average {os.getloadavg()[0]:.1f}")
+    if args.json:
+        args.json.write_text(json.dumps(rounds, indent=1, default=str))
     report(summarise(rounds, random_models), random_models, args.rounds)
     print(f"\nload average after the run: {os.getloadavg()[0]:.1f} (above {os.cpu_count()}: other work competed)")
 
