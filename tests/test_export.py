@@ -98,3 +98,17 @@ def test_export_refuses_unknown_formats(checkpoint: Path) -> None:
     with pytest.raises(CnnlabError, match="unknown export format"):
         export_model(checkpoint, "tflite")
     assert runner.invoke(app, ["export", str(checkpoint), "--format", "tflite"]).exit_code == 2
+
+
+def test_sidecar_describes_the_source_model(tmp_path: Path) -> None:
+    """What `predict`/`bench` need to run the file as a model: source, weights, published figures."""
+    from cnnlab.models import load_model as load
+
+    weights = tmp_path / "w.pth"
+    torch.save(load("squeezenet1_1", random_weights=True, device="cpu").module.state_dict(), weights)
+    result = runner.invoke(app, ["export", "squeezenet1_1", "--weights", str(weights), "--out", str(tmp_path / "s.onnx")])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "s.onnx.json").read_text())
+    assert meta["source"] == "torchvision" and meta["weights_file"] == str(weights) and meta["random_weights"] is False
+    assert meta["spec"]["num_params"] == 1_235_496 and meta["spec"]["acc1"] == 58.178
+    assert meta["preprocessing"]["crop_mode"] == "center"

@@ -116,3 +116,20 @@ def test_empty_folder_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "nothing").mkdir()
     result = runner.invoke(app, ["predict", str(tmp_path / "nothing"), "-q"])
     assert result.exit_code == 1 and "no image files found" in result.stderr
+
+
+def test_int8_backend_calibrates_on_the_files_to_predict(real_photos: dict[str, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["predict", *map(str, real_photos.values()), "--backend", "onnxruntime-int8",
+                                 "--calibration-images", "2", "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    runtime = payload["runtime"]
+    assert (runtime["backend"], runtime["precision"], runtime["threads"], runtime["calibration_images"]) == (
+        "onnxruntime", "int8", 1, 2)
+    assert "calibrated on only 2 images" in result.stderr
+    coffee = next(p for p in payload["predictions"] if Path(p["path"]).stem == "coffee")
+    assert coffee["top"][0]["label"] == "espresso"

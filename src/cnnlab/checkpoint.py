@@ -42,6 +42,7 @@ from torch import nn
 from cnnlab.errors import CnnlabError, UnknownModelError, WeightsIntegrityError
 from cnnlab.output_files import atomic_open
 from cnnlab.preprocess import Preprocessing
+from cnnlab.timm_heads import outputs_of, replace_timm_head, timm_classifier
 from cnnlab.weights import describe_mismatch, torch_load_plain
 from cnnlab.zoo import ModelSpec, StateDict, get_spec
 
@@ -77,8 +78,13 @@ def find_head(module: nn.Module, num_outputs: int = IMAGENET_OUTPUTS) -> tuple[s
 
     Works for every torchvision family (``fc``, ``classifier[-1]``, ``heads.head``, ``head``) and
     EfficientNet-Lite (``_fc``); Inception's auxiliary ``AuxLogits.fc`` is registered before ``fc``
-    and is left alone. SqueezeNet classifies with a 1x1 convolution, which counts too.
+    and is left alone. SqueezeNet classifies with a 1x1 convolution, which counts too. A timm model
+    names its classifier itself (``get_classifier``: ``head.fc``, LeViT's ``NormLinear``...); of a
+    distilled model's two heads the first is returned.
     """
+    timm_head = timm_classifier(module)
+    if timm_head is not None and outputs_of(timm_head[1]) == num_outputs:
+        return timm_head
     found: tuple[str, nn.Module] | None = None
     for name, layer in module.named_modules():
         linear = isinstance(layer, nn.Linear) and layer.out_features == num_outputs
@@ -102,11 +108,16 @@ def replace_head(module: nn.Module, num_classes: int, *, num_outputs: int = IMAG
     """Replace the final ``num_outputs``-way classifier of ``module`` (in place) by a ``num_classes``-way one.
 
     The new layer has the old one's input size, bias setting, device and dtype, and the default
-    PyTorch initialisation (seed the global RNG first for a reproducible head).
+    PyTorch initialisation (seed the global RNG first for a reproducible head). A timm model gets
+    its new head from its own ``reset_classifier``; a distilled one (DeiT, LeViT: a head for the
+    class token and one for the distillation token, averaged) gets one new head shared by both
+    tokens, so that training the head trains all of it.
     """
     if num_classes < 1:
         raise CnnlabError(f"a head needs at least one class, got {num_classes}")
     path, old = find_head(module, num_outputs)
+    if timm_classifier(module) is not None:
+        return HeadInfo(*replace_timm_head(module, num_classes, old), num_outputs, num_classes)
     device, dtype = old.weight.device, old.weight.dtype
     new: nn.Module
     if isinstance(old, nn.Linear):
@@ -327,6 +338,7 @@ def checkpoint_preprocessing(ckpt: Mapping[str, Any], path: str | Path = "checkp
             mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
             std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
             interpolation=str(data.get("interpolation", "bilinear")),
+            crop_mode=str(data.get("crop_mode", "center")),  # timm tags that squash; older checkpoints: center
         )
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise WeightsIntegrityError(

@@ -4,8 +4,9 @@ The exported network takes what :class:`cnnlab.models.LoadedModel` takes: a ``ui
 ``(N, 3, crop, crop)`` (resized and centre-cropped as the stored preprocessing says) and returns
 float32 logits ``(N, num_classes)``; the normalisation with the weights' mean and std is part of
 the exported graph. The batch dimension is dynamic. A JSON file next to the export
-(``FILE.json``) records the class names, the preprocessing and the measured difference, so the
-file can be used without cnnlab.
+(``FILE.json``) records the class names, the preprocessing, the source model (name, weights
+file, published figures) and the measured difference, so the file can be used without cnnlab;
+``cnnlab predict`` and ``bench`` run an ONNX file with it (see :mod:`cnnlab.backends`).
 
 After writing, the file is loaded back (``torch.jit.load``; an ONNX Runtime session for ONNX) and
 run on a seeded random batch of a different size than the one used for export; the largest
@@ -119,6 +120,7 @@ def export_model(
     tolerance: float = DEFAULT_EXPORT_TOLERANCE,
     check_batch: int = 3,
     opset: int | None = None,
+    weights: str | Path | None = None,
 ) -> ExportResult:
     """Export a checkpoint of ``cnnlab train`` (or any model :func:`load_model` accepts).
 
@@ -129,6 +131,7 @@ def export_model(
         tolerance: the largest accepted absolute difference of the logits.
         check_batch: images in the check batch (the export itself traces a batch of 2).
         opset: ONNX opset version (default: the exporter's).
+        weights: a weights file for a registry model (default: the usual search, see :mod:`cnnlab.weights`).
 
     Raises:
         ExportMismatchError: the exported file does not reproduce the model within ``tolerance``.
@@ -147,7 +150,10 @@ def export_model(
         raise UsageError(f"--out {out} is a folder; give the name of the file to write, e.g. {Path(out) / 'model'}"
                          f"{_SUFFIXES[format]}")
     started = time.perf_counter()
-    loaded = model if isinstance(model, LoadedModel) else load_model(str(model), device="cpu", progress=False)
+    if weights is not None and isinstance(model, LoadedModel):
+        raise UsageError("weights apply to a model name, not to a loaded model")
+    loaded = model if isinstance(model, LoadedModel) else load_model(str(model), weights=weights, device="cpu",
+                                                                      progress=False)
     name = loaded.name
     module = loaded.module.float().to("cpu").eval()
     pp = loaded.preprocessing
@@ -191,9 +197,15 @@ def export_model(
             f"(tolerance {tolerance:g}); {path} was removed"
         )
     meta_path = path.with_name(path.name + ".json")
+    spec = loaded.spec
     meta = {
         "model": name,
         "format": format,
+        "source": spec.source,
+        "random_weights": loaded.random_weights,
+        "weights_file": str(loaded.weights_path) if loaded.weights_path else None,
+        "spec": {"arch": spec.arch, "num_params": sum(p.numel() for p in module.parameters()), "gmacs": spec.gmacs,
+                 "acc1": spec.acc1, "acc5": spec.acc5, "license": spec.license},
         "classes": list(loaded.categories),
         "preprocessing": pp.to_dict(),
         "input": {

@@ -4,7 +4,8 @@
   :class:`Batch` objects; a file that cannot be used comes back as a failure record instead of
   stopping the run. Evaluation and training loaders are both made here (timm's
   ``create_loader``): training passes a sampler and its augmenting transform.
-* :func:`run_inference` runs a :class:`~cnnlab.models.LoadedModel` over a list of files and yields,
+* :func:`run_inference` runs a model (a :class:`~cnnlab.backends.Runtime`: PyTorch's
+  :class:`~cnnlab.models.LoadedModel`, or an ONNX file in ONNX Runtime or OpenVINO) over a list of files and yields,
   batch by batch, the positions of the images, their logits and the files skipped, with the time
   spent waiting for data and in the model. ``predict``, ``bench`` and training's evaluation all
   use it; nothing else loops over batches for inference.
@@ -23,11 +24,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cnnlab.datasets import SkippedFile
-from cnnlab.errors import ImageDecodeError
+from cnnlab.errors import ImageDecodeError, UsageError
+from cnnlab.models import LoadedModel
 from cnnlab.progress import Progress
 
 if TYPE_CHECKING:
-    from cnnlab.models import LoadedModel
+    from cnnlab.backends.base import Runtime
 
 
 class ImageTransform(Protocol):
@@ -164,7 +166,7 @@ class InferenceBatch:
 
 
 def run_inference(
-    model: LoadedModel,
+    model: Runtime,
     paths: Sequence[Path],
     *,
     batch_size: int = 32,
@@ -180,12 +182,14 @@ def run_inference(
 
     ``labels`` (parallel to ``paths``) are copied into the skipped-file records. With
     ``features=True`` each batch also carries the penultimate features (what the classifier head
-    receives: the embedding used by linear probes, outlier and similarity searches). Progress is
-    reported as task ``task`` in images, with the rate so far.
+    receives: the embedding used by linear probes, outlier and similarity searches; PyTorch models
+    only). Progress is reported as task ``task`` in images, with the rate so far.
     """
     progress = progress or Progress()
     captured: list[torch.Tensor] = []
-    hook = _capture_head_input(model, captured) if features else None
+    if features and not isinstance(model, LoadedModel):
+        raise UsageError(f"features come from the PyTorch model's head; {model.name} runs on {model.backend.value}")
+    hook = _capture_head_input(model, captured) if isinstance(model, LoadedModel) and features else None
     device = model.device
     if device.type == "cuda":  # the first pinned host-to-device copy sets things up: keep it out of the timing
         crop = model.preprocessing.crop_size

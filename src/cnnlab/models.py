@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, UsageError, WeightsIntegrityError, WeightsNotFoundError
-from cnnlab.options import Precision, parse_choice, parse_device
+from cnnlab.options import Backend, Precision, Quantization, parse_choice, parse_device
 from cnnlab.preprocess import Preprocessing
 from cnnlab.weights import describe_mismatch, load_state_dict, resolve_weights
 from cnnlab.zoo import ModelSpec, get_spec
@@ -96,6 +97,24 @@ class LoadedModel:
     def categories(self) -> tuple[str, ...]:
         return self.spec.categories
 
+    @property
+    def backend(self) -> Backend:
+        return Backend.TORCH
+
+    @property
+    def quantization(self) -> Quantization:
+        return Quantization.NONE
+
+    @property
+    def precision_label(self) -> str:
+        return self.precision.value
+
+    def runtime_info(self) -> dict[str, Any]:
+        """What runs the model: for results and reports (:class:`cnnlab.backends.Runtime`)."""
+        return {"backend": "torch", "quantization": "none", "precision": self.precision.value,
+                "provider": f"torch {torch.__version__} {self.device}" + (" channels_last" if self.channels_last else "")
+                + (" compiled" if self.compiled else ""), "threads": torch.get_num_threads(), "device": str(self.device)}
+
     def __call__(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """Normalise on the model's device and run the network; returns float32 logits."""
         x = batch_uint8.to(self.device, non_blocking=True)
@@ -144,6 +163,8 @@ def load_model(
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = chosen is Precision.TF32
         torch.backends.cudnn.allow_tf32 = chosen is Precision.TF32
+    if name.lower().endswith(".onnx"):
+        raise UsageError(f"{name} is an ONNX file: run it with --backend onnxruntime or openvino")
     if _looks_like_checkpoint(name) and not Path(name).is_file():
         raise WeightsNotFoundError(f"checkpoint file {name} does not exist")
     if _is_checkpoint_path(name):

@@ -128,3 +128,47 @@ def parse_device(value: str) -> str:
     if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
         raise UsageError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
     return text
+
+
+class Backend(StrEnum):
+    """The runtime that executes a model: PyTorch eager, or its ONNX export in ONNX Runtime or OpenVINO."""
+
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+
+
+class Quantization(StrEnum):
+    """Weights and activations as exported (``none``), or int8 after static calibration on the user's images."""
+
+    NONE = "none"
+    INT8 = "int8"
+
+
+class RuntimeChoice(StrEnum):
+    """A ``--backend`` value: a :class:`Backend`, optionally with a :class:`Quantization` suffix."""
+
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+    ONNXRUNTIME_INT8 = "onnxruntime-int8"
+    OPENVINO_INT8 = "openvino-int8"
+
+    @property
+    def backend(self) -> Backend:
+        return Backend(self.value.split("-", 1)[0])
+
+    @property
+    def quantization(self) -> Quantization:
+        return Quantization.INT8 if self.value.endswith("-int8") else Quantization.NONE
+
+    @classmethod
+    def of(cls, backend: str | Backend, quantization: str | Quantization = Quantization.NONE) -> RuntimeChoice:
+        """The choice for ``backend`` and ``quantization`` (torch has no int8 variant: a :class:`UsageError`)."""
+        b = parse_choice(Backend, backend, "backend")
+        q = parse_choice(Quantization, quantization, "quantization")
+        return parse_choice(cls, b.value if q is Quantization.NONE else f"{b.value}-{q.value}", "backend")
+
+
+#: Images an int8 backend calibrates on by default (a seeded sample of the user's images).
+DEFAULT_CALIBRATION_IMAGES = 64

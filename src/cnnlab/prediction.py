@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab.datasets import SkippedFile, expand_paths
+from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, Quantization, RuntimeChoice, parse_choice
 from cnnlab.progress import Progress
 from cnnlab.zoo import OFFLINE_MODEL
 
 if TYPE_CHECKING:
-    from cnnlab.models import LoadedModel
+    from cnnlab.backends.base import Runtime
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class PredictResult:
     predictions: list[Prediction] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
     random_weights: bool = False
+    #: What ran the model: backend, precision, execution provider, threads (and the ONNX file).
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -55,6 +58,7 @@ class PredictResult:
         return {
             "model": self.model,
             "random_weights": self.random_weights,
+            "runtime": self.runtime,
             "predictions": [p.to_dict() for p in self.predictions],
             "skipped": [s.to_dict() for s in self.skipped],
         }
@@ -63,30 +67,43 @@ class PredictResult:
 def predict(
     inputs: Sequence[str | Path],
     *,
-    model: str | LoadedModel = OFFLINE_MODEL,
+    model: str | Path | Runtime = OFFLINE_MODEL,
     topk: int = 5,
     batch_size: int = 16,
     workers: int | None = None,
     device: str = "auto",
     weights: str | Path | None = None,
     weights_dir: str | Path | None = None,
+    backend: RuntimeChoice | str = RuntimeChoice.TORCH,
+    threads: int | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     progress: Progress | None = None,
 ) -> PredictResult:
     """Classify files, folders (searched recursively) and glob patterns.
 
-    Files that cannot be decoded are listed in ``result.skipped`` with their reason; the other
-    files are still predicted. Progress is reported as task ``predict``, in files.
+    ``model`` is a registry name, a checkpoint of ``cnnlab train``, an ``.onnx`` file of ``cnnlab
+    export``, or a loaded model; a name runs on ``backend`` (an int8 backend calibrates on a sample
+    of ``calibration_images`` of the files to predict) with ``threads`` CPU threads. Files that
+    cannot be decoded are listed in ``result.skipped`` with their reason; the other files are still
+    predicted. Progress is reported as task ``predict``, in files.
     """
     import torch
 
+    from cnnlab.backends.loader import load_runtime
+    from cnnlab.backends.quantize import calibration_sample
     from cnnlab.inference import run_inference
-    from cnnlab.models import load_model
 
-    loaded = model if not isinstance(model, (str, Path)) else load_model(
-        str(model), weights=weights, weights_dir=weights_dir, device=device
-    )
     paths, skipped = expand_paths(inputs)
-    result = PredictResult(loaded.name, skipped=list(skipped), random_weights=loaded.random_weights)
+    if isinstance(model, (str, Path)):
+        choice = parse_choice(RuntimeChoice, backend, "backend")
+        int8 = choice.quantization is Quantization.INT8 and paths
+        loaded = load_runtime(str(model), choice, weights=weights, weights_dir=weights_dir, device=device,
+                              threads=threads, calibration=calibration_sample(paths, calibration_images) if int8 else (),
+                              progress=progress)
+    else:
+        loaded = model
+    result = PredictResult(loaded.name, skipped=list(skipped), random_weights=loaded.random_weights,
+                           runtime=loaded.runtime_info())
     k = max(1, min(topk, loaded.spec.num_classes))
     categories = loaded.categories
     for batch in run_inference(loaded, paths, batch_size=batch_size, workers=workers, progress=progress,

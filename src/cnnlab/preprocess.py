@@ -27,6 +27,10 @@ MAX_INPUT_SIZE = 2048
 #: Resampling filters (Pillow's names, as torchvision's ``InterpolationMode`` values).
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
+#: How the image reaches ``resize_size`` before the centre crop (timm's ``crop_mode``): ``center``
+#: resizes the shorter side (aspect ratio kept), ``squash`` resizes both sides (aspect ratio lost).
+CROP_MODES = ("center", "squash")
+
 #: Before resizing, the long side is cut to at most this many times the larger of resize and crop
 #: size (after scaling): only the centre crop is kept, and without the cut a 20000x1 strip would
 #: become a 5-gigapixel intermediate. Ordinary photos (aspect ratio up to 4:1) are not cut.
@@ -35,13 +39,15 @@ _MAX_LONG_FACTOR = 4
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Evaluation preprocessing: resize shorter side, centre crop, scale to [0, 1], normalise."""
+    """Evaluation preprocessing: resize shorter side (or both: ``crop_mode="squash"``), centre crop,
+    scale to [0, 1], normalise."""
 
     resize_size: int
     crop_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"
+    crop_mode: str = "center"
 
     def __post_init__(self) -> None:
         """Refuse numbers no model was trained with (a hand-edited checkpoint): ``ValueError``."""
@@ -57,6 +63,8 @@ class Preprocessing:
             raise ValueError(f"std must be positive, got {self.std!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {', '.join(CROP_MODES)}, got {self.crop_mode!r}")
 
     @classmethod
     def from_torchvision(cls, preset: Any) -> Preprocessing:
@@ -78,8 +86,16 @@ class Preprocessing:
         """Resize so the shorter side is ``resize_size`` (as torchvision does), then centre-crop.
 
         The working size is bounded: for an extreme aspect ratio, the part of the long side that the
-        centre crop cannot reach is cut off before resizing (see ``_MAX_LONG_FACTOR``).
+        centre crop cannot reach is cut off before resizing (see ``_MAX_LONG_FACTOR``). With
+        ``crop_mode="squash"`` both sides become ``resize_size`` (timm's eval transform for such weights).
         """
+        from PIL import Image
+
+        crop = self.crop_size
+        if self.crop_mode == "squash":
+            img = img.resize((self.resize_size, self.resize_size), Image.Resampling[self.interpolation.upper()])
+            left = top = int(round((self.resize_size - crop) / 2.0))
+            return img.crop((left, top, left + crop, top + crop))
         width, height = img.size
         short, long = (width, height) if width <= height else (height, width)
         limit = _MAX_LONG_FACTOR * max(self.resize_size, self.crop_size)
@@ -93,10 +109,7 @@ class Preprocessing:
         new_short, new_long = self.resize_size, int(self.resize_size * long / short)
         new_size = (new_short, new_long) if width <= height else (new_long, new_short)
         if new_size != img.size:
-            from PIL import Image
-
             img = img.resize(new_size, Image.Resampling[self.interpolation.upper()])
-        crop = self.crop_size
         left = int(round((img.width - crop) / 2.0))
         top = int(round((img.height - crop) / 2.0))
         return img.crop((left, top, left + crop, top + crop))

@@ -5,13 +5,16 @@ Resolution order for a model's weights:
 1. an explicit file (``--weights PATH``);
 2. a weights directory (``--weights-dir`` or ``$CNNLAB_WEIGHTS_DIR``);
 3. the torch hub cache, ``$TORCH_HOME/hub/checkpoints`` (where torchvision itself puts them);
-4. weights shipped inside an installed package (the offline model);
+4. weights shipped inside an installed package (the offline model); for timm models, the Hugging
+   Face hub cache (:mod:`cnnlab.hub`);
 5. a download from the publisher's URL (or ``$CNNLAB_WEIGHTS_MIRROR``, a base URL that replaces
    everything before the file name) with a progress bar and a check of the sha256 prefix that
-   torchvision's file names carry (``resnet50-11ad3fa6.pth``).
+   torchvision's file names carry (``resnet50-11ad3fa6.pth``); for timm models on the hub, a
+   download through huggingface_hub (``HF_ENDPOINT``, ``HF_HUB_OFFLINE``).
 
-Files are always read with ``torch.load(..., weights_only=True)``: a pickle that would run code is
-refused with :class:`~cnnlab.errors.UnsafeWeightsError`.
+``.safetensors`` files are read with safetensors; every other file with
+``torch.load(..., weights_only=True)``: a pickle that would run code is refused with
+:class:`~cnnlab.errors.UnsafeWeightsError`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 
 import torch
 
-from cnnlab.errors import UnsafeWeightsError, UsageError, WeightsIntegrityError, WeightsNotFoundError
+from cnnlab.errors import OutputError, UnsafeWeightsError, UsageError, WeightsIntegrityError, WeightsNotFoundError
 from cnnlab.zoo import ModelSpec, StateDict
 
 WEIGHTS_DIR_ENV = "CNNLAB_WEIGHTS_DIR"
@@ -76,7 +79,12 @@ def search_dirs(weights_dir: str | Path | None = None) -> list[Path]:
 
 
 def download_url(spec: ModelSpec) -> str | None:
-    """The URL a download would use: the publisher's, or the same file under ``$CNNLAB_WEIGHTS_MIRROR``."""
+    """The URL a download would use: the publisher's, or the same file under ``$CNNLAB_WEIGHTS_MIRROR``
+    (for a Hugging Face repository: its file under ``$HF_ENDPOINT``)."""
+    if spec.hf_hub_id is not None:
+        from cnnlab import hub
+
+        return f"{hub.endpoint()}/{spec.hf_hub_id}/resolve/main/{hub.HUB_FILENAMES[0]}"
     if spec.weights_url is None:
         return None
     mirror = os.environ.get(MIRROR_ENV)
@@ -93,6 +101,11 @@ def locate_weights(spec: ModelSpec, weights_dir: str | Path | None = None) -> We
         found = next((d / spec.weights_file for d in dirs if (d / spec.weights_file).is_file()), None)
     if found is None and spec.packaged_weights is not None and spec.packaged_weights.is_file():
         found = spec.packaged_weights
+    if spec.hf_hub_id is not None:
+        from cnnlab import hub
+
+        dirs.append(hub.cache_dir())
+        found = found or hub.cached_file(spec.hf_hub_id)
     return WeightsLocation(spec.name, spec.weights_file, download_url(spec), tuple(dirs), found)
 
 
@@ -114,7 +127,7 @@ def fetch_weights(
     if dest_dir is None or location.found.parent == target_dir:
         return location.found
     # found elsewhere (hub cache, package): copy it into dest_dir, checking its hash on the way
-    target = target_dir / location.found.name
+    target = target_dir / _copy_name(spec, location.found)
     _check_hash(location.found)
     target_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(location.found, target)
@@ -141,6 +154,8 @@ def _check_hash(path: Path) -> None:
 
 
 def _download(spec: ModelSpec, location: WeightsLocation, target_dir: Path, progress: bool) -> Path:
+    if spec.hf_hub_id is not None:
+        return _download_from_hub(spec, location, target_dir)
     url = location.url
     if url is None or spec.weights_file is None:
         raise WeightsNotFoundError(f"{spec.name} has no download URL and no weights on disk")
@@ -161,6 +176,35 @@ def _download(spec: ModelSpec, location: WeightsLocation, target_dir: Path, prog
     return target
 
 
+def _download_from_hub(spec: ModelSpec, location: WeightsLocation, target_dir: Path) -> Path:
+    """The repository's file through huggingface_hub into its cache; copied into ``target_dir`` unless
+    that is the torch hub cache (``resolve_weights`` reads it where huggingface_hub keeps it)."""
+    from cnnlab import hub
+
+    assert spec.hf_hub_id is not None and spec.weights_file is not None
+    try:
+        path = hub.download(spec.hf_hub_id)
+    except LookupError as exc:
+        raise _not_found(spec, location, exc) from None
+    if target_dir == hub_checkpoints_dir():
+        return path
+    target = target_dir / _copy_name(spec, path)
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    except OSError as exc:
+        raise OutputError(f"cannot copy {path} to {target}: {exc.strerror or exc}") from None
+    return target
+
+
+def _copy_name(spec: ModelSpec, path: Path) -> str:
+    """The name of a copy of ``path`` in a weights folder: a hub file (``model.safetensors``) gets the
+    model's file name (``convnext_tiny.fb_in1k.safetensors``), which the folder search looks for."""
+    if spec.hf_hub_id is None or spec.weights_file is None:
+        return path.name
+    return spec.weights_file if path.suffix == ".safetensors" else f"{Path(spec.weights_file).stem}{path.suffix}"
+
+
 def _not_found(spec: ModelSpec, location: WeightsLocation, cause: BaseException | None) -> WeightsNotFoundError:
     searched = ", ".join(str(p) for p in location.searched)
     lines = [
@@ -172,7 +216,7 @@ def _not_found(spec: ModelSpec, location: WeightsLocation, cause: BaseException 
         lines.append(f"  download from {location.url} failed: {reason}" if cause else f"  url: {location.url}")
     lines.append(
         "  fix: put the file into one of those directories (or pass --weights PATH / --weights-dir DIR), "
-        f"or run `cnnlab weights fetch {spec.arch}` on a machine with internet; "
+        f"or run `cnnlab weights fetch {spec.arch if spec.is_default else spec.name}` on a machine with internet; "
         "`--random-weights` measures speed and memory without them"
     )
     return WeightsNotFoundError("\n".join(lines))
@@ -252,9 +296,29 @@ def torch_load_plain(path: str | Path) -> Any:
         raise WeightsIntegrityError(f"cannot read weights file {path}: it is {what} ({_short(exc)})") from None
 
 
+def load_safetensors(path: Path) -> StateDict:
+    """A ``.safetensors`` file's tensors (no code can run while reading one)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UsageError(f"reading {path} needs safetensors: pip install 'cnnlab[timm]'") from None
+    if not path.is_file():
+        raise WeightsIntegrityError(f"weights file {path} is not a regular file")
+    try:
+        return load_file(str(path), device="cpu")
+    except MemoryError:
+        raise WeightsIntegrityError(f"cannot read weights file {path}: not enough memory to load it") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise WeightsIntegrityError(f"cannot read weights file {path}: it is damaged or not safetensors "
+                                    f"({_short(exc)})") from None
+
+
 def load_state_dict(path: str | Path) -> StateDict:
-    """Load a state dict with ``weights_only=True``; unwrap ``{"state_dict": ...}``/``{"model": ...}``."""
+    """Load a state dict: ``.safetensors`` with safetensors, anything else with ``weights_only=True``
+    (unwrapping ``{"state_dict": ...}``/``{"model": ...}``)."""
     path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
     obj = torch_load_plain(path)
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):

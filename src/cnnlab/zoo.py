@@ -1,4 +1,5 @@
-"""The model registry: every torchvision ImageNet classifier plus an offline model, one schema.
+"""The model registry: every torchvision ImageNet classifier, an offline model and timm's ImageNet-1k
+classifiers (``timm/...``, see :mod:`cnnlab.timm_zoo`), one schema.
 
 A :class:`ModelSpec` carries everything that travels with a set of weights: how to build the
 architecture, its preprocessing, its categories and its published metadata. Names are
@@ -60,6 +61,10 @@ class ModelSpec:
     builder: Builder | None = field(default=None, repr=False, compare=False)
     #: For models whose weights ship inside an installed package: the file's path.
     packaged_weights: Path | None = field(default=None, repr=False, compare=False)
+    #: The weights' license where the publisher states one (timm's ``pretrained_cfg``).
+    license: str | None = None
+    #: Hugging Face hub repository of the weights (``timm/convnext_tiny.fb_in1k``), fetched with huggingface_hub.
+    hf_hub_id: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -89,6 +94,8 @@ class ModelSpec:
             "num_classes": self.num_classes,
             "preprocessing": self.preprocessing.to_dict(),
             "recipe": self.recipe,
+            "license": self.license,
+            "hf_hub_id": self.hf_hub_id,
         }
 
 
@@ -223,10 +230,14 @@ def _build_efficientnet_lite0(state_dict: StateDict | None = None) -> nn.Module:
 
 @functools.cache
 def _registry() -> dict[str, ModelSpec]:
+    from cnnlab.labels import imagenet_categories
+    from cnnlab.timm_zoo import timm_specs
+
     specs = _torchvision_specs()
     offline = _efficientnet_lite_spec()
     if offline is not None:
         specs.append(offline)
+    specs.extend(timm_specs(tuple(imagenet_categories())))
     return {spec.name: spec for spec in specs}
 
 

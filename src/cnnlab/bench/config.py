@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import UsageError
-from cnnlab.options import Precision, WeightsPolicy, parse_choice, parse_device
+from cnnlab.options import (
+    DEFAULT_CALIBRATION_IMAGES,
+    Precision,
+    RuntimeChoice,
+    WeightsPolicy,
+    parse_choice,
+    parse_device,
+)
 from cnnlab.zoo import LAB_MODELS
 
 #: Default batch size per device type. On this project's 2-core reference CPU, batch 8 measured 2-5x
@@ -95,6 +102,11 @@ class BenchConfig:
     isolate: bool = True
     #: A model still running after this many seconds is stopped and reported as an error (``None``: no limit).
     model_timeout_s: float | None = None
+    #: What runs each model: one row per model and backend (``torch``, ``onnxruntime``, ``openvino``,
+    #: ``onnxruntime-int8``, ``openvino-int8``). Precision, channels_last and compile apply to torch rows.
+    backends: list[RuntimeChoice] = field(default_factory=lambda: [RuntimeChoice.TORCH])
+    #: Images the int8 backends calibrate on: a seeded sample of ``data`` (the images then evaluated).
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
@@ -106,6 +118,11 @@ class BenchConfig:
             raise UsageError("no models to run: name at least one (e.g. --models resnet50)")
         if self.model_timeout_s is not None and not self.model_timeout_s > 0:
             raise UsageError(f"the time limit per model must be positive, got {self.model_timeout_s}")
+        self.backends = list(dict.fromkeys(parse_choice(RuntimeChoice, b, "backend") for b in self.backends))
+        if not self.backends:
+            raise UsageError("no backend to run: name at least one (e.g. --backend torch)")
+        if not isinstance(self.calibration_images, int) or self.calibration_images < 1:
+            raise UsageError(f"calibration needs at least one image, got {self.calibration_images}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,4 +136,6 @@ class BenchConfig:
             "measure": self.measure.to_dict(),
             "isolate": self.isolate,
             "model_timeout_s": self.model_timeout_s,
+            "backends": [b.value for b in self.backends],
+            "calibration_images": self.calibration_images,
         }

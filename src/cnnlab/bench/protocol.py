@@ -18,7 +18,7 @@ import numpy as np
 from cnnlab.bench.config import MeasureOptions
 from cnnlab.errors import CnnlabError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 #: Predictions kept per image (top-5 accuracy needs five).
 TOPK = 5
@@ -58,6 +58,10 @@ class RunRequest:
     imagenet_accepted: list[list[int]] = field(default_factory=list)
     #: Report progress events on stdout.
     progress: bool = False
+    #: What runs the model (:class:`cnnlab.options.RuntimeChoice`), and for ONNX Runtime and OpenVINO the
+    #: ONNX file the parent prepared (exported, quantised) for it.
+    backend: str = "torch"
+    runtime_file: str | None = None
     protocol: int = PROTOCOL_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +122,16 @@ class RunResult:
     cuda_weights_mib: float | None = None
     cuda_peak_allocated_mib: float | None = None
     cuda_peak_reserved_mib: float | None = None
+    #: ``torch``, ``onnxruntime`` or ``openvino``; ``none`` or ``int8``; what executed the graph
+    #: (``CPUExecutionProvider``, ``openvino CPU 2026.4.1``, ``torch 2.x cpu``); the ONNX file run.
+    backend: str = "torch"
+    quantization: str = "none"
+    provider: str = ""
+    runtime_file: str | None = None
+    #: Images the int8 ranges were calibrated on (0: not quantised).
+    calibration_images: int = 0
+    #: Seconds the parent spent exporting and quantising before the worker started (0 when cached).
+    prepare_s: float | None = None
     protocol: int = PROTOCOL_VERSION
 
     def to_dict(self) -> dict[str, Any]:

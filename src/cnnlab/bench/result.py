@@ -16,7 +16,9 @@ from cnnlab.datasets import LabelledImages, SkippedFile
 from cnnlab.jsonable import finite_or_none
 from cnnlab.labels import LabelMapping
 
-#: Version of the layout of results.json and results.csv.
+#: Version of the layout of results.json and results.csv. Columns added at the end (backend,
+#: quantization, provider, runtime_file, calibration_images, prepare_s) keep the version: readers by
+#: name or by position are not affected.
 SCHEMA_VERSION = 2
 
 
@@ -87,7 +89,14 @@ class ModelResult:
 
     @property
     def name(self) -> str:
-        return str(self.run.spec.get("name") or self.run.model)
+        """The model's name, with ``@backend`` for rows not run by PyTorch (``resnet50.IMAGENET1K_V2@openvino-int8``)."""
+        base = str(self.run.spec.get("name") or self.run.model)
+        return base if self.runtime == "torch" else f"{base}@{self.runtime}"
+
+    @property
+    def runtime(self) -> str:
+        """``torch``, ``onnxruntime``, ``openvino-int8``...: the backend, with ``-int8`` when quantised."""
+        return self.run.backend + ("" if self.run.quantization == "none" else f"-{self.run.quantization}")
 
     @property
     def ok(self) -> bool:
@@ -154,6 +163,12 @@ class ModelResult:
             "precision": r.precision,
             "threads": r.threads,
             "workers": r.workers,
+            "backend": r.backend,
+            "quantization": r.quantization,
+            "provider": r.provider,
+            "runtime_file": r.runtime_file,
+            "calibration_images": r.calibration_images,
+            "prepare_s": r.prepare_s,
         }
 
 
@@ -209,17 +224,26 @@ class BenchResult:
 
 
 def environment() -> dict[str, Any]:
-    """Versions and hardware, recorded with every result."""
+    """Versions and hardware, recorded with every result (runtimes and timm where installed)."""
+    import importlib.metadata
+
     import torch
     import torchvision
 
     from cnnlab import __version__
 
+    optional = {}
+    for package in ("onnxruntime", "openvino", "timm"):
+        try:
+            optional[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
     env: dict[str, Any] = {
         "cnnlab": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
+        **optional,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

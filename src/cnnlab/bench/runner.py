@@ -1,4 +1,10 @@
-"""``bench_models``: run every model of a :class:`BenchConfig`, each in its own process, and score them.
+"""``bench_models``: run every model of a :class:`BenchConfig` on every backend, each in its own process,
+and score them.
+
+A row is a model on a backend (:class:`~cnnlab.options.RuntimeChoice`). For ONNX Runtime and
+OpenVINO rows the parent prepares the ONNX file first (the cached export; for int8, its version
+calibrated on a seeded sample of the evaluated images, the same sample for every model), so the
+worker's load time and memory are the runtime's own; the preparation time is in ``prepare_s``.
 
 Accuracy for ImageNet models goes through the label mapping (:mod:`cnnlab.labels`): a folder
 ``cat`` accepts any of the classes WordNet puts under "cat". Models fine-tuned by ``cnnlab train``
@@ -13,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,7 +33,7 @@ from cnnlab.datasets import LabelledImages, scan_dataset
 from cnnlab.errors import CnnlabError, DatasetError, WeightsNotFoundError
 from cnnlab.imagenet_val import read_real_labels, real_sets_for, scan_flat_val
 from cnnlab.labels import LabelMapping, map_classes
-from cnnlab.options import WeightsPolicy
+from cnnlab.options import RuntimeChoice, WeightsPolicy
 from cnnlab.progress import Progress, replay
 
 
@@ -95,8 +101,11 @@ class Plan:
     dataset: LabelledImages
     mappings: dict[str, LabelMapping]
     real_sets: list[tuple[int, ...] | None] | None
-    #: Per model: ``"pretrained"``, ``"random"`` or ``"checkpoint"``.
+    #: Per model: ``"pretrained"``, ``"random"``, ``"checkpoint"`` or ``"onnx"``.
     weights: dict[str, str]
+    #: The rows to run, in order: each model on each backend (an ``.onnx`` file runs in onnxruntime
+    #: when torch is asked for: see :func:`cnnlab.backends.loader.effective_choice`).
+    rows: list[tuple[str, RuntimeChoice]] = field(default_factory=list)
 
     def describe(self) -> str:
         ds = self.dataset
@@ -117,9 +126,17 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
         DatasetError: no images, or unreadable ground-truth/ReaL files.
         UnknownModelError: a model name the registry does not know.
         WeightsNotFoundError: pretrained weights are missing and cannot be downloaded (one message for all).
+        UsageError: a backend whose packages are not installed (the message names the extra).
     """
+    from cnnlab.backends.artifacts import is_onnx_file
+    from cnnlab.backends.loader import check_installed, effective_choice
+
     progress = progress or Progress()
     progress.start("preflight", "checking data, labels and weights")
+    rows = [(name, choice) for name in config.models  # a model named twice runs twice; its backends once each
+            for choice in dict.fromkeys(effective_choice(name, b) for b in config.backends)]
+    for choice in dict.fromkeys(c for _, c in rows):
+        check_installed(choice, export=any(c is choice and not is_onnx_file(n) for n, c in rows))
     if config.labels_file is not None:
         dataset = scan_flat_val(config.data, config.labels_file)
     else:
@@ -130,10 +147,11 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
     real_sets = real_sets_for(dataset.paths, read_real_labels(config.real_labels)) if config.real_labels else None
     weights = {name: _weights_for(name, config) for name in config.models}
     progress.finish("preflight")
-    return Plan(dataset, mappings, real_sets, weights)
+    return Plan(dataset, mappings, real_sets, weights, rows)
 
 
 def _weights_for(name: str, config: BenchConfig) -> str:
+    from cnnlab.backends.artifacts import is_onnx_file, read_sidecar
     from cnnlab.checkpoint import read_checkpoint
     from cnnlab.weights import fetch_weights, locate_weights
     from cnnlab.zoo import get_spec
@@ -141,6 +159,9 @@ def _weights_for(name: str, config: BenchConfig) -> str:
     if Path(name).suffix in (".pt", ".pth", ".ckpt"):
         read_checkpoint(Path(name))  # a missing, unsafe or foreign file is reported now, not in a worker
         return "checkpoint"
+    if is_onnx_file(name):
+        read_sidecar(Path(name))  # a missing file or sidecar is reported now
+        return "onnx"
     spec = get_spec(name)
     m = config.measure
     if m.weights is WeightsPolicy.RANDOM:
@@ -190,21 +211,26 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None) -> Be
     dataset, mappings = plan.dataset, plan.mappings
     imagenet_accepted = [list(mappings[c].indices) for c in dataset.classes]
     results: list[ModelResult] = []
-    total = len(config.models)
+    total = len(plan.rows)
+    calibration = _calibration(config, dataset.paths)
     progress.start("models", "models", total=total)
     with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as tmp:
         workdir = Path(tmp)
-        for i, name in enumerate(config.models):
-            progress.update("models", description=f"model {i + 1}/{total}: {name}")
+        for i, (name, choice) in enumerate(plan.rows):
+            label = name if choice is RuntimeChoice.TORCH else f"{name} on {choice.value}"
+            progress.update("models", description=f"model {i + 1}/{total}: {label}")
             pred_file = workdir / f"pred-{i}.bin"
+            t0 = time.perf_counter()
             request = RunRequest(model=name, paths=[str(p) for p in dataset.paths], predictions_file=str(pred_file),
                                  measure=config.measure, class_names=list(dataset.classes),
-                                 imagenet_accepted=imagenet_accepted, progress=True)
-            t0 = time.perf_counter()
-            if config.isolate:
-                run = run_isolated(request, workdir, i, progress=progress, timeout_s=config.model_timeout_s)
-            else:
-                run = _run_in_process(request, progress)
+                                 imagenet_accepted=imagenet_accepted, progress=True, backend=choice.value)
+            run, prepare_s = _prepare(request, choice, plan.weights[name] == "random", calibration, config, progress)
+            if run is None:
+                if config.isolate:
+                    run = run_isolated(request, workdir, i, progress=progress, timeout_s=config.model_timeout_s)
+                else:
+                    run = _run_in_process(request, progress)
+            run.prepare_s = prepare_s
             model = ModelResult(run)
             if run.error is None:
                 model.predictions = _load_predictions(pred_file)
@@ -225,6 +251,39 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None) -> Be
         started=started,
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def _calibration(config: BenchConfig, paths: list[Path]) -> list[Path]:
+    """The images every int8 row calibrates on (none when no row is int8)."""
+    from cnnlab.backends.quantize import calibration_sample
+    from cnnlab.options import Quantization
+
+    if all(b.quantization is Quantization.NONE for b in config.backends):
+        return []
+    return calibration_sample(paths, config.calibration_images)
+
+
+def _prepare(request: RunRequest, choice: RuntimeChoice, random_weights: bool, calibration: list[Path],
+             config: BenchConfig, progress: Progress) -> tuple[RunResult | None, float | None]:
+    """Export (and quantise) the model for ``choice`` into ``request.runtime_file``.
+
+    Returns ``(None, seconds)``, or a result carrying the error when preparing failed (the other rows go on).
+    """
+    if choice is RuntimeChoice.TORCH:
+        return None, None
+    from cnnlab.backends.loader import prepare_runtime_file
+
+    t0 = time.perf_counter()
+    try:
+        path = prepare_runtime_file(request.model, choice, weights_dir=config.measure.weights_dir,
+                                    random_weights=random_weights, calibration=calibration, progress=progress)
+    except Exception as exc:  # noqa: BLE001 - one model's failed export must not stop the run
+        error = str(exc) if isinstance(exc, CnnlabError) else f"{type(exc).__name__}: {exc}"
+        failed = RunResult(model=request.model, error=f"{choice.value}: {error}", backend=choice.backend.value,
+                           quantization=choice.quantization.value)
+        return failed, time.perf_counter() - t0
+    request.runtime_file = str(path)
+    return None, time.perf_counter() - t0
 
 
 def _one_line(model: ModelResult, seconds: float) -> str:

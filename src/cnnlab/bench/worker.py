@@ -1,6 +1,7 @@
 """Measuring one model: the part of ``bench`` that runs in its own process.
 
-:func:`run_model` loads a model, measures throughput and latency on synthetic batches, evaluates
+:func:`run_model` loads a model (PyTorch, or the ONNX file the parent prepared for ONNX Runtime or
+OpenVINO: :mod:`cnnlab.backends`), measures throughput and latency on synthetic batches, evaluates
 it over the request's image files (the end-to-end time, split into data and model time), records
 memory peaks and MACs, and returns a :class:`~cnnlab.bench.protocol.RunResult`. It never raises:
 a failure is reported in ``error`` so that a bulk run goes on. ``python -m cnnlab.bench.worker
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from cnnlab.backends.loader import load_runtime_file
 from cnnlab.bench.config import MeasureOptions
 from cnnlab.bench.measure import (
     MemoryMeter,
@@ -35,15 +37,16 @@ from cnnlab.bench.measure import (
 )
 from cnnlab.bench.protocol import PREDICTION_DTYPE, TOPK, RunRequest, RunResult
 from cnnlab.bench.user_classes import UserClasses, accepted_sets
+from cnnlab.errors import CnnlabError
 from cnnlab.inference import default_cpu_threads, default_workers, run_inference
-from cnnlab.models import load_model, resolve_device
-from cnnlab.options import WeightsPolicy
+from cnnlab.models import LoadedModel, load_model, resolve_device
+from cnnlab.options import RuntimeChoice, WeightsPolicy
 from cnnlab.progress import JsonLinesProgress, Progress
 from cnnlab.weights import locate_weights
 from cnnlab.zoo import get_spec
 
 if TYPE_CHECKING:
-    from cnnlab.models import LoadedModel
+    from cnnlab.backends.base import Runtime
 
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
@@ -62,8 +65,6 @@ def run_model(request: RunRequest, progress: Progress | None = None) -> RunResul
     try:
         _run(request, result, progress or Progress())
     except Exception as exc:  # noqa: BLE001 - a bulk run must go on; the row carries the error
-        from cnnlab.errors import CnnlabError
-
         if isinstance(exc, CnnlabError):
             result.error = str(exc)
         elif isinstance(exc, torch.cuda.OutOfMemoryError):
@@ -74,8 +75,12 @@ def run_model(request: RunRequest, progress: Progress | None = None) -> RunResul
     return result
 
 
-def _load(request: RunRequest) -> LoadedModel:
+def _load(request: RunRequest, threads: int) -> Runtime:
     m = request.measure
+    if request.backend != RuntimeChoice.TORCH:  # the parent exported (and quantised) the model already
+        if request.runtime_file is None:
+            raise CnnlabError(f"--backend {request.backend}: the worker was given no ONNX file")
+        return load_runtime_file(Path(request.runtime_file), request.backend, device=m.device, threads=threads)
     if Path(request.model).is_file():  # a checkpoint from `cnnlab train` always brings its own weights
         random_weights = False
     elif m.weights is WeightsPolicy.RANDOM_IF_MISSING:
@@ -99,53 +104,70 @@ def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
         torch.cuda.init()
         torch.nn.functional.conv2d(torch.ones(1, 3, 8, 8, device=target), torch.ones(4, 3, 3, 3, device=target))
         torch.cuda.synchronize(target)
+    workers = default_workers(target.type) if m.workers is None else m.workers
+    threads = m.threads or (default_cpu_threads(workers) if target.type == "cpu" else torch.get_num_threads())
+    torch.set_num_threads(threads)
     reset_peak_rss()
     rss_start = current_rss_mib()
     progress.start("load", f"{request.model}: load")
     t0 = time.perf_counter()
-    model = _load(request)
+    model = _load(request, threads)
     result.load_s = time.perf_counter() - t0
     progress.finish("load")
-    device = model.device
-    workers = default_workers(device.type) if m.workers is None else m.workers
-    default_threads = default_cpu_threads(workers) if device.type == "cpu" else torch.get_num_threads()
-    torch.set_num_threads(m.threads or default_threads)
-    result.threads = torch.get_num_threads()
+    info = model.runtime_info()
+    result.threads = int(info["threads"])
     result.workers = workers
-    result.device = str(device)
-    result.device_name = _device_name(device)
-    result.precision = model.precision.value
+    result.device = str(info.get("device", target))
+    result.device_name = _device_name(torch.device(result.device))
+    result.precision = model.precision_label
+    result.backend = model.backend.value
+    result.quantization = model.quantization.value
+    result.provider = str(info["provider"])
+    result.calibration_images = int(info.get("calibration_images", 0))
     result.spec = model.spec.to_dict()
     result.categories = list(model.categories)
     result.random_weights = model.random_weights
     result.weights_path = str(model.weights_path) if model.weights_path else None
-    result.params = sum(p.numel() for p in model.module.parameters())
-    result.weights_mib = parameter_bytes(model.module) / MiB
-    if model.weights_path is not None:
-        result.weights_file_mb = model.weights_path.stat().st_size / 1e6
+    if isinstance(model, LoadedModel):
+        result.params = sum(p.numel() for p in model.module.parameters())
+        result.weights_mib = parameter_bytes(model.module) / MiB
+        if model.weights_path is not None:
+            result.weights_file_mb = model.weights_path.stat().st_size / 1e6
+    else:  # an ONNX file: what is loaded is the file
+        result.runtime_file = str(info["file"])
+        result.params = model.spec.num_params or None
+        file = Path(result.runtime_file)
+        data = file.with_name(file.name + ".data")  # weights over 1.5 GB go to a separate file
+        size = file.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+        result.weights_mib, result.weights_file_mb = size / MiB, size / 1e6
     result.rss_after_load_mib = current_rss_mib() - rss_start
-    if device.type == "cuda":
-        result.cuda_weights_mib = torch.cuda.memory_allocated(device) / MiB
+    if target.type == "cuda" and isinstance(model, LoadedModel):
+        result.cuda_weights_mib = torch.cuda.memory_allocated(target) / MiB
 
-    crop = model.preprocessing.crop_size
-    with MemoryMeter(device) as meter, torch.inference_mode():
-        _time_synthetic(model, result, progress, m)
-        _evaluate(model, request, result, progress)
+    kind = target.type
+    with MemoryMeter(model.device) as meter, torch.inference_mode():
+        _time_synthetic(model, kind, result, progress, m)
+        _evaluate(model, kind, request, result, progress)
     result.rss_peak_mib = max(0.0, meter.rss_before - rss_start + meter.rss_peak_increase)
     result.cuda_peak_allocated_mib = meter.cuda_peak_allocated
     result.cuda_peak_reserved_mib = meter.cuda_peak_reserved
     result.process_peak_rss_mib = peak_rss_mib()
+    if not isinstance(model, LoadedModel):
+        return  # MACs are counted on the PyTorch module (the published figure stays in the row)
     try:
-        result.gmacs_measured = count_macs(model.module, crop, device)
+        result.gmacs_measured = count_macs(model.module, model.preprocessing.crop_size, model.device)
     except Exception as exc:  # noqa: BLE001 - a counting failure must not lose the other figures
         progress.note(f"could not count MACs for {request.model}: {exc}", warning=True)
 
 
-def _time_synthetic(model: LoadedModel, result: RunResult, progress: Progress, m: MeasureOptions) -> None:
-    """Model-only speed on random uint8 batches: throughput at the batch size, latency at batch 1."""
+def _time_synthetic(model: Runtime, kind: str, result: RunResult, progress: Progress, m: MeasureOptions) -> None:
+    """Model-only speed on random uint8 batches: throughput at the batch size, latency at batch 1.
+
+    ``kind`` is the type of device the model runs on (``cpu``, ``cuda``): it sets the default batch size.
+    """
     crop = model.preprocessing.crop_size
-    sizes = m.throughput_batch_sizes(model.device.type)
-    batch_size = m.batch_size_for(model.device.type)
+    sizes = m.throughput_batch_sizes(kind)
+    batch_size = m.batch_size_for(kind)
     progress.start("throughput", f"{model.name}: throughput", total=len(sizes))
     for size in sizes:
         progress.update("throughput", description=f"{model.name}: throughput at batch {size}")
@@ -166,7 +188,7 @@ def _time_synthetic(model: LoadedModel, result: RunResult, progress: Progress, m
     progress.finish("latency")
 
 
-def _evaluate(model: LoadedModel, request: RunRequest, result: RunResult, progress: Progress) -> None:
+def _evaluate(model: Runtime, kind: str, request: RunRequest, result: RunResult, progress: Progress) -> None:
     """The lab's "time": evaluate every file once, data (decode + preprocess) and model time apart.
 
     Predictions are appended to ``request.predictions_file`` batch by batch, so memory does not
@@ -182,7 +204,7 @@ def _evaluate(model: LoadedModel, request: RunRequest, result: RunResult, progre
     done = 0
     start = time.perf_counter()
     with open(request.predictions_file, "wb") as out:
-        for batch in run_inference(model, paths, batch_size=m.batch_size_for(model.device.type), workers=result.workers,
+        for batch in run_inference(model, paths, batch_size=m.batch_size_for(kind), workers=result.workers,
                                    fast_decode=m.fast_decode, progress=progress, task="eval",
                                    description=f"{model.name}: evaluation"):
             t0 = time.perf_counter()

@@ -10,9 +10,19 @@ import typer
 from cnnlab.bench.config import DEFAULT_BATCH_SIZE, BenchConfig, MeasureOptions
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, out, print_table, split_csv
-from cnnlab.cli.options import Device, PrecisionOpt, Quiet, Threads, WeightsDir, Wide, Workers, default_of
+from cnnlab.cli.options import (
+    CalibrationImages,
+    Device,
+    PrecisionOpt,
+    Quiet,
+    Threads,
+    WeightsDir,
+    Wide,
+    Workers,
+    default_of,
+)
 from cnnlab.errors import UsageError
-from cnnlab.options import WeightsPolicy
+from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, RuntimeChoice, WeightsPolicy, parse_choice
 from cnnlab.zoo import LAB_MODELS
 
 if TYPE_CHECKING:
@@ -80,6 +90,16 @@ def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, w
         raise typer.Exit(EXIT_MODEL_FAILED)
 
 
+def _backends(values: list[str] | None) -> list[str] | None:
+    """``--backend torch,openvino`` and ``--backend torch --backend openvino``, each checked before any work."""
+    if values is None:
+        return None
+    try:
+        return [parse_choice(RuntimeChoice, v, "backend").value for v in split_csv(values)]
+    except UsageError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def _batch_sizes(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -99,12 +119,14 @@ def bench_command(
     mapping: Annotated[Optional[Path], typer.Option("--mapping", help="YAML/JSON file: class -> ImageNet names, wnids or indices.")] = None,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Ground truth of a flat ImageNet validation folder: LOC_val_solution.csv, or the devkit's folder or ground-truth file.")] = None,
     real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="ImageNet-ReaL real.json: also report accuracy against the ReaL labels.")] = None,
+    backends: Annotated[Optional[list[str]], typer.Option("--backend", callback=_backends, help="Comma-separated: torch, onnxruntime, openvino, onnxruntime-int8, openvino-int8; a row per model and backend (default: torch).")] = None,
+    calibration_images: CalibrationImages = DEFAULT_CALIBRATION_IMAGES,
     device: Device = _M.device,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, max=65536, help=f"Images per batch (default: {DEFAULT_BATCH_SIZE['cpu']} on a CPU, {DEFAULT_BATCH_SIZE['cuda']} on a GPU).")] = _M.batch_size,
     batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", help="Also measure model-only throughput at these batch sizes, e.g. 1,8,32,128 (a curve).")] = None,
     precision: PrecisionOpt = _M.precision,
-    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory format.")] = _M.channels_last,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (slow to start).")] = _M.compile,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory format (torch rows).")] = _M.channels_last,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (torch rows; slow to start).")] = _M.compile,
     workers: Workers = _M.workers,
     threads: Threads = _M.threads,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Speed and memory only: no weights, no accuracy.")] = False,
@@ -121,6 +143,10 @@ def bench_command(
 ) -> None:
     """Compare models on a labelled image set: top-1/top-5 with confidence intervals, time, memory.
 
+    With --backend, each model also runs as its ONNX export in onnxruntime or openvino, and in
+    int8 calibrated on your images: speed and accuracy side by side. The machine and its load
+    are part of every speed figure: compare rows of one run.
+
     Exit status: 0 when every model ran, 4 when some model failed (its row says why).
     """
     if random_weights and random_if_missing:
@@ -136,5 +162,7 @@ def bench_command(
         latency_repeats=repeats, throughput_repeats=max(3, repeats // 2), batch_sizes=_batch_sizes(batch_sizes),
     )
     config = BenchConfig(data=data, models=names, split=split, mapping_file=mapping, labels_file=labels,
-                         real_labels=real_labels, measure=measure, isolate=not in_process, model_timeout_s=timeout)
+                         real_labels=real_labels, measure=measure, isolate=not in_process, model_timeout_s=timeout,
+                         backends=[RuntimeChoice(b) for b in backends or [RuntimeChoice.TORCH.value]],
+                         calibration_images=calibration_images)
     run_bench(config, out_dir, plots=not no_plots, quiet=quiet, wide=wide, overwrite=overwrite)

@@ -24,7 +24,10 @@ def models_command(
     wide: Wide = False,
     as_json: Json = False,
 ) -> None:
-    """List pretrained classifiers: published accuracy, size, cost, and whether the weights are here."""
+    """List pretrained classifiers: published accuracy, size, cost, and whether the weights are here.
+
+    timm's ImageNet-1k classifiers are listed as timm/ARCH.TAG: `cnnlab models 'timm/convnext*'`.
+    """
     from cnnlab.weights import locate_weights
     from cnnlab.zoo import list_models
 
@@ -41,7 +44,7 @@ def models_command(
         return
     header = ["name", "acc@1", "acc@5", "params M", "GMACs", "input", "local"]
     if wide:
-        header[6:6] = ["weights file", "MB"]
+        header[6:6] = ["weights file", "MB", "license"]
     table = []
     for r in rows:
         pre = r["preprocessing"]
@@ -49,7 +52,7 @@ def models_command(
         row = [name, _fmt(r["acc1"], ".2f"), _fmt(r["acc5"], ".2f"), f"{r['num_params'] / 1e6:.1f}",
                _fmt(r["gmacs"], ".2f"), f"{pre['resize_size']}/{pre['crop_size']}", "yes" if r["available"] else "-"]
         if wide:
-            row[6:6] = [r["weights_file"] or "", _fmt(r["weights_size_mb"], ".1f")]
+            row[6:6] = [r["weights_file"] or "", _fmt(r["weights_size_mb"], ".1f"), r["license"] or ""]
         table.append(row)
     right = {h: "right" for h in ("acc@1", "acc@5", "params M", "GMACs", "MB")}
     title = f"{len(rows)} models" + ("" if all_weights else " (default weights; --all lists every entry)")

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from cnnlab.errors import UsageError
-from cnnlab.options import Precision, parse_device
+from cnnlab.options import Precision, RuntimeChoice, parse_device
 
 
 def default_of(config: type, name: str) -> Any:
@@ -42,7 +42,7 @@ Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", case_sensitive=False,
                                                  help="Arithmetic: fp32, tf32 (CUDA), bf16 or fp16 autocast; auto picks per device.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes (default: on a GPU cores-1 up to 8; on a CPU a quarter of the cores).")]
-Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (default: the cores not used for decoding).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads of the runtime (default: the cores not used for decoding).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, max=65536, help="Images per batch.")]
 Weights = Annotated[Optional[str], typer.Option("--weights", help="An explicit weights file for the model.")]
 WeightsDir = Annotated[Optional[str], typer.Option("--weights-dir", help="Also look for weights here (before the torch hub cache). Env: CNNLAB_WEIGHTS_DIR.")]
@@ -50,3 +50,5 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or 
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 Wide = Annotated[bool, typer.Option("--wide", help="Show every column (the default table fits 80 columns).")]
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+BackendOpt = Annotated[RuntimeChoice, typer.Option("--backend", case_sensitive=False, help="What runs the model: torch, or its ONNX export in onnxruntime or openvino; -int8: quantised, calibrated on your images.")]
+CalibrationImages = Annotated[int, typer.Option("--calibration-images", min=1, help="Images an -int8 backend calibrates on (a seeded sample of yours).")]

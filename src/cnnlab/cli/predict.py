@@ -10,7 +10,20 @@ import typer
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, print_json, print_table, write_stdout
-from cnnlab.cli.options import BatchSize, Device, Json, Quiet, Weights, WeightsDir, Wide, Workers
+from cnnlab.cli.options import (
+    BackendOpt,
+    BatchSize,
+    CalibrationImages,
+    Device,
+    Json,
+    Quiet,
+    Threads,
+    Weights,
+    WeightsDir,
+    Wide,
+    Workers,
+)
+from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, RuntimeChoice
 from cnnlab.zoo import OFFLINE_MODEL
 
 
@@ -18,11 +31,14 @@ from cnnlab.zoo import OFFLINE_MODEL
 @handle_errors
 def predict_command(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Registry name or a checkpoint from `cnnlab train`.")] = OFFLINE_MODEL,
+    model: Annotated[str, typer.Option("--model", "-m", help="Registry name, a checkpoint of `cnnlab train` or an .onnx file of `cnnlab export`.")] = OFFLINE_MODEL,
     topk: Annotated[int, typer.Option("--topk", "-k", min=1, max=1000, help="How many classes to show per image.")] = 5,
     device: Device = "auto",
     batch_size: BatchSize = 16,
     workers: Workers = None,
+    backend: BackendOpt = RuntimeChoice.TORCH,
+    threads: Threads = None,
+    calibration_images: CalibrationImages = DEFAULT_CALIBRATION_IMAGES,
     weights: Weights = None,
     weights_dir: WeightsDir = None,
     as_json: Json = False,
@@ -32,12 +48,14 @@ def predict_command(
 ) -> None:
     """Predict the top-k classes of images. Exit status 1 if some files could not be read."""
     from cnnlab.cli.progress import RichProgress
-    from cnnlab.models import load_model
     from cnnlab.prediction import predict
 
-    loaded = load_model(model, weights=weights, weights_dir=weights_dir, device=device, progress=not quiet)
     with RichProgress(quiet=quiet) as progress:
-        result = predict(inputs, model=loaded, topk=topk, batch_size=batch_size, workers=workers, progress=progress)
+        result = predict(inputs, model=model, topk=topk, batch_size=batch_size, workers=workers, device=device,
+                         weights=weights, weights_dir=weights_dir, backend=backend, threads=threads,
+                         calibration_images=calibration_images, progress=progress)
+    rt = result.runtime
+    title = result.model if rt["backend"] == "torch" else f"{result.model} ({rt['backend']} {rt['precision']})"
     if as_json:
         print_json(result.to_dict())
     elif as_csv:
@@ -51,10 +69,10 @@ def predict_command(
     elif wide:
         header = ["file"] + [f"#{rank}" for rank in range(1, topk + 1)]
         rows = [[p.path, *[f"{c.label} ({c.probability:.0%})" for c in p.top]] for p in result.predictions]
-        print_table(header, rows, title=f"{loaded.name} top-{topk}")
+        print_table(header, rows, title=f"{title} top-{topk}")
     else:
         rows = [[p.path, ", ".join(f"{c.label} {c.probability:.0%}" for c in p.top)] for p in result.predictions]
-        print_table(["file", f"top-{topk}"], rows, title=f"{loaded.name}")
+        print_table(["file", f"top-{topk}"], rows, title=title)
     for s in result.skipped:
         err.print(f"[yellow]skipped[/] {escape(s.path)}: {s.reason}" + (f" ({escape(s.detail)})" if s.detail else ""))
     if not result.predictions and not result.skipped:

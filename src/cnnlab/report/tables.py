@@ -6,7 +6,8 @@ The same tables appear on the terminal (``cnnlab bench``), in results.md and in 
   Wilson interval), time for the whole set, memory (:func:`memory_label` says which memory);
 * :func:`summary_table`: one row per model, 80 columns wide: :data:`SUMMARY_COLUMNS`, then
   ``GPU MiB`` or ``RSS MiB``;
-* :func:`full_table`: one row per model with every figure: :data:`FULL_COLUMNS`;
+* :func:`full_table`: one row per model with every figure: :data:`FULL_COLUMNS` (with
+  :data:`RUNTIME_COLUMNS` after the name when the run has rows not run by PyTorch in fp32);
 * :func:`mapping_table`: how each class folder maps onto ImageNet: :data:`MAPPING_COLUMNS`;
 * :func:`per_class_table`: ``class``, ``images``, then ``<model> acc / prec`` per model with
   accuracy figures;
@@ -41,6 +42,9 @@ FULL_COLUMNS: Final = (
 )
 #: Columns added to :func:`full_table` when the run has ImageNet-ReaL labels.
 REAL_COLUMNS: Final = ("ReaL top-1", "ReaL top-5")
+#: Columns added to :func:`full_table` after the name when some row runs on another backend or precision than
+#: PyTorch fp32 (a row's name then ends in ``@backend``: ``resnet50@onnxruntime-int8``).
+RUNTIME_COLUMNS: Final = ("backend", "precision")
 #: The columns of :func:`mapping_table`.
 MAPPING_COLUMNS: Final = ("folder", "images", "how", "ImageNet classes", "note")
 #: ImageNet classes named in a mapping cell before the rest are only counted.
@@ -92,25 +96,29 @@ def lab_table(result: BenchResult) -> HeaderAndRows:
 
 
 def short_name(model_name: str) -> str:
-    """``resnet50`` for a model's default weights entry, the full name otherwise (tables at 80 columns)."""
+    """``resnet50`` for a model's default weights entry, the full name otherwise (tables at 80 columns);
+    a backend suffix stays: ``resnet50@openvino``."""
     from cnnlab.zoo import get_spec
 
-    arch = model_name.split(".", 1)[0]
+    base, at, runtime = model_name.partition("@")
+    arch = base.split(".", 1)[0]
     try:
-        return arch if get_spec(arch).name == model_name else model_name
+        short = arch if get_spec(arch).name == base else base
     except Exception:  # noqa: BLE001 - a checkpoint path or unknown name stays as it is
-        return model_name
+        short = base
+    return short + at + runtime
 
 
 def summary_table(result: BenchResult) -> HeaderAndRows:
     """The key figures, one row per model, narrow enough for an 80-column terminal.
 
-    A model with random weights is marked ``*`` after its name.
+    A model with random weights is marked ``*`` after its name; a backend suffix (``@openvino-int8``)
+    goes on a line of its own.
     """
     header = [*SUMMARY_COLUMNS, "GPU MiB" if _on_gpu(result) else "RSS MiB"]
     rows = []
     for m, short in zip(result.models, unique_names([short_name(m.name) for m in result.models])):
-        name = short + (" *" if m.ok and m.run.random_weights else "")
+        name = short.replace("@", "\n@", 1) + (" *" if m.ok and m.run.random_weights else "")
         if not m.ok:
             rows.append([name, "error"] + [""] * (len(header) - 2))
             continue
@@ -149,12 +157,22 @@ def full_table(result: BenchResult) -> HeaderAndRows:
             _status(m),
         ])
     header = list(FULL_COLUMNS)
+    if shows_runtime(result):
+        header[1:1] = RUNTIME_COLUMNS
+        for row, m in zip(rows, result.models):
+            row[1:1] = [m.runtime, m.run.precision or "n/a"]
     if result.config.real_labels is not None:
-        header[3:3] = REAL_COLUMNS
+        at = header.index("ECE")
+        header[at:at] = REAL_COLUMNS
         for row, m in zip(rows, result.models):
             real = m.accuracy.real if m.accuracy else None
-            row[3:3] = [_pct_ci(real.accuracy(k), *real.ci[k]) if real and k in real.hits else "n/a" for k in (1, 5)]
+            row[at:at] = [_pct_ci(real.accuracy(k), *real.ci[k]) if real and k in real.hits else "n/a" for k in (1, 5)]
     return header, rows
+
+
+def shows_runtime(result: BenchResult) -> bool:
+    """Whether some row runs on another backend than PyTorch, or in another precision than fp32."""
+    return any(m.runtime != "torch" or m.run.precision not in ("fp32", "") for m in result.models)
 
 
 def throughput_table(result: BenchResult) -> HeaderAndRows:

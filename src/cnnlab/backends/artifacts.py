@@ -1,0 +1,169 @@
+"""ONNX files for the runtimes: the export cache, and ``.onnx`` files (with their sidecar) as models.
+
+Exports are cached under ``$CNNLAB_CACHE_DIR/exports`` (default ``~/.cache/cnnlab/exports``), one
+folder per model, weights and versions: ``<name>-<key>/model.onnx`` with its ``model.onnx.json``
+sidecar (and int8 variants next to it, :mod:`cnnlab.backends.quantize`). The key hashes the
+registry name (or checkpoint path), the sha256 of the weights file (``random`` for random weights,
+seeded so that the export is reproducible), and the cnnlab and torch versions: new weights or a
+new exporter make a new export, the same ones reuse it. A folder appears whole or not at all
+(written under a temporary name, then renamed).
+
+An ``.onnx`` file written by ``cnnlab export`` works wherever a model name works: its sidecar
+``FILE.onnx.json`` holds the classes, the preprocessing and the source model's metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import OutputError, WeightsIntegrityError, WeightsNotFoundError
+from cnnlab.preprocess import Preprocessing
+from cnnlab.progress import Progress
+from cnnlab.zoo import ModelSpec, get_spec
+
+CACHE_ENV = "CNNLAB_CACHE_DIR"
+#: Suffixes of training checkpoints (a path, not a registry name).
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def cache_root() -> Path:
+    """cnnlab's cache: ``$CNNLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/cnnlab``, else ``~/.cache/cnnlab``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "cnnlab"
+
+
+def exports_dir() -> Path:
+    return cache_root() / "exports"
+
+
+def sidecar(path: Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``."""
+    return path.with_name(path.name + ".json")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80] or "model"
+
+
+def is_onnx_file(name: str | Path) -> bool:
+    return str(name).lower().endswith(".onnx")
+
+
+def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: str | Path | None = None,
+                  random_weights: bool = False, download: bool = True, progress: Progress | None = None) -> Path:
+    """The cached ONNX export of a registry model or training checkpoint, exported now if missing.
+
+    Raises what :func:`cnnlab.models.load_model` and :func:`cnnlab.export.export_model` raise
+    (unknown model, missing weights, an export that does not reproduce the model).
+    """
+    import torch
+
+    import cnnlab
+    from cnnlab.weights import resolve_weights
+
+    weights_path: Path | None
+    checkpoint = Path(name).suffix in CHECKPOINT_SUFFIXES
+    if checkpoint:
+        if not Path(name).is_file():
+            raise WeightsNotFoundError(f"checkpoint file {name} does not exist")
+        canonical, weights_path = str(Path(name).resolve()), Path(name)
+    else:
+        spec = get_spec(name)
+        canonical = spec.name
+        weights_path = None if random_weights else resolve_weights(
+            spec, weights=weights, weights_dir=weights_dir, download=download, progress=progress is not None)
+    key_data = {"model": canonical, "weights": file_sha256(weights_path) if weights_path else "random-seed-0",
+                "cnnlab": cnnlab.__version__, "torch": str(torch.__version__), "format": "onnx"}
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
+    folder = exports_dir() / f"{_stem(canonical)}-{key}"
+    model = folder / "model.onnx"
+    if model.is_file() and sidecar(model).is_file():
+        return model
+    progress = progress or Progress()
+    progress.start("export", f"{canonical}: export to ONNX (cached for later runs)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # random weights: the same ones for every export of this key
+        _export_into(folder, canonical if not checkpoint else name, weights_path if not checkpoint else None,
+                     random_weights)
+    progress.finish("export")
+    return model
+
+
+def _export_into(folder: Path, name: str, weights_path: Path | None, random_weights: bool) -> None:
+    """Export into a temporary folder next to ``folder``, then rename it (another process may win the race)."""
+    from cnnlab.export import export_model
+    from cnnlab.models import load_model
+
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write to the export cache {folder.parent}: {exc.strerror or exc} "
+                          f"(set {CACHE_ENV} to another folder)") from None
+    try:
+        loaded = load_model(name, weights=weights_path, random_weights=random_weights, device="cpu", progress=False)
+        export_model(loaded, "onnx", tmp / "model.onnx")
+        if not folder.exists():
+            with contextlib.suppress(OSError):  # a concurrent export may have got there first
+                os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """The metadata ``cnnlab export`` writes next to an ONNX file, checked for what a runtime needs."""
+    meta_path = sidecar(path)
+    if not path.is_file():
+        raise WeightsIntegrityError(f"ONNX file {path} does not exist")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WeightsIntegrityError(
+            f"{path} has no metadata file {meta_path.name} next to it (classes and preprocessing); "
+            "export with `cnnlab export`, which writes both") from None
+    except (OSError, ValueError) as exc:
+        raise WeightsIntegrityError(f"cannot read {meta_path}: {exc}") from None
+    classes = meta.get("classes") if isinstance(meta, dict) else None
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise WeightsIntegrityError(f"{meta_path}: 'classes' must be a non-empty list of class names")
+    if (meta.get("input") or {}).get("dtype") != "uint8":
+        raise WeightsIntegrityError(f"{meta_path}: cnnlab runs ONNX files that take uint8 images (`cnnlab export`)")
+    return meta
+
+
+def onnx_spec(path: Path, meta: dict[str, Any], *, name: str | None = None) -> ModelSpec:
+    """A :class:`~cnnlab.zoo.ModelSpec` for an ONNX file from its sidecar (named ``name`` or the path)."""
+    from cnnlab.labels import imagenet_categories
+
+    try:
+        preprocessing = Preprocessing(**meta["preprocessing"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsIntegrityError(f"{sidecar(path)}: unusable 'preprocessing' ({exc})") from None
+    classes = tuple(meta["classes"])
+    source = meta.get("source") or ("imagenet" if list(classes) == imagenet_categories() else "checkpoint")
+    info = meta.get("spec") or {}
+    return ModelSpec(
+        name=name or str(path), arch=str(info.get("arch") or meta.get("model") or path.stem),
+        weights_tag=path.stem, is_default=False, source=source, num_params=int(info.get("num_params") or 0),
+        gmacs=info.get("gmacs"), acc1=info.get("acc1"), acc5=info.get("acc5"), weights_url=None,
+        weights_file=path.name, weights_size_mb=round(path.stat().st_size / 1e6, 3), categories=classes,
+        preprocessing=preprocessing, recipe=f"ONNX export of {meta.get('model', path.name)}",
+        license=info.get("license"),
+    )
