@@ -141,3 +141,18 @@ def without_option(argv: Sequence[str], name: str) -> list[str]:
             continue
         out.append(arg)
     return out
+
+
+def relaunch(nproc: int, command: str) -> int:
+    """Run this command line again as ``nproc`` processes under torchrun (without ``--nproc``); its exit status.
+
+    The command line is this process's own (``sys.argv``), from the word ``command`` on.
+    """
+    import subprocess
+
+    argv = sys.argv[1:]
+    if command not in argv:
+        raise UsageError(f"--nproc re-launches the `cnnlab {command}` command line; from Python, start it "
+                         f"with torchrun --nproc-per-node {nproc} -m cnnlab {command} ...")
+    args = without_option(argv[argv.index(command):], "--nproc")
+    return subprocess.call(torchrun_command(nproc, args))

@@ -107,9 +107,16 @@ class BenchConfig:
     backends: list[RuntimeChoice] = field(default_factory=lambda: [RuntimeChoice.TORCH])
     #: Images the int8 backends calibrate on: a seeded sample of ``data`` (the images then evaluated).
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    #: Several devices (``["cpu", "cpu"]``, ``["cuda:0", "cuda:1"]``): models run at the same time, one
+    #: worker process per device, each model whole on one device (empty: ``measure.device`` only).
+    devices: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
+        self.devices = [parse_device(d) for d in self.devices]
+        if len(self.devices) > 1 and not self.isolate:
+            raise UsageError("several devices run models at the same time, each in its own process: "
+                             "leave out --in-process")
         for name in ("mapping_file", "labels_file", "real_labels"):
             value = getattr(self, name)
             if value is not None:
@@ -138,4 +145,5 @@ class BenchConfig:
             "model_timeout_s": self.model_timeout_s,
             "backends": [b.value for b in self.backends],
             "calibration_images": self.calibration_images,
+            "devices": list(self.devices),
         }
