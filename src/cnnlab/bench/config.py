@@ -41,6 +41,9 @@ class MeasureOptions:
     weights_dir: str | None = None
     #: Let JPEGs decode at reduced scale (``Image.draft``) when only a small image is needed.
     fast_decode: bool = True
+    #: Where JPEGs are decoded: ``auto`` (nvJPEG on the GPU when the model runs on CUDA, else Pillow on
+    #: the CPU), ``cpu`` or ``device`` (:mod:`cnnlab.gpu_decode`).
+    decode: str = "auto"
     #: Also measure model-only throughput at these batch sizes (a curve: on a CPU a large batch can be slower).
     batch_sizes: list[int] | None = None
     warmup: int = 3
@@ -53,6 +56,8 @@ class MeasureOptions:
         self.device = parse_device(self.device)
         self.precision = parse_choice(Precision, self.precision, "precision")
         self.weights = parse_choice(WeightsPolicy, self.weights, "weights policy")
+        if self.decode not in ("auto", "cpu", "device"):
+            raise UsageError(f"unknown decode {self.decode!r}; use auto, cpu or device")
         if self.weights_dir is not None:
             self.weights_dir = str(self.weights_dir)
         sizes = [*([self.batch_size] if self.batch_size is not None else []), *(self.batch_sizes or [])]

@@ -147,6 +147,7 @@ def bench_command(
     weights_dir: WeightsDir = _M.weights_dir,
     in_process: Annotated[bool, typer.Option("--in-process", help="Run all models in this process (default: one process per model).")] = False,
     timeout: Annotated[Optional[float], typer.Option("--timeout-per-model", min=1.0, help="Stop a model after this many seconds and report it as an error.")] = default_of(BenchConfig, "model_timeout_s"),
+    decode: Annotated[str, typer.Option("--decode", help="Where JPEGs are decoded: auto (nvJPEG on the GPU when the model runs on CUDA), cpu, or device.")] = _M.decode,
     exact_decode: Annotated[bool, typer.Option("--exact-decode", help="Decode JPEGs at full size (default: DCT-domain downscaling, faster).")] = False,
     repeats: Annotated[int, typer.Option("--repeats", min=3, help="Timed repeats for latency (throughput uses half).")] = _M.latency_repeats,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
@@ -177,7 +178,7 @@ def bench_command(
               WeightsPolicy.RANDOM_IF_MISSING if random_if_missing else WeightsPolicy.PRETRAINED)
     measure = MeasureOptions(
         device=devices[0], batch_size=batch_size, precision=precision, channels_last=channels_last, compile=compile,
-        workers=workers, threads=threads, weights=policy, weights_dir=weights_dir, fast_decode=not exact_decode,
+        workers=workers, threads=threads, weights=policy, weights_dir=weights_dir, fast_decode=not exact_decode, decode=decode,
         latency_repeats=repeats, throughput_repeats=max(3, repeats // 2), batch_sizes=_batch_sizes(batch_sizes),
     )
     config = BenchConfig(data=data, models=names, split=split, mapping_file=mapping, labels_file=labels,
