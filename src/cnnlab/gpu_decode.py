@@ -2,14 +2,20 @@
 
 On a GPU, ``bench`` is bound by JPEG decoding on the CPU (a few hundred images per second from 16
 cores, against tens of thousands the model could take). With this path the loader's workers only
-read file bytes; the main process decodes a whole batch at once with nvJPEG
-(``torchvision.io.decode_jpeg(..., device="cuda")``), then resizes the shorter side and centre-crops
-each image on the device, giving the same ``uint8`` batch the CPU path gives. Files that are not
-baseline JPEGs (PNG, WebP, CMYK or progressive JPEGs nvJPEG refuses, ...) are decoded on the CPU as
-usual, in the workers.
+read file bytes (:class:`JpegBytes`, batched as a list by :func:`collate_encoded`); the main process
+decodes a whole batch at once with nvJPEG (``torchvision.io.decode_jpeg(..., device="cuda")``), then
+resizes the shorter side and centre-crops each image on the device (:func:`decode_batch`), giving the
+same ``uint8`` batch the CPU path gives. Files that are not JPEGs (PNG, WebP, ...) are decoded on the
+CPU as usual, in the workers; JPEGs the decoder refuses become skipped files.
 
-The arithmetic differs slightly from Pillow's (antialiased interpolation in float, rounded once), so
-predictions can differ on near-ties; ``benchmarks/gpu_check.sh`` measures the agreement.
+:func:`cnnlab.inference.run_inference` takes it with ``decode="device"``, and with the default
+``decode="auto"`` whenever the model runs on CUDA; ``bench`` reports the path in its ``decode``
+column (``nvjpeg`` or ``cpu``) and ``--decode cpu`` keeps the CPU path. On a CPU device the same
+plumbing decodes with torchvision's CPU decoder (how the tests check it).
+
+The arithmetic differs slightly from Pillow's (antialiased interpolation in float, rounded once, and
+no reduced-scale JPEG decoding), so predictions can differ on near-ties.
+``benchmarks/gpu_decode_check.py`` (run by ``benchmarks/gpu_check.sh``) times the two paths.
 """
 
 from __future__ import annotations
