@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,9 +39,15 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data
 
 
-def test_two_processes_give_the_one_process_report(demo: Path, tmp_path: Path) -> None:
-    one, two = tmp_path / "one", tmp_path / "two"
-    _bench(demo, one, "--models", "efficientnet_lite0")
+@pytest.fixture(scope="module")
+def one(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("one") / "out"
+    _bench(demo, out, "--models", "efficientnet_lite0")
+    return out
+
+
+def test_two_processes_give_the_one_process_report(demo: Path, one: Path, tmp_path: Path) -> None:
+    two = tmp_path / "two"
     _bench(demo, two, "--models", "efficientnet_lite0", "--nproc", "2")
     name = "efficientnet_lite0.IMAGENET1K.csv"
     assert (one / "predictions" / name).read_bytes() == (two / "predictions" / name).read_bytes()
@@ -73,3 +80,22 @@ def test_models_on_a_list_of_devices_match_a_sequential_run(demo: Path, tmp_path
         for key in ("status", "eval_images", "skipped_images", "top1", "random_weights"):
             assert a[model][key] == b[model][key], (model, key)
     assert json.loads((par / "results.json").read_text())["config"]["devices"] == ["cpu", "cpu"]
+
+
+def test_two_nodes_on_one_machine(demo: Path, one: Path, tmp_path: Path) -> None:
+    """Two torchrun launches, --nnodes 2 --node-rank 0/1, one process each, meeting at 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "nodes"
+    nodes = []
+    for rank in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
+               "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+               "-m", "cnnlab", "bench", str(demo), "--out", str(out), "--models", "efficientnet_lite0", *ARGS]
+        nodes.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=240) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    name = "efficientnet_lite0.IMAGENET1K.csv"
+    assert (one / "predictions" / name).read_bytes() == (out / "predictions" / name).read_bytes()
+    assert _rows(out)["efficientnet_lite0.IMAGENET1K"]["processes"] == "2"
