@@ -39,3 +39,6 @@ for cfg in "fp32" "tf32" "bf16" "bf16 --channels-last"; do
 done | tee "$OUT/throughput.txt"
 echo "== pipeline vs the lab's plain loop"
 $PY benchmarks/bench_pipeline.py --device cuda --small 512 --large 128 --models resnet50,efficientnet_lite0 --batch-size 256 2>&1 | tail -6 | tee "$OUT/pipeline.txt"
+echo "== JPEG decoding: CPU (Pillow) vs GPU (nvJPEG) vs model only, resnet50 bf16, random weights"
+timeout 480 $PY benchmarks/gpu_decode_check.py --device cuda --small 2000 --large 500 --json "$OUT/decode.json" 2>&1 \
+    | tee "$OUT/decode.txt"

@@ -1,6 +1,6 @@
 """Running on several processes with PyTorch's own engine: ``torchrun`` launches, ``torch.distributed`` talks.
 
-cnnlab never starts its own process groups or rendezvous: a command started by ``torchrun`` (or by
+cnnlab never starts its own rendezvous: a command started by ``torchrun`` (or by
 ``--nproc N``, which re-launches the same command under ``torch.distributed.run``) finds the
 variables torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ...), joins the
 group (gloo on CPUs, NCCL on CUDA), and splits its work by rank:
@@ -8,6 +8,10 @@ group (gloo on CPUs, NCCL on CUDA), and splits its work by rank:
 * :func:`shard` gives each rank a contiguous block of the items, each item exactly once (no padding
   with repeats, unlike ``DistributedSampler``'s default), so evaluation counts are exact;
 * :func:`gather_to_main` collects one picklable object per rank on rank 0, which alone writes files.
+
+Where it is used: ``bench`` (:mod:`cnnlab.bench.ranks`: each rank's worker evaluates its shard,
+rank 0 merges the rows) and ``train`` (:mod:`cnnlab.finetune.ddp`: DistributedDataParallel).
+``predict``, ``review`` and the other commands run in one process.
 
 Multi-node runs use torchrun's own options (``--nnodes``, ``--node-rank``, ``--rdzv-endpoint`` or
 ``--master-addr``/``--master-port``), documented in the README.
@@ -141,3 +145,18 @@ def without_option(argv: Sequence[str], name: str) -> list[str]:
             continue
         out.append(arg)
     return out
+
+
+def relaunch(nproc: int, command: str) -> int:
+    """Run this command line again as ``nproc`` processes under torchrun (without ``--nproc``); its exit status.
+
+    The command line is this process's own (``sys.argv``), from the word ``command`` on.
+    """
+    import subprocess
+
+    argv = sys.argv[1:]
+    if command not in argv:
+        raise UsageError(f"--nproc re-launches the `cnnlab {command}` command line; from Python, start it "
+                         f"with torchrun --nproc-per-node {nproc} -m cnnlab {command} ...")
+    args = without_option(argv[argv.index(command):], "--nproc")
+    return subprocess.call(torchrun_command(nproc, args))

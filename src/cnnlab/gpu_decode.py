@@ -2,14 +2,20 @@
 
 On a GPU, ``bench`` is bound by JPEG decoding on the CPU (a few hundred images per second from 16
 cores, against tens of thousands the model could take). With this path the loader's workers only
-read file bytes; the main process decodes a whole batch at once with nvJPEG
-(``torchvision.io.decode_jpeg(..., device="cuda")``), then resizes the shorter side and centre-crops
-each image on the device, giving the same ``uint8`` batch the CPU path gives. Files that are not
-baseline JPEGs (PNG, WebP, CMYK or progressive JPEGs nvJPEG refuses, ...) are decoded on the CPU as
-usual, in the workers.
+read file bytes (:class:`JpegBytes`, batched as a list by :func:`collate_encoded`); the main process
+decodes a whole batch at once with nvJPEG (``torchvision.io.decode_jpeg(..., device="cuda")``), then
+resizes the shorter side and centre-crops each image on the device (:func:`decode_batch`), giving the
+same ``uint8`` batch the CPU path gives. Files that are not JPEGs (PNG, WebP, ...) are decoded on the
+CPU as usual, in the workers; JPEGs the decoder refuses become skipped files.
 
-The arithmetic differs slightly from Pillow's (antialiased interpolation in float, rounded once), so
-predictions can differ on near-ties; ``benchmarks/gpu_check.sh`` measures the agreement.
+:func:`cnnlab.inference.run_inference` takes it with ``decode="device"``, and with the default
+``decode="auto"`` whenever the model runs on CUDA; ``bench`` reports the path in its ``decode``
+column (``nvjpeg`` or ``cpu``) and ``--decode cpu`` keeps the CPU path. On a CPU device the same
+plumbing decodes with torchvision's CPU decoder (how the tests check it).
+
+The arithmetic differs slightly from Pillow's (antialiased interpolation in float, rounded once, and
+no reduced-scale JPEG decoding), so predictions can differ on near-ties.
+``benchmarks/gpu_decode_check.py`` (run by ``benchmarks/gpu_check.sh``) times the two paths.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from cnnlab.errors import ImageDecodeError
 if TYPE_CHECKING:
     import torch
 
+    from cnnlab.inference import Batch
     from cnnlab.preprocess import Preprocessing
 
 #: The first bytes of every JPEG file (SOI marker).
@@ -131,3 +138,56 @@ def _decode_jpeg(data: list[torch.Tensor], device: torch.device) -> list[torch.T
         warnings.simplefilter("ignore", DeprecationWarning)
         images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
     return list(images)
+
+
+#: ``decode`` values: ``auto`` (on the device when the model runs on CUDA), ``cpu`` (Pillow in the loader),
+#: ``device`` (file bytes from the loader, decoded by :func:`decode_batch` on the model's device).
+DECODE_CHOICES = ("auto", "cpu", "device")
+
+
+def use_device_decode(requested: str, device: torch.device) -> bool:
+    """Whether a run on ``device`` decodes JPEGs there (``auto``: on CUDA, when torchvision can)."""
+    if requested not in DECODE_CHOICES:
+        from cnnlab.errors import UsageError
+
+        raise UsageError(f"unknown decode {requested!r}; use {', '.join(DECODE_CHOICES)}")
+    if requested == "auto":
+        return device.type == "cuda" and _has_device_decoder()
+    return requested == "device"
+
+
+def decode_label(device_decode: bool, device: torch.device) -> str:
+    """What a report calls the path: ``nvjpeg`` (decoded on the GPU) or ``cpu``."""
+    return "nvjpeg" if device_decode and device.type == "cuda" else "cpu"
+
+
+def _has_device_decoder() -> bool:
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def collate_encoded(items: list[tuple[int, torch.Tensor | None, str, str]]) -> Batch:
+    """DataLoader ``collate_fn`` of the device path: the items as they are (1-D file bytes or decoded
+    images of different sizes cannot be stacked), in ``Batch.encoded``; failures apart."""
+    from cnnlab.inference import Batch
+
+    good = [(i, t) for i, t, _, _ in items if t is not None]
+    failed = [(i, reason, detail) for i, t, reason, detail in items if t is None]
+    return Batch([i for i, _ in good], None, failed, encoded=[t for _, t in good])
+
+
+def decode_loader_batch(batch: Batch, preprocessing: Preprocessing, device: torch.device) -> Batch:
+    """A :func:`collate_encoded` batch decoded on ``device`` into a stacked ``uint8`` batch there
+    (files the decoder refuses become failures)."""
+    from cnnlab.inference import Batch
+
+    items = batch.encoded or []
+    images, bad = decode_batch(items, preprocessing, device)
+    bad_set = set(bad)
+    indices = [index for k, index in enumerate(batch.indices) if k not in bad_set]
+    failed = [*batch.failed, *((batch.indices[k], "undecodable", f"{device.type} JPEG decoder refused it")
+                               for k in bad)]
+    return Batch(indices, images if indices else None, failed)

@@ -69,6 +69,8 @@ class Batch:
     indices: list[int]
     images: torch.Tensor | None
     failed: list[tuple[int, str, str]]
+    #: The device decode path's items, not yet decoded (:func:`cnnlab.gpu_decode.collate_encoded`).
+    encoded: list[torch.Tensor] | None = None
 
     def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True) so host-to-GPU copies can be asynchronous."""
@@ -121,6 +123,7 @@ def make_loader(
     generator: torch.Generator | None = None,
     drop_last: bool = False,
     worker_init_fn: Callable[[int], None] | None = None,
+    collate_fn: Callable[[list[Item]], Batch] = collate,
 ) -> DataLoader[Batch]:
     """A DataLoader of :class:`Batch` objects.
 
@@ -135,7 +138,7 @@ def make_loader(
         shuffle=False,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         pin_memory=device_type == "cuda",
         drop_last=drop_last,
         generator=generator,
@@ -177,13 +180,16 @@ def run_inference(
     task: str = "inference",
     description: str | None = None,
     features: bool = False,
+    decode: str = "auto",
 ) -> Iterator[InferenceBatch]:
     """Run ``model`` over ``paths`` in order, one :class:`InferenceBatch` at a time.
 
     ``labels`` (parallel to ``paths``) are copied into the skipped-file records. With
     ``features=True`` each batch also carries the penultimate features (what the classifier head
     receives: the embedding used by linear probes, outlier and similarity searches; PyTorch models
-    only). Progress is reported as task ``task`` in images, with the rate so far.
+    only). Progress is reported as task ``task`` in images, with the rate so far. ``decode``:
+    where JPEGs are decoded (:func:`cnnlab.gpu_decode.use_device_decode`; ``auto``: on a CUDA device
+    with nvJPEG, the decode counted in ``data_s``).
     """
     progress = progress or Progress()
     captured: list[torch.Tensor] = []
@@ -195,8 +201,12 @@ def run_inference(
         crop = model.preprocessing.crop_size
         torch.zeros(1, 3, crop, crop, dtype=torch.uint8).pin_memory().to(device, non_blocking=True)
         torch.cuda.synchronize(device)
-    loader = make_loader(paths, model.preprocessing, batch_size=batch_size, workers=workers,
-                         device_type=device.type, fast_decode=fast_decode)
+    from cnnlab import gpu_decode
+
+    on_device = gpu_decode.use_device_decode(decode, device)
+    loader = make_loader(paths, gpu_decode.JpegBytes(model.preprocessing) if on_device else model.preprocessing,
+                         batch_size=batch_size, workers=workers, device_type=device.type, fast_decode=fast_decode,
+                         collate_fn=gpu_decode.collate_encoded if on_device else collate)
     progress.start(task, description or f"{model.name}", total=len(paths))
     done = 0
     started = time.perf_counter()
@@ -208,6 +218,8 @@ def run_inference(
                 batch = next(iterator)
             except StopIteration:
                 break
+            if batch.encoded is not None:
+                batch = gpu_decode.decode_loader_batch(batch, model.preprocessing, device)
             t1 = time.perf_counter()
             skipped = [SkippedFile(str(paths[i]), reason, detail, labels[i] if labels is not None else None)
                        for i, reason, detail in batch.failed]

@@ -41,6 +41,9 @@ class MeasureOptions:
     weights_dir: str | None = None
     #: Let JPEGs decode at reduced scale (``Image.draft``) when only a small image is needed.
     fast_decode: bool = True
+    #: Where JPEGs are decoded: ``auto`` (nvJPEG on the GPU when the model runs on CUDA, else Pillow on
+    #: the CPU), ``cpu`` or ``device`` (:mod:`cnnlab.gpu_decode`).
+    decode: str = "auto"
     #: Also measure model-only throughput at these batch sizes (a curve: on a CPU a large batch can be slower).
     batch_sizes: list[int] | None = None
     warmup: int = 3
@@ -53,6 +56,8 @@ class MeasureOptions:
         self.device = parse_device(self.device)
         self.precision = parse_choice(Precision, self.precision, "precision")
         self.weights = parse_choice(WeightsPolicy, self.weights, "weights policy")
+        if self.decode not in ("auto", "cpu", "device"):
+            raise UsageError(f"unknown decode {self.decode!r}; use auto, cpu or device")
         if self.weights_dir is not None:
             self.weights_dir = str(self.weights_dir)
         sizes = [*([self.batch_size] if self.batch_size is not None else []), *(self.batch_sizes or [])]
@@ -107,9 +112,16 @@ class BenchConfig:
     backends: list[RuntimeChoice] = field(default_factory=lambda: [RuntimeChoice.TORCH])
     #: Images the int8 backends calibrate on: a seeded sample of ``data`` (the images then evaluated).
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    #: Several devices (``["cpu", "cpu"]``, ``["cuda:0", "cuda:1"]``): models run at the same time, one
+    #: worker process per device, each model whole on one device (empty: ``measure.device`` only).
+    devices: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
+        self.devices = [parse_device(d) for d in self.devices]
+        if len(self.devices) > 1 and not self.isolate:
+            raise UsageError("several devices run models at the same time, each in its own process: "
+                             "leave out --in-process")
         for name in ("mapping_file", "labels_file", "real_labels"):
             value = getattr(self, name)
             if value is not None:
@@ -138,4 +150,5 @@ class BenchConfig:
             "model_timeout_s": self.model_timeout_s,
             "backends": [b.value for b in self.backends],
             "calibration_images": self.calibration_images,
+            "devices": list(self.devices),
         }

@@ -132,6 +132,12 @@ class RunResult:
     calibration_images: int = 0
     #: Seconds the parent spent exporting and quantising before the worker started (0 when cached).
     prepare_s: float | None = None
+    #: How JPEGs were decoded for the evaluation: ``cpu`` (Pillow, in the loader) or ``nvjpeg`` (on the GPU).
+    decode: str = "cpu"
+    #: Processes the evaluation was split over (torchrun), and each one's own figures
+    #: (:mod:`cnnlab.bench.ranks`; empty for a single process).
+    world_size: int = 1
+    ranks: list[dict[str, Any]] = field(default_factory=list)
     protocol: int = PROTOCOL_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import numpy as np
 from cnnlab import metrics
 from cnnlab.bench.config import BenchConfig
 from cnnlab.bench.protocol import RunResult
+from cnnlab.bench.ranks import rank_totals
 from cnnlab.datasets import LabelledImages, SkippedFile
 from cnnlab.jsonable import finite_or_none
 from cnnlab.labels import LabelMapping
@@ -169,6 +170,8 @@ class ModelResult:
             "runtime_file": r.runtime_file,
             "calibration_images": r.calibration_images,
             "prepare_s": r.prepare_s,
+            "decode": r.decode,
+            **rank_totals(r),
         }
 
 

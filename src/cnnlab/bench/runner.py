@@ -14,6 +14,7 @@ are scored on the user's classes directly. A model that fails, crashes or runs p
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -25,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnlab.bench import ranks
 from cnnlab.bench.config import BenchConfig
 from cnnlab.bench.protocol import PREDICTION_DTYPE, ProtocolError, RunRequest, RunResult
 from cnnlab.bench.result import BenchResult, ModelResult, environment
 from cnnlab.bench.scoring import comparisons, score
 from cnnlab.datasets import LabelledImages, scan_dataset
-from cnnlab.errors import CnnlabError, DatasetError, WeightsNotFoundError
+from cnnlab.distributed import shard
+from cnnlab.errors import CnnlabError, DatasetError, UsageError, WeightsNotFoundError
 from cnnlab.imagenet_val import read_real_labels, real_sets_for, scan_flat_val
 from cnnlab.labels import LabelMapping, map_classes
 from cnnlab.options import RuntimeChoice, WeightsPolicy
@@ -206,40 +209,58 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None) -> Be
     """
     progress = progress or Progress()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    plan = preflight(config, progress)
+    ctx = ranks.join()  # torchrun: every rank runs this, rank 0 checks the data and merges (cnnlab.bench.ranks)
+    if ctx is not None and len(config.devices) > 1:
+        raise UsageError("a list of devices is for one process; under torchrun each rank takes its own device")
+    plan = ranks.on_main(ctx, lambda: preflight(config, progress))
     progress.note(plan.describe())
     dataset, mappings = plan.dataset, plan.mappings
     imagenet_accepted = [list(mappings[c].indices) for c in dataset.classes]
-    results: list[ModelResult] = []
     total = len(plan.rows)
     calibration = _calibration(config, dataset.paths)
+    part = shard(len(dataset.paths), ctx)
     progress.start("models", "models", total=total)
     with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as tmp:
         workdir = Path(tmp)
-        for i, (name, choice) in enumerate(plan.rows):
+
+        def run_row(i: int, device: str | None = None) -> ModelResult | None:
+            name, choice = plan.rows[i]
             label = name if choice is RuntimeChoice.TORCH else f"{name} on {choice.value}"
             progress.update("models", description=f"model {i + 1}/{total}: {label}")
             pred_file = workdir / f"pred-{i}.bin"
             t0 = time.perf_counter()
-            request = RunRequest(model=name, paths=[str(p) for p in dataset.paths], predictions_file=str(pred_file),
-                                 measure=config.measure, class_names=list(dataset.classes),
+            measure = ranks.measure_for_rank(config.measure, ctx)
+            if device is not None:
+                measure = dataclasses.replace(measure, device=device)
+            request = RunRequest(model=name, paths=[str(dataset.paths[j]) for j in part],
+                                 predictions_file=str(pred_file), measure=measure, class_names=list(dataset.classes),
                                  imagenet_accepted=imagenet_accepted, progress=True, backend=choice.value)
-            run, prepare_s = _prepare(request, choice, plan.weights[name] == "random", calibration, config, progress)
+            with ranks.main_first(ctx):  # an export to the shared cache: rank 0 writes it, the others read it
+                run, prepare_s = _prepare(request, choice, plan.weights[name] == "random", calibration, config,
+                                          progress)
             if run is None:
                 if config.isolate:
                     run = run_isolated(request, workdir, i, progress=progress, timeout_s=config.model_timeout_s)
                 else:
                     run = _run_in_process(request, progress)
             run.prepare_s = prepare_s
-            model = ModelResult(run)
-            if run.error is None:
-                model.predictions = _load_predictions(pred_file)
-                if not run.random_weights and model.predictions is not None:  # random weights: never accuracy
-                    model.accuracy = score(model, dataset, mappings, real_sets=plan.real_sets,
-                                           gallery_size=config.gallery_size)
-            results.append(model)
+            gathered = ranks.gather_run(run, _load_predictions(pred_file) if run.error is None else None,
+                                        part.start, ctx)
+            if gathered is None:  # not rank 0: its share went to rank 0
+                return None
+            model = ModelResult(gathered[0], predictions=gathered[1])
+            if model.ok and not model.run.random_weights and model.predictions is not None:
+                model.accuracy = score(model, dataset, mappings, real_sets=plan.real_sets,  # random: never accuracy
+                                       gallery_size=config.gallery_size)
             progress.update("models", advance=1)
             progress.finish(f"model-{i}", _one_line(model, time.perf_counter() - t0))
+            return model
+
+        if len(config.devices) > 1:
+            rows = ranks.on_devices(run_row, total, config.devices)
+        else:
+            rows = [run_row(i) for i in range(total)]
+    results = [m for m in rows if m is not None]
     progress.finish("models")
     return BenchResult(
         config=config,

@@ -38,6 +38,7 @@ from cnnlab.bench.measure import (
 from cnnlab.bench.protocol import PREDICTION_DTYPE, TOPK, RunRequest, RunResult
 from cnnlab.bench.user_classes import UserClasses, accepted_sets
 from cnnlab.errors import CnnlabError
+from cnnlab.gpu_decode import decode_label, use_device_decode
 from cnnlab.inference import default_cpu_threads, default_workers, run_inference
 from cnnlab.models import LoadedModel, load_model, resolve_device
 from cnnlab.options import RuntimeChoice, WeightsPolicy
@@ -202,11 +203,12 @@ def _evaluate(model: Runtime, kind: str, request: RunRequest, result: RunResult,
     classes = UserClasses(accepted, model.spec.num_classes)
     data_s = model_s = 0.0
     done = 0
+    result.decode = decode_label(use_device_decode(m.decode, model.device), model.device)
     start = time.perf_counter()
     with open(request.predictions_file, "wb") as out:
         for batch in run_inference(model, paths, batch_size=m.batch_size_for(kind), workers=result.workers,
                                    fast_decode=m.fast_decode, progress=progress, task="eval",
-                                   description=f"{model.name}: evaluation"):
+                                   description=f"{model.name}: evaluation", decode=m.decode):
             t0 = time.perf_counter()
             result.eval_skipped.extend({"path": s.path, "reason": s.reason, "detail": s.detail}
                                        for s in batch.skipped)

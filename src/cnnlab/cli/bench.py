@@ -12,7 +12,8 @@ from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, out, print_table, split_csv
 from cnnlab.cli.options import (
     CalibrationImages,
-    Device,
+    DeviceList,
+    Nproc,
     PrecisionOpt,
     Quiet,
     Threads,
@@ -58,10 +59,18 @@ def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, w
     """
     from cnnlab.bench import bench_models
     from cnnlab.cli.progress import RichProgress
+    from cnnlab.distributed import destroy_process_group, from_environment
     from cnnlab.output_files import FolderLock, check_output_folder
     from cnnlab.report import write_bench_outputs
     from cnnlab.report.outputs import previous_outputs, remove_previous_outputs
 
+    ctx = from_environment()
+    if ctx is not None and not ctx.is_main:  # torchrun: rank 0 reports and writes, the others evaluate their share
+        try:
+            bench_models(config)
+        finally:
+            destroy_process_group()
+        return
     out_dir = check_output_folder(out_dir)
     with FolderLock(out_dir, holder="another `cnnlab bench`"):
         old = previous_outputs(out_dir)
@@ -69,7 +78,10 @@ def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, w
             raise UsageError(f"{out_dir} already holds the results of a benchmark run ({old[0].name}, ...); "
                              "add --overwrite to replace them, or choose another --out")
         with RichProgress(quiet=quiet) as progress:
-            result = bench_models(config, progress=progress)
+            try:
+                result = bench_models(config, progress=progress)
+            finally:
+                destroy_process_group()
         remove_previous_outputs(out_dir)
         files = write_bench_outputs(result, out_dir, plots=plots)
     print_results(result, wide=wide)
@@ -121,7 +133,8 @@ def bench_command(
     real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="ImageNet-ReaL real.json: also report accuracy against the ReaL labels.")] = None,
     backends: Annotated[Optional[list[str]], typer.Option("--backend", callback=_backends, help="Comma-separated: torch, onnxruntime, openvino, onnxruntime-int8, openvino-int8; a row per model and backend (default: torch).")] = None,
     calibration_images: CalibrationImages = DEFAULT_CALIBRATION_IMAGES,
-    device: Device = _M.device,
+    device: DeviceList = _M.device,
+    nproc: Nproc = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, max=65536, help=f"Images per batch (default: {DEFAULT_BATCH_SIZE['cpu']} on a CPU, {DEFAULT_BATCH_SIZE['cuda']} on a GPU).")] = _M.batch_size,
     batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", help="Also measure model-only throughput at these batch sizes, e.g. 1,8,32,128 (a curve).")] = None,
     precision: PrecisionOpt = _M.precision,
@@ -134,6 +147,7 @@ def bench_command(
     weights_dir: WeightsDir = _M.weights_dir,
     in_process: Annotated[bool, typer.Option("--in-process", help="Run all models in this process (default: one process per model).")] = False,
     timeout: Annotated[Optional[float], typer.Option("--timeout-per-model", min=1.0, help="Stop a model after this many seconds and report it as an error.")] = default_of(BenchConfig, "model_timeout_s"),
+    decode: Annotated[str, typer.Option("--decode", help="Where JPEGs are decoded: auto (nvJPEG on the GPU when the model runs on CUDA), cpu, or device.")] = _M.decode,
     exact_decode: Annotated[bool, typer.Option("--exact-decode", help="Decode JPEGs at full size (default: DCT-domain downscaling, faster).")] = False,
     repeats: Annotated[int, typer.Option("--repeats", min=3, help="Timed repeats for latency (throughput uses half).")] = _M.latency_repeats,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
@@ -151,18 +165,24 @@ def bench_command(
     """
     if random_weights and random_if_missing:
         raise typer.BadParameter("choose one of --random-weights and --random-weights-if-missing")
+    if nproc is not None:
+        from cnnlab.distributed import from_environment, relaunch
+
+        if from_environment() is None:  # under torchrun already: --nproc was for the launcher
+            raise typer.Exit(relaunch(nproc, "bench"))
+    devices = device.split(",")
     names = split_csv(models) if models is not None else list(LAB_MODELS)
     if not names:
         raise typer.BadParameter("names no model; leave it out for the lab's three", param_hint="--models")
     policy = (WeightsPolicy.RANDOM if random_weights else
               WeightsPolicy.RANDOM_IF_MISSING if random_if_missing else WeightsPolicy.PRETRAINED)
     measure = MeasureOptions(
-        device=device, batch_size=batch_size, precision=precision, channels_last=channels_last, compile=compile,
-        workers=workers, threads=threads, weights=policy, weights_dir=weights_dir, fast_decode=not exact_decode,
+        device=devices[0], batch_size=batch_size, precision=precision, channels_last=channels_last, compile=compile,
+        workers=workers, threads=threads, weights=policy, weights_dir=weights_dir, fast_decode=not exact_decode, decode=decode,
         latency_repeats=repeats, throughput_repeats=max(3, repeats // 2), batch_sizes=_batch_sizes(batch_sizes),
     )
     config = BenchConfig(data=data, models=names, split=split, mapping_file=mapping, labels_file=labels,
                          real_labels=real_labels, measure=measure, isolate=not in_process, model_timeout_s=timeout,
                          backends=[RuntimeChoice(b) for b in backends or [RuntimeChoice.TORCH.value]],
-                         calibration_images=calibration_images)
+                         calibration_images=calibration_images, devices=devices if len(devices) > 1 else [])
     run_bench(config, out_dir, plots=not no_plots, quiet=quiet, wide=wide, overwrite=overwrite)

@@ -37,8 +37,24 @@ def _check_device(value: str | None) -> str | None:
         raise typer.BadParameter(str(exc)) from None
 
 
+def _check_devices(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return ",".join(parse_device(part) for part in value.split(",") if part.strip())
+    except UsageError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto: CUDA when there is one).",
                                      callback=_check_device)]
+#: ``--device`` of commands that can spread work over several devices (``cpu,cpu``, ``cuda:0,cuda:1``).
+DeviceList = Annotated[str, typer.Option("--device", callback=_check_devices,
+                                         help="auto, cpu, cuda or cuda:N; or a comma-separated list: models run "
+                                              "at the same time, one worker per device.")]
+#: Processes to re-launch the command as, under torchrun.
+Nproc = Annotated[Optional[int], typer.Option("--nproc", min=1, help="Run as N processes on this machine "
+                                              "(torchrun --standalone --nproc-per-node N); rank 0 writes the outputs.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", case_sensitive=False,
                                                  help="Arithmetic: fp32, tf32 (CUDA), bf16 or fp16 autocast; auto picks per device.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes (default: on a GPU cores-1 up to 8; on a CPU a quarter of the cores).")]

@@ -11,6 +11,7 @@ from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print
 from cnnlab.cli.options import (
     Device,
     Json,
+    Nproc,
     PrecisionOpt,
     Quiet,
     Weights,
@@ -59,6 +60,7 @@ def train_command(
     near_dup_threshold: Annotated[int, typer.Option("--near-dup-threshold", min=-1, help="Near duplicates (phash distance) stay in one split; -1: off.")] = _C.near_dup_threshold,
     seed: Annotated[int, typer.Option("--seed")] = _C.seed,
     device: Device = _C.device,
+    nproc: Nproc = None,
     precision: PrecisionOpt = _C.precision,
     workers: Workers = _C.workers,
     augment: Annotated[Augment, typer.Option("--augment", case_sensitive=False, help="Augmentation preset (light: random resized crop and flip).")] = _C.augment,
@@ -94,6 +96,12 @@ def train_command(
         weights=weights, weights_dir=weights_dir, resume=resume, overwrite=overwrite,
     )
     config.validate()  # bad settings exit 2 before any work
+    from cnnlab.distributed import from_environment, relaunch
+
+    ctx = from_environment()
+    if nproc is not None and ctx is None:
+        raise typer.Exit(relaunch(nproc, "train"))
+    quiet = quiet or (ctx is not None and not ctx.is_main)  # torchrun: rank 0 reports
     if find_lr:
         _find_lr(config, quiet=quiet, as_json=as_json)
         return
@@ -105,6 +113,8 @@ def train_command(
         except KeyboardInterrupt:
             err.print(f"[yellow]interrupted:[/] continue with `cnnlab train --out {escape(out_dir)} --resume`")
             raise
+    if ctx is not None and not ctx.is_main:
+        return
     if as_json:
         print_json(result.to_dict())
         return

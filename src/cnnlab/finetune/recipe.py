@@ -9,6 +9,8 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
+from cnnlab.distributed import DistContext, destroy_process_group
+from cnnlab.finetune import ddp
 from cnnlab.finetune.augment import BatchMix, make_batch_mix
 from cnnlab.finetune.config import Phase, TrainConfig
 from cnnlab.finetune.data import reseed
@@ -41,9 +43,22 @@ def fine_tune(config: TrainConfig, progress: Progress | None = None) -> TrainRes
     ``last.pt`` is written; an exception raised there stops the run, and ``resume`` continues it
     from ``last.pt``.
 
+    Under ``torchrun`` (``--nproc N``) the SGD phases run in DistributedDataParallel, rank 0 writing the
+    run folder (:mod:`cnnlab.finetune.ddp`).
+
     Raises :class:`~cnnlab.errors.CnnlabError` (and subclasses) for unusable settings, data or weights.
     """
-    run, state = start_run(config, progress or Progress())
+    ctx = ddp.join(config)
+    try:
+        with ddp.rank_config(config, ctx) as rank_config:
+            return _fine_tune(rank_config, (progress or Progress()) if ctx is None or ctx.is_main else Progress(), ctx)
+    finally:
+        if ctx is not None:
+            destroy_process_group()
+
+
+def _fine_tune(config: TrainConfig, progress: Progress, ctx: DistContext | None) -> TrainResult:
+    run, state = start_run(config, progress)
     phases = run.phases
     total_epochs = sum(p.epochs for p in phases if p.name != "probe")
     mix = make_batch_mix(len(run.splits.classes), mixup=run.config.mixup, cutmix=run.config.cutmix)
@@ -56,7 +71,7 @@ def fine_tune(config: TrainConfig, progress: Progress | None = None) -> TrainRes
             run.progress.finish("epoch", record.summary(best=is_best))
             continue
         run.start_ema()
-        loader = run.train_loader(phase)
+        loader = ddp.rank_loader(run.train_loader(phase), ctx)
         optimizer = make_optimizer(run.model.module, run.head, phase.name, run.config, run.bn)
         scheduler = make_scheduler(optimizer, run.config, total_steps=len(loader) * phase.epochs)
         scaler = torch.amp.GradScaler(run.model.device.type, enabled=run.model.precision is Precision.FP16)
@@ -67,7 +82,7 @@ def fine_tune(config: TrainConfig, progress: Progress | None = None) -> TrainRes
         run.resume = None
         while state.phase_index == index:
             record = _train_epoch(run, phase, state.epochs_done + 1, total_epochs, loader, optimizer, scheduler,
-                                  scaler, mix)
+                                  scaler, mix, ctx)
             is_best, stop = state.end_epoch(record, phase, run.config.patience)
             run.save_epoch(state, record, is_best,
                            resume_entry(state, run.splits, run.config.seed, optimizer, scheduler, scaler))
@@ -101,6 +116,7 @@ def _train_epoch(
     scheduler: LRScheduler,
     scaler: torch.amp.GradScaler,
     mix: BatchMix | None,
+    ctx: DistContext | None = None,
 ) -> EpochRecord:
     """Train epoch ``epoch`` of ``phase`` (re-seeded from the run's seed and ``epoch``), then validate."""
     started = time.perf_counter()
@@ -108,10 +124,11 @@ def _train_epoch(
     set_phase_modes(run.model.module, run.head, phase.name, run.bn)
     run.progress.start("epoch", f"epoch {epoch}/{total_epochs} {phase.name}", total=len(loader))
     stats = train_one_epoch(
-        run.model, loader, run.splits.train, epoch=epoch, optimizer=optimizer, scheduler=scheduler,
+        ddp.training_model(run.model, ctx), loader, run.splits.train, epoch=epoch, optimizer=optimizer, scheduler=scheduler,
         scaler=scaler, criterion=nn.CrossEntropyLoss(label_smoothing=run.config.label_smoothing),
         progress=run.progress, mix=mix, ema=run.ema,
     )
+    stats = ddp.combine_stats(stats, ctx)
     run.skip(stats.skipped)
     return _record(run, phase, epoch, started, lr=(stats.lr, stats.backbone_lr), train=(stats.loss, stats.accuracy),
                    images=stats.images, skipped=len(stats.skipped))
