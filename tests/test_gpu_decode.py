@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cnnlab.errors import ImageDecodeError
 from cnnlab.gpu_decode import JpegBytes, decode_batch, is_encoded
 from cnnlab.zoo import get_spec
 from tests.conftest import make_image
@@ -24,14 +25,17 @@ def test_mixed_batch_decodes_like_the_cpu_path(tmp_path: Path, real_photos: dict
     png = make_image(tmp_path / "small.png", (300, 200))
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(jpegs[0].read_bytes()[:600])  # a JPEG header, then nothing
-    paths = [*jpegs, png, broken]
+    paths = [*jpegs, png]
     transform = JpegBytes(pp)
+    with pytest.raises(ImageDecodeError, match="truncated"):  # its header is unreadable: the CPU path says why
+        transform.load(broken)
     items = [transform.load(p) for p in paths]
-    assert [is_encoded(i) for i in items] == [True] * len(jpegs) + [False, True]
+    assert [is_encoded(i) for i in items] == [True] * len(jpegs) + [False]
+    items.append(torch.frombuffer(bytearray(broken.read_bytes()), dtype=torch.uint8))  # as if it had passed
     batch, failed = decode_batch(items, pp, torch.device("cpu"))
-    assert failed == [len(paths) - 1]
-    assert batch.shape == (len(paths) - 1, 3, pp.crop_size, pp.crop_size) and batch.dtype == torch.uint8
-    reference = torch.stack([pp.load(p, fast_decode=False) for p in paths[:-1]])
+    assert failed == [len(paths)]  # neither decoder reads it
+    assert batch.shape == (len(paths), 3, pp.crop_size, pp.crop_size) and batch.dtype == torch.uint8
+    reference = torch.stack([pp.load(p, fast_decode=False) for p in paths])
     difference = (batch.float() - reference.float()).abs()
     assert difference.mean() < 1.0  # pixel levels (of 255): antialiased float resize vs Pillow's
     assert torch.equal(batch[-1], reference[-1])  # the PNG went through the CPU path unchanged
@@ -100,3 +104,49 @@ def test_bench_reports_its_decode_path(tmp_path: Path) -> None:
     same = a.predictions["topk"][:, 0] == b.predictions["topk"][:, 0]
     assert same.sum() >= len(same) - 1
     assert all(x[0] in y for x, y in zip(a.predictions["topk"], b.predictions["topk"]))
+
+
+def test_jpegs_the_device_path_should_not_take_go_through_the_cpu_guards(tmp_path: Path) -> None:
+    """CMYK, strips past 4:1 and squash preprocessing are decoded on the CPU (with its cut and bomb
+    checks); a FIFO is refused at once instead of blocking the loader."""
+    import dataclasses
+    import os
+
+    pp = get_spec("resnet18").preprocessing
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (300, 200), (0, 200, 200, 0)).save(cmyk)
+    strip = tmp_path / "strip.jpg"
+    Image.new("RGB", (4000, 10), (10, 200, 10)).save(strip)
+    ordinary = tmp_path / "ordinary.jpg"
+    Image.new("RGB", (300, 200), (10, 10, 200)).save(ordinary)
+    transform = JpegBytes(pp)
+    assert [is_encoded(transform.load(p)) for p in (cmyk, strip, ordinary)] == [False, False, True]
+    strip_item = transform.load(strip)
+    assert strip_item.shape == (3, pp.crop_size, pp.crop_size)  # the CPU path's cut, then its crop
+    squash = dataclasses.replace(pp, crop_mode="squash")
+    assert not is_encoded(JpegBytes(squash).load(ordinary))
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageDecodeError):
+        transform.load(fifo)
+
+
+def test_a_jpeg_the_device_decoder_refuses_is_read_by_pillow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnnlab import gpu_decode
+
+    pp = get_spec("resnet18").preprocessing
+    good, odd = tmp_path / "good.jpg", tmp_path / "odd.jpg"
+    Image.new("RGB", (300, 200), (200, 10, 10)).save(good)
+    Image.new("RGB", (300, 200), (10, 10, 200)).save(odd)
+    items = [JpegBytes(pp).load(p) for p in (good, odd)]
+    real = gpu_decode._decode_jpeg
+
+    def picky(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        if any(torch.equal(d, items[1]) for d in data):
+            raise RuntimeError("nvjpeg: unsupported JPEG")
+        return real(data, device)
+
+    monkeypatch.setattr(gpu_decode, "_decode_jpeg", picky)
+    batch, failed = decode_batch(items, pp, torch.device("cpu"))
+    assert failed == [] and batch.shape[0] == 2
+    assert int(batch[1, 2].float().mean()) > 150 and int(batch[1, 0].float().mean()) < 50  # the blue one

@@ -6,7 +6,9 @@ read file bytes (:class:`JpegBytes`, batched as a list by :func:`collate_encoded
 decodes a whole batch at once with nvJPEG (``torchvision.io.decode_jpeg(..., device="cuda")``), then
 resizes the shorter side and centre-crops each image on the device (:func:`decode_batch`), giving the
 same ``uint8`` batch the CPU path gives. Files that are not JPEGs (PNG, WebP, ...) are decoded on the
-CPU as usual, in the workers; JPEGs the decoder refuses become skipped files.
+CPU as usual, in the workers, and so are JPEGs whose header shows what the device path should not
+take (CMYK, over the pixel limit, strips past 4:1, a ``squash`` preprocessing). A JPEG the device
+decoder refuses is tried with Pillow on the CPU; only what neither reads becomes a skipped file.
 
 :func:`cnnlab.inference.run_inference` takes it with ``decode="device"``, and with the default
 ``decode="auto"`` whenever the model runs on CUDA; ``bench`` reports the path in its ``decode``
@@ -46,15 +48,36 @@ class JpegBytes:
     def load(self, path: str | Path | bytes, *, fast_decode: bool = True) -> torch.Tensor:
         import torch
 
-        if not isinstance(path, bytes):
-            with open(path, "rb") as fh:
-                head = fh.read(len(JPEG_MAGIC))
-                if head == JPEG_MAGIC:
-                    data = head + fh.read(self.max_bytes)
-                    if len(data) > self.max_bytes:
-                        raise ImageDecodeError("too-large", f"over {self.max_bytes:,} bytes")
-                    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return self.preprocessing.load(path, fast_decode=fast_decode)
+        from cnnlab.images import read_regular_file
+
+        # read_regular_file: only regular files, bounded reads (a FIFO or /dev/zero never blocks or floods)
+        data = path if isinstance(path, bytes) else read_regular_file(path, self.max_bytes)
+        if data[:len(JPEG_MAGIC)] == JPEG_MAGIC and device_decodable(data, self.preprocessing):
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return self.preprocessing.load(data, fast_decode=fast_decode)
+
+
+def device_decodable(data: bytes, preprocessing: Preprocessing) -> bool:
+    """Whether a JPEG goes to the device decoder: read from its header (nothing decoded), an RGB or grey
+    image within the pixel limit and the 4:1 aspect ratio past which the CPU path cuts the long side,
+    for a centre-crop preprocessing. Everything else (CMYK, bombs, strips, ``squash``) takes the CPU
+    path with its guards."""
+    import io
+
+    from PIL import Image
+
+    from cnnlab.preprocess import _MAX_LONG_FACTOR, DEFAULT_MAX_PIXELS
+
+    if preprocessing.crop_mode != "center":
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            mode = img.mode
+    except Exception:  # noqa: BLE001 - unreadable headers are the CPU path's to report
+        return False
+    return (mode in ("RGB", "L") and 0 < width * height <= DEFAULT_MAX_PIXELS
+            and max(width, height) <= _MAX_LONG_FACTOR * min(width, height))
 
 
 def is_encoded(item: torch.Tensor) -> bool:
@@ -113,8 +136,11 @@ def decode_batch(items: list[torch.Tensor], preprocessing: Preprocessing, device
                 except RuntimeError:
                     images.append(None)
         for i, image in zip(encoded, images):
-            if image is None:
-                failed.append(i)
+            if image is None:  # refused by the device decoder: Pillow on the CPU, with its guards, may read it
+                try:
+                    decoded[i] = preprocessing.load(items[i].cpu().numpy().tobytes()).to(device)
+                except ImageDecodeError:
+                    failed.append(i)
             else:
                 decoded[i] = resize_and_crop(image, preprocessing)
     out = []
@@ -181,13 +207,13 @@ def collate_encoded(items: list[tuple[int, torch.Tensor | None, str, str]]) -> B
 
 def decode_loader_batch(batch: Batch, preprocessing: Preprocessing, device: torch.device) -> Batch:
     """A :func:`collate_encoded` batch decoded on ``device`` into a stacked ``uint8`` batch there
-    (files the decoder refuses become failures)."""
+    (files neither the device decoder nor Pillow reads become failures)."""
     from cnnlab.inference import Batch
 
     items = batch.encoded or []
     images, bad = decode_batch(items, preprocessing, device)
     bad_set = set(bad)
     indices = [index for k, index in enumerate(batch.indices) if k not in bad_set]
-    failed = [*batch.failed, *((batch.indices[k], "undecodable", f"{device.type} JPEG decoder refused it")
+    failed = [*batch.failed, *((batch.indices[k], "undecodable", f"neither the {device.type} JPEG decoder nor Pillow could read it")
                                for k in bad)]
     return Batch(indices, images if indices else None, failed)
