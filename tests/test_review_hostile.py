@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from cnnlab.review import duplicates
+from cnnlab.options import ReviewIssue
+from cnnlab.review import Finding, ReviewResult, apply_review, duplicates, undo_review, write_review_outputs
+from cnnlab.review.quarantine import quarantined
+from cnnlab.review.result import read_csv
 from cnnlab.review.neighbours import nearest_neighbours
 
 
@@ -42,3 +48,42 @@ def test_find_duplicates_builds_each_coarse_target_once(monkeypatch: pytest.Monk
     found = duplicates.find_duplicates(nb, thumbs, [1] * n, lambda i: None, threshold=0.93, candidates=n - 1)
     assert found.checked_pairs == n * (n - 1) // 2
     assert len(built) == n  # one per image, not two per pair
+
+
+# -- file names that are not UTF-8 -------------------------------------------------------------------
+
+_ODD = "caf\udce9\udcff.jpg"  # the bytes b"caf\xe9\xff.jpg" as Python reads them from a Linux folder
+
+
+def _result(root: Path, findings: list[Finding]) -> ReviewResult:
+    return ReviewResult(source=str(root), root=root, model="m", classes=["cat", "dog"], class_counts={"cat": 1, "dog": 1},
+                        images=2, findings=findings, seconds={"total": 1.0})
+
+
+def test_outputs_with_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
+    """Regression: review.csv failed with UnicodeEncodeError (a traceback) on such a name."""
+    odd = f"cat/{_ODD}"
+    line = "cat/new\nline,\"q\".jpg"
+    result = _result(tmp_path, [Finding(odd, "cat", ReviewIssue.DUPLICATE, 1.0, detail=f"near-duplicate of {line}"),
+                                Finding(line, "cat", ReviewIssue.MISLABEL, 0.9, suggested_label="dog")])
+    files = write_review_outputs(result, tmp_path / "out")
+    raw = files["csv"].read_bytes()
+    assert b"cat/caf\xe9\xff.jpg" in raw  # the file's own bytes: the path names the file
+    back = read_csv(files["csv"])
+    assert [f.path for f in back] == [odd, line]  # newlines, commas and quotes survive the CSV too
+    assert json.loads(files["json"].read_text(encoding="utf-8"))["findings"][0]["path"] == odd
+    page = files["html"].read_text(encoding="utf-8")  # valid UTF-8
+    assert "cat/caf\\xe9\\xff.jpg" in page
+
+
+def test_apply_and_undo_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
+    """Regression: the move log was written with a strict UTF-8 encoder and failed after nothing was moved."""
+    (tmp_path / "cat").mkdir()
+    odd = tmp_path / "cat" / _ODD
+    odd.write_bytes(b"x")
+    moved = apply_review(tmp_path, [Finding(f"cat/{_ODD}", "cat", ReviewIssue.DUPLICATE, 1.0)], kinds=list(ReviewIssue))
+    assert len(moved.moves) == 1 and not odd.exists()
+    assert (tmp_path / ".quarantine" / "cat" / _ODD).is_file()
+    assert list(quarantined(tmp_path)) == [f"cat/{_ODD}"]
+    restored = undo_review(tmp_path)
+    assert len(restored.moves) == 1 and odd.read_bytes() == b"x"

@@ -65,9 +65,11 @@ def _now() -> str:
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
+    from cnnlab.collect.manifest import encode_line
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    with path.open("ab") as fh:
+        fh.write(encode_line(record))  # a name that is not UTF-8: \udcXX escapes, read back as the same name
         fh.flush()
         os.fsync(fh.fileno())
 
