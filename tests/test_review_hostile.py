@@ -7,11 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from cnnlab.cli.app import app
 from cnnlab.options import ReviewIssue
 from cnnlab.review import Finding, ReviewResult, apply_review, duplicates, undo_review, write_review_outputs
 from cnnlab.review.quarantine import quarantined
 from cnnlab.review.result import read_csv
+
+runner = CliRunner()
 from cnnlab.review.neighbours import nearest_neighbours
 
 
@@ -87,3 +91,25 @@ def test_apply_and_undo_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
     assert list(quarantined(tmp_path)) == [f"cat/{_ODD}"]
     restored = undo_review(tmp_path)
     assert len(restored.moves) == 1 and odd.read_bytes() == b"x"
+
+
+# -- output folders ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["file", "under-file"])
+def test_cli_out_that_is_a_file_is_refused_before_any_work(where: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the whole review ran (embedding every image) before failing to write review.csv."""
+    import cnnlab.review
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the review ran")
+
+    monkeypatch.setattr(cnnlab.review, "review", no_work)
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" if where == "file" else tmp_path / "file" / "sub"
+    result = runner.invoke(app, ["review", str(tmp_path / "data"), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "not a folder" in result.output and "Traceback" not in result.output
+    assert (tmp_path / "file").read_text() == "x"
