@@ -113,3 +113,33 @@ def test_cli_out_that_is_a_file_is_refused_before_any_work(where: str, tmp_path:
     assert result.exit_code == 2, result.output
     assert "not a folder" in result.output and "Traceback" not in result.output
     assert (tmp_path / "file").read_text() == "x"
+
+
+# -- odd entries in the dataset folder, end to end -----------------------------------------------------
+
+
+def test_cli_review_reports_fifos_device_links_and_loops_and_survives_odd_names(tmp_path: Path,
+                                                                                 real_photos: dict[str, Path]) -> None:
+    """Regression: FIFOs, links to /dev/zero and symlink loops were dropped without a word; odd names crashed the CSV."""
+    import os
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    for label, photo in (("cat", "cat"), ("coffee", "coffee")):
+        (data / label).mkdir(parents=True)
+        with Image.open(real_photos[photo]) as img:
+            rgb = img.convert("RGB")
+        for i in range(3):
+            rgb.crop((i * 60, 0, i * 60 + 160, 160)).save(data / label / f"{i}.jpg")
+    (data / "cat" / "0.jpg").rename(data / "cat" / _ODD)
+    (data / "coffee" / "0.jpg").rename(data / "coffee" / "new\nline,\"q\".jpg")
+    os.mkfifo(data / "cat" / "fifo.jpg")
+    (data / "cat" / "zero.jpg").symlink_to("/dev/zero")
+    (data / "cat" / "loop").symlink_to("..")
+    result = runner.invoke(app, ["review", str(data), "--device", "cpu", "--workers", "0", "--json", "-q",
+                                 "--batch-size", "8", "--no-cache"])
+    assert result.exit_code == 0, result.output
+    notes = "\n".join(json.loads(result.stdout)["review"]["notes"])
+    assert "2 entries not read (not-a-file)" in notes and "1 entry not read (symlink-loop)" in notes
+    assert (data / ".cnnlab" / "review" / "review.csv").is_file()
