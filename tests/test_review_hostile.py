@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 from cnnlab.cli.app import app
 from cnnlab.options import ReviewIssue
 from cnnlab.review import Finding, ReviewResult, apply_review, duplicates, undo_review, write_review_outputs
+from cnnlab.review.neighbours import nearest_neighbours
 from cnnlab.review.quarantine import quarantined
 from cnnlab.review.result import read_csv
 
 runner = CliRunner()
-from cnnlab.review.neighbours import nearest_neighbours
 
 
 def _textured(seed: int, h: int = 40, w: int = 48) -> np.ndarray:
