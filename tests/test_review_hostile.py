@@ -143,3 +143,27 @@ def test_cli_review_reports_fifos_device_links_and_loops_and_survives_odd_names(
     notes = "\n".join(json.loads(result.stdout)["review"]["notes"])
     assert "2 entries not read (not-a-file)" in notes and "1 entry not read (symlink-loop)" in notes
     assert (data / ".cnnlab" / "review" / "review.csv").is_file()
+
+
+def test_collect_review_without_the_extra_stops_before_the_crawl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: `collect --review` crawled everything, then said that cleanlab is missing."""
+    import builtins
+
+    from PIL import Image
+
+    source = tmp_path / "photos"
+    source.mkdir()
+    Image.new("RGB", (96, 80), (200, 30, 30)).save(source / "a.jpg")
+    real_import = builtins.__import__
+
+    def no_cleanlab(name: str, *args: object, **kwargs: object) -> object:
+        if name == "cleanlab":
+            raise ImportError("no cleanlab")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_cleanlab)
+    out = tmp_path / "data"
+    result = runner.invoke(app, ["collect", "--from-folder", str(source), "--label", "red", "--out", str(out),
+                                 "--review", "-q"])
+    assert result.exit_code == 1 and "pip install 'cnnlab[review]'" in result.output
+    assert not (out / "manifest.jsonl").exists()
