@@ -167,3 +167,21 @@ def test_collect_review_without_the_extra_stops_before_the_crawl(tmp_path: Path,
                                  "--review", "-q"])
     assert result.exit_code == 1 and "pip install 'cnnlab[review]'" in result.output
     assert not (out / "manifest.jsonl").exists()
+
+
+def test_cli_out_next_to_a_manifest_or_data_that_does_not_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a missing DATA was reported as "--out ... would be read as a class", and so was any
+    --out folder next to a CSV manifest (whose folders are never scanned)."""
+    import cnnlab.review
+    from cnnlab.errors import DatasetError
+
+    def sentinel(*args: object, **kwargs: object) -> None:
+        raise DatasetError("the review was reached")
+
+    monkeypatch.setattr(cnnlab.review, "review", sentinel)
+    missing = runner.invoke(app, ["review", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
+    assert missing.exit_code == 2 and "no such folder or manifest" in missing.output and "read as a class" not in missing.output
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("path,label\na.jpg,cat\n")
+    beside = runner.invoke(app, ["review", str(manifest), "--out", str(tmp_path / "results")])
+    assert "the review was reached" in beside.output and "read as a class" not in beside.output

@@ -36,8 +36,16 @@ def default_out(data: Path) -> Path:
 
 
 def check_out(out_dir: Path, data: Path) -> None:
-    """Refuse an output folder that a dataset scan would read as a class."""
-    root = (data if data.is_dir() else data.parent).resolve()
+    """Refuse an output folder that a dataset scan would read as a class.
+
+    Only a class-folder tree (or a collect output) is scanned for folders: next to a CSV/JSONL
+    manifest any folder is fine, and a ``data`` that does not exist is said to be missing.
+    """
+    if not data.exists():
+        raise UsageError(f"no such folder or manifest: {data}")
+    if not data.is_dir():
+        return
+    root = data.resolve()
     try:
         inside = out_dir.resolve().relative_to(root)
     except ValueError:
