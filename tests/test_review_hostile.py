@@ -185,3 +185,36 @@ def test_cli_out_next_to_a_manifest_or_data_that_does_not_exist(tmp_path: Path, 
     manifest.write_text("path,label\na.jpg,cat\n")
     beside = runner.invoke(app, ["review", str(manifest), "--out", str(tmp_path / "results")])
     assert "the review was reached" in beside.output and "read as a class" not in beside.output
+
+
+# -- the quarantine stays inside the dataset folder ---------------------------------------------------
+
+
+def test_undo_does_not_follow_a_move_log_out_of_the_dataset(tmp_path: Path) -> None:
+    """Regression: a crafted .quarantine/moves.jsonl (in a downloaded set) made --undo write files anywhere."""
+    data = tmp_path / "data"
+    (data / ".quarantine" / "cat").mkdir(parents=True)
+    (data / ".quarantine" / "cat" / "x.jpg").write_bytes(b"payload")
+    outside = tmp_path / "victim" / "planted.pth"
+    records = [{"action": "quarantine", "path": "../victim/planted.pth", "quarantined": ".quarantine/cat/x.jpg",
+                "issue": "duplicate", "score": 1.0},
+               {"action": "quarantine", "path": str(outside), "quarantined": ".quarantine/cat/x.jpg",
+                "issue": "duplicate", "score": 1.0}]
+    (data / ".quarantine" / "moves.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    report = undo_review(data)
+    assert not report.moves and not outside.exists()
+    assert (data / ".quarantine" / "cat" / "x.jpg").read_bytes() == b"payload"
+    assert len(report.notes) == 2 and all("outside" in n for n in report.notes)
+
+
+def test_apply_does_not_move_files_through_a_linked_folder(tmp_path: Path) -> None:
+    """Regression: a finding under a class folder that links elsewhere moved the file from outside the set."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "x.jpg").write_bytes(b"not yours")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cat").symlink_to(elsewhere)
+    report = apply_review(data, [Finding("cat/x.jpg", "cat", ReviewIssue.DUPLICATE, 1.0)], kinds=list(ReviewIssue))
+    assert not report.moves and (elsewhere / "x.jpg").read_bytes() == b"not yours"
+    assert "outside" in report.notes[0]
