@@ -55,6 +55,8 @@ def web() -> Iterator[FakeWeb]:
         ("::ffff:169.254.169.254", "link-local"), ("::ffff:10.0.0.1", "private"), ("fe80::1", "link-local"),
         ("fc00::1", "private"), ("224.0.0.1", "multicast"), ("240.0.0.1", "reserved"), ("100.64.0.1", "non-public"),
         ("2002:a00:1::", "private"), ("64:ff9b::a9fe:a9fe", "link-local"),
+        ("fec0::1", "site-local"), ("feff::1", "site-local"), ("::127.0.0.1", "reserved"), ("::ffff:0:7f00:1", "reserved"),
+        ("64:ff9b:1::a00:1", "reserved"),
         ("93.184.216.34", None), ("2606:4700::1111", None),
     ],
 )

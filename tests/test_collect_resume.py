@@ -109,3 +109,32 @@ def test_quarantined_images_stay_out_of_scans_and_resumes(tmp_path: Path) -> Non
         restore(out, manifest.open(), manifest, dedup, retry_failed=False)
     match = dedup.find(sha, int("f" * 16, 16), "cat")
     assert match is not None and "quarantined" in match.kept.path
+
+
+def test_a_crafted_manifest_cannot_make_a_resume_write_outside_the_folder(tmp_path: Path) -> None:
+    """Regression: an ``ok`` line with an absolute path (or ``../x``) and a matching ``.partial`` file made the
+    next collect into that folder create the file there (any path the user may write that does not exist yet);
+    an existing file outside was counted as a kept image."""
+    from typer.testing import CliRunner
+
+    from cnnlab.cli.app import app
+
+    out = tmp_path / "downloaded"
+    (out / ".partial").mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    absolute = tmp_path / "absolute.txt"
+    payload = b"attacker bytes"
+    sha = hashlib.sha256(payload).hexdigest()
+    (out / ".partial" / f"{sha[:16]}-1.tmp").write_bytes(payload)
+    lines = [{"class": "cat", "url": "http://x/1.jpg", "status": "ok", "path": "../victim.txt", "sha256": sha},
+             {"class": "cat", "url": "http://x/2.jpg", "status": "ok", "path": str(absolute), "sha256": sha}]
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    source = tmp_path / "photos"
+    source.mkdir()
+    (source / "a.png").write_bytes(make_image(3))
+    result = CliRunner().invoke(app, ["collect", "--from-folder", str(source), "--label", "cat", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "mine" and not absolute.exists()
+    reasons = {r["url"]: r.get("detail", "") for r in read_manifest(out / "manifest.jsonl") if r.get("reason") == "removed"}
+    assert "outside" in reasons["http://x/1.jpg"] and "outside" in reasons["http://x/2.jpg"]

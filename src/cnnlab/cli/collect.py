@@ -92,6 +92,10 @@ def collect_command(
     from cnnlab.cli.progress import RichProgress
     from cnnlab.collect import collect, parse_queries
 
+    if review:  # a missing extra is said before the crawl (which can take hours), not after it
+        from cnnlab.review.run import require_review_extra
+
+        require_review_extra()
     filters = {k: v for k, v in (("size", size), ("type", image_type), ("license", license_)) if v}
     from_file = urls is not None or from_folder is not None or engine in (EngineName.URLS, EngineName.FOLDER)
     fetch = FetchConfig(timeout=timeout, retries=retries, max_bytes=max_bytes, per_host=per_host, host_delay=host_delay,

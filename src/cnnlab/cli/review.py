@@ -36,8 +36,16 @@ def default_out(data: Path) -> Path:
 
 
 def check_out(out_dir: Path, data: Path) -> None:
-    """Refuse an output folder that a dataset scan would read as a class."""
-    root = (data if data.is_dir() else data.parent).resolve()
+    """Refuse an output folder that a dataset scan would read as a class.
+
+    Only a class-folder tree (or a collect output) is scanned for folders: next to a CSV/JSONL
+    manifest any folder is fine, and a ``data`` that does not exist is said to be missing.
+    """
+    if not data.exists():
+        raise UsageError(f"no such folder or manifest: {data}")
+    if not data.is_dir():
+        return
+    root = data.resolve()
     try:
         inside = out_dir.resolve().relative_to(root)
     except ValueError:
@@ -45,6 +53,26 @@ def check_out(out_dir: Path, data: Path) -> None:
     if inside.parts and not inside.parts[0].startswith((".", "_")):
         raise UsageError(f"--out {out_dir} is inside {root} and would be read as a class; "
                          f"choose a folder outside it or a hidden one ({root / STATE_DIR / 'review'})")
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse an output folder that is a file, lies under a file, or cannot be created or written; create nothing."""
+    import os
+
+    from cnnlab.errors import OutputError
+
+    probe = folder
+    while not probe.exists():
+        if probe.is_symlink():  # a dangling link: mkdir would fail
+            raise UsageError(f"--out {folder}: {probe} is a broken link")
+        if probe.parent == probe:
+            return
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "is" if probe == folder else f"is under {probe}, which is"
+        raise UsageError(f"--out {folder} {what} a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"--out {folder}: no permission to write in {probe}")
 
 
 def print_summary(result: ReviewResult, files: dict[str, Path]) -> None:
@@ -79,9 +107,11 @@ def run_review(data: Path, config: ReviewConfig, out_dir: Path | None, *, quiet:
     from cnnlab.cli.progress import RichProgress
     from cnnlab.review import review, write_review_outputs
 
+    folder = out_dir or default_out(data)
+    check_writable(folder)  # before any work (which can take hours), and without creating anything yet
     with RichProgress(quiet=quiet) as progress:
         result = review(data, config, progress=progress)
-    files = write_review_outputs(result, out_dir or default_out(data))
+    files = write_review_outputs(result, folder)
     return result, files
 
 

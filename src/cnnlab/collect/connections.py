@@ -30,7 +30,7 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 def blocked_address_kind(address: str) -> str | None:
     """Why connecting to the IP ``address`` is refused by default (``"private"``, ``"loopback"``,
-    ``"link-local"``, ``"multicast"``, ``"reserved"``, ``"unspecified"``, ``"non-public"``), or
+    ``"link-local"``, ``"multicast"``, ``"reserved"``, ``"unspecified"``, ``"site-local"``, ``"non-public"``), or
     ``None`` for a public address. IPv4 addresses embedded in IPv6 ones (``::ffff:10.0.0.1``,
     6to4, Teredo, NAT64) are judged by the IPv4 address."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
@@ -49,6 +49,8 @@ def blocked_address_kind(address: str) -> str | None:
         ("multicast", ip.is_multicast),
         ("reserved", ip.is_reserved),
         ("private", ip.is_private),
+        # fec0::/10: deprecated (RFC 3879) but still routed inside some sites; Python counts it global
+        ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local),
         ("non-public", not ip.is_global),
     ):
         if hit:

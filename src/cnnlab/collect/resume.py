@@ -54,9 +54,10 @@ def restore(
         if rec.get("status") == "ok":
             rel = str(rec.get("path") or "")
             path = out / rel
-            if rel and not path.is_file():
+            outside = bool(rel) and _outside(out, rel)  # a hand-made manifest: never write (or count) files elsewhere
+            if rel and not outside and not path.is_file():
                 _roll_forward(partial, rec, path)
-            if rel and path.is_file():
+            if rel and not outside and path.is_file():
                 kept = KeptImage(label, str(rec.get("sha256")), int(str(rec.get("phash") or "0"), 16), rel)
                 dedup.add(kept)
                 state.ok[label] += 1
@@ -67,7 +68,8 @@ def restore(
                         **{k: rec.get(k) for k in ("class", "query", "engine", "url", "source_page", "license", "sha256", "phash")},
                         status="rejected",
                         reason="removed",
-                        detail=f"{rel} is no longer in the dataset (deleted by hand?); not fetched again",
+                        detail=f"{rel} leads outside {out}: ignored; not fetched again" if outside else
+                        f"{rel} is no longer in the dataset (deleted by hand?); not fetched again",
                     )
                 )
         if str(rec.get("reason") or "").startswith("quarantined-") and rec.get("sha256"):
@@ -79,6 +81,18 @@ def restore(
         state.done.setdefault(label, set()).add(url)
     clean_partial(out)
     return state
+
+
+def _outside(out: Path, rel: str) -> bool:
+    """Whether the manifest path ``rel`` is absolute, climbs with ``..`` or leads out of ``out`` through a link."""
+    path = Path(rel)
+    if path.is_absolute() or ".." in path.parts:
+        return True
+    try:
+        (out / path).parent.resolve().relative_to(out.resolve())
+    except (ValueError, OSError, RuntimeError):
+        return True
+    return False
 
 
 def _roll_forward(partial: Path, rec: Mapping[str, Any], final: Path) -> None:

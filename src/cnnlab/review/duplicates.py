@@ -88,20 +88,33 @@ class _Target:
 
     def ncc(self, template: np.ndarray) -> float:
         """Best normalised cross-correlation of ``template`` over every place it fits entirely."""
-        h, w = template.shape
-        if h > self.h or w > self.w or h < 4 or w < 4:
-            return -1.0
-        t = template - template.mean()
-        norm = float(np.sqrt((t * t).sum()))
-        if norm < 1e-9:
-            return -1.0
-        flipped = np.zeros_like(self.x)
-        flipped[:h, :w] = t[::-1, ::-1]
-        corr = np.fft.irfft2(self.fft * np.fft.rfft2(flipped), s=self.x.shape)[h - 1:, w - 1:]
-        n = h * w
-        s1 = self._window_sums(self.s1, h, w)
-        var = self._window_sums(self.s2, h, w) - s1 * s1 / n
-        return float((corr / (np.sqrt(np.maximum(var, 1e-9)) * norm)).max())
+        return self.ncc_many([template])[0]
+
+    def ncc_many(self, templates: Sequence[np.ndarray]) -> list[float]:
+        """:meth:`ncc` of each template, their FFTs taken together (one call, not one per template)."""
+        scores = [-1.0] * len(templates)
+        live: list[tuple[int, np.ndarray, float]] = []
+        for i, template in enumerate(templates):
+            h, w = template.shape
+            if h > self.h or w > self.w or h < 4 or w < 4:
+                continue
+            t = template - template.mean()
+            norm = float(np.sqrt((t * t).sum()))
+            if norm >= 1e-9:
+                live.append((i, t, norm))
+        if not live:
+            return scores
+        flipped = np.zeros((len(live), self.h, self.w))
+        for row, (_, t, _) in enumerate(live):
+            flipped[row, :t.shape[0], :t.shape[1]] = t[::-1, ::-1]
+        corrs = np.fft.irfft2(self.fft * np.fft.rfft2(flipped), s=self.x.shape)
+        for row, (i, t, norm) in enumerate(live):
+            h, w = t.shape
+            corr = corrs[row, h - 1:, w - 1:]
+            s1 = self._window_sums(self.s1, h, w)
+            var = self._window_sums(self.s2, h, w) - s1 * s1 / (h * w)
+            scores[i] = float((corr / (np.sqrt(np.maximum(var, 1e-9)) * norm)).max())
+        return scores
 
 
 def _resize(pixels: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -125,16 +138,22 @@ def _inside(big: _Target, small: np.ndarray, grid: Sequence[float] = _COARSE, st
     """Best NCC of ``small`` scaled as a crop keeping a fraction fx (and the fy its aspect implies) of ``big``, and that fx."""
     ratio = (big.w / big.h) / (small.shape[1] / small.shape[0])  # fy = fx * ratio
 
-    def at(fx: float) -> float:
+    def sizes(fx: float) -> tuple[int, int] | None:
         fy = fx * ratio
         if not (0.55 <= fx <= 1.0 and 0.55 <= fy <= 1.03):
-            return -1.0
-        return big.ncc(_resize(small, max(1, round(fx * big.w)), max(1, round(min(fy, 1.0) * big.h))))
+            return None
+        return max(1, round(fx * big.w)), max(1, round(min(fy, 1.0) * big.h))
 
-    best, fx0 = max((at(fx), fx) for fx in grid)
+    def at(fxs: Sequence[float]) -> list[float]:
+        wanted = [sizes(fx) for fx in fxs]
+        scores = iter(big.ncc_many([_resize(small, *s) for s in wanted if s is not None]))
+        return [-1.0 if s is None else next(scores) for s in wanted]
+
+    best, fx0 = max(zip(at(grid), grid))
     if best < 0.5:
         return best, fx0
-    return max((best, fx0), (at(fx0 - step), fx0 - step), (at(fx0 + step), fx0 + step))
+    near = (fx0 - step, fx0 + step)
+    return max((best, fx0), *zip(at(near), near))
 
 
 def match_detail(a: np.ndarray, b: np.ndarray, *, fine: bool = False) -> tuple[float, bool, float]:
@@ -207,8 +226,10 @@ def find_duplicates(nb: Neighbours, thumbs: Sequence[np.ndarray | None], pixels:
             a, b = thumbs[pair[0]], thumbs[pair[1]]
             if a is None or b is None or float(a.std()) < MIN_CONTRAST or float(b.std()) < MIN_CONTRAST:
                 continue
-            ta = coarse.setdefault(pair[0], _Target(a))
-            tb = coarse.setdefault(pair[1], _Target(b))
+            for k, thumb in ((pair[0], a), (pair[1], b)):
+                if k not in coarse:  # (not setdefault: that would build the target every time)
+                    coarse[k] = _Target(thumb)
+            ta, tb = coarse[pair[0]], coarse[pair[1]]
             if max(_inside(ta, b)[0], _inside(tb, a)[0]) < COARSE_THRESHOLD:
                 continue
             for k in pair:

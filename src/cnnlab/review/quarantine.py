@@ -65,9 +65,11 @@ def _now() -> str:
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
+    from cnnlab.collect.manifest import encode_line
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    with path.open("ab") as fh:
+        fh.write(encode_line(record))  # a name that is not UTF-8: \udcXX escapes, read back as the same name
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -118,7 +120,7 @@ def apply_review(root: str | Path, findings: Sequence[Finding], *, kinds: Sequen
     with _locked(root) as (manifest, ok):
         for f in _chosen(findings, kinds, min_score):
             source = root / f.path
-            if Path(f.path).is_absolute() or ".." in Path(f.path).parts:
+            if _outside(root, f.path):
                 report.notes.append(f"{f.path} is outside {root}: left in place")
                 continue
             if not source.is_file():
@@ -139,6 +141,18 @@ def apply_review(root: str | Path, findings: Sequence[Finding], *, kinds: Sequen
     if report.moves and (root / "split.csv").is_file():
         report.notes.append(f"{root / 'split.csv'} lists moved files: run `cnnlab split {root}` again")
     return report
+
+
+def _outside(root: Path, rel: str | Path) -> bool:
+    """Whether ``root / rel`` is, or (through links) leads, outside ``root``: absolute, ``..``, a linked folder."""
+    rel = Path(rel)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        return True
+    try:
+        (root / rel).parent.resolve().relative_to(root.resolve())
+    except (ValueError, OSError, RuntimeError):
+        return True
+    return False
 
 
 def _manifest_line(move: Move) -> dict[str, Any]:
@@ -185,6 +199,10 @@ def undo_review(root: str | Path) -> MoveReport:
     with _locked(root) as (manifest, _):
         for path, move in sorted(quarantined(root).items()):
             source, target = root / move.quarantined, root / path
+            kept = Path(move.quarantined)  # a log that came with a downloaded set must not move files elsewhere
+            if _outside(root, path) or kept.parts[:1] != (QUARANTINE_DIR,) or _outside(root, kept):
+                report.notes.append(f"{log}: {path!r} <- {move.quarantined!r} leads outside {root}: not restored")
+                continue
             if not source.is_file():
                 if target.is_file():  # the move was logged but never made (interrupted)
                     _append(log, {**move.to_dict(), "action": "restore", "timestamp": _now()})

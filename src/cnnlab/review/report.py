@@ -145,11 +145,20 @@ def render_html(result: ReviewResult, *, max_cards: int = 200) -> str:
 
 
 def write_review_outputs(result: ReviewResult, out_dir: Path, *, max_cards: int = 200) -> dict[str, Path]:
-    """Write ``review.csv``, ``review.json`` and ``review.html`` into ``out_dir``; return their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``review.csv``, ``review.json`` and ``review.html`` into ``out_dir``; return their paths.
+
+    Each file is written atomically. File names that are not valid UTF-8 keep their bytes in the
+    CSV, are ``\\udcXX`` escapes in the JSON (which read back as the same name) and ``\\xNN`` in the
+    page. An OSError (full disk, no permission) is an :class:`~cnnlab.errors.OutputError`.
+    """
+    from cnnlab.output_files import atomic_open
+    from cnnlab.report.naming import printable
+
     files = {"csv": out_dir / "review.csv", "json": out_dir / "review.json", "html": out_dir / "review.html"}
     write_csv(result.findings, files["csv"])
-    files["json"].write_text(json.dumps(to_jsonable(result.to_dict()), indent=1, allow_nan=False) + "\n",
-                             encoding="utf-8")
-    files["html"].write_text(render_html(result, max_cards=max_cards), encoding="utf-8")
+    with atomic_open(files["json"]) as fh:
+        fh.write(json.dumps(to_jsonable(result.to_dict()), indent=1, allow_nan=False) + "\n")
+    page = render_html(result, max_cards=max_cards)
+    with atomic_open(files["html"], encoding="utf-8", errors="strict") as fh:
+        fh.write(printable(page))
     return files

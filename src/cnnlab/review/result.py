@@ -91,8 +91,15 @@ class ReviewResult:
 
 
 def write_csv(findings: Iterable[Finding], path: Path) -> Path:
-    """``review.csv``: one row per finding, columns :data:`CSV_COLUMNS`."""
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    """``review.csv``: one row per finding, columns :data:`CSV_COLUMNS`.
+
+    Written atomically, as UTF-8 with surrogate escapes: a file name that is not valid UTF-8 is
+    written back as its original bytes (as ``split.csv`` does), so the path still names the file.
+    A full disk or a folder that cannot be written is an :class:`~cnnlab.errors.OutputError`.
+    """
+    from cnnlab.output_files import atomic_open
+
+    with atomic_open(path) as fh:
         writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS))
         writer.writeheader()
         for f in findings:
@@ -105,7 +112,7 @@ def read_csv(path: Path) -> list[Finding]:
     from cnnlab.errors import DatasetError
     from cnnlab.options import parse_choice
 
-    with path.open(newline="", encoding="utf-8") as fh:
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
         rows = list(csv.DictReader(fh))
     if rows and not set(CSV_COLUMNS) <= set(rows[0]):
         raise DatasetError(f"{path} is not a review.csv (columns {', '.join(CSV_COLUMNS)})")

@@ -105,6 +105,14 @@ def _dataset_notes(images: LabelledImages, data: str | Path) -> list[str]:
     missing = [s for s in images.skipped if s.reason == "missing"]
     if missing:
         notes.append(f"{len(missing)} files listed in the manifest are not on disk (e.g. {missing[0].path})")
+    others: dict[str, list[SkippedFile]] = {}
+    for s in images.skipped:  # FIFOs, devices, symlink loops, unreadable folders: never images, still worth saying
+        if s.reason not in ("missing", "duplicate"):
+            others.setdefault(s.reason, []).append(s)
+    for reason, items in sorted(others.items()):
+        example = items[0]
+        notes.append(f"{len(items)} {'entry' if len(items) == 1 else 'entries'} not read ({reason}), "
+                     f"e.g. {example.path}" + (f": {example.detail}" if example.detail else ""))
     return notes
 
 

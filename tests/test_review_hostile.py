@@ -1,0 +1,220 @@
+"""cnnlab review against hostile inputs and wasted work: odd file names, odd files, bad output folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cnnlab.cli.app import app
+from cnnlab.options import ReviewIssue
+from cnnlab.review import Finding, ReviewResult, apply_review, duplicates, undo_review, write_review_outputs
+from cnnlab.review.neighbours import nearest_neighbours
+from cnnlab.review.quarantine import quarantined
+from cnnlab.review.result import read_csv
+
+runner = CliRunner()
+
+
+def _textured(seed: int, h: int = 40, w: int = 48) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.random((h, w)) * 255).astype(np.uint8)
+
+
+def test_batched_ncc_equals_one_template_at_a_time() -> None:
+    target = duplicates._Target(_textured(0).astype(np.float64))
+    templates = [_textured(1, 30, 30).astype(np.float64), _textured(0)[5:35, 4:40].astype(np.float64),
+                 np.zeros((10, 10)), _textured(2, 60, 60).astype(np.float64), _textured(3, 3, 3).astype(np.float64)]
+    many = target.ncc_many(templates)
+    one = [target.ncc(t) for t in templates]
+    assert many == pytest.approx(one, abs=1e-9)
+    assert many[1] == pytest.approx(1.0, abs=1e-6)  # an exact crop
+    assert many[2] == many[3] == many[4] == -1.0  # flat, too big, too small
+
+
+def test_find_duplicates_builds_each_coarse_target_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: ``coarse.setdefault(i, _Target(a))`` built a target (two FFTs, two tables) for every pair."""
+    built: list[int] = []
+    real = duplicates._Target
+
+    class Counting(real):  # type: ignore[misc,valid-type]
+        def __init__(self, pixels: np.ndarray) -> None:
+            built.append(1)
+            super().__init__(pixels)
+
+    monkeypatch.setattr(duplicates, "_Target", Counting)
+    n = 12
+    thumbs = [_textured(i) for i in range(n)]
+    nb = nearest_neighbours(np.ones((n, 8)) + np.eye(n, 8) * 0.01, n - 1)  # every pair is a candidate
+    found = duplicates.find_duplicates(nb, thumbs, [1] * n, lambda i: None, threshold=0.93, candidates=n - 1)
+    assert found.checked_pairs == n * (n - 1) // 2
+    assert len(built) == n  # one per image, not two per pair
+
+
+# -- file names that are not UTF-8 -------------------------------------------------------------------
+
+_ODD = "caf\udce9\udcff.jpg"  # the bytes b"caf\xe9\xff.jpg" as Python reads them from a Linux folder
+
+
+def _result(root: Path, findings: list[Finding]) -> ReviewResult:
+    return ReviewResult(source=str(root), root=root, model="m", classes=["cat", "dog"], class_counts={"cat": 1, "dog": 1},
+                        images=2, findings=findings, seconds={"total": 1.0})
+
+
+def test_outputs_with_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
+    """Regression: review.csv failed with UnicodeEncodeError (a traceback) on such a name."""
+    odd = f"cat/{_ODD}"
+    line = "cat/new\nline,\"q\".jpg"
+    result = _result(tmp_path, [Finding(odd, "cat", ReviewIssue.DUPLICATE, 1.0, detail=f"near-duplicate of {line}"),
+                                Finding(line, "cat", ReviewIssue.MISLABEL, 0.9, suggested_label="dog")])
+    files = write_review_outputs(result, tmp_path / "out")
+    raw = files["csv"].read_bytes()
+    assert b"cat/caf\xe9\xff.jpg" in raw  # the file's own bytes: the path names the file
+    back = read_csv(files["csv"])
+    assert [f.path for f in back] == [odd, line]  # newlines, commas and quotes survive the CSV too
+    assert json.loads(files["json"].read_text(encoding="utf-8"))["findings"][0]["path"] == odd
+    page = files["html"].read_text(encoding="utf-8")  # valid UTF-8
+    assert "cat/caf\\xe9\\xff.jpg" in page
+
+
+def test_apply_and_undo_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
+    """Regression: the move log was written with a strict UTF-8 encoder and failed after nothing was moved."""
+    (tmp_path / "cat").mkdir()
+    odd = tmp_path / "cat" / _ODD
+    odd.write_bytes(b"x")
+    moved = apply_review(tmp_path, [Finding(f"cat/{_ODD}", "cat", ReviewIssue.DUPLICATE, 1.0)], kinds=list(ReviewIssue))
+    assert len(moved.moves) == 1 and not odd.exists()
+    assert (tmp_path / ".quarantine" / "cat" / _ODD).is_file()
+    assert list(quarantined(tmp_path)) == [f"cat/{_ODD}"]
+    restored = undo_review(tmp_path)
+    assert len(restored.moves) == 1 and odd.read_bytes() == b"x"
+
+
+# -- output folders ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["file", "under-file"])
+def test_cli_out_that_is_a_file_is_refused_before_any_work(where: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the whole review ran (embedding every image) before failing to write review.csv."""
+    import cnnlab.review
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the review ran")
+
+    monkeypatch.setattr(cnnlab.review, "review", no_work)
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" if where == "file" else tmp_path / "file" / "sub"
+    result = runner.invoke(app, ["review", str(tmp_path / "data"), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "not a folder" in result.output and "Traceback" not in result.output
+    assert (tmp_path / "file").read_text() == "x"
+
+
+# -- odd entries in the dataset folder, end to end -----------------------------------------------------
+
+
+def test_cli_review_reports_fifos_device_links_and_loops_and_survives_odd_names(tmp_path: Path,
+                                                                                 real_photos: dict[str, Path]) -> None:
+    """Regression: FIFOs, links to /dev/zero and symlink loops were dropped without a word; odd names crashed the CSV."""
+    import os
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    for label, photo in (("cat", "cat"), ("coffee", "coffee")):
+        (data / label).mkdir(parents=True)
+        with Image.open(real_photos[photo]) as img:
+            rgb = img.convert("RGB")
+        for i in range(3):
+            rgb.crop((i * 60, 0, i * 60 + 160, 160)).save(data / label / f"{i}.jpg")
+    (data / "cat" / "0.jpg").rename(data / "cat" / _ODD)
+    (data / "coffee" / "0.jpg").rename(data / "coffee" / "new\nline,\"q\".jpg")
+    os.mkfifo(data / "cat" / "fifo.jpg")
+    (data / "cat" / "zero.jpg").symlink_to("/dev/zero")
+    (data / "cat" / "loop").symlink_to("..")
+    result = runner.invoke(app, ["review", str(data), "--device", "cpu", "--workers", "0", "--json", "-q",
+                                 "--batch-size", "8", "--no-cache"])
+    assert result.exit_code == 0, result.output
+    notes = "\n".join(json.loads(result.stdout)["review"]["notes"])
+    assert "2 entries not read (not-a-file)" in notes and "1 entry not read (symlink-loop)" in notes
+    assert (data / ".cnnlab" / "review" / "review.csv").is_file()
+
+
+def test_collect_review_without_the_extra_stops_before_the_crawl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: `collect --review` crawled everything, then said that cleanlab is missing."""
+    import builtins
+
+    from PIL import Image
+
+    source = tmp_path / "photos"
+    source.mkdir()
+    Image.new("RGB", (96, 80), (200, 30, 30)).save(source / "a.jpg")
+    real_import = builtins.__import__
+
+    def no_cleanlab(name: str, *args: object, **kwargs: object) -> object:
+        if name == "cleanlab":
+            raise ImportError("no cleanlab")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_cleanlab)
+    out = tmp_path / "data"
+    result = runner.invoke(app, ["collect", "--from-folder", str(source), "--label", "red", "--out", str(out),
+                                 "--review", "-q"])
+    assert result.exit_code == 1 and "pip install 'cnnlab[review]'" in result.output
+    assert not (out / "manifest.jsonl").exists()
+
+
+def test_cli_out_next_to_a_manifest_or_data_that_does_not_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a missing DATA was reported as "--out ... would be read as a class", and so was any
+    --out folder next to a CSV manifest (whose folders are never scanned)."""
+    import cnnlab.review
+    from cnnlab.errors import DatasetError
+
+    def sentinel(*args: object, **kwargs: object) -> None:
+        raise DatasetError("the review was reached")
+
+    monkeypatch.setattr(cnnlab.review, "review", sentinel)
+    missing = runner.invoke(app, ["review", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
+    assert missing.exit_code == 2 and "no such folder or manifest" in missing.output and "read as a class" not in missing.output
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("path,label\na.jpg,cat\n")
+    beside = runner.invoke(app, ["review", str(manifest), "--out", str(tmp_path / "results")])
+    assert "the review was reached" in beside.output and "read as a class" not in beside.output
+
+
+# -- the quarantine stays inside the dataset folder ---------------------------------------------------
+
+
+def test_undo_does_not_follow_a_move_log_out_of_the_dataset(tmp_path: Path) -> None:
+    """Regression: a crafted .quarantine/moves.jsonl (in a downloaded set) made --undo write files anywhere."""
+    data = tmp_path / "data"
+    (data / ".quarantine" / "cat").mkdir(parents=True)
+    (data / ".quarantine" / "cat" / "x.jpg").write_bytes(b"payload")
+    outside = tmp_path / "victim" / "planted.pth"
+    records = [{"action": "quarantine", "path": "../victim/planted.pth", "quarantined": ".quarantine/cat/x.jpg",
+                "issue": "duplicate", "score": 1.0},
+               {"action": "quarantine", "path": str(outside), "quarantined": ".quarantine/cat/x.jpg",
+                "issue": "duplicate", "score": 1.0}]
+    (data / ".quarantine" / "moves.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    report = undo_review(data)
+    assert not report.moves and not outside.exists()
+    assert (data / ".quarantine" / "cat" / "x.jpg").read_bytes() == b"payload"
+    assert len(report.notes) == 2 and all("outside" in n for n in report.notes)
+
+
+def test_apply_does_not_move_files_through_a_linked_folder(tmp_path: Path) -> None:
+    """Regression: a finding under a class folder that links elsewhere moved the file from outside the set."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "x.jpg").write_bytes(b"not yours")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cat").symlink_to(elsewhere)
+    report = apply_review(data, [Finding("cat/x.jpg", "cat", ReviewIssue.DUPLICATE, 1.0)], kinds=list(ReviewIssue))
+    assert not report.moves and (elsewhere / "x.jpg").read_bytes() == b"not yours"
+    assert "outside" in report.notes[0]
