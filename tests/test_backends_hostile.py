@@ -1,0 +1,78 @@
+"""Backends against broken and hostile files: damaged export-cache entries are made again, and ``.onnx``
+files whose sidecar does not match the graph (or that are not ONNX at all) are clear errors (exit 3),
+never tracebacks or silently wrong labels."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cnnlab.backends import load_runtime, prepare_runtime_file
+from cnnlab.export import export_model
+from cnnlab.models import load_model
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+pytest.importorskip("openvino")
+runner = CliRunner()
+SMALL = "squeezenet1_1"  # 1.2 M parameters: quick to export and quantise
+BACKENDS = ["onnxruntime", "openvino"]
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "cnnlab-cache"
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weights squeezenet exported by cnnlab, with its sidecar."""
+    path = tmp_path_factory.mktemp("onnx") / "small.onnx"
+    export_model(load_model(SMALL, random_weights=True, device="cpu"), "onnx", path)
+    return path
+
+
+def _variant(exported: Path, folder: Path, name: str, **changes: object) -> Path:
+    """A copy of ``exported`` named ``name`` whose sidecar has ``changes`` (nested dicts are merged)."""
+    path = folder / f"{name}.onnx"
+    shutil.copy(exported, path)
+    meta = json.loads(Path(f"{exported}.json").read_text())
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(meta.get(key), dict):
+            meta[key].update(value)
+        else:
+            meta[key] = value
+    Path(f"{path}.json").write_text(json.dumps(meta))
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncate-model", "truncate-sidecar", "no-marker"])
+def test_damaged_cache_entries_are_exported_again(damage: str) -> None:
+    first = prepare_runtime_file(SMALL, "onnxruntime", random_weights=True)
+    size = first.stat().st_size
+    if damage == "truncate-model":
+        first.write_bytes(first.read_bytes()[:1000])  # a full disk, a killed copy
+    elif damage == "truncate-sidecar":
+        side = Path(f"{first}.json")
+        side.write_text(side.read_text()[:50])
+    else:  # a folder without its completion record (an older cnnlab, a hand-made copy)
+        (first.parent / "complete.json").unlink()
+    again = prepare_runtime_file(SMALL, "onnxruntime", random_weights=True)
+    assert again == first and again.stat().st_size == size
+    assert load_runtime(SMALL, "onnxruntime", random_weights=True, device="cpu", threads=1).name.startswith(SMALL)
+    assert not [p for p in first.parent.parent.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
+
+
+def test_damaged_int8_entries_are_calibrated_again(real_photos: dict[str, Path]) -> None:
+    photos = list(real_photos.values())[:2]
+    first = prepare_runtime_file(SMALL, "onnxruntime-int8", random_weights=True, calibration=photos)
+    size = first.stat().st_size
+    first.write_bytes(first.read_bytes()[:1000])
+    again = prepare_runtime_file(SMALL, "onnxruntime-int8", random_weights=True, calibration=photos)
+    assert again == first and again.stat().st_size == size
