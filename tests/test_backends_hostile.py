@@ -12,6 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cnnlab.backends import load_runtime, prepare_runtime_file
+from cnnlab.cli import app
+from cnnlab.errors import WeightsIntegrityError
 from cnnlab.export import export_model
 from cnnlab.models import load_model
 
@@ -76,3 +78,30 @@ def test_damaged_int8_entries_are_calibrated_again(real_photos: dict[str, Path])
     first.write_bytes(first.read_bytes()[:1000])
     again = prepare_runtime_file(SMALL, "onnxruntime-int8", random_weights=True, calibration=photos)
     assert again == first and again.stat().st_size == size
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sidecar_that_does_not_match_the_graph_is_refused(backend: str, exported: Path, tmp_path: Path,
+                                                          real_photos: dict[str, Path]) -> None:
+    few = _variant(exported, tmp_path, "few", classes=["a", "b", "c"])
+    with pytest.raises(WeightsIntegrityError, match=r"shape \[1, 1000\].*lists 3 classes"):
+        load_runtime(str(few), backend, device="cpu", threads=1)
+    many = _variant(exported, tmp_path, "many", classes=[f"c{i}" for i in range(2000)])
+    with pytest.raises(WeightsIntegrityError, match="lists 2000 classes"):
+        load_runtime(str(many), backend, device="cpu", threads=1)
+    crop = _variant(exported, tmp_path, "crop", preprocessing={"crop_size": 256, "resize_size": 256})
+    with pytest.raises(WeightsIntegrityError, match="does not run on a uint8 batch of 256x256"):
+        load_runtime(str(crop), backend, device="cpu", threads=1)
+    result = runner.invoke(app, ["predict", str(real_photos["coffee"]), "--model", str(few), "--backend", backend, "-q"])
+    assert result.exit_code == 3 and "lists 3 classes" in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_files_that_are_not_onnx_are_refused(backend: str, exported: Path, tmp_path: Path,
+                                             real_photos: dict[str, Path]) -> None:
+    truncated = _variant(exported, tmp_path, "truncated")
+    truncated.write_bytes(exported.read_bytes()[:5000])
+    with pytest.raises(WeightsIntegrityError, match=f"{backend} cannot open .*truncated.onnx"):
+        load_runtime(str(truncated), backend, device="cpu", threads=1)
+    result = runner.invoke(app, ["predict", str(real_photos["coffee"]), "-m", str(truncated), "--backend", backend])
+    assert result.exit_code == 3 and "cannot open" in result.stderr

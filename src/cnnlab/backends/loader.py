@@ -13,19 +13,22 @@ run it in the parent and hand each worker a finished file (:func:`load_runtime_f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnlab.backends.artifacts import cached_export, is_onnx_file, onnx_spec, read_sidecar
+from cnnlab.backends.artifacts import cached_export, is_onnx_file, onnx_spec, read_sidecar, sidecar
 from cnnlab.backends.base import EXTRAS, ExportedModel, Runtime, require
 from cnnlab.backends.quantize import FEW_CALIBRATION_IMAGES, quantized_file
-from cnnlab.errors import UsageError
+from cnnlab.errors import UsageError, WeightsIntegrityError
 from cnnlab.options import Backend, Precision, Quantization, RuntimeChoice, parse_choice
 from cnnlab.progress import Progress
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
+
+    from cnnlab.zoo import ModelSpec
 
 
 def effective_choice(name: str | Path, choice: RuntimeChoice | str) -> RuntimeChoice:
@@ -92,6 +95,7 @@ def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = 
     spec = onnx_spec(path, meta, name=str(meta["model"]) if in_cache else str(path))
     threads = threads or default_cpu_threads(default_workers("cpu"))
     run, provider = open_session(choice.backend, path, threads, device)
+    check_graph(path, run, spec)
     on_gpu = provider.startswith(("CUDA", "Tensorrt"))
     runs_on = (device if device.startswith("cuda") else "cuda") if on_gpu else "cpu"
     quantization = meta.get("quantization") or {}
@@ -109,6 +113,29 @@ def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = 
         weights_path=Path(weights_file) if weights_file else None,
         details={"device": runs_on, **({"calibration_images": used} if quantization else {})},
     )
+
+
+def check_graph(path: Path, run: Callable[[np.ndarray], np.ndarray], spec: ModelSpec) -> None:
+    """Run the graph once on a black image of the sidecar's input size: it must take that size and give
+    one logit per class of the sidecar (a hand-edited or mismatched sidecar fails here, not mid-run)."""
+    import numpy as np
+
+    size = spec.preprocessing.crop_size
+    try:
+        logits = np.asarray(run(np.zeros((1, 3, size, size), dtype=np.uint8)))
+    except Exception as exc:  # the runtimes raise their own exception types for shape and type errors
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        raise WeightsIntegrityError(
+            f"{path} does not run on a uint8 batch of {size}x{size} images, the input size its metadata file "
+            f"{sidecar(path).name} gives: {' '.join(lines)[:300] or type(exc).__name__}") from exc
+    if logits.ndim != 2 or logits.shape[0] != 1:  # openvino can answer a wrong input size with an empty batch
+        raise WeightsIntegrityError(
+            f"{path} does not run on a uint8 batch of {size}x{size} images, the input size its metadata file "
+            f"{sidecar(path).name} gives: outputs of shape {list(logits.shape)} for one image")
+    if logits.shape != (1, len(spec.categories)):
+        raise WeightsIntegrityError(
+            f"{path} gives outputs of shape {list(logits.shape)} for one image, but its metadata file "
+            f"{sidecar(path).name} lists {len(spec.categories)} classes")
 
 
 def load_runtime(name: str, backend: RuntimeChoice | str = RuntimeChoice.TORCH, *, weights: str | Path | None = None,
