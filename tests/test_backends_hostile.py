@@ -105,3 +105,13 @@ def test_files_that_are_not_onnx_are_refused(backend: str, exported: Path, tmp_p
         load_runtime(str(truncated), backend, device="cpu", threads=1)
     result = runner.invoke(app, ["predict", str(real_photos["coffee"]), "-m", str(truncated), "--backend", backend])
     assert result.exit_code == 3 and "cannot open" in result.stderr
+
+
+def test_informative_sidecar_fields_of_any_type_are_tolerated(exported: Path, tmp_path: Path) -> None:
+    odd = _variant(exported, tmp_path, "odd", model=["../../x"], source=7, weights_file=5,
+                   spec={"arch": {"a": 1}, "num_params": "lots", "gmacs": "x", "acc1": float("nan"), "license": 3})
+    model = load_runtime(str(odd), "onnxruntime", device="cpu", threads=1)
+    assert model.spec.num_params == 0 and model.spec.gmacs is None and model.spec.acc1 is None
+    assert model.spec.arch == "odd" and model.weights_path is None
+    bad_quant = _variant(exported, tmp_path, "badq", quantization={"calibration_images": "abc"})
+    assert load_runtime(str(bad_quant), "onnxruntime", device="cpu", threads=1).runtime_info()["calibration_images"] == 0

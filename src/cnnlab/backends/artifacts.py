@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -198,13 +199,27 @@ def onnx_spec(path: Path, meta: dict[str, Any], *, name: str | None = None) -> M
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsIntegrityError(f"{sidecar(path)}: unusable 'preprocessing' ({exc})") from None
     classes = tuple(meta["classes"])
-    source = meta.get("source") or ("imagenet" if list(classes) == imagenet_categories() else "checkpoint")
-    info = meta.get("spec") or {}
+    source = _text(meta.get("source")) or ("imagenet" if list(classes) == imagenet_categories() else "checkpoint")
+    info = meta.get("spec") if isinstance(meta.get("spec"), dict) else {}
+    num_params = _number(info.get("num_params"))
+    model = _text(meta.get("model"))
     return ModelSpec(
-        name=name or str(path), arch=str(info.get("arch") or meta.get("model") or path.stem),
-        weights_tag=path.stem, is_default=False, source=source, num_params=int(info.get("num_params") or 0),
-        gmacs=info.get("gmacs"), acc1=info.get("acc1"), acc5=info.get("acc5"), weights_url=None,
-        weights_file=path.name, weights_size_mb=round(path.stat().st_size / 1e6, 3), categories=classes,
-        preprocessing=preprocessing, recipe=f"ONNX export of {meta.get('model', path.name)}",
-        license=info.get("license"),
+        name=name or str(path), arch=_text(info.get("arch")) or model or path.stem,
+        weights_tag=path.stem, is_default=False, source=source, num_params=int(num_params or 0),
+        gmacs=_number(info.get("gmacs")), acc1=_number(info.get("acc1")), acc5=_number(info.get("acc5")),
+        weights_url=None, weights_file=path.name, weights_size_mb=round(path.stat().st_size / 1e6, 3),
+        categories=classes, preprocessing=preprocessing, recipe=f"ONNX export of {model or path.name}",
+        license=_text(info.get("license")),
     )
+
+
+def _number(value: Any) -> float | None:
+    """A finite, non-negative number of a sidecar, else ``None`` (figures are informative only)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return value
+
+
+def _text(value: Any) -> str | None:
+    """A short string of a sidecar, else ``None``."""
+    return value[:200] if isinstance(value, str) and value else None

@@ -99,7 +99,10 @@ def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = 
     on_gpu = provider.startswith(("CUDA", "Tensorrt"))
     runs_on = (device if device.startswith("cuda") else "cuda") if on_gpu else "cpu"
     quantization = meta.get("quantization") or {}
-    used = int(quantization.get("calibration_images") or 0)
+    if not isinstance(quantization, dict):
+        raise WeightsIntegrityError(f"{sidecar(path)}: 'quantization' must be an object")
+    used = quantization.get("calibration_images")
+    used = used if isinstance(used, int) and not isinstance(used, bool) and used >= 0 else 0
     if quantization and used < FEW_CALIBRATION_IMAGES:
         (progress or Progress()).note(f"{spec.name}: int8 calibrated on only {used} images; its ranges may be poor",
                                       warning=True)
@@ -110,7 +113,7 @@ def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = 
         spec=spec, file=path, run=run, backend=choice.backend,
         quantization=Quantization.INT8 if quantization else Quantization.NONE, provider=provider,
         threads=threads, device=torch.device("cpu"), random_weights=bool(meta.get("random_weights")),
-        weights_path=Path(weights_file) if weights_file else None,
+        weights_path=Path(weights_file) if isinstance(weights_file, str) and weights_file else None,
         details={"device": runs_on, **({"calibration_images": used} if quantization else {})},
     )
 
