@@ -200,7 +200,7 @@ def onnx_spec(path: Path, meta: dict[str, Any], *, name: str | None = None) -> M
         raise WeightsIntegrityError(f"{sidecar(path)}: unusable 'preprocessing' ({exc})") from None
     classes = tuple(meta["classes"])
     source = _text(meta.get("source")) or ("imagenet" if list(classes) == imagenet_categories() else "checkpoint")
-    info = meta.get("spec") if isinstance(meta.get("spec"), dict) else {}
+    info: dict[str, Any] = meta["spec"] if isinstance(meta.get("spec"), dict) else {}
     num_params = _number(info.get("num_params"))
     model = _text(meta.get("model"))
     return ModelSpec(
