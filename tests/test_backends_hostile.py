@@ -115,3 +115,15 @@ def test_informative_sidecar_fields_of_any_type_are_tolerated(exported: Path, tm
     assert model.spec.arch == "odd" and model.weights_path is None
     bad_quant = _variant(exported, tmp_path, "badq", quantization={"calibration_images": "abc"})
     assert load_runtime(str(bad_quant), "onnxruntime", device="cpu", threads=1).runtime_info()["calibration_images"] == 0
+
+
+def test_int8_version_of_an_onnx_file_keeps_the_file_name(exported: Path, real_photos: dict[str, Path]) -> None:
+    """bench names rows after the runtime: FILE@onnxruntime and FILE@openvino-int8, not the source model."""
+    photos = list(real_photos.values())[:2]
+    fp32 = load_runtime(str(exported), "onnxruntime", device="cpu", threads=1)
+    int8 = load_runtime(str(exported), "openvino-int8", device="cpu", threads=1, calibration=photos)
+    assert fp32.name == int8.name == str(exported)
+    assert int8.runtime_info()["precision"] == "int8"
+    from_cache = load_runtime(SMALL, "onnxruntime-int8", random_weights=True, device="cpu", threads=1,
+                              calibration=photos)
+    assert from_cache.name == "squeezenet1_1.IMAGENET1K_V1"

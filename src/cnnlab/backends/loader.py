@@ -83,7 +83,8 @@ def prepare_runtime_file(name: str, choice: RuntimeChoice | str, *, weights: str
 def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = "auto", threads: int | None = None,
                       progress: Progress | None = None) -> ExportedModel:
     """Open an ONNX file (with its sidecar) in the backend of ``choice``. The model is named after its
-    source model for a file of the export cache, after its path otherwise; it is int8 when its
+    source model for a file of the export cache, after its path otherwise (the int8 version of a
+    user's file, made in the cache, after that file's path); it is int8 when its
     sidecar says it was quantised."""
     from cnnlab.backends.artifacts import exports_dir
     from cnnlab.backends.sessions import open_session
@@ -91,8 +92,15 @@ def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = 
 
     choice = parse_choice(RuntimeChoice, choice, "backend")
     meta = read_sidecar(path)
-    in_cache = path.resolve().is_relative_to(exports_dir().resolve())
-    spec = onnx_spec(path, meta, name=str(meta["model"]) if in_cache else str(path))
+    cache = exports_dir().resolve()
+    name = str(path)
+    if path.resolve().is_relative_to(cache):
+        # the int8 version of the user's .onnx file keeps the file's name, like its fp32 row
+        quantized = meta.get("quantization")
+        source = quantized.get("source_file") if isinstance(quantized, dict) else None
+        outside = isinstance(source, str) and bool(source) and not Path(source).resolve().is_relative_to(cache)
+        name = str(source) if outside else str(meta["model"])
+    spec = onnx_spec(path, meta, name=name)
     threads = threads or default_cpu_threads(default_workers("cpu"))
     run, provider = open_session(choice.backend, path, threads, device)
     check_graph(path, run, spec)
