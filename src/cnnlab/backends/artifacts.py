@@ -6,7 +6,9 @@ sidecar (and int8 variants next to it, :mod:`cnnlab.backends.quantize`). The key
 registry name (or checkpoint path), the sha256 of the weights file (``random`` for random weights,
 seeded so that the export is reproducible), and the cnnlab and torch versions: new weights or a
 new exporter make a new export, the same ones reuse it. A folder appears whole or not at all
-(written under a temporary name, then renamed).
+(written under a temporary name, then renamed), with a ``complete.json`` that records the ONNX
+file's size; a folder whose file no longer has that size, or whose sidecar cannot be read
+(truncated, edited, half deleted), is discarded and made again.
 
 An ``.onnx`` file written by ``cnnlab export`` works wherever a model name works: its sidecar
 ``FILE.onnx.json`` holds the classes, the preprocessing and the source model's metadata.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -94,8 +97,9 @@ def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: 
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
     folder = exports_dir() / f"{_stem(canonical)}-{key}"
     model = folder / "model.onnx"
-    if model.is_file() and sidecar(model).is_file():
+    if cache_entry_ok(folder):
         return model
+    discard_entry(folder)
     progress = progress or Progress()
     progress.start("export", f"{canonical}: export to ONNX (cached for later runs)")
     with torch.random.fork_rng(devices=[]):
@@ -120,11 +124,49 @@ def _export_into(folder: Path, name: str, weights_path: Path | None, random_weig
     try:
         loaded = load_model(name, weights=weights_path, random_weights=random_weights, device="cpu", progress=False)
         export_model(loaded, "onnx", tmp / "model.onnx")
-        if not folder.exists():
-            with contextlib.suppress(OSError):  # a concurrent export may have got there first
-                os.replace(tmp, folder)
+        publish_entry(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: The file that marks a cache folder as complete (and records the ONNX file's size).
+COMPLETE = "complete.json"
+
+
+def cache_entry_ok(folder: Path) -> bool:
+    """``folder/model.onnx`` is whole: its size is the one recorded when it was made, its sidecar readable."""
+    model = folder / "model.onnx"
+    try:
+        record = json.loads((folder / COMPLETE).read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or record.get("bytes") != model.stat().st_size:
+            return False
+        read_sidecar(model)
+    except (OSError, ValueError, WeightsIntegrityError):
+        return False
+    return True
+
+
+def discard_entry(folder: Path) -> None:
+    """Remove a broken cache folder (renamed away first, so that no reader sees it half deleted)."""
+    if not folder.exists():
+        return
+    trash = folder.with_name(f".trash-{folder.name}-{os.getpid()}")
+    try:
+        os.replace(folder, trash)
+    except OSError:
+        return  # another process removed or replaced it
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def publish_entry(tmp: Path, folder: Path) -> None:
+    """Mark ``tmp`` complete, readable by others, and rename it to ``folder`` (unless another process did first)."""
+    model = tmp / "model.onnx"
+    (tmp / COMPLETE).write_text(json.dumps({"bytes": model.stat().st_size}) + "\n", encoding="utf-8")
+    with contextlib.suppress(OSError):
+        tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache is read by others
+    if not folder.exists():
+        with contextlib.suppress(OSError):  # a concurrent export may have got there first
+            os.replace(tmp, folder)
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
@@ -157,13 +199,27 @@ def onnx_spec(path: Path, meta: dict[str, Any], *, name: str | None = None) -> M
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsIntegrityError(f"{sidecar(path)}: unusable 'preprocessing' ({exc})") from None
     classes = tuple(meta["classes"])
-    source = meta.get("source") or ("imagenet" if list(classes) == imagenet_categories() else "checkpoint")
-    info = meta.get("spec") or {}
+    source = _text(meta.get("source")) or ("imagenet" if list(classes) == imagenet_categories() else "checkpoint")
+    info: dict[str, Any] = meta["spec"] if isinstance(meta.get("spec"), dict) else {}
+    num_params = _number(info.get("num_params"))
+    model = _text(meta.get("model"))
     return ModelSpec(
-        name=name or str(path), arch=str(info.get("arch") or meta.get("model") or path.stem),
-        weights_tag=path.stem, is_default=False, source=source, num_params=int(info.get("num_params") or 0),
-        gmacs=info.get("gmacs"), acc1=info.get("acc1"), acc5=info.get("acc5"), weights_url=None,
-        weights_file=path.name, weights_size_mb=round(path.stat().st_size / 1e6, 3), categories=classes,
-        preprocessing=preprocessing, recipe=f"ONNX export of {meta.get('model', path.name)}",
-        license=info.get("license"),
+        name=name or str(path), arch=_text(info.get("arch")) or model or path.stem,
+        weights_tag=path.stem, is_default=False, source=source, num_params=int(num_params or 0),
+        gmacs=_number(info.get("gmacs")), acc1=_number(info.get("acc1")), acc5=_number(info.get("acc5")),
+        weights_url=None, weights_file=path.name, weights_size_mb=round(path.stat().st_size / 1e6, 3),
+        categories=classes, preprocessing=preprocessing, recipe=f"ONNX export of {model or path.name}",
+        license=_text(info.get("license")),
     )
+
+
+def _number(value: Any) -> float | None:
+    """A finite, non-negative number of a sidecar, else ``None`` (figures are informative only)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return value
+
+
+def _text(value: Any) -> str | None:
+    """A short string of a sidecar, else ``None``."""
+    return value[:200] if isinstance(value, str) and value else None

@@ -13,19 +13,22 @@ run it in the parent and hand each worker a finished file (:func:`load_runtime_f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnlab.backends.artifacts import cached_export, is_onnx_file, onnx_spec, read_sidecar
+from cnnlab.backends.artifacts import cached_export, is_onnx_file, onnx_spec, read_sidecar, sidecar
 from cnnlab.backends.base import EXTRAS, ExportedModel, Runtime, require
 from cnnlab.backends.quantize import FEW_CALIBRATION_IMAGES, quantized_file
-from cnnlab.errors import UsageError
+from cnnlab.errors import UsageError, WeightsIntegrityError
 from cnnlab.options import Backend, Precision, Quantization, RuntimeChoice, parse_choice
 from cnnlab.progress import Progress
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
+
+    from cnnlab.zoo import ModelSpec
 
 
 def effective_choice(name: str | Path, choice: RuntimeChoice | str) -> RuntimeChoice:
@@ -80,7 +83,8 @@ def prepare_runtime_file(name: str, choice: RuntimeChoice | str, *, weights: str
 def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = "auto", threads: int | None = None,
                       progress: Progress | None = None) -> ExportedModel:
     """Open an ONNX file (with its sidecar) in the backend of ``choice``. The model is named after its
-    source model for a file of the export cache, after its path otherwise; it is int8 when its
+    source model for a file of the export cache, after its path otherwise (the int8 version of a
+    user's file, made in the cache, after that file's path); it is int8 when its
     sidecar says it was quantised."""
     from cnnlab.backends.artifacts import exports_dir
     from cnnlab.backends.sessions import open_session
@@ -88,14 +92,25 @@ def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = 
 
     choice = parse_choice(RuntimeChoice, choice, "backend")
     meta = read_sidecar(path)
-    in_cache = path.resolve().is_relative_to(exports_dir().resolve())
-    spec = onnx_spec(path, meta, name=str(meta["model"]) if in_cache else str(path))
+    cache = exports_dir().resolve()
+    name = str(path)
+    if path.resolve().is_relative_to(cache):
+        # the int8 version of the user's .onnx file keeps the file's name, like its fp32 row
+        quantized = meta.get("quantization")
+        source = quantized.get("source_file") if isinstance(quantized, dict) else None
+        outside = isinstance(source, str) and bool(source) and not Path(source).resolve().is_relative_to(cache)
+        name = str(source) if outside else str(meta["model"])
+    spec = onnx_spec(path, meta, name=name)
     threads = threads or default_cpu_threads(default_workers("cpu"))
     run, provider = open_session(choice.backend, path, threads, device)
+    check_graph(path, run, spec)
     on_gpu = provider.startswith(("CUDA", "Tensorrt"))
     runs_on = (device if device.startswith("cuda") else "cuda") if on_gpu else "cpu"
     quantization = meta.get("quantization") or {}
-    used = int(quantization.get("calibration_images") or 0)
+    if not isinstance(quantization, dict):
+        raise WeightsIntegrityError(f"{sidecar(path)}: 'quantization' must be an object")
+    used = quantization.get("calibration_images")
+    used = used if isinstance(used, int) and not isinstance(used, bool) and used >= 0 else 0
     if quantization and used < FEW_CALIBRATION_IMAGES:
         (progress or Progress()).note(f"{spec.name}: int8 calibrated on only {used} images; its ranges may be poor",
                                       warning=True)
@@ -106,9 +121,32 @@ def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = 
         spec=spec, file=path, run=run, backend=choice.backend,
         quantization=Quantization.INT8 if quantization else Quantization.NONE, provider=provider,
         threads=threads, device=torch.device("cpu"), random_weights=bool(meta.get("random_weights")),
-        weights_path=Path(weights_file) if weights_file else None,
+        weights_path=Path(weights_file) if isinstance(weights_file, str) and weights_file else None,
         details={"device": runs_on, **({"calibration_images": used} if quantization else {})},
     )
+
+
+def check_graph(path: Path, run: Callable[[np.ndarray], np.ndarray], spec: ModelSpec) -> None:
+    """Run the graph once on a black image of the sidecar's input size: it must take that size and give
+    one logit per class of the sidecar (a hand-edited or mismatched sidecar fails here, not mid-run)."""
+    import numpy as np
+
+    size = spec.preprocessing.crop_size
+    try:
+        logits = np.asarray(run(np.zeros((1, 3, size, size), dtype=np.uint8)))
+    except Exception as exc:  # the runtimes raise their own exception types for shape and type errors
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        raise WeightsIntegrityError(
+            f"{path} does not run on a uint8 batch of {size}x{size} images, the input size its metadata file "
+            f"{sidecar(path).name} gives: {' '.join(lines)[:300] or type(exc).__name__}") from exc
+    if logits.ndim != 2 or logits.shape[0] != 1:  # openvino can answer a wrong input size with an empty batch
+        raise WeightsIntegrityError(
+            f"{path} does not run on a uint8 batch of {size}x{size} images, the input size its metadata file "
+            f"{sidecar(path).name} gives: outputs of shape {list(logits.shape)} for one image")
+    if logits.shape != (1, len(spec.categories)):
+        raise WeightsIntegrityError(
+            f"{path} gives outputs of shape {list(logits.shape)} for one image, but its metadata file "
+            f"{sidecar(path).name} lists {len(spec.categories)} classes")
 
 
 def load_runtime(name: str, backend: RuntimeChoice | str = RuntimeChoice.TORCH, *, weights: str | Path | None = None,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
 import shutil
 import tempfile
@@ -28,7 +27,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cnnlab.backends.artifacts import exports_dir, file_sha256, read_sidecar, sidecar
+from cnnlab.backends.artifacts import (
+    cache_entry_ok,
+    discard_entry,
+    exports_dir,
+    file_sha256,
+    publish_entry,
+    read_sidecar,
+    sidecar,
+)
 from cnnlab.backends.base import EXTRAS, require
 from cnnlab.errors import CnnlabError, ImageDecodeError, OutputError
 from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, Backend
@@ -75,8 +82,9 @@ def quantized_file(fp32: Path, images: Sequence[Path], *, progress: Progress | N
     stem = fp32.parent.name if fp32.name == "model.onnx" else fp32.stem
     folder = exports_dir() / f"{stem}-int8-{key}"
     model = folder / "model.onnx"
-    if model.is_file() and sidecar(model).is_file():
+    if cache_entry_ok(folder):
         return model
+    discard_entry(folder)
     progress = progress or Progress()
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -87,9 +95,7 @@ def quantized_file(fp32: Path, images: Sequence[Path], *, progress: Progress | N
         used = _quantize(fp32, tmp / "model.onnx", images, pp, progress)
         meta["quantization"] = {"method": METHOD, "calibration_images": used, "source_file": str(fp32)}
         sidecar(tmp / "model.onnx").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if not folder.exists():
-            with contextlib.suppress(OSError):  # a concurrent run may have got there first
-                os.replace(tmp, folder)
+        publish_entry(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return model

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab.backends.base import EXTRAS, require
-from cnnlab.errors import UsageError
+from cnnlab.errors import UsageError, WeightsIntegrityError
 from cnnlab.options import Backend, parse_device
 
 if TYPE_CHECKING:
@@ -72,7 +72,10 @@ def onnxruntime_session(path: Path, threads: int, device: str) -> Session:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: the CUDA provider's fallback warnings are reported below
     providers = onnxruntime_providers(ort.get_available_providers(), device, path.parent / "tensorrt")
-    session = ort.InferenceSession(str(path), options, providers=providers)
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types: a truncated or foreign file
+        raise unreadable(path, "onnxruntime", exc) from exc
     used = session.get_providers()[0]
     if wants_gpu(device) and used == "CPUExecutionProvider":
         raise UsageError(f"--device {device}: onnxruntime could not start its CUDA provider (CUDA or cuDNN "
@@ -93,8 +96,11 @@ def openvino_session(path: Path, threads: int, device: str) -> Session:
                          "or --backend onnxruntime for CUDA")
     ov = require("openvino", EXTRAS[Backend.OPENVINO], "--backend openvino")
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-        "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    try:
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    except Exception as exc:  # openvino raises RuntimeError (and its own types) for files it cannot parse
+        raise unreadable(path, "openvino", exc) from exc
     request = compiled.create_infer_request()
     output = compiled.output(0)
 
@@ -103,6 +109,13 @@ def openvino_session(path: Path, threads: int, device: str) -> Session:
         return result
 
     return run, f"openvino CPU {ov.get_version().split('-')[0]}"
+
+
+def unreadable(path: Path, runtime: str, exc: BaseException) -> WeightsIntegrityError:
+    """The error for an ONNX file that ``runtime`` cannot open (its message's last meaningful line)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    detail = lines[-1] if lines else type(exc).__name__
+    return WeightsIntegrityError(f"{runtime} cannot open {path} (truncated, or not an ONNX model?): {detail[:300]}")
 
 
 def open_session(backend: Backend, path: Path, threads: int, device: str) -> Session:
