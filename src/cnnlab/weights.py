@@ -217,7 +217,7 @@ def _not_found(spec: ModelSpec, location: WeightsLocation, cause: BaseException 
     lines.append(
         "  fix: put the file into one of those directories (or pass --weights PATH / --weights-dir DIR), "
         f"or run `cnnlab weights fetch {spec.arch if spec.is_default else spec.name}` on a machine with internet; "
-        "`--random-weights` measures speed and memory without them"
+        "in bench and train, `--random-weights` runs without them (speed and memory only)"
     )
     return WeightsNotFoundError("\n".join(lines))
 
