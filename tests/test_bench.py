@@ -100,11 +100,14 @@ def test_missing_weights_stop_the_run_before_any_model(tiny_folder: Path, tmp_pa
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     monkeypatch.setenv("CNNLAB_WEIGHTS_MIRROR", "http://127.0.0.1:9")
     out = tmp_path / "out"
-    result = runner.invoke(app, ["bench", str(tiny_folder), "--models", "efficientnet_lite0,alexnet,googlenet",
+    result = runner.invoke(app, ["bench", str(tiny_folder), "--models",
+                                 "efficientnet_lite0,alexnet,googlenet,resnet50.IMAGENET1K_V1",
                                  "--out", str(out), "-q", "--workers", "0", "--repeats", "3", "-b", "4"])
     assert result.exit_code == 3
     assert "alexnet-owt-7be5be79.pth" in result.stderr and "googlenet-1378be20.pth" in result.stderr
-    assert "cnnlab weights fetch alexnet googlenet" in result.stderr and "--random-weights-if-missing" in result.stderr
+    # the hint names each model's own weights (its tag), not its architecture's default ones
+    fetch = "cnnlab weights fetch alexnet.IMAGENET1K_V1 googlenet.IMAGENET1K_V1 resnet50.IMAGENET1K_V1"
+    assert fetch in " ".join(result.stderr.split()) and "--random-weights-if-missing" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (out / "results.json").exists()
 
@@ -221,3 +224,37 @@ def test_predictions_equal_a_plain_reference_computation(tmp_path: Path) -> None
         values, indices = probs.topk(5)
         assert [int(row[f"top{i}_index"]) for i in range(1, 6)] == indices.tolist(), row["path"]
         assert [float(row[f"top{i}_prob"]) for i in range(1, 6)] == pytest.approx(values.tolist(), abs=2e-4)
+
+
+def tiny_checkpoint(path: Path, classes: list[str], data_record: dict | None = None) -> Path:
+    """A valid checkpoint (random squeezenet1_1 with a new head), made in a second without training."""
+    from cnnlab.checkpoint import build_finetuned, make_checkpoint, replace_head, save_checkpoint
+
+    spec = get_spec("squeezenet1_1")
+    torch.manual_seed(0)
+    module = spec.build(None)
+    head = replace_head(module, len(classes))
+    assert build_finetuned(spec, len(classes), module.state_dict()) is not None
+    ckpt = make_checkpoint(arch=spec.name, head=head, classes=classes, preprocessing=spec.preprocessing,
+                           state_dict=module.state_dict(), train_args={}, metrics={}, data_record=data_record)
+    return save_checkpoint(ckpt, path)
+
+
+def test_model_files_are_recognised_one_way_everywhere(tiny_folder: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint is known by its suffix in any case (bench preflight, its worker, load_model alike), and a
+    registry name that happens to be a file in the working folder is still the registry model."""
+    from cnnlab.checkpoint import is_checkpoint_file, is_onnx_file, model_file_kind
+
+    assert [model_file_kind(n) for n in ("a.pt", "b.PTH", "c.ckpt", "d.ONNX", "resnet50", "x.IMAGENET1K")] == [
+        "checkpoint", "checkpoint", "checkpoint", "onnx", None, None]
+    assert is_checkpoint_file(Path("runs/best.Pt")) and is_onnx_file("m.onnx") and not is_onnx_file("m.pt")
+    upper = tiny_checkpoint(tmp_path / "FINETUNED.PT", ["cat", "dog", "unicorn_rainbow"])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "squeezenet1_1").write_bytes(b"not a model")  # a stray file named like a registry model
+    result = bench_models(BenchConfig(data=tiny_folder, models=[str(upper), "squeezenet1_1"],
+                                      measure=fast(weights="random"), isolate=False))
+    ours, registry = result.models
+    assert ours.ok, ours.run.error
+    assert ours.run.eval_images == 9 and not ours.run.random_weights
+    assert registry.ok and registry.run.random_weights, registry.run.error

@@ -128,8 +128,8 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
         WeightsNotFoundError: pretrained weights are missing and cannot be downloaded (one message for all).
         UsageError: a backend whose packages are not installed (the message names the extra).
     """
-    from cnnlab.backends.artifacts import is_onnx_file
     from cnnlab.backends.loader import check_installed, effective_choice
+    from cnnlab.checkpoint import is_onnx_file
 
     progress = progress or Progress()
     progress.start("preflight", "checking data, labels and weights")
@@ -151,15 +151,16 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
 
 
 def _weights_for(name: str, config: BenchConfig) -> str:
-    from cnnlab.backends.artifacts import is_onnx_file, read_sidecar
-    from cnnlab.checkpoint import read_checkpoint
+    from cnnlab.backends.artifacts import read_sidecar
+    from cnnlab.checkpoint import model_file_kind, read_checkpoint
     from cnnlab.weights import fetch_weights, locate_weights
     from cnnlab.zoo import get_spec
 
-    if Path(name).suffix in (".pt", ".pth", ".ckpt"):
+    kind = model_file_kind(name)
+    if kind == "checkpoint":
         read_checkpoint(Path(name))  # a missing, unsafe or foreign file is reported now, not in a worker
         return "checkpoint"
-    if is_onnx_file(name):
+    if kind == "onnx":
         read_sidecar(Path(name))  # a missing file or sidecar is reported now
         return "onnx"
     spec = get_spec(name)
@@ -188,7 +189,7 @@ def _missing_weights(config: BenchConfig, first: str) -> WeightsNotFoundError:
         except CnnlabError:
             continue
         if locate_weights(spec, config.measure.weights_dir).found is None:
-            missing.append((spec.arch, spec.weights_file or spec.name))
+            missing.append((spec.name, spec.weights_file or spec.name))
     missing = missing or [(first, first)]
     files = ", ".join(f for _, f in missing)
     dirs = ", ".join(str(d) for d in search_dirs(config.measure.weights_dir))

@@ -37,6 +37,7 @@ from cnnlab.bench.measure import (
 )
 from cnnlab.bench.protocol import PREDICTION_DTYPE, TOPK, RunRequest, RunResult
 from cnnlab.bench.user_classes import UserClasses, accepted_sets
+from cnnlab.checkpoint import is_checkpoint_file, model_file_kind
 from cnnlab.errors import CnnlabError
 from cnnlab.inference import default_cpu_threads, default_workers, run_inference
 from cnnlab.models import LoadedModel, load_model, resolve_device
@@ -81,7 +82,7 @@ def _load(request: RunRequest, threads: int) -> Runtime:
         if request.runtime_file is None:
             raise CnnlabError(f"--backend {request.backend}: the worker was given no ONNX file")
         return load_runtime_file(Path(request.runtime_file), request.backend, device=m.device, threads=threads)
-    if Path(request.model).is_file():  # a checkpoint from `cnnlab train` always brings its own weights
+    if is_checkpoint_file(request.model):  # a checkpoint from `cnnlab train` always brings its own weights
         random_weights = False
     elif m.weights is WeightsPolicy.RANDOM_IF_MISSING:
         random_weights = locate_weights(get_spec(request.model), m.weights_dir).found is None
@@ -96,7 +97,7 @@ def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
     m = request.measure
     # Load the registry, BLAS and (on a GPU) the CUDA context and cuDNN before the memory baseline,
     # so that the baseline is the bare runtime and the figures are the model's own.
-    if not Path(request.model).is_file():
+    if model_file_kind(request.model) is None:
         get_spec(request.model)
     torch.ones(8, 8) @ torch.ones(8, 8)
     target = resolve_device(m.device)

@@ -26,6 +26,7 @@ from cnnlab.checkpoint import (
     build_finetuned,
     checkpoint_preprocessing,
     find_head,
+    is_checkpoint_file,
     read_checkpoint,
     replace_head,
 )
@@ -46,7 +47,6 @@ from cnnlab.zoo import ModelSpec
 
 #: Ratio of the largest to the smallest training class above which a warning suggests ``balance``.
 IMBALANCE_WARNING = 3.0
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 @dataclass
@@ -67,7 +67,7 @@ class StartingModel:
 
 def is_checkpoint(name: str) -> bool:
     """Whether ``--model`` names a checkpoint file rather than a registry model."""
-    return Path(name).suffix in CHECKPOINT_SUFFIXES
+    return is_checkpoint_file(name)
 
 
 def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = True) -> tuple[TrainingRun, RunState]:
