@@ -13,8 +13,10 @@ from typer.testing import CliRunner
 
 from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
 from cnnlab.bench.measure import count_macs
+from cnnlab.bench.runner import preflight
 from cnnlab.cli import app
 from cnnlab.demo import build_demo_set
+from cnnlab.errors import DatasetError
 from cnnlab.metrics import wilson_interval
 from cnnlab.models import LoadedModel
 from cnnlab.report import write_bench_outputs
@@ -109,7 +111,7 @@ def test_missing_weights_stop_the_run_before_any_model(tiny_folder: Path, tmp_pa
     fetch = "cnnlab weights fetch alexnet.IMAGENET1K_V1 googlenet.IMAGENET1K_V1 resnet50.IMAGENET1K_V1"
     assert fetch in " ".join(result.stderr.split()) and "--random-weights-if-missing" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (out / "results.json").exists()
+    assert not out.exists()  # preflight runs before the output folder is made (and locked)
 
 
 def test_failures_become_rows_and_the_run_goes_on(tiny_folder: Path, tmp_path: Path) -> None:
@@ -176,18 +178,32 @@ def test_random_weights_never_publish_accuracy(tmp_path: Path) -> None:
     assert result.comparisons == []  # nothing to compare a random model with
 
 
-def test_empty_and_unreadable_sets(tmp_path: Path) -> None:
+def test_empty_and_unreadable_sets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cnnlab.bench.worker
+
+    out = tmp_path / "o"
     (tmp_path / "empty" / "cat").mkdir(parents=True)
-    result = runner.invoke(app, ["bench", str(tmp_path / "empty"), "-q"])
+    result = runner.invoke(app, ["bench", str(tmp_path / "empty"), "-q", "-o", str(out)])
     assert result.exit_code == 2 and "no images found" in result.stderr
     (tmp_path / "bad" / "cat").mkdir(parents=True)
     (tmp_path / "bad" / "cat" / "x.jpg").write_bytes(b"nope")
+    (tmp_path / "bad" / "cat" / "y.png").write_bytes(b"")
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model ran although no image decodes")
+
+    monkeypatch.setattr(cnnlab.bench.worker, "run_model", no_model)
     result = runner.invoke(app, ["bench", str(tmp_path / "bad"), "--models", "efficientnet_lite0", "--in-process",
-                                 "-q", "--no-plots", "--workers", "0", "--repeats", "3", "-o", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "no image could be read" in result.stderr
+                                 "-q", "--no-plots", "--workers", "0", "--repeats", "3", "-o", str(out)])
+    assert result.exit_code == 2 and "no image could be read" in result.stderr, result.output
+    assert "none of its 2 image files decodes" in result.stderr and "1 empty" in result.stderr
+    assert "Traceback" not in result.stderr
+    with pytest.raises(DatasetError, match="no image could be read"):
+        preflight(BenchConfig(data=tmp_path / "bad", models=["squeezenet1_1"], measure=fast(weights="random")))
     (tmp_path / "m.csv").write_text("path,label\nx.jpg,\n")
-    result = runner.invoke(app, ["bench", str(tmp_path / "m.csv"), "-q"])
+    result = runner.invoke(app, ["bench", str(tmp_path / "m.csv"), "-q", "-o", str(out)])
     assert result.exit_code == 2 and "needs both a path and a label" in result.stderr
+    assert not out.exists()  # no failed preflight leaves a folder (with its .lock) behind
 
 
 def test_same_model_twice_keeps_both_prediction_files(tiny_folder: Path, tmp_path: Path) -> None:
@@ -258,3 +274,23 @@ def test_model_files_are_recognised_one_way_everywhere(tiny_folder: Path, tmp_pa
     assert ours.ok, ours.run.error
     assert ours.run.eval_images == 9 and not ours.run.random_weights
     assert registry.ok and registry.run.random_weights, registry.run.error
+
+
+def test_preflight_makes_folders_sharing_imagenet_classes_disjoint(tmp_path: Path) -> None:
+    """Folders ``cat`` and ``tiger cat`` both claim ImageNet's 282: bench scores it for ``tiger cat`` only."""
+    for label in ("cat", "tiger cat"):
+        make_image(tmp_path / "d" / label / "0.jpg")
+    plan = preflight(BenchConfig(data=tmp_path / "d", models=["squeezenet1_1"], measure=fast(weights="random")))
+    assert 282 in plan.mappings["tiger cat"].indices and 282 not in plan.mappings["cat"].indices
+
+
+def test_out_below_a_regular_file_is_a_usage_error(tiny_folder: Path, tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out in (afile, afile / "sub"):
+        result = runner.invoke(app, ["bench", str(tiny_folder), "-m", "squeezenet1_1", "--random-weights",
+                                     "-o", str(out), "-q"])
+        assert result.exit_code == 2, result.output
+        assert "is a file, not a folder" in result.stderr or "exists and is not a folder" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert afile.read_text() == "x"

@@ -32,7 +32,7 @@ from cnnlab.bench.scoring import comparisons, score
 from cnnlab.datasets import LabelledImages, scan_dataset
 from cnnlab.errors import CnnlabError, DatasetError, WeightsNotFoundError
 from cnnlab.imagenet_val import read_real_labels, real_sets_for, scan_flat_val
-from cnnlab.labels import LabelMapping, map_classes
+from cnnlab.labels import LabelMapping, disjoint_mappings, map_classes
 from cnnlab.options import RuntimeChoice, WeightsPolicy
 from cnnlab.progress import Progress, replay
 
@@ -123,7 +123,7 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
     and the weights (downloaded now if they are missing and can be fetched).
 
     Raises:
-        DatasetError: no images, or unreadable ground-truth/ReaL files.
+        DatasetError: no images, none of them decodes, or unreadable ground-truth/ReaL files.
         UnknownModelError: a model name the registry does not know.
         WeightsNotFoundError: pretrained weights are missing and cannot be downloaded (one message for all).
         UsageError: a backend whose packages are not installed (the message names the extra).
@@ -143,11 +143,33 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
         dataset = scan_dataset(config.data, split=config.split)
     if len(dataset) == 0:
         raise DatasetError(f"no images found in {config.data}" + (f" (split {config.split})" if config.split else ""))
-    mappings = map_classes(dataset.classes, config.mapping_file)
+    _check_one_decodes(dataset, config)
+    mappings = disjoint_mappings(map_classes(dataset.classes, config.mapping_file))
     real_sets = real_sets_for(dataset.paths, read_real_labels(config.real_labels)) if config.real_labels else None
     weights = {name: _weights_for(name, config) for name in config.models}
     progress.finish("preflight")
     return Plan(dataset, mappings, real_sets, weights, rows)
+
+
+def _check_one_decodes(dataset: LabelledImages, config: BenchConfig) -> None:
+    """Raise :class:`DatasetError` unless some image of ``dataset`` decodes (tried in order, up to the first
+    that does), so that a set of unreadable files fails in a second instead of after every model ran."""
+    from cnnlab.errors import ImageDecodeError
+    from cnnlab.images import decode_image
+
+    reasons: dict[str, int] = {}
+    example = ""
+    for path in dataset.paths:
+        try:
+            decode_image(path)
+        except ImageDecodeError as exc:
+            reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
+            example = example or f"{path}: {exc}"
+            continue
+        return
+    counts = ", ".join(f"{n:,} {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    raise DatasetError(f"no image could be read in {config.data}: none of its {len(dataset):,} image files decodes "
+                       f"({counts}; e.g. {example})")
 
 
 def _weights_for(name: str, config: BenchConfig) -> str:
@@ -200,14 +222,15 @@ def _missing_weights(config: BenchConfig, first: str) -> WeightsNotFoundError:
         "  or measure speed and memory only: --random-weights-if-missing")
 
 
-def bench_models(config: BenchConfig, *, progress: Progress | None = None) -> BenchResult:
+def bench_models(config: BenchConfig, *, progress: Progress | None = None, plan: Plan | None = None) -> BenchResult:
     """Run the benchmark described by ``config``. Never raises for a single model's failure.
 
-    Everything that can fail before the first model runs fails first (see :func:`preflight`).
+    Everything that can fail before the first model runs fails first (see :func:`preflight`); a caller
+    that ran :func:`preflight` itself (``bench`` does, before it creates its output folder) passes its ``plan``.
     """
     progress = progress or Progress()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    plan = preflight(config, progress)
+    plan = plan or preflight(config, progress)
     progress.note(plan.describe())
     dataset, mappings = plan.dataset, plan.mappings
     imagenet_accepted = [list(mappings[c].indices) for c in dataset.classes]

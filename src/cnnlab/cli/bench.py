@@ -53,23 +53,32 @@ def print_results(result: BenchResult, *, wide: bool) -> None:
 def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, wide: bool, overwrite: bool) -> None:
     """Run ``config``, write every output into ``out_dir``, print the comparison; exit 2/4 on failures.
 
-    The output folder is checked (writable, not holding another run unless ``overwrite``) and locked
-    before any model runs.
+    The data, models and weights are checked first (:func:`cnnlab.bench.runner.preflight`): a run that
+    cannot start leaves no output folder behind. Then the output folder is checked (writable, not
+    holding another run unless ``overwrite``) and locked before any model runs.
     """
     from cnnlab.bench import bench_models
+    from cnnlab.bench.runner import preflight
     from cnnlab.cli.progress import RichProgress
-    from cnnlab.output_files import FolderLock, check_output_folder
+    from cnnlab.output_files import FolderLock, check_output_folder, check_output_path
     from cnnlab.report import write_bench_outputs
     from cnnlab.report.outputs import previous_outputs, remove_previous_outputs
 
-    out_dir = check_output_folder(out_dir)
-    with FolderLock(out_dir, holder="another `cnnlab bench`"):
-        old = previous_outputs(out_dir)
+    def refuse_previous() -> None:
+        old = previous_outputs(out_dir) if out_dir.is_dir() else []
         if old and not overwrite:
             raise UsageError(f"{out_dir} already holds the results of a benchmark run ({old[0].name}, ...); "
                              "add --overwrite to replace them, or choose another --out")
+
+    check_output_path(out_dir)  # a file in the way: said now, without creating anything
+    refuse_previous()
+    with RichProgress(quiet=quiet) as progress:
+        plan = preflight(config, progress)
+    out_dir = check_output_folder(out_dir)
+    with FolderLock(out_dir, holder="another `cnnlab bench`"):
+        refuse_previous()  # again, under the lock
         with RichProgress(quiet=quiet) as progress:
-            result = bench_models(config, progress=progress)
+            result = bench_models(config, progress=progress, plan=plan)
         remove_previous_outputs(out_dir)
         files = write_bench_outputs(result, out_dir, plots=plots)
     print_results(result, wide=wide)
