@@ -66,6 +66,9 @@ def test_random_weights_run_in_subprocesses_via_cli(tiny_folder: Path, tmp_path:
     assert payload["schema_version"] == 2
     assert payload["environment"]["torch"] == torch.__version__
     assert payload["label_mapping"]["unicorn_rainbow"]["how"] == "unmapped"
+    # skipped files are listed once (dataset.skipped) and counted per model, not repeated in each run
+    assert [Path(s["path"]).name for s in payload["dataset"]["skipped"]] == ["broken.jpg"]
+    assert all("eval_skipped" not in m["run"] and m["skipped_images"] == 1 for m in payload["models"])
     # quiet: no bars, one line per finished model
     finished = [line for line in result.stderr.splitlines() if "random weights," in line and "img/s" in line]
     assert [line.split(":")[0] for line in finished] == ["squeezenet1_1.IMAGENET1K_V1", "mobilenet_v3_small.IMAGENET1K_V1"]
@@ -294,3 +297,49 @@ def test_out_below_a_regular_file_is_a_usage_error(tiny_folder: Path, tmp_path: 
         assert "is a file, not a folder" in result.stderr or "exists and is not a folder" in result.stderr
         assert "Traceback" not in result.stderr
     assert afile.read_text() == "x"
+
+
+def test_timeout_per_model_needs_isolation(tiny_folder: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["bench", str(tiny_folder), "-m", "squeezenet1_1", "--random-weights", "--in-process",
+                                 "--timeout-per-model", "30", "-o", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 2, result.output
+    assert "--timeout-per-model" in result.stderr and "--in-process" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_timed_out_row_is_named_like_the_others_and_no_time_is_lost(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker is stopped at the limit; a process it started that still holds the progress pipe
+    (as decoding subprocesses do for a while) does not delay the next model."""
+    import subprocess
+    import sys
+    import time
+
+    from cnnlab.bench.protocol import RunRequest
+    from cnnlab.bench.result import ModelResult
+    from cnnlab.bench.runner import run_isolated
+    from cnnlab.progress import Progress
+
+    real_popen = subprocess.Popen
+    stuck = ("import subprocess, sys, time; "
+             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(8)']); time.sleep(60)")
+
+    def popen(args: list[str], **kwargs: object) -> subprocess.Popen[str]:
+        return real_popen([sys.executable, "-c", stuck], **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    request = RunRequest(model="squeezenet1_1", paths=[], predictions_file=str(tmp_path / "p.bin"),
+                         backend="onnxruntime")
+    t0 = time.perf_counter()
+    run = run_isolated(request, tmp_path, 0, progress=Progress(), timeout_s=1.5)
+    elapsed = time.perf_counter() - t0
+    assert run.error == "stopped after the time limit of 1.5 s per model"
+    assert ModelResult(run).name == "squeezenet1_1.IMAGENET1K_V1@onnxruntime"
+    assert elapsed < 4.0, elapsed  # was 1.5 s + a 5 s wait for the relay
+
+
+def test_help_names_every_data_layout() -> None:
+    result = runner.invoke(app, ["bench", "--help"], env={"COLUMNS": "80"})
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert "class-folder tree" in text and "manifest" in text
+    assert "flat ImageNet validation folder" in text and "--labels" in text

@@ -20,6 +20,10 @@ from cnnlab.labels import LabelMapping
 #: quantization, provider, runtime_file, calibration_images, prepare_s) keep the version: readers by
 #: name or by position are not affected.
 SCHEMA_VERSION = 2
+#: Fields of a model's run left out of its ``run`` dict in results.json: the categories (its class
+#: names: long, and in the model's metadata), and the skipped files (listed once, in ``dataset.skipped``,
+#: and counted per model in ``skipped_images``).
+_NOT_IN_RUN = frozenset({"categories", "eval_skipped"})
 
 
 @dataclass
@@ -215,7 +219,7 @@ class BenchResult:
             },
             "label_mapping": {k: v.to_dict() for k, v in self.mappings.items()},
             "models": [
-                {**m.flat(), "run": {k: v for k, v in m.run.to_dict().items() if k != "categories"},
+                {**m.flat(), "run": {k: v for k, v in m.run.to_dict().items() if k not in _NOT_IN_RUN},
                  "accuracy": m.accuracy.to_dict() if m.accuracy else None}
                 for m in self.models
             ],

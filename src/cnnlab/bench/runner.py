@@ -14,6 +14,7 @@ are scored on the user's classes directly. A model that fails, crashes or runs p
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,28 @@ def _relay(stream: object, progress: Progress, prefix: str) -> None:
             sys.stderr.write(line)
 
 
+#: Seconds to wait, once the worker has exited, for the relay to pass on what is left in the pipe. The
+#: worker's last lines arrive at once; a process that outlives it (a decoding subprocess of a killed
+#: worker) may hold the pipe open for seconds, and is not waited for.
+RELAY_GRACE_S = 0.5
+
+
+def failed_result(request: RunRequest, error: str) -> RunResult:
+    """The row of a model whose worker gave no result: named as a finished row would be (the registry
+    name with its weights tag; ``@backend`` for rows not run by PyTorch)."""
+    from cnnlab.checkpoint import model_file_kind
+    from cnnlab.options import parse_choice
+    from cnnlab.zoo import get_spec
+
+    spec: dict[str, str] = {}
+    if model_file_kind(request.model) is None:
+        with contextlib.suppress(CnnlabError):
+            spec["name"] = get_spec(request.model).name
+    choice = parse_choice(RuntimeChoice, request.backend, "backend")
+    return RunResult(model=request.model, error=error, spec=spec, backend=choice.backend.value,
+                     quantization=choice.quantization.value)
+
+
 def run_isolated(request: RunRequest, workdir: Path, index: int, *, progress: Progress,
                  timeout_s: float | None = None) -> RunResult:
     """Measure one model in a fresh ``python -m cnnlab.bench.worker`` process."""
@@ -60,18 +83,18 @@ def run_isolated(request: RunRequest, workdir: Path, index: int, *, progress: Pr
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        relay.join(timeout=5)
-        return RunResult(model=request.model, error=f"stopped after the time limit of {timeout_s:g} s per model")
-    relay.join(timeout=5)
+        relay.join(timeout=RELAY_GRACE_S)
+        return failed_result(request, f"stopped after the time limit of {timeout_s:g} s per model")
+    relay.join(timeout=RELAY_GRACE_S)
     if res_file.is_file():
         try:
             return RunResult.read(res_file)
         except (ProtocolError, ValueError) as exc:
-            return RunResult(model=request.model, error=f"unreadable worker result: {exc}")
+            return failed_result(request, f"unreadable worker result: {exc}")
     code = proc.returncode
     how = f"signal {-code}" if code < 0 else f"exit code {code}"
     hint = " (killed: out of memory?)" if code in (-9, 137) else ""
-    return RunResult(model=request.model, error=f"the worker process died with {how}{hint}")
+    return failed_result(request, f"the worker process died with {how}{hint}")
 
 
 def _run_in_process(request: RunRequest, progress: Progress) -> RunResult:
@@ -303,9 +326,7 @@ def _prepare(request: RunRequest, choice: RuntimeChoice, random_weights: bool, c
                                     random_weights=random_weights, calibration=calibration, progress=progress)
     except Exception as exc:  # noqa: BLE001 - one model's failed export must not stop the run
         error = str(exc) if isinstance(exc, CnnlabError) else f"{type(exc).__name__}: {exc}"
-        failed = RunResult(model=request.model, error=f"{choice.value}: {error}", backend=choice.backend.value,
-                           quantization=choice.quantization.value)
-        return failed, time.perf_counter() - t0
+        return failed_result(request, f"{choice.value}: {error}"), time.perf_counter() - t0
     request.runtime_file = str(path)
     return None, time.perf_counter() - t0
 

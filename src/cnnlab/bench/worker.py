@@ -233,12 +233,18 @@ def _evaluate(model: Runtime, kind: str, request: RunRequest, result: RunResult,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cnnlab.bench.worker REQUEST.json RESULT.json``: progress events on stdout."""
+    """``python -m cnnlab.bench.worker REQUEST.json RESULT.json``: progress events on stdout.
+
+    Ctrl-C (which reaches the worker too) ends it quietly with status 130: the parent reports the run.
+    """
     args = sys.argv[1:] if argv is None else argv
-    request = RunRequest.read(Path(args[0]))
-    progress = JsonLinesProgress(sys.stdout) if request.progress else Progress()
-    result = run_model(request, progress)
-    result.write(Path(args[1]))
+    try:
+        request = RunRequest.read(Path(args[0]))
+        progress = JsonLinesProgress(sys.stdout) if request.progress else Progress()
+        result = run_model(request, progress)
+        result.write(Path(args[1]))
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -121,7 +121,7 @@ def _batch_sizes(text: str | None) -> list[int] | None:
 @app.command("bench")
 @handle_errors
 def bench_command(
-    data: Annotated[Path, typer.Argument(help="A class-folder tree DIR/<class>/*.jpg, or a CSV/JSONL manifest with path,label[,split].")],
+    data: Annotated[Path, typer.Argument(help="A class-folder tree DIR/<class>/*.jpg, a CSV/JSONL manifest with path,label[,split], or a flat ImageNet validation folder (ILSVRC2012_val_*.JPEG, with --labels).")],
     models: Annotated[Optional[list[str]], typer.Option("--models", "-m", help=f"Comma-separated names or checkpoint files (default: {','.join(LAB_MODELS)}).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.md/csv/json, report.html, plots, predictions/.")] = Path("bench-results"),
     split: Annotated[Optional[str], typer.Option("--split", help="Use only this split of DIR/split.csv (train, val, test).")] = None,
