@@ -343,3 +343,20 @@ def test_help_names_every_data_layout() -> None:
     text = " ".join(result.stdout.replace("│", " ").split())
     assert "class-folder tree" in text and "manifest" in text
     assert "flat ImageNet validation folder" in text and "--labels" in text
+
+
+def test_wide_output_at_80_columns_is_readable(tiny_folder: Path, tmp_path: Path) -> None:
+    """--wide on an 80-column terminal: a table too wide for it becomes one block per model (figure: value),
+    and the throughput-vs-batch curve is shown, one line per model."""
+    result = runner.invoke(app, ["bench", str(tiny_folder), "-m", "squeezenet1_1", "--random-weights", "--in-process",
+                                 "--batch-sizes", "1,4", "-b", "4", "--workers", "0", "--repeats", "3", "--no-plots",
+                                 "-q", "--wide", "-o", str(tmp_path / "o")], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    block = lines[lines.index("All figures"):]
+    assert block[1] == "squeezenet1_1.IMAGENET1K_V1"
+    assert "  status: random weights" in block and any(line.startswith("  params (M): 1.24") for line in block)
+    curve = [line for line in lines if line.startswith("  squeezenet1_1.IMAGENET1K_V1: ")]
+    assert len(curve) == 1 and " 1: " in curve[0] and ", 4: " in curve[0] and "best at batch" in curve[0]
+    assert "Throughput by batch size (model-only img/s):" in lines

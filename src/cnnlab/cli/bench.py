@@ -9,7 +9,7 @@ import typer
 
 from cnnlab.bench.config import DEFAULT_BATCH_SIZE, BenchConfig, MeasureOptions
 from cnnlab.cli.app import app
-from cnnlab.cli.common import err, escape, handle_errors, out, print_table, split_csv
+from cnnlab.cli.common import err, escape, handle_errors, longest_words, out, print_table, split_csv
 from cnnlab.cli.options import (
     CalibrationImages,
     Device,
@@ -33,19 +33,71 @@ EXIT_MODEL_FAILED = 4
 _M = MeasureOptions()
 
 
+def _fits(header: list[str], rows: list[list[str]]) -> bool:
+    """Whether a table fits the terminal without breaking a word (its cells may wrap between words)."""
+    widths = longest_words(header, rows)
+    return sum(widths) + 3 * len(widths) + 1 <= out.width
+
+
+def _print_blocks(names: list[str], labels: list[str], values: list[list[str]], title: str) -> None:
+    """A table too wide for the terminal, as one block per model: its name, then ``figure: value`` lines."""
+    out.print(escape(title), markup=True)
+    for name, column in zip(names, values):
+        out.print(escape(name), style="bold", markup=True)
+        for label, value in zip(labels, column):
+            out.print(f"  {label}: {value}", markup=False)
+
+
+def _print_wide(header: list[str], rows: list[list[str]], title: str, *, by_column: bool = False) -> None:
+    """``header``/``rows`` as a table when it fits, else as per-model blocks. ``by_column``: a column
+    per model (the lab's table) rather than a row per model."""
+    if _fits(header, rows):
+        print_table(header, rows, title=title, whole_words=True)
+    elif by_column:
+        _print_blocks(header[1:], [row[0] for row in rows], [list(col) for col in zip(*(r[1:] for r in rows))], title)
+    else:
+        _print_blocks([row[0] for row in rows], header[1:], [row[1:] for row in rows], title)
+
+
+def _sparkline(values: list[float]) -> str:
+    bars = "▁▂▃▄▅▆▇█"
+    top = max(values) or 1.0
+    return "".join(bars[min(len(bars) - 1, int(v / top * (len(bars) - 1) + 0.5))] for v in values)
+
+
+def print_throughput_curves(result: BenchResult) -> None:
+    """Model-only images/s against the batch size, one line per model (when more than one size was measured)."""
+    from cnnlab.report.naming import unique_names
+
+    models = [(m, n) for m, n in zip(result.models, unique_names([m.name for m in result.models]))
+              if m.ok and len(m.run.throughput_curve) > 1]
+    if not models:
+        return
+    out.print("Throughput by batch size (model-only img/s):", markup=False)
+    for m, name in models:
+        curve = sorted((int(b), ips) for b, ips in m.run.throughput_curve.items())
+        points = ", ".join(f"{b}: {ips:,.1f}" for b, ips in curve)
+        best = max(curve, key=lambda p: p[1])[0]
+        out.print(escape(f"  {name}: {_sparkline([ips for _, ips in curve])} {points} (best at batch {best})"))
+
+
 def print_results(result: BenchResult, *, wide: bool) -> None:
-    """The comparison on stdout: key figures (or every figure with ``wide``), then the paired tests."""
+    """The comparison on stdout: key figures (or every figure with ``wide``), then the paired tests.
+
+    With ``wide``, a table too wide for the terminal is printed as one block per model instead.
+    """
     from cnnlab.report import full_table, lab_table, summary_table
 
     if wide:
-        print_table(*lab_table(result), title="The lab's table")
-        print_table(*full_table(result), title="All figures")
+        _print_wide(*lab_table(result), title="The lab's table", by_column=True)
+        _print_wide(*full_table(result), title="All figures")
     else:
         header, rows = summary_table(result)
         print_table(header, rows, title="cnnlab bench (--wide: every figure; files: every detail)",
                     justify={h: "right" for h in header[1:]})
         if any(m.ok and m.run.random_weights for m in result.models):
             out.print("* random weights: speed and memory only, no accuracy", markup=False)
+    print_throughput_curves(result)
     for c in result.comparisons:
         out.print(f"- {c.verdict}", markup=False)
 
