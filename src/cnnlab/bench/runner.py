@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -255,6 +256,7 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None, plan:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     plan = plan or preflight(config, progress)
     progress.note(plan.describe())
+    leakage = _leakage(plan, progress)
     dataset, mappings = plan.dataset, plan.mappings
     imagenet_accepted = [list(mappings[c].indices) for c in dataset.classes]
     results: list[ModelResult] = []
@@ -278,7 +280,7 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None, plan:
                 else:
                     run = _run_in_process(request, progress)
             run.prepare_s = prepare_s
-            model = ModelResult(run)
+            model = ModelResult(run, leakage=leakage.get(name))
             if run.error is None:
                 model.predictions = _load_predictions(pred_file)
                 if not run.random_weights and model.predictions is not None:  # random weights: never accuracy
@@ -298,6 +300,26 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None, plan:
         started=started,
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def _leakage(plan: Plan, progress: Progress) -> dict[str, dict[str, Any]]:
+    """For each checkpoint, which evaluated images it was trained or validated on (the files are hashed
+    once for all checkpoints); a warning for each checkpoint whose accuracy here would be optimistic."""
+    from cnnlab.finetune.leakage import file_digests, overlap
+
+    checkpoints = [name for name, kind in plan.weights.items() if kind == "checkpoint"]
+    if not checkpoints:
+        return {}
+    paths = plan.dataset.paths
+    digests = file_digests(paths, progress)
+    found = {}
+    for name in checkpoints:
+        report = overlap(name, paths, digests=digests)
+        message = report.message()
+        if message is not None:
+            progress.note(message, warning=report.recorded)
+        found[name] = report.to_dict()
+    return found
 
 
 def _calibration(config: BenchConfig, paths: list[Path]) -> list[Path]:
