@@ -135,3 +135,32 @@ def test_predict_warns_about_images_a_checkpoint_was_trained_on(probe_run: Train
     clean = predict([tmp_path / "eval" / "red" / "new.png"], model=probe_run.best_path, workers=0, progress=notes)
     assert clean.leakage is not None and clean.leakage["overlapping"] == 0
     assert predict(copies[:1], model="efficientnet_lite0", workers=0).leakage is None  # not a checkpoint
+
+
+def test_every_train_output_is_written_safely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """data_split.csv keeps a file name that is not UTF-8 as its bytes; a write that fails (here a full disk
+    while the curves are saved) is an OutputError with its cause, not an OSError traceback."""
+    import errno
+    import os
+
+    from matplotlib.figure import Figure
+
+    from cnnlab.errors import OutputError
+
+    data = make_colours(tmp_path / "data", per_class=4)
+    odd = os.fsencode(data / "red") + b"/caf\xe9.png"
+    with open(odd, "wb") as fh:
+        fh.write((data / "red" / "00.png").read_bytes())
+    config = TrainConfig(data=str(data), out=str(tmp_path / "run"), model="squeezenet1_1", random_weights=True,
+                         image_size=32, workers=0, freeze=True)
+    result = fine_tune(config)
+    assert b"caf\xe9.png" in (result.out / "data_split.csv").read_bytes()
+
+    def disk_full(self: Figure, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    config.out, config.overwrite = str(tmp_path / "run2"), False
+    with pytest.raises(OutputError, match="disk holding .*curves.png is full"):
+        fine_tune(config)
+    assert not list((tmp_path / "run2").glob(".curves.png.*.tmp"))

@@ -191,7 +191,11 @@ def read_history(path: str | Path) -> list[EpochRecord]:
 
 
 def plot_curves(records: Sequence[EpochRecord], path: Path, *, title: str = "", best_epoch: int | None = None) -> None:
-    """Loss and accuracy per epoch (train and validation) as a PNG; matplotlib's Agg canvas, no pyplot."""
+    """Loss and accuracy per epoch (train and validation) as a PNG; matplotlib's Agg canvas, no pyplot.
+
+    Written like every output of a run (:func:`cnnlab.output_files.atomic_open`): whole or not at all,
+    a failure (a full disk) raised as :class:`~cnnlab.errors.OutputError`.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -218,4 +222,5 @@ def plot_curves(records: Sequence[EpochRecord], path: Path, *, title: str = "", 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
