@@ -13,8 +13,10 @@ from typer.testing import CliRunner
 
 from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
 from cnnlab.bench.measure import count_macs
+from cnnlab.bench.runner import preflight
 from cnnlab.cli import app
 from cnnlab.demo import build_demo_set
+from cnnlab.errors import DatasetError
 from cnnlab.metrics import wilson_interval
 from cnnlab.models import LoadedModel
 from cnnlab.report import write_bench_outputs
@@ -64,6 +66,9 @@ def test_random_weights_run_in_subprocesses_via_cli(tiny_folder: Path, tmp_path:
     assert payload["schema_version"] == 2
     assert payload["environment"]["torch"] == torch.__version__
     assert payload["label_mapping"]["unicorn_rainbow"]["how"] == "unmapped"
+    # skipped files are listed once (dataset.skipped) and counted per model, not repeated in each run
+    assert [Path(s["path"]).name for s in payload["dataset"]["skipped"]] == ["broken.jpg"]
+    assert all("eval_skipped" not in m["run"] and m["skipped_images"] == 1 for m in payload["models"])
     # quiet: no bars, one line per finished model
     finished = [line for line in result.stderr.splitlines() if "random weights," in line and "img/s" in line]
     assert [line.split(":")[0] for line in finished] == ["squeezenet1_1.IMAGENET1K_V1", "mobilenet_v3_small.IMAGENET1K_V1"]
@@ -100,13 +105,16 @@ def test_missing_weights_stop_the_run_before_any_model(tiny_folder: Path, tmp_pa
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     monkeypatch.setenv("CNNLAB_WEIGHTS_MIRROR", "http://127.0.0.1:9")
     out = tmp_path / "out"
-    result = runner.invoke(app, ["bench", str(tiny_folder), "--models", "efficientnet_lite0,alexnet,googlenet",
+    result = runner.invoke(app, ["bench", str(tiny_folder), "--models",
+                                 "efficientnet_lite0,alexnet,googlenet,resnet50.IMAGENET1K_V1",
                                  "--out", str(out), "-q", "--workers", "0", "--repeats", "3", "-b", "4"])
     assert result.exit_code == 3
     assert "alexnet-owt-7be5be79.pth" in result.stderr and "googlenet-1378be20.pth" in result.stderr
-    assert "cnnlab weights fetch alexnet googlenet" in result.stderr and "--random-weights-if-missing" in result.stderr
+    # the hint names each model's own weights (its tag), not its architecture's default ones
+    fetch = "cnnlab weights fetch alexnet.IMAGENET1K_V1 googlenet.IMAGENET1K_V1 resnet50.IMAGENET1K_V1"
+    assert fetch in " ".join(result.stderr.split()) and "--random-weights-if-missing" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (out / "results.json").exists()
+    assert not out.exists()  # preflight runs before the output folder is made (and locked)
 
 
 def test_failures_become_rows_and_the_run_goes_on(tiny_folder: Path, tmp_path: Path) -> None:
@@ -173,18 +181,32 @@ def test_random_weights_never_publish_accuracy(tmp_path: Path) -> None:
     assert result.comparisons == []  # nothing to compare a random model with
 
 
-def test_empty_and_unreadable_sets(tmp_path: Path) -> None:
+def test_empty_and_unreadable_sets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cnnlab.bench.worker
+
+    out = tmp_path / "o"
     (tmp_path / "empty" / "cat").mkdir(parents=True)
-    result = runner.invoke(app, ["bench", str(tmp_path / "empty"), "-q"])
+    result = runner.invoke(app, ["bench", str(tmp_path / "empty"), "-q", "-o", str(out)])
     assert result.exit_code == 2 and "no images found" in result.stderr
     (tmp_path / "bad" / "cat").mkdir(parents=True)
     (tmp_path / "bad" / "cat" / "x.jpg").write_bytes(b"nope")
+    (tmp_path / "bad" / "cat" / "y.png").write_bytes(b"")
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model ran although no image decodes")
+
+    monkeypatch.setattr(cnnlab.bench.worker, "run_model", no_model)
     result = runner.invoke(app, ["bench", str(tmp_path / "bad"), "--models", "efficientnet_lite0", "--in-process",
-                                 "-q", "--no-plots", "--workers", "0", "--repeats", "3", "-o", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "no image could be read" in result.stderr
+                                 "-q", "--no-plots", "--workers", "0", "--repeats", "3", "-o", str(out)])
+    assert result.exit_code == 2 and "no image could be read" in result.stderr, result.output
+    assert "none of its 2 image files decodes" in result.stderr and "1 empty" in result.stderr
+    assert "Traceback" not in result.stderr
+    with pytest.raises(DatasetError, match="no image could be read"):
+        preflight(BenchConfig(data=tmp_path / "bad", models=["squeezenet1_1"], measure=fast(weights="random")))
     (tmp_path / "m.csv").write_text("path,label\nx.jpg,\n")
-    result = runner.invoke(app, ["bench", str(tmp_path / "m.csv"), "-q"])
+    result = runner.invoke(app, ["bench", str(tmp_path / "m.csv"), "-q", "-o", str(out)])
     assert result.exit_code == 2 and "needs both a path and a label" in result.stderr
+    assert not out.exists()  # no failed preflight leaves a folder (with its .lock) behind
 
 
 def test_same_model_twice_keeps_both_prediction_files(tiny_folder: Path, tmp_path: Path) -> None:
@@ -221,3 +243,120 @@ def test_predictions_equal_a_plain_reference_computation(tmp_path: Path) -> None
         values, indices = probs.topk(5)
         assert [int(row[f"top{i}_index"]) for i in range(1, 6)] == indices.tolist(), row["path"]
         assert [float(row[f"top{i}_prob"]) for i in range(1, 6)] == pytest.approx(values.tolist(), abs=2e-4)
+
+
+def tiny_checkpoint(path: Path, classes: list[str], data_record: dict | None = None) -> Path:
+    """A valid checkpoint (random squeezenet1_1 with a new head), made in a second without training."""
+    from cnnlab.checkpoint import build_finetuned, make_checkpoint, replace_head, save_checkpoint
+
+    spec = get_spec("squeezenet1_1")
+    torch.manual_seed(0)
+    module = spec.build(None)
+    head = replace_head(module, len(classes))
+    assert build_finetuned(spec, len(classes), module.state_dict()) is not None
+    ckpt = make_checkpoint(arch=spec.name, head=head, classes=classes, preprocessing=spec.preprocessing,
+                           state_dict=module.state_dict(), train_args={}, metrics={}, data_record=data_record)
+    return save_checkpoint(ckpt, path)
+
+
+def test_model_files_are_recognised_one_way_everywhere(tiny_folder: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint is known by its suffix in any case (bench preflight, its worker, load_model alike), and a
+    registry name that happens to be a file in the working folder is still the registry model."""
+    from cnnlab.checkpoint import is_checkpoint_file, is_onnx_file, model_file_kind
+
+    assert [model_file_kind(n) for n in ("a.pt", "b.PTH", "c.ckpt", "d.ONNX", "resnet50", "x.IMAGENET1K")] == [
+        "checkpoint", "checkpoint", "checkpoint", "onnx", None, None]
+    assert is_checkpoint_file(Path("runs/best.Pt")) and is_onnx_file("m.onnx") and not is_onnx_file("m.pt")
+    upper = tiny_checkpoint(tmp_path / "FINETUNED.PT", ["cat", "dog", "unicorn_rainbow"])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "squeezenet1_1").write_bytes(b"not a model")  # a stray file named like a registry model
+    result = bench_models(BenchConfig(data=tiny_folder, models=[str(upper), "squeezenet1_1"],
+                                      measure=fast(weights="random"), isolate=False))
+    ours, registry = result.models
+    assert ours.ok, ours.run.error
+    assert ours.run.eval_images == 9 and not ours.run.random_weights
+    assert registry.ok and registry.run.random_weights, registry.run.error
+
+
+def test_preflight_makes_folders_sharing_imagenet_classes_disjoint(tmp_path: Path) -> None:
+    """Folders ``cat`` and ``tiger cat`` both claim ImageNet's 282: bench scores it for ``tiger cat`` only."""
+    for label in ("cat", "tiger cat"):
+        make_image(tmp_path / "d" / label / "0.jpg")
+    plan = preflight(BenchConfig(data=tmp_path / "d", models=["squeezenet1_1"], measure=fast(weights="random")))
+    assert 282 in plan.mappings["tiger cat"].indices and 282 not in plan.mappings["cat"].indices
+
+
+def test_out_below_a_regular_file_is_a_usage_error(tiny_folder: Path, tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out in (afile, afile / "sub"):
+        result = runner.invoke(app, ["bench", str(tiny_folder), "-m", "squeezenet1_1", "--random-weights",
+                                     "-o", str(out), "-q"])
+        assert result.exit_code == 2, result.output
+        assert "is a file, not a folder" in result.stderr or "exists and is not a folder" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert afile.read_text() == "x"
+
+
+def test_timeout_per_model_needs_isolation(tiny_folder: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["bench", str(tiny_folder), "-m", "squeezenet1_1", "--random-weights", "--in-process",
+                                 "--timeout-per-model", "30", "-o", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 2, result.output
+    assert "--timeout-per-model" in result.stderr and "--in-process" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_timed_out_row_is_named_like_the_others_and_no_time_is_lost(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker is stopped at the limit; a process it started that still holds the progress pipe
+    (as decoding subprocesses do for a while) does not delay the next model."""
+    import subprocess
+    import sys
+    import time
+
+    from cnnlab.bench.protocol import RunRequest
+    from cnnlab.bench.result import ModelResult
+    from cnnlab.bench.runner import run_isolated
+    from cnnlab.progress import Progress
+
+    real_popen = subprocess.Popen
+    stuck = ("import subprocess, sys, time; "
+             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(8)']); time.sleep(60)")
+
+    def popen(args: list[str], **kwargs: object) -> subprocess.Popen[str]:
+        return real_popen([sys.executable, "-c", stuck], **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    request = RunRequest(model="squeezenet1_1", paths=[], predictions_file=str(tmp_path / "p.bin"),
+                         backend="onnxruntime")
+    t0 = time.perf_counter()
+    run = run_isolated(request, tmp_path, 0, progress=Progress(), timeout_s=1.5)
+    elapsed = time.perf_counter() - t0
+    assert run.error == "stopped after the time limit of 1.5 s per model"
+    assert ModelResult(run).name == "squeezenet1_1.IMAGENET1K_V1@onnxruntime"
+    assert elapsed < 4.0, elapsed  # was 1.5 s + a 5 s wait for the relay
+
+
+def test_help_names_every_data_layout() -> None:
+    result = runner.invoke(app, ["bench", "--help"], env={"COLUMNS": "80"})
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert "class-folder tree" in text and "manifest" in text
+    assert "flat ImageNet validation folder" in text and "--labels" in text
+
+
+def test_wide_output_at_80_columns_is_readable(tiny_folder: Path, tmp_path: Path) -> None:
+    """--wide on an 80-column terminal: a table too wide for it becomes one block per model (figure: value),
+    and the throughput-vs-batch curve is shown, one line per model."""
+    result = runner.invoke(app, ["bench", str(tiny_folder), "-m", "squeezenet1_1", "--random-weights", "--in-process",
+                                 "--batch-sizes", "1,4", "-b", "4", "--workers", "0", "--repeats", "3", "--no-plots",
+                                 "-q", "--wide", "-o", str(tmp_path / "o")], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    block = lines[lines.index("All figures"):]
+    assert block[1] == "squeezenet1_1.IMAGENET1K_V1"
+    assert "  status: random weights" in block and any(line.startswith("  params (M): 1.24") for line in block)
+    curve = [line for line in lines if line.startswith("  squeezenet1_1.IMAGENET1K_V1: ")]
+    assert len(curve) == 1 and " 1: " in curve[0] and ", 4: " in curve[0] and "best at batch" in curve[0]
+    assert "Throughput by batch size (model-only img/s):" in lines

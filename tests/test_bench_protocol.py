@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
-from cnnlab.bench.protocol import PROTOCOL_VERSION, ProtocolError, RunRequest, RunResult
+from cnnlab.bench.protocol import PREDICTION_DTYPE, PROTOCOL_VERSION, ProtocolError, RunRequest, RunResult
 from cnnlab.progress import JsonLinesProgress, Progress, replay
 from tests.conftest import make_image
 
@@ -96,3 +96,26 @@ def test_a_model_past_its_time_limit_becomes_an_error_row(tmp_path: Path) -> Non
                          measure=MeasureOptions(weights="random", workers=0))
     (model,) = bench_models(config).models
     assert not model.ok and "time limit of 0.2 s" in str(model.run.error)
+
+
+def test_worker_main_ends_quietly_on_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from cnnlab.bench import worker
+
+    def interrupted(*args: object, **kwargs: object) -> RunResult:
+        raise KeyboardInterrupt
+
+    request = RunRequest(model="squeezenet1_1", paths=[], predictions_file=str(tmp_path / "p.bin"))
+    request.write(tmp_path / "req.json")
+    monkeypatch.setattr(worker, "run_model", interrupted)
+    assert worker.main([str(tmp_path / "req.json"), str(tmp_path / "res.json")]) == 130
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "KeyboardInterrupt" not in captured.err
+    assert not (tmp_path / "res.json").exists()
+
+
+def test_prediction_records_are_56_bytes_as_the_readme_says() -> None:
+    """What the parent keeps per image and model (the README's memory claim quotes this figure)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert PREDICTION_DTYPE.itemsize == 56
+    assert f"{PREDICTION_DTYPE.itemsize} bytes per image" in " ".join(readme.split())

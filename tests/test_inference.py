@@ -58,3 +58,16 @@ def test_features_are_what_the_head_receives(real_photos: dict[str, Path], lite0
     # without the flag no hook stays behind and no features are returned
     (plain,) = list(run_inference(lite0, paths, batch_size=8, workers=0))
     assert plain.features is None and not head._forward_pre_hooks
+
+
+def test_stopping_early_removes_the_hook_and_leaves_inference_mode_off(real_photos: dict[str, Path],
+                                                                        lite0) -> None:  # type: ignore[no-untyped-def]
+    _, head = find_head(lite0.module, lite0.spec.num_classes)
+    paths = [real_photos["cat"], real_photos["coffee"]]
+    batches = run_inference(lite0, paths, batch_size=1, workers=0, features=True)
+    first = next(batches)
+    assert first.features is not None and len(head._forward_pre_hooks) == 1
+    assert not torch.is_inference_mode_enabled()  # the caller's code between batches runs as it normally would
+    batches.close()  # the caller stops after one batch
+    assert len(head._forward_pre_hooks) == 0
+    assert not torch.is_inference_mode_enabled()

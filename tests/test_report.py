@@ -209,7 +209,9 @@ _PROBE = """<script>
 window.addEventListener("load", () => {
   const images = Array.from(document.images);
   const loaded = images.filter((img) => img.complete && img.naturalWidth > 0).length;
-  document.body.dataset.probe = `${loaded}/${images.length} ${document.documentElement.scrollWidth}`;
+  const boxes = Array.from(document.querySelectorAll(".table-box"));
+  const wide = boxes.filter((box) => box.scrollWidth > box.clientWidth).length;
+  document.body.dataset.probe = `${loaded}/${images.length} ${document.documentElement.scrollWidth} ${wide}/${boxes.length}`;
 });
 </script>"""
 
@@ -231,12 +233,29 @@ def test_report_renders_in_a_real_browser(demo: tuple[BenchResult, dict[str, Pat
     assert shot.is_file() and shot.stat().st_size > 20_000, shown.stderr[-2000:]
     console = [line for line in shown.stderr.splitlines() if ":CONSOLE" in line]
     assert console == []
-    probed = tmp_path / "probed.html"  # the same page with a probe script appended
-    probed.write_text(files["html"].read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"),
-                      encoding="utf-8")
-    dom = run(["chromium", *flags, "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()]).stdout
-    match = re.search(r'data-probe="(\d+)/(\d+) (\d+)"', dom)
-    assert match is not None, dom[-2000:]
-    loaded, total, width = map(int, match.groups())
+
+
+    def probe(html: Path) -> tuple[int, ...]:
+        probed = tmp_path / f"probed-{html.parent.name}.html"  # the same page with a probe script appended
+        probed.write_text(html.read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"), encoding="utf-8")
+        dom = run(["chromium", *flags, "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()]).stdout
+        match = re.search(r'data-probe="(\d+)/(\d+) (\d+) (\d+)/(\d+)"', dom)
+        assert match is not None, dom[-2000:]
+        return tuple(map(int, match.groups()))
+
+    loaded, total, width, wide, boxes = probe(files["html"])
     assert total == 5 and loaded == total  # 4 plots and 1 gallery thumbnail
     assert width <= 1280
+    assert boxes >= 4 and wide == 0  # no table scrolls sideways
+    # the widest case: a backend column, a random-weights row, a long checkpoint path and a long error
+    result, _ = demo
+    ok = result.models[0]
+    random = ModelResult(dataclasses.replace(ok.run, random_weights=True, backend="onnxruntime",
+                                             quantization="int8"))
+    long_path = "/home/someone/experiments/2025-01-01-long-run-name/checkpoints/best_model_after_fine_tuning.pt"
+    failed = ModelResult(RunResult(model=long_path, error="RuntimeError: " + "a very long message " * 20))
+    crowded = dataclasses.replace(result, models=[ok, random, failed])
+    crowded_files = write_bench_outputs(crowded, tmp_path / "crowded", plots=False)
+    _, _, width, wide, boxes = probe(crowded_files["html"])
+    assert width <= 1280
+    assert boxes >= 4 and wide == 0, f"{wide} of {boxes} tables scroll sideways"

@@ -614,3 +614,37 @@ def test_mixed_precision_on_cuda(colours: Path, tmp_path: Path) -> None:
     assert r.evaluation["top1"] >= 0.99
     loaded = load_model(str(r.best_path), device="cpu")  # a GPU-trained checkpoint loads on the CPU
     assert loaded.categories == ("blue", "green", "red")
+
+
+def test_cli_out_that_is_a_file_is_a_usage_error(colours: Path, tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for out in (afile, afile / "run"):
+        result = runner.invoke(app, ["train", "--data", str(colours), "--out", str(out), "--workers", "0"])
+        assert result.exit_code == 2, result.output
+        assert "is not a folder" in result.stderr or "is a file, not a folder" in result.stderr
+        assert "Traceback" not in result.output
+    assert afile.read_text() == "mine"
+
+
+def test_cli_train_reports_the_files_it_left_out(tmp_path: Path) -> None:
+    """Like bench and predict: what the data scan left out (a link to nowhere, a FIFO) and what did not
+    decode (an empty file) is counted and listed, also with --json."""
+    import os
+
+    data = make_colours(tmp_path / "data", per_class=4)
+    (data / "green" / "ghost.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(data / "blue" / "pipe.png")
+    args = ["train", "--data", str(data), "--model", "squeezenet1_1", "--random-weights", "--freeze",
+            "--image-size", "32", "--workers", "0", "--out", str(tmp_path / "run")]
+    result = runner.invoke(app, [*args, "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    skipped = {Path(s["path"]).name: s["reason"] for s in json.loads(result.stdout)["skipped"]}
+    assert skipped == {"ghost.png": "missing", "pipe.png": "not-a-file", "broken.jpg": "empty"}
+    for name in skipped:
+        assert f"{name}: {skipped[name]}" in result.stderr
+    assert "3 files skipped" in result.stderr
+    shown = runner.invoke(app, [*args, "--overwrite"])
+    assert shown.exit_code == 0, shown.output
+    assert "2 files of the data left out (1 missing, 1 not-a-file)" in shown.stderr, shown.stderr
+    assert "3 files skipped" in shown.stderr

@@ -14,6 +14,7 @@ from PIL import Image
 from cnnlab.checkpoint import read_checkpoint
 from cnnlab.finetune import TrainConfig, TrainResult, fine_tune, overlap
 from cnnlab.finetune.leakage import file_digests, make_record, recorded_paths
+from cnnlab.progress import Progress
 from tests.test_train import make_colours
 
 
@@ -81,3 +82,85 @@ def test_the_record_stays_small_for_100k_images(tmp_path: Path) -> None:
     assert buffer.tell() < 1.5e6, buffer.tell()
     assert recorded_paths(record["splits"]["val"])[:1] == ["class00/img_080000.jpg"]
     assert np.all(record["splits"]["train"]["digests"].numpy() == 0)
+
+
+class _Notes(Progress):
+    def __init__(self) -> None:
+        self.notes: list[tuple[str, bool]] = []
+
+    def note(self, message: str, *, warning: bool = False) -> None:
+        self.notes.append((message, warning))
+
+
+def _evaluated(probe_run: TrainResult, root: Path) -> list[Path]:
+    """Two training images and one validation image copied byte for byte, and one new image."""
+    rows = [line.split(",") for line in (probe_run.out / "data_split.csv").read_text().splitlines()[1:]]
+    train = [Path(p) for p, _, split in rows if split == "train" and not p.endswith(".jpg")]
+    val = [Path(p) for p, _, split in rows if split == "val"]
+    (root / "red").mkdir(parents=True)
+    copies = [shutil.copy(train[0], root / "red" / "a.png"), shutil.copy(train[1], root / "red" / "b.png"),
+              shutil.copy(val[0], root / "red" / "c.png")]
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(root / "red" / "new.png")
+    return [Path(c) for c in copies]
+
+
+def test_bench_warns_about_and_records_images_a_checkpoint_was_trained_on(probe_run: TrainResult,
+                                                                           tmp_path: Path) -> None:
+    from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
+
+    _evaluated(probe_run, tmp_path / "eval")
+    notes = _Notes()
+    measure = MeasureOptions(workers=0, warmup=1, latency_repeats=3, throughput_repeats=3, batch_size=4)
+    result = bench_models(BenchConfig(data=tmp_path / "eval", models=[str(probe_run.best_path)], measure=measure,
+                                      isolate=False), progress=notes)
+    (model,) = result.models
+    assert model.ok, model.run.error
+    assert model.leakage is not None and model.leakage["overlapping"] == 3 and model.leakage["checked"] == 4
+    assert model.flat()["leaked_images"] == 3
+    assert result.to_dict()["models"][0]["leakage"]["counts"] == {"train": 2, "val": 1}
+    warnings = [m for m, warning in notes.notes if warning]
+    assert len(warnings) == 1 and "3 of 4 evaluated images" in warnings[0]
+
+
+def test_predict_warns_about_images_a_checkpoint_was_trained_on(probe_run: TrainResult, tmp_path: Path) -> None:
+    from cnnlab.prediction import predict
+
+    copies = _evaluated(probe_run, tmp_path / "eval")
+    notes = _Notes()
+    result = predict([tmp_path / "eval"], model=probe_run.best_path, workers=0, progress=notes)
+    assert len(result.predictions) == 4
+    assert result.leakage is not None and result.leakage["overlapping"] == 3
+    assert result.to_dict()["leakage"]["overlapping"] == 3
+    assert [w for m, w in notes.notes if "3 of 4 evaluated images" in m] == [True]
+    clean = predict([tmp_path / "eval" / "red" / "new.png"], model=probe_run.best_path, workers=0, progress=notes)
+    assert clean.leakage is not None and clean.leakage["overlapping"] == 0
+    assert predict(copies[:1], model="efficientnet_lite0", workers=0).leakage is None  # not a checkpoint
+
+
+def test_every_train_output_is_written_safely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """data_split.csv keeps a file name that is not UTF-8 as its bytes; a write that fails (here a full disk
+    while the curves are saved) is an OutputError with its cause, not an OSError traceback."""
+    import errno
+    import os
+
+    from matplotlib.figure import Figure
+
+    from cnnlab.errors import OutputError
+
+    data = make_colours(tmp_path / "data", per_class=4)
+    odd = os.fsencode(data / "red") + b"/caf\xe9.png"
+    with open(odd, "wb") as fh:
+        fh.write((data / "red" / "00.png").read_bytes())
+    config = TrainConfig(data=str(data), out=str(tmp_path / "run"), model="squeezenet1_1", random_weights=True,
+                         image_size=32, workers=0, freeze=True)
+    result = fine_tune(config)
+    assert b"caf\xe9.png" in (result.out / "data_split.csv").read_bytes()
+
+    def disk_full(self: Figure, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    config.out, config.overwrite = str(tmp_path / "run2"), False
+    with pytest.raises(OutputError, match="disk holding .*curves.png is full"):
+        fine_tune(config)
+    assert not list((tmp_path / "run2").glob(".curves.png.*.tmp"))

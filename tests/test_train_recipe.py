@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,28 @@ def test_too_few_images_for_the_run_are_warned_about(tmp_path: Path) -> None:
     result = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "run"), model="squeezenet1_1", random_weights=True,
                                    image_size=32, epochs=1, workers=0, val_fraction=0.0))
     assert any("full phase has only 2 optimiser steps" in w for w in result.warnings), result.warnings
+
+
+@pytest.mark.parametrize("case", ["a batch shrunk to one image by an unreadable file", "--batch-size 1"])
+def test_batchnorm_never_trains_on_a_single_image(case: str, tmp_path: Path) -> None:
+    """BatchNorm in training mode cannot normalise one image ("Expected more than 1 value per channel").
+    The planner drops a one-image remainder (see above); a batch that an unreadable file shrinks to one
+    image is skipped, and --batch-size 1 trains in pairs."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for label, rgb, count in (("a", (200, 30, 30), 2), ("b", (30, 30, 200), 1 if case.startswith("a batch") else 2)):
+        (root / label).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (24, 24), rgb).save(root / label / f"{i}.png")
+    batch_size = 2
+    if case.startswith("a batch"):
+        (root / "b" / "broken.png").write_bytes(b"")  # 4 files: two batches of 2, one of them holds the broken one
+    else:
+        batch_size = 1
+    result = fine_tune(TrainConfig(data=str(root), out=str(tmp_path / "run"), model="efficientnet_lite0",
+                                   random_weights=True, bn="train", probe=False, freeze_epochs=0, epochs=2,
+                                   batch_size=batch_size, min_phase_steps=1, val_fraction=0.0, image_size=32,
+                                   workers=0, patience=None))
+    assert [r.phase for r in result.history] == ["full", "full"]
+    assert all(r.images >= 2 and math.isfinite(r.train_loss) for r in result.history)

@@ -100,8 +100,11 @@ class UInt8Classifier(nn.Module):
 def default_output(model: str | Path, format: str) -> Path:
     """``runs/x/best.pt`` -> ``runs/x/best.onnx`` (or ``best.torchscript.pt``); a registry name -> ``./NAME.onnx``."""
     path = Path(model)
-    stem = path.stem if path.suffix in (".pt", ".pth", ".ckpt") else str(model).replace("/", "_")
-    parent = path.parent if path.suffix in (".pt", ".pth", ".ckpt") else Path(".")
+    from cnnlab.checkpoint import is_checkpoint_file
+
+    checkpoint = is_checkpoint_file(path)
+    stem = path.stem if checkpoint else str(model).replace("/", "_")
+    parent = path.parent if checkpoint else Path(".")
     return parent / f"{stem}{_SUFFIXES[format]}"
 
 

@@ -190,12 +190,14 @@ def run_inference(
     only). Progress is reported as task ``task`` in images, with the rate so far. ``decode``:
     where JPEGs are decoded (:func:`cnnlab.gpu_decode.use_device_decode`; ``auto``: on a CUDA device
     with nvJPEG, the decode counted in ``data_s``).
+
+    Inference mode is on only while the model runs, not while the caller holds a batch; the feature
+    hook is removed however the iteration ends (exhausted, closed early, or an exception).
     """
     progress = progress or Progress()
     captured: list[torch.Tensor] = []
     if features and not isinstance(model, LoadedModel):
         raise UsageError(f"features come from the PyTorch model's head; {model.name} runs on {model.backend.value}")
-    hook = _capture_head_input(model, captured) if isinstance(model, LoadedModel) and features else None
     device = model.device
     if device.type == "cuda":  # the first pinned host-to-device copy sets things up: keep it out of the timing
         crop = model.preprocessing.crop_size
@@ -207,10 +209,11 @@ def run_inference(
     loader = make_loader(paths, gpu_decode.JpegBytes(model.preprocessing) if on_device else model.preprocessing,
                          batch_size=batch_size, workers=workers, device_type=device.type, fast_decode=fast_decode,
                          collate_fn=gpu_decode.collate_encoded if on_device else collate)
-    progress.start(task, description or f"{model.name}", total=len(paths))
-    done = 0
-    started = time.perf_counter()
-    with torch.inference_mode():
+    hook = _capture_head_input(model, captured) if isinstance(model, LoadedModel) and features else None
+    try:
+        progress.start(task, description or f"{model.name}", total=len(paths))
+        done = 0
+        started = time.perf_counter()
         iterator = iter(loader)
         while True:
             t0 = time.perf_counter()
@@ -224,21 +227,23 @@ def run_inference(
             skipped = [SkippedFile(str(paths[i]), reason, detail, labels[i] if labels is not None else None)
                        for i, reason, detail in batch.failed]
             feats = None
-            if batch.images is not None:
-                captured.clear()
-                logits = model(batch.images).cpu()  # .cpu() waits for the device
-                if hook is not None:
-                    feats = _pooled(captured[-1]).float().cpu()
-            else:
-                logits = torch.zeros(0, model.spec.num_classes)
+            with torch.inference_mode():
+                if batch.images is not None:
+                    captured.clear()
+                    logits = model(batch.images).cpu()  # .cpu() waits for the device
+                    if hook is not None:
+                        feats = _pooled(captured[-1]).float().cpu()
+                else:
+                    logits = torch.zeros(0, model.spec.num_classes)
             t2 = time.perf_counter()
             done += len(batch.indices) + len(batch.failed)
             rate = done / max(t2 - started, 1e-9)
             progress.update(task, advance=len(batch.indices) + len(batch.failed), info=f"{rate:,.0f} img/s")
             yield InferenceBatch(batch.indices, logits, feats, skipped, t1 - t0, t2 - t1)
-    if hook is not None:
-        hook.remove()
-    progress.finish(task)
+    finally:
+        if hook is not None:
+            hook.remove()
+        progress.finish(task)
 
 
 def _capture_head_input(model: LoadedModel, into: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:

@@ -163,11 +163,14 @@ def load_model(
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = chosen is Precision.TF32
         torch.backends.cudnn.allow_tf32 = chosen is Precision.TF32
-    if name.lower().endswith(".onnx"):
+    from cnnlab.checkpoint import model_file_kind
+
+    kind = model_file_kind(name)
+    if kind == "onnx":
         raise UsageError(f"{name} is an ONNX file: run it with --backend onnxruntime or openvino")
-    if _looks_like_checkpoint(name) and not Path(name).is_file():
+    if kind == "checkpoint" and not Path(name).is_file():
         raise WeightsNotFoundError(f"checkpoint file {name} does not exist")
-    if _is_checkpoint_path(name):
+    if kind == "checkpoint":
         if weights is not None or random_weights:
             raise CnnlabError(f"{name} is a checkpoint with its own weights: --weights and --random-weights do not apply")
         from cnnlab.checkpoint import load_checkpoint
@@ -206,10 +209,3 @@ def load_model(
         loaded.compiled = True
     return loaded
 
-
-def _looks_like_checkpoint(name: str) -> bool:
-    return Path(name).suffix in (".pt", ".pth", ".ckpt")
-
-
-def _is_checkpoint_path(name: str) -> bool:
-    return _looks_like_checkpoint(name) and Path(name).is_file()

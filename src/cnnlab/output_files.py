@@ -126,11 +126,28 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     return target
 
 
-def check_output_folder(path: str | Path, *, what: str = "--out") -> Path:
-    """Create ``path`` if needed and prove that a file can be written in it; raise :class:`OutputError` if not."""
+def check_output_path(path: str | Path, *, what: str = "--out") -> Path:
+    """Raise :class:`UsageError` if ``path`` cannot become a folder because it, or a folder above it, is a
+    file (``--out results.csv``, ``--out results.csv/run1``). Creates nothing."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{what} {folder} exists and is not a folder")
+    for parent in folder.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{what} {folder}: {parent} is a file, not a folder")
+            break
+    return folder
+
+
+def check_output_folder(path: str | Path, *, what: str = "--out") -> Path:
+    """Create ``path`` if needed and prove that a file can be written in it.
+
+    Raises:
+        UsageError: ``path`` or a folder above it is a file (:func:`check_output_path`).
+        OutputError: the folder cannot be created or written (no permission, disk full).
+    """
+    folder = check_output_path(path, what=what)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-") as fh:

@@ -49,6 +49,9 @@ class PredictResult:
     random_weights: bool = False
     #: What ran the model: backend, precision, execution provider, threads (and the ONNX file).
     runtime: dict[str, Any] = field(default_factory=dict)
+    #: For a checkpoint of ``cnnlab train``: which of the files it was trained or validated on
+    #: (:meth:`cnnlab.finetune.leakage.OverlapReport.to_dict`); ``None`` for other models.
+    leakage: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -59,6 +62,7 @@ class PredictResult:
             "model": self.model,
             "random_weights": self.random_weights,
             "runtime": self.runtime,
+            "leakage": self.leakage,
             "predictions": [p.to_dict() for p in self.predictions],
             "skipped": [s.to_dict() for s in self.skipped],
         }
@@ -104,6 +108,15 @@ def predict(
         loaded = model
     result = PredictResult(loaded.name, skipped=list(skipped), random_weights=loaded.random_weights,
                            runtime=loaded.runtime_info())
+    checkpoint = _checkpoint_of(model, loaded)
+    if checkpoint is not None and paths:
+        from cnnlab.finetune.leakage import overlap
+
+        report = overlap(checkpoint, paths, progress=progress)
+        message = report.message()
+        if message is not None:
+            (progress or Progress()).note(message, warning=report.recorded)
+        result.leakage = report.to_dict()
     k = max(1, min(topk, loaded.spec.num_classes))
     categories = loaded.categories
     for batch in run_inference(loaded, paths, batch_size=batch_size, workers=workers, progress=progress,
@@ -115,3 +128,13 @@ def predict(
                         for c, p in zip(indices[row].tolist(), values[row].tolist()))
             result.predictions.append(Prediction(str(paths[i]), top))
     return result
+
+
+def _checkpoint_of(model: object, loaded: Runtime) -> Path | None:
+    """The ``cnnlab train`` checkpoint behind ``model``, if it is one (given by path, or loaded from one)."""
+    from cnnlab.checkpoint import is_checkpoint_file
+
+    if isinstance(model, (str, Path)):
+        return Path(model) if is_checkpoint_file(model) else None
+    path = getattr(loaded, "weights_path", None)
+    return Path(path) if path is not None and loaded.spec.source == "checkpoint" else None

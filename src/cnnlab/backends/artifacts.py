@@ -33,8 +33,6 @@ from cnnlab.progress import Progress
 from cnnlab.zoo import ModelSpec, get_spec
 
 CACHE_ENV = "CNNLAB_CACHE_DIR"
-#: Suffixes of training checkpoints (a path, not a registry name).
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 def cache_root() -> Path:
@@ -65,10 +63,6 @@ def _stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80] or "model"
 
 
-def is_onnx_file(name: str | Path) -> bool:
-    return str(name).lower().endswith(".onnx")
-
-
 def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: str | Path | None = None,
                   random_weights: bool = False, download: bool = True, progress: Progress | None = None) -> Path:
     """The cached ONNX export of a registry model or training checkpoint, exported now if missing.
@@ -79,10 +73,11 @@ def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: 
     import torch
 
     import cnnlab
+    from cnnlab.checkpoint import is_checkpoint_file
     from cnnlab.weights import resolve_weights
 
     weights_path: Path | None
-    checkpoint = Path(name).suffix in CHECKPOINT_SUFFIXES
+    checkpoint = is_checkpoint_file(name)
     if checkpoint:
         if not Path(name).is_file():
             raise WeightsNotFoundError(f"checkpoint file {name} does not exist")

@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnlab.backends.artifacts import cached_export, is_onnx_file, onnx_spec, read_sidecar, sidecar
+from cnnlab.backends.artifacts import cached_export, onnx_spec, read_sidecar, sidecar
 from cnnlab.backends.base import EXTRAS, ExportedModel, Runtime, require
 from cnnlab.backends.quantize import FEW_CALIBRATION_IMAGES, quantized_file
+from cnnlab.checkpoint import is_onnx_file
 from cnnlab.errors import UsageError, WeightsIntegrityError
 from cnnlab.options import Backend, Precision, Quantization, RuntimeChoice, parse_choice
 from cnnlab.progress import Progress

@@ -130,6 +130,9 @@ class BenchConfig:
             raise UsageError("no models to run: name at least one (e.g. --models resnet50)")
         if self.model_timeout_s is not None and not self.model_timeout_s > 0:
             raise UsageError(f"the time limit per model must be positive, got {self.model_timeout_s}")
+        if self.model_timeout_s is not None and not self.isolate:
+            raise UsageError("--timeout-per-model stops a model's own process: it cannot be combined with "
+                             "--in-process (isolate=False)")
         self.backends = list(dict.fromkeys(parse_choice(RuntimeChoice, b, "backend") for b in self.backends))
         if not self.backends:
             raise UsageError("no backend to run: name at least one (e.g. --backend torch)")

@@ -2,8 +2,9 @@
 
 The parent writes a :class:`RunRequest` as JSON, starts ``python -m cnnlab.bench.worker REQUEST
 RESULT``, relays the progress events the worker prints on stdout (:mod:`cnnlab.progress`), and
-reads back a :class:`RunResult`. Both carry :data:`PROTOCOL_VERSION`; unknown fields are ignored
-(a newer sender may add some), and a request of another major version is refused.
+reads back a :class:`RunResult`. Both carry :data:`PROTOCOL_VERSION`, a single integer: a request
+or result of any other version is refused (:class:`ProtocolError`), and within one version unknown
+fields are ignored, so that adding an optional field does not need a new version.
 """
 
 from __future__ import annotations

@@ -18,9 +18,14 @@ from cnnlab.jsonable import finite_or_none
 from cnnlab.labels import LabelMapping
 
 #: Version of the layout of results.json and results.csv. Columns added at the end (backend,
-#: quantization, provider, runtime_file, calibration_images, prepare_s) keep the version: readers by
-#: name or by position are not affected.
+#: quantization, provider, runtime_file, calibration_images, prepare_s, decode, the rank totals,
+#: leaked_images) keep the version:
+#: readers by name or by position are not affected.
 SCHEMA_VERSION = 2
+#: Fields of a model's run left out of its ``run`` dict in results.json: the categories (its class
+#: names: long, and in the model's metadata), and the skipped files (listed once, in ``dataset.skipped``,
+#: and counted per model in ``skipped_images``).
+_NOT_IN_RUN = frozenset({"categories", "eval_skipped"})
 
 
 @dataclass
@@ -87,6 +92,9 @@ class ModelResult:
     accuracy: ModelAccuracy | None = None
     #: The worker's prediction records (:data:`cnnlab.bench.protocol.PREDICTION_DTYPE`), one per evaluated image.
     predictions: np.ndarray | None = None
+    #: For a checkpoint: which evaluated images it was trained or validated on
+    #: (:meth:`cnnlab.finetune.leakage.OverlapReport.to_dict`); ``None`` for other models.
+    leakage: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -172,6 +180,7 @@ class ModelResult:
             "prepare_s": r.prepare_s,
             "decode": r.decode,
             **rank_totals(r),
+            "leaked_images": self.leakage["overlapping"] if self.leakage and self.leakage["recorded"] else None,
         }
 
 
@@ -218,8 +227,8 @@ class BenchResult:
             },
             "label_mapping": {k: v.to_dict() for k, v in self.mappings.items()},
             "models": [
-                {**m.flat(), "run": {k: v for k, v in m.run.to_dict().items() if k != "categories"},
-                 "accuracy": m.accuracy.to_dict() if m.accuracy else None}
+                {**m.flat(), "run": {k: v for k, v in m.run.to_dict().items() if k not in _NOT_IN_RUN},
+                 "accuracy": m.accuracy.to_dict() if m.accuracy else None, "leakage": m.leakage}
                 for m in self.models
             ],
             "comparisons": [c.to_dict() for c in self.comparisons],

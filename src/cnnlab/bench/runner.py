@@ -14,6 +14,7 @@ are scored on the user's classes directly. A model that fails, crashes or runs p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +37,7 @@ from cnnlab.datasets import LabelledImages, scan_dataset
 from cnnlab.distributed import shard
 from cnnlab.errors import CnnlabError, DatasetError, UsageError, WeightsNotFoundError
 from cnnlab.imagenet_val import read_real_labels, real_sets_for, scan_flat_val
-from cnnlab.labels import LabelMapping, map_classes
+from cnnlab.labels import LabelMapping, disjoint_mappings, map_classes
 from cnnlab.options import RuntimeChoice, WeightsPolicy
 from cnnlab.progress import Progress, replay
 
@@ -45,6 +47,28 @@ def _relay(stream: object, progress: Progress, prefix: str) -> None:
     for line in stream:  # type: ignore[attr-defined]
         if not replay(line, progress, key_prefix=prefix):
             sys.stderr.write(line)
+
+
+#: Seconds to wait, once the worker has exited, for the relay to pass on what is left in the pipe. The
+#: worker's last lines arrive at once; a process that outlives it (a decoding subprocess of a killed
+#: worker) may hold the pipe open for seconds, and is not waited for.
+RELAY_GRACE_S = 0.5
+
+
+def failed_result(request: RunRequest, error: str) -> RunResult:
+    """The row of a model whose worker gave no result: named as a finished row would be (the registry
+    name with its weights tag; ``@backend`` for rows not run by PyTorch)."""
+    from cnnlab.checkpoint import model_file_kind
+    from cnnlab.options import parse_choice
+    from cnnlab.zoo import get_spec
+
+    spec: dict[str, str] = {}
+    if model_file_kind(request.model) is None:
+        with contextlib.suppress(CnnlabError):
+            spec["name"] = get_spec(request.model).name
+    choice = parse_choice(RuntimeChoice, request.backend, "backend")
+    return RunResult(model=request.model, error=error, spec=spec, backend=choice.backend.value,
+                     quantization=choice.quantization.value)
 
 
 def run_isolated(request: RunRequest, workdir: Path, index: int, *, progress: Progress,
@@ -63,18 +87,18 @@ def run_isolated(request: RunRequest, workdir: Path, index: int, *, progress: Pr
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        relay.join(timeout=5)
-        return RunResult(model=request.model, error=f"stopped after the time limit of {timeout_s:g} s per model")
-    relay.join(timeout=5)
+        relay.join(timeout=RELAY_GRACE_S)
+        return failed_result(request, f"stopped after the time limit of {timeout_s:g} s per model")
+    relay.join(timeout=RELAY_GRACE_S)
     if res_file.is_file():
         try:
             return RunResult.read(res_file)
         except (ProtocolError, ValueError) as exc:
-            return RunResult(model=request.model, error=f"unreadable worker result: {exc}")
+            return failed_result(request, f"unreadable worker result: {exc}")
     code = proc.returncode
     how = f"signal {-code}" if code < 0 else f"exit code {code}"
     hint = " (killed: out of memory?)" if code in (-9, 137) else ""
-    return RunResult(model=request.model, error=f"the worker process died with {how}{hint}")
+    return failed_result(request, f"the worker process died with {how}{hint}")
 
 
 def _run_in_process(request: RunRequest, progress: Progress) -> RunResult:
@@ -126,13 +150,13 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
     and the weights (downloaded now if they are missing and can be fetched).
 
     Raises:
-        DatasetError: no images, or unreadable ground-truth/ReaL files.
+        DatasetError: no images, none of them decodes, or unreadable ground-truth/ReaL files.
         UnknownModelError: a model name the registry does not know.
         WeightsNotFoundError: pretrained weights are missing and cannot be downloaded (one message for all).
         UsageError: a backend whose packages are not installed (the message names the extra).
     """
-    from cnnlab.backends.artifacts import is_onnx_file
     from cnnlab.backends.loader import check_installed, effective_choice
+    from cnnlab.checkpoint import is_onnx_file
 
     progress = progress or Progress()
     progress.start("preflight", "checking data, labels and weights")
@@ -146,23 +170,46 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
         dataset = scan_dataset(config.data, split=config.split)
     if len(dataset) == 0:
         raise DatasetError(f"no images found in {config.data}" + (f" (split {config.split})" if config.split else ""))
-    mappings = map_classes(dataset.classes, config.mapping_file)
+    _check_one_decodes(dataset, config)
+    mappings = disjoint_mappings(map_classes(dataset.classes, config.mapping_file))
     real_sets = real_sets_for(dataset.paths, read_real_labels(config.real_labels)) if config.real_labels else None
     weights = {name: _weights_for(name, config) for name in config.models}
     progress.finish("preflight")
     return Plan(dataset, mappings, real_sets, weights, rows)
 
 
+def _check_one_decodes(dataset: LabelledImages, config: BenchConfig) -> None:
+    """Raise :class:`DatasetError` unless some image of ``dataset`` decodes (tried in order, up to the first
+    that does), so that a set of unreadable files fails in a second instead of after every model ran."""
+    from cnnlab.errors import ImageDecodeError
+    from cnnlab.images import decode_image
+
+    reasons: dict[str, int] = {}
+    example = ""
+    for path in dataset.paths:
+        try:
+            decode_image(path)
+        except ImageDecodeError as exc:
+            reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
+            example = example or f"{path}: {exc}"
+            continue
+        return
+    counts = ", ".join(f"{n:,} {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    raise DatasetError(f"no image could be read in {config.data}: none of its {len(dataset):,} image files decodes "
+                       f"({counts}; e.g. {example})")
+
+
 def _weights_for(name: str, config: BenchConfig) -> str:
-    from cnnlab.backends.artifacts import is_onnx_file, read_sidecar
-    from cnnlab.checkpoint import read_checkpoint
+    from cnnlab.backends.artifacts import read_sidecar
+    from cnnlab.checkpoint import model_file_kind, read_checkpoint
     from cnnlab.weights import fetch_weights, locate_weights
     from cnnlab.zoo import get_spec
 
-    if Path(name).suffix in (".pt", ".pth", ".ckpt"):
+    kind = model_file_kind(name)
+    if kind == "checkpoint":
         read_checkpoint(Path(name))  # a missing, unsafe or foreign file is reported now, not in a worker
         return "checkpoint"
-    if is_onnx_file(name):
+    if kind == "onnx":
         read_sidecar(Path(name))  # a missing file or sidecar is reported now
         return "onnx"
     spec = get_spec(name)
@@ -191,7 +238,7 @@ def _missing_weights(config: BenchConfig, first: str) -> WeightsNotFoundError:
         except CnnlabError:
             continue
         if locate_weights(spec, config.measure.weights_dir).found is None:
-            missing.append((spec.arch, spec.weights_file or spec.name))
+            missing.append((spec.name, spec.weights_file or spec.name))
     missing = missing or [(first, first)]
     files = ", ".join(f for _, f in missing)
     dirs = ", ".join(str(d) for d in search_dirs(config.measure.weights_dir))
@@ -202,18 +249,21 @@ def _missing_weights(config: BenchConfig, first: str) -> WeightsNotFoundError:
         "  or measure speed and memory only: --random-weights-if-missing")
 
 
-def bench_models(config: BenchConfig, *, progress: Progress | None = None) -> BenchResult:
+def bench_models(config: BenchConfig, *, progress: Progress | None = None, plan: Plan | None = None) -> BenchResult:
     """Run the benchmark described by ``config``. Never raises for a single model's failure.
 
-    Everything that can fail before the first model runs fails first (see :func:`preflight`).
+    Everything that can fail before the first model runs fails first (see :func:`preflight`); a caller
+    that ran :func:`preflight` itself (``bench`` does, before it creates its output folder) passes its ``plan``.
     """
     progress = progress or Progress()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     ctx = ranks.join()  # torchrun: every rank runs this, rank 0 checks the data and merges (cnnlab.bench.ranks)
     if ctx is not None and len(config.devices) > 1:
         raise UsageError("a list of devices is for one process; under torchrun each rank takes its own device")
-    plan = ranks.on_main(ctx, lambda: preflight(config, progress))
+    given = plan
+    plan = ranks.on_main(ctx, lambda: given or preflight(config, progress))
     progress.note(plan.describe())
+    leakage = _leakage(plan, progress)
     dataset, mappings = plan.dataset, plan.mappings
     imagenet_accepted = [list(mappings[c].indices) for c in dataset.classes]
     total = len(plan.rows)
@@ -248,7 +298,7 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None) -> Be
                                         part.start, ctx)
             if gathered is None:  # not rank 0: its share went to rank 0
                 return None
-            model = ModelResult(gathered[0], predictions=gathered[1])
+            model = ModelResult(gathered[0], predictions=gathered[1], leakage=leakage.get(name))
             if model.ok and not model.run.random_weights and model.predictions is not None:
                 model.accuracy = score(model, dataset, mappings, real_sets=plan.real_sets,  # random: never accuracy
                                        gallery_size=config.gallery_size)
@@ -272,6 +322,26 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None) -> Be
         started=started,
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def _leakage(plan: Plan, progress: Progress) -> dict[str, dict[str, Any]]:
+    """For each checkpoint, which evaluated images it was trained or validated on (the files are hashed
+    once for all checkpoints); a warning for each checkpoint whose accuracy here would be optimistic."""
+    from cnnlab.finetune.leakage import file_digests, overlap
+
+    checkpoints = [name for name, kind in plan.weights.items() if kind == "checkpoint"]
+    if not checkpoints:
+        return {}
+    paths = plan.dataset.paths
+    digests = file_digests(paths, progress)
+    found = {}
+    for name in checkpoints:
+        report = overlap(name, paths, digests=digests)
+        message = report.message()
+        if message is not None:
+            progress.note(message, warning=report.recorded)
+        found[name] = report.to_dict()
+    return found
 
 
 def _calibration(config: BenchConfig, paths: list[Path]) -> list[Path]:
@@ -300,9 +370,7 @@ def _prepare(request: RunRequest, choice: RuntimeChoice, random_weights: bool, c
                                     random_weights=random_weights, calibration=calibration, progress=progress)
     except Exception as exc:  # noqa: BLE001 - one model's failed export must not stop the run
         error = str(exc) if isinstance(exc, CnnlabError) else f"{type(exc).__name__}: {exc}"
-        failed = RunResult(model=request.model, error=f"{choice.value}: {error}", backend=choice.backend.value,
-                           quantization=choice.quantization.value)
-        return failed, time.perf_counter() - t0
+        return failed_result(request, f"{choice.value}: {error}"), time.perf_counter() - t0
     request.runtime_file = str(path)
     return None, time.perf_counter() - t0
 

@@ -37,6 +37,7 @@ from cnnlab.bench.measure import (
 )
 from cnnlab.bench.protocol import PREDICTION_DTYPE, TOPK, RunRequest, RunResult
 from cnnlab.bench.user_classes import UserClasses, accepted_sets
+from cnnlab.checkpoint import is_checkpoint_file, model_file_kind
 from cnnlab.errors import CnnlabError
 from cnnlab.gpu_decode import decode_label, use_device_decode
 from cnnlab.inference import default_cpu_threads, default_workers, run_inference
@@ -82,7 +83,7 @@ def _load(request: RunRequest, threads: int) -> Runtime:
         if request.runtime_file is None:
             raise CnnlabError(f"--backend {request.backend}: the worker was given no ONNX file")
         return load_runtime_file(Path(request.runtime_file), request.backend, device=m.device, threads=threads)
-    if Path(request.model).is_file():  # a checkpoint from `cnnlab train` always brings its own weights
+    if is_checkpoint_file(request.model):  # a checkpoint from `cnnlab train` always brings its own weights
         random_weights = False
     elif m.weights is WeightsPolicy.RANDOM_IF_MISSING:
         random_weights = locate_weights(get_spec(request.model), m.weights_dir).found is None
@@ -97,7 +98,7 @@ def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
     m = request.measure
     # Load the registry, BLAS and (on a GPU) the CUDA context and cuDNN before the memory baseline,
     # so that the baseline is the bare runtime and the figures are the model's own.
-    if not Path(request.model).is_file():
+    if model_file_kind(request.model) is None:
         get_spec(request.model)
     torch.ones(8, 8) @ torch.ones(8, 8)
     target = resolve_device(m.device)
@@ -234,12 +235,18 @@ def _evaluate(model: Runtime, kind: str, request: RunRequest, result: RunResult,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cnnlab.bench.worker REQUEST.json RESULT.json``: progress events on stdout."""
+    """``python -m cnnlab.bench.worker REQUEST.json RESULT.json``: progress events on stdout.
+
+    Ctrl-C (which reaches the worker too) ends it quietly with status 130: the parent reports the run.
+    """
     args = sys.argv[1:] if argv is None else argv
-    request = RunRequest.read(Path(args[0]))
-    progress = JsonLinesProgress(sys.stdout) if request.progress else Progress()
-    result = run_model(request, progress)
-    result.write(Path(args[1]))
+    try:
+        request = RunRequest.read(Path(args[0]))
+        progress = JsonLinesProgress(sys.stdout) if request.progress else Progress()
+        result = run_model(request, progress)
+        result.write(Path(args[1]))
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -9,7 +9,7 @@ import typer
 
 from cnnlab.bench.config import DEFAULT_BATCH_SIZE, BenchConfig, MeasureOptions
 from cnnlab.cli.app import app
-from cnnlab.cli.common import err, escape, handle_errors, out, print_table, split_csv
+from cnnlab.cli.common import err, escape, handle_errors, longest_words, out, print_table, split_csv
 from cnnlab.cli.options import (
     CalibrationImages,
     DeviceList,
@@ -34,19 +34,71 @@ EXIT_MODEL_FAILED = 4
 _M = MeasureOptions()
 
 
+def _fits(header: list[str], rows: list[list[str]]) -> bool:
+    """Whether a table fits the terminal without breaking a word (its cells may wrap between words)."""
+    widths = longest_words(header, rows)
+    return sum(widths) + 3 * len(widths) + 1 <= out.width
+
+
+def _print_blocks(names: list[str], labels: list[str], values: list[list[str]], title: str) -> None:
+    """A table too wide for the terminal, as one block per model: its name, then ``figure: value`` lines."""
+    out.print(escape(title), markup=True)
+    for name, column in zip(names, values):
+        out.print(escape(name), style="bold", markup=True)
+        for label, value in zip(labels, column):
+            out.print(f"  {label}: {value}", markup=False)
+
+
+def _print_wide(header: list[str], rows: list[list[str]], title: str, *, by_column: bool = False) -> None:
+    """``header``/``rows`` as a table when it fits, else as per-model blocks. ``by_column``: a column
+    per model (the lab's table) rather than a row per model."""
+    if _fits(header, rows):
+        print_table(header, rows, title=title, whole_words=True)
+    elif by_column:
+        _print_blocks(header[1:], [row[0] for row in rows], [list(col) for col in zip(*(r[1:] for r in rows))], title)
+    else:
+        _print_blocks([row[0] for row in rows], header[1:], [row[1:] for row in rows], title)
+
+
+def _sparkline(values: list[float]) -> str:
+    bars = "▁▂▃▄▅▆▇█"
+    top = max(values) or 1.0
+    return "".join(bars[min(len(bars) - 1, int(v / top * (len(bars) - 1) + 0.5))] for v in values)
+
+
+def print_throughput_curves(result: BenchResult) -> None:
+    """Model-only images/s against the batch size, one line per model (when more than one size was measured)."""
+    from cnnlab.report.naming import unique_names
+
+    models = [(m, n) for m, n in zip(result.models, unique_names([m.name for m in result.models]))
+              if m.ok and len(m.run.throughput_curve) > 1]
+    if not models:
+        return
+    out.print("Throughput by batch size (model-only img/s):", markup=False)
+    for m, name in models:
+        curve = sorted((int(b), ips) for b, ips in m.run.throughput_curve.items())
+        points = ", ".join(f"{b}: {ips:,.1f}" for b, ips in curve)
+        best = max(curve, key=lambda p: p[1])[0]
+        out.print(escape(f"  {name}: {_sparkline([ips for _, ips in curve])} {points} (best at batch {best})"))
+
+
 def print_results(result: BenchResult, *, wide: bool) -> None:
-    """The comparison on stdout: key figures (or every figure with ``wide``), then the paired tests."""
+    """The comparison on stdout: key figures (or every figure with ``wide``), then the paired tests.
+
+    With ``wide``, a table too wide for the terminal is printed as one block per model instead.
+    """
     from cnnlab.report import full_table, lab_table, summary_table
 
     if wide:
-        print_table(*lab_table(result), title="The lab's table")
-        print_table(*full_table(result), title="All figures")
+        _print_wide(*lab_table(result), title="The lab's table", by_column=True)
+        _print_wide(*full_table(result), title="All figures")
     else:
         header, rows = summary_table(result)
         print_table(header, rows, title="cnnlab bench (--wide: every figure; files: every detail)",
                     justify={h: "right" for h in header[1:]})
         if any(m.ok and m.run.random_weights for m in result.models):
             out.print("* random weights: speed and memory only, no accuracy", markup=False)
+    print_throughput_curves(result)
     for c in result.comparisons:
         out.print(f"- {c.verdict}", markup=False)
 
@@ -54,13 +106,15 @@ def print_results(result: BenchResult, *, wide: bool) -> None:
 def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, wide: bool, overwrite: bool) -> None:
     """Run ``config``, write every output into ``out_dir``, print the comparison; exit 2/4 on failures.
 
-    The output folder is checked (writable, not holding another run unless ``overwrite``) and locked
-    before any model runs.
+    The data, models and weights are checked first (:func:`cnnlab.bench.runner.preflight`): a run that
+    cannot start leaves no output folder behind. Then the output folder is checked (writable, not
+    holding another run unless ``overwrite``) and locked before any model runs.
     """
     from cnnlab.bench import bench_models
+    from cnnlab.bench.runner import preflight
     from cnnlab.cli.progress import RichProgress
     from cnnlab.distributed import destroy_process_group, from_environment
-    from cnnlab.output_files import FolderLock, check_output_folder
+    from cnnlab.output_files import FolderLock, check_output_folder, check_output_path
     from cnnlab.report import write_bench_outputs
     from cnnlab.report.outputs import previous_outputs, remove_previous_outputs
 
@@ -71,15 +125,25 @@ def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, w
         finally:
             destroy_process_group()
         return
-    out_dir = check_output_folder(out_dir)
-    with FolderLock(out_dir, holder="another `cnnlab bench`"):
-        old = previous_outputs(out_dir)
+
+    def refuse_previous() -> None:
+        old = previous_outputs(out_dir) if out_dir.is_dir() else []
         if old and not overwrite:
             raise UsageError(f"{out_dir} already holds the results of a benchmark run ({old[0].name}, ...); "
                              "add --overwrite to replace them, or choose another --out")
+
+    check_output_path(out_dir)  # a file in the way: said now, without creating anything
+    refuse_previous()
+    plan = None  # under torchrun rank 0 checks inside bench_models, so that a failure reaches every rank
+    if ctx is None:
+        with RichProgress(quiet=quiet) as progress:
+            plan = preflight(config, progress)
+    out_dir = check_output_folder(out_dir)
+    with FolderLock(out_dir, holder="another `cnnlab bench`"):
+        refuse_previous()  # again, under the lock
         with RichProgress(quiet=quiet) as progress:
             try:
-                result = bench_models(config, progress=progress)
+                result = bench_models(config, progress=progress, plan=plan)
             finally:
                 destroy_process_group()
         remove_previous_outputs(out_dir)
@@ -124,7 +188,7 @@ def _batch_sizes(text: str | None) -> list[int] | None:
 @app.command("bench")
 @handle_errors
 def bench_command(
-    data: Annotated[Path, typer.Argument(help="A class-folder tree DIR/<class>/*.jpg, or a CSV/JSONL manifest with path,label[,split].")],
+    data: Annotated[Path, typer.Argument(help="A class-folder tree DIR/<class>/*.jpg, a CSV/JSONL manifest with path,label[,split], or a flat ImageNet validation folder (ILSVRC2012_val_*.JPEG, with --labels).")],
     models: Annotated[Optional[list[str]], typer.Option("--models", "-m", help=f"Comma-separated names or checkpoint files (default: {','.join(LAB_MODELS)}).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.md/csv/json, report.html, plots, predictions/.")] = Path("bench-results"),
     split: Annotated[Optional[str], typer.Option("--split", help="Use only this split of DIR/split.csv (train, val, test).")] = None,

@@ -84,14 +84,34 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def longest_words(header: list[str], rows: list[list[str]]) -> list[int]:
+    """Per column, the width of its longest word (what a column needs to break no word)."""
+    return [max(len(word) for cell in column for word in (str(cell).split() or [""])) for column in zip(header, *rows)]
+
+
 def print_table(header: list[str], rows: list[list[str]], *, title: str | None = None,
-                justify: dict[str, str] | None = None, console: Console | None = None) -> None:
-    """Print a table that wraps its cells rather than cutting them."""
+                justify: dict[str, str] | None = None, console: Console | None = None,
+                whole_words: bool = False) -> None:
+    """Print a table that wraps its cells rather than cutting them (``whole_words``: between words only)."""
     from rich.table import Table
 
+    console = console or out
     table = Table(title=escape(title) if title is not None else None, title_justify="left")
-    for h in header:
-        table.add_column(h, overflow="fold", justify=(justify or {}).get(h, "left"))  # type: ignore[arg-type]
+    widths: list[int | None] = [None] * len(header)
+    if whole_words:  # narrow the columns with the most room first, none below its longest word
+        minimum = longest_words(header, rows)
+        fitted = [max(len(line) for cell in column for line in (str(cell).splitlines() or [""]))
+                  for column in zip(header, *rows)]
+        room = console.width - 3 * len(header) - 1
+        while sum(fitted) > room:
+            i = max(range(len(fitted)), key=lambda j: fitted[j] - minimum[j])
+            if fitted[i] <= minimum[i]:
+                break
+            fitted[i] -= 1
+        widths = list(fitted)
+    for h, width in zip(header, widths):
+        table.add_column(h, overflow="fold", justify=(justify or {}).get(h, "left"),  # type: ignore[arg-type]
+                         width=width)
     for row in rows:
         table.add_row(*(escape(str(c)) for c in row))
-    (console or out).print(table)
+    console.print(table)

@@ -117,10 +117,18 @@ def train_command(
         return
     if as_json:
         print_json(result.to_dict())
-        return
-    _print_summary(result)
+    else:
+        _print_summary(result)
+    _print_skipped(result)
+
+
+def _print_skipped(result: TrainResult) -> None:
+    """Every file left out (by the data scan, or undecodable in training or evaluation), on stderr, and their count."""
     for s in result.skipped:
         err.print(f"[yellow]skipped[/] {escape(s.path)}: {s.reason}" + (f" ({escape(s.detail)})" if s.detail else ""))
+    if result.skipped:
+        n = len(result.skipped)
+        err.print(f"[yellow]{n} file{'' if n == 1 else 's'} skipped[/] (also in {escape(str(result.out))}/metrics.json)")
 
 
 def _find_lr(config: TrainConfig, *, quiet: bool, as_json: bool) -> None:

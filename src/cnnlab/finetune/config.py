@@ -209,10 +209,11 @@ def plan_batches(n_train: int, epochs: int, batch_size: int, min_steps: int) -> 
     The batch is ``batch_size``, lowered (not below :data:`MIN_BATCH`) until the phase has
     ``min_steps`` optimiser steps, and never above ``n_train``; the images are then shared out
     into batches of about equal size, so none is dropped. Only a last batch of a single image is
-    dropped (BatchNorm in training mode cannot use it): at most one image per epoch.
+    dropped (BatchNorm in training mode cannot use it): at most one image per epoch. For the same
+    reason a batch holds at least two images (``batch_size`` 1 trains in pairs) when there are two.
     """
     per_epoch = -(-min_steps // max(epochs, 1))
-    size = max(1, min(batch_size, max(MIN_BATCH, n_train // per_epoch), n_train))
+    size = max(min(2, n_train), min(batch_size, max(MIN_BATCH, n_train // per_epoch), n_train))
     batches = -(-n_train // size)
     size = -(-n_train // batches)
     last = n_train - (batches - 1) * size

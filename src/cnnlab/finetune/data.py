@@ -65,7 +65,7 @@ class DataSplits:
         for name, part in self.parts():
             for p, t in zip(part.paths, part.targets):
                 rel = p.relative_to(part.root) if p.is_relative_to(part.root) else p
-                digest.update(f"{name}\0{rel.as_posix()}\0{self.classes[t]}\n".encode())
+                digest.update(f"{name}\0{rel.as_posix()}\0{self.classes[t]}\n".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()[:16]
 
     def rows(self) -> list[tuple[str, str, str]]:

@@ -64,7 +64,9 @@ def train_one_epoch(
     The scheduler steps after every optimiser step (not after one that fp16's scaler skipped),
     and so does ``ema`` (the moving average of the weights). ``mix`` (MixUp/CutMix) mixes each
     batch and its labels; the running accuracy then counts the larger share of each label.
-    Files that cannot be decoded are skipped and returned. Progress: ``update(task, advance=1)``
+    Files that cannot be decoded are skipped and returned; a batch they leave with a single image is
+    not trained on while BatchNorm layers train (they cannot normalise one image; that image is in
+    other batches in other epochs). Progress: ``update(task, advance=1)``
     per batch with the running loss and accuracy. Raises :class:`CnnlabError` when the loss stops
     being finite, :class:`DatasetError` when no image could be decoded.
     """
@@ -72,10 +74,12 @@ def train_one_epoch(
     loss_sum, correct, seen = 0.0, 0, 0
     lrs = (group_lr(optimizer, "head"), group_lr(optimizer, "backbone"))
     skipped: list[SkippedFile] = []
+    batchnorm_trains = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                           for m in model.module.modules())
     for batch in loader:
         skipped.extend(SkippedFile(str(images.paths[i]), reason, detail, images.classes[images.targets[i]])
                        for i, reason, detail in batch.failed)
-        if batch.images is None:
+        if batch.images is None or (batchnorm_trains and len(batch.indices) == 1):
             progress.update(task, advance=1)
             continue
         y = targets[batch.indices]

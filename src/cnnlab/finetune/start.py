@@ -26,6 +26,7 @@ from cnnlab.checkpoint import (
     build_finetuned,
     checkpoint_preprocessing,
     find_head,
+    is_checkpoint_file,
     read_checkpoint,
     replace_head,
 )
@@ -46,7 +47,6 @@ from cnnlab.zoo import ModelSpec
 
 #: Ratio of the largest to the smallest training class above which a warning suggests ``balance``.
 IMBALANCE_WARNING = 3.0
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 @dataclass
@@ -67,7 +67,7 @@ class StartingModel:
 
 def is_checkpoint(name: str) -> bool:
     """Whether ``--model`` names a checkpoint file rather than a registry model."""
-    return Path(name).suffix in CHECKPOINT_SUFFIXES
+    return is_checkpoint_file(name)
 
 
 def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = True) -> tuple[TrainingRun, RunState]:
@@ -233,6 +233,12 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
     run.note(f"data: {r.n_train} train / {r.n_val} val / {r.n_test} test images, {len(r.classes)} classes "
              f"({r.split_source})")
     run.note("train images per class: " + ", ".join(f"{k} {n}" for k, n in r.class_counts.items()))
+    if run.splits.skipped:
+        reasons: dict[str, int] = {}
+        for s in run.splits.skipped:
+            reasons[s.reason] = reasons.get(s.reason, 0) + 1
+        run.note(f"{len(run.splits.skipped):,} files of the data left out ("
+                 + ", ".join(f"{n:,} {reason}" for reason, n in sorted(reasons.items())) + "): listed at the end")
     for phase in run.phases:
         if phase.name == "probe":
             run.note("probe: the head is fitted by logistic regression on frozen features"

@@ -26,7 +26,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.finetune.config import Phase, TrainConfig
 from cnnlab.finetune.data import DataSplits
 from cnnlab.finetune.result import RUN_FILES, EpochRecord
-from cnnlab.output_files import atomic_open
+from cnnlab.output_files import atomic_open, check_output_folder, check_output_path
 
 #: TensorBoard's folder inside the run folder (:mod:`cnnlab.finetune.tblog`).
 TENSORBOARD_FOLDER = "tensorboard"
@@ -130,16 +130,15 @@ def read_resume_checkpoint(out: Path) -> dict[str, Any]:
 
 
 def check_out(config: TrainConfig) -> Path:
-    """The run folder; refuse one that holds a run unless ``resume`` or ``overwrite`` says what to do."""
-    out = Path(config.out)
+    """The run folder; refuse one that holds a run unless ``resume`` or ``overwrite`` says what to do, and
+    (:class:`~cnnlab.errors.UsageError`) a path that is a file or lies under one."""
+    out = check_output_path(config.out)
     existing = [name for name in RUN_FILES if (out / name).exists()]
     if existing and not (config.resume or config.overwrite):
         raise CnnlabError(
             f"{out} already holds a run ({', '.join(existing)}): use --resume to continue it or "
             "--overwrite to start again, or choose another --out"
         )
-    if out.exists() and not out.is_dir():
-        raise CnnlabError(f"--out {out} exists and is not a folder")
     return out
 
 
@@ -148,7 +147,7 @@ def reset_out(out: Path) -> None:
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / TENSORBOARD_FOLDER, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out)  # made, and proved writable (OutputError if not)
 
 
 def write_split_csv(splits: DataSplits, path: Path) -> None:
@@ -191,7 +190,11 @@ def read_history(path: str | Path) -> list[EpochRecord]:
 
 
 def plot_curves(records: Sequence[EpochRecord], path: Path, *, title: str = "", best_epoch: int | None = None) -> None:
-    """Loss and accuracy per epoch (train and validation) as a PNG; matplotlib's Agg canvas, no pyplot."""
+    """Loss and accuracy per epoch (train and validation) as a PNG; matplotlib's Agg canvas, no pyplot.
+
+    Written like every output of a run (:func:`cnnlab.output_files.atomic_open`): whole or not at all,
+    a failure (a full disk) raised as :class:`~cnnlab.errors.OutputError`.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -218,4 +221,5 @@ def plot_curves(records: Sequence[EpochRecord], path: Path, *, title: str = "", 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
