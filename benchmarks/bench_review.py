@@ -324,7 +324,7 @@ def main() -> int:
     parser.add_argument("--backends", default="auto",
                         help="comma-separated: each set is reviewed by each (torch, onnxruntime, auto), in an order "
                              "that alternates from set to set, and the findings are compared")
-    parser.add_argument("--batch-size", type=int, default=ReviewConfig.batch_size)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: review's own (per backend)")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--keep", type=Path, help="keep the sets in this folder (default: a temporary one)")

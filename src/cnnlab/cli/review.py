@@ -9,7 +9,7 @@ import typer
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table, split_csv
-from cnnlab.cli.options import BatchSize, Device, Json, Quiet, Threads, WeightsDir, Workers
+from cnnlab.cli.options import Device, Json, Quiet, Threads, WeightsDir, Workers
 from cnnlab.errors import UsageError
 from cnnlab.jsonable import to_jsonable
 from cnnlab.options import ReviewIssue, parse_choice
@@ -125,7 +125,7 @@ def review_command(
     mapping: Annotated[Optional[Path], typer.Option("--mapping", help="YAML/JSON file: class -> ImageNet classes.")] = None,
     device: Device = _R.device,
     backend: Annotated[str, typer.Option("--backend", help="What computes the embeddings: torch, onnxruntime (a cached ONNX export; needs cnnlab[onnx]) or auto: onnxruntime when installed, on the CPU.")] = _R.backend,
-    batch_size: BatchSize = _R.batch_size,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, max=65536, help="Images per batch (default: 32 for torch, 8 for onnxruntime).")] = None,
     workers: Workers = None,
     threads: Threads = None,
     weights_dir: WeightsDir = None,

@@ -40,7 +40,9 @@ class ReviewConfig:
     backend: str = "auto"
     """What computes the embeddings: ``torch``, ``onnxruntime`` (a cached feature-extractor export), or
     ``auto``: onnxruntime when it is installed and the model runs on the CPU (:mod:`cnnlab.review.model`)."""
-    batch_size: int = 32
+    batch_size: int | None = None
+    """Images per batch; ``None``: 32 for PyTorch, 8 for ONNX Runtime (each measured best on 2 CPU cores,
+    :func:`cnnlab.review.model.default_batch_size`)."""
     channels_last: bool = True
     """NHWC memory format for the model (measured 1.2-1.6x faster on this CPU; same features)."""
     workers: int | None = None

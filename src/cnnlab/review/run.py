@@ -52,7 +52,7 @@ def review(data: str | Path, config: ReviewConfig | None = None, *, progress: Pr
     ``data``: a class-folder tree, a CSV/JSONL manifest, or a ``cnnlab collect`` output folder.
     Raises :class:`DatasetError` when there is nothing to review.
     """
-    from cnnlab.review.model import load_review_model
+    from cnnlab.review.model import default_batch_size, load_review_model
 
     config = config or ReviewConfig()
     progress = progress or Progress()
@@ -65,12 +65,12 @@ def review(data: str | Path, config: ReviewConfig | None = None, *, progress: Pr
     names = [images.classes[t] for t in images.targets]
     rel = [_relative(p, images.root) for p in images.paths]
     checks = check_files(images.paths)
-    model, load_notes = load_review_model(config, progress)
+    model, workers, load_notes = load_review_model(config, progress)
     seconds["load"] = time.perf_counter() - started
     t0 = time.perf_counter()
     emb = embed_images(model, images.paths, labels=names,
                        cache_dir=images.root / STATE_DIR if config.cache else None,
-                       batch_size=config.batch_size, workers=config.workers, progress=progress)
+                       batch_size=config.batch_size or default_batch_size(model), workers=workers, progress=progress)
     seconds["embed"] = time.perf_counter() - t0
     findings = _file_findings(images, rel, names, checks, emb.skipped, config.min_side)
     notes = load_notes + _dataset_notes(images, data)
