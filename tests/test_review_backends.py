@@ -110,3 +110,34 @@ def test_cli_backend_choice(planted: Path, tmp_path: Path) -> None:  # noqa: F81
     runtime = payload["review"]["settings"]["runtime"]
     assert (runtime["backend"], runtime["threads"]) == ("onnxruntime", 1)
     assert payload["review"]["settings"]["backend"] == "onnxruntime"
+
+
+def test_a_later_process_finds_the_export_without_the_model_registry(cache: Path) -> None:
+    import os
+    import subprocess
+
+    first = load_feature_model(OFFLINE, device="cpu", threads=1)
+    code = ("import sys; from cnnlab.backends.features import load_feature_model; "
+            f"m = load_feature_model({OFFLINE!r}, device='cpu', threads=1); "
+            "print(m.file, [k for k in ('torchvision', 'onnxscript') if k in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CNNLAB_CACHE_DIR": str(cache)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(first.file), "[]"]
+
+
+def test_new_weights_in_the_search_path_make_a_new_export(tmp_path: Path) -> None:
+    from cnnlab.weights import torch_load_plain
+    from cnnlab.zoo import get_spec
+
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    packaged = load_feature_model(OFFLINE, weights_dir=weights_dir, device="cpu", threads=1)
+    spec = get_spec(OFFLINE)
+    state = torch_load_plain(packaged.weights_path)
+    state["_fc.bias"] = state["_fc.bias"] + 1.0  # other weights, found first now
+    torch.save(state, weights_dir / str(spec.weights_file))
+    changed = load_feature_model(OFFLINE, weights_dir=weights_dir, device="cpu", threads=1)
+    assert changed.file != packaged.file and changed.weights_path == weights_dir / str(spec.weights_file)
+    black = torch.zeros(1, 3, 224, 224, dtype=torch.uint8)
+    assert float((changed(black) - packaged(black)).mean()) == pytest.approx(1.0, abs=1e-3)

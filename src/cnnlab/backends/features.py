@@ -198,9 +198,15 @@ def load_feature_model(name: str, *, weights_dir: str | Path | None = None, rand
     from cnnlab.inference import default_cpu_threads, default_workers
     from cnnlab.options import RuntimeChoice
 
-    check_installed(RuntimeChoice.ONNXRUNTIME)
-    path = cached_export(name, weights_dir=weights_dir, random_weights=random_weights, download=download,
-                         progress=progress, features=True)
+    path = None if random_weights else remembered_export(name, weights_dir)
+    if path is None:
+        check_installed(RuntimeChoice.ONNXRUNTIME)
+        path = cached_export(name, weights_dir=weights_dir, random_weights=random_weights, download=download,
+                             progress=progress, features=True)
+        if not random_weights:
+            remember_export(name, weights_dir, path)
+    else:
+        check_installed(RuntimeChoice.ONNXRUNTIME, export=False)
     meta = read_sidecar(path)
     spec = onnx_spec(path, meta, name=str(meta["model"]))
     threads = threads or default_cpu_threads(default_workers("cpu"))
@@ -224,3 +230,95 @@ def load_feature_model(name: str, *, weights_dir: str | Path | None = None, rand
         weights_path=Path(weights_file) if isinstance(weights_file, str) and weights_file else None,
         details={"device": "cuda" if on_gpu else "cpu", "outputs": list(OUTPUTS)}, run_all=run_all,
     )
+
+
+#: The export cache's record of which feature export a model name resolved to (see :func:`remembered_export`).
+INDEX_FILE = "features-index.json"
+
+
+def _index_key(name: str, weights_dir: str | Path | None) -> str:
+    import hashlib
+
+    import torch
+
+    import cnnlab
+
+    data = {"name": name, "weights_dir": str(Path(weights_dir).resolve()) if weights_dir is not None else None,
+            "cnnlab": cnnlab.__version__, "torch": str(torch.__version__), "format": FEATURES_FORMAT}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_index() -> dict[str, Any]:
+    from cnnlab.backends.artifacts import exports_dir
+
+    try:
+        index = json.loads((exports_dir() / INDEX_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return index if isinstance(index, dict) else {}
+
+
+def remembered_export(name: str, weights_dir: str | Path | None = None) -> Path | None:
+    """The cached feature export of registry model ``name``, found without building the model registry.
+
+    Looking a name up in the registry imports torchvision (and with it ``torch._dynamo``) and
+    builds every model's entry: 1.3 s on 2 CPU cores, and exporting needs onnxscript (0.6 s more).
+    :func:`remember_export` records which weights file the name resolved to and the export made
+    from it; the record holds while the weights search finds the same file (the same search
+    folders, the same first one holding the file, its size and modification time unchanged) and the
+    export is whole. ``None`` when it does not hold: resolve the name the slow way.
+    """
+    from cnnlab.backends.artifacts import CHECKPOINT_SUFFIXES, cache_entry_ok, exports_dir, is_onnx_file
+    from cnnlab.weights import search_dirs
+
+    if Path(name).suffix in CHECKPOINT_SUFFIXES or is_onnx_file(name):
+        return None
+    record = _read_index().get(_index_key(name, weights_dir))
+    try:
+        assert isinstance(record, dict)
+        candidates = [str(d / record["weights_file"]) for d in search_dirs(weights_dir)]
+        if candidates != record["candidates"]:
+            return None
+        found = next((c for c in candidates if Path(c).is_file()), record["packaged"])
+        stat = Path(found).stat()
+        if (found, stat.st_size, stat.st_mtime_ns) != (record["found"], record["size"], record["mtime_ns"]):
+            return None
+        folder = exports_dir() / str(record["folder"])
+    except (AssertionError, KeyError, TypeError, OSError):
+        return None
+    return folder / "model.onnx" if folder.parent == exports_dir() and cache_entry_ok(folder) else None
+
+
+def remember_export(name: str, weights_dir: str | Path | None, export: Path) -> None:
+    """Record that registry model ``name`` (its weights searched in ``weights_dir``) resolved to ``export``.
+
+    Nothing is recorded for a checkpoint, a Hugging Face model (found by the hub's own cache), or
+    when the index cannot be written (the next run resolves the name the slow way).
+    """
+    import contextlib
+    import os
+
+    from cnnlab.backends.artifacts import CHECKPOINT_SUFFIXES, exports_dir
+    from cnnlab.weights import locate_weights, search_dirs
+    from cnnlab.zoo import get_spec
+
+    if Path(name).suffix in CHECKPOINT_SUFFIXES:
+        return
+    spec = get_spec(name)
+    found = locate_weights(spec, weights_dir).found
+    if spec.hf_hub_id is not None or not spec.weights_file or found is None:
+        return
+    candidates = [str(d / spec.weights_file) for d in search_dirs(weights_dir)]
+    stat = found.stat()
+    index = _read_index()
+    index[_index_key(name, weights_dir)] = {
+        "weights_file": spec.weights_file, "candidates": candidates,
+        "packaged": str(spec.packaged_weights) if spec.packaged_weights is not None else None,
+        "found": str(found), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "folder": export.parent.name}
+    target = exports_dir() / INDEX_FILE
+    temp = target.with_name(f".{INDEX_FILE}.{os.getpid()}.tmp")
+    with contextlib.suppress(OSError):
+        temp.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(temp, target)
+    with contextlib.suppress(OSError):
+        temp.unlink(missing_ok=True)
