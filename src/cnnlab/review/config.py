@@ -44,7 +44,7 @@ class ReviewConfig:
     """Images per batch; ``None``: 32 for PyTorch, 8 for ONNX Runtime (each measured best on 2 CPU cores,
     :func:`cnnlab.review.model.default_batch_size`)."""
     channels_last: bool = True
-    """NHWC memory format for the model (measured 1.2-1.6x faster on this CPU; same features)."""
+    """NHWC memory format for the PyTorch model (measured 1.2-1.6x faster on this CPU; same features)."""
     workers: int | None = None
     threads: int | None = None
     """CPU threads of the model (default: the cores not decoding, :func:`cnnlab.inference.default_cpu_threads`)."""

@@ -2,9 +2,10 @@
 
 The ONNX Runtime path runs a cached feature-extractor export (:mod:`cnnlab.backends.features`:
 one pass gives the features and the logits) and skips importing torchvision and the model code;
-measured 2-3x faster end to end than PyTorch eager on 2 CPU cores (README, ``review``). Its features
-equal PyTorch's within float rounding (cosine similarity >= 0.9999), but the embedding cache keeps
-them apart anyway (:func:`cnnlab.review.embeddings.model_identity` names the backend).
+measured 4-5x faster end to end than PyTorch eager on 2 shared CPU cores (``bench_review.py``:
+29 against 152 s per 1,000 images; README, ``review``). Its features equal PyTorch's within float
+rounding (cosine similarity >= 0.9999), but the embedding cache keeps them apart anyway
+(:func:`cnnlab.review.embeddings.model_identity` names the backend).
 """
 
 from __future__ import annotations
