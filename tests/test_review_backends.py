@@ -23,7 +23,6 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 runner = CliRunner()
 OFFLINE = "efficientnet_lite0"
-CPU = ReviewConfig(device="cpu", workers=0)
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +59,7 @@ def test_onnxruntime_features_equal_pytorchs_on_real_photos(real_photos: dict[st
 def test_both_backends_find_the_same_problems_and_cache_apart(planted: Path, tmp_path: Path) -> None:  # noqa: F811
     data = tmp_path / "data"
     shutil.copytree(planted, data, ignore=shutil.ignore_patterns(".cnnlab"))
-    fast = review(data, ReviewConfig(device="cpu", workers=0, backend="onnxruntime"))
+    fast = review(data, ReviewConfig(device="cpu", backend="onnxruntime"))  # a decoding process beside the model
     slow = review(data, ReviewConfig(device="cpu", workers=0, backend="torch"))
     assert fast.settings["runtime"]["backend"] == "onnxruntime" and slow.settings["runtime"]["backend"] == "torch"
     assert (fast.embedded, slow.embedded, slow.from_cache) == (26, 26, 0)  # torch does not reuse onnxruntime's rows
