@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/bench_review.py [--composition A|B|all] [--seeds 0,1] [--per-class 30]
+    .venv/bin/python benchmarks/bench_review.py --backends torch,onnxruntime   # both on every set, alternating
 
 Each set is built from real photographs that ship inside installed packages (scikit-image,
 scikit-learn, matplotlib): every class is one photo, and its images are tiles of it taken at
@@ -25,7 +26,9 @@ failures showed what to change); seeds 4 and up of both were not looked at befor
 were taken, and are reported apart as held out.
 
 The script prints, per set and issue kind, precision and recall at the default thresholds, and the
-wall time of the whole review per 1,000 images (embedding included, empty cache). The machine may
+wall time of the whole review per 1,000 images (embedding included, empty cache). With several
+``--backends`` each set is reviewed by each of them, the order alternating from set to set, and
+their findings are compared; the first review of the run also pays the imports. The machine may
 be shared with other work: timings are upper bounds of what a quiet machine does.
 """
 

@@ -9,7 +9,7 @@ import typer
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table, split_csv
-from cnnlab.cli.options import Device, Json, Quiet, Threads, WeightsDir, Workers
+from cnnlab.cli.options import Device, Json, Quiet, Threads, WeightsDir
 from cnnlab.errors import UsageError
 from cnnlab.jsonable import to_jsonable
 from cnnlab.options import ReviewIssue, parse_choice
@@ -126,7 +126,7 @@ def review_command(
     device: Device = _R.device,
     backend: Annotated[str, typer.Option("--backend", help="What computes the embeddings: torch, onnxruntime (a cached ONNX export; needs cnnlab[onnx]) or auto: onnxruntime when installed, on the CPU.")] = _R.backend,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, max=65536, help="Images per batch (default: 32 for torch, 8 for onnxruntime).")] = None,
-    workers: Workers = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes (default: with onnxruntime on a CPU a quarter of the cores, at least 1; with torch on a CPU a quarter of the cores; on a GPU cores-1 up to 8).")] = None,
     threads: Threads = None,
     weights_dir: WeightsDir = None,
     folds: Annotated[int, typer.Option("--folds", min=2, max=20, help="k of the k-fold probabilities for wrong labels.")] = _R.folds,
