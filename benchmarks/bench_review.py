@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/bench_review.py [--composition A|B|all] [--seeds 0,1] [--per-class 30]
+    .venv/bin/python benchmarks/bench_review.py --backends torch,onnxruntime   # both on every set, alternating
 
 Each set is built from real photographs that ship inside installed packages (scikit-image,
 scikit-learn, matplotlib): every class is one photo, and its images are tiles of it taken at
@@ -25,7 +26,9 @@ failures showed what to change); seeds 4 and up of both were not looked at befor
 were taken, and are reported apart as held out.
 
 The script prints, per set and issue kind, precision and recall at the default thresholds, and the
-wall time of the whole review per 1,000 images (embedding included, empty cache). The machine may
+wall time of the whole review per 1,000 images (embedding included, empty cache). With several
+``--backends`` each set is reviewed by each of them, the order alternating from set to set, and
+their findings are compared; the first review of the run also pays the imports. The machine may
 be shared with other work: timings are upper bounds of what a quiet machine does.
 """
 
@@ -296,13 +299,19 @@ TUNED_SEEDS = range(4)
 
 
 def run_set(composition: str, seed: int, per_class: int, folder: Path,
-            device: str) -> tuple[dict[str, Score], ReviewResult, float, int]:
+            config: ReviewConfig) -> tuple[dict[str, Score], ReviewResult, float, int]:
     """Build one set, review it (empty cache), score it: (scores, result, CPU s, images)."""
     truth = build_noisy_set(folder, composition, seed, per_class=per_class)
     cpu = time.process_time()
-    result = review(folder, ReviewConfig(device=device))
+    result = review(folder, config)
     cpu = time.process_time() - cpu
     return evaluate(result, truth), result, cpu, truth.images
+
+
+def _load() -> float:
+    import os
+
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def main() -> int:
@@ -315,44 +324,72 @@ def main() -> int:
     parser.add_argument("--seeds", default="4,5,6,7", help="0-3: the sets tuned on; 4 and up: held out")
     parser.add_argument("--per-class", type=int, default=40, help="tiles wanted per class (fewer where they do not fit)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backends", default="auto",
+                        help="comma-separated: each set is reviewed by each (torch, onnxruntime, auto), in an order "
+                             "that alternates from set to set, and the findings are compared")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: review's own (per backend)")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--keep", type=Path, help="keep the sets in this folder (default: a temporary one)")
     args = parser.parse_args()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
-          f"load average {load:.1f} at start (a shared machine: timings are upper bounds)")
-    totals: dict[str, dict[str, Score]] = {}
-    images = 0
-    cpu_total = 0.0
-    stages: dict[str, float] = {}
+    backends = args.backends.split(",")
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores, batch {args.batch_size}, workers {args.workers}, "
+          f"threads {args.threads}, load average {_load():.1f} at start (a shared machine: timings are upper bounds)")
+    totals: dict[tuple[str, str], dict[str, Score]] = {}
+    images: dict[str, int] = {}
+    cpu_total: dict[str, float] = {}
+    stages: dict[str, dict[str, float]] = {}
+    loads: dict[str, list[float]] = {}
+    differing = 0
     tmp = Path(tempfile.mkdtemp(prefix="cnnlab-bench-review-")) if args.keep is None else args.keep
+    turn = 0
     try:
         for composition in args.compositions.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
                 held = "tuned" if seed in TUNED_SEEDS else "held-out"
-                folder = tmp / f"{composition}{seed}"
-                shutil.rmtree(folder, ignore_errors=True)
-                scores, result, cpu, n = run_set(composition, seed, args.per_class, folder, args.device)
-                images += n
-                cpu_total += cpu
-                for stage, seconds in result.seconds.items():
-                    stages[stage] = stages.get(stage, 0.0) + seconds
-                load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-                print(f"\n{composition} seed {seed} ({held}): {n} images, review {result.seconds['total']:.1f} s wall, "
-                      f"{cpu:.1f} s CPU, load average {load:.1f}")
-                for kind in KINDS:
-                    print(f"  {kind:10s} {scores[kind].text()}")
-                    totals.setdefault("held-out" if held == "held-out" else "tuned", {}).setdefault(kind, Score()).add(scores[kind])
+                found: dict[str, set[tuple[str, str]]] = {}
+                order = backends if turn % 2 == 0 else backends[::-1]
+                turn += 1
+                for backend in order:
+                    folder = tmp / f"{composition}{seed}"
+                    shutil.rmtree(folder, ignore_errors=True)
+                    config = ReviewConfig(device=args.device, backend=backend, batch_size=args.batch_size,
+                                          workers=args.workers, threads=args.threads)
+                    scores, result, cpu, n = run_set(composition, seed, args.per_class, folder, config)
+                    used = result.settings["runtime"]["backend"]
+                    label = backend if backend == used else f"{backend}->{used}"
+                    images[label] = images.get(label, 0) + n
+                    cpu_total[label] = cpu_total.get(label, 0.0) + cpu
+                    for stage, seconds in result.seconds.items():
+                        stages.setdefault(label, {})[stage] = stages.get(label, {}).get(stage, 0.0) + seconds
+                    loads.setdefault(label, []).append(_load())
+                    found[label] = {(f.path, f.issue.value) for f in result.findings}
+                    print(f"\n{composition} seed {seed} ({held}), {label}: {n} images, review "
+                          f"{result.seconds['total']:.1f} s wall ({1000 * result.seconds['total'] / n:.0f} s per 1,000), "
+                          f"{cpu:.1f} s CPU, load average {_load():.1f}")
+                    for kind in KINDS:
+                        print(f"  {kind:10s} {scores[kind].text()}")
+                        totals.setdefault((label, held), {}).setdefault(kind, Score()).add(scores[kind])
+                if len(found) > 1:
+                    first, *others = found.values()
+                    diff = sum(len(first ^ other) for other in others)
+                    differing += diff
+                    print(f"  findings of the backends: {'identical' if not diff else f'{diff} differ'}")
     finally:
         if args.keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
-    for group, scores in totals.items():
-        print(f"\nall {group} sets together:")
+    for (label, group), scores in totals.items():
+        print(f"\nall {group} sets together, {label}:")
         for kind in KINDS:
             print(f"  {kind:10s} {scores[kind].text()}")
-    per_k = {stage: 1000 * seconds / images for stage, seconds in stages.items()}
-    print(f"\ntime per 1,000 images (model load and an empty embedding cache included): {per_k['total']:.0f} s wall "
-          f"(load {per_k.get('load', 0):.0f}, embed {per_k.get('embed', 0):.0f}, analyse {per_k.get('analyse', 0):.0f}), "
-          f"{1000 * cpu_total / images:.0f} s CPU of this process, over {images} images")
+    for label, by_stage in stages.items():
+        per_k = {stage: 1000 * seconds / images[label] for stage, seconds in by_stage.items()}
+        print(f"\n{label}: time per 1,000 images (model load and an empty embedding cache included): "
+              f"{per_k['total']:.0f} s wall (load {per_k.get('load', 0):.0f}, embed {per_k.get('embed', 0):.0f}, "
+              f"analyse {per_k.get('analyse', 0):.0f}), {1000 * cpu_total[label] / images[label]:.0f} s CPU of this "
+              f"process, over {images[label]} images; load average {min(loads[label]):.1f}-{max(loads[label]):.1f}")
+    if len(backends) > 1:
+        print(f"\nfindings differing between backends: {differing}")
     print("goals: mislabel R >= 0.8 at P >= 0.6; offtopic R >= 0.8; duplicate R >= 0.95; <= 60 s per 1,000 images")
     return 0
 

@@ -30,6 +30,14 @@ runner = CliRunner()
 CPU = ReviewConfig(device="cpu", batch_size=16, workers=0)
 
 
+@pytest.fixture(autouse=True)
+def export_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The ONNX export review embeds with (onnxruntime, when installed) goes to one cache of the session's."""
+    root = tmp_path_factory.getbasetemp() / "cnnlab-cache"
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(root))
+    return root
+
+
 def _package_photo(package: str, *parts: str) -> Image.Image:
     module = __import__(package)
     with Image.open(Path(module.__file__).parent.joinpath(*parts)) as img:

@@ -186,8 +186,9 @@ def run_inference(
 
     ``labels`` (parallel to ``paths``) are copied into the skipped-file records. With
     ``features=True`` each batch also carries the penultimate features (what the classifier head
-    receives: the embedding used by linear probes, outlier and similarity searches; PyTorch models
-    only). Progress is reported as task ``task`` in images, with the rate so far. ``decode``:
+    receives: the embedding used by linear probes, outlier and similarity searches; PyTorch models,
+    and exports with a ``features_and_logits`` method, :mod:`cnnlab.backends.features`). Progress
+    is reported as task ``task`` in images, with the rate so far. ``decode``:
     where JPEGs are decoded (:func:`cnnlab.gpu_decode.use_device_decode`; ``auto``: on a CUDA device
     with nvJPEG, the decode counted in ``data_s``).
 
@@ -196,7 +197,8 @@ def run_inference(
     """
     progress = progress or Progress()
     captured: list[torch.Tensor] = []
-    if features and not isinstance(model, LoadedModel):
+    both = getattr(model, "features_and_logits", None) if features else None  # a feature-extractor export
+    if features and not isinstance(model, LoadedModel) and both is None:
         raise UsageError(f"features come from the PyTorch model's head; {model.name} runs on {model.backend.value}")
     device = model.device
     if device.type == "cuda":  # the first pinned host-to-device copy sets things up: keep it out of the timing
@@ -230,7 +232,10 @@ def run_inference(
             with torch.inference_mode():
                 if batch.images is not None:
                     captured.clear()
-                    logits = model(batch.images).cpu()  # .cpu() waits for the device
+                    if both is not None:
+                        feats, logits = both(batch.images)
+                    else:
+                        logits = model(batch.images).cpu()  # .cpu() waits for the device
                     if hook is not None:
                         feats = _pooled(captured[-1]).float().cpu()
                 else:

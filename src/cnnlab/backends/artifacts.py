@@ -64,8 +64,12 @@ def _stem(name: str) -> str:
 
 
 def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: str | Path | None = None,
-                  random_weights: bool = False, download: bool = True, progress: Progress | None = None) -> Path:
+                  random_weights: bool = False, download: bool = True, progress: Progress | None = None,
+                  features: bool = False) -> Path:
     """The cached ONNX export of a registry model or training checkpoint, exported now if missing.
+
+    ``features``: the feature-extractor export instead (two outputs, the classifier head's input
+    and the logits: :mod:`cnnlab.backends.features`), cached under its own key.
 
     Raises what :func:`cnnlab.models.load_model` and :func:`cnnlab.export.export_model` raise
     (unknown model, missing weights, an export that does not reproduce the model).
@@ -89,23 +93,29 @@ def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: 
             spec, weights=weights, weights_dir=weights_dir, download=download, progress=progress is not None)
     key_data = {"model": canonical, "weights": file_sha256(weights_path) if weights_path else "random-seed-0",
                 "cnnlab": cnnlab.__version__, "torch": str(torch.__version__), "format": "onnx"}
+    if features:
+        from cnnlab.backends.features import FEATURES_FORMAT
+
+        key_data["format"] = FEATURES_FORMAT
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
-    folder = exports_dir() / f"{_stem(canonical)}-{key}"
+    folder = exports_dir() / f"{_stem(canonical)}-{'features-' if features else ''}{key}"
     model = folder / "model.onnx"
     if cache_entry_ok(folder):
         return model
     discard_entry(folder)
     progress = progress or Progress()
-    progress.start("export", f"{canonical}: export to ONNX (cached for later runs)")
+    what = "feature extractor" if features else "model"
+    progress.start("export", f"{canonical}: export of the {what} to ONNX (cached for later runs)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random weights: the same ones for every export of this key
         _export_into(folder, canonical if not checkpoint else name, weights_path if not checkpoint else None,
-                     random_weights)
+                     random_weights, features=features)
     progress.finish("export")
     return model
 
 
-def _export_into(folder: Path, name: str, weights_path: Path | None, random_weights: bool) -> None:
+def _export_into(folder: Path, name: str, weights_path: Path | None, random_weights: bool, *,
+                 features: bool = False) -> None:
     """Export into a temporary folder next to ``folder``, then rename it (another process may win the race)."""
     from cnnlab.export import export_model
     from cnnlab.models import load_model
@@ -118,7 +128,12 @@ def _export_into(folder: Path, name: str, weights_path: Path | None, random_weig
                           f"(set {CACHE_ENV} to another folder)") from None
     try:
         loaded = load_model(name, weights=weights_path, random_weights=random_weights, device="cpu", progress=False)
-        export_model(loaded, "onnx", tmp / "model.onnx")
+        if features:
+            from cnnlab.backends.features import export_features
+
+            export_features(loaded, tmp / "model.onnx")
+        else:
+            export_model(loaded, "onnx", tmp / "model.onnx")
         publish_entry(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

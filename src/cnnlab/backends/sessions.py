@@ -63,6 +63,17 @@ def onnxruntime_providers(available: list[str], device: str, engine_cache: Path)
 
 def onnxruntime_session(path: Path, threads: int, device: str) -> Session:
     """``(run, provider)`` for ``path`` in ONNX Runtime."""
+    run_all, used = onnxruntime_outputs_session(path, threads, device)
+
+    def run(images: np.ndarray) -> np.ndarray:
+        return run_all(images)[0]
+
+    return run, used
+
+
+def onnxruntime_outputs_session(path: Path, threads: int, device: str) -> tuple[
+        Callable[[np.ndarray], list[np.ndarray]], str]:
+    """``(run, provider)`` for ``path`` in ONNX Runtime, ``run`` returning every output of the graph."""
     ort = require("onnxruntime", EXTRAS[Backend.ONNXRUNTIME], "--backend onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -82,11 +93,11 @@ def onnxruntime_session(path: Path, threads: int, device: str) -> Session:
                          "libraries missing?) and would run on the CPU; use --device cpu to mean that")
     input_name = session.get_inputs()[0].name
 
-    def run(images: np.ndarray) -> np.ndarray:
+    def run_all(images: np.ndarray) -> list[np.ndarray]:
         outputs: list[np.ndarray] = session.run(None, {input_name: images})
-        return outputs[0]
+        return outputs
 
-    return run, used
+    return run_all, used
 
 
 def openvino_session(path: Path, threads: int, device: str) -> Session:

@@ -9,11 +9,12 @@ import typer
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table, split_csv
-from cnnlab.cli.options import BatchSize, Device, Json, Quiet, WeightsDir, Workers
+from cnnlab.cli.options import Device, Json, Quiet, Threads, WeightsDir
 from cnnlab.errors import UsageError
 from cnnlab.jsonable import to_jsonable
 from cnnlab.options import ReviewIssue, parse_choice
 from cnnlab.review.config import ISSUE_ORDER, QUARANTINE_DIR, STATE_DIR, ReviewConfig
+from cnnlab.review.model import BACKENDS
 
 if TYPE_CHECKING:
     from cnnlab.review import ReviewResult
@@ -123,8 +124,10 @@ def review_command(
     model: Annotated[str, typer.Option("--model", "-m", help="Registry name or a checkpoint from `cnnlab train`.")] = _R.model,
     mapping: Annotated[Optional[Path], typer.Option("--mapping", help="YAML/JSON file: class -> ImageNet classes.")] = None,
     device: Device = _R.device,
-    batch_size: BatchSize = _R.batch_size,
-    workers: Workers = None,
+    backend: Annotated[str, typer.Option("--backend", help="What computes the embeddings: torch, onnxruntime (a cached ONNX export; needs cnnlab[onnx]) or auto: onnxruntime when installed, on the CPU.")] = _R.backend,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, max=65536, help="Images per batch (default: 32 for torch, 8 for onnxruntime).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes (default: with onnxruntime on a CPU a quarter of the cores, at least 1; with torch on a CPU a quarter of the cores; on a GPU cores-1 up to 8).")] = None,
+    threads: Threads = None,
     weights_dir: WeightsDir = None,
     folds: Annotated[int, typer.Option("--folds", min=2, max=20, help="k of the k-fold probabilities for wrong labels.")] = _R.folds,
     min_side: Annotated[int, typer.Option("--min-side", min=1, help="Report images whose shorter side is below this (px).")] = _R.min_side,
@@ -147,6 +150,9 @@ def review_command(
     from cnnlab.review import apply_review, undo_review
 
     chosen = parse_kinds(kinds)
+    backend = backend.lower()
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend {backend}: choose from {', '.join(BACKENDS)}")
     if undo:
         report = undo_review(data)
         if as_json:
@@ -158,7 +164,8 @@ def review_command(
         check_out(out_dir, data)
     if apply and not data.is_dir():
         raise UsageError(f"--apply moves files inside a dataset folder; {data} is not one")
-    config = ReviewConfig(model=model, device=device, batch_size=batch_size, workers=workers, weights_dir=weights_dir,
+    config = ReviewConfig(model=model, device=device, backend=backend, batch_size=batch_size, workers=workers,
+                          threads=threads, weights_dir=weights_dir,
                           mapping_file=mapping, cache=not no_cache, folds=folds, min_side=min_side,
                           offtopic_z=offtopic_z, duplicate_match=duplicate_match)
     result, files = run_review(data, config, out_dir, quiet=quiet)

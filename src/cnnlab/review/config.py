@@ -37,10 +37,17 @@ class ReviewConfig:
     model: str = OFFLINE_MODEL
     """Registry name or training checkpoint whose penultimate features are compared."""
     device: str = "auto"
-    batch_size: int = 32
+    backend: str = "auto"
+    """What computes the embeddings: ``torch``, ``onnxruntime`` (a cached feature-extractor export), or
+    ``auto``: onnxruntime when it is installed and the model runs on the CPU (:mod:`cnnlab.review.model`)."""
+    batch_size: int | None = None
+    """Images per batch; ``None``: 32 for PyTorch, 8 for ONNX Runtime (each measured best on 2 CPU cores,
+    :func:`cnnlab.review.model.default_batch_size`)."""
     channels_last: bool = True
-    """NHWC memory format for the model (measured 1.2-1.6x faster on this CPU; same features)."""
+    """NHWC memory format for the PyTorch model (measured 1.2-1.6x faster on this CPU; same features)."""
     workers: int | None = None
+    threads: int | None = None
+    """CPU threads of the model (default: the cores not decoding, :func:`cnnlab.inference.default_cpu_threads`)."""
     weights_dir: str | None = None
     mapping_file: Path | None = None
     """YAML/JSON class -> ImageNet classes, for the pretrained model's own opinion on off-topic images."""

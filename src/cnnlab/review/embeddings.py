@@ -1,7 +1,9 @@
 """Penultimate features (and logits) of every image, with a cache so a grown set only embeds its new files.
 
-The cache is one ``.npz`` file per model inside the dataset folder, ``DIR/.cnnlab/embeddings-<model>.npz``
-(a hidden folder: dataset scans skip it). Entries are keyed by the sha256 of the file's bytes, so
+The cache is one ``.npz`` file per model and backend inside the dataset folder,
+``DIR/.cnnlab/embeddings-<model>.npz`` for PyTorch, ``embeddings-<model>.onnxruntime.npz`` for
+ONNX Runtime (a hidden folder: dataset scans skip it). The two backends' features agree to float
+rounding, not bit for bit, so they are never mixed. Entries are keyed by the sha256 of the file's bytes, so
 a file that was moved or renamed (``--apply`` and ``--undo`` move files) is still found; a
 (path, size, mtime) index avoids hashing unchanged files again. The cache records which model and
 weights file made it and is ignored when they differ. Features and logits are stored as float16,
@@ -25,7 +27,7 @@ from cnnlab.datasets import SkippedFile
 from cnnlab.progress import Progress
 
 if TYPE_CHECKING:
-    from cnnlab.models import LoadedModel
+    from cnnlab.backends.base import Runtime
 
 CACHE_FORMAT = 1
 _STORED = np.float16
@@ -44,15 +46,17 @@ class Embeddings:
     cache_file: Path | None = None
 
 
-def cache_path(folder: Path, model_name: str) -> Path:
-    """``folder/embeddings-<model>.npz`` with the model name made safe for a file name."""
+def cache_path(folder: Path, model_name: str, backend: str = "torch") -> Path:
+    """``folder/embeddings-<model>.npz`` (``-<model>.<backend>.npz`` but for torch), the name made safe for a file."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("._") or "model"
-    return folder / f"embeddings-{slug}.npz"
+    return folder / (f"embeddings-{slug}.npz" if backend == "torch" else f"embeddings-{slug}.{backend}.npz")
 
 
-def model_identity(model: LoadedModel) -> dict[str, Any]:
-    """What must match for cached features to be reused: the model and the exact weights file."""
+def model_identity(model: Runtime) -> dict[str, Any]:
+    """What must match for cached features to be reused: the model, the exact weights file, the backend."""
     identity: dict[str, Any] = {"format": CACHE_FORMAT, "model": model.name, "preprocessing": model.preprocessing.to_dict()}
+    if model.backend.value != "torch":  # torch's caches, written before there were others, name no backend
+        identity["backend"] = model.backend.value
     if model.weights_path is not None:
         stat = Path(model.weights_path).stat()
         identity.update(weights=str(model.weights_path), weights_size=stat.st_size, weights_mtime_ns=stat.st_mtime_ns)
@@ -125,7 +129,7 @@ class EmbeddingCache:
 
 
 def embed_images(
-    model: LoadedModel,
+    model: Runtime,
     paths: Sequence[Path],
     *,
     labels: Sequence[str] | None = None,
@@ -145,7 +149,7 @@ def embed_images(
     keys: list[str | None] = [None] * len(paths)
     if cache_dir is not None:
         identity = model_identity(model)
-        cache = EmbeddingCache(cache_path(cache_dir, model.name), identity)
+        cache = EmbeddingCache(cache_path(cache_dir, model.name, model.backend.value), identity)
         for i, p in enumerate(paths):
             try:
                 keys[i] = cache.key_of(p)

@@ -52,7 +52,7 @@ def review(data: str | Path, config: ReviewConfig | None = None, *, progress: Pr
     ``data``: a class-folder tree, a CSV/JSONL manifest, or a ``cnnlab collect`` output folder.
     Raises :class:`DatasetError` when there is nothing to review.
     """
-    from cnnlab.models import load_model
+    from cnnlab.review.model import default_batch_size, load_review_model
 
     config = config or ReviewConfig()
     progress = progress or Progress()
@@ -65,16 +65,15 @@ def review(data: str | Path, config: ReviewConfig | None = None, *, progress: Pr
     names = [images.classes[t] for t in images.targets]
     rel = [_relative(p, images.root) for p in images.paths]
     checks = check_files(images.paths)
-    model = load_model(config.model, weights_dir=config.weights_dir, device=config.device,
-                       channels_last=config.channels_last, progress=False)
+    model, workers, load_notes = load_review_model(config, progress)
     seconds["load"] = time.perf_counter() - started
     t0 = time.perf_counter()
     emb = embed_images(model, images.paths, labels=names,
                        cache_dir=images.root / STATE_DIR if config.cache else None,
-                       batch_size=config.batch_size, workers=config.workers, progress=progress)
+                       batch_size=config.batch_size or default_batch_size(model), workers=workers, progress=progress)
     seconds["embed"] = time.perf_counter() - t0
     findings = _file_findings(images, rel, names, checks, emb.skipped, config.min_side)
-    notes = _dataset_notes(images, data)
+    notes = load_notes + _dataset_notes(images, data)
     rows = np.flatnonzero(emb.ok)
     if len(rows) >= 2:
         from threadpoolctl import threadpool_limits
@@ -92,7 +91,8 @@ def review(data: str | Path, config: ReviewConfig | None = None, *, progress: Pr
         source=str(data), root=images.root, model=model.name, classes=list(images.classes),
         class_counts=images.class_counts(), images=len(images), findings=rank_findings(findings), notes=notes,
         embedded=emb.computed, from_cache=emb.from_cache, seconds=seconds,
-        settings={k: v for k, v in vars(config).items() if k != "mapping_file"} | {"mapping_file": str(config.mapping_file or "")},
+        settings={k: v for k, v in vars(config).items() if k != "mapping_file"} | {"mapping_file": str(config.mapping_file or "")}
+        | {"runtime": model.runtime_info()},
     )
 
 
