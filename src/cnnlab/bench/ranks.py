@@ -71,6 +71,8 @@ def on_main(ctx: DistContext | None, work: Callable[[], T]) -> T:
             outcome = (False, exc)
     ok, value = broadcast_from_main(outcome, ctx)
     if not ok:
+        if not ctx.is_main:
+            value.reported_by_main = True  # rank 0 says it: the others exit with its status, quietly
         raise value
     return value
 
