@@ -164,6 +164,7 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
             for choice in dict.fromkeys(effective_choice(name, b) for b in config.backends)]
     for choice in dict.fromkeys(c for _, c in rows):
         check_installed(choice, export=any(c is choice and not is_onnx_file(n) for n, c in rows))
+    _check_devices(config)
     if config.labels_file is not None:
         dataset = scan_flat_val(config.data, config.labels_file)
     else:
@@ -176,6 +177,18 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
     weights = {name: _weights_for(name, config) for name in config.models}
     progress.finish("preflight")
     return Plan(dataset, mappings, real_sets, weights, rows)
+
+
+def _check_devices(config: BenchConfig) -> None:
+    """Raise :class:`UsageError` for a device this machine does not have (``--device cuda`` without a GPU,
+    ``cuda:3`` of two): said now, not once per model after its worker started."""
+    from cnnlab.models import resolve_device
+
+    for device in dict.fromkeys(config.devices or [config.measure.device]):
+        try:
+            resolve_device(device)
+        except CnnlabError as exc:
+            raise UsageError(str(exc)) from None
 
 
 def _check_one_decodes(dataset: LabelledImages, config: BenchConfig) -> None:
