@@ -1,0 +1,22 @@
+"""Merging the ranks' results of one row (cnnlab.bench.ranks), without launching processes."""
+
+from __future__ import annotations
+
+from cnnlab.bench.protocol import RunResult
+from cnnlab.bench.ranks import merge_runs, rank_totals
+
+
+def test_the_same_error_on_every_rank_is_said_once() -> None:
+    error = "--device cuda was asked for, but torch sees no CUDA device here"
+    merged, predictions = merge_runs([RunResult("m", error=error), RunResult("m", error=error)], [None, None])
+    assert predictions is None
+    assert merged.error == f"every rank: {error}"
+    merged, _ = merge_runs([RunResult("m"), RunResult("m", error="boom"), RunResult("m", error="boom")],
+                           [None, None, None])
+    assert merged.error == "ranks 1, 2: boom"
+
+
+def test_a_rank_without_images_has_no_images_per_second() -> None:
+    runs = [RunResult("m", eval_images=0, eval_total_s=0.01), RunResult("m", eval_images=1, eval_total_s=0.5)]
+    merged, _ = merge_runs(runs, [None, None])
+    assert rank_totals(merged)["rank_eval_images_per_s"] == ";2.00"
