@@ -20,3 +20,18 @@ def test_a_rank_without_images_has_no_images_per_second() -> None:
     runs = [RunResult("m", eval_images=0, eval_total_s=0.01), RunResult("m", eval_images=1, eval_total_s=0.5)]
     merged, _ = merge_runs(runs, [None, None])
     assert rank_totals(merged)["rank_eval_images_per_s"] == ";2.00"
+
+
+def test_ctrl_c_while_the_worker_starts_is_quiet(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C reaches the worker too; while it is still importing torch it exits 130 without a traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab.bench.worker", str(tmp_path / "req.json"),
+                             str(tmp_path / "res.json")], stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # importing torch takes longer
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
