@@ -89,6 +89,10 @@ def run_isolated(request: RunRequest, workdir: Path, index: int, *, progress: Pr
         proc.wait()
         relay.join(timeout=RELAY_GRACE_S)
         return failed_result(request, f"stopped after the time limit of {timeout_s:g} s per model")
+    except BaseException:  # Ctrl-C or a signal sent to bench alone: the worker must not run on, orphaned
+        proc.kill()
+        proc.wait()
+        raise
     relay.join(timeout=RELAY_GRACE_S)
     if res_file.is_file():
         try:

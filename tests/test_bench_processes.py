@@ -1,4 +1,4 @@
-"""Merging the ranks' results of one row (cnnlab.bench.ranks), without launching processes."""
+"""bench's processes: merging the ranks' results of one row (cnnlab.bench.ranks), and the worker processes."""
 
 from __future__ import annotations
 
@@ -35,3 +35,31 @@ def test_ctrl_c_while_the_worker_starts_is_quiet(tmp_path) -> None:  # type: ign
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+
+
+def test_an_interrupted_bench_does_not_leave_its_worker_running(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C (or a signal) that reaches only the bench process while it waits for a worker stops the worker."""
+    import subprocess
+
+    import pytest
+
+    from cnnlab.bench.config import MeasureOptions
+    from cnnlab.bench.protocol import RunRequest
+    from cnnlab.bench.runner import run_isolated
+    from cnnlab.progress import Progress
+
+    started: list[subprocess.Popen[str]] = []
+    real_wait = subprocess.Popen.wait
+
+    def interrupted_wait(self, timeout=None):  # type: ignore[no-untyped-def]
+        if not started:
+            started.append(self)
+            raise KeyboardInterrupt
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(subprocess.Popen, "wait", interrupted_wait)
+    request = RunRequest(model="mobilenet_v3_small", paths=[], predictions_file=str(tmp_path / "p.bin"),
+                         measure=MeasureOptions(device="cpu"), class_names=[], imagenet_accepted=[])
+    with pytest.raises(KeyboardInterrupt):
+        run_isolated(request, tmp_path, 0, progress=Progress())
+    assert started and started[0].poll() is not None  # killed, not left running
