@@ -63,3 +63,46 @@ def test_an_interrupted_bench_does_not_leave_its_worker_running(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         run_isolated(request, tmp_path, 0, progress=Progress())
     assert started and started[0].poll() is not None  # killed, not left running
+
+
+def test_ctrl_c_with_a_list_of_devices_stops_every_worker(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """--device cpu,cpu: Ctrl-C reaching bench alone, while workers run on the device threads, stops them
+    all, and no thread starts another."""
+    import subprocess
+    import threading
+    import time
+
+    import pytest
+    from PIL import Image
+
+    from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
+
+    (tmp_path / "d" / "cat").mkdir(parents=True)
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "d" / "cat" / "a.jpg")
+    started: list[subprocess.Popen[str]] = []
+
+    class Recorded(subprocess.Popen):  # type: ignore[type-arg]
+        def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            super().__init__(*args, **kwargs)
+            if "cnnlab.bench.worker" in args[0]:
+                started.append(self)
+
+    real_join = threading.Thread.join
+
+    def join(self, timeout=None):  # type: ignore[no-untyped-def]
+        if self.name.startswith("bench-") and threading.current_thread() is threading.main_thread():
+            deadline = time.monotonic() + 60
+            while not started and time.monotonic() < deadline:
+                time.sleep(0.05)
+            raise KeyboardInterrupt
+        return real_join(self, timeout)
+
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    monkeypatch.setattr(threading.Thread, "join", join)
+    config = BenchConfig(data=tmp_path / "d", models=["mobilenet_v3_small"] * 4, devices=["cpu", "cpu"],
+                         measure=MeasureOptions(device="cpu", weights="random", latency_repeats=3,
+                                                throughput_repeats=3))
+    with pytest.raises(KeyboardInterrupt):
+        bench_models(config)
+    time.sleep(1.0)  # a device thread that was starting a worker has started it by now
+    assert started and all(p.poll() is not None for p in started), [p.poll() for p in started]

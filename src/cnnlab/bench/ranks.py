@@ -214,8 +214,12 @@ def on_devices(run_row: Callable[[int, str], T], count: int, devices: list[str])
     threads = [threading.Thread(target=serve, args=(d,), name=f"bench-{d}", daemon=True) for d in devices]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException as exc:  # Ctrl-C: the threads take no new row (the caller stops the running ones)
+        errors.append(exc)
+        raise
     if errors:
         raise errors[0]
     return [results[i] for i in range(count)]

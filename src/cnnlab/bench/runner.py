@@ -80,6 +80,38 @@ def run_isolated(request: RunRequest, workdir: Path, index: int, *, progress: Pr
     request.write(req_file)
     proc = subprocess.Popen([sys.executable, "-m", "cnnlab.bench.worker", str(req_file), str(res_file)],
                             stdout=subprocess.PIPE, text=True, bufsize=1)
+    with _LIVE_LOCK:
+        _LIVE_WORKERS.add(proc)
+        if _STOPPING.is_set():  # bench was interrupted while this thread started the worker
+            proc.kill()
+    try:
+        return _wait_for(proc, request, res_file, progress, index, timeout_s)
+    finally:
+        with _LIVE_LOCK:
+            _LIVE_WORKERS.discard(proc)
+
+
+#: The workers running now (several at once with a list of devices), stopped by :func:`kill_workers`.
+_LIVE_WORKERS: set[subprocess.Popen[str]] = set()
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+def kill_workers() -> None:
+    """Stop every worker still running, and any another thread starts from now on (bench was interrupted:
+    none may run on, orphaned). :func:`bench_models` allows workers again when it starts."""
+    with _LIVE_LOCK:
+        _STOPPING.set()
+        procs = list(_LIVE_WORKERS)
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            proc.kill()
+    for proc in procs:
+        proc.wait()
+
+
+def _wait_for(proc: subprocess.Popen[str], request: RunRequest, res_file: Path, progress: Progress, index: int,
+              timeout_s: float | None) -> RunResult:
     relay = threading.Thread(target=_relay, args=(proc.stdout, progress, f"{index}:"), daemon=True)
     relay.start()
     try:
@@ -274,6 +306,7 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None, plan:
     """
     progress = progress or Progress()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    _STOPPING.clear()
     ctx = ranks.join()  # torchrun: every rank runs this, rank 0 checks the data and merges (cnnlab.bench.ranks)
     if ctx is not None and len(config.devices) > 1:
         raise UsageError("a list of devices is for one process; under torchrun each rank takes its own device")
@@ -323,10 +356,14 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None, plan:
             progress.finish(f"model-{i}", _one_line(model, time.perf_counter() - t0))
             return model
 
-        if len(config.devices) > 1:
-            rows = ranks.on_devices(run_row, total, config.devices)
-        else:
-            rows = [run_row(i) for i in range(total)]
+        try:
+            if len(config.devices) > 1:
+                rows = ranks.on_devices(run_row, total, config.devices)
+            else:
+                rows = [run_row(i) for i in range(total)]
+        except BaseException:  # Ctrl-C while workers run on other threads (a list of devices): stop them all
+            kill_workers()
+            raise
     results = [m for m in rows if m is not None]
     progress.finish("models")
     return BenchResult(
