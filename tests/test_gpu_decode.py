@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -150,3 +151,24 @@ def test_a_jpeg_the_device_decoder_refuses_is_read_by_pillow(tmp_path: Path, mon
     batch, failed = decode_batch(items, pp, torch.device("cpu"))
     assert failed == [] and batch.shape[0] == 2
     assert int(batch[1, 2].float().mean()) > 150 and int(batch[1, 0].float().mean()) < 50  # the blue one
+
+
+def test_device_path_gives_the_cpu_paths_reason_for_a_broken_jpeg(tmp_path: Path) -> None:
+    """A JPEG cut in half is skipped as ``truncated`` by both paths (not a vaguer ``undecodable`` on the device)."""
+    from cnnlab.inference import run_inference
+    from cnnlab.models import load_model
+
+    model = load_model("mobilenet_v3_small", random_weights=True, device="cpu")
+    good = tmp_path / "good.jpg"
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(good, quality=75)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+
+    def skipped(decode: str) -> list[tuple[str, str]]:
+        found = []
+        for batch in run_inference(model, [good, cut], batch_size=2, workers=0, decode=decode):
+            found.extend((Path(s.path).name, s.reason) for s in batch.skipped)
+        return found
+
+    assert skipped("device") == skipped("cpu") == [("cut.jpg", "truncated")]

@@ -19,7 +19,9 @@ Multi-node runs use torchrun's own options (``--nnodes``, ``--node-rank``, ``--r
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -123,10 +125,11 @@ def barrier(ctx: DistContext | None) -> None:
 
 
 def torchrun_command(nproc: int, cnnlab_args: Sequence[str]) -> list[str]:
-    """The command that runs ``cnnlab ARGS`` as ``nproc`` processes on this machine under torchrun."""
+    """The command that runs ``cnnlab ARGS`` as ``nproc`` processes on this machine under torchrun
+    (through :func:`launch`, which keeps the command's exit status)."""
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1, got {nproc}")
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    return [sys.executable, "-m", "cnnlab.distributed", "--standalone", f"--nproc-per-node={nproc}",
             "-m", "cnnlab", *cnnlab_args]
 
 
@@ -159,4 +162,65 @@ def relaunch(nproc: int, command: str) -> int:
         raise UsageError(f"--nproc re-launches the `cnnlab {command}` command line; from Python, start it "
                          f"with torchrun --nproc-per-node {nproc} -m cnnlab {command} ...")
     args = without_option(argv[argv.index(command):], "--nproc")
-    return subprocess.call(torchrun_command(nproc, args))
+    proc = subprocess.Popen(torchrun_command(nproc, args))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the launcher and the ranks; a lone SIGINT is passed on
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # torchrun stops its ranks on SIGTERM (a SIGKILL would orphan them)
+            proc.wait()
+        raise
+
+
+#: Seconds the launcher is given to stop its ranks after Ctrl-C before it is asked again with SIGTERM.
+STOP_GRACE_S = 30.0
+
+
+def exit_status(failures: dict[int, Any]) -> int:
+    """The exit status of a launch whose processes failed (``failures``: global rank -> torchrun's
+    ``ProcessFailure``): rank 0's own status when it failed by itself (it decides, e.g. 4 when a model
+    failed), else that of the first process that failed (the others were stopped because of it);
+    ``128 + N`` for a process killed by signal ``N``."""
+    main = failures.get(0)
+    if main is not None and main.exitcode > 0:
+        return int(main.exitcode)
+    first = min(failures.values(), key=lambda f: f.timestamp)
+    code = int(first.exitcode)
+    return code if code > 0 else 128 - code if code < 0 else 1
+
+
+def launch(argv: Sequence[str]) -> int:
+    """``torchrun ARGV`` in this process, quietly: each rank prints its own errors, so a failure is
+    not followed by torchrun's traceback and summary; the exit status is the command's (see
+    :func:`exit_status`), not torchrun's 1. ``python -m cnnlab.distributed ARGV`` runs it."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default, without its banner (ranks set threads)
+    for name in list(logging.Logger.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(list(argv)))
+    except ChildFailedError as exc:
+        code = exit_status(exc.failures)
+        rank, first = exc.get_first_failure()
+        if first.exitcode < 0 and first.signal_name() != "SIGTERM":
+            print(f"cnnlab: rank {rank} was killed by {first.signal_name()}", file=sys.stderr)
+        return code
+    except SignalException as exc:  # Ctrl-C or a kill: torchrun has stopped the ranks
+        return 128 + int(exc.sigval)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(launch(sys.argv[1:]))

@@ -119,11 +119,18 @@ def decode_batch(items: list[torch.Tensor], preprocessing: Preprocessing, device
 
     Items already decoded on the CPU are moved as they are. A failed item is left out of the tensor.
     """
+    batch, errors = _decode_batch(items, preprocessing, device)
+    return batch, sorted(errors)
+
+
+def _decode_batch(items: list[torch.Tensor], preprocessing: Preprocessing, device: torch.device
+                  ) -> tuple[torch.Tensor, dict[int, ImageDecodeError]]:
+    """:func:`decode_batch`, with Pillow's reason for each item that failed (``truncated``, ...)."""
     import torch
 
     encoded = [i for i, item in enumerate(items) if is_encoded(item)]
     decoded: dict[int, torch.Tensor] = {}
-    failed: list[int] = []
+    failed: dict[int, ImageDecodeError] = {}
     if encoded:
         data = [items[i] for i in encoded]
         try:
@@ -139,8 +146,8 @@ def decode_batch(items: list[torch.Tensor], preprocessing: Preprocessing, device
             if image is None:  # refused by the device decoder: Pillow on the CPU, with its guards, may read it
                 try:
                     decoded[i] = preprocessing.load(items[i].cpu().numpy().tobytes()).to(device)
-                except ImageDecodeError:
-                    failed.append(i)
+                except ImageDecodeError as exc:
+                    failed[i] = exc
             else:
                 decoded[i] = resize_and_crop(image, preprocessing)
     out = []
@@ -211,9 +218,9 @@ def decode_loader_batch(batch: Batch, preprocessing: Preprocessing, device: torc
     from cnnlab.inference import Batch
 
     items = batch.encoded or []
-    images, bad = decode_batch(items, preprocessing, device)
-    bad_set = set(bad)
-    indices = [index for k, index in enumerate(batch.indices) if k not in bad_set]
-    failed = [*batch.failed, *((batch.indices[k], "undecodable", f"neither the {device.type} JPEG decoder nor Pillow could read it")
-                               for k in bad)]
+    images, bad = _decode_batch(items, preprocessing, device)
+    indices = [index for k, index in enumerate(batch.indices) if k not in bad]
+    # the reason Pillow gives (``truncated``, ...), as the CPU path reports it
+    failed = [*batch.failed, *((batch.indices[k], exc.reason, f"{exc} (refused by the {device.type} JPEG decoder too)")
+                               for k, exc in sorted(bad.items()))]
     return Batch(indices, images if indices else None, failed)

@@ -145,13 +145,13 @@ def read_real_labels(path: str | Path) -> dict[int, tuple[int, ...]]:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"cannot read ReaL labels {path}: {exc}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, huge numbers
+        raise DatasetError(f"cannot read ReaL labels {path}: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(data, list) or not all(isinstance(x, list) for x in data):
         raise DatasetError(f"{path} must be a JSON list with one list of class indices per validation image")
     out: dict[int, tuple[int, ...]] = {}
     for i, labels in enumerate(data):
-        if not all(isinstance(v, int) and 0 <= v < 1000 for v in labels):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1000 for v in labels):
             raise DatasetError(f"{path}: entry {i} holds something other than ImageNet class indices: {labels}")
         out[i] = tuple(sorted(set(labels)))
     return out

@@ -71,6 +71,8 @@ def on_main(ctx: DistContext | None, work: Callable[[], T]) -> T:
             outcome = (False, exc)
     ok, value = broadcast_from_main(outcome, ctx)
     if not ok:
+        if not ctx.is_main:
+            value.reported_by_main = True  # rank 0 says it: the others exit with its status, quietly
         raise value
     return value
 
@@ -132,9 +134,12 @@ def merge_runs(runs: list[RunResult], predictions: list[np.ndarray | None]) -> t
     merged = dataclasses.replace(first, eval_skipped=[s for r in runs for s in r.eval_skipped])
     merged.world_size = len(runs)
     merged.ranks = [{"rank": i, **{name: getattr(r, name) for name in RANK_FIELDS}} for i, r in enumerate(runs)]
-    errors = [f"rank {i}: {r.error}" for i, r in enumerate(runs) if r.error is not None]
+    errors: dict[str, list[int]] = {}  # the same error on several ranks is said once, with its ranks
+    for i, r in enumerate(runs):
+        if r.error is not None:
+            errors.setdefault(r.error, []).append(i)
     if errors:
-        merged.error = "; ".join(errors)
+        merged.error = "; ".join(f"{_ranks_phrase(where, len(runs))}: {error}" for error, where in errors.items())
         return merged, None
     merged.eval_images = sum(r.eval_images for r in runs)
     for name in ("eval_total_s", "eval_data_s", "eval_model_s", "load_s", "rss_after_load_mib", "rss_peak_mib",
@@ -150,6 +155,12 @@ def merge_runs(runs: list[RunResult], predictions: list[np.ndarray | None]) -> t
     return merged, records[np.argsort(records["row"], kind="stable")]
 
 
+def _ranks_phrase(ranks: list[int], world_size: int) -> str:
+    if len(ranks) == world_size > 1:
+        return "every rank"
+    return ("ranks " if len(ranks) > 1 else "rank ") + ", ".join(map(str, ranks))
+
+
 def rank_totals(run: RunResult) -> dict[str, Any]:
     """The extra results.csv columns of a row: processes, per-rank speed, totals over the ranks."""
     ranks = run.ranks or []
@@ -158,7 +169,9 @@ def rank_totals(run: RunResult) -> dict[str, Any]:
         values = [float(r[name]) for r in ranks if r.get(name) is not None]
         return sum(values) if values else None
 
-    per_rank = [(r["eval_images"] / r["eval_total_s"]) if r.get("eval_total_s") else None for r in ranks]
+    # a rank with no image to evaluate (fewer images than ranks) has no images/s, rather than 0
+    per_rank = [(r["eval_images"] / r["eval_total_s"]) if r.get("eval_total_s") and r.get("eval_images") else None
+                for r in ranks]
     single = {"throughput_images_per_s_total": run.throughput_ips, "process_peak_rss_mib_total":
               run.process_peak_rss_mib, "cuda_peak_allocated_mib_total": run.cuda_peak_allocated_mib}
     if not ranks:
@@ -201,8 +214,12 @@ def on_devices(run_row: Callable[[int, str], T], count: int, devices: list[str])
     threads = [threading.Thread(target=serve, args=(d,), name=f"bench-{d}", daemon=True) for d in devices]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException as exc:  # Ctrl-C: the threads take no new row (the caller stops the running ones)
+        errors.append(exc)
+        raise
     if errors:
         raise errors[0]
     return [results[i] for i in range(count)]

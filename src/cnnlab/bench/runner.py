@@ -80,6 +80,38 @@ def run_isolated(request: RunRequest, workdir: Path, index: int, *, progress: Pr
     request.write(req_file)
     proc = subprocess.Popen([sys.executable, "-m", "cnnlab.bench.worker", str(req_file), str(res_file)],
                             stdout=subprocess.PIPE, text=True, bufsize=1)
+    with _LIVE_LOCK:
+        _LIVE_WORKERS.add(proc)
+        if _STOPPING.is_set():  # bench was interrupted while this thread started the worker
+            proc.kill()
+    try:
+        return _wait_for(proc, request, res_file, progress, index, timeout_s)
+    finally:
+        with _LIVE_LOCK:
+            _LIVE_WORKERS.discard(proc)
+
+
+#: The workers running now (several at once with a list of devices), stopped by :func:`kill_workers`.
+_LIVE_WORKERS: set[subprocess.Popen[str]] = set()
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+def kill_workers() -> None:
+    """Stop every worker still running, and any another thread starts from now on (bench was interrupted:
+    none may run on, orphaned). :func:`bench_models` allows workers again when it starts."""
+    with _LIVE_LOCK:
+        _STOPPING.set()
+        procs = list(_LIVE_WORKERS)
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            proc.kill()
+    for proc in procs:
+        proc.wait()
+
+
+def _wait_for(proc: subprocess.Popen[str], request: RunRequest, res_file: Path, progress: Progress, index: int,
+              timeout_s: float | None) -> RunResult:
     relay = threading.Thread(target=_relay, args=(proc.stdout, progress, f"{index}:"), daemon=True)
     relay.start()
     try:
@@ -89,6 +121,10 @@ def run_isolated(request: RunRequest, workdir: Path, index: int, *, progress: Pr
         proc.wait()
         relay.join(timeout=RELAY_GRACE_S)
         return failed_result(request, f"stopped after the time limit of {timeout_s:g} s per model")
+    except BaseException:  # Ctrl-C or a signal sent to bench alone: the worker must not run on, orphaned
+        proc.kill()
+        proc.wait()
+        raise
     relay.join(timeout=RELAY_GRACE_S)
     if res_file.is_file():
         try:
@@ -164,6 +200,7 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
             for choice in dict.fromkeys(effective_choice(name, b) for b in config.backends)]
     for choice in dict.fromkeys(c for _, c in rows):
         check_installed(choice, export=any(c is choice and not is_onnx_file(n) for n, c in rows))
+    _check_devices(config)
     if config.labels_file is not None:
         dataset = scan_flat_val(config.data, config.labels_file)
     else:
@@ -176,6 +213,18 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
     weights = {name: _weights_for(name, config) for name in config.models}
     progress.finish("preflight")
     return Plan(dataset, mappings, real_sets, weights, rows)
+
+
+def _check_devices(config: BenchConfig) -> None:
+    """Raise :class:`UsageError` for a device this machine does not have (``--device cuda`` without a GPU,
+    ``cuda:3`` of two): said now, not once per model after its worker started."""
+    from cnnlab.models import resolve_device
+
+    for device in dict.fromkeys(config.devices or [config.measure.device]):
+        try:
+            resolve_device(device)
+        except CnnlabError as exc:
+            raise UsageError(str(exc)) from None
 
 
 def _check_one_decodes(dataset: LabelledImages, config: BenchConfig) -> None:
@@ -257,6 +306,7 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None, plan:
     """
     progress = progress or Progress()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    _STOPPING.clear()
     ctx = ranks.join()  # torchrun: every rank runs this, rank 0 checks the data and merges (cnnlab.bench.ranks)
     if ctx is not None and len(config.devices) > 1:
         raise UsageError("a list of devices is for one process; under torchrun each rank takes its own device")
@@ -306,10 +356,14 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None, plan:
             progress.finish(f"model-{i}", _one_line(model, time.perf_counter() - t0))
             return model
 
-        if len(config.devices) > 1:
-            rows = ranks.on_devices(run_row, total, config.devices)
-        else:
-            rows = [run_row(i) for i in range(total)]
+        try:
+            if len(config.devices) > 1:
+                rows = ranks.on_devices(run_row, total, config.devices)
+            else:
+                rows = [run_row(i) for i in range(total)]
+        except BaseException:  # Ctrl-C while workers run on other threads (a list of devices): stop them all
+            kill_workers()
+            raise
     results = [m for m in rows if m is not None]
     progress.finish("models")
     return BenchResult(

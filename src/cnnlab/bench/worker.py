@@ -12,6 +12,12 @@ lines on stdout (:class:`cnnlab.progress.JsonLinesProgress`).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # Ctrl-C during the imports below (seconds): a quiet 130 too, not a traceback
+    import os as _os
+    import signal as _signal
+
+    _signal.signal(_signal.SIGINT, lambda *_: _os._exit(130))
+
 import functools
 import platform
 import sys
@@ -251,4 +257,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)  # imported: main() handles Ctrl-C
     raise SystemExit(main())

@@ -22,7 +22,7 @@ from cnnlab.cli.options import (
     Workers,
     default_of,
 )
-from cnnlab.errors import UsageError
+from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, RuntimeChoice, WeightsPolicy, parse_choice
 from cnnlab.zoo import LAB_MODELS
 
@@ -122,6 +122,10 @@ def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, w
     if ctx is not None and not ctx.is_main:  # torchrun: rank 0 reports and writes, the others evaluate their share
         try:
             bench_models(config)
+        except CnnlabError as exc:
+            if getattr(exc, "reported_by_main", False):  # rank 0 prints it once
+                raise typer.Exit(exc.exit_code) from None
+            raise
         finally:
             destroy_process_group()
         return
@@ -134,10 +138,11 @@ def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, w
 
     check_output_path(out_dir)  # a file in the way: said now, without creating anything
     refuse_previous()
-    plan = None  # under torchrun rank 0 checks inside bench_models, so that a failure reaches every rank
-    if ctx is None:
-        with RichProgress(quiet=quiet) as progress:
-            plan = preflight(config, progress)
+    # Under torchrun too, rank 0 checks before it makes the folder: if that fails, it exits with the
+    # error and the launcher stops the other ranks (waiting for rank 0 to join them); if it passes,
+    # bench_models hands the plan to every rank.
+    with RichProgress(quiet=quiet) as progress:
+        plan = preflight(config, progress)
     out_dir = check_output_folder(out_dir)
     with FolderLock(out_dir, holder="another `cnnlab bench`"):
         refuse_previous()  # again, under the lock
