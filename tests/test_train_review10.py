@@ -1,0 +1,37 @@
+"""Review of `cnnlab train` (issue 10): edge cases found by trying the command as a user and as an attacker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from cnnlab.cli import app
+
+runner = CliRunner()
+#: The offline model's real weights at a small size: every run here takes seconds.
+SMALL = ["--model", "efficientnet_lite0", "--image-size", "32", "--workers", "0", "--batch-size", "8"]
+
+
+def make_colours(root: Path, per_class: int = 8, size: int = 32) -> Path:
+    rng = np.random.default_rng(0)
+    for name, rgb in {"blue": (40, 60, 220), "red": (220, 40, 40)}.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            array = np.clip(np.array(rgb)[None, None, :] + rng.normal(0, 30, (size, size, 3)), 0, 255)
+            Image.fromarray(array.astype(np.uint8)).save(root / name / f"{i:02d}.png")
+    return root
+
+
+def test_class_of_only_unreadable_files_is_refused(tmp_path: Path) -> None:
+    """A class folder whose files all fail to decode would be a class the head can never learn."""
+    data = make_colours(tmp_path / "data")
+    (data / "broken").mkdir()
+    for i in range(5):
+        (data / "broken" / f"{i}.jpg").write_bytes(b"not an image")
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze", *SMALL])
+    assert result.exit_code == 2, result.output
+    assert "broken" in result.stderr and "could be decoded" in result.stderr
+    assert not (tmp_path / "run" / "best.pt").exists()
