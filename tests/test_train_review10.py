@@ -9,6 +9,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cnnlab.cli import app
+from cnnlab.finetune import TrainConfig
+from cnnlab.finetune.lr_find import find_lr
 
 runner = CliRunner()
 #: The offline model's real weights at a small size: every run here takes seconds.
@@ -35,3 +37,16 @@ def test_class_of_only_unreadable_files_is_refused(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "broken" in result.stderr and "could be decoded" in result.stderr
     assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_find_lr_skips_a_one_image_batch_while_batchnorm_trains(tmp_path: Path) -> None:
+    """Undecodable files can leave a batch of one image; the range test crashed in BatchNorm on it."""
+    data = make_colours(tmp_path / "data", per_class=2)
+    for name in ("blue", "red"):
+        for i in range(2):
+            (data / name / f"bad{i}.png").write_bytes(b"not an image")
+    config = TrainConfig(data=str(data), out=str(tmp_path / "lr"), probe=False, val_fraction=0.0, bn="train",
+                         model="efficientnet_lite0", image_size=32, workers=0, batch_size=2)
+    result = find_lr(config, steps=12)
+    assert len(result.lrs) == 12 and result.suggestion is not None
+    assert (tmp_path / "lr" / "lr_find.csv").is_file()
