@@ -50,3 +50,14 @@ def test_find_lr_skips_a_one_image_batch_while_batchnorm_trains(tmp_path: Path) 
     result = find_lr(config, steps=12)
     assert len(result.lrs) == 12 and result.suggestion is not None
     assert (tmp_path / "lr" / "lr_find.csv").is_file()
+
+
+def test_out_inside_the_data_folder_is_refused(tmp_path: Path) -> None:
+    """A run folder inside the class folders became a class (curves.png its image) of the next run."""
+    data = make_colours(tmp_path / "data")
+    for out in (data / "run", data / "red", data):
+        result = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--freeze", *SMALL])
+        assert result.exit_code == 2, result.output
+        assert "inside the data folder" in result.stderr
+    assert sorted(p.name for p in data.iterdir()) == ["blue", "red"]
+    assert not list(data.rglob("*.png")) == [] and not list(data.rglob("curves.png"))

@@ -86,6 +86,7 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
         config.validate()
     if config.data is None:
         raise UsageError("no training data: pass --data DIR (a class-folder tree, a manifest or a split folder)")
+    _check_out_outside_data(config.out, config.data)
     if config.tensorboard and prepare_out:
         tblog.check_available()
     out = check_out(config) if prepare_out else Path(config.out)
@@ -142,6 +143,18 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
     if config.tensorboard and prepare_out:
         run.tensorboard = tblog.TensorBoardLog(out, first_epoch=state.epochs_done + 1 if stored is not None else 0)
     return run, state
+
+
+def _check_out_outside_data(out: str, data: str) -> None:
+    """Refuse (:class:`UsageError`) a run folder that is the data folder or lies inside it: its files
+    (curves.png, lr_find.png) would be read as training images, the folder as a class, by the next run."""
+    folder = Path(data)
+    if not folder.is_dir():
+        return
+    folder, target = folder.resolve(), Path(out).resolve()
+    if target == folder or target.is_relative_to(folder):
+        raise UsageError(f"--out {out} is inside the data folder {data}: the run's files would become training "
+                         "images (and its folder a class) of the next run; choose an --out outside it")
 
 
 def _from_registry(config: TrainConfig, num_classes: int, progress: Progress) -> StartingModel:
