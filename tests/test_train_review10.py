@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -61,3 +62,29 @@ def test_out_inside_the_data_folder_is_refused(tmp_path: Path) -> None:
         assert "inside the data folder" in result.stderr
     assert sorted(p.name for p in data.iterdir()) == ["blue", "red"]
     assert not list(data.rglob("*.png")) == [] and not list(data.rglob("curves.png"))
+
+
+def test_model_checkpoint_that_does_not_fit_its_architecture_gives_a_short_error(tmp_path: Path) -> None:
+    """The error listed every missing and unexpected key: tens of kilobytes on the terminal."""
+    data = make_colours(tmp_path / "data")
+    first = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "a"), "--freeze", *SMALL])
+    assert first.exit_code == 0, first.output
+    ckpt = torch.load(tmp_path / "a" / "best.pt", weights_only=False)
+    ckpt["arch"] = "mobilenet_v3_small"
+    torch.save(ckpt, tmp_path / "other.pt")
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "b"), "--freeze", *SMALL]
+    args[args.index("--model") + 1] = str(tmp_path / "other.pt")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3, result.output
+    assert "do not fit mobilenet_v3_small" in result.stderr and len(result.stderr) < 2000
+
+
+def test_onnx_model_is_refused_with_advice_for_train(tmp_path: Path) -> None:
+    """The refusal suggested --backend, an option train does not have."""
+    data = make_colours(tmp_path / "data")
+    (tmp_path / "m.onnx").write_bytes(b"\\x08\\x07")
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "b"), "--freeze", *SMALL]
+    args[args.index("--model") + 1] = str(tmp_path / "m.onnx")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "ONNX" in result.stderr and "--backend" not in result.stderr

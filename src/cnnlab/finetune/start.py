@@ -84,6 +84,9 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
         stored = read_resume_checkpoint(Path(config.out))
         config, notes = resumed_config(config, stored["train_args"])
         config.validate()
+    if Path(config.model).suffix.lower() == ".onnx":
+        raise UsageError(f"--model {config.model} is an ONNX file: train needs PyTorch weights, a registry model or "
+                         "a checkpoint of cnnlab train (runs/x/best.pt)")
     if config.data is None:
         raise UsageError("no training data: pass --data DIR (a class-folder tree, a manifest or a split folder)")
     _check_out_outside_data(config.out, config.data)
@@ -179,7 +182,7 @@ def _from_checkpoint(config: TrainConfig, classes: list[str]) -> StartingModel:
     try:
         module = build_finetuned(spec, len(old), ckpt["state_dict"])
     except (RuntimeError, CnnlabError) as exc:
-        raise WeightsIntegrityError(f"the weights in {path} do not fit {spec.name}: {exc}") from None
+        raise WeightsIntegrityError(f"the weights in {path} do not fit {spec.name}: {_brief(exc)}") from None
     keep = old == classes
     head_info = stored_head
     if not keep:
@@ -192,6 +195,13 @@ def _from_checkpoint(config: TrainConfig, classes: list[str]) -> StartingModel:
     random_weights = bool((ckpt.get("train_args") or {}).get("random_weights", False))
     return StartingModel(spec, module, head_info, pp, random_weights=random_weights, keep_head=keep,
                          parent=str(path), inherited=ckpt.get("data_record"))
+
+
+def _brief(exc: BaseException, width: int = 160) -> str:
+    """An exception's message cut to a few short lines (load_state_dict lists every key it misses)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()][:3]
+    return " ".join(line if len(line) <= width else line[:width] + f"... ({line.count(',') + 1} items)"
+                    for line in lines)
 
 
 def _from_last(stored: dict[str, Any], path: Path) -> StartingModel:
