@@ -88,3 +88,11 @@ def test_onnx_model_is_refused_with_advice_for_train(tmp_path: Path) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "ONNX" in result.stderr and "--backend" not in result.stderr
+
+
+def test_classes_that_differ_only_in_case_are_warned_about(tmp_path: Path) -> None:
+    data = make_colours(tmp_path / "data")
+    (data / "red").rename(data / "Blue")
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze", *SMALL])
+    assert result.exit_code == 0, result.output
+    assert "differ only in case" in result.stderr and "'Blue', 'blue'" in result.stderr

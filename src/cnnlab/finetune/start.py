@@ -275,6 +275,13 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
             run.note(f"the {phase.name} phase has only {steps} optimiser steps ({r.n_train} training images, "
                      f"{phase.epochs} epoch(s)), fewer than the {c.min_phase_steps} a schedule needs to warm up "
                      "and settle: add images or epochs", warning=True)
+    folded: dict[str, list[str]] = {}
+    for name in r.classes:
+        folded.setdefault(name.casefold(), []).append(name)
+    for names in (n for n in folded.values() if len(n) > 1):
+        run.note(f"classes {', '.join(repr(n) for n in names)} differ only in case: they are trained as different "
+                 "classes here, but their folders merge on a case-insensitive file system (macOS, Windows); "
+                 "merge or rename them if they are one class", warning=True)
     if run.splits.dropped_classes:
         run.note(f"class folder(s) without images left out: {', '.join(run.splits.dropped_classes)}", warning=True)
     if r.imbalance_ratio >= IMBALANCE_WARNING:
