@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +98,16 @@ def test_classes_that_differ_only_in_case_are_warned_about(tmp_path: Path) -> No
     result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze", *SMALL])
     assert result.exit_code == 0, result.output
     assert "differ only in case" in result.stderr and "'Blue', 'blue'" in result.stderr
+
+
+def test_resume_with_two_processes(tmp_path: Path) -> None:
+    """Every rank but 0 was given overwrite=True next to resume=True and stopped at the settings check."""
+    data = make_colours(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--out", str(out), *SMALL]
+    first = runner.invoke(app, ["train", *args, "--epochs", "1", "--freeze-epochs", "0", "--no-probe"])
+    assert first.exit_code == 0, first.output
+    cmd = [sys.executable, "-m", "cnnlab", "train", "--out", str(out), "--resume", "--workers", "0", "--nproc", "2", "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "exclude each other" not in proc.stderr
