@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,13 @@ def test_resume_with_two_processes(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "exclude each other" not in proc.stderr
+
+
+def test_without_held_out_images_no_evaluation_on_validation_images_is_claimed(tmp_path: Path) -> None:
+    """With one image per class nothing is held out; the run said it evaluated on the validation images."""
+    data = make_colours(tmp_path / "data", per_class=1)
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze", *SMALL])
+    assert result.exit_code == 0, result.output
+    assert "uses the validation images" not in result.stderr and "no held-out figure" in result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["evaluated_on"] is None and "validation figures" not in metrics["note"]

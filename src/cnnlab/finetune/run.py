@@ -216,6 +216,8 @@ def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
         "note": (
             "best.pt on the test split, which took no part in training or in choosing the epoch"
             if result.evaluated_on == "test"
+            else "no validation or test images: no held-out figures"
+            if result.evaluated_on is None
             else "no test split: validation figures, and the validation split chose the best epoch (optimistic)"
         ),
         **reports,

@@ -290,6 +290,8 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
                  f"{advice}", warning=True)
     if run.splits.val is None:
         run.note("no validation images: no early stopping, and best.pt is the last epoch", warning=True)
-    if run.splits.test is None:
+    if run.splits.test is None and run.splits.val is None:
+        run.note("no validation or test images: the run gives no held-out figure", warning=True)
+    elif run.splits.test is None:
         run.note("no test split: the final evaluation uses the validation images, which also chose the best epoch "
                  "(optimistic); use --test-fraction or a split.csv with a test split for an unbiased figure")
