@@ -122,3 +122,11 @@ def test_without_held_out_images_no_evaluation_on_validation_images_is_claimed(t
     assert "uses the validation images" not in result.stderr and "no held-out figure" in result.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["evaluated_on"] is None and "validation figures" not in metrics["note"]
+
+
+def test_freeze_with_ema_or_mixup_says_they_are_not_used(tmp_path: Path) -> None:
+    data = make_colours(tmp_path / "data")
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze", "--ema",
+                                 "--mixup", "0.2", *SMALL])
+    assert result.exit_code == 0, result.output
+    assert "--ema, --mixup act on SGD epochs" in result.stderr

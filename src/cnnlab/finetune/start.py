@@ -275,6 +275,10 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
             run.note(f"the {phase.name} phase has only {steps} optimiser steps ({r.n_train} training images, "
                      f"{phase.epochs} epoch(s)), fewer than the {c.min_phase_steps} a schedule needs to warm up "
                      "and settle: add images or epochs", warning=True)
+    unused = [name for name, on in (("--ema", c.ema), ("--mixup", c.mixup), ("--cutmix", c.cutmix)) if on]
+    if not any(p.name != "probe" for p in run.phases) and unused:
+        run.note(f"{', '.join(unused)} act on SGD epochs, and this run has none (the probe alone): not used",
+                 warning=True)
     folded: dict[str, list[str]] = {}
     for name in r.classes:
         folded.setdefault(name.casefold(), []).append(name)
