@@ -49,7 +49,7 @@ def train_command(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=65536, help="Largest batch (lowered for small data, see --min-phase-steps).")] = _C.batch_size,
     min_phase_steps: Annotated[int, typer.Option("--min-phase-steps", min=1, help="Optimiser steps each phase should have; smaller batches (>= 8) give them.")] = _C.min_phase_steps,
     find_lr: Annotated[bool, typer.Option("--find-lr", help="Only run the learning-rate range test: lr_find.png/csv and a suggested --lr.")] = False,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate of the head (AdamW).")] = _C.lr,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW) of the head; in the full phase the head peaks at half of it.")] = _C.lr,
     backbone_lr_ratio: Annotated[float, typer.Option("--backbone-lr-ratio", min=0.0, help="Backbone learning rate relative to the head's.")] = _C.backbone_lr_ratio,
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = _C.weight_decay,
     schedule: Annotated[Schedule, typer.Option("--schedule", case_sensitive=False, help="Learning-rate schedule of each phase.")] = _C.schedule,
