@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,20 @@ def test_freeze_with_ema_or_mixup_says_they_are_not_used(tmp_path: Path) -> None
                                  "--mixup", "0.2", *SMALL])
     assert result.exit_code == 0, result.output
     assert "--ema, --mixup act on SGD epochs" in result.stderr
+
+
+def test_tensorboard_that_does_not_import_is_a_usage_error(tmp_path: Path) -> None:
+    """Found by find_spec but failing to import, tensorboard crashed the run with a traceback after the run
+    folder was prepared."""
+    fake = tmp_path / "site" / "tensorboard"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('simulated: needs a newer protobuf')\n")
+    data = make_colours(tmp_path / "data")
+    src = Path(__file__).resolve().parents[1] / "src"
+    cmd = [sys.executable, "-m", "cnnlab", "train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze",
+           "--tensorboard", *SMALL]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(src)])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "does not import" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
