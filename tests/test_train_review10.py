@@ -65,7 +65,7 @@ def test_out_inside_the_data_folder_is_refused(tmp_path: Path) -> None:
         assert result.exit_code == 2, result.output
         assert "inside the data folder" in result.stderr
     assert sorted(p.name for p in data.iterdir()) == ["blue", "red"]
-    assert not list(data.rglob("*.png")) == [] and not list(data.rglob("curves.png"))
+    assert list(data.rglob("*.png")) and not list(data.rglob("curves.png"))
 
 
 def test_model_checkpoint_that_does_not_fit_its_architecture_gives_a_short_error(tmp_path: Path) -> None:
@@ -148,3 +148,15 @@ def test_tensorboard_that_does_not_import_is_a_usage_error(tmp_path: Path) -> No
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "does not import" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_image_size_near_the_input_limit_trains_and_above_it_is_a_usage_error(tmp_path: Path) -> None:
+    """--image-size 2000 scaled the resize to 2286, over the 2048 limit: a ValueError traceback."""
+    data = make_colours(tmp_path / "data", per_class=1)
+    args = ["train", "--data", str(data), "--freeze", *SMALL, "--batch-size", "2"]
+    args[args.index("--image-size") + 1] = "2000"
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    args[args.index("--image-size") + 1] = "4096"
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and not isinstance(result.exception, ValueError)

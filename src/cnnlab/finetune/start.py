@@ -41,7 +41,7 @@ from cnnlab.finetune.state import RunState, check_out, read_resume_checkpoint, r
 from cnnlab.inference import default_workers
 from cnnlab.models import LoadedModel, load_model, precision_dtype, resolve_device, resolve_precision
 from cnnlab.options import BNPolicy, Precision
-from cnnlab.preprocess import Preprocessing
+from cnnlab.preprocess import MAX_INPUT_SIZE, Preprocessing
 from cnnlab.progress import Progress
 from cnnlab.zoo import ModelSpec
 
@@ -231,7 +231,8 @@ def _run_preprocessing(spec: ModelSpec, image_size: int | None) -> Preprocessing
     if image_size is None:
         return pp
     ratio = pp.resize_size / pp.crop_size
-    return dataclasses.replace(pp, crop_size=image_size, resize_size=max(image_size, round(image_size * ratio)))
+    resize = min(MAX_INPUT_SIZE, max(image_size, round(image_size * ratio)))  # the resize limit of Preprocessing
+    return dataclasses.replace(pp, crop_size=image_size, resize_size=resize)
 
 
 def _wrap(start: StartingModel, classes: list[str], device: torch.device, precision: Precision) -> LoadedModel:
