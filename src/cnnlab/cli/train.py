@@ -20,6 +20,7 @@ from cnnlab.cli.options import (
 )
 from cnnlab.finetune.config import TrainConfig
 from cnnlab.options import Augment, BNPolicy, Schedule
+from cnnlab.preprocess import MAX_INPUT_SIZE
 
 if TYPE_CHECKING:
     from cnnlab.finetune.lr_find import LRFinderResult
@@ -49,7 +50,7 @@ def train_command(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=65536, help="Largest batch (lowered for small data, see --min-phase-steps).")] = _C.batch_size,
     min_phase_steps: Annotated[int, typer.Option("--min-phase-steps", min=1, help="Optimiser steps each phase should have; smaller batches (>= 8) give them.")] = _C.min_phase_steps,
     find_lr: Annotated[bool, typer.Option("--find-lr", help="Only run the learning-rate range test: lr_find.png/csv and a suggested --lr.")] = False,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate of the head (AdamW).")] = _C.lr,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW) of the head; in the full phase the head peaks at half of it.")] = _C.lr,
     backbone_lr_ratio: Annotated[float, typer.Option("--backbone-lr-ratio", min=0.0, help="Backbone learning rate relative to the head's.")] = _C.backbone_lr_ratio,
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = _C.weight_decay,
     schedule: Annotated[Schedule, typer.Option("--schedule", case_sensitive=False, help="Learning-rate schedule of each phase.")] = _C.schedule,
@@ -71,7 +72,7 @@ def train_command(
     crop_scale: Annotated[float, typer.Option("--crop-scale", min=0.01, max=1.0, help="Smallest area fraction of a random crop.")] = _C.crop_scale[0],
     hflip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = _C.hflip,
     color_jitter: Annotated[float, typer.Option("--color-jitter", min=0.0, help="Brightness/contrast/saturation jitter.")] = _C.color_jitter,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", min=16, help="Crop size instead of the model's (faster, less accurate).")] = _C.image_size,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", min=16, max=MAX_INPUT_SIZE, help="Crop size instead of the model's (faster, less accurate).")] = _C.image_size,
     balance: Annotated[bool, typer.Option("--balance", help="Sample every class equally often.")] = _C.balance,
     bn: Annotated[BNPolicy, typer.Option("--bn", case_sensitive=False, help="BatchNorm layers (auto: frozen statistics for pretrained weights).")] = _C.bn,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Start from random weights (testing only: not a fine-tune).")] = _C.random_weights,

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, NamedTuple
 from cnnlab.collect.config import DEFAULT_NEAR_DUP_THRESHOLD
 from cnnlab.errors import UsageError
 from cnnlab.options import Augment, BNPolicy, Precision, Schedule, parse_choice, parse_device
+from cnnlab.preprocess import MAX_INPUT_SIZE
 
 #: Smallest batch the run lowers ``batch_size`` to so that a phase gets ``min_phase_steps`` steps.
 MIN_BATCH = 8
@@ -149,8 +150,8 @@ class TrainConfig:
             problems.append(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         if self.color_jitter < 0:
             problems.append(f"color_jitter must be >= 0, got {self.color_jitter}")
-        if self.image_size is not None and self.image_size < 16:
-            problems.append(f"image_size must be >= 16, got {self.image_size}")
+        if self.image_size is not None and not 16 <= self.image_size <= MAX_INPUT_SIZE:
+            problems.append(f"image_size must be from 16 to {MAX_INPUT_SIZE}, got {self.image_size}")
         if self.workers is not None and self.workers < 0:
             problems.append(f"workers must be >= 0, got {self.workers}")
         if self.resume and self.overwrite:

@@ -100,7 +100,8 @@ def rank_config(config: TrainConfig, ctx: DistContext | None) -> Iterator[TrainC
     with tempfile.TemporaryDirectory(prefix=f"cnnlab-train-rank{ctx.rank}-") as tmp:
         for name, data in sent.items():
             (Path(tmp) / name).write_bytes(data)
-        yield dataclasses.replace(config, device=device, out=tmp, overwrite=True, tensorboard=False)
+        # a resumed run reads the files rank 0 sent (resume and overwrite exclude each other)
+        yield dataclasses.replace(config, device=device, out=tmp, overwrite=not config.resume, tensorboard=False)
 
 
 def _run_files(out: Path, names: tuple[str, ...] | list[str]) -> dict[str, bytes]:

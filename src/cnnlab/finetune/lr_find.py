@@ -115,6 +115,8 @@ def find_lr(
     targets = torch.tensor(run.splits.train.targets, dtype=torch.long)
     result = LRFinderResult(phase.name)
     set_phase_modes(module, run.head, phase.name, run.bn)
+    # as in training: BatchNorm layers that train cannot normalise a batch that undecodable files left with one image
+    batchnorm_trains = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules())
     progress.start("lr_find", f"learning-rate range test ({phase.name} phase)", total=steps)
     average, lowest, cycle = 0.0, math.inf, 0
     chance = math.log(len(run.splits.classes))
@@ -122,7 +124,7 @@ def find_lr(
         reseed(config.seed, cycle, run.generator)
         cycle += 1
         for batch in loader:
-            if batch.images is None:
+            if batch.images is None or (batchnorm_trains and len(batch.indices) == 1):
                 continue
             y = targets[batch.indices]
             x, soft = mix(batch.images, y) if mix is not None else (batch.images, None)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from cnnlab.checkpoint import HeadInfo, make_checkpoint, read_checkpoint, save_checkpoint
 from cnnlab.datasets import LabelledImages, SkippedFile
+from cnnlab.errors import DatasetError
 from cnnlab.finetune.augment import make_transform
 from cnnlab.finetune.config import BatchPlan, Phase, TrainConfig, plan_batches
 from cnnlab.finetune.data import DataSplits, make_train_loader
@@ -98,11 +99,33 @@ class TrainingRun:
         self.progress.note(message, warning=warning)
 
     def skip(self, files: list[SkippedFile]) -> None:
-        """Record undecodable files (each once)."""
+        """Record undecodable files (each once); raise :class:`DatasetError` when they are every
+        training image of a class (a class the network could never learn)."""
+        new = False
         for s in files:
             if s.path not in self._skipped_paths:
                 self._skipped_paths.add(s.path)
                 self.result.skipped.append(s)
+                new = True
+        if new:
+            self._check_classes_decodable()
+
+    def _check_classes_decodable(self) -> None:
+        train = self.splits.train
+        total = train.class_counts()
+        failed: dict[str, int] = {}
+        for path, target in zip(train.paths, train.targets):
+            if str(path) in self._skipped_paths:
+                name = train.classes[target]
+                failed[name] = failed.get(name, 0) + 1
+        lost = [name for name, n in failed.items() if n >= total.get(name, 0) > 0]
+        if lost:
+            examples = [s for s in self.result.skipped if s.label in lost][:3]
+            raise DatasetError(
+                f"none of the training images of class(es) {', '.join(lost)} could be decoded, e.g. "
+                + "; ".join(f"{s.path}: {s.reason}" + (f" ({s.detail})" if s.detail else "") for s in examples)
+                + ". Fix or remove those files or class folders"
+            )
 
     def batch_plan(self, phase: Phase) -> BatchPlan:
         """How ``phase`` walks through the training images."""
@@ -193,6 +216,8 @@ def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
         "note": (
             "best.pt on the test split, which took no part in training or in choosing the epoch"
             if result.evaluated_on == "test"
+            else "no validation or test images: no held-out figures"
+            if result.evaluated_on is None
             else "no test split: validation figures, and the validation split chose the best epoch (optimistic)"
         ),
         **reports,

@@ -41,7 +41,7 @@ from cnnlab.finetune.state import RunState, check_out, read_resume_checkpoint, r
 from cnnlab.inference import default_workers
 from cnnlab.models import LoadedModel, load_model, precision_dtype, resolve_device, resolve_precision
 from cnnlab.options import BNPolicy, Precision
-from cnnlab.preprocess import Preprocessing
+from cnnlab.preprocess import MAX_INPUT_SIZE, Preprocessing
 from cnnlab.progress import Progress
 from cnnlab.zoo import ModelSpec
 
@@ -84,8 +84,12 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
         stored = read_resume_checkpoint(Path(config.out))
         config, notes = resumed_config(config, stored["train_args"])
         config.validate()
+    if Path(config.model).suffix.lower() == ".onnx":
+        raise UsageError(f"--model {config.model} is an ONNX file: train needs PyTorch weights, a registry model or "
+                         "a checkpoint of cnnlab train (runs/x/best.pt)")
     if config.data is None:
         raise UsageError("no training data: pass --data DIR (a class-folder tree, a manifest or a split folder)")
+    _check_out_outside_data(config.out, config.data)
     if config.tensorboard and prepare_out:
         tblog.check_available()
     out = check_out(config) if prepare_out else Path(config.out)
@@ -144,6 +148,18 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
     return run, state
 
 
+def _check_out_outside_data(out: str, data: str) -> None:
+    """Refuse (:class:`UsageError`) a run folder that is the data folder or lies inside it: its files
+    (curves.png, lr_find.png) would be read as training images, the folder as a class, by the next run."""
+    folder = Path(data)
+    if not folder.is_dir():
+        return
+    folder, target = folder.resolve(), Path(out).resolve()
+    if target == folder or target.is_relative_to(folder):
+        raise UsageError(f"--out {out} is inside the data folder {data}: the run's files would become training "
+                         "images (and its folder a class) of the next run; choose an --out outside it")
+
+
 def _from_registry(config: TrainConfig, num_classes: int, progress: Progress) -> StartingModel:
     loaded = load_model(config.model, weights=config.weights, weights_dir=config.weights_dir,
                         random_weights=config.random_weights, device="cpu",
@@ -166,7 +182,7 @@ def _from_checkpoint(config: TrainConfig, classes: list[str]) -> StartingModel:
     try:
         module = build_finetuned(spec, len(old), ckpt["state_dict"])
     except (RuntimeError, CnnlabError) as exc:
-        raise WeightsIntegrityError(f"the weights in {path} do not fit {spec.name}: {exc}") from None
+        raise WeightsIntegrityError(f"the weights in {path} do not fit {spec.name}: {_brief(exc)}") from None
     keep = old == classes
     head_info = stored_head
     if not keep:
@@ -179,6 +195,13 @@ def _from_checkpoint(config: TrainConfig, classes: list[str]) -> StartingModel:
     random_weights = bool((ckpt.get("train_args") or {}).get("random_weights", False))
     return StartingModel(spec, module, head_info, pp, random_weights=random_weights, keep_head=keep,
                          parent=str(path), inherited=ckpt.get("data_record"))
+
+
+def _brief(exc: BaseException, width: int = 160) -> str:
+    """An exception's message cut to a few short lines (load_state_dict lists every key it misses)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()][:3]
+    return " ".join(line if len(line) <= width else line[:width] + f"... ({line.count(',') + 1} items)"
+                    for line in lines)
 
 
 def _from_last(stored: dict[str, Any], path: Path) -> StartingModel:
@@ -208,7 +231,8 @@ def _run_preprocessing(spec: ModelSpec, image_size: int | None) -> Preprocessing
     if image_size is None:
         return pp
     ratio = pp.resize_size / pp.crop_size
-    return dataclasses.replace(pp, crop_size=image_size, resize_size=max(image_size, round(image_size * ratio)))
+    resize = min(MAX_INPUT_SIZE, max(image_size, round(image_size * ratio)))  # the resize limit of Preprocessing
+    return dataclasses.replace(pp, crop_size=image_size, resize_size=resize)
 
 
 def _wrap(start: StartingModel, classes: list[str], device: torch.device, precision: Precision) -> LoadedModel:
@@ -252,6 +276,17 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
             run.note(f"the {phase.name} phase has only {steps} optimiser steps ({r.n_train} training images, "
                      f"{phase.epochs} epoch(s)), fewer than the {c.min_phase_steps} a schedule needs to warm up "
                      "and settle: add images or epochs", warning=True)
+    unused = [name for name, on in (("--ema", c.ema), ("--mixup", c.mixup), ("--cutmix", c.cutmix)) if on]
+    if not any(p.name != "probe" for p in run.phases) and unused:
+        run.note(f"{', '.join(unused)} act on SGD epochs, and this run has none (the probe alone): not used",
+                 warning=True)
+    folded: dict[str, list[str]] = {}
+    for name in r.classes:
+        folded.setdefault(name.casefold(), []).append(name)
+    for names in (n for n in folded.values() if len(n) > 1):
+        run.note(f"classes {', '.join(repr(n) for n in names)} differ only in case: they are trained as different "
+                 "classes here, but their folders merge on a case-insensitive file system (macOS, Windows); "
+                 "merge or rename them if they are one class", warning=True)
     if run.splits.dropped_classes:
         run.note(f"class folder(s) without images left out: {', '.join(run.splits.dropped_classes)}", warning=True)
     if r.imbalance_ratio >= IMBALANCE_WARNING:
@@ -260,6 +295,8 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
                  f"{advice}", warning=True)
     if run.splits.val is None:
         run.note("no validation images: no early stopping, and best.pt is the last epoch", warning=True)
-    if run.splits.test is None:
+    if run.splits.test is None and run.splits.val is None:
+        run.note("no validation or test images: the run gives no held-out figure", warning=True)
+    elif run.splits.test is None:
         run.note("no test split: the final evaluation uses the validation images, which also chose the best epoch "
                  "(optimistic); use --test-fraction or a split.csv with a test split for an unbiased figure")

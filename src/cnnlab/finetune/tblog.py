@@ -25,6 +25,11 @@ def check_available() -> None:
     if importlib.util.find_spec("tensorboard") is None:
         raise UsageError("--tensorboard needs the tensorboard package: pip install 'cnnlab[tensorboard]' "
                          "(or pip install tensorboard)")
+    try:  # installed but unusable (a dependency too old or missing): say so before any work
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(f"--tensorboard: the tensorboard package does not import ({exc}); "
+                         "reinstall it: pip install -U 'cnnlab[tensorboard]'") from None
 
 
 class TensorBoardLog:
