@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every round's rows here")
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, SHARED with other work; "
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"load average {os.getloadavg()[0]:.1f}; threads {args.threads}, batch {args.batch_size}")
     with tempfile.TemporaryDirectory(prefix="cnnlab-backends-") as tmp:
         photos = photo_set(Path(tmp))
@@ -223,7 +223,9 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(rounds, indent=1, default=str))
     report(summarise(rounds, random_models), random_models, args.rounds)
-    print(f"\nload average after the run: {os.getloadavg()[0]:.1f} (above {os.cpu_count()}: other work competed)")
+    after, cores = os.getloadavg()[0], os.cpu_count() or 1
+    print(f"\nload average after the run: {after:.1f}"
+          + (f" (above {cores} cores: other work competed)" if after > cores else f" (at most {cores} cores: quiet)"))
 
 
 if __name__ == "__main__":
