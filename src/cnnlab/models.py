@@ -11,9 +11,8 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError, UsageError, WeightsIntegrityError, WeightsNotFoundError
 from cnnlab.options import Backend, Precision, Quantization, parse_choice, parse_device
-from cnnlab.preprocess import Preprocessing
 from cnnlab.weights import describe_mismatch, load_state_dict, resolve_weights
-from cnnlab.zoo import ModelSpec, get_spec
+from cnnlab.zoo import FromSpec, ModelSpec, get_spec
 
 _DTYPES = {
     Precision.FP32: torch.float32,
@@ -71,7 +70,7 @@ def precision_dtype(precision: str | Precision) -> torch.dtype:
 
 
 @dataclass
-class LoadedModel:
+class LoadedModel(FromSpec):
     """A classifier ready for inference. Call it on a ``uint8`` batch (N, 3, H, W) to get logits."""
 
     spec: ModelSpec
@@ -84,18 +83,6 @@ class LoadedModel:
     weights_path: Path | None = None
     compiled: bool = False
     _forward: nn.Module | None = field(default=None, repr=False)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self.spec.preprocessing
-
-    @property
-    def categories(self) -> tuple[str, ...]:
-        return self.spec.categories
 
     @property
     def backend(self) -> Backend:

@@ -19,7 +19,6 @@ Resolution order for a model's weights:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -145,11 +144,9 @@ def _check_hash(path: Path) -> None:
     match = _HASH_IN_NAME.search(path.name)
     if match is None:
         return
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    if not digest.hexdigest().startswith(match.group(1)):
+    from cnnlab.digests import file_sha256
+
+    if not file_sha256(path).startswith(match.group(1)):
         raise WeightsIntegrityError(f"{path} does not match the sha256 prefix {match.group(1)} in its name")
 
 

@@ -99,6 +99,24 @@ class ModelSpec:
         }
 
 
+class FromSpec:
+    """What a model takes from its :class:`ModelSpec` (mixed into LoadedModel and ExportedModel)."""
+
+    spec: ModelSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.spec.preprocessing
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return self.spec.categories
+
+
 def _torchvision_specs() -> list[ModelSpec]:
     import torchvision.models as tvm
 

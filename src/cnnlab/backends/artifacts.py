@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cnnlab.digests import file_sha256
 from cnnlab.errors import OutputError, WeightsIntegrityError, WeightsNotFoundError
 from cnnlab.preprocess import Preprocessing
 from cnnlab.progress import Progress
@@ -49,14 +50,6 @@ def exports_dir() -> Path:
 def sidecar(path: Path) -> Path:
     """``model.onnx`` -> ``model.onnx.json``."""
     return path.with_name(path.name + ".json")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _stem(name: str) -> str:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cnnlab.errors import UsageError
 from cnnlab.options import Backend, Quantization
+from cnnlab.zoo import FromSpec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -73,7 +74,7 @@ class Runtime(Protocol):
 
 
 @dataclass
-class ExportedModel:
+class ExportedModel(FromSpec):
     """An exported ONNX file run by ONNX Runtime or OpenVINO: ``uint8`` batch in, float32 logits out.
 
     ``run`` takes a contiguous ``uint8`` array (N, 3, crop, crop) and returns the logits array;
@@ -92,18 +93,6 @@ class ExportedModel:
     random_weights: bool = False
     weights_path: Path | None = None
     details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self.spec.preprocessing
-
-    @property
-    def categories(self) -> tuple[str, ...]:
-        return self.spec.categories
 
     @property
     def precision_label(self) -> str:

@@ -31,12 +31,12 @@ from cnnlab.backends.artifacts import (
     cache_entry_ok,
     discard_entry,
     exports_dir,
-    file_sha256,
     publish_entry,
     read_sidecar,
     sidecar,
 )
 from cnnlab.backends.base import EXTRAS, require
+from cnnlab.digests import file_sha256
 from cnnlab.errors import CnnlabError, ImageDecodeError, OutputError
 from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, Backend
 from cnnlab.preprocess import Preprocessing

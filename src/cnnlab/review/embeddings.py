@@ -12,7 +12,6 @@ and fresh ones are rounded the same way, so a run gives the same answer with or 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cnnlab.datasets import SkippedFile
+from cnnlab.digests import file_sha256
 from cnnlab.progress import Progress
 
 if TYPE_CHECKING:
@@ -61,14 +61,6 @@ def model_identity(model: Runtime) -> dict[str, Any]:
         stat = Path(model.weights_path).stat()
         identity.update(weights=str(model.weights_path), weights_size=stat.st_size, weights_mtime_ns=stat.st_mtime_ns)
     return json.loads(json.dumps(identity))  # as it reads back from the file (tuples become lists)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class EmbeddingCache:
