@@ -140,3 +140,21 @@ def test_new_weights_in_the_search_path_make_a_new_export(tmp_path: Path) -> Non
     assert changed.file != packaged.file and changed.weights_path == weights_dir / str(spec.weights_file)
     black = torch.zeros(1, 3, 224, 224, dtype=torch.uint8)
     assert float((changed(black) - packaged(black)).mean()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_an_edited_index_naming_another_export_is_not_followed(cache: Path) -> None:
+    import json
+
+    from cnnlab.backends.features import INDEX_FILE
+
+    real = load_feature_model(OFFLINE, device="cpu", threads=1)
+    other = load_feature_model(OFFLINE, random_weights=True, device="cpu", threads=1)  # a whole export, other weights
+    assert other.file != real.file
+    index_file = cache / "exports" / INDEX_FILE
+    index = json.loads(index_file.read_text())
+    for record in index.values():
+        record["folder"] = other.file.parent.name
+    index_file.write_text(json.dumps(index))
+    again = load_feature_model(OFFLINE, device="cpu", threads=1)
+    assert again.file == real.file and not again.random_weights
+    assert all(r["folder"] == real.file.parent.name for r in json.loads(index_file.read_text()).values())

@@ -268,8 +268,9 @@ def remembered_export(name: str, weights_dir: str | Path | None = None) -> Path 
     folders, the same first one holding the file, its size and modification time unchanged) and the
     export is whole. ``None`` when it does not hold: resolve the name the slow way.
     """
-    from cnnlab.backends.artifacts import cache_entry_ok, exports_dir
+    from cnnlab.backends.artifacts import cache_entry_ok, exports_dir, read_sidecar
     from cnnlab.checkpoint import model_file_kind
+    from cnnlab.errors import WeightsIntegrityError
     from cnnlab.weights import search_dirs
 
     if model_file_kind(name) is not None:
@@ -285,9 +286,16 @@ def remembered_export(name: str, weights_dir: str | Path | None = None) -> Path 
         if (found, stat.st_size, stat.st_mtime_ns) != (record["found"], record["size"], record["mtime_ns"]):
             return None
         folder = exports_dir() / str(record["folder"])
-    except (AssertionError, KeyError, TypeError, OSError):
+        if folder.parent != exports_dir() or not cache_entry_ok(folder):
+            return None
+        meta = read_sidecar(folder / "model.onnx")
+    except (AssertionError, KeyError, TypeError, OSError, WeightsIntegrityError):
         return None
-    return folder / "model.onnx" if folder.parent == exports_dir() and cache_entry_ok(folder) else None
+    # the export named must be a feature export of that very weights file (not, after an edit of the
+    # index, a classifier export or another model's)
+    if (meta.get("format"), meta.get("weights_file"), meta.get("random_weights")) != (FEATURES_FORMAT, found, False):
+        return None
+    return folder / "model.onnx"
 
 
 def remember_export(name: str, weights_dir: str | Path | None, export: Path) -> None:
