@@ -158,3 +158,23 @@ def test_an_edited_index_naming_another_export_is_not_followed(cache: Path) -> N
     again = load_feature_model(OFFLINE, device="cpu", threads=1)
     assert again.file == real.file and not again.random_weights
     assert all(r["folder"] == real.file.parent.name for r in json.loads(index_file.read_text()).values())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed"])
+def test_a_damaged_weights_data_file_is_exported_again(cache: Path, damage: str) -> None:
+    first = load_feature_model(OFFLINE, device="cpu", threads=1)
+    black = torch.zeros(1, 3, 224, 224, dtype=torch.uint8)
+    want = first(black)
+    data = first.file.with_name(first.file.name + ".data")  # the weights, outside model.onnx
+    assert data.is_file()
+    size = data.stat().st_size
+    if damage == "truncated":
+        with data.open("r+b") as f:
+            f.truncate(size // 2)
+    else:  # the same size, so the cache's size record cannot tell
+        with data.open("r+b") as f:
+            f.seek(size // 2)
+            f.write(bytes(4096))
+    again = load_feature_model(OFFLINE, device="cpu", threads=1)
+    assert data.stat().st_size == size
+    assert torch.allclose(again(black), want, atol=1e-4)
