@@ -140,3 +140,43 @@ def test_new_weights_in_the_search_path_make_a_new_export(tmp_path: Path) -> Non
     assert changed.file != packaged.file and changed.weights_path == weights_dir / str(spec.weights_file)
     black = torch.zeros(1, 3, 224, 224, dtype=torch.uint8)
     assert float((changed(black) - packaged(black)).mean()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_an_edited_index_naming_another_export_is_not_followed(cache: Path) -> None:
+    import json
+
+    from cnnlab.backends.features import INDEX_FILE
+
+    real = load_feature_model(OFFLINE, device="cpu", threads=1)
+    other = load_feature_model(OFFLINE, random_weights=True, device="cpu", threads=1)  # a whole export, other weights
+    assert other.file != real.file
+    index_file = cache / "exports" / INDEX_FILE
+    index = json.loads(index_file.read_text())
+    ours = [k for k, record in index.items() if record["folder"] == real.file.parent.name]
+    for key in ours:
+        index[key]["folder"] = other.file.parent.name
+    index_file.write_text(json.dumps(index))
+    again = load_feature_model(OFFLINE, device="cpu", threads=1)
+    assert again.file == real.file and not again.random_weights
+    healed = json.loads(index_file.read_text())
+    assert ours and any(healed[k]["folder"] == real.file.parent.name for k in ours)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed"])
+def test_a_damaged_weights_data_file_is_exported_again(cache: Path, damage: str) -> None:
+    first = load_feature_model(OFFLINE, device="cpu", threads=1)
+    black = torch.zeros(1, 3, 224, 224, dtype=torch.uint8)
+    want = first(black)
+    data = first.file.with_name(first.file.name + ".data")  # the weights, outside model.onnx
+    assert data.is_file()
+    size = data.stat().st_size
+    if damage == "truncated":
+        with data.open("r+b") as f:
+            f.truncate(size // 2)
+    else:  # the same size, so the cache's size record cannot tell
+        with data.open("r+b") as f:
+            f.seek(size // 2)
+            f.write(bytes(4096))
+    again = load_feature_model(OFFLINE, device="cpu", threads=1)
+    assert data.stat().st_size == size
+    assert torch.allclose(again(black), want, atol=1e-4)

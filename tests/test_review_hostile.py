@@ -218,3 +218,18 @@ def test_apply_does_not_move_files_through_a_linked_folder(tmp_path: Path) -> No
     report = apply_review(data, [Finding("cat/x.jpg", "cat", ReviewIssue.DUPLICATE, 1.0)], kinds=list(ReviewIssue))
     assert not report.moves and (elsewhere / "x.jpg").read_bytes() == b"not yours"
     assert "outside" in report.notes[0]
+
+
+@pytest.mark.parametrize("cut", [0, 20, 3000])
+def test_a_truncated_embedding_cache_is_rebuilt_not_fatal(tmp_path: Path, cut: int) -> None:
+    from cnnlab.review.embeddings import EmbeddingCache
+
+    identity = {"format": 1, "model": "m"}
+    file = tmp_path / "embeddings-m.npz"
+    whole = EmbeddingCache(file, identity)
+    for i in range(50):
+        whole.vectors[f"{i:064x}"] = (np.full(64, i, np.float16), np.full(10, i, np.float16))
+    whole.save()
+    file.write_bytes(file.read_bytes()[:cut])  # a write cut short (disk full, killed, two runs at once)
+    again = EmbeddingCache(file, identity)
+    assert again.vectors == {} and again.index == {}

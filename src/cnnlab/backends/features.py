@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from cnnlab.models import LoadedModel
 
 #: The export cache's ``format`` for feature extractors (part of the cache key; bump when the graph changes).
-FEATURES_FORMAT = "onnx-features-1"
+FEATURES_FORMAT = "onnx-features-2"
 OUTPUTS = ("features", "logits")
 
 
@@ -144,6 +144,7 @@ def export_features(loaded: LoadedModel, path: Path, *, tolerance: float = DEFAU
         with torch.inference_mode():  # the reference: the PyTorch path's hook and logits
             _, ref_logits = graph(check)
             ref_features = _pooled(seen[-1]).float()
+            probe = graph(torch.zeros(1, 3, pp.crop_size, pp.crop_size, dtype=torch.uint8))
     finally:
         hook.remove()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -174,6 +175,9 @@ def export_features(loaded: LoadedModel, path: Path, *, tolerance: float = DEFAU
                    {"name": "logits", "dtype": "float32", "shape": ["N", len(loaded.categories)]}],
         "check": {"batch": check_batch, "max_abs_diff_features": diff_f, "max_abs_diff_logits": diff_l,
                   "tolerance": tolerance},
+        # PyTorch's outputs for a black image: loading compares them, so damaged weights in the
+        # external data file (model.onnx.data, not covered by the cache's size record) are noticed
+        "probe": {"image": "zeros", **{k: [round(float(v), 6) for v in t.float()[0]] for k, t in zip(OUTPUTS, probe)}},
     }
     path.with_name(path.name + ".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
@@ -188,36 +192,37 @@ def load_feature_model(name: str, *, weights_dir: str | Path | None = None, rand
         UsageError: onnxruntime (or, to export, onnx/onnxscript) is not installed.
         ExportMismatchError, CnnlabError: what the export raises; what :func:`cnnlab.models.load_model` raises.
     """
-    import numpy as np
     import torch
 
-    from cnnlab.backends.artifacts import cached_export, onnx_spec, read_sidecar
+    from cnnlab.backends.artifacts import cached_export, discard_entry
     from cnnlab.backends.loader import check_installed
-    from cnnlab.backends.sessions import onnxruntime_outputs_session
     from cnnlab.errors import WeightsIntegrityError
     from cnnlab.inference import default_cpu_threads, default_workers
     from cnnlab.options import RuntimeChoice
 
-    path = None if random_weights else remembered_export(name, weights_dir)
-    if path is None:
+    def export() -> Path:
         check_installed(RuntimeChoice.ONNXRUNTIME)
-        path = cached_export(name, weights_dir=weights_dir, random_weights=random_weights, download=download,
+        made = cached_export(name, weights_dir=weights_dir, random_weights=random_weights, download=download,
                              progress=progress, features=True)
         if not random_weights:
-            remember_export(name, weights_dir, path)
-    else:
-        check_installed(RuntimeChoice.ONNXRUNTIME, export=False)
-    meta = read_sidecar(path)
-    spec = onnx_spec(path, meta, name=str(meta["model"]))
+            remember_export(name, weights_dir, made)
+        return made
+
     threads = threads or default_cpu_threads(default_workers("cpu"))
-    run_all, provider = onnxruntime_outputs_session(path, threads, device)
-    size = spec.preprocessing.crop_size
+    path = None if random_weights else remembered_export(name, weights_dir)
+    if path is not None:
+        check_installed(RuntimeChoice.ONNXRUNTIME, export=False)
     try:
-        outputs = run_all(np.zeros((1, 3, size, size), dtype=np.uint8))
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise WeightsIntegrityError(f"{path} does not run on a {size}x{size} uint8 image: {exc}") from exc
-    if len(outputs) < 2 or np.asarray(outputs[1]).shape != (1, spec.num_classes):
-        raise WeightsIntegrityError(f"{path} does not give features and {spec.num_classes} logits")
+        path = path or export()
+        meta, spec, run_all, provider = _open(path, threads, device)
+    except WeightsIntegrityError as exc:  # a damaged cache entry (its data file, say): export it once more
+        if path is None:
+            raise
+        discard_entry(path.parent)
+        if progress is not None:
+            progress.note(f"exporting {name}'s feature extractor again: {exc}", warning=True)
+        path = export()
+        meta, spec, run_all, provider = _open(path, threads, device)
 
     def run(images: np.ndarray) -> np.ndarray:
         return run_all(images)[1]
@@ -230,6 +235,45 @@ def load_feature_model(name: str, *, weights_dir: str | Path | None = None, rand
         weights_path=Path(weights_file) if isinstance(weights_file, str) and weights_file else None,
         details={"device": "cuda" if on_gpu else "cpu", "outputs": list(OUTPUTS)}, run_all=run_all,
     )
+
+
+def _open(path: Path, threads: int, device: str) -> tuple[dict[str, Any], Any, Callable[[np.ndarray], list[np.ndarray]], str]:
+    """``(sidecar, spec, run_all, provider)`` of a cached feature export, checked on a black image.
+
+    Raises:
+        WeightsIntegrityError: the file does not open or run, gives no features and logits, or
+            gives other logits for a black image than PyTorch did when it was exported.
+    """
+    import numpy as np
+
+    from cnnlab.backends.artifacts import onnx_spec, read_sidecar
+    from cnnlab.backends.sessions import onnxruntime_outputs_session
+    from cnnlab.errors import WeightsIntegrityError
+
+    meta = read_sidecar(path)
+    spec = onnx_spec(path, meta, name=str(meta["model"]))
+    run_all, provider = onnxruntime_outputs_session(path, threads, device)
+    size = spec.preprocessing.crop_size
+    try:
+        outputs = run_all(np.zeros((1, 3, size, size), dtype=np.uint8))
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise WeightsIntegrityError(f"{path} does not run on a {size}x{size} uint8 image: {exc}") from exc
+    if len(outputs) < 2 or np.asarray(outputs[1]).shape != (1, spec.num_classes):
+        raise WeightsIntegrityError(f"{path} does not give features and {spec.num_classes} logits")
+    probe: dict[str, Any] = meta["probe"] if isinstance(meta.get("probe"), dict) else {}
+    same = True
+    for i, key in enumerate(OUTPUTS):  # loose (a GPU rounds differently): damaged weights move them by far more
+        try:
+            expected = np.asarray(probe.get(key), dtype=np.float32).reshape(-1)
+            got = np.asarray(outputs[i], dtype=np.float32).reshape(-1)
+            same = same and expected.size > 0 and got.shape == expected.shape and \
+                bool(np.all(np.abs(got - expected) <= 0.01 * max(1.0, float(np.abs(expected).max()))))
+        except (TypeError, ValueError):
+            same = False
+    if not same:
+        raise WeightsIntegrityError(f"{path} gives other outputs for a black image than the model it was exported "
+                                    "from (damaged weights?)")
+    return meta, spec, run_all, provider
 
 
 #: The export cache's record of which feature export a model name resolved to (see :func:`remembered_export`).
@@ -268,8 +312,9 @@ def remembered_export(name: str, weights_dir: str | Path | None = None) -> Path 
     folders, the same first one holding the file, its size and modification time unchanged) and the
     export is whole. ``None`` when it does not hold: resolve the name the slow way.
     """
-    from cnnlab.backends.artifacts import cache_entry_ok, exports_dir
+    from cnnlab.backends.artifacts import cache_entry_ok, exports_dir, read_sidecar
     from cnnlab.checkpoint import model_file_kind
+    from cnnlab.errors import WeightsIntegrityError
     from cnnlab.weights import search_dirs
 
     if model_file_kind(name) is not None:
@@ -285,9 +330,16 @@ def remembered_export(name: str, weights_dir: str | Path | None = None) -> Path 
         if (found, stat.st_size, stat.st_mtime_ns) != (record["found"], record["size"], record["mtime_ns"]):
             return None
         folder = exports_dir() / str(record["folder"])
-    except (AssertionError, KeyError, TypeError, OSError):
+        if folder.parent != exports_dir() or not cache_entry_ok(folder):
+            return None
+        meta = read_sidecar(folder / "model.onnx")
+    except (AssertionError, KeyError, TypeError, OSError, WeightsIntegrityError):
         return None
-    return folder / "model.onnx" if folder.parent == exports_dir() and cache_entry_ok(folder) else None
+    # the export named must be a feature export of that very weights file (not, after an edit of the
+    # index, a classifier export or another model's)
+    if (meta.get("format"), meta.get("weights_file"), meta.get("random_weights")) != (FEATURES_FORMAT, found, False):
+        return None
+    return folder / "model.onnx"
 
 
 def remember_export(name: str, weights_dir: str | Path | None, export: Path) -> None:

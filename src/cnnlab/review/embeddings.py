@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,7 @@ class EmbeddingCache:
                 self.vectors = {k: (feats[i], logits[i]) for i, k in enumerate(keys)}
                 self.index = {(str(p), int(s), int(m)): str(h) for p, s, m, h in
                               zip(data["stat_paths"], data["stat_sizes"], data["stat_mtimes"], data["stat_shas"])}
-        except (OSError, ValueError, KeyError):  # a damaged cache is rebuilt, not fatal
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # a damaged cache is rebuilt, not fatal
             self.vectors, self.index = {}, {}
 
     def key_of(self, path: Path) -> str:
@@ -105,7 +106,7 @@ class EmbeddingCache:
         self.file.parent.mkdir(parents=True, exist_ok=True)
         keys = sorted(self.vectors)
         stat_items = sorted(self.index.items())
-        temp = self.file.with_name(self.file.name + ".tmp.npz")
+        temp = self.file.with_name(f"{self.file.name}.{os.getpid()}.tmp.npz")  # two runs at once: one temp file each
         np.savez(
             temp,
             identity=np.array(json.dumps(self.identity, sort_keys=True)),
@@ -117,7 +118,10 @@ class EmbeddingCache:
             stat_mtimes=np.array([k[2] for k, _ in stat_items], dtype=np.int64),
             stat_shas=np.array([v for _, v in stat_items], dtype=str),
         )
-        os.replace(temp, self.file)
+        try:
+            os.replace(temp, self.file)
+        finally:
+            temp.unlink(missing_ok=True)
 
 
 def embed_images(
