@@ -127,3 +127,22 @@ def test_int8_version_of_an_onnx_file_keeps_the_file_name(exported: Path, real_p
     from_cache = load_runtime(SMALL, "onnxruntime-int8", random_weights=True, device="cpu", threads=1,
                               calibration=photos)
     assert from_cache.name == "squeezenet1_1.IMAGENET1K_V1"
+
+
+def test_random_weights_are_the_same_in_pytorch_and_the_onnx_export() -> None:
+    """Random-weight rows of one bench run (torch and its ONNX export) run the same weights, and loading
+    them leaves the caller's random numbers alone."""
+    import torch
+
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    eager = load_model("mobilenet_v3_small", device="cpu", random_weights=True)
+    assert torch.equal(torch.rand(1), expected)
+    again = load_model("mobilenet_v3_small", device="cpu", random_weights=True)
+    for (name, x), y in zip(eager.module.state_dict().items(), again.module.state_dict().values()):
+        assert torch.equal(x, y), name
+    exported = load_runtime("mobilenet_v3_small", "onnxruntime", random_weights=True, device="cpu")
+    batch = (torch.rand(2, 3, 224, 224) * 255).to(torch.uint8)
+    with torch.inference_mode():
+        assert torch.allclose(eager(batch), exported(batch), atol=1e-3)

@@ -136,7 +136,8 @@ def load_model(
             checkpoint written by ``cnnlab train``.
         weights: an explicit weights file (highest priority).
         weights_dir: a directory to search before the torch hub cache.
-        random_weights: skip weights entirely (speed and memory measurements only).
+        random_weights: skip weights entirely (speed and memory measurements only); the random weights
+            are seeded (0), the same in every process and in the ONNX exports of random-weight models.
         download: allow downloading missing weights.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``fp32``, ``tf32`` (fp32 storage, TF32 matmuls on CUDA), ``bf16`` or ``fp16``
@@ -173,7 +174,12 @@ def load_model(
             )
             state_dict = load_state_dict(weights_path)
         try:
-            module = spec.build(state_dict)
+            if state_dict is None:  # random weights: seeded, the same ones as the cached ONNX exports use
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    module = spec.build(None)
+            else:
+                module = spec.build(state_dict)
         except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError):  # keys or shapes
             assert state_dict is not None  # random weights always build
             detail = describe_mismatch(spec.build(None).state_dict(), state_dict)
