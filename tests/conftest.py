@@ -46,6 +46,33 @@ def make_image(path: Path, size: tuple[int, int] = (64, 48), color: tuple[int, i
     return path
 
 
+
+def make_shades(root: Path) -> Path:
+    """Two classes, ``dark`` and ``light``, of six noisy 24x24 grey images each (seeded): a set any model
+    learns in one short run."""
+    rng = np.random.default_rng(0)
+    for name, rgb in {"dark": (40, 40, 40), "light": (220, 220, 220)}.items():
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            noise = rng.normal(0, 20, (24, 24, 3))
+            Image.fromarray(np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def block_import(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
+    """Make ``import package`` fail with ImportError (an extra that is not installed)."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def blocked(name: str, *args: object, **kwargs: object) -> object:
+        if name == package:
+            raise ImportError(f"no {package}")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", blocked)
+
+
 @pytest.fixture
 def image_factory(tmp_path: Path):
     return functools.partial(make_image)

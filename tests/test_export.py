@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 from cnnlab import export as export_module
@@ -23,6 +21,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.export import ExportMismatchError, export_model
 from cnnlab.finetune import TrainConfig, fine_tune
 from cnnlab.models import load_model
+from tests.conftest import make_shades
 
 runner = CliRunner()
 STATED_TOLERANCE = 1e-4
@@ -30,13 +29,7 @@ STATED_TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shades")
-    rng = np.random.default_rng(0)
-    for name, rgb in {"dark": (40, 40, 40), "light": (220, 220, 220)}.items():
-        (root / name).mkdir()
-        for i in range(6):
-            noise = rng.normal(0, 20, (24, 24, 3))
-            Image.fromarray(np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    root = make_shades(tmp_path_factory.mktemp("shades"))
     result = fine_tune(TrainConfig(
         data=str(root), out=str(tmp_path_factory.mktemp("run") / "r"), model="squeezenet1_1", random_weights=True,
         image_size=32, freeze_epochs=0, epochs=1, batch_size=8, workers=0,

@@ -25,6 +25,7 @@ from cnnlab.review.offtopic import find_offtopic
 from cnnlab.review.quarantine import quarantined
 from cnnlab.review.result import CSV_COLUMNS
 from tests.collect_fixtures.fakeweb import FakeWeb
+from tests.conftest import block_import
 
 runner = CliRunner()
 CPU = ReviewConfig(device="cpu", batch_size=16, workers=0)
@@ -320,16 +321,7 @@ def test_cli_undo_without_quarantine_and_missing_extra(tmp_path: Path, monkeypat
     (tmp_path / "d" / "cat").mkdir(parents=True)
     result = runner.invoke(app, ["review", "--undo", str(tmp_path / "d")])
     assert result.exit_code == 2 and "nothing to undo" in result.output
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_cleanlab(name: str, *args: object, **kwargs: object) -> object:
-        if name == "cleanlab":
-            raise ImportError("no cleanlab")
-        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(builtins, "__import__", no_cleanlab)
+    block_import(monkeypatch, "cleanlab")
     result = runner.invoke(app, ["review", str(tmp_path / "d")])
     assert result.exit_code == 1 and "pip install 'cnnlab[review]'" in result.output
 

@@ -15,6 +15,7 @@ from cnnlab.review import Finding, ReviewResult, apply_review, duplicates, undo_
 from cnnlab.review.neighbours import nearest_neighbours
 from cnnlab.review.quarantine import quarantined
 from cnnlab.review.result import read_csv
+from tests.conftest import block_import
 
 runner = CliRunner()
 
@@ -147,21 +148,12 @@ def test_cli_review_reports_fifos_device_links_and_loops_and_survives_odd_names(
 
 def test_collect_review_without_the_extra_stops_before_the_crawl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: `collect --review` crawled everything, then said that cleanlab is missing."""
-    import builtins
-
     from PIL import Image
 
     source = tmp_path / "photos"
     source.mkdir()
     Image.new("RGB", (96, 80), (200, 30, 30)).save(source / "a.jpg")
-    real_import = builtins.__import__
-
-    def no_cleanlab(name: str, *args: object, **kwargs: object) -> object:
-        if name == "cleanlab":
-            raise ImportError("no cleanlab")
-        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(builtins, "__import__", no_cleanlab)
+    block_import(monkeypatch, "cleanlab")
     out = tmp_path / "data"
     result = runner.invoke(app, ["collect", "--from-folder", str(source), "--label", "red", "--out", str(out),
                                  "--review", "-q"])

@@ -6,16 +6,15 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 from cnnlab.cli import app
 from cnnlab.finetune import TrainConfig, fine_tune
 from cnnlab.models import load_model
 from cnnlab.zoo import get_spec
+from tests.conftest import make_shades
 
 pytest.importorskip("timm")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -35,14 +34,7 @@ def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
 
 @pytest.fixture(scope="module")
 def shades(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shades")
-    rng = np.random.default_rng(0)
-    for name, rgb in {"dark": (40, 40, 40), "light": (220, 220, 220)}.items():
-        (root / name).mkdir()
-        for i in range(6):
-            noise = rng.normal(0, 20, (24, 24, 3))
-            Image.fromarray(np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
+    return make_shades(tmp_path_factory.mktemp("shades"))
 
 
 @pytest.fixture(scope="module")
