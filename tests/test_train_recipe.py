@@ -98,6 +98,7 @@ def test_too_few_images_for_the_run_are_warned_about(tmp_path: Path) -> None:
     result = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "run"), model="squeezenet1_1", random_weights=True,
                                    image_size=32, epochs=1, workers=0, val_fraction=0.0))
     assert any("full phase has only 2 optimiser steps" in w for w in result.warnings), result.warnings
+    assert result.train_args["frozen_stride_resolved"] == 1  # random weights: every layer trains
 
 
 @pytest.mark.parametrize("case", ["a batch shrunk to one image by an unreadable file", "--batch-size 1"])
@@ -123,3 +124,90 @@ def test_batchnorm_never_trains_on_a_single_image(case: str, tmp_path: Path) -> 
                                    workers=0, patience=None))
     assert [r.phase for r in result.history] == ["full", "full"]
     assert all(r.images >= 2 and math.isfinite(r.train_loss) for r in result.history)
+
+
+def _names(model: torch.nn.Module, layers: list[torch.nn.Module]) -> list[str]:
+    names = {m: n for n, m in model.named_modules()}
+    return [names[m] for m in layers]
+
+
+def test_early_layers_end_where_the_maps_first_get_coarser() -> None:
+    """The stem and first stage at stride 4 (torchvision's detection backbones freeze the same for
+    ResNets); the block that first gets coarser trains whole; 1x1 maps (squeeze-excitation) and
+    vectors do not end the early layers; a network that is coarse from its first layer has none."""
+    from torch import nn
+    from torchvision.models import resnet18
+
+    from cnnlab.finetune.optim import early_layers
+
+    net = resnet18().train()
+    at4 = _names(net, early_layers(net, 64, 4))
+    assert at4[:2] == ["conv1", "bn1"] and at4[-1] == "layer1.1.bn2"
+    assert not any(n.startswith(("layer2", "layer3", "fc")) for n in at4)
+    at8 = _names(net, early_layers(net, 64, 8))
+    assert at8[-1] == "layer2.1.bn2" and not any(n.startswith("layer3") for n in at8)
+    assert early_layers(net, 64, 1) == [] and all(m.training for m in net.modules())  # modes restored
+
+    class SqueezeExcite(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Conv2d(8, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.fc(x.mean((2, 3), keepdim=True)).sigmoid()
+
+    se_net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), SqueezeExcite(), nn.Conv2d(8, 8, 3, 2, 1),
+                           nn.Sequential(nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3, 2, 1)), nn.Flatten(), nn.LazyLinear(2))
+    se_net(torch.zeros(1, 3, 32, 32))
+    assert _names(se_net, early_layers(se_net, 32, 4)) == ["0", "1.fc", "2"]  # "3.0" is in the coarser block
+    patches = nn.Sequential(nn.Conv2d(3, 8, 16, 16), nn.Flatten(), nn.LazyLinear(2))  # like a ViT's patch embedding
+    patches(torch.zeros(1, 3, 32, 32))
+    assert early_layers(patches, 32, 4) == []
+
+
+def test_frozen_early_layers_keep_their_weights(tmp_path: Path) -> None:
+    """Pretrained weights: the stem and first stage (stride 4) keep their weights and get no gradient,
+    the later layers train; --frozen-stride 1 trains them all; random weights freeze nothing."""
+    from cnnlab.models import load_model
+
+    data = make_colours(tmp_path / "data", per_class=8)
+    pretrained = load_model("efficientnet_lite0", device="cpu").module.state_dict()
+
+    def trained(**settings: object) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+        config = TrainConfig(data=str(data), out=str(tmp_path / f"run{len(settings)}"), epochs=1, image_size=64,
+                             workers=0, min_phase_steps=4, **settings)  # type: ignore[arg-type]
+        result = fine_tune(config)
+        return torch.load(result.out / "last.pt", weights_only=False)["state_dict"], result.train_args
+
+    weights, args = trained()
+    assert args["frozen_stride_resolved"] == 4
+    assert torch.equal(weights["_conv_stem.weight"], pretrained["_conv_stem.weight"])
+    assert torch.equal(weights["_blocks.2._project_conv.weight"], pretrained["_blocks.2._project_conv.weight"])
+    assert not torch.equal(weights["_blocks.3._expand_conv.weight"], pretrained["_blocks.3._expand_conv.weight"])
+    weights, args = trained(frozen_stride=1)
+    assert args["frozen_stride_resolved"] == 1
+    assert not torch.equal(weights["_conv_stem.weight"], pretrained["_conv_stem.weight"])
+
+
+def test_training_crops_are_smaller_than_the_evaluation_crops() -> None:
+    from cnnlab.finetune.augment import TrainTransform
+    from cnnlab.finetune.config import train_crop_size
+    from cnnlab.models import load_model
+
+    assert TrainConfig().train_size_ratio == 0.8
+    assert train_crop_size(224, 0.8) == 176 and train_crop_size(299, 1.0) == 299 and train_crop_size(20, 0.1) == 16
+    pp = load_model("efficientnet_lite0", device="cpu").preprocessing
+    photo = Path(__import__("skimage").__file__).parent / "data" / "chelsea.png"
+    assert TrainTransform(pp, crop_size=train_crop_size(pp.crop_size, 0.8)).load(photo).shape == (3, 176, 176)
+    with pytest.raises(Exception, match="train_size_ratio"):
+        TrainConfig(train_size_ratio=0.01).validate()
+
+
+def test_runs_stored_before_frozen_layers_and_small_crops_resume_as_they_were() -> None:
+    from cnnlab.finetune.config import resumed_config
+
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("frozen_stride", "train_size_ratio")}
+    config, _ = resumed_config(TrainConfig(resume=True), old)
+    assert (config.frozen_stride, config.train_size_ratio) == (1, 1.0)
+    config, _ = resumed_config(TrainConfig(resume=True), TrainConfig().to_dict())
+    assert (config.frozen_stride, config.train_size_ratio) == (None, 0.8)

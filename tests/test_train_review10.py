@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
@@ -160,3 +161,26 @@ def test_image_size_near_the_input_limit_trains_and_above_it_is_a_usage_error(tm
     args[args.index("--image-size") + 1] = "4096"
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and not isinstance(result.exception, ValueError)
+
+
+def test_unknown_model_or_missing_checkpoint_is_refused_before_the_data_are_read(tmp_path: Path) -> None:
+    """A typo in --model was found only after every image had been scanned and hashed."""
+    missing_data = tmp_path / "no-such-data"  # reading the data would be an error of its own
+    for model, expected in (("efficientnet_lite", "efficientnet_lite0"), (str(tmp_path / "gone.pt"), "no such checkpoint")):
+        result = runner.invoke(app, ["train", "--data", str(missing_data), "--out", str(tmp_path / "run"), "--model", model])
+        assert result.exit_code == 2, result.output
+        assert expected in result.stderr and "no-such-data" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_find_lr_warns_when_the_loss_never_rose(tmp_path: Path) -> None:
+    """On a few easy images the loss stayed flat up to the largest rate, and --find-lr suggested 1.0 as if it
+    had found something."""
+    data = make_colours(tmp_path / "data", per_class=4)
+    config = TrainConfig(data=str(data), out=str(tmp_path / "lr"), model="efficientnet_lite0", image_size=32,
+                         workers=0, val_fraction=0.0)
+    flat = find_lr(config, start_lr=1e-9, end_lr=1e-7, steps=6)  # rates far too small to break anything
+    assert flat.suggestion == pytest.approx(1e-8) and flat.warning and "never rose" in flat.warning
+    assert flat.to_dict()["warning"] == flat.warning
+    broken = find_lr(config, start_lr=1e-3, end_lr=1e4, steps=30)  # rates that do break training
+    assert broken.warning is None and broken.suggestion is not None and broken.suggestion < 1e3

@@ -73,6 +73,8 @@ def train_command(
     hflip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = _C.hflip,
     color_jitter: Annotated[float, typer.Option("--color-jitter", min=0.0, help="Brightness/contrast/saturation jitter.")] = _C.color_jitter,
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=16, max=MAX_INPUT_SIZE, help="Crop size instead of the model's (faster, less accurate).")] = _C.image_size,
+    train_size_ratio: Annotated[float, typer.Option("--train-size-ratio", min=0.1, max=2.0, help="Training crop side relative to the evaluation crop (1: the same).")] = _C.train_size_ratio,
+    frozen_stride: Annotated[Optional[int], typer.Option("--frozen-stride", min=1, max=MAX_INPUT_SIZE, help="Layers before the maps get coarser than 1/N keep their weights (default: 4 pretrained, 1 random; 1: all train).")] = _C.frozen_stride,
     balance: Annotated[bool, typer.Option("--balance", help="Sample every class equally often.")] = _C.balance,
     bn: Annotated[BNPolicy, typer.Option("--bn", case_sensitive=False, help="BatchNorm layers (auto: frozen statistics for pretrained weights).")] = _C.bn,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Start from random weights (testing only: not a fine-tune).")] = _C.random_weights,
@@ -93,7 +95,7 @@ def train_command(
         test_fraction=test_fraction, near_dup_threshold=near_dup_threshold, seed=seed, device=device,
         precision=precision, workers=workers, augment=augment, mixup=mixup, cutmix=cutmix, ema=ema,
         tensorboard=tensorboard, crop_scale=(crop_scale, 1.0), hflip=hflip,
-        color_jitter=color_jitter, image_size=image_size, balance=balance, bn=bn, random_weights=random_weights,
+        color_jitter=color_jitter, image_size=image_size, train_size_ratio=train_size_ratio, frozen_stride=frozen_stride, balance=balance, bn=bn, random_weights=random_weights,
         weights=weights, weights_dir=weights_dir, resume=resume, overwrite=overwrite,
     )
     config.validate()  # bad settings exit 2 before any work
@@ -144,6 +146,8 @@ def _find_lr(config: TrainConfig, *, quiet: bool, as_json: bool) -> None:
         return
     value = "none (no loss recorded)" if result.suggestion is None else f"{result.suggestion:.2e}"
     out.print(f"suggested --lr {value}")
+    if result.warning:
+        out.print(f"[yellow]warning:[/] {escape(result.warning)}")
     out.print(f"rule: {escape(result.rule)}")
     out.print(f"plot: {escape(result.files[-1])}")
 

@@ -38,7 +38,8 @@ class TrainTransform:
     Has the ``load(path, fast_decode=...)`` method of :class:`Preprocessing`, so that the loaders
     of :mod:`cnnlab.inference` (with their skip-and-count handling of bad files) serve training
     images too. Images are first shrunk so that their shorter side is at most ``resize_size`` (the
-    evaluation resize), then augmented as ``preset`` says; normalisation happens later, on the
+    evaluation resize), then augmented as ``preset`` says, the random resized crop giving
+    ``crop_size`` px (default: the evaluation crop); normalisation happens later, on the
     device, with the weights' numbers (:class:`cnnlab.models.LoadedModel`).
     """
 
@@ -50,6 +51,7 @@ class TrainTransform:
         crop_scale: tuple[float, float] = (0.35, 1.0),
         hflip: bool = True,
         color_jitter: float = 0.0,
+        crop_size: int | None = None,
     ) -> None:
         from torchvision.transforms import v2
 
@@ -59,7 +61,7 @@ class TrainTransform:
             raise ValueError("preset 'none' trains on the evaluation preprocessing: use the Preprocessing itself")
         steps: list[Any] = [
             v2.RandomResizedCrop(
-                preprocessing.crop_size,
+                crop_size or preprocessing.crop_size,
                 scale=tuple(crop_scale),
                 interpolation=v2.InterpolationMode(preprocessing.interpolation),
                 antialias=True,
@@ -96,12 +98,13 @@ def make_transform(
     crop_scale: tuple[float, float],
     hflip: bool,
     color_jitter: float,
+    crop_size: int | None = None,
 ) -> TrainTransform | Preprocessing:
     """The per-image transform of training images for ``preset`` (``none``: ``preprocessing`` itself)."""
     if preset is Augment.NONE:
         return preprocessing
     return TrainTransform(preprocessing, preset=preset, crop_scale=crop_scale, hflip=hflip,
-                          color_jitter=color_jitter)
+                          color_jitter=color_jitter, crop_size=crop_size)
 
 
 def make_batch_mix(num_classes: int, *, mixup: float = 0.0, cutmix: float = 0.0) -> BatchMix | None:

@@ -34,7 +34,7 @@ class TrainConfig:
     #: Registry name of the starting model.
     model: str = "efficientnet_lite0"
     #: Epochs of the full phase (the whole network).
-    epochs: int = 5
+    epochs: int = 3
     #: Head-only epochs (backbone frozen, augmented images) between the probe and the full phase.
     freeze_epochs: int = 0
     #: Linear probe only: fit the head on frozen features (seconds) and stop; no SGD epochs.
@@ -88,6 +88,19 @@ class TrainConfig:
     #: Sample every class equally often (weighted sampling with replacement).
     balance: bool = False
     bn: BNPolicy = BNPolicy.AUTO
+    #: Side of the training crops relative to the evaluation crop (the model's, or ``image_size``),
+    #: to a multiple of 8 px (:func:`train_crop_size`): 0.8 trains on 64 % of the pixels (224 px:
+    #: 176 px crops). Random resized crops enlarge objects, so a network tested on larger crops than
+    #: it trained on sees them at about the scale it learned (Touvron et al. 2019, "Fixing the
+    #: train-test resolution discrepancy"; timm's pretrained configurations test above their
+    #: training size too). 1: train at the evaluation size.
+    train_size_ratio: float = 0.8
+    #: In SGD phases the layers that run before the feature maps first get coarser than
+    #: 1/``frozen_stride`` of the input keep their weights, and the backward pass stops before them
+    #: (:func:`cnnlab.finetune.optim.early_layers`). ``None``: 4 for pretrained weights (the stem and
+    #: first stage, as torchvision's detection backbones freeze them), 1 (every layer trains) for
+    #: random weights.
+    frozen_stride: int | None = None
     #: Start from random weights (testing, architecture work): not a pretrained fine-tune.
     random_weights: bool = False
     weights: str | None = None
@@ -152,6 +165,10 @@ class TrainConfig:
             problems.append(f"color_jitter must be >= 0, got {self.color_jitter}")
         if self.image_size is not None and not 16 <= self.image_size <= MAX_INPUT_SIZE:
             problems.append(f"image_size must be from 16 to {MAX_INPUT_SIZE}, got {self.image_size}")
+        if not 0.1 <= self.train_size_ratio <= 2.0:
+            problems.append(f"train_size_ratio must be from 0.1 to 2, got {self.train_size_ratio}")
+        if self.frozen_stride is not None and not 1 <= self.frozen_stride <= MAX_INPUT_SIZE:
+            problems.append(f"frozen_stride must be from 1 (every layer trains) to {MAX_INPUT_SIZE}, got {self.frozen_stride}")
         if self.workers is not None and self.workers < 0:
             problems.append(f"workers must be >= 0, got {self.workers}")
         if self.resume and self.overwrite:
@@ -170,6 +187,14 @@ class TrainConfig:
         """The inverse of :meth:`to_dict`; keys this version does not know are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def train_crop_size(eval_size: int, ratio: float) -> int:
+    """The side of the training crops: ``eval_size`` itself for ``ratio`` 1, else ``eval_size * ratio``
+    to the nearest multiple of 8 px (at least 16, at most :data:`~cnnlab.preprocess.MAX_INPUT_SIZE`)."""
+    if ratio == 1:
+        return eval_size
+    return min(MAX_INPUT_SIZE, max(16, round(eval_size * ratio / 8) * 8))
 
 
 class Phase(NamedTuple):
@@ -227,6 +252,10 @@ def resumed_config(config: TrainConfig, stored_args: dict[str, Any]) -> tuple[Tr
     stored = TrainConfig.from_dict(stored_args)
     if "probe" not in stored_args:  # a run of a cnnlab without the probe: keep its phases
         stored.probe = False
+    if "frozen_stride" not in stored_args:  # nor before frozen early layers: every layer trained
+        stored.frozen_stride = 1
+    if "train_size_ratio" not in stored_args:  # nor before smaller training crops
+        stored.train_size_ratio = 1.0
     defaults = TrainConfig()
     ignored = []
     for f in dataclasses.fields(TrainConfig):

@@ -61,9 +61,12 @@ class LRFinderResult:
     suggestion: float | None = None
     rule: str = RULE
     files: list[str] = field(default_factory=list)
+    #: Why the suggestion should not be trusted (the loss never rose over the rates tried), else ``None``.
+    warning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "suggested_lr": self.suggestion, "rule": self.rule, "files": self.files,
+                "warning": self.warning,
                 "points": [{"lr": lr, "loss": a, "smoothed": b}
                            for lr, a, b in zip(self.lrs, self.losses, self.smoothed)]}
 
@@ -105,7 +108,7 @@ def find_lr(
                                      workers=run.workers, balance=config.balance, seed=config.seed,
                                      progress=progress))
     module = run.model.module
-    optimizer = make_optimizer(module, run.head, phase.name, run.config, run.bn)
+    optimizer = make_optimizer(module, run.head, phase.name, run.config, run.bn, run.frozen)
     for group in optimizer.param_groups:  # the groups keep the phase's proportions to --lr
         group["lr"] = start_lr * group["lr"] / run.config.lr
     scheduler = ExponentialLR(optimizer, gamma=(end_lr / start_lr) ** (1 / (steps - 1)))
@@ -114,7 +117,7 @@ def find_lr(
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     targets = torch.tensor(run.splits.train.targets, dtype=torch.long)
     result = LRFinderResult(phase.name)
-    set_phase_modes(module, run.head, phase.name, run.bn)
+    set_phase_modes(module, run.head, phase.name, run.bn, run.frozen)
     # as in training: BatchNorm layers that train cannot normalise a batch that undecodable files left with one image
     batchnorm_trains = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules())
     progress.start("lr_find", f"learning-rate range test ({phase.name} phase)", total=steps)
@@ -150,6 +153,14 @@ def find_lr(
     if not result.lrs:
         raise CnnlabError("the range test got no training batch (no image could be decoded)")
     result.suggestion = suggest(result.lrs, result.smoothed, len(run.splits.classes))
+    if result.suggestion == result.lrs[-1] / 10 and len(result.lrs) >= 2:
+        losses = [v for v in result.smoothed if math.isfinite(v)]
+        if losses and losses[-1] <= RISE[0] * min(losses) + RISE[1] * math.log(len(run.splits.classes)):
+            result.warning = (f"the loss never rose up to lr {result.lrs[-1]:.1e}: the test found no rate that breaks "
+                              f"training ({len(run.splits.train)} training images), so the suggestion is only the "
+                              f"largest rate tried / 10; keep the default --lr {TrainConfig().lr:g} unless the "
+                              "plot says otherwise")
+            progress.note(result.warning, warning=True)
     result.files = [str(_write_csv(result, out)), str(_plot(result, out))]
     return result
 

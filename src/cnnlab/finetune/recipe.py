@@ -34,7 +34,9 @@ def fine_tune(config: TrainConfig, progress: Progress | None = None) -> TrainRes
        images (:mod:`cnnlab.finetune.probe`). Recorded as epoch 0, validated like an epoch, so
        ``best.pt`` is never worse on validation than the probe. ``freeze`` stops here.
     1. **head phase** (``freeze_epochs``, 0 by default): only the head trains, backbone frozen.
-    2. **full phase** (``epochs``): the whole network trains, the backbone at a lower rate.
+    2. **full phase** (``epochs``): the network trains, the backbone at a lower rate, except its
+       early layers (``frozen_stride``, :func:`~cnnlab.finetune.optim.early_layers`), on training
+       crops ``train_size_ratio`` of the evaluation size.
 
     Each SGD phase has its own optimiser and per-step schedule (:mod:`cnnlab.finetune.optim`) over
     batches that give it at least ``min_phase_steps`` steps (:func:`~cnnlab.finetune.config.plan_batches`),
@@ -72,7 +74,7 @@ def _fine_tune(config: TrainConfig, progress: Progress, ctx: DistContext | None)
             continue
         run.start_ema()
         loader = ddp.rank_loader(run.train_loader(phase), ctx)
-        optimizer = make_optimizer(run.model.module, run.head, phase.name, run.config, run.bn)
+        optimizer = make_optimizer(run.model.module, run.head, phase.name, run.config, run.bn, run.frozen)
         scheduler = make_scheduler(optimizer, run.config, total_steps=len(loader) * phase.epochs)
         scaler = torch.amp.GradScaler(run.model.device.type, enabled=run.model.precision is Precision.FP16)
         if state.epoch_in_phase > 0 and run.resume is not None:  # resuming inside this phase
@@ -121,7 +123,7 @@ def _train_epoch(
     """Train epoch ``epoch`` of ``phase`` (re-seeded from the run's seed and ``epoch``), then validate."""
     started = time.perf_counter()
     reseed(run.config.seed, epoch, run.generator)
-    set_phase_modes(run.model.module, run.head, phase.name, run.bn)
+    set_phase_modes(run.model.module, run.head, phase.name, run.bn, run.frozen)
     run.progress.start("epoch", f"epoch {epoch}/{total_epochs} {phase.name}", total=len(loader))
     stats = train_one_epoch(
         ddp.training_model(run.model, ctx), loader, run.splits.train, epoch=epoch, optimizer=optimizer, scheduler=scheduler,

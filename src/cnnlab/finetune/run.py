@@ -27,7 +27,7 @@ from cnnlab.checkpoint import HeadInfo, make_checkpoint, read_checkpoint, save_c
 from cnnlab.datasets import LabelledImages, SkippedFile
 from cnnlab.errors import DatasetError
 from cnnlab.finetune.augment import make_transform
-from cnnlab.finetune.config import BatchPlan, Phase, TrainConfig, plan_batches
+from cnnlab.finetune.config import BatchPlan, Phase, TrainConfig, plan_batches, train_crop_size
 from cnnlab.finetune.data import DataSplits, make_train_loader
 from cnnlab.finetune.loop import Predictions, evaluate, evaluation_report
 from cnnlab.finetune.result import RUN_FILES, EpochRecord, TrainResult
@@ -63,6 +63,8 @@ class TrainingRun:
     model: LoadedModel
     head_info: HeadInfo
     bn: BNPolicy
+    #: The early layers that keep their weights in SGD phases (``frozen_stride``, :func:`~cnnlab.finetune.optim.early_layers`).
+    frozen: list[nn.Module]
     workers: int
     result: TrainResult
     progress: Progress
@@ -132,11 +134,16 @@ class TrainingRun:
         c = self.config
         return plan_batches(len(self.splits.train), phase.epochs, c.batch_size, c.min_phase_steps)
 
+    @property
+    def train_size(self) -> int:
+        """Side of the training crops (``train_size_ratio`` of the evaluation crop)."""
+        return train_crop_size(self.model.preprocessing.crop_size, self.config.train_size_ratio)
+
     def train_loader(self, phase: Phase) -> DataLoader[Batch]:
         """The augmented, shuffled training batches of ``phase``."""
         c, plan = self.config, self.batch_plan(phase)
         transform = make_transform(self.model.preprocessing, c.augment, crop_scale=c.crop_scale, hflip=c.hflip,
-                                   color_jitter=c.color_jitter)
+                                   color_jitter=c.color_jitter, crop_size=self.train_size)
         return make_train_loader(self.splits.train, transform, batch_size=plan.batch_size, workers=self.workers,
                                  balance=c.balance, generator=self.generator, device_type=self.model.device.type,
                                  drop_last=plan.drop_last)

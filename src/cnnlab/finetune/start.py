@@ -35,15 +35,16 @@ from cnnlab.finetune import tblog
 from cnnlab.finetune.config import TrainConfig, plan_phases, resumed_config
 from cnnlab.finetune.data import DataSplits, prepare_data, seed_everything
 from cnnlab.finetune.leakage import make_record
+from cnnlab.finetune.optim import early_layers
 from cnnlab.finetune.result import TrainResult
 from cnnlab.finetune.run import TrainingRun
 from cnnlab.finetune.state import RunState, check_out, read_resume_checkpoint, reset_out, write_split_csv
 from cnnlab.inference import default_workers
 from cnnlab.models import LoadedModel, load_model, precision_dtype, resolve_device, resolve_precision
-from cnnlab.options import BNPolicy, Precision
+from cnnlab.options import Augment, BNPolicy, Precision
 from cnnlab.preprocess import MAX_INPUT_SIZE, Preprocessing
 from cnnlab.progress import Progress
-from cnnlab.zoo import ModelSpec
+from cnnlab.zoo import ModelSpec, get_spec
 
 #: Ratio of the largest to the smallest training class above which a warning suggests ``balance``.
 IMBALANCE_WARNING = 3.0
@@ -87,6 +88,11 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
     if Path(config.model).suffix.lower() == ".onnx":
         raise UsageError(f"--model {config.model} is an ONNX file: train needs PyTorch weights, a registry model or "
                          "a checkpoint of cnnlab train (runs/x/best.pt)")
+    if stored is None:  # a name or file that cannot work is refused before the data are read
+        if not is_checkpoint(config.model):
+            get_spec(config.model)
+        elif not Path(config.model).is_file():
+            raise UsageError(f"--model {config.model}: no such checkpoint file")
     if config.data is None:
         raise UsageError("no training data: pass --data DIR (a class-folder tree, a manifest or a split folder)")
     _check_out_outside_data(config.out, config.data)
@@ -107,8 +113,10 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
             config, len(splits.classes), progress)
         with_probe = config.freeze or (config.probe and not start.keep_head)
     bn = config.bn if config.bn is not BNPolicy.AUTO else (BNPolicy.TRAIN if start.random_weights else BNPolicy.FROZEN)
+    stride = config.frozen_stride if config.frozen_stride is not None else (1 if start.random_weights else 4)
     model = _wrap(start, splits.classes, device, precision)
     head_info = start.head_info
+    frozen = early_layers(model.module, model.preprocessing.crop_size, stride)
     result = TrainResult(
         out=out, model=config.model, arch=start.spec.name, classes=splits.classes,
         random_weights=start.random_weights, device=str(device), precision=precision.value, bn=bn.value,
@@ -117,7 +125,7 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
         split_source=splits.source, class_counts=splits.class_counts(), n_train=len(splits.train),
         n_val=len(splits.val) if splits.val else 0, n_test=len(splits.test) if splits.test else 0,
         skipped=list(splits.skipped),
-        train_args={**config.to_dict(), "arch": start.spec.name, "bn_resolved": bn.value,
+        train_args={**config.to_dict(), "arch": start.spec.name, "bn_resolved": bn.value, "frozen_stride_resolved": stride,
                     "precision_resolved": precision.value, "probe_resolved": with_probe,
                     **({"continued_from": start.parent} if start.parent else {})},
     )
@@ -129,7 +137,7 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
                              inherited=start.inherited, parent=start.parent, progress=progress)
     workers = default_workers(device.type) if config.workers is None else config.workers
     run = TrainingRun(config=config, out=out, splits=splits, model=model, head_info=head_info, bn=bn,
-                      workers=workers, result=result, progress=progress,
+                      frozen=frozen, workers=workers, result=result, progress=progress,
                       phases=plan_phases(config, probe=with_probe), data_record=record)
     for n in notes:
         run.note(n, warning=True)
@@ -254,6 +262,11 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
         kept = "keeps its head (same classes)" if start.keep_head else "gets a new head (other classes)"
         run.note(f"a new run from the checkpoint {start.parent}: it {kept}")
     run.note(f"model {r.arch}, head {r.head}, BatchNorm {r.bn}, {r.precision} on {r.device}")
+    if run.frozen and any(p.name == "full" for p in run.phases):
+        n = sum(p.numel() for m in run.frozen for p in m.parameters(recurse=False))
+        total = sum(p.numel() for p in run.model.module.parameters())
+        run.note(f"early layers kept frozen (frozen stride {r.train_args['frozen_stride_resolved']}): {len(run.frozen)} "
+                 f"layers, {n / 1e6:.2f} M of {total / 1e6:.2f} M parameters")
     run.note(f"data: {r.n_train} train / {r.n_val} val / {r.n_test} test images, {len(r.classes)} classes "
              f"({r.split_source})")
     run.note("train images per class: " + ", ".join(f"{k} {n}" for k, n in r.class_counts.items()))
@@ -270,8 +283,10 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
             continue
         plan = run.batch_plan(phase)
         steps = plan.steps(phase.epochs)
+        size = run.model.preprocessing.crop_size if c.augment is Augment.NONE else run.train_size
         run.note(f"{phase.name} phase: {phase.epochs} epoch(s) x {plan.steps_per_epoch} steps of about "
-                 f"{plan.batch_size} images = {steps} optimiser steps")
+                 f"{plan.batch_size} images = {steps} optimiser steps, {size} px training crops "
+                 f"(evaluation {run.model.preprocessing.crop_size} px)")
         if steps < c.min_phase_steps:
             run.note(f"the {phase.name} phase has only {steps} optimiser steps ({r.n_train} training images, "
                      f"{phase.epochs} epoch(s)), fewer than the {c.min_phase_steps} a schedule needs to warm up "
