@@ -89,8 +89,8 @@ class TrainConfig:
     balance: bool = False
     bn: BNPolicy = BNPolicy.AUTO
     #: Side of the training crops relative to the evaluation crop (the model's, or ``image_size``),
-    #: to a multiple of 8 px (:func:`train_crop_size`): 0.8 trains on 64 % of the pixels (224 px:
-    #: 176 px crops). Random resized crops enlarge objects, so a network tested on larger crops than
+    #: to a multiple of 8 px and not below 128 px (:func:`train_crop_size`): 0.8 trains on 64 % of
+    #: the pixels (224 px: 176 px crops). Random resized crops enlarge objects, so a network tested on larger crops than
     #: it trained on sees them at about the scale it learned (Touvron et al. 2019, "Fixing the
     #: train-test resolution discrepancy"; timm's pretrained configurations test above their
     #: training size too). 1: train at the evaluation size.
@@ -189,12 +189,20 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+#: Training crops are not shrunk below this side (nor at all when the evaluation crop is smaller):
+#: a stride-32 network's last maps would be 4x4 or less, and measured on 64 px images a 48 px crop
+#: gave efficientnet_lite0 features that no longer told three plain colours apart.
+MIN_SHRUNK_TRAIN_SIZE = 128
+
+
 def train_crop_size(eval_size: int, ratio: float) -> int:
-    """The side of the training crops: ``eval_size`` itself for ``ratio`` 1, else ``eval_size * ratio``
-    to the nearest multiple of 8 px (at least 16, at most :data:`~cnnlab.preprocess.MAX_INPUT_SIZE`)."""
+    """The side of the training crops: ``eval_size * ratio`` to the nearest multiple of 8 px, at most
+    :data:`~cnnlab.preprocess.MAX_INPUT_SIZE`; ``eval_size`` itself for ``ratio`` 1; a smaller crop
+    is never below :data:`MIN_SHRUNK_TRAIN_SIZE` (or ``eval_size`` when that is smaller)."""
     if ratio == 1:
         return eval_size
-    return min(MAX_INPUT_SIZE, max(16, round(eval_size * ratio / 8) * 8))
+    size = min(MAX_INPUT_SIZE, round(eval_size * ratio / 8) * 8)
+    return size if ratio > 1 else max(size, min(eval_size, MIN_SHRUNK_TRAIN_SIZE))
 
 
 class Phase(NamedTuple):
