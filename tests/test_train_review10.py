@@ -184,3 +184,13 @@ def test_find_lr_warns_when_the_loss_never_rose(tmp_path: Path) -> None:
     assert flat.to_dict()["warning"] == flat.warning
     broken = find_lr(config, start_lr=1e-3, end_lr=1e4, steps=30)  # rates that do break training
     assert broken.warning is None and broken.suggestion is not None and broken.suggestion < 1e3
+
+
+def test_resuming_a_finished_run_says_so(tmp_path: Path) -> None:
+    """--resume of a run that had finished evaluated it again without a word."""
+    data = make_colours(tmp_path / "data")
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", *SMALL]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "had finished (epoch 1): nothing is left to train" in again.stderr

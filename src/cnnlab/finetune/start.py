@@ -147,7 +147,11 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
         run.resume = stored["resume"]
         state = RunState.from_dict(stored["resume"]["state"])
         result.resumed_from_epoch = state.epochs_done
-        run.note(f"resuming after epoch {state.epochs_done}")
+        if state.phase_index >= len(run.phases):
+            run.note(f"the run in {out} had finished (epoch {state.epochs_done}): nothing is left to train; "
+                     "best.pt is evaluated again and the reports rewritten", warning=True)
+        else:
+            run.note(f"resuming after epoch {state.epochs_done}")
     elif prepare_out:
         reset_out(out)
         write_split_csv(splits, out / "data_split.csv")
