@@ -73,7 +73,7 @@ def train_command(
     hflip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = _C.hflip,
     color_jitter: Annotated[float, typer.Option("--color-jitter", min=0.0, help="Brightness/contrast/saturation jitter.")] = _C.color_jitter,
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=16, max=MAX_INPUT_SIZE, help="Crop size instead of the model's (faster, less accurate).")] = _C.image_size,
-    train_size_ratio: Annotated[float, typer.Option("--train-size-ratio", min=0.1, max=2.0, help="Training crop side relative to the evaluation crop (1: the same).")] = _C.train_size_ratio,
+    train_size_ratio: Annotated[float, typer.Option("--train-size-ratio", min=0.1, max=2.0, help="Training crop side relative to the evaluation crop, to 8 px, not shrunk below 128 px (1: the same).")] = _C.train_size_ratio,
     frozen_stride: Annotated[Optional[int], typer.Option("--frozen-stride", min=1, max=MAX_INPUT_SIZE, help="Layers before the maps get coarser than 1/N keep their weights (default: 4 pretrained, 1 random; 1: all train).")] = _C.frozen_stride,
     balance: Annotated[bool, typer.Option("--balance", help="Sample every class equally often.")] = _C.balance,
     bn: Annotated[BNPolicy, typer.Option("--bn", case_sensitive=False, help="BatchNorm layers (auto: frozen statistics for pretrained weights).")] = _C.bn,

@@ -209,7 +209,7 @@ def plot_curves(records: Sequence[EpochRecord], path: Path, *, title: str = "", 
         full = [r.epoch for r in records if r.phase == "full"]
         if full and full[0] > epochs[0]:
             ax.axvline(full[0] - 0.5, color="grey", linestyle="--", linewidth=1)
-            ax.text(full[0] - 0.45, 0.02, "unfrozen", transform=ax.get_xaxis_transform(), va="bottom", fontsize=8)
+            ax.text(full[0] - 0.45, 0.02, "full phase", transform=ax.get_xaxis_transform(), va="bottom", fontsize=8)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="green", linestyle=":", linewidth=1, label="best")
         ax.set_xlabel("epoch")
