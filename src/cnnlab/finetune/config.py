@@ -99,7 +99,7 @@ class TrainConfig:
     #: 1/``frozen_stride`` of the input keep their weights, and the backward pass stops before them
     #: (:func:`cnnlab.finetune.optim.early_layers`). ``None``: 4 for pretrained weights (the stem and
     #: first stage, as torchvision's detection backbones freeze them), 1 (every layer trains) for
-    #: random weights.
+    #: random weights. Where the maps never get coarser than that, every layer but the head is kept.
     frozen_stride: int | None = None
     #: Start from random weights (testing, architecture work): not a pretrained fine-tune.
     random_weights: bool = False

@@ -116,7 +116,10 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
     stride = config.frozen_stride if config.frozen_stride is not None else (1 if start.random_weights else 4)
     model = _wrap(start, splits.classes, device, precision)
     head_info = start.head_info
-    frozen = early_layers(model.module, model.preprocessing.crop_size, stride)
+    phases = plan_phases(config, probe=with_probe)
+    sgd = any(p.name != "probe" for p in phases)
+    frozen = early_layers(model.module, model.preprocessing.crop_size, stride,
+                          head=model.module.get_submodule(head_info.path)) if sgd else []
     result = TrainResult(
         out=out, model=config.model, arch=start.spec.name, classes=splits.classes,
         random_weights=start.random_weights, device=str(device), precision=precision.value, bn=bn.value,
@@ -138,7 +141,7 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
     workers = default_workers(device.type) if config.workers is None else config.workers
     run = TrainingRun(config=config, out=out, splits=splits, model=model, head_info=head_info, bn=bn,
                       frozen=frozen, workers=workers, result=result, progress=progress,
-                      phases=plan_phases(config, probe=with_probe), data_record=record)
+                      phases=phases, data_record=record)
     for n in notes:
         run.note(n, warning=True)
     _describe(run, start)
@@ -267,6 +270,10 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
         total = sum(p.numel() for p in run.model.module.parameters())
         run.note(f"early layers kept frozen (frozen stride {r.train_args['frozen_stride_resolved']}): {len(run.frozen)} "
                  f"layers, {n / 1e6:.2f} M of {total / 1e6:.2f} M parameters")
+    elif r.train_args["frozen_stride_resolved"] > 1 and any(p.name == "full" for p in run.phases):
+        stride = r.train_args["frozen_stride_resolved"]
+        run.note(f"frozen stride {stride}: no early layers to keep, every layer trains (the maps of {r.arch} get "
+                 f"coarser than 1/{stride} of {run.model.preprocessing.crop_size} px inputs in its first block)")
     run.note(f"data: {r.n_train} train / {r.n_val} val / {r.n_test} test images, {len(r.classes)} classes "
              f"({r.split_source})")
     run.note("train images per class: " + ", ".join(f"{k} {n}" for k, n in r.class_counts.items()))
