@@ -3,9 +3,19 @@ what broke when the change was tried on other architectures, odd values, continu
 
 from __future__ import annotations
 
-from torch import nn
+import dataclasses
+from pathlib import Path
 
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from cnnlab.cli import app
+from cnnlab.finetune import TrainConfig, fine_tune
 from cnnlab.finetune.optim import early_layers
+from tests.test_train_review10 import make_colours
+
+runner = CliRunner()
 
 
 def _frozen_parameters(model: nn.Module, layers: list[nn.Module]) -> set[str]:
@@ -37,3 +47,38 @@ def test_a_frozen_stride_beyond_the_coarsest_maps_keeps_every_layer_but_the_head
     assert at16 < everything
     assert everything == {n for n, _ in net.named_parameters() if not n.startswith("fc.")}
     assert _frozen_parameters(net, early_layers(net, 64, 4096)) == everything  # the head: the last layer to run
+
+
+def test_a_network_that_cannot_train_on_smaller_crops_trains_on_the_evaluation_size() -> None:
+    """A torchvision ViT takes only the size it was built for: with the default 0.8 training crops every
+    SGD step failed ("Wrong image height"), so vit_b_16 could not be fine-tuned with the defaults."""
+    from torchvision.models import VisionTransformer
+
+    from cnnlab.finetune.start import resolve_train_size
+    from cnnlab.models import LoadedModel
+    from cnnlab.zoo import get_spec
+
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=16)
+    spec = get_spec("vit_b_16")
+    spec = dataclasses.replace(spec, preprocessing=dataclasses.replace(spec.preprocessing, crop_size=32, resize_size=36))
+    model = LoadedModel(spec=spec, module=vit, device=torch.device("cpu"))
+    vit.eval()
+    before = {k: v.clone() for k, v in vit.state_dict().items()}
+    size, note = resolve_train_size(model, TrainConfig())
+    assert size == 32 and note is not None and "cannot train on 24 px" in note
+    assert not vit.training and all(torch.equal(before[k], v) for k, v in vit.state_dict().items())
+    assert resolve_train_size(model, TrainConfig(train_size_ratio=1.0)) == (32, None)
+
+
+def test_training_crops_too_small_for_the_network_fall_back_or_are_refused(tmp_path: Path) -> None:
+    """AlexNet's pooling needs about 63 px: at --image-size 64 the 48 px training crops crashed the first
+    SGD step after the probe; at 32 px even the evaluation crop cannot pass (a traceback before)."""
+    data = make_colours(tmp_path / "data", per_class=6)
+    result = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "a"), model="alexnet", random_weights=True,
+                                   image_size=64, epochs=1, workers=0, batch_size=4, min_phase_steps=2))
+    assert result.train_args["train_size_resolved"] == 64
+    assert any("cannot train on 48 px crops" in w for w in result.warnings), result.warnings
+    refused = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "b"), "--model", "alexnet",
+                                  "--random-weights", "--image-size", "32", "--workers", "0", "--epochs", "1"])
+    assert refused.exit_code == 2, refused.output
+    assert "cannot train on 32 px inputs" in refused.stderr

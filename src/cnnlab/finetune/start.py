@@ -32,7 +32,7 @@ from cnnlab.checkpoint import (
 )
 from cnnlab.errors import CnnlabError, UsageError, WeightsIntegrityError
 from cnnlab.finetune import tblog
-from cnnlab.finetune.config import TrainConfig, plan_phases, resumed_config
+from cnnlab.finetune.config import TrainConfig, plan_phases, resumed_config, train_crop_size
 from cnnlab.finetune.data import DataSplits, prepare_data, seed_everything
 from cnnlab.finetune.leakage import make_record
 from cnnlab.finetune.optim import early_layers
@@ -118,8 +118,11 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
     head_info = start.head_info
     phases = plan_phases(config, probe=with_probe)
     sgd = any(p.name != "probe" for p in phases)
+    train_size, size_note = resolve_train_size(model, config) if sgd else (model.preprocessing.crop_size, None)
     frozen = early_layers(model.module, model.preprocessing.crop_size, stride,
                           head=model.module.get_submodule(head_info.path)) if sgd else []
+    if size_note:
+        notes.append(size_note)
     result = TrainResult(
         out=out, model=config.model, arch=start.spec.name, classes=splits.classes,
         random_weights=start.random_weights, device=str(device), precision=precision.value, bn=bn.value,
@@ -129,7 +132,7 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
         n_val=len(splits.val) if splits.val else 0, n_test=len(splits.test) if splits.test else 0,
         skipped=list(splits.skipped),
         train_args={**config.to_dict(), "arch": start.spec.name, "bn_resolved": bn.value, "frozen_stride_resolved": stride,
-                    "precision_resolved": precision.value, "probe_resolved": with_probe,
+                    "train_size_resolved": train_size, "precision_resolved": precision.value, "probe_resolved": with_probe,
                     **({"continued_from": start.parent} if start.parent else {})},
     )
     record: dict[str, Any] = {}
@@ -140,7 +143,7 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
                              inherited=start.inherited, parent=start.parent, progress=progress)
     workers = default_workers(device.type) if config.workers is None else config.workers
     run = TrainingRun(config=config, out=out, splits=splits, model=model, head_info=head_info, bn=bn,
-                      frozen=frozen, workers=workers, result=result, progress=progress,
+                      frozen=frozen, train_size=train_size, workers=workers, result=result, progress=progress,
                       phases=phases, data_record=record)
     for n in notes:
         run.note(n, warning=True)
@@ -157,6 +160,54 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
     if config.tensorboard and prepare_out:
         run.tensorboard = tblog.TensorBoardLog(out, first_epoch=state.epochs_done + 1 if stored is not None else 0)
     return run, state
+
+
+def resolve_train_size(model: LoadedModel, config: TrainConfig) -> tuple[int, str | None]:
+    """The side of the training crops, and a warning when it is not what ``train_size_ratio`` asks for.
+
+    ``train_size_ratio`` of the evaluation crop (:func:`~cnnlab.finetune.config.train_crop_size`; the
+    evaluation crop itself with ``augment`` none), if the network trains on inputs of that size: a
+    forward pass of two blank images in training mode (so that auxiliary heads run too) tells. ViTs
+    take only the size they were built for, Inception v3's auxiliary head needs 299 px, AlexNet's
+    pooling runs out of pixels below about 63 px: those train on the evaluation crop, with a warning.
+    A network that cannot train on the evaluation crop either is a :class:`UsageError`.
+    """
+    eval_size = model.preprocessing.crop_size
+    wanted = eval_size if config.augment is Augment.NONE else train_crop_size(eval_size, config.train_size_ratio)
+    problem = _training_forward_fails(model, wanted)
+    if problem is None:
+        return wanted, None
+    if wanted != eval_size and _training_forward_fails(model, eval_size) is None:
+        return eval_size, (f"{model.spec.arch} cannot train on {wanted} px crops (--train-size-ratio "
+                           f"{config.train_size_ratio:g}: {problem}): training crops are the evaluation size, "
+                           f"{eval_size} px")
+    raise UsageError(f"{model.spec.arch} cannot train on {eval_size} px inputs ({problem}): "
+                     "choose another --image-size (or the model's own)")
+
+
+def _training_forward_fails(model: LoadedModel, size: int) -> str | None:
+    """Why the network fails on a batch of two ``size`` px images in training mode (``None``: it runs).
+
+    Nothing changes: no gradient, the random-number state, BatchNorm statistics and layer modes are restored."""
+    module = model.module
+    modes = {m: m.training for m in module.modules()}
+    buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+    devices = [model.device] if model.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            module.train()
+            model(torch.zeros(2, 3, size, size, dtype=torch.uint8))
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the network raises on that size
+        return _brief(exc).rstrip(".") or type(exc).__name__
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+        with torch.no_grad():
+            for name, b in module.named_buffers():
+                b.copy_(buffers[name])
+    return None
 
 
 def _check_out_outside_data(out: str, data: str) -> None:
@@ -290,7 +341,7 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
             continue
         plan = run.batch_plan(phase)
         steps = plan.steps(phase.epochs)
-        size = run.model.preprocessing.crop_size if c.augment is Augment.NONE else run.train_size
+        size = run.train_size
         run.note(f"{phase.name} phase: {phase.epochs} epoch(s) x {plan.steps_per_epoch} steps of about "
                  f"{plan.batch_size} images = {steps} optimiser steps, {size} px training crops "
                  f"(evaluation {run.model.preprocessing.crop_size} px)")
