@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 from typer.testing import CliRunner
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from cnnlab.cli import app
 from cnnlab.finetune import TrainConfig, fine_tune
 from cnnlab.finetune.optim import early_layers
+from cnnlab.progress import Progress
 from tests.test_train_review10 import make_colours
 
 runner = CliRunner()
@@ -82,3 +84,32 @@ def test_training_crops_too_small_for_the_network_fall_back_or_are_refused(tmp_p
                                   "--random-weights", "--image-size", "32", "--workers", "0", "--epochs", "1"])
     assert refused.exit_code == 2, refused.output
     assert "cannot train on 32 px inputs" in refused.stderr
+
+
+def test_resume_of_a_run_continued_from_random_weights_keeps_its_layer_settings(tmp_path: Path) -> None:
+    """A run started from a checkpoint of random weights resolves BatchNorm 'train' and frozen stride 1, but
+    its train_args say random_weights False: resume re-resolved them as for pretrained weights (BatchNorm
+    frozen, the early layers frozen), so the optimiser state no longer fitted its groups."""
+    data = make_colours(tmp_path / "data", per_class=8)
+    small = {"image_size": 32, "workers": 0, "batch_size": 8, "min_phase_steps": 2}
+    parent = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "parent"), random_weights=True, epochs=1, **small))
+    child = {"data": str(data), "model": str(parent.out / "best.pt"), "epochs": 2, **small}
+    whole = fine_tune(TrainConfig(out=str(tmp_path / "whole"), **child))
+    assert (whole.train_args["bn_resolved"], whole.train_args["frozen_stride_resolved"]) == ("train", 1)
+
+    class Interrupt(Exception):
+        pass
+
+    class StopAfterFirstEpoch(Progress):
+        def finish(self, key: str, message: str | None = None) -> None:
+            if key == "epoch":
+                raise Interrupt
+
+    out = tmp_path / "interrupted"
+    with pytest.raises(Interrupt):
+        fine_tune(TrainConfig(out=str(out), **child), StopAfterFirstEpoch())
+    resumed = fine_tune(TrainConfig(out=str(out), resume=True, workers=0))
+    assert (resumed.bn, resumed.train_args["frozen_stride_resolved"]) == ("train", 1)
+    a = torch.load(whole.out / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
