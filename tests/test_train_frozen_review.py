@@ -4,6 +4,7 @@ what broke when the change was tried on other architectures, odd values, continu
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,15 @@ def test_resume_of_a_run_continued_from_random_weights_keeps_its_layer_settings(
     a = torch.load(whole.out / "last.pt", weights_only=True)["state_dict"]
     b = torch.load(out / "last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_find_lr_does_not_call_a_loss_that_ended_non_finite_flat() -> None:
+    """The warning "the loss never rose" looked at the last finite loss: a test whose last rate broke
+    training outright (loss inf or nan) was reported as having found nothing."""
+    from cnnlab.finetune.lr_find import never_rose
+
+    lrs = [1e-4, 1e-3, 1e-2, 1e-1]
+    assert never_rose(lrs, [0.5, 0.5, 0.5, 0.5], 3)
+    assert not never_rose(lrs, [0.5, 0.5, 0.5, math.inf], 3)
+    assert not never_rose(lrs, [0.5, 0.5, 0.5, math.nan], 3)
+    assert not never_rose(lrs, [0.5, 0.5, 0.5, 5.0], 3)  # rose at the last rate
