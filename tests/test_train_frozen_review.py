@@ -126,3 +126,19 @@ def test_find_lr_does_not_call_a_loss_that_ended_non_finite_flat() -> None:
     assert not never_rose(lrs, [0.5, 0.5, 0.5, math.inf], 3)
     assert not never_rose(lrs, [0.5, 0.5, 0.5, math.nan], 3)
     assert not never_rose(lrs, [0.5, 0.5, 0.5, 5.0], 3)  # rose at the last rate
+
+
+def test_bench_train_variant_with_zero_epochs_runs_zero_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cnnlab+epochs=0`` (the probe alone) ran --epochs epochs: 0 was taken for "not given"."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train_under_test", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    calls: list[tuple[int, dict[str, object]]] = []
+    monkeypatch.setattr(bench, "run_cnnlab", lambda root, work, epochs, **settings: calls.append((epochs, settings)) or 0.0)
+    bench.cnnlab_variant("cnnlab+epochs=0+frozen_stride=2")(Path("."), Path("."), 3)
+    bench.cnnlab_variant("cnnlab+frozen_stride=1")(Path("."), Path("."), 3)
+    assert calls == [(0, {"frozen_stride": 2}), (3, {"frozen_stride": 1})]
