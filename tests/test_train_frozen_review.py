@@ -73,18 +73,20 @@ def test_a_network_that_cannot_train_on_smaller_crops_trains_on_the_evaluation_s
     assert resolve_train_size(model, TrainConfig(train_size_ratio=1.0)) == (32, None)
 
 
-def test_training_crops_too_small_for_the_network_fall_back_or_are_refused(tmp_path: Path) -> None:
-    """AlexNet's pooling needs about 63 px: at --image-size 64 the 48 px training crops crashed the first
-    SGD step after the probe; at 32 px even the evaluation crop cannot pass (a traceback before)."""
+def test_crops_too_small_for_the_network_fall_back_or_are_refused(tmp_path: Path) -> None:
+    """efficientnet_lite0's 5x5 convolutions (static same padding) need 32 px: --image-size 32, the size the
+    tests and examples use, trained on 24 px crops and every SGD run crashed after the probe ("Kernel size
+    can't be greater than actual input size"). AlexNet's pooling needs about 63 px: at --image-size 32 not
+    even the evaluation crop passes, and the run died in the probe with a traceback; it is refused (exit 2)."""
     data = make_colours(tmp_path / "data", per_class=6)
-    result = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "a"), model="alexnet", random_weights=True,
-                                   image_size=64, epochs=1, workers=0, batch_size=4, min_phase_steps=2))
-    assert result.train_args["train_size_resolved"] == 64
-    assert any("cannot train on 48 px crops" in w for w in result.warnings), result.warnings
+    result = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "a"), model="efficientnet_lite0", image_size=32,
+                                   epochs=1, workers=0, batch_size=4, min_phase_steps=2))
+    assert result.train_args["train_size_resolved"] == 32 and len(result.history) == 2
+    assert any("cannot train on 24 px crops" in w for w in result.warnings), result.warnings
     refused = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "b"), "--model", "alexnet",
                                   "--random-weights", "--image-size", "32", "--workers", "0", "--epochs", "1"])
     assert refused.exit_code == 2, refused.output
-    assert "cannot train on 32 px inputs" in refused.stderr
+    assert "cannot train on 32 px inputs" in refused.stderr and not (tmp_path / "b" / "last.pt").exists()
 
 
 def test_resume_of_a_run_continued_from_random_weights_keeps_its_layer_settings(tmp_path: Path) -> None:

@@ -210,7 +210,8 @@ def _training_forward_fails(model: LoadedModel, size: int) -> str | None:
             m.train(mode)
         with torch.no_grad():
             for name, b in module.named_buffers():
-                b.copy_(buffers[name])
+                if name in buffers:
+                    b.copy_(buffers[name])
     return None
 
 
