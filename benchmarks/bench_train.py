@@ -199,8 +199,9 @@ def cnnlab_variant(method: str) -> Callable[[Path, Path, int], float]:
             settings[key] = int(value) if value.lstrip("-").isdigit() else float(value)
         else:
             settings[key] = value not in ("0", "false") if kind is bool else (kind(value) if kind in (int, float) else value)
-    given_epochs = settings.pop("epochs", None)  # cnnlab+epochs=3 overrides --epochs
-    return lambda root, work, epochs: run_cnnlab(root, work, int(given_epochs or epochs), **settings)
+    given_epochs = settings.pop("epochs", None)  # cnnlab+epochs=3 overrides --epochs (cnnlab+epochs=0 too)
+    return lambda root, work, epochs: run_cnnlab(root, work, int(epochs if given_epochs is None else given_epochs),
+                                                 **settings)
 
 
 def _features(paths: list[Path]) -> np.ndarray:

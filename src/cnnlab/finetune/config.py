@@ -93,13 +93,15 @@ class TrainConfig:
     #: the pixels (224 px: 176 px crops). Random resized crops enlarge objects, so a network tested on larger crops than
     #: it trained on sees them at about the scale it learned (Touvron et al. 2019, "Fixing the
     #: train-test resolution discrepancy"; timm's pretrained configurations test above their
-    #: training size too). 1: train at the evaluation size.
+    #: training size too). 1: train at the evaluation size. A network that cannot train on the smaller
+    #: crops (a ViT built for one size, Inception v3's auxiliary head) trains at the evaluation size
+    #: (:func:`cnnlab.finetune.start.resolve_train_size`).
     train_size_ratio: float = 0.8
     #: In SGD phases the layers that run before the feature maps first get coarser than
     #: 1/``frozen_stride`` of the input keep their weights, and the backward pass stops before them
     #: (:func:`cnnlab.finetune.optim.early_layers`). ``None``: 4 for pretrained weights (the stem and
     #: first stage, as torchvision's detection backbones freeze them), 1 (every layer trains) for
-    #: random weights.
+    #: random weights. Where the maps never get coarser than that, every layer but the head is kept.
     frozen_stride: int | None = None
     #: Start from random weights (testing, architecture work): not a pretrained fine-tune.
     random_weights: bool = False

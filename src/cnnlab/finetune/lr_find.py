@@ -83,6 +83,16 @@ def suggest(lrs: list[float], smoothed: list[float], num_classes: int) -> float 
     return lrs[-1] / 10
 
 
+def never_rose(lrs: list[float], smoothed: list[float], num_classes: int) -> bool:
+    """Whether the smoothed loss of a range test never rose by :data:`RULE`'s measure up to its last
+    rate, so that the suggestion is only the largest rate tried / 10. A loss that ended non-finite
+    did rise: the last rate broke training outright."""
+    if len(smoothed) < 2 or not math.isfinite(smoothed[-1]) or suggest(lrs, smoothed, num_classes) != lrs[-1] / 10:
+        return False
+    losses = [v for v in smoothed if math.isfinite(v)]
+    return smoothed[-1] <= RISE[0] * min(losses) + RISE[1] * math.log(num_classes)
+
+
 def find_lr(
     config: TrainConfig,
     progress: Progress | None = None,
@@ -153,14 +163,12 @@ def find_lr(
     if not result.lrs:
         raise CnnlabError("the range test got no training batch (no image could be decoded)")
     result.suggestion = suggest(result.lrs, result.smoothed, len(run.splits.classes))
-    if result.suggestion == result.lrs[-1] / 10 and len(result.lrs) >= 2:
-        losses = [v for v in result.smoothed if math.isfinite(v)]
-        if losses and losses[-1] <= RISE[0] * min(losses) + RISE[1] * math.log(len(run.splits.classes)):
-            result.warning = (f"the loss never rose up to lr {result.lrs[-1]:.1e}: the test found no rate that breaks "
-                              f"training ({len(run.splits.train)} training images), so the suggestion is only the "
-                              f"largest rate tried / 10; keep the default --lr {TrainConfig().lr:g} unless the "
-                              "plot says otherwise")
-            progress.note(result.warning, warning=True)
+    if never_rose(result.lrs, result.smoothed, len(run.splits.classes)):
+        result.warning = (f"the loss never rose up to lr {result.lrs[-1]:.1e}: the test found no rate that breaks "
+                          f"training ({len(run.splits.train)} training images), so the suggestion is only the "
+                          f"largest rate tried / 10; keep the default --lr {TrainConfig().lr:g} unless the "
+                          "plot says otherwise")
+        progress.note(result.warning, warning=True)
     result.files = [str(_write_csv(result, out)), str(_plot(result, out))]
     return result
 

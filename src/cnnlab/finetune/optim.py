@@ -50,16 +50,21 @@ def is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
-def early_layers(model: nn.Module, image_size: int, stride: int) -> list[nn.Module]:
+def early_layers(model: nn.Module, image_size: int, stride: int, head: nn.Module | None = None) -> list[nn.Module]:
     """The layers with parameters that run before the feature maps first get coarser than
-    1/``stride`` of the input, in the order they run (none when ``stride`` is 1 or less).
+    1/``stride`` of the input, in the order they run, each followed by its sublayers (none when
+    ``stride`` is 1 or less).
 
     Found by one forward pass of a ``(1, 3, image_size, image_size)`` input in eval mode, without
     gradients. A layer whose output is a 4-d map with a side ``h > 1`` and a stride
     ``round(image_size / h)`` above ``stride`` ends the early layers; other outputs (vectors, the
     1x1 maps of squeeze-excitation) neither end them nor start them. The block or stage that holds
     the ending layer (its outermost module that is an element of a ``Sequential`` or ``ModuleList``)
-    is not early: it trains whole. The layers' train/eval modes are restored.
+    is not early: it trains whole. When the maps never get coarser than 1/``stride``, every layer
+    that ran is early except ``head`` (default: the last layer to run) and the modules holding it.
+    An early layer's sublayers are early too, also those it does not call (torchvision's Swin
+    attention hands ``qkv.weight`` to a function): the layer is frozen and in eval mode as a whole.
+    The layers' train/eval modes are restored.
     """
     if stride <= 1:
         return []
@@ -75,7 +80,7 @@ def early_layers(model: nn.Module, image_size: int, stride: int) -> list[nn.Modu
         else:
             ran.append(module)
 
-    owners = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+    owners = [m for m in model.modules() if _owns_parameters(m)]
     handles = [m.register_forward_hook(hook) for m in owners]
     modes = {m: m.training for m in model.modules()}
     device = next(model.parameters()).device
@@ -88,11 +93,22 @@ def early_layers(model: nn.Module, image_size: int, stride: int) -> list[nn.Modu
             h.remove()
         for m, mode in modes.items():
             m.train(mode)
-    if not ending:  # a network that never gets coarser: nothing is "early"
-        return []
     names = {m: name for name, m in model.named_modules()}
-    block = _outermost_element(model, names[ending[0]])
-    return [m for m in dict.fromkeys(ran) if block is None or not names[m].startswith(block + ".")]
+    if ending:
+        block = _outermost_element(model, names[ending[0]])
+        early = [m for m in dict.fromkeys(ran) if block is None or not names[m].startswith(block + ".")]
+    else:  # the maps never get coarser than 1/stride: every layer before the classifier
+        last = head if head is not None else next((m for m in reversed(ran) if m is not model), None)
+        if last is None or last not in names:
+            return []
+        head_name = names[last]
+        early = [m for m in dict.fromkeys(ran)
+                 if names[m] and head_name != names[m] and not head_name.startswith(names[m] + ".")]
+    return list(dict.fromkeys(s for m in early for s in m.modules() if _owns_parameters(s)))
+
+
+def _owns_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(recurse=False), None) is not None
 
 
 def _outermost_element(model: nn.Module, name: str) -> str | None:

@@ -27,7 +27,7 @@ from cnnlab.checkpoint import HeadInfo, make_checkpoint, read_checkpoint, save_c
 from cnnlab.datasets import LabelledImages, SkippedFile
 from cnnlab.errors import DatasetError
 from cnnlab.finetune.augment import make_transform
-from cnnlab.finetune.config import BatchPlan, Phase, TrainConfig, plan_batches, train_crop_size
+from cnnlab.finetune.config import BatchPlan, Phase, TrainConfig, plan_batches
 from cnnlab.finetune.data import DataSplits, make_train_loader
 from cnnlab.finetune.loop import Predictions, evaluate, evaluation_report
 from cnnlab.finetune.result import RUN_FILES, EpochRecord, TrainResult
@@ -65,6 +65,10 @@ class TrainingRun:
     bn: BNPolicy
     #: The early layers that keep their weights in SGD phases (``frozen_stride``, :func:`~cnnlab.finetune.optim.early_layers`).
     frozen: list[nn.Module]
+    #: Side of the training crops: ``train_size_ratio`` of the evaluation crop
+    #: (:func:`~cnnlab.finetune.config.train_crop_size`), or the evaluation crop where the network
+    #: cannot train on the smaller one (:func:`~cnnlab.finetune.start.resolve_train_size`).
+    train_size: int
     workers: int
     result: TrainResult
     progress: Progress
@@ -133,11 +137,6 @@ class TrainingRun:
         """How ``phase`` walks through the training images."""
         c = self.config
         return plan_batches(len(self.splits.train), phase.epochs, c.batch_size, c.min_phase_steps)
-
-    @property
-    def train_size(self) -> int:
-        """Side of the training crops (``train_size_ratio`` of the evaluation crop)."""
-        return train_crop_size(self.model.preprocessing.crop_size, self.config.train_size_ratio)
 
     def train_loader(self, phase: Phase) -> DataLoader[Batch]:
         """The augmented, shuffled training batches of ``phase``."""

@@ -32,7 +32,7 @@ from cnnlab.checkpoint import (
 )
 from cnnlab.errors import CnnlabError, UsageError, WeightsIntegrityError
 from cnnlab.finetune import tblog
-from cnnlab.finetune.config import TrainConfig, plan_phases, resumed_config
+from cnnlab.finetune.config import TrainConfig, plan_phases, resumed_config, train_crop_size
 from cnnlab.finetune.data import DataSplits, prepare_data, seed_everything
 from cnnlab.finetune.leakage import make_record
 from cnnlab.finetune.optim import early_layers
@@ -114,9 +114,19 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
         with_probe = config.freeze or (config.probe and not start.keep_head)
     bn = config.bn if config.bn is not BNPolicy.AUTO else (BNPolicy.TRAIN if start.random_weights else BNPolicy.FROZEN)
     stride = config.frozen_stride if config.frozen_stride is not None else (1 if start.random_weights else 4)
+    if stored is not None:  # what the run resolved when it started (a run continued from a checkpoint of
+        args = stored["train_args"]  # random weights does not store random_weights itself)
+        bn = BNPolicy(args.get("bn_resolved", bn))
+        stride = int(args.get("frozen_stride_resolved", stride))
     model = _wrap(start, splits.classes, device, precision)
     head_info = start.head_info
-    frozen = early_layers(model.module, model.preprocessing.crop_size, stride)
+    phases = plan_phases(config, probe=with_probe)
+    sgd = any(p.name != "probe" for p in phases)
+    train_size, size_note = resolve_train_size(model, config) if sgd else (model.preprocessing.crop_size, None)
+    frozen = early_layers(model.module, model.preprocessing.crop_size, stride,
+                          head=model.module.get_submodule(head_info.path)) if sgd else []
+    if size_note:
+        notes.append(size_note)
     result = TrainResult(
         out=out, model=config.model, arch=start.spec.name, classes=splits.classes,
         random_weights=start.random_weights, device=str(device), precision=precision.value, bn=bn.value,
@@ -126,7 +136,7 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
         n_val=len(splits.val) if splits.val else 0, n_test=len(splits.test) if splits.test else 0,
         skipped=list(splits.skipped),
         train_args={**config.to_dict(), "arch": start.spec.name, "bn_resolved": bn.value, "frozen_stride_resolved": stride,
-                    "precision_resolved": precision.value, "probe_resolved": with_probe,
+                    "train_size_resolved": train_size, "precision_resolved": precision.value, "probe_resolved": with_probe,
                     **({"continued_from": start.parent} if start.parent else {})},
     )
     record: dict[str, Any] = {}
@@ -137,8 +147,8 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
                              inherited=start.inherited, parent=start.parent, progress=progress)
     workers = default_workers(device.type) if config.workers is None else config.workers
     run = TrainingRun(config=config, out=out, splits=splits, model=model, head_info=head_info, bn=bn,
-                      frozen=frozen, workers=workers, result=result, progress=progress,
-                      phases=plan_phases(config, probe=with_probe), data_record=record)
+                      frozen=frozen, train_size=train_size, workers=workers, result=result, progress=progress,
+                      phases=phases, data_record=record)
     for n in notes:
         run.note(n, warning=True)
     _describe(run, start)
@@ -158,6 +168,55 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
     if config.tensorboard and prepare_out:
         run.tensorboard = tblog.TensorBoardLog(out, first_epoch=state.epochs_done + 1 if stored is not None else 0)
     return run, state
+
+
+def resolve_train_size(model: LoadedModel, config: TrainConfig) -> tuple[int, str | None]:
+    """The side of the training crops, and a warning when it is not what ``train_size_ratio`` asks for.
+
+    ``train_size_ratio`` of the evaluation crop (:func:`~cnnlab.finetune.config.train_crop_size`; the
+    evaluation crop itself with ``augment`` none), if the network trains on inputs of that size: a
+    forward pass of two blank images in training mode (so that auxiliary heads run too) tells. ViTs
+    take only the size they were built for, Inception v3's auxiliary head needs 299 px, AlexNet's
+    pooling runs out of pixels below about 63 px: those train on the evaluation crop, with a warning.
+    A network that cannot train on the evaluation crop either is a :class:`UsageError`.
+    """
+    eval_size = model.preprocessing.crop_size
+    wanted = eval_size if config.augment is Augment.NONE else train_crop_size(eval_size, config.train_size_ratio)
+    problem = _training_forward_fails(model, wanted)
+    if problem is None:
+        return wanted, None
+    if wanted != eval_size and _training_forward_fails(model, eval_size) is None:
+        return eval_size, (f"{model.spec.arch} cannot train on {wanted} px crops (--train-size-ratio "
+                           f"{config.train_size_ratio:g}: {problem}): training crops are the evaluation size, "
+                           f"{eval_size} px")
+    raise UsageError(f"{model.spec.arch} cannot train on {eval_size} px inputs ({problem}): "
+                     "choose another --image-size (or the model's own)")
+
+
+def _training_forward_fails(model: LoadedModel, size: int) -> str | None:
+    """Why the network fails on a batch of two ``size`` px images in training mode (``None``: it runs).
+
+    Nothing changes: no gradient, the random-number state, BatchNorm statistics and layer modes are restored."""
+    module = model.module
+    modes = {m: m.training for m in module.modules()}
+    buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+    devices = [model.device] if model.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            module.train()
+            model(torch.zeros(2, 3, size, size, dtype=torch.uint8))
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the network raises on that size
+        return _brief(exc).rstrip(".") or type(exc).__name__
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+        with torch.no_grad():
+            for name, b in module.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
+    return None
 
 
 def _check_out_outside_data(out: str, data: str) -> None:
@@ -271,6 +330,10 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
         total = sum(p.numel() for p in run.model.module.parameters())
         run.note(f"early layers kept frozen (frozen stride {r.train_args['frozen_stride_resolved']}): {len(run.frozen)} "
                  f"layers, {n / 1e6:.2f} M of {total / 1e6:.2f} M parameters")
+    elif r.train_args["frozen_stride_resolved"] > 1 and any(p.name == "full" for p in run.phases):
+        stride = r.train_args["frozen_stride_resolved"]
+        run.note(f"frozen stride {stride}: no early layers to keep, every layer trains (the maps of {r.arch} get "
+                 f"coarser than 1/{stride} of {run.model.preprocessing.crop_size} px inputs in its first block)")
     run.note(f"data: {r.n_train} train / {r.n_val} val / {r.n_test} test images, {len(r.classes)} classes "
              f"({r.split_source})")
     run.note("train images per class: " + ", ".join(f"{k} {n}" for k, n in r.class_counts.items()))
@@ -287,7 +350,7 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
             continue
         plan = run.batch_plan(phase)
         steps = plan.steps(phase.epochs)
-        size = run.model.preprocessing.crop_size if c.augment is Augment.NONE else run.train_size
+        size = run.train_size
         run.note(f"{phase.name} phase: {phase.epochs} epoch(s) x {plan.steps_per_epoch} steps of about "
                  f"{plan.batch_size} images = {steps} optimiser steps, {size} px training crops "
                  f"(evaluation {run.model.preprocessing.crop_size} px)")
