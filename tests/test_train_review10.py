@@ -194,3 +194,28 @@ def test_resuming_a_finished_run_says_so(tmp_path: Path) -> None:
     again = runner.invoke(app, [*args, "--resume"])
     assert again.exit_code == 0, again.output
     assert "had finished (epoch 1): nothing is left to train" in again.stderr
+
+
+def test_model_folder_and_checkpoint_with_other_weights_are_refused_before_the_data_are_read(tmp_path: Path) -> None:
+    data = make_colours(tmp_path / "data")
+    first = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "a"), "--freeze", *SMALL])
+    assert first.exit_code == 0, first.output
+    missing_data = str(tmp_path / "no-such-data")
+    folder = runner.invoke(app, ["train", "--data", missing_data, "--out", str(tmp_path / "b"), "--model", str(tmp_path / "a")])
+    assert folder.exit_code == 2 and "is a folder" in folder.stderr and "best.pt" in folder.stderr, folder.output
+    weights = runner.invoke(app, ["train", "--data", missing_data, "--out", str(tmp_path / "b"),
+                                  "--model", str(tmp_path / "a" / "best.pt"), "--random-weights"])
+    assert weights.exit_code == 2 and "do not apply" in weights.stderr, weights.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_layer_and_crop_options_the_run_does_not_use_are_named(tmp_path: Path) -> None:
+    data = make_colours(tmp_path / "data")
+    probe_only = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "a"), "--freeze",
+                                     "--frozen-stride", "8", "--train-size-ratio", "0.5", *SMALL])
+    assert probe_only.exit_code == 0, probe_only.output
+    assert "--frozen-stride, --train-size-ratio act on SGD epochs" in probe_only.stderr
+    plain = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "b"), "--epochs", "1",
+                                "--augment", "none", "--train-size-ratio", "0.5", *SMALL])
+    assert plain.exit_code == 0, plain.output
+    assert "--train-size-ratio is not used" in plain.stderr

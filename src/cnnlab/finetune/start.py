@@ -89,10 +89,17 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
         raise UsageError(f"--model {config.model} is an ONNX file: train needs PyTorch weights, a registry model or "
                          "a checkpoint of cnnlab train (runs/x/best.pt)")
     if stored is None:  # a name or file that cannot work is refused before the data are read
+        if Path(config.model).is_dir():
+            hint = f"; its best checkpoint is {Path(config.model) / 'best.pt'}" \
+                if (Path(config.model) / "best.pt").is_file() else ""
+            raise UsageError(f"--model {config.model} is a folder: pass a registry model or a checkpoint file{hint}")
         if not is_checkpoint(config.model):
             get_spec(config.model)
         elif not Path(config.model).is_file():
             raise UsageError(f"--model {config.model}: no such checkpoint file")
+        elif config.weights is not None or config.random_weights:
+            raise UsageError(f"--model {config.model} is a checkpoint with its own weights: "
+                             "--weights and --random-weights do not apply")
     if config.data is None:
         raise UsageError("no training data: pass --data DIR (a class-folder tree, a manifest or a split folder)")
     _check_out_outside_data(config.out, config.data)
@@ -241,10 +248,8 @@ def _from_registry(config: TrainConfig, num_classes: int, progress: Progress) ->
 
 
 def _from_checkpoint(config: TrainConfig, classes: list[str]) -> StartingModel:
-    """A new run from a checkpoint of ``cnnlab train``: its weights, a new head for new classes."""
-    if config.weights is not None or config.random_weights:
-        raise UsageError(f"--model {config.model} is a checkpoint with its own weights: "
-                         "--weights and --random-weights do not apply")
+    """A new run from a checkpoint of ``cnnlab train``: its weights, a new head for new classes
+    (:func:`start_run` has refused ``--weights`` and ``--random-weights`` with it)."""
     path = Path(config.model)
     ckpt = read_checkpoint(path)
     spec = base_spec(ckpt, path)
@@ -358,10 +363,15 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
             run.note(f"the {phase.name} phase has only {steps} optimiser steps ({r.n_train} training images, "
                      f"{phase.epochs} epoch(s)), fewer than the {c.min_phase_steps} a schedule needs to warm up "
                      "and settle: add images or epochs", warning=True)
-    unused = [name for name, on in (("--ema", c.ema), ("--mixup", c.mixup), ("--cutmix", c.cutmix)) if on]
+    defaults = TrainConfig()
+    unused = [name for name, on in (("--ema", c.ema), ("--mixup", c.mixup), ("--cutmix", c.cutmix),
+                                    ("--frozen-stride", c.frozen_stride is not None),
+                                    ("--train-size-ratio", c.train_size_ratio != defaults.train_size_ratio)) if on]
     if not any(p.name != "probe" for p in run.phases) and unused:
         run.note(f"{', '.join(unused)} act on SGD epochs, and this run has none (the probe alone): not used",
                  warning=True)
+    elif c.augment is Augment.NONE and c.train_size_ratio != defaults.train_size_ratio:
+        run.note("--augment none trains on the evaluation preprocessing: --train-size-ratio is not used", warning=True)
     folded: dict[str, list[str]] = {}
     for name in r.classes:
         folded.setdefault(name.casefold(), []).append(name)
