@@ -195,7 +195,8 @@ def test_training_crops_are_smaller_than_the_evaluation_crops() -> None:
     from cnnlab.models import load_model
 
     assert TrainConfig().train_size_ratio == 0.8
-    assert train_crop_size(224, 0.8) == 176 and train_crop_size(299, 1.0) == 299 and train_crop_size(20, 0.1) == 16
+    assert train_crop_size(224, 0.8) == 176 and train_crop_size(299, 1.0) == 299 and train_crop_size(20, 0.1) == 20
+    assert train_crop_size(64, 0.8) == 64 and train_crop_size(96, 0.8) == 80 and train_crop_size(96, 0.1) == 64  # not below 64 px
     pp = load_model("efficientnet_lite0", device="cpu").preprocessing
     photo = Path(__import__("skimage").__file__).parent / "data" / "chelsea.png"
     assert TrainTransform(pp, crop_size=train_crop_size(pp.crop_size, 0.8)).load(photo).shape == (3, 176, 176)
