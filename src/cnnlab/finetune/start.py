@@ -119,7 +119,8 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
         start = _from_checkpoint(config, splits.classes) if is_checkpoint(config.model) else _from_registry(
             config, len(splits.classes), progress)
         with_probe = config.freeze or (config.probe and not start.keep_head)
-    bn: BNPolicy = config.bn if config.bn is not BNPolicy.AUTO else (BNPolicy.TRAIN if start.random_weights else BNPolicy.FROZEN)
+    bn: BNPolicy = config.bn if config.bn is not BNPolicy.AUTO else (
+        BNPolicy.TRAIN if start.random_weights else BNPolicy.FROZEN)
     stride = config.frozen_stride if config.frozen_stride is not None else (1 if start.random_weights else 4)
     if stored is not None:  # what the run resolved when it started (a run continued from a checkpoint of
         args = stored["train_args"]  # random weights does not store random_weights itself)
