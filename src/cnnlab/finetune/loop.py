@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from cnnlab.datasets import LabelledImages, SkippedFile
 from cnnlab.errors import CnnlabError, DatasetError
 from cnnlab.finetune.augment import BatchMix
-from cnnlab.finetune.optim import group_lr
+from cnnlab.finetune.optim import batchnorm_trains, group_lr
 from cnnlab.inference import Batch, run_inference
 from cnnlab.metrics import confusion_matrix, per_class_report, summarize
 from cnnlab.models import LoadedModel
@@ -74,12 +74,11 @@ def train_one_epoch(
     loss_sum, correct, seen = 0.0, 0, 0
     lrs = (group_lr(optimizer, "head"), group_lr(optimizer, "backbone"))
     skipped: list[SkippedFile] = []
-    batchnorm_trains = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-                           for m in model.module.modules())
+    bn_trains = batchnorm_trains(model.module)
     for batch in loader:
         skipped.extend(SkippedFile(str(images.paths[i]), reason, detail, images.classes[images.targets[i]])
                        for i, reason, detail in batch.failed)
-        if batch.images is None or (batchnorm_trains and len(batch.indices) == 1):
+        if batch.images is None or (bn_trains and len(batch.indices) == 1):
             progress.update(task, advance=1)
             continue
         y = targets[batch.indices]

@@ -36,7 +36,7 @@ from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.finetune.augment import make_batch_mix
 from cnnlab.finetune.config import TrainConfig
 from cnnlab.finetune.data import reseed
-from cnnlab.finetune.optim import make_optimizer, set_phase_modes
+from cnnlab.finetune.optim import batchnorm_trains, make_optimizer, set_phase_modes
 from cnnlab.finetune.probe import fit_probe, set_head
 from cnnlab.finetune.start import start_run
 from cnnlab.output_files import atomic_open, check_output_folder
@@ -129,7 +129,7 @@ def find_lr(
     result = LRFinderResult(phase.name)
     set_phase_modes(module, run.head, phase.name, run.bn, run.frozen)
     # as in training: BatchNorm layers that train cannot normalise a batch that undecodable files left with one image
-    batchnorm_trains = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules())
+    bn_trains = batchnorm_trains(module)
     progress.start("lr_find", f"learning-rate range test ({phase.name} phase)", total=steps)
     average, lowest, cycle = 0.0, math.inf, 0
     chance = math.log(len(run.splits.classes))
@@ -137,7 +137,7 @@ def find_lr(
         reseed(config.seed, cycle, run.generator)
         cycle += 1
         for batch in loader:
-            if batch.images is None or (batchnorm_trains and len(batch.indices) == 1):
+            if batch.images is None or (bn_trains and len(batch.indices) == 1):
                 continue
             y = targets[batch.indices]
             x, soft = mix(batch.images, y) if mix is not None else (batch.images, None)

@@ -28,7 +28,8 @@ BatchNorm policies (``bn``, resolved from ``auto``):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -48,6 +49,22 @@ BETA2 = 0.99
 def is_batchnorm(module: nn.Module) -> bool:
     """Whether ``module`` is a BatchNorm layer (any dimension)."""
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def batchnorm_trains(model: nn.Module) -> bool:
+    """Whether a BatchNorm layer of ``model`` is in training mode (it cannot normalise a batch of one image)."""
+    return any(is_batchnorm(m) and m.training for m in model.modules())
+
+
+@contextlib.contextmanager
+def kept_layer_modes(model: nn.Module) -> Iterator[None]:
+    """Restore the train/eval mode of every layer of ``model`` on leaving, whatever happened inside."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
 
 
 def early_layers(model: nn.Module, image_size: int, stride: int, head: nn.Module | None = None) -> list[nn.Module]:
@@ -82,17 +99,14 @@ def early_layers(model: nn.Module, image_size: int, stride: int, head: nn.Module
 
     owners = [m for m in model.modules() if _owns_parameters(m)]
     handles = [m.register_forward_hook(hook) for m in owners]
-    modes = {m: m.training for m in model.modules()}
     device = next(model.parameters()).device
     try:
-        model.eval()
-        with torch.no_grad():
+        with kept_layer_modes(model), torch.no_grad():
+            model.eval()
             model(torch.zeros(1, 3, image_size, image_size, device=device))
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.train(mode)
     names = {m: name for name, m in model.named_modules()}
     if ending:
         block = _outermost_element(model, names[ending[0]])

@@ -35,7 +35,7 @@ from cnnlab.finetune import tblog
 from cnnlab.finetune.config import TrainConfig, plan_phases, resumed_config, train_crop_size
 from cnnlab.finetune.data import DataSplits, prepare_data, seed_everything
 from cnnlab.finetune.leakage import make_record
-from cnnlab.finetune.optim import early_layers
+from cnnlab.finetune.optim import early_layers, kept_layer_modes
 from cnnlab.finetune.result import TrainResult
 from cnnlab.finetune.run import TrainingRun
 from cnnlab.finetune.state import RunState, check_out, read_resume_checkpoint, reset_out, write_split_csv
@@ -206,11 +206,10 @@ def _training_forward_fails(model: LoadedModel, size: int) -> str | None:
 
     Nothing changes: no gradient, the random-number state, BatchNorm statistics and layer modes are restored."""
     module = model.module
-    modes = {m: m.training for m in module.modules()}
     buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
     devices = [model.device] if model.device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with kept_layer_modes(module), torch.random.fork_rng(devices=devices), torch.no_grad():
             module.train()
             model(torch.zeros(2, 3, size, size, dtype=torch.uint8))
     except torch.cuda.OutOfMemoryError:
@@ -218,8 +217,6 @@ def _training_forward_fails(model: LoadedModel, size: int) -> str | None:
     except Exception as exc:  # noqa: BLE001 - whatever the network raises on that size
         return _brief(exc).rstrip(".") or type(exc).__name__
     finally:
-        for m, mode in modes.items():
-            m.train(mode)
         with torch.no_grad():
             for name, b in module.named_buffers():
                 if name in buffers:
