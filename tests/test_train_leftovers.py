@@ -26,3 +26,32 @@ def test_find_lr_says_once_that_the_loss_never_rose(tmp_path: Path, monkeypatch:
     assert result.exit_code == 0, result.output
     assert "suggested --lr 1.00e-08" in result.stdout
     assert (result.stdout + result.stderr).count("never rose") == 1, result.output
+
+
+def test_find_lr_leaves_out_the_plan_warnings_about_steps_and_validation(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The range test runs its own number of steps and validates nothing, yet warned that the phase had too few
+    optimiser steps and that there were no validation images."""
+    data = make_colours(tmp_path / "data", per_class=4)
+    monkeypatch.setattr(lr_find, "find_lr", functools.partial(lr_find.find_lr, steps=3))
+    result = runner.invoke(app, ["train", "--find-lr", "--data", str(data), "--out", str(tmp_path / "lr"),
+                                 "--no-probe", "--val-fraction", "0", "--random-weights", *SMALL])
+    assert result.exit_code == 0, result.output
+    assert "optimiser steps (" not in result.stderr and "validation" not in result.stderr, result.stderr
+    assert "held-out" not in result.stderr
+    assert "starting from RANDOM weights" in result.stderr  # a warning that does apply stays
+
+
+def test_resuming_a_finished_run_leaves_out_the_training_warnings(tmp_path: Path) -> None:
+    """--resume of a finished run only evaluates best.pt again, yet repeated the warnings about its training."""
+    data = make_colours(tmp_path / "data", per_class=4)
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--no-probe",
+            "--val-fraction", "0", *SMALL]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "fewer than the 24 a schedule needs" in first.stderr and "no validation images" in first.stderr
+    again = runner.invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "had finished (epoch 1)" in again.stderr
+    assert "optimiser steps" not in again.stderr and "no validation images" not in again.stderr, again.stderr
+    assert "no held-out figure" in again.stderr  # still true of the evaluation it does again

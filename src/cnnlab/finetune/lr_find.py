@@ -109,7 +109,7 @@ def find_lr(
         raise UsageError("the range test needs 0 < start_lr < end_lr and at least 2 steps")
     config.validate()
     out = check_output_folder(config.out)
-    run, _ = start_run(config, progress, prepare_out=False)
+    run, _ = start_run(config, progress, prepare_out=False, range_test=True)
     phase = next((p for p in run.phases if p.name != "probe"), None)
     if phase is None:
         raise UsageError("--find-lr: the run has no SGD epochs (epochs and freeze_epochs are 0)")

@@ -71,12 +71,15 @@ def is_checkpoint(name: str) -> bool:
     return is_checkpoint_file(name)
 
 
-def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = True) -> tuple[TrainingRun, RunState]:
+def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = True,
+              range_test: bool = False) -> tuple[TrainingRun, RunState]:
     """Check the settings, read and split the data, build the model, prepare the run folder.
 
     With ``config.resume`` the settings, weights and progress come from ``last.pt`` in
     ``config.out``. Nothing is written before the data has been read and the model built;
-    ``prepare_out=False`` writes nothing at all (the learning-rate finder).
+    ``prepare_out=False`` writes nothing at all (the learning-rate finder). ``range_test``: the run
+    is prepared for the learning-rate range test, so the plan's warnings about the training schedule
+    and validation, which do not apply to it, are left out.
     """
     config.validate()
     stored: dict[str, Any] | None = None
@@ -133,7 +136,9 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
     train_size, size_note = resolve_train_size(model, config) if sgd else (model.preprocessing.crop_size, None)
     frozen = early_layers(model.module, model.preprocessing.crop_size, stride,
                           head=model.module.get_submodule(head_info.path)) if sgd else []
-    if size_note:
+    state = RunState.from_dict(stored["resume"]["state"]) if stored is not None else RunState()
+    finished = stored is not None and state.phase_index >= len(phases)  # nothing is left to train
+    if size_note and not finished:
         notes.append(size_note)
     result = TrainResult(
         out=out, model=config.model, arch=start.spec.name, classes=splits.classes,
@@ -159,13 +164,11 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
                       phases=phases, data_record=record)
     for n in notes:
         run.note(n, warning=True)
-    _describe(run, start)
-    state = RunState()
+    _describe(run, start, range_test=range_test, finished=finished)
     if stored is not None:
         run.resume = stored["resume"]
-        state = RunState.from_dict(stored["resume"]["state"])
         result.resumed_from_epoch = state.epochs_done
-        if state.phase_index >= len(run.phases):
+        if finished:
             run.note(f"the run in {out} had finished (epoch {state.epochs_done}): nothing is left to train; "
                      "best.pt is evaluated again and the reports rewritten", warning=True)
         else:
@@ -319,8 +322,12 @@ def _wrap(start: StartingModel, classes: list[str], device: torch.device, precis
                        precision=precision)
 
 
-def _describe(run: TrainingRun, start: StartingModel) -> None:
-    """Tell what the run is about to do, with the warnings that matter."""
+def _describe(run: TrainingRun, start: StartingModel, *, range_test: bool = False, finished: bool = False) -> None:
+    """Tell what the run is about to do, with the warnings that matter.
+
+    ``range_test`` (the learning-rate finder) trains a fixed number of steps and validates nothing: no
+    warning about the phases' steps or validation. ``finished`` (a resumed run with nothing left to train)
+    only evaluates ``best.pt`` again: no plan of the phases and no warning about training."""
     r, c = run.result, run.config
     if r.random_weights:
         run.note(f"starting from RANDOM weights ({run.model.spec.arch}): not a pretrained fine-tune", warning=True)
@@ -346,7 +353,7 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
             reasons[s.reason] = reasons.get(s.reason, 0) + 1
         run.note(f"{len(run.splits.skipped):,} files of the data left out ("
                  + ", ".join(f"{n:,} {reason}" for reason, n in sorted(reasons.items())) + "): listed at the end")
-    for phase in run.phases:
+    for phase in [] if finished else run.phases:
         if phase.name == "probe":
             run.note("probe: the head is fitted by logistic regression on frozen features"
                      + (" (--freeze: nothing else trains)" if c.freeze else ""))
@@ -357,7 +364,7 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
         run.note(f"{phase.name} phase: {phase.epochs} epoch(s) x {plan.steps_per_epoch} steps of about "
                  f"{plan.batch_size} images = {steps} optimiser steps, {size} px training crops "
                  f"(evaluation {run.model.preprocessing.crop_size} px)")
-        if steps < c.min_phase_steps:
+        if steps < c.min_phase_steps and not range_test:
             run.note(f"the {phase.name} phase has only {steps} optimiser steps ({r.n_train} training images, "
                      f"{phase.epochs} epoch(s)), fewer than the {c.min_phase_steps} a schedule needs to warm up "
                      "and settle: add images or epochs", warning=True)
@@ -365,10 +372,10 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
     unused = [name for name, on in (("--ema", c.ema), ("--mixup", c.mixup), ("--cutmix", c.cutmix),
                                     ("--frozen-stride", c.frozen_stride is not None),
                                     ("--train-size-ratio", c.train_size_ratio != defaults.train_size_ratio)) if on]
-    if not any(p.name != "probe" for p in run.phases) and unused:
+    if not finished and not any(p.name != "probe" for p in run.phases) and unused:
         run.note(f"{', '.join(unused)} act on SGD epochs, and this run has none (the probe alone): not used",
                  warning=True)
-    elif c.augment is Augment.NONE and c.train_size_ratio != defaults.train_size_ratio:
+    elif not finished and c.augment is Augment.NONE and c.train_size_ratio != defaults.train_size_ratio:
         run.note("--augment none trains on the evaluation preprocessing: --train-size-ratio is not used", warning=True)
     folded: dict[str, list[str]] = {}
     for name in r.classes:
@@ -383,7 +390,9 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
         advice = "classes are sampled equally (--balance)" if c.balance else "consider --balance"
         run.note(f"classes are imbalanced: the largest has {r.imbalance_ratio:.1f}x the images of the smallest; "
                  f"{advice}", warning=True)
-    if run.splits.val is None:
+    if range_test:
+        return
+    if run.splits.val is None and not finished:
         run.note("no validation images: no early stopping, and best.pt is the last epoch", warning=True)
     if run.splits.test is None and run.splits.val is None:
         run.note("no validation or test images: the run gives no held-out figure", warning=True)
