@@ -55,3 +55,19 @@ def test_resuming_a_finished_run_leaves_out_the_training_warnings(tmp_path: Path
     assert "had finished (epoch 1)" in again.stderr
     assert "optimiser steps" not in again.stderr and "no validation images" not in again.stderr, again.stderr
     assert "no held-out figure" in again.stderr  # still true of the evaluation it does again
+
+
+def test_resume_note_names_the_frozen_stride_the_run_resolved(tmp_path: Path) -> None:
+    """The note on ignored settings said "the run uses None" for a run whose frozen stride had resolved to 4."""
+    data = make_colours(tmp_path / "data", per_class=4)
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--no-probe", *SMALL]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "frozen stride 4" in first.stderr  # pretrained weights: the default resolves to 4
+    other = runner.invoke(app, [*args, "--resume", "--frozen-stride", "2"])
+    assert other.exit_code == 0, other.output
+    assert "frozen_stride=2 (the run uses 4)" in other.stderr, other.stderr
+    assert "None" not in other.stderr
+    same = runner.invoke(app, [*args, "--resume", "--frozen-stride", "4"])
+    assert same.exit_code == 0, same.output
+    assert "frozen_stride" not in same.stderr  # what the run uses: nothing is ignored
