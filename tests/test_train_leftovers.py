@@ -71,3 +71,16 @@ def test_resume_note_names_the_frozen_stride_the_run_resolved(tmp_path: Path) ->
     same = runner.invoke(app, [*args, "--resume", "--frozen-stride", "4"])
     assert same.exit_code == 0, same.output
     assert "frozen_stride" not in same.stderr  # what the run uses: nothing is ignored
+
+
+def test_training_crops_capped_at_the_input_limit_are_warned_about(tmp_path: Path) -> None:
+    """--image-size 1100 --train-size-ratio 2 trained on 2048 px crops instead of 2200 px without a word."""
+    data = make_colours(tmp_path / "data", per_class=1)
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--no-probe",
+            "--val-fraction", "0", "--train-size-ratio", "2", "--image-size", "1100", "--batch-size", "2",
+            "--model", "mobilenet_v3_small", "--random-weights", "--workers", "0"]  # the cheapest at 2048 px
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("capped at 2048 px") == 1, result.stderr
+    assert "asks for 2200 px training crops" in result.stderr
+    assert "2048 px training crops (evaluation 1100 px)" in result.stderr

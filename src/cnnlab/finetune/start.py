@@ -182,7 +182,8 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
 
 
 def resolve_train_size(model: LoadedModel, config: TrainConfig) -> tuple[int, str | None]:
-    """The side of the training crops, and a warning when it is not what ``train_size_ratio`` asks for.
+    """The side of the training crops, and a warning when it is not what ``train_size_ratio`` asks for
+    (capped at :data:`~cnnlab.preprocess.MAX_INPUT_SIZE`, or the evaluation crop, see below).
 
     ``train_size_ratio`` of the evaluation crop (:func:`~cnnlab.finetune.config.train_crop_size`; the
     evaluation crop itself with ``augment`` none), if the network trains on inputs of that size: a
@@ -195,6 +196,10 @@ def resolve_train_size(model: LoadedModel, config: TrainConfig) -> tuple[int, st
     wanted = eval_size if config.augment is Augment.NONE else train_crop_size(eval_size, config.train_size_ratio)
     problem = _training_forward_fails(model, wanted)
     if problem is None:
+        asked = round(eval_size * config.train_size_ratio / 8) * 8  # train_crop_size before its cap
+        if config.augment is not Augment.NONE and asked > wanted == MAX_INPUT_SIZE:
+            return wanted, (f"--train-size-ratio {config.train_size_ratio:g} of the {eval_size} px evaluation crop asks "
+                            f"for {asked} px training crops: capped at {MAX_INPUT_SIZE} px, the largest input size")
         return wanted, None
     if wanted != eval_size and _training_forward_fails(model, eval_size) is None:
         return eval_size, (f"{model.spec.arch} cannot train on {wanted} px crops (--train-size-ratio "
