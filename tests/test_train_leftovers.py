@@ -84,3 +84,27 @@ def test_training_crops_capped_at_the_input_limit_are_warned_about(tmp_path: Pat
     assert result.stderr.count("capped at 2048 px") == 1, result.stderr
     assert "asks for 2200 px training crops" in result.stderr
     assert "2048 px training crops (evaluation 1100 px)" in result.stderr
+
+
+def test_a_run_folder_in_use_is_refused(tmp_path: Path) -> None:
+    """Two `cnnlab train` runs into one --out both wrote there; a run now locks its folder (released by the OS if
+    it dies), and a second one exits 2 before it writes anything."""
+    import fcntl
+
+    data = make_colours(tmp_path / "data", per_class=2)
+    out = tmp_path / "run"
+    out.mkdir()
+    args = ["--data", str(data), "--out", str(out), "--freeze", *SMALL]
+    with (out / ".lock").open("a+") as held:  # as a run in another process holds it
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for command in (["train", *args], ["train", *args, "--overwrite"],
+                        ["train", *[a for a in args if a != "--freeze"], "--find-lr"]):
+            result = runner.invoke(app, command)
+            assert result.exit_code == 2, result.output
+            assert "another `cnnlab train` is writing to" in result.stderr, result.stderr
+            assert [p.name for p in out.iterdir()] == [".lock"]
+    result = runner.invoke(app, ["train", *args])  # the lock released: the run goes ahead
+    assert result.exit_code == 0, result.output
+    assert (out / "best.pt").is_file()
+    again = runner.invoke(app, ["train", *args, "--overwrite"])  # and the finished run released it too
+    assert again.exit_code == 0, again.output

@@ -12,6 +12,7 @@ The starting model is one of three:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from cnnlab.finetune.state import RunState, check_out, read_resume_checkpoint, r
 from cnnlab.inference import default_workers
 from cnnlab.models import LoadedModel, load_model, precision_dtype, resolve_device, resolve_precision
 from cnnlab.options import Augment, BNPolicy, Precision
+from cnnlab.output_files import FolderLock, check_output_path
 from cnnlab.preprocess import MAX_INPUT_SIZE, Preprocessing
 from cnnlab.progress import Progress
 from cnnlab.zoo import ModelSpec, get_spec
@@ -80,7 +82,25 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
     ``prepare_out=False`` writes nothing at all (the learning-rate finder). ``range_test``: the run
     is prepared for the learning-rate range test, so the plan's warnings about the training schedule
     and validation, which do not apply to it, are left out.
+
+    With ``prepare_out`` the run folder is locked (:class:`~cnnlab.output_files.FolderLock`, a
+    :class:`UsageError` when another run holds it) from the start when it exists, else from when it
+    is made, until the run's ``locks`` are closed (:func:`cnnlab.finetune.fine_tune` does at its end).
     """
+    with contextlib.ExitStack() as locks:
+        run, state = _start_run(config, progress, prepare_out=prepare_out, range_test=range_test,
+                                locks=locks if prepare_out else None)
+        run.locks = locks.pop_all()  # released on an error above
+    return run, state
+
+
+def lock_out(out: str | Path) -> FolderLock:
+    """The lock that keeps one ``cnnlab train`` (or ``--find-lr``) per run folder."""
+    return FolderLock(out, holder="another `cnnlab train`", error=UsageError)
+
+
+def _start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool, range_test: bool,
+               locks: contextlib.ExitStack | None) -> tuple[TrainingRun, RunState]:
     config.validate()
     stored: dict[str, Any] | None = None
     notes: list[str] = []
@@ -108,6 +128,9 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
     _check_out_outside_data(config.out, config.data)
     if config.tensorboard and prepare_out:
         tblog.check_available()
+    locked = locks is not None and check_output_path(config.out).is_dir()
+    if locks is not None and locked:  # before the folder is checked for an earlier run
+        locks.enter_context(lock_out(config.out))
     out = check_out(config) if prepare_out else Path(config.out)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
@@ -174,6 +197,9 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
         else:
             run.note(f"resuming after epoch {state.epochs_done}")
     elif prepare_out:
+        if locks is not None and not locked:  # the folder is made now: locked first, checked again under the lock
+            locks.enter_context(lock_out(out))
+            check_out(config)
         reset_out(out)
         write_split_csv(splits, out / "data_split.csv")
     if config.tensorboard and prepare_out:
