@@ -78,8 +78,9 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
     """Check the settings, read and split the data, build the model, prepare the run folder.
 
     With ``config.resume`` the settings, weights and progress come from ``last.pt`` in
-    ``config.out``. Nothing is written before the data has been read and the model built;
-    ``prepare_out=False`` writes nothing at all (the learning-rate finder). ``range_test``: the run
+    ``config.out``. Nothing is written before the data has been read and the model built (but for
+    the lock file in a run folder that exists already); ``prepare_out=False`` writes nothing at all
+    (the learning-rate finder, which locks the folder itself). ``range_test``: the run
     is prepared for the learning-rate range test, so the plan's warnings about the training schedule
     and validation, which do not apply to it, are left out.
 
