@@ -145,9 +145,7 @@ def _find_lr(config: TrainConfig, *, quiet: bool, as_json: bool) -> None:
         print_json(result.to_dict())
         return
     value = "none (no loss recorded)" if result.suggestion is None else f"{result.suggestion:.2e}"
-    out.print(f"suggested --lr {value}")
-    if result.warning:
-        out.print(f"[yellow]warning:[/] {escape(result.warning)}")
+    out.print(f"suggested --lr {value}")  # result.warning was shown as find_lr's warning note (stderr, also with -q)
     out.print(f"rule: {escape(result.rule)}")
     out.print(f"plot: {escape(result.files[-1])}")
 

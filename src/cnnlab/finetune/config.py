@@ -257,6 +257,11 @@ def plan_batches(n_train: int, epochs: int, batch_size: int, min_steps: int) -> 
     return BatchPlan(size, batches - drop_last, drop_last)
 
 
+#: Settings whose default the run resolves when it starts (``bn`` auto, ``frozen_stride`` None, the probe of a
+#: continued run), and the key of ``train_args`` that stores what it resolved them to; resume uses that.
+RESOLVED_FIELDS = {"bn": "bn_resolved", "frozen_stride": "frozen_stride_resolved", "probe": "probe_resolved"}
+
+
 def resumed_config(config: TrainConfig, stored_args: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
     """The run's stored settings with this call's runtime settings, and a note on what was ignored."""
     stored = TrainConfig.from_dict(stored_args)
@@ -274,9 +279,11 @@ def resumed_config(config: TrainConfig, stored_args: dict[str, Any]) -> tuple[Tr
             # the data may have moved; its fingerprint is checked against the run's
             setattr(stored, f.name, given)
             continue
-        kept = getattr(stored, f.name)
-        if given != getattr(defaults, f.name) and given != kept:
-            ignored.append(f"{f.name}={_plain(given)!r} (the run uses {_plain(kept)!r})")
+        kept = _plain(getattr(stored, f.name))
+        if f.name in RESOLVED_FIELDS and RESOLVED_FIELDS[f.name] in stored_args:
+            kept = stored_args[RESOLVED_FIELDS[f.name]]  # what the run resolved "auto" / None to
+        if given != getattr(defaults, f.name) and _plain(given) != kept:
+            ignored.append(f"{f.name}={_plain(given)!r} (the run uses {kept!r})")
     stored.resume, stored.overwrite = True, False
     notes = [f"resume uses the run's stored settings; ignored {', '.join(ignored)}"] if ignored else []
     return stored, notes

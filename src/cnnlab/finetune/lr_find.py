@@ -38,7 +38,7 @@ from cnnlab.finetune.config import TrainConfig
 from cnnlab.finetune.data import reseed
 from cnnlab.finetune.optim import batchnorm_trains, make_optimizer, set_phase_modes
 from cnnlab.finetune.probe import fit_probe, set_head
-from cnnlab.finetune.start import start_run
+from cnnlab.finetune.start import lock_out, start_run
 from cnnlab.output_files import atomic_open, check_output_folder
 from cnnlab.progress import Progress
 
@@ -109,7 +109,13 @@ def find_lr(
         raise UsageError("the range test needs 0 < start_lr < end_lr and at least 2 steps")
     config.validate()
     out = check_output_folder(config.out)
-    run, _ = start_run(config, progress, prepare_out=False)
+    with lock_out(out):  # not while a training run (or another range test) writes there
+        return _range_test(config, progress, out, start_lr=start_lr, end_lr=end_lr, steps=steps)
+
+
+def _range_test(config: TrainConfig, progress: Progress, out: Path, *, start_lr: float, end_lr: float,
+                steps: int) -> LRFinderResult:
+    run, _ = start_run(config, progress, prepare_out=False, range_test=True)
     phase = next((p for p in run.phases if p.name != "probe"), None)
     if phase is None:
         raise UsageError("--find-lr: the run has no SGD epochs (epochs and freeze_epochs are 0)")

@@ -20,7 +20,7 @@ from cnnlab.finetune.probe import fit_probe, set_head
 from cnnlab.finetune.result import EpochRecord, TrainResult
 from cnnlab.finetune.run import TrainingRun, finish_run
 from cnnlab.finetune.start import start_run
-from cnnlab.finetune.state import load_phase_states, resume_entry
+from cnnlab.finetune.state import RunState, load_phase_states, resume_entry
 from cnnlab.inference import Batch
 from cnnlab.options import Precision
 from cnnlab.progress import Progress
@@ -61,6 +61,11 @@ def fine_tune(config: TrainConfig, progress: Progress | None = None) -> TrainRes
 
 def _fine_tune(config: TrainConfig, progress: Progress, ctx: DistContext | None) -> TrainResult:
     run, state = start_run(config, progress)
+    with run.locks:  # the run folder stays locked until the run ends
+        return _run_phases(run, state, ctx)
+
+
+def _run_phases(run: TrainingRun, state: RunState, ctx: DistContext | None) -> TrainResult:
     phases = run.phases
     total_epochs = sum(p.epochs for p in phases if p.name != "probe")
     mix = make_batch_mix(len(run.splits.classes), mixup=run.config.mixup, cutmix=run.config.cutmix)

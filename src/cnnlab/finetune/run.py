@@ -12,6 +12,7 @@ the averaged weights; ``last.pt`` keeps the raw training weights in its ``resume
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -81,6 +82,8 @@ class TrainingRun:
     ema: AveragedModel | None = None
     tensorboard: TensorBoardLog | None = None
     generator: torch.Generator = field(default_factory=torch.Generator)
+    #: The lock on the run folder (:func:`~cnnlab.finetune.start.start_run`), closed when the run ends.
+    locks: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     _skipped_paths: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -12,6 +12,7 @@ The starting model is one of three:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from cnnlab.finetune.state import RunState, check_out, read_resume_checkpoint, r
 from cnnlab.inference import default_workers
 from cnnlab.models import LoadedModel, load_model, precision_dtype, resolve_device, resolve_precision
 from cnnlab.options import Augment, BNPolicy, Precision
+from cnnlab.output_files import FolderLock, check_output_path
 from cnnlab.preprocess import MAX_INPUT_SIZE, Preprocessing
 from cnnlab.progress import Progress
 from cnnlab.zoo import ModelSpec, get_spec
@@ -71,13 +73,35 @@ def is_checkpoint(name: str) -> bool:
     return is_checkpoint_file(name)
 
 
-def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = True) -> tuple[TrainingRun, RunState]:
+def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = True,
+              range_test: bool = False) -> tuple[TrainingRun, RunState]:
     """Check the settings, read and split the data, build the model, prepare the run folder.
 
     With ``config.resume`` the settings, weights and progress come from ``last.pt`` in
-    ``config.out``. Nothing is written before the data has been read and the model built;
-    ``prepare_out=False`` writes nothing at all (the learning-rate finder).
+    ``config.out``. Nothing is written before the data has been read and the model built (but for
+    the lock file in a run folder that exists already); ``prepare_out=False`` writes nothing at all
+    (the learning-rate finder, which locks the folder itself). ``range_test``: the run
+    is prepared for the learning-rate range test, so the plan's warnings about the training schedule
+    and validation, which do not apply to it, are left out.
+
+    With ``prepare_out`` the run folder is locked (:class:`~cnnlab.output_files.FolderLock`, a
+    :class:`UsageError` when another run holds it) from the start when it exists, else from when it
+    is made, until the run's ``locks`` are closed (:func:`cnnlab.finetune.fine_tune` does at its end).
     """
+    with contextlib.ExitStack() as locks:
+        run, state = _start_run(config, progress, prepare_out=prepare_out, range_test=range_test,
+                                locks=locks if prepare_out else None)
+        run.locks = locks.pop_all()  # released on an error above
+    return run, state
+
+
+def lock_out(out: str | Path) -> FolderLock:
+    """The lock that keeps one ``cnnlab train`` (or ``--find-lr``) per run folder."""
+    return FolderLock(out, holder="another `cnnlab train`", error=UsageError)
+
+
+def _start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool, range_test: bool,
+               locks: contextlib.ExitStack | None) -> tuple[TrainingRun, RunState]:
     config.validate()
     stored: dict[str, Any] | None = None
     notes: list[str] = []
@@ -105,6 +129,9 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
     _check_out_outside_data(config.out, config.data)
     if config.tensorboard and prepare_out:
         tblog.check_available()
+    locked = locks is not None and check_output_path(config.out).is_dir()
+    if locks is not None and locked:  # before the folder is checked for an earlier run
+        locks.enter_context(lock_out(config.out))
     out = check_out(config) if prepare_out else Path(config.out)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
@@ -133,7 +160,9 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
     train_size, size_note = resolve_train_size(model, config) if sgd else (model.preprocessing.crop_size, None)
     frozen = early_layers(model.module, model.preprocessing.crop_size, stride,
                           head=model.module.get_submodule(head_info.path)) if sgd else []
-    if size_note:
+    state = RunState.from_dict(stored["resume"]["state"]) if stored is not None else RunState()
+    finished = stored is not None and state.phase_index >= len(phases)  # nothing is left to train
+    if size_note and not finished:
         notes.append(size_note)
     result = TrainResult(
         out=out, model=config.model, arch=start.spec.name, classes=splits.classes,
@@ -159,18 +188,19 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
                       phases=phases, data_record=record)
     for n in notes:
         run.note(n, warning=True)
-    _describe(run, start)
-    state = RunState()
+    _describe(run, start, range_test=range_test, finished=finished)
     if stored is not None:
         run.resume = stored["resume"]
-        state = RunState.from_dict(stored["resume"]["state"])
         result.resumed_from_epoch = state.epochs_done
-        if state.phase_index >= len(run.phases):
+        if finished:
             run.note(f"the run in {out} had finished (epoch {state.epochs_done}): nothing is left to train; "
                      "best.pt is evaluated again and the reports rewritten", warning=True)
         else:
             run.note(f"resuming after epoch {state.epochs_done}")
     elif prepare_out:
+        if locks is not None and not locked:  # the folder is made now: locked first, checked again under the lock
+            locks.enter_context(lock_out(out))
+            check_out(config)
         reset_out(out)
         write_split_csv(splits, out / "data_split.csv")
     if config.tensorboard and prepare_out:
@@ -179,7 +209,8 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
 
 
 def resolve_train_size(model: LoadedModel, config: TrainConfig) -> tuple[int, str | None]:
-    """The side of the training crops, and a warning when it is not what ``train_size_ratio`` asks for.
+    """The side of the training crops, and a warning when it is not what ``train_size_ratio`` asks for
+    (capped at :data:`~cnnlab.preprocess.MAX_INPUT_SIZE`, or the evaluation crop, see below).
 
     ``train_size_ratio`` of the evaluation crop (:func:`~cnnlab.finetune.config.train_crop_size`; the
     evaluation crop itself with ``augment`` none), if the network trains on inputs of that size: a
@@ -192,6 +223,10 @@ def resolve_train_size(model: LoadedModel, config: TrainConfig) -> tuple[int, st
     wanted = eval_size if config.augment is Augment.NONE else train_crop_size(eval_size, config.train_size_ratio)
     problem = _training_forward_fails(model, wanted)
     if problem is None:
+        asked = round(eval_size * config.train_size_ratio / 8) * 8  # train_crop_size before its cap
+        if config.augment is not Augment.NONE and asked > wanted == MAX_INPUT_SIZE:
+            return wanted, (f"--train-size-ratio {config.train_size_ratio:g} of the {eval_size} px evaluation crop asks "
+                            f"for {asked} px training crops: capped at {MAX_INPUT_SIZE} px, the largest input size")
         return wanted, None
     if wanted != eval_size and _training_forward_fails(model, eval_size) is None:
         return eval_size, (f"{model.spec.arch} cannot train on {wanted} px crops (--train-size-ratio "
@@ -319,8 +354,12 @@ def _wrap(start: StartingModel, classes: list[str], device: torch.device, precis
                        precision=precision)
 
 
-def _describe(run: TrainingRun, start: StartingModel) -> None:
-    """Tell what the run is about to do, with the warnings that matter."""
+def _describe(run: TrainingRun, start: StartingModel, *, range_test: bool = False, finished: bool = False) -> None:
+    """Tell what the run is about to do, with the warnings that matter.
+
+    ``range_test`` (the learning-rate finder) trains a fixed number of steps and validates nothing: no
+    warning about the phases' steps or validation. ``finished`` (a resumed run with nothing left to train)
+    only evaluates ``best.pt`` again: no plan of the phases and no warning about training."""
     r, c = run.result, run.config
     if r.random_weights:
         run.note(f"starting from RANDOM weights ({run.model.spec.arch}): not a pretrained fine-tune", warning=True)
@@ -346,7 +385,7 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
             reasons[s.reason] = reasons.get(s.reason, 0) + 1
         run.note(f"{len(run.splits.skipped):,} files of the data left out ("
                  + ", ".join(f"{n:,} {reason}" for reason, n in sorted(reasons.items())) + "): listed at the end")
-    for phase in run.phases:
+    for phase in [] if finished else run.phases:
         if phase.name == "probe":
             run.note("probe: the head is fitted by logistic regression on frozen features"
                      + (" (--freeze: nothing else trains)" if c.freeze else ""))
@@ -357,7 +396,7 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
         run.note(f"{phase.name} phase: {phase.epochs} epoch(s) x {plan.steps_per_epoch} steps of about "
                  f"{plan.batch_size} images = {steps} optimiser steps, {size} px training crops "
                  f"(evaluation {run.model.preprocessing.crop_size} px)")
-        if steps < c.min_phase_steps:
+        if steps < c.min_phase_steps and not range_test:
             run.note(f"the {phase.name} phase has only {steps} optimiser steps ({r.n_train} training images, "
                      f"{phase.epochs} epoch(s)), fewer than the {c.min_phase_steps} a schedule needs to warm up "
                      "and settle: add images or epochs", warning=True)
@@ -365,10 +404,10 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
     unused = [name for name, on in (("--ema", c.ema), ("--mixup", c.mixup), ("--cutmix", c.cutmix),
                                     ("--frozen-stride", c.frozen_stride is not None),
                                     ("--train-size-ratio", c.train_size_ratio != defaults.train_size_ratio)) if on]
-    if not any(p.name != "probe" for p in run.phases) and unused:
+    if not finished and not any(p.name != "probe" for p in run.phases) and unused:
         run.note(f"{', '.join(unused)} act on SGD epochs, and this run has none (the probe alone): not used",
                  warning=True)
-    elif c.augment is Augment.NONE and c.train_size_ratio != defaults.train_size_ratio:
+    elif not finished and c.augment is Augment.NONE and c.train_size_ratio != defaults.train_size_ratio:
         run.note("--augment none trains on the evaluation preprocessing: --train-size-ratio is not used", warning=True)
     folded: dict[str, list[str]] = {}
     for name in r.classes:
@@ -383,7 +422,9 @@ def _describe(run: TrainingRun, start: StartingModel) -> None:
         advice = "classes are sampled equally (--balance)" if c.balance else "consider --balance"
         run.note(f"classes are imbalanced: the largest has {r.imbalance_ratio:.1f}x the images of the smallest; "
                  f"{advice}", warning=True)
-    if run.splits.val is None:
+    if range_test:
+        return
+    if run.splits.val is None and not finished:
         run.note("no validation images: no early stopping, and best.pt is the last epoch", warning=True)
     if run.splits.test is None and run.splits.val is None:
         run.note("no validation or test images: the run gives no held-out figure", warning=True)
