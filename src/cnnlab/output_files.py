@@ -20,6 +20,7 @@ import errno
 import glob
 import os
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -159,8 +160,28 @@ def check_output_folder(path: str | Path, *, what: str = "--out") -> Path:
     return folder
 
 
+#: The folder locks this process holds; a forked child (a DataLoader worker) closes its copies at once.
+_HELD_LOCKS: weakref.WeakSet[FolderLock] = weakref.WeakSet()
+
+
+def _drop_locks_in_child() -> None:
+    """In a forked child: close the inherited lock files. A flock belongs to the open file, which the child
+    shares; a worker that outlived a killed parent would otherwise hold the folder locked."""
+    for lock in list(_HELD_LOCKS):
+        if lock._fh is not None:
+            with contextlib.suppress(OSError):
+                lock._fh.close()
+            lock._fh = None
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 class FolderLock:
-    """An exclusive advisory lock on a folder (``FOLDER/.lock``), released by the OS if the process dies.
+    """An exclusive advisory lock on a folder (``FOLDER/.lock``), released by the OS when the process ends,
+    however it ends (child processes it forks, such as DataLoader workers, do not keep it).
 
     When another process holds it, ``error`` (an :class:`OutputError` by default) says that ``holder``
     is writing there.
@@ -190,9 +211,11 @@ class FolderLock:
             self._fh = None
             raise self.error(f"{self.holder} is writing to {self.path.parent} (lock {self.path}); "
                              "wait for it to finish or stop it first") from None
+        _HELD_LOCKS.add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        _HELD_LOCKS.discard(self)
         if self._fh is not None:
             self._fh.close()  # closing releases the flock
             self._fh = None
