@@ -85,3 +85,18 @@ def test_resume_a_two_process_run_with_one_process(colours: Path, tmp_path: Path
     assert resumed.evaluation["top1"] >= 0.9
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert len(rows) == 4
+
+
+def test_a_locked_run_folder_stops_every_rank_with_one_message(colours: Path, tmp_path: Path) -> None:
+    """Only rank 0 takes the run folder's lock. When it could not, the other rank went on alone through the data
+    and the probe, then died in DistributedDataParallel with a 60-line gloo traceback."""
+    from cnnlab.output_files import FolderLock
+
+    out = tmp_path / "busy"
+    cmd = [sys.executable, "-m", "cnnlab", "train", "--data", str(colours), "--out", str(out), *ARGS, "--nproc", "2"]
+    with FolderLock(out):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert proc.stderr.count("error:") == 1 and "another `cnnlab train` is writing" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]

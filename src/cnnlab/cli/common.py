@@ -36,7 +36,8 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except CnnlabError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}")
+            if not getattr(exc, "reported_by_main", False):  # torchrun: rank 0 prints an error all ranks share
+                err.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")

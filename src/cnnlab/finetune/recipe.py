@@ -9,7 +9,8 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
-from cnnlab.distributed import DistContext, destroy_process_group
+from cnnlab.distributed import DistContext, broadcast_from_main, destroy_process_group, gather_to_main
+from cnnlab.errors import CnnlabError
 from cnnlab.finetune import ddp
 from cnnlab.finetune.augment import BatchMix, make_batch_mix
 from cnnlab.finetune.config import Phase, TrainConfig
@@ -60,9 +61,35 @@ def fine_tune(config: TrainConfig, progress: Progress | None = None) -> TrainRes
 
 
 def _fine_tune(config: TrainConfig, progress: Progress, ctx: DistContext | None) -> TrainResult:
-    run, state = start_run(config, progress)
+    run, state = _start_every_rank(config, progress, ctx)
     with run.locks:  # the run folder stays locked until the run ends
         return _run_phases(run, state, ctx)
+
+
+def _start_every_rank(config: TrainConfig, progress: Progress, ctx: DistContext | None) -> tuple[TrainingRun, RunState]:
+    """:func:`start_run` on this rank. Under torchrun the ranks then agree: when any rank could not start (rank 0
+    finds a locked run folder or one holding a run, say), every rank raises the first such error, rank 0 to
+    print it and the others marked ``reported_by_main`` to exit with its status quietly, instead of the others
+    going on alone into the first collective call and failing there with a traceback."""
+    started: tuple[TrainingRun, RunState] | None = None
+    error: CnnlabError | None = None
+    try:
+        started = start_run(config, progress)
+    except CnnlabError as exc:
+        if ctx is None:
+            raise
+        error = exc
+    if ctx is not None:
+        errors = gather_to_main(error, ctx)
+        first = broadcast_from_main(next((e for e in errors or [] if e is not None), None), ctx)
+        if first is not None:
+            if started is not None:
+                started[0].locks.close()
+            if not ctx.is_main:
+                first.reported_by_main = True
+            raise first
+    assert started is not None
+    return started
 
 
 def _run_phases(run: TrainingRun, state: RunState, ctx: DistContext | None) -> TrainResult:
