@@ -108,3 +108,28 @@ def test_a_run_folder_in_use_is_refused(tmp_path: Path) -> None:
     assert (out / "best.pt").is_file()
     again = runner.invoke(app, ["train", *args, "--overwrite"])  # and the finished run released it too
     assert again.exit_code == 0, again.output
+
+
+def test_many_classes_get_a_one_line_summary_of_their_counts(tmp_path: Path) -> None:
+    """With 1,000 classes the counts were one line of 1,000 entries; beyond 30 classes the run names the range,
+    the median and the classes with the fewest images, and metrics.json keeps every count."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for c in range(40):
+        (data / f"c{c:02d}").mkdir(parents=True)
+        for i in range(2 if c == 7 else 3):  # c07 has the fewest images
+            array = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(array).save(data / f"c{c:02d}" / f"{i}.png")
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze",
+                                 "--val-fraction", "0", "--random-weights", *SMALL])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stderr.splitlines() if line.startswith("train images per class"))
+    assert line.startswith("train images per class: 2-3 (median 3) over 40 classes; fewest: c07 2, c00 3"), line
+    assert "c39" not in line
+    counts = json.loads((tmp_path / "run" / "metrics.json").read_text())["class_counts"]
+    assert len(counts) == 40 and counts["c07"] == 2 and counts["c39"] == 3

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ from cnnlab.preprocess import MAX_INPUT_SIZE, Preprocessing
 from cnnlab.progress import Progress
 from cnnlab.zoo import ModelSpec, get_spec
 
+#: Classes whose training images are counted one by one in the run's first notes; more get a summary.
+MAX_LISTED_CLASSES = 30
 #: Ratio of the largest to the smallest training class above which a warning suggests ``balance``.
 IMBALANCE_WARNING = 3.0
 
@@ -354,6 +357,17 @@ def _wrap(start: StartingModel, classes: list[str], device: torch.device, precis
                        precision=precision)
 
 
+def _class_counts_line(counts: dict[str, int]) -> str:
+    """Every class's count for up to :data:`MAX_LISTED_CLASSES` classes; beyond that the range, the median
+    and the classes with the fewest images (a line per run, not a page, for 1,000 classes)."""
+    if len(counts) <= MAX_LISTED_CLASSES:
+        return ", ".join(f"{k} {n}" for k, n in counts.items())
+    values = sorted(counts.values())
+    fewest = sorted(counts.items(), key=lambda kv: (kv[1], kv[0]))[:5]
+    return (f"{min(values):,}-{max(values):,} (median {statistics.median(values):g}) over {len(counts):,} classes; "
+            "fewest: " + ", ".join(f"{k} {n}" for k, n in fewest) + " (all in metrics.json)")
+
+
 def _describe(run: TrainingRun, start: StartingModel, *, range_test: bool = False, finished: bool = False) -> None:
     """Tell what the run is about to do, with the warnings that matter.
 
@@ -378,7 +392,7 @@ def _describe(run: TrainingRun, start: StartingModel, *, range_test: bool = Fals
                  f"coarser than 1/{stride} of {run.model.preprocessing.crop_size} px inputs in its first block)")
     run.note(f"data: {r.n_train} train / {r.n_val} val / {r.n_test} test images, {len(r.classes)} classes "
              f"({r.split_source})")
-    run.note("train images per class: " + ", ".join(f"{k} {n}" for k, n in r.class_counts.items()))
+    run.note("train images per class: " + _class_counts_line(r.class_counts))
     if run.splits.skipped:
         reasons: dict[str, int] = {}
         for s in run.splits.skipped:
