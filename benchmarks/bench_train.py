@@ -9,11 +9,19 @@ The sets are cut from photographs that ship inside installed packages (scikit-im
 ``skimage/data``, scikit-learn's ``datasets/images``): each class is one or two photos, and its
 images are random square crops (25-60 % of the region's shorter side, half of them mirrored,
 saved as 256 px JPEGs). Training crops come from the left 60 % of each photo and held-out crops
-from the right 40 % (the motorcycle class: training crops from one photo, held-out crops from the
-other), so no held-out image overlaps a training image or is a near duplicate of one. In the
-``objects`` set each photo is first cut to its object's box, so that every crop shows the object
-(a crop of the table under the coffee cup is not a picture of coffee), and a box taller than wide
-(the rocket, the astronaut) is split the same way along its height: the top 60 % trains.
+from the right 40 %, so no held-out image overlaps a training image. The motorcycle class trains on
+crops of one photo of a stereo pair and holds out crops of the other (the same scene seen from a
+few centimetres away: those held-out crops can be near duplicates of training crops).
+
+In the ``objects`` set the cat, coffee, rocket and astronaut photos are first cut to a box around
+their object, and a box taller than wide (the rocket, the astronaut) is split along its height,
+the top 60 % for training. Before, the held-out part of rocket.jpg (its right 40 %) held launch
+towers and sky but no rocket, and cat and coffee crops there showed the blurred room or the table.
+Now the cat and coffee crops show the cat and the cup or saucer; the rocket's box is its launch pad
+(the rocket is 26 px wide: a square crop of the rocket alone would be a few pixels), so its
+held-out crops show the rocket's lower half, the launch mount and its floodlights, and some show
+the mount without the rocket; the astronaut trains on the face, collar and flag and is held out on
+the suit, its patch and the helmet. The previous objects figures are in the README.
 
 Methods, each given the same training images and scored on the same held-out images:
 
@@ -79,9 +87,9 @@ from cnnlab.finetune import TrainConfig, fine_tune
 
 #: Set name -> class -> source photos (package, path inside it[, the box of the photo to use]).
 SETS: dict[str, dict[str, list[tuple[Any, ...]]]] = {
-    # each photo cut to its object's box, so that every crop shows the object: the rocket stands in
-    # the middle 20 % of its photo (towers and sky elsewhere), the cat's right edge and the coffee's
-    # corners are table and blurred room, and the astronaut photo's right side is a model of the
+    # photos cut to a box around their object (see the module docstring): the rocket stands in the
+    # middle 20 % of its photo (towers and sky elsewhere), the cat's right edge and the coffee's
+    # corners are blurred room and table, and the astronaut photo's right side is a model of the
     # space shuttle (which held-out crops would show under "astronaut", next to a "rocket" class)
     "objects": {
         "cat": [("skimage", "data/chelsea.png", (0, 0, 385, 300))],
@@ -144,7 +152,7 @@ def make_set(name: str, root: Path, seed: int = 0) -> Path:
                      (test_img, (0, 0, *test_img.size), n_test, "test")]
         else:
             img = photos[0]
-            if len(sources[0]) < 3 or img.width >= img.height:  # an object's box: split along its longer side
+            if len(sources[0]) < 3 or img.width >= img.height:  # a tall object box is split along its height
                 cut = int(img.width * TRAIN_PART)
                 parts = [(img, (0, 0, cut, img.height), n_train, "train"),
                          (img, (cut, 0, img.width, img.height), n_test, "test")]
