@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import ExponentialLR
 
+from cnnlab.allocator import keep_freed_memory
 from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.finetune.augment import make_batch_mix
 from cnnlab.finetune.config import TrainConfig
@@ -108,6 +109,7 @@ def find_lr(
     if not 0 < start_lr < end_lr or steps < 2:
         raise UsageError("the range test needs 0 < start_lr < end_lr and at least 2 steps")
     config.validate()
+    keep_freed_memory()  # as fine_tune does: the same steps, as fast
     out = check_output_folder(config.out)
     with lock_out(out):  # not while a training run (or another range test) writes there
         return _range_test(config, progress, out, start_lr=start_lr, end_lr=end_lr, steps=steps)

@@ -9,6 +9,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
+from cnnlab.allocator import keep_freed_memory
 from cnnlab.distributed import DistContext, broadcast_from_main, destroy_process_group, gather_to_main
 from cnnlab.errors import CnnlabError
 from cnnlab.finetune import ddp
@@ -49,8 +50,12 @@ def fine_tune(config: TrainConfig, progress: Progress | None = None) -> TrainRes
     Under ``torchrun`` (``--nproc N``) the SGD phases run in DistributedDataParallel, rank 0 writing the
     run folder (:mod:`cnnlab.finetune.ddp`).
 
+    On Linux the C allocator keeps freed memory for the next batch (:mod:`cnnlab.allocator`), for the
+    whole process.
+
     Raises :class:`~cnnlab.errors.CnnlabError` (and subclasses) for unusable settings, data or weights.
     """
+    keep_freed_memory()
     ctx = ddp.join(config)
     try:
         with ddp.rank_config(config, ctx) as rank_config:

@@ -1,0 +1,51 @@
+"""The C allocator's settings for long CPU runs of a network (``train``).
+
+glibc's ``malloc`` serves large blocks with ``mmap`` and gives them back to the system when they are
+freed. A CPU forward pass frees and allocates activations of tens of megabytes at every layer, so each
+batch touches every page of them afresh: on a 2-core machine efficientnet_lite0's forward pass spent
+more time in the kernel's page faults than in the network (``benchmarks/bench_allocator.py``).
+:func:`keep_freed_memory` makes ``malloc`` take every block from its heap and keep up to 2 GiB of freed
+memory there for the next batch, as PyTorch's performance guide does by preloading jemalloc or tcmalloc.
+
+It changes the whole process, once, on Linux with glibc only; it does nothing when the user has set one
+of glibc's ``MALLOC_*`` variables (their choice wins) or ``CNNLAB_MALLOC=system``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+#: glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+#: Freed memory at the top of the heap kept for reuse before it goes back to the system.
+KEPT_BYTES = 2**31 - 1
+
+_done: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Serve large blocks from the heap and keep freed memory for reuse (see the module docstring).
+
+    Returns whether the settings are in effect (False off Linux/glibc, or when the environment chose).
+    """
+    global _done
+    if _done is not None:
+        return _done
+    _done = False
+    if not sys.platform.startswith("linux") or os.environ.get("CNNLAB_MALLOC") == "system":
+        return False
+    if any(name.startswith("MALLOC_") for name in os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others: no mallopt
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    _done = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, KEPT_BYTES))
+    return _done
