@@ -111,9 +111,11 @@ def test_a_run_folder_in_use_is_refused(tmp_path: Path) -> None:
 
 
 def test_many_classes_get_a_one_line_summary_of_their_counts(tmp_path: Path) -> None:
-    """With 1,000 classes the counts were one line of 1,000 entries; beyond 30 classes the run names the range,
-    the median and the classes with the fewest images, and metrics.json keeps every count."""
+    """With 1,000 classes the counts were one line of 1,000 entries, and the summary a table of 1,000 rows; beyond
+    30 classes the run names the range, the median and the classes with the fewest images, the table the 15 least
+    accurate classes, and metrics.json keeps every class."""
     import json
+    import re
 
     import numpy as np
     from PIL import Image
@@ -122,14 +124,19 @@ def test_many_classes_get_a_one_line_summary_of_their_counts(tmp_path: Path) -> 
     data = tmp_path / "data"
     for c in range(40):
         (data / f"c{c:02d}").mkdir(parents=True)
-        for i in range(2 if c == 7 else 3):  # c07 has the fewest images
+        for i in range(3 if c == 7 else 5):  # c07 has the fewest images
             array = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
             Image.fromarray(array).save(data / f"c{c:02d}" / f"{i}.png")
     result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze",
-                                 "--val-fraction", "0", "--random-weights", *SMALL])
+                                 "--val-fraction", "0.2", "--random-weights", *SMALL])
     assert result.exit_code == 0, result.output
     line = next(line for line in result.stderr.splitlines() if line.startswith("train images per class"))
-    assert line.startswith("train images per class: 2-3 (median 3) over 40 classes; fewest: c07 2, c00 3"), line
+    assert re.fullmatch(r"train images per class: 2-4 \(median 4\) over 40 classes; fewest: c07 2, .* \(all in "
+                        r"metrics.json\)", line), line
     assert "c39" not in line
-    counts = json.loads((tmp_path / "run" / "metrics.json").read_text())["class_counts"]
-    assert len(counts) == 40 and counts["c07"] == 2 and counts["c39"] == 3
+    assert "per class (val): the 15 least accurate of 40 classes (all in metrics.json)" in result.stdout
+    rows = [row for row in result.stdout.splitlines() if re.match(r"\W+c\d\d\s+\W\s+\d", row)]
+    assert len(rows) == 15, result.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["class_counts"]) == 40 and metrics["class_counts"]["c07"] == 2
+    assert len(metrics["val"]["per_class"]) == 40

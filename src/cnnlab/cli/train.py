@@ -125,6 +125,10 @@ def train_command(
     _print_skipped(result)
 
 
+#: Classes the summary's per-class table lists one by one; with more it lists the least accurate half as many.
+MAX_CLASS_ROWS = 30
+
+
 def _print_skipped(result: TrainResult) -> None:
     """Every file left out (by the data scan, or undecodable in training or evaluation), on stderr, and their count."""
     for s in result.skipped:
@@ -186,7 +190,12 @@ def _print_summary(result: TrainResult) -> None:
                                   "data_split.csv"))
     out.print(table)
     if ev.get("per_class"):
+        classes, title = ev["per_class"], f"per class ({result.evaluated_on})"
+        if len(classes) > MAX_CLASS_ROWS:  # the least accurate; metrics.json has them all
+            scored = [c for c in classes if c["accuracy"] is not None]
+            classes = sorted(scored, key=lambda c: (c["accuracy"], c["name"]))[:MAX_CLASS_ROWS // 2]
+            title += f": the {len(classes)} least accurate of {len(ev['per_class']):,} classes (all in metrics.json)"
         rows = [[c["name"], str(c["support"]), str(c["correct"]), _pct(c["accuracy"]), _pct(c["precision"])]
-                for c in ev["per_class"]]
+                for c in classes]
         header = ["class", "support", "correct", "accuracy", "precision"]
-        print_table(header, rows, title=f"per class ({result.evaluated_on})", justify={h: "right" for h in header[1:]})
+        print_table(header, rows, title=title, justify={h: "right" for h in header[1:]})
