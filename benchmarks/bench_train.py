@@ -54,14 +54,18 @@ unseen images from another seed), cnnlab's defaults with ``--epochs 3``, the acc
 Wall time is end to end per method (data loading, training, scoring the held-out images) on this
 machine, and so is CPU time (user + system, of the process and its DataLoader workers): on a
 shared machine the CPU time is the steadier figure; rerun with ``--repeats`` when in doubt.
+Each method (each seed, each repeat) runs in a fresh Python process that imports torchvision and
+loads the model before its clock starts, so no method inherits another's memory or allocator
+settings (cnnlab's ``train`` keeps freed memory in glibc's heap for its own process, see
+``cnnlab.allocator``; the probe and fastai run with glibc's defaults, as they would for a user).
 The cnnlab methods run once per ``--seeds`` value (the seed also draws the fifth of the
-training images cnnlab holds out for validation). torchvision and the model are loaded once
-before any method is timed, so no method's first run pays for them (fastai's own import is
-in its first run).
+training images cnnlab holds out for validation). Imports (cnnlab, torchvision, fastai) are not timed.
 
 At the end, one ``goal`` line per set checks the issue's goal: cnnlab's defaults at least as
 accurate as the best other method on every seed, and its slowest seed in no more wall time than
-the fastest fastai run (with the ratio).
+the fastest fastai run (with the ratio), and than the fastest fastai run that trained (fastai's
+default batch of 64 exceeds the training images of the science and pair sets: that run does no
+training step and only scores its random head).
 """
 
 from __future__ import annotations
@@ -70,8 +74,10 @@ import argparse
 import contextlib
 import csv
 import io
+import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -321,6 +327,35 @@ def timed(method: str, root: Path, work: Path, epochs: int) -> tuple[float, floa
     return accuracy, time.perf_counter() - started, cpu_seconds() - cpu
 
 
+def isolated(method: str, root: Path, work: Path, epochs: int) -> tuple[float, float, float]:
+    """:func:`timed` (or :func:`colours_figure` for ``colours``) in a fresh Python process, which loads the model
+    once before the clock starts: each method starts from the same state, with glibc's default ``malloc``
+    settings (cnnlab's ``train`` changes them for its own process, as ``cnnlab train`` does) and the memory of
+    no earlier method."""
+    cmd = [sys.executable, __file__, "--one", method, str(root), str(work), str(epochs)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{method} failed:\n{proc.stderr[-3000:]}")
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    return figures["acc"], figures["wall"], figures["cpu"]
+
+
+def _one(method: str, root: str, work: str, epochs: str) -> int:
+    from cnnlab.models import load_model
+
+    load_model("efficientnet_lite0", device="cpu")  # imports torchvision and reads the weights, untimed
+    if method.startswith("fastai"):
+        import fastai.vision.all  # noqa: F401  # untimed too, as cnnlab's import is
+    if method == "colours":
+        acc, wall, cpu = colours_figure(Path(work), int(epochs))
+    else:
+        acc, wall, cpu = timed(method, Path(root), Path(work), int(epochs))
+    print(json.dumps({"acc": acc, "wall": wall, "cpu": cpu}))
+    return 0
+
+
 def colours_figure(work: Path, epochs: int = 3) -> tuple[float, float, float]:
     """cnnlab's defaults (``--epochs 3``) on 24 generated images per class, scored on 30 unseen ones per class."""
     from cnnlab.prediction import predict
@@ -334,11 +369,23 @@ def colours_figure(work: Path, epochs: int = 3) -> tuple[float, float, float]:
     return float(np.mean([Path(p.path).parent.name == p.top[0].label for p in preds])), seconds, cpu
 
 
+FASTAI_BATCH = {"fastai": 64, "fastai-bs16": 16}
+
+
+def fastai_steps_per_epoch(set_name: str, method: str) -> int:
+    """Training batches per epoch of a fastai run: ``RandomSplitter(valid_pct=0.2)`` keeps ``n - int(0.2 n)``
+    images, and fastai's training loader drops the last partial batch (so 0 when they are fewer than bs)."""
+    n = len(SETS[set_name]) * SIZES[set_name][0]
+    return (n - int(0.2 * n)) // FASTAI_BATCH[method]
+
+
 def print_goal(results: dict[str, dict[str, list[tuple[float, float]]]]) -> None:
     """The issue's goal per set: cnnlab's defaults at least as accurate as the best of the other methods (every
-    seed), in no more wall time than fastai (the slowest cnnlab seed against the fastest fastai run)."""
+    seed), in no more wall time than fastai: the slowest cnnlab seed against the fastest fastai run, and against
+    the fastest fastai run that trained at all (at bs 64 a set of under 64 training images gives fastai no
+    training batch: it only scores its random head, in a few seconds)."""
     print("\ngoal | set | cnnlab acc (min-max) | best other acc | acc goal | cnnlab wall s (max) | fastai wall s "
-          "(min) | wall ratio | time goal")
+          "(min) | wall ratio | time goal | fastai that trained: wall s (min) | wall ratio | time goal")
     for name, by_method in results.items():
         ours = by_method.get("cnnlab")
         others = {m: r for m, r in by_method.items() if not m.startswith("cnnlab")}
@@ -346,16 +393,20 @@ def print_goal(results: dict[str, dict[str, list[tuple[float, float]]]]) -> None
             continue
         best_other = max(acc for runs in others.values() for acc, _ in runs)
         accs = [acc for acc, _ in ours]
-        fastai = [sec for m, runs in others.items() if m.startswith("fastai") for _, sec in runs]
         wall = max(sec for _, sec in ours)
-        timing = "- | - | - (no fastai run)"
-        if fastai:
-            timing = f"{min(fastai):.0f} | {wall / min(fastai):.2f} | {'met' if wall <= min(fastai) else 'NOT met'}"
+        timing = []
+        for trained_only in (False, True):
+            fastai = [sec for m, runs in others.items() if m in FASTAI_BATCH
+                      and (not trained_only or fastai_steps_per_epoch(name, m) > 0) for _, sec in runs]
+            timing.append(f"{min(fastai):.0f} | {wall / min(fastai):.2f} | {'met' if wall <= min(fastai) else 'NOT met'}"
+                          if fastai else "- | - | - (no fastai run)")
         print(f"goal | {name} | {min(accs):.3f}-{max(accs):.3f} | {best_other:.3f} | "
-              f"{'met' if min(accs) >= best_other else 'NOT met'} | {wall:.0f} | {timing}", flush=True)
+              f"{'met' if min(accs) >= best_other else 'NOT met'} | {wall:.0f} | {timing[0]} | {timing[1]}", flush=True)
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--one"]:  # one method in this fresh process (see isolated)
+        return _one(*sys.argv[2:6])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--methods", default="cnnlab,probe,fastai,fastai-bs16")
@@ -373,9 +424,6 @@ def main() -> int:
         work = Path(args.workdir or tmp)
         print("set | classes | train/held-out per class | method | held-out acc | wall s | cpu s")
         seeds = [int(x) for x in args.seeds.split(",") if x]
-        from cnnlab.models import load_model
-
-        load_model("efficientnet_lite0", device="cpu")  # imports torchvision and reads the weights once, untimed
         results: dict[str, dict[str, list[tuple[float, float]]]] = {}
         for name in [s for s in args.sets.split(",") if s]:
             root = make_set(name, work / name / "data")
@@ -385,13 +433,13 @@ def main() -> int:
                     if method.startswith("cnnlab") else [method]
                 for run in runs:
                     for rep in range(args.repeats):
-                        acc, seconds, cpu = timed(run, root, work / name / f"{run}-{rep}", args.epochs)
+                        acc, seconds, cpu = isolated(run, root, work / name / f"{run}-{rep}", args.epochs)
                         results.setdefault(name, {}).setdefault(method, []).append((acc, seconds))
                         print(f"{name} | {len(SETS[name])} | {n_train}/{n_test} | {run} | {acc:.3f} | {seconds:.0f} | "
                               f"{cpu:.0f}", flush=True)
         print_goal(results)
         if not args.no_colours:
-            acc, seconds, cpu = colours_figure(work)
+            acc, seconds, cpu = isolated("colours", work, work, 3)
             print(f"colours | 3 | 24/30 unseen | cnnlab --epochs 3 | {acc:.3f} | {seconds:.0f} | {cpu:.0f}", flush=True)
     print("held-out: crops from a part of each photo that no training crop comes from", file=sys.stderr)
     return 0
