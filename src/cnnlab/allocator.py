@@ -7,8 +7,12 @@ more time in the kernel's page faults than in the network (``benchmarks/bench_al
 :func:`keep_freed_memory` makes ``malloc`` take every block from its heap and keep up to 2 GiB of freed
 memory there for the next batch, as PyTorch's performance guide does by preloading jemalloc or tcmalloc.
 
-It changes the whole process, once, on Linux with glibc only; it does nothing when the user has set one
-of glibc's ``MALLOC_*`` variables (their choice wins) or ``CNNLAB_MALLOC=system``.
+It changes the whole process, once, on Linux with glibc only, and cannot be undone: freed memory stays
+with the process (up to 2 GiB at the top of the main heap, and what other threads freed in their own
+arenas) for whatever it does next. A library user who calls ``fine_tune`` inside a long-lived process
+(a server, a notebook) and does not want that sets ``CNNLAB_MALLOC=system``. It does nothing when the
+user has chosen glibc's malloc settings (a ``MALLOC_*`` variable, or ``glibc.malloc`` tunables in
+``GLIBC_TUNABLES``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def keep_freed_memory() -> bool:
     _done = False
     if not sys.platform.startswith("linux") or os.environ.get("CNNLAB_MALLOC") == "system":
         return False
-    if any(name.startswith("MALLOC_") for name in os.environ):
+    if any(name.startswith("MALLOC_") for name in os.environ) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -194,8 +194,11 @@ def _print_summary(result: TrainResult) -> None:
         if len(classes) > MAX_CLASS_ROWS:  # the least accurate; metrics.json has them all
             scored = [c for c in classes if c["accuracy"] is not None]
             classes = sorted(scored, key=lambda c: (c["accuracy"], c["name"]))[:MAX_CLASS_ROWS // 2]
-            title += f": the {len(classes)} least accurate of {len(ev['per_class']):,} classes (all in metrics.json)"
+            unseen = len(ev["per_class"]) - len(scored)
+            title += (f": the {len(classes)} least accurate of {len(ev['per_class']):,} classes"
+                      + (f" ({unseen:,} with no {result.evaluated_on} image)" if unseen else "") + " (all in metrics.json)")
         rows = [[c["name"], str(c["support"]), str(c["correct"]), _pct(c["accuracy"]), _pct(c["precision"])]
                 for c in classes]
         header = ["class", "support", "correct", "accuracy", "precision"]
-        print_table(header, rows, title=title, justify={h: "right" for h in header[1:]})
+        if rows:
+            print_table(header, rows, title=title, justify={h: "right" for h in header[1:]})

@@ -364,8 +364,9 @@ def _class_counts_line(counts: dict[str, int]) -> str:
         return ", ".join(f"{k} {n}" for k, n in counts.items())
     values = sorted(counts.values())
     fewest = sorted(counts.items(), key=lambda kv: (kv[1], kv[0]))[:5]
-    return (f"{min(values):,}-{max(values):,} (median {statistics.median(values):g}) over {len(counts):,} classes; "
-            "fewest: " + ", ".join(f"{k} {n}" for k, n in fewest) + " (all in metrics.json)")
+    median = statistics.median(values)
+    return (f"{min(values):,}-{max(values):,} (median {int(median):,}{'' if median == int(median) else '.5'}) over "
+            f"{len(counts):,} classes; fewest: " + ", ".join(f"{k} {n:,}" for k, n in fewest) + " (all in metrics.json)")
 
 
 def _describe(run: TrainingRun, start: StartingModel, *, range_test: bool = False, finished: bool = False) -> None:
