@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnlab.allocator import glibc_defaults
 from cnnlab.datasets import LabelledImages, SkippedFile
 from cnnlab.errors import DatasetError
 from cnnlab.inference import run_inference
@@ -85,7 +86,8 @@ def fit_logistic(
         objective.backward()
         return objective
 
-    optimizer.step(closure)
+    with glibc_defaults():  # large arrays of changing sizes: mmap'd and given back, not held in the heap
+        optimizer.step(closure)
     return weight.detach().float(), intercept.detach().float() if bias else None
 
 
