@@ -22,7 +22,7 @@ from cnnlab.cli.options import (
     Workers,
     default_of,
 )
-from cnnlab.errors import CnnlabError, UsageError
+from cnnlab.errors import UsageError
 from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, RuntimeChoice, WeightsPolicy, parse_choice
 from cnnlab.zoo import LAB_MODELS
 
@@ -121,11 +121,7 @@ def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, w
     ctx = from_environment()
     if ctx is not None and not ctx.is_main:  # torchrun: rank 0 reports and writes, the others evaluate their share
         try:
-            bench_models(config)
-        except CnnlabError as exc:
-            if getattr(exc, "reported_by_main", False):  # rank 0 prints it once
-                raise typer.Exit(exc.exit_code) from None
-            raise
+            bench_models(config)  # an error rank 0 reports too leaves quietly (handle_errors: reported_by_main)
         finally:
             destroy_process_group()
         return
