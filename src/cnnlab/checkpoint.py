@@ -230,7 +230,8 @@ def make_checkpoint(
     resume: Mapping[str, Any] | None = None,
     data_record: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the checkpoint dict (tensors are detached copies on the CPU).
+    """Assemble the checkpoint dict (tensors are detached copies on the CPU, in PyTorch's default contiguous layout
+    whatever the layout of the training model: a checkpoint reads the same everywhere).
 
     ``data_record``: the images it was trained and validated on (:mod:`cnnlab.finetune.leakage`).
     """
@@ -241,7 +242,8 @@ def make_checkpoint(
         "head": head.to_dict(),
         "classes": list(classes),
         "preprocessing": plain(preprocessing.to_dict()),
-        "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()},
+        "state_dict": {k: v.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+                       for k, v in state_dict.items()},
         "train_args": plain(dict(train_args)),
         "metrics": plain(dict(metrics)),
         "versions": versions(),

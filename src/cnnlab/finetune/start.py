@@ -353,8 +353,16 @@ def _wrap(start: StartingModel, classes: list[str], device: torch.device, precis
         torch.backends.cuda.matmul.allow_tf32 = precision is Precision.TF32
         torch.backends.cudnn.allow_tf32 = precision is Precision.TF32
     run_spec = dataclasses.replace(start.spec, categories=tuple(classes), preprocessing=start.preprocessing)
-    return LoadedModel(spec=run_spec, module=start.module.to(device), device=device, dtype=precision_dtype(precision),
-                       precision=precision)
+    # On the CPU the network trains in the channels-last (NHWC) layout, oneDNN's own: measured on 2 cores
+    # (batch 16, 224 px), a training step of efficientnet_lite0 took 0.41 s instead of 0.62 s (forward 0.11 s
+    # vs 0.17 s), mobilenet_v3_large 0.25 vs 0.38 s, resnet50 1.29 vs 1.62 s, convnext_tiny the same.
+    # Checkpoints are written in the default layout (make_checkpoint). CUDA keeps the default (not measured).
+    channels_last = device.type == "cpu"
+    module = start.module.to(device)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    return LoadedModel(spec=run_spec, module=module, device=device, dtype=precision_dtype(precision),
+                       precision=precision, channels_last=channels_last)
 
 
 def _class_counts_line(counts: dict[str, int]) -> str:
