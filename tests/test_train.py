@@ -353,6 +353,31 @@ def test_colours_are_learnt_and_every_output_is_written(colour_run: TrainResult)
     assert "optimizer" in torch.load(out / "last.pt", weights_only=True)["resume"]
 
 
+def test_the_reported_validation_figures_are_those_of_best_pt(colour_run: TrainResult) -> None:
+    """metrics.json's validation report (kept from the best epoch, not computed again) is what best.pt, loaded
+    afresh by predict, gives on the validation images of data_split.csv."""
+    from cnnlab.prediction import predict
+
+    out = colour_run.out
+    with (out / "data_split.csv").open(newline="") as fh:
+        val = [row for row in csv.DictReader(fh) if row["split"] == "val"]
+    preds = predict([row["path"] for row in val], model=out / "best.pt", topk=3, workers=0, device="cpu").predictions
+    truth = {str(Path(row["path"])): row["label"] for row in val}
+    probs = [{s.label: s.probability for s in p.top}[truth[str(Path(p.path))]] for p in preds]
+    metrics = json.loads((out / "metrics.json").read_text())["val"]
+    assert metrics["n"] == len(preds) == len(val) == 7
+    assert metrics["top1"] == np.mean([p.top[0].label == truth[str(Path(p.path))] for p in preds])
+    assert metrics["loss"] == pytest.approx(-np.mean(np.log(probs)), rel=1e-4, abs=1e-6)
+
+
+def test_checkpoints_of_a_cpu_run_are_in_the_default_layout(colour_run: TrainResult) -> None:
+    """The network trains channels-last on the CPU; its checkpoints hold ordinary contiguous tensors."""
+    for name in ("best.pt", "last.pt"):
+        state = _state(colour_run.out / name)
+        assert any(t.ndim == 4 for t in state.values())
+        assert all(t.is_contiguous() for t in state.values()), name
+
+
 def test_same_seed_same_history_and_weights(colour_run: TrainResult, colours: Path, tmp_path: Path) -> None:
     again = fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "b"), **FAST))
     assert [h.key() for h in again.history] == [h.key() for h in colour_run.history]

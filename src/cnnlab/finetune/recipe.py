@@ -16,7 +16,7 @@ from cnnlab.finetune import ddp
 from cnnlab.finetune.augment import BatchMix, make_batch_mix
 from cnnlab.finetune.config import Phase, TrainConfig
 from cnnlab.finetune.data import reseed
-from cnnlab.finetune.loop import train_one_epoch
+from cnnlab.finetune.loop import Predictions, train_one_epoch
 from cnnlab.finetune.optim import make_optimizer, make_scheduler, set_phase_modes
 from cnnlab.finetune.probe import fit_probe, set_head
 from cnnlab.finetune.result import EpochRecord, TrainResult
@@ -104,8 +104,9 @@ def _run_phases(run: TrainingRun, state: RunState, ctx: DistContext | None) -> T
     for index in range(state.phase_index, len(phases)):
         phase = phases[index]
         if phase.name == "probe":
-            record = _probe(run)
+            record, val = _probe(run)
             is_best, _ = state.end_epoch(record, phase, run.config.patience)
+            run.keep_if_best(val, is_best)
             run.save_epoch(state, record, is_best, resume_entry(state, run.splits, run.config.seed))
             run.progress.finish("epoch", record.summary(best=is_best))
             continue
@@ -120,9 +121,10 @@ def _run_phases(run: TrainingRun, state: RunState, ctx: DistContext | None) -> T
             state.bad_epochs = 0
         run.resume = None
         while state.phase_index == index:
-            record = _train_epoch(run, phase, state.epochs_done + 1, total_epochs, loader, optimizer, scheduler,
-                                  scaler, mix, ctx)
+            record, val = _train_epoch(run, phase, state.epochs_done + 1, total_epochs, loader, optimizer, scheduler,
+                                       scaler, mix, ctx)
             is_best, stop = state.end_epoch(record, phase, run.config.patience)
+            run.keep_if_best(val, is_best)
             run.save_epoch(state, record, is_best,
                            resume_entry(state, run.splits, run.config.seed, optimizer, scheduler, scaler))
             run.progress.finish("epoch", record.summary(best=is_best))
@@ -132,7 +134,7 @@ def _run_phases(run: TrainingRun, state: RunState, ctx: DistContext | None) -> T
     return finish_run(run, state)
 
 
-def _probe(run: TrainingRun) -> EpochRecord:
+def _probe(run: TrainingRun) -> tuple[EpochRecord, Predictions | None]:
     """Fit the head on frozen features (epoch 0), then validate."""
     started = time.perf_counter()
     run.progress.start("epoch", "epoch   0 probe (logistic regression on frozen features)", total=1)
@@ -156,7 +158,7 @@ def _train_epoch(
     scaler: torch.amp.GradScaler,
     mix: BatchMix | None,
     ctx: DistContext | None = None,
-) -> EpochRecord:
+) -> tuple[EpochRecord, Predictions | None]:
     """Train epoch ``epoch`` of ``phase`` (re-seeded from the run's seed and ``epoch``), then validate."""
     started = time.perf_counter()
     reseed(run.config.seed, epoch, run.generator)
@@ -174,8 +176,9 @@ def _train_epoch(
 
 
 def _record(run: TrainingRun, phase: Phase, epoch: int, started: float, *, lr: tuple[float, float],
-            train: tuple[float, float], images: int, skipped: int) -> EpochRecord:
-    """Validate the model as it is now and describe the epoch."""
+            train: tuple[float, float], images: int, skipped: int) -> tuple[EpochRecord, Predictions | None]:
+    """Validate the model as it is now and describe the epoch; the validation predictions too (None without
+    a validation split or when none of its files decoded)."""
     val = run.evaluate(run.splits.val, f"epoch {epoch} val") if run.splits.val is not None else None
     if val is not None and not len(val.targets):  # every validation file failed to decode
         val = None
@@ -183,4 +186,4 @@ def _record(run: TrainingRun, phase: Phase, epoch: int, started: float, *, lr: t
         epoch=epoch, phase=phase.name, lr=lr[0], backbone_lr=lr[1], train_loss=train[0], train_acc=train[1],
         val_loss=val.loss if val is not None else None, val_acc=val.accuracy if val is not None else None,
         images=images, skipped=skipped, seconds=round(time.perf_counter() - started, 3),
-    )
+    ), val

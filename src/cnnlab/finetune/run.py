@@ -80,6 +80,9 @@ class TrainingRun:
     #: ``last.pt``'s ``resume`` entry, until the interrupted phase has taken its states.
     resume: dict[str, Any] | None = None
     ema: AveragedModel | None = None
+    #: The validation predictions of the best epoch so far in this process (``best.pt``'s on the validation
+    #: split), which :func:`finish_run` reports instead of evaluating ``best.pt`` on those images again.
+    best_val: Predictions | None = None
     tensorboard: TensorBoardLog | None = None
     generator: torch.Generator = field(default_factory=torch.Generator)
     #: The lock on the run folder (:func:`~cnnlab.finetune.start.start_run`), closed when the run ends.
@@ -170,6 +173,11 @@ class TrainingRun:
         self.skip(preds.skipped)
         return preds
 
+    def keep_if_best(self, val: Predictions | None, is_best: bool) -> None:
+        """Keep the validation predictions of a new best epoch (see ``best_val``)."""
+        if is_best:
+            self.best_val = val
+
     def checkpoint(self, metrics: dict[str, Any], resume: dict[str, Any] | None = None) -> dict[str, Any]:
         """The checkpoint dict of the validated weights as they are now."""
         return make_checkpoint(
@@ -210,8 +218,8 @@ def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
     run.model.module.load_state_dict(best["state_dict"])
     reports: dict[str, Any] = {}
     for name, part in (("val", run.splits.val), ("test", run.splits.test)):
-        if part is not None:
-            preds = run.evaluate(part, f"best.pt on {name}")
+        if part is not None:  # best.pt's validation predictions are at hand unless this process resumed after it
+            preds = run.best_val if name == "val" and run.best_val is not None else run.evaluate(part, f"best.pt on {name}")
             reports[name] = {**evaluation_report(preds.logits, preds.targets, classes), "skipped": len(preds.skipped)}
     result.evaluated_on = "test" if "test" in reports else ("val" if "val" in reports else None)
     result.evaluation = reports[result.evaluated_on] if result.evaluated_on else {}
