@@ -59,7 +59,9 @@ loads the model before its clock starts, so no method inherits another's memory 
 settings (cnnlab's ``train`` keeps freed memory in glibc's heap for its own process, see
 ``cnnlab.allocator``; the probe and fastai run with glibc's defaults, as they would for a user).
 The cnnlab methods run once per ``--seeds`` value (the seed also draws the fifth of the
-training images cnnlab holds out for validation). Imports (cnnlab, torchvision, fastai) are not timed.
+training images cnnlab holds out for validation). Imports (cnnlab, torchvision, fastai) are not timed, and
+neither is that of ``matplotlib.figure``: fastai's import brings it, and cnnlab imports it when it draws
+``curves.png`` (about 0.3 s; until this was made even, cnnlab's runs paid it and fastai's did not).
 
 At the end, one ``goal`` line per set checks the issue's goal: cnnlab's defaults at least as
 accurate as the best other method on every seed, and its slowest seed in no more wall time than
@@ -348,6 +350,8 @@ def _one(method: str, root: str, work: str, epochs: str) -> int:
     load_model("efficientnet_lite0", device="cpu")  # imports torchvision and reads the weights, untimed
     if method.startswith("fastai"):
         import fastai.vision.all  # noqa: F401  # untimed too, as cnnlab's import is
+    else:  # fastai's import above brings matplotlib.figure (its torch_core imports pyplot); cnnlab imports it when
+        import matplotlib.figure  # noqa: F401  # it draws curves.png: that import is untimed for it too
     if method == "colours":
         acc, wall, cpu = colours_figure(Path(work), int(epochs))
     else:

@@ -71,7 +71,7 @@ def init_process_group(ctx: DistContext, device_type: str = "cpu") -> None:
     # live on into interpreter shutdown, where one that drops the last reference to a tensor of a finished
     # collective aborts the process (SIGABRT, "terminate called without an active exception"). Imported first,
     # it takes none.
-    import torch._dynamo  # noqa: F401
+    import torch._dynamo
 
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
