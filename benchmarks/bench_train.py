@@ -350,8 +350,8 @@ def _one(method: str, root: str, work: str, epochs: str) -> int:
     load_model("efficientnet_lite0", device="cpu")  # imports torchvision and reads the weights, untimed
     if method.startswith("fastai"):
         import fastai.vision.all  # noqa: F401  # untimed too, as cnnlab's import is
-    else:  # fastai's import above brings matplotlib.figure (its torch_core imports pyplot); cnnlab imports it when
-        import matplotlib.figure  # noqa: F401  # it draws curves.png: that import is untimed for it too
+    elif method.startswith("cnnlab"):  # fastai's import above brings matplotlib.figure (its torch_core imports
+        import matplotlib.figure  # noqa: F401  # pyplot); cnnlab imports it to draw curves.png: untimed for both
     if method == "colours":
         acc, wall, cpu = colours_figure(Path(work), int(epochs))
     else:

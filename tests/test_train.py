@@ -353,12 +353,11 @@ def test_colours_are_learnt_and_every_output_is_written(colour_run: TrainResult)
     assert "optimizer" in torch.load(out / "last.pt", weights_only=True)["resume"]
 
 
-def test_the_reported_validation_figures_are_those_of_best_pt(colour_run: TrainResult) -> None:
-    """metrics.json's validation report (kept from the best epoch, not computed again) is what best.pt, loaded
-    afresh by predict, gives on the validation images of data_split.csv."""
+def _check_val_report_is_best_pt(out: Path) -> None:
+    """metrics.json's validation report is what best.pt, loaded afresh by predict (in the default memory layout,
+    so to float precision), gives on the validation images of data_split.csv."""
     from cnnlab.prediction import predict
 
-    out = colour_run.out
     with (out / "data_split.csv").open(newline="") as fh:
         val = [row for row in csv.DictReader(fh) if row["split"] == "val"]
     preds = predict([row["path"] for row in val], model=out / "best.pt", topk=3, workers=0, device="cpu").predictions
@@ -368,6 +367,26 @@ def test_the_reported_validation_figures_are_those_of_best_pt(colour_run: TrainR
     assert metrics["n"] == len(preds) == len(val) == 7
     assert metrics["top1"] == np.mean([p.top[0].label == truth[str(Path(p.path))] for p in preds])
     assert metrics["loss"] == pytest.approx(-np.mean(np.log(probs)), rel=1e-4, abs=1e-6)
+
+
+def test_the_reported_validation_figures_are_those_of_best_pt(colour_run: TrainResult) -> None:
+    """The report is kept from the best epoch's validation, not computed again."""
+    _check_val_report_is_best_pt(colour_run.out)
+
+
+def test_the_validation_report_is_the_best_epochs_when_a_later_epoch_is_last(
+    colours: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A validation loss that only rises makes the probe (epoch 0) the best epoch: the report is its predictions,
+    not those of the last epoch."""
+    from cnnlab.finetune import loop
+
+    losses = iter(np.arange(1.0, 20.0))
+    monkeypatch.setattr(loop.Predictions, "loss", property(lambda self: float(next(losses))))
+    r = fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "r"), **FAST))
+    monkeypatch.undo()
+    assert r.best_epoch == 0 and [h.epoch for h in r.history] == [0, 1, 2, 3]
+    _check_val_report_is_best_pt(r.out)
 
 
 def test_checkpoints_of_a_cpu_run_are_in_the_default_layout(colour_run: TrainResult) -> None:

@@ -230,8 +230,9 @@ def make_checkpoint(
     resume: Mapping[str, Any] | None = None,
     data_record: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the checkpoint dict (tensors are detached copies on the CPU, in PyTorch's default contiguous layout
-    whatever the layout of the training model: a checkpoint reads the same everywhere).
+    """Assemble the checkpoint dict (tensors are detached copies on the CPU). The weights (``state_dict``) are in
+    PyTorch's default contiguous layout whatever the layout of the training model; ``resume``, the training
+    state for ``--resume``, is stored as it is (on the CPU, channels-last like the model that trains).
 
     ``data_record``: the images it was trained and validated on (:mod:`cnnlab.finetune.leakage`).
     """

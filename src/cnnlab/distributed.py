@@ -67,7 +67,8 @@ def init_process_group(ctx: DistContext, device_type: str = "cpu") -> None:
     if dist.is_initialized():
         return
     # torch._dynamo (imported by torchvision) takes references to the default group when it is first imported
-    # after the group exists (10 on torch 2.14), so destroy_process_group cannot free it: its gloo threads then
+    # after the group exists (measured on torch 2.14: the group's reference count 10 -> 20, and destroy_process_group
+    # leaves 12 instead of 2), so destroy_process_group cannot free it: its gloo threads then
     # live on into interpreter shutdown, where one that drops the last reference to a tensor of a finished
     # collective aborts the process (SIGABRT, "terminate called without an active exception"). Imported first,
     # it takes none.

@@ -1,8 +1,8 @@
 """A training run in progress: :class:`TrainingRun` (what the epochs work with) and :func:`finish_run`.
 
 :func:`cnnlab.finetune.start.start_run` builds a :class:`TrainingRun` from a :class:`TrainConfig`;
-:func:`cnnlab.finetune.fine_tune` runs its phases; :func:`finish_run` evaluates ``best.pt`` and
-writes ``metrics.json`` and ``curves.png``.
+:func:`cnnlab.finetune.fine_tune` runs its phases; :func:`finish_run` reports ``best.pt`` on the test and
+validation splits and writes ``metrics.json`` and ``curves.png``.
 
 With ``ema`` the run keeps an exponential moving average of the weights (torch's
 :class:`~torch.optim.swa_utils.AveragedModel` with ``get_ema_multi_avg_fn``, updated after every
@@ -206,7 +206,14 @@ class TrainingRun:
 
 
 def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
-    """Evaluate ``best.pt`` on the test split (else val); write ``metrics.json`` and ``curves.png``."""
+    """Report ``best.pt`` on the test split (else val); write ``metrics.json`` and ``curves.png``.
+
+    The test split is evaluated with ``best.pt``'s weights loaded into the run's model; the validation report
+    is the best epoch's own validation (``best_val``), evaluated again only when this process did not see
+    that epoch (a resumed run). Both are evaluated as the run evaluates, in its precision and, on the CPU,
+    its channels-last layout: ``predict`` and ``bench`` load ``best.pt`` in the default layout, and their logits
+    can differ from these in the fifth decimal.
+    """
     result, out, classes = run.result, run.out, run.splits.classes
     result.history = list(state.history)
     result.best_epoch, result.best_val_loss = state.best_epoch, state.best_val_loss
