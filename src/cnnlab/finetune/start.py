@@ -353,10 +353,10 @@ def _wrap(start: StartingModel, classes: list[str], device: torch.device, precis
         torch.backends.cuda.matmul.allow_tf32 = precision is Precision.TF32
         torch.backends.cudnn.allow_tf32 = precision is Precision.TF32
     run_spec = dataclasses.replace(start.spec, categories=tuple(classes), preprocessing=start.preprocessing)
-    # On the CPU the network trains in the channels-last (NHWC) layout, oneDNN's own: measured on 2 cores
-    # (batch 16, 224 px), a training step of efficientnet_lite0 took 0.41 s instead of 0.62 s (forward 0.11 s
-    # vs 0.17 s), mobilenet_v3_large 0.25 vs 0.38 s, resnet50 1.29 vs 1.62 s, convnext_tiny the same.
-    # Checkpoints are written in the default layout (make_checkpoint). CUDA keeps the default (not measured).
+    # On the CPU the network trains in the channels-last (NHWC) layout, oneDNN's own: on 2 cores a training
+    # step is 1.27-1.64x faster for efficientnet_lite0, mobilenet_v3_large, resnet50 and googlenet, the same for
+    # convnext_tiny (benchmarks/bench_train_layout.py). Checkpoint weights are written in the default layout
+    # (make_checkpoint). CUDA keeps the default (not measured there).
     channels_last = device.type == "cpu"
     module = start.module.to(device)
     if channels_last:
