@@ -353,9 +353,9 @@ def test_colours_are_learnt_and_every_output_is_written(colour_run: TrainResult)
     assert "optimizer" in torch.load(out / "last.pt", weights_only=True)["resume"]
 
 
-def _check_val_report_is_best_pt(out: Path) -> None:
-    """metrics.json's validation report is what best.pt, loaded afresh by predict (in the default memory layout,
-    so to float precision), gives on the validation images of data_split.csv."""
+def _val_report_and_best_pt(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """metrics.json's validation report, and what best.pt, loaded afresh by predict (in the default memory
+    layout, so equal to float precision), gives on the validation images of data_split.csv."""
     from cnnlab.prediction import predict
 
     with (out / "data_split.csv").open(newline="") as fh:
@@ -363,15 +363,16 @@ def _check_val_report_is_best_pt(out: Path) -> None:
     preds = predict([row["path"] for row in val], model=out / "best.pt", topk=3, workers=0, device="cpu").predictions
     truth = {str(Path(row["path"])): row["label"] for row in val}
     probs = [{s.label: s.probability for s in p.top}[truth[str(Path(p.path))]] for p in preds]
-    metrics = json.loads((out / "metrics.json").read_text())["val"]
-    assert metrics["n"] == len(preds) == len(val) == 7
-    assert metrics["top1"] == np.mean([p.top[0].label == truth[str(Path(p.path))] for p in preds])
-    assert metrics["loss"] == pytest.approx(-np.mean(np.log(probs)), rel=1e-4, abs=1e-6)
+    fresh = {"n": len(preds), "top1": float(np.mean([p.top[0].label == truth[str(Path(p.path))] for p in preds])),
+             "loss": float(-np.mean(np.log(probs)))}
+    return json.loads((out / "metrics.json").read_text())["val"], fresh
 
 
 def test_the_reported_validation_figures_are_those_of_best_pt(colour_run: TrainResult) -> None:
     """The report is kept from the best epoch's validation, not computed again."""
-    _check_val_report_is_best_pt(colour_run.out)
+    report, fresh = _val_report_and_best_pt(colour_run.out)
+    assert report["n"] == fresh["n"] == 7 and report["top1"] == fresh["top1"]
+    assert report["loss"] == pytest.approx(fresh["loss"], rel=1e-4, abs=1e-6)
 
 
 def test_the_validation_report_is_the_best_epochs_when_a_later_epoch_is_last(
@@ -386,7 +387,9 @@ def test_the_validation_report_is_the_best_epochs_when_a_later_epoch_is_last(
     r = fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "r"), **FAST))
     monkeypatch.undo()
     assert r.best_epoch == 0 and [h.epoch for h in r.history] == [0, 1, 2, 3]
-    _check_val_report_is_best_pt(r.out)
+    report, fresh = _val_report_and_best_pt(r.out)
+    assert report["n"] == fresh["n"] == 7 and report["top1"] == fresh["top1"]
+    assert report["loss"] == pytest.approx(fresh["loss"], rel=1e-4, abs=1e-6)
 
 
 def test_checkpoints_of_a_cpu_run_are_in_the_default_layout(colour_run: TrainResult) -> None:
