@@ -64,3 +64,61 @@ def test_a_freed_block_stays_in_the_heap_except_under_glibc_defaults() -> None:
             if not k.startswith("MALLOC_") and k not in ("CNNLAB_MALLOC", "GLIBC_TUNABLES")}
     out = subprocess.run([sys.executable, "-c", _HEAP], env=base, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True True", out.stdout + out.stderr
+
+
+_FRAGMENT = """
+import ctypes, sys
+from cnnlab import allocator
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+
+allocator.keep_freed_memory()
+trim = sys.argv[1] == "trim"
+start, holes, pinned = rss_mib(), 0, []
+for _ in range(40):  # a "batch": the freed pieces of earlier batches are in use, so its block comes from the top
+    fillers = [libc.malloc(24 << 20) for _ in range(holes)]
+    block = libc.malloc(24 << 20)
+    ctypes.memset(block, 1, 24 << 20)
+    pinned.append(libc.malloc(4096))  # a small block that outlives the batch, above its large one
+    for b in fillers + [block]:
+        libc.free(b)
+    holes += 1
+    if trim:
+        allocator.return_free_pages()
+fragmented = rss_mib() - start
+steady = allocator.trims
+for _ in range(40):  # the same block again and again: the heap does not grow
+    block = libc.malloc(40 << 20)
+    ctypes.memset(block, 1, 40 << 20)
+    libc.free(block)
+    if trim:
+        allocator.return_free_pages()
+print(fragmented, steady, allocator.trims - steady)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
+def test_a_fragmenting_heap_gives_its_free_pages_back_and_a_steady_one_is_left_alone() -> None:
+    """Large blocks freed between small ones that stay, while the earlier pieces are in use: the heap grows
+    by 24 MiB a "batch", to 960 MiB free in pieces. Kept, they stay resident; return_free_pages, called per
+    batch, gives them back every GROWTH_BYTES of growth, and never trims a heap that reuses its blocks."""
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith("MALLOC_") and k not in ("CNNLAB_MALLOC", "GLIBC_TUNABLES")}
+
+    def run(mode: str) -> tuple[int, int, int]:
+        out = subprocess.run([sys.executable, "-c", _FRAGMENT, mode], env=base, capture_output=True, text=True,
+                             check=True)
+        grown, fragmenting, steady = (int(v) for v in out.stdout.split())
+        return grown, fragmenting, steady
+
+    kept_mib, _, _ = run("keep")
+    trimmed_mib, fragmenting_trims, steady_trims = run("trim")
+    assert kept_mib > 900  # 40 x 24 MiB, all resident
+    assert trimmed_mib < 400  # at most GROWTH_BYTES (256 MiB) of growth, plus the last block
+    assert fragmenting_trims >= 3
+    assert steady_trims == 0

@@ -13,6 +13,16 @@ arenas) for whatever it does next. A library user who calls ``fine_tune`` inside
 (a server, a notebook) and does not want that sets ``CNNLAB_MALLOC=system``. It does nothing when the
 user has chosen glibc's malloc settings (a ``MALLOC_*`` variable, or ``glibc.malloc`` tunables in
 ``GLIBC_TUNABLES``).
+
+With every block taken from the heap, the heap can fragment: a small block that outlives its batch (the
+features or logits a caller keeps, a list that grew) lands between the batch's large blocks, and once
+enough of them split the freed space into pieces smaller than the next batch's largest blocks, the heap
+grows by about a batch at every batch. Measured at 1000 classes (``train --freeze``, 16,000 images, the
+probe's forward passes): 33 MB/s, from 1.8 to 5.8 GB, with 2.5 GB of the heap free in 1,255 pieces.
+It depends on where blocks happen to fall (the same run stayed at 2.2 GB in another process), so the
+loops call :func:`return_free_pages` once per batch: when the heap has grown by :data:`GROWTH_BYTES`
+since the last check that acted, ``malloc_trim`` gives the free pages inside the heap back to the system.
+A heap that stops growing (a steady batch size) is never trimmed.
 """
 
 from __future__ import annotations
@@ -33,6 +43,9 @@ _DEFAULT_TRIM_THRESHOLD = 128 * 1024
 _DEFAULT_MMAP_MAX = 65536
 #: Freed memory at the top of the heap kept for reuse before it goes back to the system.
 KEPT_BYTES = 2**31 - 1
+#: Growth of the heap past its size at the last trim (or the first check) that makes
+#: :func:`return_free_pages` give free pages back.
+GROWTH_BYTES = 256 * 2**20
 
 _done: bool | None = None
 
@@ -57,13 +70,56 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    global _mallopt
-    _mallopt = mallopt
+    if hasattr(libc, "mallinfo2"):  # glibc 2.33+
+        libc.mallinfo2.restype = _MallInfo2
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.malloc_trim.restype = ctypes.c_int
+    global _mallopt, _libc
+    _mallopt, _libc = mallopt, libc
     _done = _set(0, KEPT_BYTES)
     return _done
 
 
 _mallopt: Any = None
+_libc: Any = None
+#: The heap's size when :func:`return_free_pages` last acted (or first looked), and how often it acted.
+_mark: int | None = None
+trims = 0
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def heap_bytes() -> int:
+    """Bytes the heaps of every arena hold from the system (``mallinfo2().arena``; 0 where unknown)."""
+    if _libc is None or not hasattr(_libc, "mallinfo2"):
+        return 0
+    return int(_libc.mallinfo2().arena)
+
+
+def return_free_pages() -> bool:
+    """Once per batch of a long loop: when freed memory is kept (:func:`keep_freed_memory`) and the heap
+    has grown by more than :data:`GROWTH_BYTES` since the last trim, give the free pages inside it back
+    to the system (``malloc_trim(0)``); returns whether it did. Costs a ``mallinfo2`` call (microseconds).
+
+    The size before the trim becomes the new mark, so a heap that returns to its working size after a
+    trim is not trimmed again; only one that keeps growing (fragmentation, module docstring) is, about
+    once per :data:`GROWTH_BYTES` of growth, and the pages it gives back are faulted in again when used.
+    """
+    global _mark, trims
+    if not _done:
+        return False
+    size = heap_bytes()
+    if _mark is None or size <= _mark + GROWTH_BYTES:
+        _mark = size if _mark is None else _mark
+        return False
+    _libc.malloc_trim(0)
+    _mark = size
+    trims += 1
+    return True
 
 
 def _set(mmap_max: int, trim_threshold: int) -> bool:

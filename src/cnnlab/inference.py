@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cnnlab.allocator import return_free_pages
 from cnnlab.datasets import SkippedFile
 from cnnlab.errors import ImageDecodeError, UsageError
 from cnnlab.models import LoadedModel
@@ -241,6 +242,7 @@ def run_inference(
                 else:
                     logits = torch.zeros(0, model.spec.num_classes)
             t2 = time.perf_counter()
+            return_free_pages()
             done += len(batch.indices) + len(batch.failed)
             rate = done / max(t2 - started, 1e-9)
             progress.update(task, advance=len(batch.indices) + len(batch.failed), info=f"{rate:,.0f} img/s")

@@ -20,6 +20,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
+from cnnlab.allocator import return_free_pages
 from cnnlab.datasets import LabelledImages, SkippedFile
 from cnnlab.errors import CnnlabError, DatasetError
 from cnnlab.finetune.augment import BatchMix
@@ -102,6 +103,7 @@ def train_one_epoch(
         truth = y if soft is None else soft.argmax(1).to(y.device)
         correct += int((output.argmax(1) == truth).sum())
         seen += len(y)
+        return_free_pages()
         progress.update(task, advance=1, info=f"loss {loss_sum / seen:.3f} acc {correct / seen:.0%}")
     if seen == 0:
         raise DatasetError(f"no training image of epoch {epoch} could be decoded")

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import ExponentialLR
 
-from cnnlab.allocator import keep_freed_memory
+from cnnlab.allocator import keep_freed_memory, return_free_pages
 from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.finetune.augment import make_batch_mix
 from cnnlab.finetune.config import TrainConfig
@@ -154,6 +154,7 @@ def _range_test(config: TrainConfig, progress: Progress, out: Path, *, start_lr:
             loss.backward()
             optimizer.step()
             value = loss.item()
+            return_free_pages()
             average = SMOOTHING * average + (1 - SMOOTHING) * value
             smooth = average / (1 - SMOOTHING ** (len(result.lrs) + 1))
             result.lrs.append(start_lr * (end_lr / start_lr) ** (len(result.lrs) / (steps - 1)))
