@@ -20,9 +20,9 @@ enough of them split the freed space into pieces smaller than the next batch's l
 grows by about a batch at every batch. Measured at 1000 classes (``train --freeze``, 16,000 images, the
 probe's forward passes): 33 MB/s, from 1.8 to 5.8 GB, with 2.5 GB of the heap free in 1,255 pieces.
 It depends on where blocks happen to fall (the same run stayed at 2.2 GB in another process), so the
-loops call :func:`return_free_pages` once per batch: when the heap has grown by :data:`GROWTH_BYTES`
-past its mark, ``malloc_trim`` gives the free pages inside the heap back to the system. A heap that
-stays within that of its mark is never trimmed. The settings need glibc 2.33 or later (``mallinfo2``);
+loops call :func:`return_free_pages` once per batch: when the free memory inside the heap (below its
+top) has grown by :data:`GROWTH_BYTES` past its mark, ``malloc_trim`` gives its pages back to the
+system and keeps the top. A heap that does not fragment is never trimmed. The settings need glibc 2.33 or later (``mallinfo2``);
 on an older glibc :func:`keep_freed_memory` leaves malloc as it is. DataLoader worker processes inherit
 the settings and do not trim (they decode images; on 2 cores there are none).
 """
@@ -45,8 +45,8 @@ _DEFAULT_TRIM_THRESHOLD = 128 * 1024
 _DEFAULT_MMAP_MAX = 65536
 #: Freed memory at the top of the heap kept for reuse before it goes back to the system.
 KEPT_BYTES = 2**31 - 1
-#: Growth of the heap past its size at the last trim (or the first check) that makes
-#: :func:`return_free_pages` give free pages back.
+#: Growth of the free memory inside the heap past its mark that makes :func:`return_free_pages` give
+#: its pages back.
 GROWTH_BYTES = 256 * 2**20
 
 _done: bool | None = None
@@ -86,7 +86,7 @@ def keep_freed_memory() -> bool:
 
 _mallopt: Any = None
 _libc: Any = None
-#: The heap size that :func:`return_free_pages` measures growth from.
+#: The free memory inside the heap that :func:`return_free_pages` measures growth from.
 _mark: int | None = None
 #: How often :func:`return_free_pages` was called, and how often it trimmed the heap, in this process
 #: (diagnostics).
@@ -100,40 +100,42 @@ class _MallInfo2(ctypes.Structure):
                  "keepcost")]
 
 
-def heap_bytes() -> int:
-    """Bytes the heaps of every arena hold from the system (``mallinfo2().arena``; 0 when
-    :func:`keep_freed_memory` is not in effect)."""
+def free_inside_heap() -> int:
+    """Free bytes inside the heaps, not counting the free memory at the top of the main heap (which
+    :data:`KEPT_BYTES` bounds): ``mallinfo2().fordblks - keepcost``; 0 when :func:`keep_freed_memory` is
+    not in effect."""
     if not _done:
         return 0
-    return int(_libc.mallinfo2().arena)
+    info = _libc.mallinfo2()
+    return int(info.fordblks - info.keepcost)
 
 
 def return_free_pages() -> bool:
-    """Once per batch of a long loop: when freed memory is kept (:func:`keep_freed_memory`) and the heap
-    has grown by more than :data:`GROWTH_BYTES` past a mark, give the free pages inside it back to the
-    system (``malloc_trim(0)``); returns whether it did.
+    """Once per batch of a long loop: when freed memory is kept (:func:`keep_freed_memory`) and the free
+    memory inside the heap (:func:`free_inside_heap`) has grown by more than :data:`GROWTH_BYTES` past a
+    mark, give its pages back to the system (``malloc_trim``, keeping the top of the heap); returns
+    whether it did.
 
-    The mark is the heap's size at the first call, lowered whenever a call finds the heap smaller (after
-    :func:`glibc_defaults`, or a second run in the process), and set to the size before each trim, so a
-    heap that grows back to its working size after a trim is not trimmed again. So a heap that keeps
-    growing (fragmentation, module docstring) is trimmed about once per :data:`GROWTH_BYTES` of growth;
-    a loop whose working set is larger than the previous loop's by more than that (training after the
-    probe's forward passes) is trimmed once as it starts; a heap that stays within :data:`GROWTH_BYTES`
-    of its mark never is. A trim also gives back the free memory at the top of the heap, which the next
-    batch faults in again: a heap that grew by more than :data:`GROWTH_BYTES` at every batch would be
-    trimmed at every batch, as slow as glibc's own settings. The cost of a call is a ``mallinfo2``, which
-    walks the lists of free blocks: 0.03 ms with 1,500 free blocks, 0.2-0.6 ms in a small training run.
+    Memory a batch frees at the top of the heap merges into the top, which is kept for the next batch
+    and not counted: a loop whose working set is larger than the one before (training after the probe's
+    forward passes) is not trimmed. What grows inside the heap is freed memory that later blocks did not
+    fit into (fragmentation, module docstring). The mark is that amount at the first call, lowered
+    whenever a call finds it smaller (the pieces were used or merged, a second run in the process) and
+    set to it at each trim (the pieces stay free, without their pages); so a fragmenting heap is trimmed
+    about once per :data:`GROWTH_BYTES` of growth, and one that is not, never. The pages given back
+    are faulted in again when the pieces are used. The cost of a call is a ``mallinfo2``, which walks the
+    lists of free blocks: 0.03 ms with 1,500 free blocks, 0.2-0.6 ms in a small training run.
     """
     global _mark, trims, checks
     checks += 1
     if not _done:
         return False
-    size = heap_bytes()
-    if _mark is None or size <= _mark + GROWTH_BYTES:
-        _mark = size if _mark is None else min(_mark, size)
+    free = free_inside_heap()
+    if _mark is None or free <= _mark + GROWTH_BYTES:
+        _mark = free if _mark is None else min(_mark, free)
         return False
-    _libc.malloc_trim(0)
-    _mark = size
+    _libc.malloc_trim(KEPT_BYTES)
+    _mark = free
     trims += 1
     return True
 
