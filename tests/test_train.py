@@ -318,6 +318,17 @@ def test_cosine_schedule_and_bn_train_policy() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def test_a_probe_batch_of_only_broken_files_is_skipped_and_counted(tmp_path: Path) -> None:
+    """A batch of the probe's forward pass in which every file fails has no features; the probe goes on."""
+    data = make_colours(tmp_path / "colours", per_class=30)
+    for i in range(8):  # with broken.jpg, nine broken files in a row: at least one whole batch of 8
+        (data / "red" / f"zz_broken{i}.jpg").write_bytes(b"not an image")
+    r = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "run"), **{**FAST, "freeze": True}))
+    assert [h.phase for h in r.history] == ["probe"] and r.history[0].val_acc >= 0.99
+    skipped = [Path(s.path).name for s in r.skipped]
+    assert len(skipped) >= 8 and all("broken" in name for name in skipped)  # counted; no good image lost
+
+
 def test_colours_are_learnt_and_every_output_is_written(colour_run: TrainResult) -> None:
     r = colour_run
     assert r.classes == ["blue", "green", "red"] and not r.random_weights

@@ -129,10 +129,11 @@ def fit_probe(
     for batch in run_inference(model, subset.paths, batch_size=batch_size, workers=workers, labels=labels,
                                progress=progress, task="probe", description="probe: frozen features",
                                features=True):
-        assert batch.features is not None
+        skipped.extend(batch.skipped)
+        if batch.features is None:  # every file of the batch failed
+            continue
         feats.append(batch.features)
         found.extend(batch.indices)
-        skipped.extend(batch.skipped)
     if not found:
         raise DatasetError("no training image could be decoded for the probe")
     x = torch.cat(feats)
