@@ -157,3 +157,39 @@ def test_every_batch_of_a_training_run_asks_whether_to_give_pages_back(tmp_path:
     probe, steps, val = -(-result.n_train // batch), result.n_train // batch, -(-result.n_val // batch)
     assert [r.phase for r in result.history] == ["probe", "full"]
     assert allocator.checks - before >= probe + steps + 2 * val
+
+
+_TOP = """
+import ctypes
+from cnnlab import allocator
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+
+allocator.keep_freed_memory()
+allocator.return_free_pages()  # the mark
+inside = libc.malloc(300 << 20)  # freed below a block that stays: a free piece inside the heap
+ctypes.memset(inside, 1, 300 << 20)
+pin = libc.malloc(8 << 20)  # larger than any free piece of the young heap: taken from above the block
+libc.free(inside)
+top = libc.malloc(320 << 20)  # larger than the piece; freed at the top of the heap: merged into the top, kept for the next batch
+ctypes.memset(top, 1, 320 << 20)
+libc.free(top)
+before = rss_mib()
+trimmed = allocator.return_free_pages()
+print(trimmed, before - rss_mib())
+"""
+
+
+@pytest.mark.skipif(not _GLIBC_2_33, reason="glibc 2.33+ (mallopt, mallinfo2)")
+def test_a_trim_gives_back_the_free_pieces_inside_the_heap_and_keeps_its_top() -> None:
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith("MALLOC_") and k not in ("CNNLAB_MALLOC", "GLIBC_TUNABLES")}
+    out = subprocess.run([sys.executable, "-c", _TOP], env=base, capture_output=True, text=True, check=True)
+    trimmed, released_mib = out.stdout.split()
+    assert trimmed == "True"
+    assert 250 < int(released_mib) < 400  # the 300 MiB piece, not the 320 MiB at the top as well

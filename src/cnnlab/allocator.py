@@ -22,9 +22,9 @@ probe's forward passes): 33 MB/s, from 1.8 to 5.8 GB, with 2.5 GB of the heap fr
 It depends on where blocks happen to fall (the same run stayed at 2.2 GB in another process), so the
 loops call :func:`return_free_pages` once per batch: when the free memory inside the heap (below its
 top) has grown by :data:`GROWTH_BYTES` past its mark, ``malloc_trim`` gives its pages back to the
-system and keeps the top. A heap that does not fragment is never trimmed. The settings need glibc 2.33 or later (``mallinfo2``);
-on an older glibc :func:`keep_freed_memory` leaves malloc as it is. DataLoader worker processes inherit
-the settings and do not trim (they decode images; on 2 cores there are none).
+system and keeps the top. The settings need glibc 2.33 or later (``mallinfo2``); on an older glibc
+:func:`keep_freed_memory` leaves malloc as it is. DataLoader worker processes inherit the settings and
+do not trim (they decode images; on 2 cores there are none).
 """
 
 from __future__ import annotations
@@ -117,13 +117,16 @@ def return_free_pages() -> bool:
     whether it did.
 
     Memory a batch frees at the top of the heap merges into the top, which is kept for the next batch
-    and not counted: a loop whose working set is larger than the one before (training after the probe's
-    forward passes) is not trimmed. What grows inside the heap is freed memory that later blocks did not
-    fit into (fragmentation, module docstring). The mark is that amount at the first call, lowered
-    whenever a call finds it smaller (the pieces were used or merged, a second run in the process) and
-    set to it at each trim (the pieces stay free, without their pages); so a fragmenting heap is trimmed
-    about once per :data:`GROWTH_BYTES` of growth, and one that is not, never. The pages given back
-    are faulted in again when the pieces are used. The cost of a call is a ``mallinfo2``, which walks the
+    and not counted, so a loop whose working set is larger than the one before mostly is not. What grows
+    inside the heap is freed memory that later blocks did not fit into (fragmentation, module docstring;
+    also the pieces of the probe's forward passes that training's blocks do not fit into: in
+    ``benchmarks/bench_train.py`` 5 of 13 runs trimmed once for that, the others never). The mark is that
+    amount at the first call, lowered whenever a call finds it smaller (the pieces were used or merged,
+    a second run in the process) and set to it at each trim (the pieces stay free, without their pages).
+    So growth counts from the lowest point since the last trim: a fragmenting heap is trimmed about once
+    per :data:`GROWTH_BYTES` of growth, and a loop whose free memory inside the heap swung by more than
+    that from batch to batch would be trimmed at every swing (measured swings: about 45 MiB at batch 16,
+    224 px). The pages given back are faulted in again when the pieces are used. The cost of a call is a ``mallinfo2``, which walks the
     lists of free blocks: 0.03 ms with 1,500 free blocks, 0.2-0.6 ms in a small training run.
     """
     global _mark, trims, checks
