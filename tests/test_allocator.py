@@ -69,8 +69,9 @@ def test_a_freed_block_stays_in_the_heap_except_under_glibc_defaults() -> None:
     assert out.stdout.strip() == "True True", out.stdout + out.stderr
 
 
-_FRAGMENT = """
-import ctypes, sys
+#: What the heap scripts share: libc's malloc and free, and the resident memory in MiB.
+_MALLOC = """
+import ctypes
 from cnnlab import allocator
 
 libc = ctypes.CDLL("libc.so.6")
@@ -79,6 +80,10 @@ libc.free.argtypes = [ctypes.c_void_p]
 
 def rss_mib():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+"""
+
+_FRAGMENT = _MALLOC + """
+import sys
 
 def fragment(trim):
     # "batches" whose large block comes from the top because the freed pieces of earlier batches are in
@@ -159,16 +164,7 @@ def test_every_batch_of_a_training_run_asks_whether_to_give_pages_back(tmp_path:
     assert allocator.checks - before >= probe + steps + 2 * val
 
 
-_TOP = """
-import ctypes
-from cnnlab import allocator
-
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-
-def rss_mib():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+_TOP = _MALLOC + """
 
 allocator.keep_freed_memory()
 allocator.return_free_pages()  # the mark
