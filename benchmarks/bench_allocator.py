@@ -1,4 +1,4 @@
-"""What :func:`cnnlab.allocator.keep_freed_memory` (used by ``train``) changes: CPU speed of efficientnet_lite0's
+"""What :func:`cnnlab.runtime.allocator.keep_freed_memory` (used by ``train``) changes: CPU speed of efficientnet_lite0's
 forward pass (the probe's features, evaluation) and of training steps, with glibc's default ``malloc`` settings
 and with freed memory kept for reuse, each in a fresh process.
 
@@ -26,9 +26,9 @@ _CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 import torch
-from cnnlab.allocator import keep_freed_memory
-from cnnlab.inference import run_inference
-from cnnlab.models import load_model
+from cnnlab.runtime.allocator import keep_freed_memory
+from cnnlab.runtime.inference import run_inference
+from cnnlab.models.load import load_model
 
 kept = keep_freed_memory()
 paths, steps = sorted(Path(sys.argv[1]).glob("*.jpg")), int(sys.argv[2])

@@ -45,7 +45,7 @@ CROPS = ((0.0, 0.0), (0.4, 0.0), (0.0, 0.4), (0.4, 0.4), (0.2, 0.2))
 
 def photo_set(dest: Path) -> Path:
     """The demo photos and, of each, five 60% crops and their mirror images, in class folders."""
-    from cnnlab.demo import build_demo_set
+    from cnnlab.imagedata.demo import build_demo_set
 
     demo = build_demo_set(dest / "demo")
     root = dest / "photos"
@@ -66,8 +66,8 @@ def seeded_weights(folder: Path, models: list[str]) -> list[str]:
     """Seeded random weights files for the models whose weights are not on this machine; returns their names."""
     import torch
 
-    from cnnlab.weights import locate_weights
-    from cnnlab.zoo import get_spec
+    from cnnlab.models.registry import get_spec
+    from cnnlab.models.weights import locate_weights
 
     random = []
     for name in models:

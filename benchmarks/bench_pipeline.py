@@ -28,9 +28,9 @@ import torch
 from PIL import Image
 
 from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
-from cnnlab.models import load_model
-from cnnlab.weights import locate_weights
-from cnnlab.zoo import get_spec
+from cnnlab.models.load import load_model
+from cnnlab.models.registry import get_spec
+from cnnlab.models.weights import locate_weights
 
 SOURCES = ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg", "brick.png"]
 

@@ -52,7 +52,7 @@ _RUN_CLI = (
 
 def make_imagenet_layout(root: Path, images: int, size: tuple[int, int] = (320, 240), seed: int = 0) -> Path:
     """``images`` synthetic JPEGs spread over the 1000 ImageNet wnid folders."""
-    from cnnlab.labels import imagenet_wnids
+    from cnnlab.imagedata.labels import imagenet_wnids
 
     wnids = imagenet_wnids()
     rng = np.random.default_rng(seed)
@@ -117,7 +117,7 @@ def scale(sizes: list[int], model: str, work: Path) -> None:
 
 def real_photo_crops(root: Path, count: int, seed: int = 0) -> Path:
     """``count`` random crops of the real demo photos, in their class folders, as JPEG files."""
-    from cnnlab.demo import build_demo_set
+    from cnnlab.imagedata.demo import build_demo_set
 
     demo = build_demo_set(root / "photos")
     rng = np.random.default_rng(seed)
@@ -139,8 +139,8 @@ def reference_check(count: int, work: Path) -> None:
     import torch
     from torchvision import transforms
 
-    from cnnlab.weights import load_state_dict, resolve_weights
-    from cnnlab.zoo import get_spec
+    from cnnlab.models.registry import get_spec
+    from cnnlab.models.weights import load_state_dict, resolve_weights
 
     data = real_photo_crops(work / "real", count)
     out = work / "out-real"

@@ -57,7 +57,7 @@ shared machine the CPU time is the steadier figure; rerun with ``--repeats`` whe
 Each method (each seed, each repeat) runs in a fresh Python process that imports torchvision and
 loads the model before its clock starts, so no method inherits another's memory or allocator
 settings (cnnlab's ``train`` keeps freed memory in glibc's heap for its own process, see
-``cnnlab.allocator``; the probe and fastai run with glibc's defaults, as they would for a user).
+``cnnlab.runtime.allocator``; the probe and fastai run with glibc's defaults, as they would for a user).
 The cnnlab methods run once per ``--seeds`` value (the seed also draws the fifth of the
 training images cnnlab holds out for validation). Imports (cnnlab, torchvision, fastai) are not timed, and
 neither is that of ``matplotlib.figure``: fastai's import brings it, and cnnlab imports it when it draws
@@ -91,7 +91,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from cnnlab.finetune import TrainConfig, fine_tune
+from cnnlab.train import TrainConfig, fine_tune
 
 #: Set name -> class -> source photos (package, path inside it[, the box of the photo to use]).
 SETS: dict[str, dict[str, list[tuple[Any, ...]]]] = {
@@ -231,8 +231,8 @@ def cnnlab_variant(method: str) -> Callable[[Path, Path, int], float]:
 
 
 def _features(paths: list[Path]) -> np.ndarray:
-    from cnnlab.inference import run_inference
-    from cnnlab.models import load_model
+    from cnnlab.models.load import load_model
+    from cnnlab.runtime.inference import run_inference
 
     model = load_model("efficientnet_lite0", device="cpu")
     feats = [b.features for b in run_inference(model, paths, batch_size=32, workers=0, features=True)]
@@ -263,7 +263,7 @@ def _fastai(root: Path, work: Path, epochs: int, bs: int) -> float:
     )
     from torch import nn
 
-    from cnnlab.models import load_model
+    from cnnlab.models.load import load_model
 
     pp = load_model("efficientnet_lite0", device="cpu").preprocessing
     parts = read_split(root)
@@ -345,7 +345,7 @@ def isolated(method: str, root: Path, work: Path, epochs: int) -> tuple[float, f
 
 
 def _one(method: str, root: str, work: str, epochs: str) -> int:
-    from cnnlab.models import load_model
+    from cnnlab.models.load import load_model
 
     load_model("efficientnet_lite0", device="cpu")  # imports torchvision and reads the weights, untimed
     if method.startswith("fastai"):

@@ -1,6 +1,6 @@
 """What training in the channels-last (NHWC) layout, as ``cnnlab train`` does on the CPU, changes: the time of
 a training step (forward, backward, AdamW) of some registry models in PyTorch's default layout and in
-channels-last, each in a fresh process with cnnlab's ``malloc`` setting (:mod:`cnnlab.allocator`), as ``train``
+channels-last, each in a fresh process with cnnlab's ``malloc`` setting (:mod:`cnnlab.runtime.allocator`), as ``train``
 has it.
 
 Usage::
@@ -27,8 +27,8 @@ from pathlib import Path
 _CHILD = r"""
 import json, sys, time
 import torch
-from cnnlab.allocator import keep_freed_memory
-from cnnlab.models import load_model
+from cnnlab.runtime.allocator import keep_freed_memory
+from cnnlab.models.load import load_model
 
 keep_freed_memory()
 name, channels_last, batch, size, steps = sys.argv[1], sys.argv[2] == "1", *map(int, sys.argv[3:6])

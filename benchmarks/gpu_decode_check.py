@@ -1,5 +1,5 @@
 """ResNet-50 end to end from JPEG folders: JPEGs decoded on the CPU (Pillow, in loader workers) vs on the
-GPU (nvJPEG: the loader only reads bytes; :mod:`cnnlab.gpu_decode`) vs the model alone.
+GPU (nvJPEG: the loader only reads bytes; :mod:`cnnlab.runtime.gpu_decode`) vs the model alone.
 
 Random weights (speed only: nothing here is an accuracy). Two folders are generated: 500x375 and
 1600x1200 photo-like JPEGs. Prints images/s of each path and the ratios, and writes them as JSON.
@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import make_jpegs
 
-from cnnlab.inference import default_workers, run_inference
-from cnnlab.models import load_model
+from cnnlab.models.load import load_model
+from cnnlab.runtime.inference import default_workers, run_inference
 
 
 def _sync(device: torch.device) -> None:

@@ -40,7 +40,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 WORDNET_DIR = Path("/usr/share/wordnet")
-OUTPUT = Path(__file__).resolve().parents[1] / "src" / "cnnlab" / "data" / "imagenet_hierarchy.json"
+OUTPUT = Path(__file__).resolve().parents[1] / "src" / "cnnlab" / "imagedata" / "imagenet_hierarchy.json"
 HYPERNYM_POINTERS = {"@", "@i"}
 
 

@@ -50,7 +50,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 ROOT = Path(__file__).resolve().parents[1]
-OUTPUT = ROOT / "src" / "cnnlab" / "data" / "timm_models.json"
+OUTPUT = ROOT / "src" / "cnnlab" / "models" / "timm_models.json"
 RESULTS_DIR = ROOT / "scripts" / "data" / "timm"
 RESULTS_FILE = "results-imagenet.csv"
 BENCHMARK_FILE = "benchmark-infer-amp-nchw-pt291-cu128-4090.csv"

@@ -25,16 +25,15 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "bench": ["BenchConfig", "BenchResult", "bench_models"],
-        "finetune": ["TrainConfig", "TrainResult", "fine_tune"],
-        "models": ["LoadedModel", "load_model"],
+        "models": ["LoadedModel", "ModelSpec", "get_spec", "list_models", "load_model"],
         "prediction": ["PredictResult", "predict"],
-        "zoo": ["ModelSpec", "get_spec", "list_models"],
+        "train": ["TrainConfig", "TrainResult", "fine_tune"],
     },
 )
 
 if TYPE_CHECKING:
     from cnnlab.bench import BenchConfig, BenchResult, bench_models
-    from cnnlab.finetune import TrainConfig, TrainResult, fine_tune
-    from cnnlab.models import LoadedModel, load_model
+    from cnnlab.models.load import LoadedModel, load_model
+    from cnnlab.models.registry import ModelSpec, get_spec, list_models
     from cnnlab.prediction import PredictResult, predict
-    from cnnlab.zoo import ModelSpec, get_spec, list_models
+    from cnnlab.train import TrainConfig, TrainResult, fine_tune

@@ -8,9 +8,12 @@ store the plain string. Nothing here imports torch, so the CLI can build its hel
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from enum import StrEnum
-from typing import TypeVar
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
 
 from cnnlab.errors import UsageError
 
@@ -23,7 +26,7 @@ DEFAULT_EXPORT_TOLERANCE = 1e-3
 class Precision(StrEnum):
     """Numeric precision of a model's arithmetic.
 
-    ``auto`` resolves per device (see :func:`cnnlab.models.resolve_precision`); ``tf32`` keeps fp32
+    ``auto`` resolves per device (see :func:`cnnlab.models.load.resolve_precision`); ``tf32`` keeps fp32
     storage with TF32 matrix units on CUDA; ``bf16``/``fp16`` run under autocast.
     """
 
@@ -58,7 +61,7 @@ class Schedule(StrEnum):
 
 
 class BNPolicy(StrEnum):
-    """What BatchNorm layers do while fine-tuning (see :mod:`cnnlab.finetune`)."""
+    """What BatchNorm layers do while fine-tuning (see :mod:`cnnlab.train`)."""
 
     AUTO = "auto"
     FROZEN = "frozen"
@@ -95,7 +98,7 @@ class ReviewIssue(StrEnum):
 
 
 class Augment(StrEnum):
-    """Augmentation preset of training images (see :mod:`cnnlab.finetune.augment`).
+    """Augmentation preset of training images (see :mod:`cnnlab.train.augment`).
 
     ``none``: the evaluation preprocessing; ``light``: random resized crop and flip;
     ``trivialaugment``/``randaugment``: ``light`` plus torchvision's TrivialAugmentWide/RandAugment.
@@ -172,3 +175,98 @@ class RuntimeChoice(StrEnum):
 
 #: Images an int8 backend calibrates on by default (a seeded sample of the user's images).
 DEFAULT_CALIBRATION_IMAGES = 64
+
+
+class DecodeWhere(StrEnum):
+    """Where JPEGs are decoded: ``auto`` (nvJPEG on the GPU when the model runs on CUDA), ``cpu`` or ``device``."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    DEVICE = "device"
+
+
+def _optional_path(value: str | Path | None) -> Path | None:
+    return None if value is None or str(value) == "" else Path(value)
+
+
+def _optional_count(value: int | None, what: str, low: int = 0, high: int = 65536) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UsageError(f"{what} must be a whole number from {low} to {high}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSource:
+    """Which model, parsed once: a registry name, a checkpoint or ``.onnx`` file, and where its weights come from.
+
+    Every job's config embeds one (bench: one per model name); internals read the typed fields, never strings.
+    """
+
+    #: ``resnet50``, ``resnet50.IMAGENET1K_V1``, ``timm/convnext_tiny``, or a path to a checkpoint or ``.onnx`` file.
+    name: str
+    #: An explicit weights file (highest priority).
+    weights: Path | None = None
+    #: A folder searched before the shared caches.
+    weights_dir: Path | None = None
+    #: Pretrained weights, random ones, or random where missing.
+    policy: WeightsPolicy = WeightsPolicy.PRETRAINED
+    #: Whether missing weights may be downloaded.
+    download: bool = True
+
+    def __post_init__(self) -> None:
+        name = str(self.name).strip()
+        if not name:
+            raise UsageError("a model name or file is required")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "weights", _optional_path(self.weights))
+        object.__setattr__(self, "weights_dir", _optional_path(self.weights_dir))
+        object.__setattr__(self, "policy", parse_choice(WeightsPolicy, self.policy, "weights policy"))
+
+    @property
+    def random_weights(self) -> bool:
+        """Whether the model runs without its weights (speed and memory only)."""
+        return self.policy is WeightsPolicy.RANDOM
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeOptions:
+    """How a model runs, parsed once: device, precision, backend, layout, threads, loader workers, batch, decoding.
+
+    ``None`` means "choose for the device" (see each job); every other value is checked here, so a typo
+    fails when the options are made, before any work.
+    """
+
+    device: str = "auto"
+    precision: Precision = Precision.FP32
+    backend: RuntimeChoice = RuntimeChoice.TORCH
+    channels_last: bool = False
+    compile: bool = False
+    #: torch (or ONNX Runtime) CPU threads; ``None``: the cores not used for decoding.
+    threads: int | None = None
+    #: Decoding processes; ``None``: chosen for the machine.
+    workers: int | None = None
+    #: Images per batch; ``None``: the default for the device.
+    batch_size: int | None = None
+    decode: DecodeWhere = DecodeWhere.AUTO
+    #: Let JPEGs decode at reduced scale (``Image.draft``) when only a small image is needed.
+    fast_decode: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", parse_device(self.device))
+        object.__setattr__(self, "precision", parse_choice(Precision, self.precision, "precision"))
+        object.__setattr__(self, "backend", parse_choice(RuntimeChoice, self.backend, "backend"))
+        object.__setattr__(self, "decode", parse_choice(DecodeWhere, self.decode, "decode"))
+        object.__setattr__(self, "threads", _optional_count(self.threads, "threads", 1, 1024))
+        object.__setattr__(self, "workers", _optional_count(self.workers, "workers", 0, 256))
+        object.__setattr__(self, "batch_size", _optional_count(self.batch_size, "batch size", 1, 65536))
+
+    def replace(self, **changes: Any) -> RuntimeOptions:
+        """A copy with ``changes`` (checked like the original)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (enums as their string values)."""
+        return {f.name: (v.value if isinstance(v := getattr(self, f.name), Enum) else v)
+                for f in dataclasses.fields(self)}

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnlab.datasets import SkippedFile, expand_paths
+from cnnlab.imagedata.datasets import SkippedFile, expand_paths
+from cnnlab.models.registry import OFFLINE_MODEL
 from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, Quantization, RuntimeChoice, parse_choice
 from cnnlab.progress import Progress
-from cnnlab.zoo import OFFLINE_MODEL
 
 if TYPE_CHECKING:
-    from cnnlab.backends.base import Runtime
+    from cnnlab.runtime.base import Runtime
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class PredictResult:
     #: What ran the model: backend, precision, execution provider, threads (and the ONNX file).
     runtime: dict[str, Any] = field(default_factory=dict)
     #: For a checkpoint of ``cnnlab train``: which of the files it was trained or validated on
-    #: (:meth:`cnnlab.finetune.leakage.OverlapReport.to_dict`); ``None`` for other models.
+    #: (:meth:`cnnlab.models.leakage.OverlapReport.to_dict`); ``None`` for other models.
     leakage: dict[str, Any] | None = None
 
     @property
@@ -93,9 +93,9 @@ def predict(
     """
     import torch
 
-    from cnnlab.backends.loader import load_runtime
-    from cnnlab.backends.quantize import calibration_sample
-    from cnnlab.inference import run_inference
+    from cnnlab.runtime.inference import run_inference
+    from cnnlab.runtime.loader import load_runtime
+    from cnnlab.runtime.quantize import calibration_sample
 
     paths, skipped = expand_paths(inputs)
     if isinstance(model, (str, Path)):
@@ -110,7 +110,7 @@ def predict(
                            runtime=loaded.runtime_info())
     checkpoint = _checkpoint_of(model, loaded)
     if checkpoint is not None and paths:
-        from cnnlab.finetune.leakage import overlap
+        from cnnlab.models.leakage import overlap
 
         report = overlap(checkpoint, paths, progress=progress)
         message = report.message()
@@ -132,7 +132,7 @@ def predict(
 
 def _checkpoint_of(model: object, loaded: Runtime) -> Path | None:
     """The ``cnnlab train`` checkpoint behind ``model``, if it is one (given by path, or loaded from one)."""
-    from cnnlab.checkpoint import is_checkpoint_file
+    from cnnlab.models.checkpoint import is_checkpoint_file
 
     if isinstance(model, (str, Path)):
         return Path(model) if is_checkpoint_file(model) else None

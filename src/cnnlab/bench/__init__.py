@@ -21,11 +21,15 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     submod_attrs={
         "config": ["BenchConfig", "MeasureOptions"],
         "result": ["BenchResult", "ModelAccuracy", "ModelResult"],
+        "outputs": ["write_bench_outputs"],
         "runner": ["bench_models"],
+        "tables": ["full_table", "lab_table", "summary_table"],
     },
 )
 
 if TYPE_CHECKING:
     from cnnlab.bench.config import BenchConfig, MeasureOptions
+    from cnnlab.bench.outputs import write_bench_outputs
     from cnnlab.bench.result import BenchResult, ModelAccuracy, ModelResult
     from cnnlab.bench.runner import bench_models
+    from cnnlab.bench.tables import full_table, lab_table, summary_table

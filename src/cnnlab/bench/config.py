@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import UsageError
+from cnnlab.models.registry import LAB_MODELS
 from cnnlab.options import (
     DEFAULT_CALIBRATION_IMAGES,
     Precision,
@@ -16,7 +17,6 @@ from cnnlab.options import (
     parse_choice,
     parse_device,
 )
-from cnnlab.zoo import LAB_MODELS
 
 #: Default batch size per device type. On this project's 2-core reference CPU, batch 8 measured 2-5x
 #: the images/s of batch 32 (caches), with a quarter of the activation memory; GPUs want large batches.
@@ -33,7 +33,7 @@ class MeasureOptions:
     precision: Precision = Precision.FP32
     channels_last: bool = False
     compile: bool = False
-    #: Decoding processes (``None``: :func:`cnnlab.inference.default_workers`).
+    #: Decoding processes (``None``: :func:`cnnlab.runtime.inference.default_workers`).
     workers: int | None = None
     #: torch CPU threads (``None``: the cores not used for decoding).
     threads: int | None = None
@@ -42,7 +42,7 @@ class MeasureOptions:
     #: Let JPEGs decode at reduced scale (``Image.draft``) when only a small image is needed.
     fast_decode: bool = True
     #: Where JPEGs are decoded: ``auto`` (nvJPEG on the GPU when the model runs on CUDA, else Pillow on
-    #: the CPU), ``cpu`` or ``device`` (:mod:`cnnlab.gpu_decode`).
+    #: the CPU), ``cpu`` or ``device`` (:mod:`cnnlab.runtime.gpu_decode`).
     decode: str = "auto"
     #: Also measure model-only throughput at these batch sizes (a curve: on a CPU a large batch can be slower).
     batch_sizes: list[int] | None = None

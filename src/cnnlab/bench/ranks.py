@@ -4,7 +4,7 @@ Design: under torchrun every rank runs the whole ``bench`` command. Rank 0 check
 weights (:func:`cnnlab.bench.runner.preflight`) and hands its plan to the others, so every rank sees
 the same list of images. For each model, each rank starts the usual worker process (or runs it
 in-process with ``--in-process``) on its own contiguous shard of the images
-(:func:`cnnlab.distributed.shard`: every image exactly once, no padding with repeats), on its own
+(:func:`cnnlab.runtime.distributed.shard`: every image exactly once, no padding with repeats), on its own
 device (``cuda:LOCAL_RANK`` on GPUs). The ranks talk only between models, in the parent processes,
 over gloo (objects only, no tensors: the model never runs in these processes): each rank's
 :class:`RunResult` and prediction records go to rank 0 (:func:`gather_run`), which merges them into
@@ -34,7 +34,7 @@ import numpy as np
 
 from cnnlab.bench.config import MeasureOptions
 from cnnlab.bench.protocol import PREDICTION_DTYPE, RunResult
-from cnnlab.distributed import (
+from cnnlab.runtime.distributed import (
     DistContext,
     barrier,
     broadcast_from_main,
@@ -95,7 +95,7 @@ def measure_for_rank(measure: MeasureOptions, ctx: DistContext | None) -> Measur
         return measure
     import torch
 
-    from cnnlab.inference import available_cores
+    from cnnlab.runtime.inference import available_cores
 
     device = measure.device
     if device in ("auto", "cuda") and torch.cuda.is_available():

@@ -13,9 +13,9 @@ from cnnlab import metrics
 from cnnlab.bench.config import BenchConfig
 from cnnlab.bench.protocol import RunResult
 from cnnlab.bench.ranks import rank_totals
-from cnnlab.datasets import LabelledImages, SkippedFile
+from cnnlab.imagedata.datasets import LabelledImages, SkippedFile
+from cnnlab.imagedata.labels import LabelMapping
 from cnnlab.jsonable import finite_or_none
-from cnnlab.labels import LabelMapping
 
 #: Version of the layout of results.json and results.csv. Columns added at the end (backend,
 #: quantization, provider, runtime_file, calibration_images, prepare_s, decode, the rank totals,
@@ -93,7 +93,7 @@ class ModelResult:
     #: The worker's prediction records (:data:`cnnlab.bench.protocol.PREDICTION_DTYPE`), one per evaluated image.
     predictions: np.ndarray | None = None
     #: For a checkpoint: which evaluated images it was trained or validated on
-    #: (:meth:`cnnlab.finetune.leakage.OverlapReport.to_dict`); ``None`` for other models.
+    #: (:meth:`cnnlab.models.leakage.OverlapReport.to_dict`); ``None`` for other models.
     leakage: dict[str, Any] | None = None
 
     @property

@@ -6,7 +6,7 @@ OpenVINO rows the parent prepares the ONNX file first (the cached export; for in
 calibrated on a seeded sample of the evaluated images, the same sample for every model), so the
 worker's load time and memory are the runtime's own; the preparation time is in ``prepare_s``.
 
-Accuracy for ImageNet models goes through the label mapping (:mod:`cnnlab.labels`): a folder
+Accuracy for ImageNet models goes through the label mapping (:mod:`cnnlab.imagedata.labels`): a folder
 ``cat`` accepts any of the classes WordNet puts under "cat". Models fine-tuned by ``cnnlab train``
 are scored on the user's classes directly. A model that fails, crashes or runs past
 ``model_timeout_s`` becomes a row with its error, and the others go on.
@@ -33,13 +33,13 @@ from cnnlab.bench.config import BenchConfig
 from cnnlab.bench.protocol import PREDICTION_DTYPE, ProtocolError, RunRequest, RunResult
 from cnnlab.bench.result import BenchResult, ModelResult, environment
 from cnnlab.bench.scoring import comparisons, score
-from cnnlab.datasets import LabelledImages, scan_dataset
-from cnnlab.distributed import shard
 from cnnlab.errors import CnnlabError, DatasetError, UsageError, WeightsNotFoundError
-from cnnlab.imagenet_val import read_real_labels, real_sets_for, scan_flat_val
-from cnnlab.labels import LabelMapping, disjoint_mappings, map_classes
+from cnnlab.imagedata.datasets import LabelledImages, scan_dataset
+from cnnlab.imagedata.imagenet_val import read_real_labels, real_sets_for, scan_flat_val
+from cnnlab.imagedata.labels import LabelMapping, disjoint_mappings, map_classes
 from cnnlab.options import RuntimeChoice, WeightsPolicy
 from cnnlab.progress import Progress, replay
+from cnnlab.runtime.distributed import shard
 
 
 def _relay(stream: object, progress: Progress, prefix: str) -> None:
@@ -58,9 +58,9 @@ RELAY_GRACE_S = 0.5
 def failed_result(request: RunRequest, error: str) -> RunResult:
     """The row of a model whose worker gave no result: named as a finished row would be (the registry
     name with its weights tag; ``@backend`` for rows not run by PyTorch)."""
-    from cnnlab.checkpoint import model_file_kind
+    from cnnlab.models.checkpoint import model_file_kind
+    from cnnlab.models.registry import get_spec
     from cnnlab.options import parse_choice
-    from cnnlab.zoo import get_spec
 
     spec: dict[str, str] = {}
     if model_file_kind(request.model) is None:
@@ -167,7 +167,7 @@ class Plan:
     #: Per model: ``"pretrained"``, ``"random"``, ``"checkpoint"`` or ``"onnx"``.
     weights: dict[str, str]
     #: The rows to run, in order: each model on each backend (an ``.onnx`` file runs in onnxruntime
-    #: when torch is asked for: see :func:`cnnlab.backends.loader.effective_choice`).
+    #: when torch is asked for: see :func:`cnnlab.runtime.loader.effective_choice`).
     rows: list[tuple[str, RuntimeChoice]] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -191,8 +191,8 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
         WeightsNotFoundError: pretrained weights are missing and cannot be downloaded (one message for all).
         UsageError: a backend whose packages are not installed (the message names the extra).
     """
-    from cnnlab.backends.loader import check_installed, effective_choice
-    from cnnlab.checkpoint import is_onnx_file
+    from cnnlab.models.checkpoint import is_onnx_file
+    from cnnlab.runtime.loader import check_installed, effective_choice
 
     progress = progress or Progress()
     progress.start("preflight", "checking data, labels and weights")
@@ -218,7 +218,7 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
 def _check_devices(config: BenchConfig) -> None:
     """Raise :class:`UsageError` for a device this machine does not have (``--device cuda`` without a GPU,
     ``cuda:3`` of two): said now, not once per model after its worker started."""
-    from cnnlab.models import resolve_device
+    from cnnlab.models.load import resolve_device
 
     for device in dict.fromkeys(config.devices or [config.measure.device]):
         try:
@@ -231,7 +231,7 @@ def _check_one_decodes(dataset: LabelledImages, config: BenchConfig) -> None:
     """Raise :class:`DatasetError` unless some image of ``dataset`` decodes (tried in order, up to the first
     that does), so that a set of unreadable files fails in a second instead of after every model ran."""
     from cnnlab.errors import ImageDecodeError
-    from cnnlab.images import decode_image
+    from cnnlab.imagedata.decode import decode_image
 
     reasons: dict[str, int] = {}
     example = ""
@@ -249,10 +249,10 @@ def _check_one_decodes(dataset: LabelledImages, config: BenchConfig) -> None:
 
 
 def _weights_for(name: str, config: BenchConfig) -> str:
-    from cnnlab.backends.artifacts import read_sidecar
-    from cnnlab.checkpoint import model_file_kind, read_checkpoint
-    from cnnlab.weights import fetch_weights, locate_weights
-    from cnnlab.zoo import get_spec
+    from cnnlab.models.checkpoint import model_file_kind, read_checkpoint
+    from cnnlab.models.registry import get_spec
+    from cnnlab.models.weights import fetch_weights, locate_weights
+    from cnnlab.runtime.artifacts import read_sidecar
 
     kind = model_file_kind(name)
     if kind == "checkpoint":
@@ -277,8 +277,8 @@ def _weights_for(name: str, config: BenchConfig) -> str:
 
 
 def _missing_weights(config: BenchConfig, first: str) -> WeightsNotFoundError:
-    from cnnlab.weights import locate_weights, search_dirs
-    from cnnlab.zoo import get_spec
+    from cnnlab.models.registry import get_spec
+    from cnnlab.models.weights import locate_weights, search_dirs
 
     missing = []
     for name in config.models:
@@ -381,7 +381,7 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None, plan:
 def _leakage(plan: Plan, progress: Progress) -> dict[str, dict[str, Any]]:
     """For each checkpoint, which evaluated images it was trained or validated on (the files are hashed
     once for all checkpoints); a warning for each checkpoint whose accuracy here would be optimistic."""
-    from cnnlab.finetune.leakage import file_digests, overlap
+    from cnnlab.models.leakage import file_digests, overlap
 
     checkpoints = [name for name, kind in plan.weights.items() if kind == "checkpoint"]
     if not checkpoints:
@@ -400,8 +400,8 @@ def _leakage(plan: Plan, progress: Progress) -> dict[str, dict[str, Any]]:
 
 def _calibration(config: BenchConfig, paths: list[Path]) -> list[Path]:
     """The images every int8 row calibrates on (none when no row is int8)."""
-    from cnnlab.backends.quantize import calibration_sample
     from cnnlab.options import Quantization
+    from cnnlab.runtime.quantize import calibration_sample
 
     if all(b.quantization is Quantization.NONE for b in config.backends):
         return []
@@ -416,7 +416,7 @@ def _prepare(request: RunRequest, choice: RuntimeChoice, random_weights: bool, c
     """
     if choice is RuntimeChoice.TORCH:
         return None, None
-    from cnnlab.backends.loader import prepare_runtime_file
+    from cnnlab.runtime.loader import prepare_runtime_file
 
     t0 = time.perf_counter()
     try:

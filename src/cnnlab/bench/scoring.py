@@ -19,9 +19,9 @@ import numpy as np
 from cnnlab import metrics
 from cnnlab.bench.result import ModelAccuracy, ModelResult, RealAccuracy
 from cnnlab.bench.user_classes import accepted_sets
-from cnnlab.datasets import LabelledImages
-from cnnlab.labels import LabelMapping
-from cnnlab.report.naming import unique_names
+from cnnlab.imagedata.datasets import LabelledImages
+from cnnlab.imagedata.labels import LabelMapping
+from cnnlab.render.naming import unique_names
 
 
 def score(model: ModelResult, dataset: LabelledImages, mappings: dict[str, LabelMapping], *,

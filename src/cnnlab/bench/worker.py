@@ -1,7 +1,7 @@
 """Measuring one model: the part of ``bench`` that runs in its own process.
 
 :func:`run_model` loads a model (PyTorch, or the ONNX file the parent prepared for ONNX Runtime or
-OpenVINO: :mod:`cnnlab.backends`), measures throughput and latency on synthetic batches, evaluates
+OpenVINO: :mod:`cnnlab.runtime`), measures throughput and latency on synthetic batches, evaluates
 it over the request's image files (the end-to-end time, split into data and model time), records
 memory peaks and MACs, and returns a :class:`~cnnlab.bench.protocol.RunResult`. It never raises:
 a failure is reported in ``error`` so that a bulk run goes on. ``python -m cnnlab.bench.worker
@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from cnnlab.backends.loader import load_runtime_file
 from cnnlab.bench.config import MeasureOptions
 from cnnlab.bench.measure import (
     MemoryMeter,
@@ -43,18 +42,19 @@ from cnnlab.bench.measure import (
 )
 from cnnlab.bench.protocol import PREDICTION_DTYPE, TOPK, RunRequest, RunResult
 from cnnlab.bench.user_classes import UserClasses, accepted_sets
-from cnnlab.checkpoint import is_checkpoint_file, model_file_kind
 from cnnlab.errors import CnnlabError
-from cnnlab.gpu_decode import decode_label, use_device_decode
-from cnnlab.inference import default_cpu_threads, default_workers, run_inference
-from cnnlab.models import LoadedModel, load_model, resolve_device
+from cnnlab.models.checkpoint import is_checkpoint_file, model_file_kind
+from cnnlab.models.load import LoadedModel, load_model, resolve_device
+from cnnlab.models.registry import get_spec
+from cnnlab.models.weights import locate_weights
 from cnnlab.options import RuntimeChoice, WeightsPolicy
 from cnnlab.progress import JsonLinesProgress, Progress
-from cnnlab.weights import locate_weights
-from cnnlab.zoo import get_spec
+from cnnlab.runtime.gpu_decode import decode_label, use_device_decode
+from cnnlab.runtime.inference import default_cpu_threads, default_workers, run_inference
+from cnnlab.runtime.loader import load_runtime_file
 
 if TYPE_CHECKING:
-    from cnnlab.backends.base import Runtime
+    from cnnlab.runtime.base import Runtime
 
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":

@@ -10,7 +10,7 @@ import typer
 from cnnlab.bench.config import DEFAULT_BATCH_SIZE, BenchConfig, MeasureOptions
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, longest_words, out, print_table, split_csv
-from cnnlab.cli.options import (
+from cnnlab.cli.params import (
     CalibrationImages,
     DeviceList,
     Nproc,
@@ -23,8 +23,8 @@ from cnnlab.cli.options import (
     default_of,
 )
 from cnnlab.errors import UsageError
+from cnnlab.models.registry import LAB_MODELS
 from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, RuntimeChoice, WeightsPolicy, parse_choice
-from cnnlab.zoo import LAB_MODELS
 
 if TYPE_CHECKING:
     from cnnlab.bench import BenchResult
@@ -68,7 +68,7 @@ def _sparkline(values: list[float]) -> str:
 
 def print_throughput_curves(result: BenchResult) -> None:
     """Model-only images/s against the batch size, one line per model (when more than one size was measured)."""
-    from cnnlab.report.naming import unique_names
+    from cnnlab.render.naming import unique_names
 
     models = [(m, n) for m, n in zip(result.models, unique_names([m.name for m in result.models]))
               if m.ok and len(m.run.throughput_curve) > 1]
@@ -87,7 +87,7 @@ def print_results(result: BenchResult, *, wide: bool) -> None:
 
     With ``wide``, a table too wide for the terminal is printed as one block per model instead.
     """
-    from cnnlab.report import full_table, lab_table, summary_table
+    from cnnlab.bench import full_table, lab_table, summary_table
 
     if wide:
         _print_wide(*lab_table(result), title="The lab's table", by_column=True)
@@ -110,13 +110,12 @@ def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, w
     cannot start leaves no output folder behind. Then the output folder is checked (writable, not
     holding another run unless ``overwrite``) and locked before any model runs.
     """
-    from cnnlab.bench import bench_models
+    from cnnlab.bench import bench_models, write_bench_outputs
+    from cnnlab.bench.outputs import previous_outputs, remove_previous_outputs
     from cnnlab.bench.runner import preflight
     from cnnlab.cli.progress import RichProgress
-    from cnnlab.distributed import destroy_process_group, from_environment
-    from cnnlab.output_files import FolderLock, check_output_folder, check_output_path
-    from cnnlab.report import write_bench_outputs
-    from cnnlab.report.outputs import previous_outputs, remove_previous_outputs
+    from cnnlab.outputs import FolderLock, check_output_folder, check_output_path
+    from cnnlab.runtime.distributed import destroy_process_group, from_environment
 
     ctx = from_environment()
     if ctx is not None and not ctx.is_main:  # torchrun: rank 0 reports and writes, the others evaluate their share
@@ -231,7 +230,7 @@ def bench_command(
     if random_weights and random_if_missing:
         raise typer.BadParameter("choose one of --random-weights and --random-weights-if-missing")
     if nproc is not None:
-        from cnnlab.distributed import from_environment, relaunch
+        from cnnlab.runtime.distributed import from_environment, relaunch
 
         if from_environment() is None:  # under torchrun already: --nproc was for the launcher
             raise typer.Exit(relaunch(nproc, "bench"))

@@ -12,7 +12,7 @@ import typer
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table, printable, split_csv
-from cnnlab.cli.options import Json, Quiet
+from cnnlab.cli.params import Json, Quiet
 from cnnlab.collect.config import (
     DEFAULT_MIN_SIZE,
     DEFAULT_NEAR_DUP_THRESHOLD,
@@ -20,8 +20,8 @@ from cnnlab.collect.config import (
     DEFAULT_THREADS,
     FetchConfig,
 )
+from cnnlab.imagedata.preprocess import DEFAULT_MAX_PIXELS
 from cnnlab.options import EngineName
-from cnnlab.preprocess import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from cnnlab.collect import ClassSummary
@@ -93,7 +93,7 @@ def collect_command(
     from cnnlab.collect import collect, parse_queries
 
     if review:  # a missing extra is said before the crawl (which can take hours), not after it
-        from cnnlab.review.run import require_review_extra
+        from cnnlab.review.job import require_review_extra
 
         require_review_extra()
     filters = {k: v for k, v in (("size", size), ("type", image_type), ("license", license_)) if v}

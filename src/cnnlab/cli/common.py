@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from cnnlab.errors import CnnlabError
-from cnnlab.report.naming import printable
+from cnnlab.render.naming import printable
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -10,9 +10,9 @@ import typer
 from cnnlab.bench.config import BenchConfig, MeasureOptions
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors
-from cnnlab.cli.options import Device, Quiet, Wide
+from cnnlab.cli.params import Device, Quiet, Wide
+from cnnlab.models.registry import LAB_MODELS, OFFLINE_MODEL
 from cnnlab.options import WeightsPolicy
-from cnnlab.zoo import LAB_MODELS, OFFLINE_MODEL
 
 
 @app.command("demo")
@@ -29,7 +29,7 @@ def demo_command(
     where`); otherwise they run with random weights, for speed and memory only, and say so.
     """
     from cnnlab.cli.bench import run_bench
-    from cnnlab.demo import build_demo_set
+    from cnnlab.imagedata.demo import build_demo_set
 
     data = build_demo_set(out_dir / "demo-data")
     err.print(f"demo set: {escape(str(data))} (sources listed in {escape(str(data / 'SOURCES.csv'))})")

@@ -8,7 +8,7 @@ import typer
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import handle_errors, out, print_json, printable
-from cnnlab.cli.options import Json, Weights
+from cnnlab.cli.params import Json, Weights
 from cnnlab.options import DEFAULT_EXPORT_TOLERANCE, ExportFormat
 
 
@@ -23,7 +23,7 @@ def export_command(
     as_json: Json = False,
 ) -> None:
     """Export to TorchScript or ONNX and check the file against PyTorch on a sample batch."""
-    from cnnlab.export import export_model
+    from cnnlab.models.export import export_model
 
     result = export_model(checkpoint, format.value, out_file, tolerance=tolerance, weights=weights)
     if as_json:

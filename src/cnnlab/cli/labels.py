@@ -9,7 +9,7 @@ import typer
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import escape, handle_errors, out, print_json
-from cnnlab.cli.options import Json
+from cnnlab.cli.params import Json
 
 SHOWN = 10  # classes listed per name unless --all
 
@@ -28,7 +28,7 @@ def labels_command(
     """Show which ImageNet classes each name maps to (via WordNet), and why."""
     from rich.table import Table
 
-    from cnnlab.labels import describe_indices, map_classes
+    from cnnlab.imagedata.labels import describe_indices, map_classes
 
     mappings = map_classes(names, mapping)
     if as_json:

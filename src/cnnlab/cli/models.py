@@ -8,7 +8,7 @@ import typer
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, handle_errors, print_json, print_table
-from cnnlab.cli.options import Json, WeightsDir, Wide
+from cnnlab.cli.params import Json, WeightsDir, Wide
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -28,8 +28,8 @@ def models_command(
 
     timm's ImageNet-1k classifiers are listed as timm/ARCH.TAG: `cnnlab models 'timm/convnext*'`.
     """
-    from cnnlab.weights import locate_weights
-    from cnnlab.zoo import list_models
+    from cnnlab.models.registry import list_models
+    from cnnlab.models.weights import locate_weights
 
     specs = list_models(pattern, defaults_only=not all_weights)
     if not specs:

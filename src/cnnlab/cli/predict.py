@@ -10,7 +10,7 @@ import typer
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, print_json, print_table, write_stdout
-from cnnlab.cli.options import (
+from cnnlab.cli.params import (
     BackendOpt,
     BatchSize,
     CalibrationImages,
@@ -23,8 +23,8 @@ from cnnlab.cli.options import (
     Wide,
     Workers,
 )
+from cnnlab.models.registry import OFFLINE_MODEL
 from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, RuntimeChoice
-from cnnlab.zoo import OFFLINE_MODEL
 
 
 @app.command("predict")

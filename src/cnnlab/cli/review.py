@@ -9,7 +9,7 @@ import typer
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table, split_csv
-from cnnlab.cli.options import Device, Json, Quiet, Threads, WeightsDir
+from cnnlab.cli.params import Device, Json, Quiet, Threads, WeightsDir
 from cnnlab.errors import UsageError
 from cnnlab.jsonable import to_jsonable
 from cnnlab.options import ReviewIssue, parse_choice

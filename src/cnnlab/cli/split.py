@@ -10,7 +10,7 @@ import typer
 from cnnlab.cli.app import app
 from cnnlab.cli.collect import logging_to_stderr
 from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table, printable
-from cnnlab.cli.options import Json, Quiet
+from cnnlab.cli.params import Json, Quiet
 from cnnlab.collect.config import DEFAULT_NEAR_DUP_THRESHOLD
 
 
@@ -26,7 +26,7 @@ def split_command(
     quiet: Quiet = False,
 ) -> None:
     """Write DIR/split.csv (path,label,split): stratified, deterministic, near duplicates never straddle splits."""
-    from cnnlab.split import make_split
+    from cnnlab.imagedata.splits import make_split
 
     with logging_to_stderr(quiet):
         result = make_split(root, val=val, test=test, seed=seed, near_dup_threshold=near_dup_threshold)

@@ -8,7 +8,7 @@ import typer
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table
-from cnnlab.cli.options import (
+from cnnlab.cli.params import (
     Device,
     Json,
     Nproc,
@@ -18,13 +18,13 @@ from cnnlab.cli.options import (
     WeightsDir,
     Workers,
 )
-from cnnlab.finetune.config import TrainConfig
+from cnnlab.imagedata.preprocess import MAX_INPUT_SIZE
 from cnnlab.options import Augment, BNPolicy, Schedule
-from cnnlab.preprocess import MAX_INPUT_SIZE
+from cnnlab.train.config import TrainConfig
 
 if TYPE_CHECKING:
-    from cnnlab.finetune.lr_find import LRFinderResult
-    from cnnlab.finetune.result import TrainResult
+    from cnnlab.train.lr_find import LRFinderResult
+    from cnnlab.train.result import TrainResult
 
 _C = TrainConfig()
 
@@ -99,7 +99,7 @@ def train_command(
         weights=weights, weights_dir=weights_dir, resume=resume, overwrite=overwrite,
     )
     config.validate()  # bad settings exit 2 before any work
-    from cnnlab.distributed import from_environment, relaunch
+    from cnnlab.runtime.distributed import from_environment, relaunch
 
     ctx = from_environment()
     if nproc is not None and ctx is None:
@@ -108,7 +108,7 @@ def train_command(
     if find_lr:
         _find_lr(config, quiet=quiet, as_json=as_json)
         return
-    from cnnlab.finetune.recipe import fine_tune
+    from cnnlab.train.recipe import fine_tune
 
     with RichProgress(quiet=quiet) as progress:
         try:
@@ -141,7 +141,7 @@ def _print_skipped(result: TrainResult) -> None:
 def _find_lr(config: TrainConfig, *, quiet: bool, as_json: bool) -> None:
     """The learning-rate range test: files in --out, the suggestion on stdout."""
     from cnnlab.cli.progress import RichProgress
-    from cnnlab.finetune.lr_find import find_lr
+    from cnnlab.train.lr_find import find_lr
 
     with RichProgress(quiet=quiet) as progress:
         result: LRFinderResult = find_lr(config, progress)

@@ -8,7 +8,7 @@ import typer
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, out, print_json, printable
-from cnnlab.cli.options import Json, Quiet, WeightsDir
+from cnnlab.cli.params import Json, Quiet, WeightsDir
 
 weights_app = typer.Typer(help="Find, prefetch and check pretrained weights files.", no_args_is_help=True,
                           rich_markup_mode=None)
@@ -23,8 +23,8 @@ def weights_where(
     as_json: Json = False,
 ) -> None:
     """Print each model's weights file name, its URL, the folders searched and where it was found."""
-    from cnnlab.weights import locate_weights
-    from cnnlab.zoo import get_spec
+    from cnnlab.models.registry import get_spec
+    from cnnlab.models.weights import locate_weights
 
     locations = [locate_weights(get_spec(n), weights_dir) for n in names]
     if as_json:
@@ -47,8 +47,8 @@ def weights_fetch(
 ) -> None:
     """Download weights (checking their hash) for later use on machines without internet."""
     from cnnlab.errors import CnnlabError
-    from cnnlab.weights import check_dest_dir, fetch_weights
-    from cnnlab.zoo import get_spec
+    from cnnlab.models.registry import get_spec
+    from cnnlab.models.weights import check_dest_dir, fetch_weights
 
     check_dest_dir(dest)  # once, before any download
     failures = 0
@@ -68,7 +68,7 @@ def weights_fetch(
 @weights_app.command("dirs")
 def weights_dirs(weights_dir: WeightsDir = None) -> None:
     """Print the folders searched for weights, in order."""
-    from cnnlab.weights import search_dirs
+    from cnnlab.models.weights import search_dirs
 
     for d in search_dirs(weights_dir):
         out.print(printable(str(d)), markup=False)

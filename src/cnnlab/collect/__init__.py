@@ -30,7 +30,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "download": ["Downloader", "FetchResult"],
         "engines": ["ENGINES", "make_engine"],
         "manifest": ["MANIFEST_NAME", "read_manifest"],
-        "run": ["ClassSummary", "CollectResult", "collect"],
+        "job": ["ClassSummary", "CollectResult", "collect"],
         "sources": ["parse_queries"],
     },
 )
@@ -40,6 +40,6 @@ if TYPE_CHECKING:
     from cnnlab.collect.config import FetchConfig
     from cnnlab.collect.download import Downloader, FetchResult
     from cnnlab.collect.engines import ENGINES, make_engine
+    from cnnlab.collect.job import ClassSummary, CollectResult, collect
     from cnnlab.collect.manifest import MANIFEST_NAME, read_manifest
-    from cnnlab.collect.run import ClassSummary, CollectResult, collect
     from cnnlab.collect.sources import parse_queries

@@ -489,7 +489,7 @@ def read_local_file(path: str | Path, max_bytes: int) -> FetchResult:
     leads nowhere is ``failed`` (``symlink-loop``, ``missing``), so a later run with ``retry_failed``
     tries it again once it is fixed).
     """
-    from cnnlab.images import read_regular_file
+    from cnnlab.imagedata.decode import read_regular_file
 
     p = Path(path)
     try:

@@ -16,14 +16,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
-from cnnlab import output_files
+from cnnlab import outputs as output_files
 from cnnlab.collect.base import CollectError
 
 MANIFEST_NAME: Final[str] = "manifest.jsonl"
 
 #: Keys of every manifest line, in order. ``path`` is relative to the dataset folder and is ""
 #: unless ``status`` is ``ok``; ``label`` repeats ``class`` so the file reads as a
-#: ``path,label`` manifest (:func:`cnnlab.datasets.scan_dataset` keeps only ``ok`` lines).
+#: ``path,label`` manifest (:func:`cnnlab.imagedata.datasets.scan_dataset` keeps only ``ok`` lines).
 FIELDS: Final[tuple[str, ...]] = (
     "class",
     "label",

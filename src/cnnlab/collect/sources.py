@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from cnnlab.collect.base import Candidate, CollectError, check_label
-from cnnlab.datasets import is_junk_name
+from cnnlab.imagedata.datasets import is_junk_name
 
 log = logging.getLogger("cnnlab.collect")
 
@@ -106,7 +106,7 @@ def folder_candidates(root: str | Path, label: str | None = None) -> list[Candid
 
     Every file is a candidate (decoding decides what is an image; reading refuses what is not a
     regular file) except hidden names and operating-system litter
-    (:func:`cnnlab.datasets.is_junk_name`): camera names such as ``_DSC0001.JPG`` are imported. At
+    (:func:`cnnlab.imagedata.datasets.is_junk_name`): camera names such as ``_DSC0001.JPG`` are imported. At
     the top level, folders starting with ``_`` are not classes. Links to folders are not followed;
     a folder that cannot be read is reported (a warning on the ``cnnlab.collect`` logger).
     """

@@ -1,6 +1,6 @@
 """Verification of downloaded bytes: full decode, hashes, and how the file is stored.
 
-Decoding is :func:`cnnlab.images.decode_image` (the one decoder of the project): it rejects empty,
+Decoding is :func:`cnnlab.imagedata.decode.decode_image` (the one decoder of the project): it rejects empty,
 non-image, truncated and decompression-bomb files and images below the minimum size. The bytes are
 stored unchanged (so ``sha256`` names the stored file); the EXIF orientation is *recorded*, and the
 width, height and perceptual hash are those of the upright image.
@@ -16,7 +16,7 @@ from typing import Final
 
 from PIL import Image
 
-from cnnlab.images import DEFAULT_MAX_PIXELS, decode_image
+from cnnlab.imagedata.decode import DEFAULT_MAX_PIXELS, decode_image
 
 #: Stored formats and their file extensions. Other formats Pillow can decode are re-encoded as PNG.
 FORMAT_EXTENSIONS: Final[dict[str, str]] = {
@@ -77,7 +77,7 @@ def verify_image(
     are refused as ``extreme-aspect-ratio``: no model input can be cut from them.
 
     Raises:
-        ImageDecodeError: ``reason`` in :data:`cnnlab.images.REASONS`.
+        ImageDecodeError: ``reason`` in :data:`cnnlab.imagedata.decode.REASONS`.
     """
     img = decode_image(data, max_pixels=max_pixels, min_size=min_size, max_aspect_ratio=max_aspect_ratio)
     fmt, orientation = _header(data)

@@ -1,6 +1,6 @@
 """Find what is wrong with a labelled image set before training on it (``cnnlab review``).
 
-* :func:`review` (:mod:`~cnnlab.review.run`): likely wrong labels (:mod:`~cnnlab.review.mislabel`,
+* :func:`review` (:mod:`~cnnlab.review.job`): likely wrong labels (:mod:`~cnnlab.review.mislabel`,
   confident learning with cleanlab), off-topic images (:mod:`~cnnlab.review.offtopic`),
   near-duplicates (:mod:`~cnnlab.review.duplicates`) and unusable files
   (:mod:`~cnnlab.review.files`), from cached embeddings (:mod:`~cnnlab.review.embeddings`);
@@ -25,13 +25,13 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "quarantine": ["Move", "apply_review", "undo_review"],
         "report": ["write_review_outputs"],
         "result": ["Finding", "ReviewResult"],
-        "run": ["MissingExtraError", "review"],
+        "job": ["MissingExtraError", "review"],
     },
 )
 
 if TYPE_CHECKING:
     from cnnlab.review.config import ReviewConfig
+    from cnnlab.review.job import MissingExtraError, review
     from cnnlab.review.quarantine import Move, apply_review, undo_review
     from cnnlab.review.report import write_review_outputs
     from cnnlab.review.result import Finding, ReviewResult
-    from cnnlab.review.run import MissingExtraError, review

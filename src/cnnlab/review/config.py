@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from cnnlab.models.registry import OFFLINE_MODEL
 from cnnlab.options import ReviewIssue
-from cnnlab.zoo import OFFLINE_MODEL
 
 #: cnnlab's own folder inside a dataset folder (hidden, so dataset scans skip it): caches and review outputs.
 STATE_DIR: Final[str] = ".cnnlab"
@@ -47,7 +47,7 @@ class ReviewConfig:
     """NHWC memory format for the PyTorch model (measured 1.2-1.6x faster on this CPU; same features)."""
     workers: int | None = None
     threads: int | None = None
-    """CPU threads of the model (default: the cores not decoding, :func:`cnnlab.inference.default_cpu_threads`)."""
+    """CPU threads of the model (default: the cores not decoding, :func:`cnnlab.runtime.inference.default_cpu_threads`)."""
     weights_dir: str | None = None
     mapping_file: Path | None = None
     """YAML/JSON class -> ImageNet classes, for the pretrained model's own opinion on off-topic images."""

@@ -65,7 +65,7 @@ def thumbnail(path: str | Path, side: int = THUMB_SIDE) -> np.ndarray:
     """Grey-scale thumbnail (uint8), longer side ``side``, upright (EXIF). Raises ImageDecodeError."""
     from PIL import Image
 
-    from cnnlab.images import decode_image
+    from cnnlab.imagedata.decode import decode_image
 
     img = decode_image(path, draft_to=side).convert("L")
     scale = side / max(img.size)

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cnnlab.datasets import SkippedFile
-from cnnlab.digests import file_sha256
+from cnnlab.imagedata.datasets import SkippedFile
+from cnnlab.imagedata.hashes import file_sha256
 from cnnlab.progress import Progress
 
 if TYPE_CHECKING:
-    from cnnlab.backends.base import Runtime
+    from cnnlab.runtime.base import Runtime
 
 CACHE_FORMAT = 1
 _STORED = np.float16
@@ -138,7 +138,7 @@ def embed_images(
 
     ``cache_dir`` None: no cache. A cache that cannot be written is reported as a note, not an error.
     """
-    from cnnlab.inference import run_inference
+    from cnnlab.runtime.inference import run_inference
 
     progress = progress or Progress()
     cache = None

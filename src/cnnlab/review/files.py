@@ -2,7 +2,7 @@
 
 The header gives the size; a file whose header cannot be parsed is unreadable at once. Files whose
 header is fine but whose pixels are damaged (a truncated JPEG) are found by the full decode that
-embedding does (:func:`cnnlab.inference.run_inference` reports them as skipped).
+embedding does (:func:`cnnlab.runtime.inference.run_inference` reports them as skipped).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What computes review's embeddings: ONNX Runtime when it is installed (and the model runs on the CPU), else PyTorch.
 
-The ONNX Runtime path runs a cached feature-extractor export (:mod:`cnnlab.backends.features`:
+The ONNX Runtime path runs a cached feature-extractor export (:mod:`cnnlab.review.onnx_features`:
 one pass gives the features and the logits) and skips importing torchvision and the model code;
 measured 4-5x faster end to end than PyTorch eager on 2 shared CPU cores (``bench_review.py``:
 29 against 152 s per 1,000 images; README, ``review``). Its features equal PyTorch's within float
@@ -16,8 +16,8 @@ from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.progress import Progress
 
 if TYPE_CHECKING:
-    from cnnlab.backends.base import Runtime
     from cnnlab.review.config import ReviewConfig
+    from cnnlab.runtime.base import Runtime
 
 #: ``--backend`` values of ``cnnlab review``.
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -25,8 +25,8 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 
 def onnxruntime_usable() -> bool:
     """onnxruntime, and what exporting needs (onnx, onnxscript), import."""
-    from cnnlab.backends.loader import check_installed
     from cnnlab.options import RuntimeChoice
+    from cnnlab.runtime.loader import check_installed
 
     try:
         check_installed(RuntimeChoice.ONNXRUNTIME)
@@ -37,7 +37,7 @@ def onnxruntime_usable() -> bool:
 
 def choose_backend(backend: str, device: str) -> str:
     """``torch`` or ``onnxruntime``: ``auto`` is onnxruntime when it is installed and the device is the CPU."""
-    from cnnlab.backends.sessions import wants_gpu
+    from cnnlab.runtime.sessions import wants_gpu
 
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r} for review; choose from {', '.join(BACKENDS)}")
@@ -55,7 +55,7 @@ def onnxruntime_workers(workers: int | None) -> int:
     with decoding in-process (2 threads, batch 8-64), 8-9.5 s with one decoding process and one
     thread (batch 8-64), 9.3 s with one process and 2 threads, 9.0 s with 2 processes.
     """
-    from cnnlab.inference import default_workers
+    from cnnlab.runtime.inference import default_workers
 
     return max(1, default_workers("cpu")) if workers is None else workers
 
@@ -80,9 +80,9 @@ def load_review_model(config: ReviewConfig, progress: Progress | None = None) ->
     notes: list[str] = []
     backend = choose_backend(config.backend, config.device)
     if backend == "onnxruntime":
-        from cnnlab.backends.features import load_feature_model
-        from cnnlab.backends.sessions import wants_gpu
-        from cnnlab.inference import default_cpu_threads
+        from cnnlab.review.onnx_features import load_feature_model
+        from cnnlab.runtime.inference import default_cpu_threads
+        from cnnlab.runtime.sessions import wants_gpu
 
         workers = config.workers if wants_gpu(config.device) else onnxruntime_workers(config.workers)
         threads = config.threads or (default_cpu_threads(workers) if workers is not None else None)
@@ -93,7 +93,7 @@ def load_review_model(config: ReviewConfig, progress: Progress | None = None) ->
             if config.backend != "auto":
                 raise
             notes.append(f"embedded with PyTorch: the ONNX Runtime feature extractor failed ({exc})")
-    from cnnlab.models import load_model
+    from cnnlab.models.load import load_model
 
     if config.threads is not None:
         import torch

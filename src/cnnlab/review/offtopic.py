@@ -12,7 +12,7 @@ class gets spread-out probabilities, so the robust z of their entropy is average
 feature z (measured: this finds more off-topic images at the same false-alarm rate than either).
 
 The pretrained model's own opinion: when every class maps onto ImageNet classes
-(:func:`cnnlab.labels.map_classes`) and the model is an ImageNet classifier, the probability mass
+(:func:`cnnlab.imagedata.labels.map_classes`) and the model is an ImageNet classifier, the probability mass
 it gives the union of those classes. It is *used* only where it has shown that it knows the
 classes: when the median image of the set gets at least half of its mass there. Then a mass far
 below the set's typical one (robust z of its logarithm) raises the score:
@@ -112,7 +112,7 @@ def feature_z(dist: list[dict[int, float]], targets: np.ndarray, n_classes: int)
 def imagenet_mass(logits: np.ndarray, classes: Sequence[str], categories: Sequence[str],
                   mapping_file: Path | None) -> tuple[np.ndarray | None, str | None]:
     """Probability the model puts on the ImageNet classes of all the set's classes, or (None, why not)."""
-    from cnnlab.labels import imagenet_categories, map_classes
+    from cnnlab.imagedata.labels import imagenet_categories, map_classes
 
     if logits.shape[1] != 1000 or list(categories) != imagenet_categories():
         return None, "the model is not an ImageNet classifier: its own opinion on off-topic images is not asked"

@@ -104,7 +104,7 @@ class _Thumbnails:
 
     def _make(self, path: str, side: int) -> str | None:
         from cnnlab.errors import ImageDecodeError
-        from cnnlab.images import decode_image
+        from cnnlab.imagedata.decode import decode_image
 
         file = Path(path) if Path(path).is_absolute() else self.root / path
         try:
@@ -151,8 +151,8 @@ def write_review_outputs(result: ReviewResult, out_dir: Path, *, max_cards: int 
     CSV, are ``\\udcXX`` escapes in the JSON (which read back as the same name) and ``\\xNN`` in the
     page. An OSError (full disk, no permission) is an :class:`~cnnlab.errors.OutputError`.
     """
-    from cnnlab.output_files import atomic_open
-    from cnnlab.report.naming import printable
+    from cnnlab.outputs import atomic_open
+    from cnnlab.render.naming import printable
 
     files = {"csv": out_dir / "review.csv", "json": out_dir / "review.json", "html": out_dir / "review.html"}
     write_csv(result.findings, files["csv"])

@@ -97,7 +97,7 @@ def write_csv(findings: Iterable[Finding], path: Path) -> Path:
     written back as its original bytes (as ``split.csv`` does), so the path still names the file.
     A full disk or a folder that cannot be written is an :class:`~cnnlab.errors.OutputError`.
     """
-    from cnnlab.output_files import atomic_open
+    from cnnlab.outputs import atomic_open
 
     with atomic_open(path) as fh:
         writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS))

@@ -1,0 +1,163 @@
+"""Writing every output file of a benchmark run into one folder.
+
+``write_bench_outputs(result, out_dir)`` writes:
+
+* ``results.md``: the report (see :func:`cnnlab.bench.report.report_blocks`), figures linked;
+* ``report.html``: the same report on one self-contained page, figures embedded;
+* ``results.csv`` / ``results.json``: one row per model, stable columns, the schema version
+  (:data:`cnnlab.bench.result.SCHEMA_VERSION`); the JSON adds the environment, configuration,
+  label mapping, per-class figures, the most confident mistakes and paired tests (strict JSON:
+  no nan; its size grows with models x classes, not with images);
+* ``predictions/<model>.csv``: path, label, top-k indices and probabilities (recompute anything);
+* ``confusion/<model>.csv``: the non-zero cells of each scored model's confusion matrix;
+* ``skipped.csv``: every file left out, and why;
+* the plots as PNG files (``accuracy_vs_throughput``, ``memory``, ``per_class``, ``confusion_<model>``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnlab.bench.plots import bench_plots
+from cnnlab.bench.report import Figure, report_blocks
+from cnnlab.jsonable import to_jsonable
+from cnnlab.outputs import OutputError, atomic_open, atomic_write, check_output_folder, describe_os_error
+from cnnlab.render.html import render_html
+from cnnlab.render.markdown import render_markdown
+from cnnlab.render.naming import file_stem, printable, unique_names
+
+if TYPE_CHECKING:
+    from cnnlab.bench.result import BenchResult
+
+#: The columns of skipped.csv.
+SKIPPED_COLUMNS = ("path", "label", "reason", "detail")
+#: Prediction records turned into CSV rows at a time.
+_CHUNK = 4096
+
+
+def _write_rows(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    with atomic_open(path) as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_results_csv(result: BenchResult, path: Path, schema_version: int) -> None:
+    rows = [{"schema_version": schema_version, **m.flat()} for m in result.models]
+    _write_rows(path, rows, list(rows[0]) if rows else ["schema_version"])
+
+
+def _write_skipped(result: BenchResult, path: Path) -> None:
+    rows = [{"path": s.path, "label": s.label or "", "reason": s.reason, "detail": s.detail} for s in result.skipped]
+    _write_rows(path, rows, SKIPPED_COLUMNS)
+
+
+def _write_predictions(result: BenchResult, folder: Path) -> None:
+    """One CSV per model, written chunk by chunk from the prediction records (memory flat in images)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = result.dataset
+    for m, name in zip(result.models, unique_names([m.name for m in result.models])):
+        records = m.predictions
+        if records is None:
+            continue
+        categories = m.run.categories
+        k = m.run.topk or records["topk"].shape[1]
+        with atomic_open(folder / f"{file_stem(name)}.csv") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "label"] + [f"top{i}_index" for i in range(1, k + 1)]
+                            + [f"top{i}_prob" for i in range(1, k + 1)] + ["top1_name"])
+            for start in range(0, len(records), _CHUNK):
+                chunk = records[start:start + _CHUNK]
+                for row, idx, prob in zip(chunk["row"].tolist(), chunk["topk"][:, :k].tolist(),
+                                          chunk["probs"][:, :k].tolist()):
+                    top1 = categories[idx[0]] if categories else ""
+                    writer.writerow([str(ds.paths[row]), ds.classes[ds.targets[row]], *idx,
+                                     *[f"{p:.6f}" for p in prob], top1])
+
+
+def _write_confusions(result: BenchResult, folder: Path) -> dict[str, Path]:
+    """``confusion/<model>.csv``: the non-zero cells (true, predicted, count) of each scored model."""
+    files: dict[str, Path] = {}
+    scored = [m for m in result.models if m.accuracy is not None and not m.run.random_weights]
+    if not scored:
+        return files
+    folder.mkdir(parents=True, exist_ok=True)
+    classes = result.dataset.classes
+    for m, name in zip(scored, unique_names([m.name for m in scored])):
+        assert m.accuracy is not None
+        c = m.accuracy.confusion
+        rows = [{"true": classes[t], "predicted": classes[p] if p < len(classes) else "other", "count": n}
+                for t, p, n in zip(c.true.tolist(), c.predicted.tolist(), c.count.tolist())]
+        path = folder / f"{file_stem(name)}.csv"
+        _write_rows(path, rows, ("true", "predicted", "count"))
+        files[f"confusion_csv_{file_stem(name)}"] = path
+    return files
+
+
+#: The files and folders every run writes (its plots are listed in results.json's ``files``).
+_OUTPUT_FILES = ("results.csv", "results.json", "results.md", "report.html", "skipped.csv")
+_OUTPUT_FOLDERS = ("predictions", "confusion")
+
+
+def previous_outputs(out_dir: str | Path) -> list[Path]:
+    """The outputs of an earlier benchmark run in ``out_dir`` (which a new run would mix with): the files
+    its results.json lists, and the fixed names every run writes — never anything else in the folder."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    found = [out / name for name in (*_OUTPUT_FILES, *_OUTPUT_FOLDERS) if (out / name).exists()]
+    try:
+        listed = json.loads((out / "results.json").read_text(encoding="utf-8")).get("files") or []
+    except (OSError, ValueError, AttributeError):
+        listed = []
+    for name in listed:
+        path = out / str(name)
+        if str(name) == path.name and path.suffix == ".png" and path.is_file() and path not in found:
+            found.append(path)  # plots: a plain file name in the folder itself, nothing else
+    return found
+
+
+def remove_previous_outputs(out_dir: str | Path) -> None:
+    """Delete what :func:`previous_outputs` finds."""
+    import shutil
+
+    for path in previous_outputs(out_dir):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def write_bench_outputs(result: BenchResult, out_dir: str | Path, *, plots: bool = True) -> dict[str, Path]:
+    """Write every output file into ``out_dir`` (created if needed); returns their paths by kind.
+
+    The kinds are ``markdown``, ``html``, ``csv``, ``json``, ``skipped``, ``confusion_csv_<model>``
+    and, with ``plots``, one per plot (``accuracy_vs_throughput``, ``memory``, ``per_class``,
+    ``confusion_<model>``, ``throughput_curve``). Every file is written atomically; a write that
+    fails (disk full, no permission) raises :class:`cnnlab.outputs.OutputError`. Text meant for
+    people (results.md, report.html) shows undecodable file-name bytes as ``\\xNN``; the CSV files
+    keep them as they are, so they name the files exactly.
+    """
+    from cnnlab.bench.result import SCHEMA_VERSION  # here, not at import: cnnlab.bench.result loads numpy and scipy
+
+    out = check_output_folder(out_dir)
+    try:
+        files = {"csv": out / "results.csv", "json": out / "results.json", "skipped": out / "skipped.csv"}
+        _write_results_csv(result, files["csv"], SCHEMA_VERSION)
+        _write_skipped(result, files["skipped"])
+        _write_predictions(result, out / "predictions")
+        files.update(_write_confusions(result, out / "confusion"))
+        figures: list[Figure] = bench_plots(result, out) if plots else []
+        files.update({figure.key: figure.path for figure in figures})
+        blocks = report_blocks(result, figures)
+        files["markdown"] = atomic_write(out / "results.md", printable(render_markdown(blocks)))
+        files["html"] = atomic_write(out / "report.html", printable(render_html(blocks)))
+        payload = {**result.to_dict(), "files": sorted(p.relative_to(out).as_posix() for p in files.values())}
+        atomic_write(files["json"], json.dumps(to_jsonable(payload), indent=2, allow_nan=False))
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, out)) from None
+    return files

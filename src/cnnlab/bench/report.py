@@ -1,0 +1,228 @@
+"""The content of a report as a list of blocks, rendered both as Markdown and as HTML so the two cannot drift.
+
+A block is one of :class:`Heading`, :class:`Paragraph`, :class:`Table`, :class:`Bullets` or
+:class:`Figure`; each has a ``kind`` that the HTML template dispatches on.
+:func:`report_blocks` builds the benchmark report: the lab's table first, then every figure, the
+paired tests (or why there are none), the plots, the label mapping, per-class accuracy, skipped
+files and errors.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from cnnlab.bench.tables import (
+    full_table,
+    lab_table,
+    mapping_table,
+    per_class_table,
+    scored_models,
+    throughput_table,
+)
+from cnnlab.render.naming import unique_names
+
+if TYPE_CHECKING:
+    from cnnlab.bench.result import BenchResult
+
+
+@dataclass(frozen=True)
+class Heading:
+    """A section title; level 1 is the report's title."""
+
+    text: str
+    level: int = 2
+    kind: ClassVar[str] = "heading"
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    """A paragraph of plain text."""
+
+    text: str
+    kind: ClassVar[str] = "paragraph"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of plain-text cells."""
+
+    header: list[str]
+    rows: list[list[str]]
+    kind: ClassVar[str] = "table"
+
+
+@dataclass(frozen=True)
+class Bullets:
+    """A bulleted list of plain-text items."""
+
+    items: list[str]
+    kind: ClassVar[str] = "bullets"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A PNG plot written next to the report: Markdown links to it, HTML embeds it."""
+
+    #: Its key among the output files (also the file's stem).
+    key: str
+    title: str
+    path: Path
+    kind: ClassVar[str] = "figure"
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """One picture of a gallery: the image file and a few lines about it."""
+
+    path: Path
+    caption: list[str]
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """Thumbnails of image files with captions: HTML embeds small copies, Markdown lists the files."""
+
+    items: list[GalleryItem]
+    kind: ClassVar[str] = "gallery"
+
+
+Block = Heading | Paragraph | Table | Bullets | Figure | Gallery
+
+#: The heading of the paired tests' section (present with or without tests).
+PAIRED_TESTS_HEADING = "Are the differences real? (paired McNemar tests, top-1)"
+
+
+def _batch(result: BenchResult) -> str:
+    sizes = sorted({m.run.throughput_batch for m in result.models if m.run.throughput_batch})
+    return ", ".join(str(s) for s in sizes) or str(result.config.measure.batch_size or "n/a")
+
+
+def _precision(result: BenchResult) -> str:
+    used = sorted({m.run.precision for m in result.models if m.run.precision})
+    return ", ".join(used) or str(result.config.measure.precision)
+
+
+def _overview(result: BenchResult) -> list[Block]:
+    env, ds = result.environment, result.dataset
+    device = next((m.run.device_name or m.run.device for m in result.models if m.ok), "n/a")
+    return [
+        Heading("cnnlab bench results", level=1),
+        Paragraph(f"Data: {ds.root} — {len(ds)} images in {len(ds.classes)} classes; {len(result.skipped)} files "
+                  f"skipped. Device: {device}; torch {env.get('torch', 'n/a')}, torchvision "
+                  f"{env.get('torchvision', 'n/a')}; precision {_precision(result)}; batch {_batch(result)}."),
+    ]
+
+
+def _figures_tables(result: BenchResult) -> list[Block]:
+    blocks: list[Block] = [
+        Heading("The lab's table"),
+        Table(*lab_table(result)),
+        Paragraph("Accuracy counts only images whose class maps onto the model's outputs (see the label mapping). "
+                  "Brackets are 95% Wilson intervals: where two models' intervals overlap, the data cannot tell them "
+                  "apart; the paired tests below say whether a difference is significant."),
+        Heading("All figures"),
+        Table(*full_table(result)),
+    ]
+    if any(m.run.random_weights for m in result.models):
+        blocks.append(Paragraph("Models marked 'random weights' ran without their pretrained weights: their speed "
+                                "and memory figures are real; they have no accuracy figures."))
+    blocks.append(Paragraph("ECE (expected calibration error) compares each prediction's confidence with how often "
+                            "such predictions are right. The confidence is the probability the model puts on the "
+                            "predicted class as a whole (for a folder 'cat', all of ImageNet's cat classes together)."))
+    if result.config.real_labels is not None:
+        real = next((m.accuracy.real for m in result.models if m.accuracy and m.accuracy.real), None)
+        left_out = (f" ({real.empty_sets:,} images with no correct class and {real.not_covered:,} the file does not "
+                    f"cover were left out; {real.n:,} scored)") if real else ""
+        blocks.append(Paragraph("ReaL: accuracy against the ImageNet-ReaL relabelling (a prediction is right when it "
+                                f"is one of the image's correct classes){left_out}."))
+    if any(len(m.run.throughput_curve) > 1 for m in result.models):
+        blocks += [Heading("Throughput at each batch size (model only, images/s)"), Table(*throughput_table(result))]
+    return blocks
+
+
+def _paired_tests(result: BenchResult) -> list[Block]:
+    heading = Heading(PAIRED_TESTS_HEADING)
+    if result.comparisons:
+        return [heading, Bullets([c.verdict for c in result.comparisons])]
+    scored = len(scored_models(result))
+    if scored < 2:
+        why = (f"No paired tests: they need two models with accuracy figures, and this run has {scored} "
+               "(models with random weights and models that failed have none).")
+    else:
+        why = ("No paired tests: no two models scored the same images (each model scores only the classes "
+               "that map onto its outputs).")
+    return [heading, Paragraph(why)]
+
+
+def _plots(figures: Sequence[Figure]) -> list[Block]:
+    return [Heading("Plots"), *figures] if figures else []
+
+
+def _mistakes(result: BenchResult) -> list[Block]:
+    scored = scored_models(result)
+    with_mistakes = [(m, name) for m, name in zip(scored, unique_names([m.name for m in scored]))
+                     if m.accuracy is not None and m.accuracy.mistakes]
+    if not with_mistakes:
+        return []
+    blocks: list[Block] = [Heading("Most confident mistakes"),
+                           Paragraph("The wrong predictions each model was surest of: often a wrong or ambiguous "
+                                     "label, an image of two things, or a real weakness of the model.")]
+    for m, name in with_mistakes:
+        assert m.accuracy is not None
+        items = []
+        for x in m.accuracy.mistakes:
+            top = ", ".join(f"{t['name']} {t['probability']:.0%}" for t in x["top"])
+            items.append(GalleryItem(Path(x["path"]), [f"true: {x['true']}",
+                                                       f"predicted: {x['predicted']} ({x['confidence']:.0%})",
+                                                       f"top-5: {top}"]))
+        blocks += [Heading(name, level=3), Gallery(items)]
+    return blocks
+
+
+def _label_mapping(result: BenchResult) -> list[Block]:
+    blocks: list[Block] = [Heading("Label mapping"), Table(*mapping_table(result))]
+    unmapped = [name for name, mapping in result.mappings.items() if not mapping.mapped]
+    if unmapped:
+        blocks.append(Paragraph(f"Left out of ImageNet accuracy (no mapping): {', '.join(unmapped)}. "
+                                "Add them to a mapping file (--mapping) to score them."))
+    if result.dataset.empty_classes:
+        blocks.append(Paragraph(f"Empty classes: {', '.join(result.dataset.empty_classes)}."))
+    return blocks
+
+
+def _per_class(result: BenchResult) -> list[Block]:
+    header, rows = per_class_table(result)
+    return [Heading("Per class"), Table(header, rows)] if len(header) > 2 else []
+
+
+def _skipped(result: BenchResult) -> list[Block]:
+    if not result.skipped:
+        return []
+    reasons = Counter(s.reason for s in result.skipped)
+    counts = ", ".join(f"{reason}: {n}" for reason, n in reasons.most_common())
+    return [Heading("Skipped files"), Paragraph(f"{counts} (every file in skipped.csv)")]
+
+
+def _errors(result: BenchResult) -> list[Block]:
+    if not result.failed:
+        return []
+    return [Heading("Errors"), Bullets([f"{m.name}: {m.run.error}" for m in result.failed])]
+
+
+def report_blocks(result: BenchResult, figures: Sequence[Figure] = ()) -> list[Block]:
+    """The content of results.md and report.html, in order; ``figures`` go in a "Plots" section."""
+    return [
+        *_overview(result),
+        *_figures_tables(result),
+        *_paired_tests(result),
+        *_plots(figures),
+        *_mistakes(result),
+        *_label_mapping(result),
+        *_per_class(result),
+        *_skipped(result),
+        *_errors(result),
+    ]

@@ -1,0 +1,11 @@
+"""Images as data: decoding, preprocessing, datasets and manifests, ImageNet's layouts, labels, splits, hashes.
+
+* :mod:`~cnnlab.imagedata.decode`: any file -> an RGB image, or a reason why not;
+* :mod:`~cnnlab.imagedata.preprocess`: the preprocessing that travels with the weights;
+* :mod:`~cnnlab.imagedata.datasets`: folder walks, class-folder trees and manifests;
+* :mod:`~cnnlab.imagedata.imagenet_val`: ImageNet's validation layouts and ImageNet-ReaL labels;
+* :mod:`~cnnlab.imagedata.labels`: folder names -> ImageNet classes through WordNet 3.0;
+* :mod:`~cnnlab.imagedata.splits`: stratified, deterministic splits that keep near duplicates together;
+* :mod:`~cnnlab.imagedata.hashes`: content digests and perceptual hashes;
+* :mod:`~cnnlab.imagedata.demo`: the built-in demo photos.
+"""

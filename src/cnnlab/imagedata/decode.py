@@ -1,0 +1,213 @@
+"""Robust image decoding: one function that turns a file into an RGB image or a reason why not.
+
+Handles EXIF orientation, grayscale, palette and alpha images (composited onto white), CMYK,
+16-bit PNGs, animated images (first frame), WebP, large photos (JPEG DCT-domain downscaling with
+``Image.draft`` when the caller only needs a small image), and rejects empty, truncated,
+non-image and decompression-bomb files with an :class:`~cnnlab.errors.ImageDecodeError`.
+
+Only regular files are read (a FIFO would block for ever, ``/dev/zero`` never ends), and never more
+than ``max_bytes`` of them: :func:`read_regular_file` is the one way cnnlab reads an image file.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+import warnings
+from pathlib import Path
+from typing import Final, NoReturn
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cnnlab.errors import ImageDecodeError
+from cnnlab.imagedata.preprocess import DEFAULT_MAX_PIXELS
+
+#: The reasons a file can be skipped for (:func:`decode_image` and the folder walk), for counting and reports.
+REASONS: Final[tuple[str, ...]] = (
+    "missing",
+    "empty",
+    "not-an-image",
+    "truncated",
+    "decompression-bomb",
+    "too-small",
+    "unreadable",
+    "not-a-file",  # a FIFO, device or socket: only regular files are images
+    "too-large",  # more bytes than the read limit
+    "extreme-aspect-ratio",  # one side many times the other (where the caller sets a limit)
+    "symlink-loop",  # a link back into a folder being walked: not followed
+    "duplicate",  # the same real file again (a link, or a repeated manifest row): counted once
+)
+
+#: Largest image file read by default, in bytes (the biggest camera RAW-sized TIFFs stay below it).
+DEFAULT_MAX_BYTES: Final[int] = 256 * 1024 * 1024
+
+_WHITE = (255, 255, 255)
+
+
+def decode_image(
+    source: str | Path | bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_size: int = 1,
+    draft_to: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_aspect_ratio: float | None = None,
+) -> Image.Image:
+    """Decode ``source`` fully into an upright 8-bit RGB image.
+
+    Args:
+        source: a file path or the file's bytes.
+        max_pixels: images with more pixels than this are refused as decompression bombs
+            before their pixels are decoded.
+        min_size: images whose shorter side is below this are refused as ``too-small``.
+        draft_to: if given, a JPEG may be decoded at a reduced scale (1/2, 1/4, 1/8) as long as
+            both sides stay at least this many pixels. Use it when the image will be resized so
+            that its shorter side is ``draft_to``; it is several times faster for camera photos.
+        max_bytes: files larger than this are refused (``too-large``) without being read whole.
+        max_aspect_ratio: if given, images whose longer side is more than this many times the
+            shorter one are refused (``extreme-aspect-ratio``) before their pixels are decoded.
+
+    Raises:
+        ImageDecodeError: with ``reason`` one of :data:`REASONS`.
+    """
+    data = source if isinstance(source, bytes) else read_regular_file(source, max_bytes)
+    if not data:
+        raise ImageDecodeError("empty", "the file has no bytes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img: Image.Image = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:
+            raise ImageDecodeError("decompression-bomb", str(exc)) from None
+        except UnidentifiedImageError:
+            raise ImageDecodeError("not-an-image", "no image format recognises these bytes") from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageDecodeError(_reason_of(exc), str(exc)) from None
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageDecodeError(
+                "decompression-bomb",
+                f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,}",
+            )
+        if max_aspect_ratio is not None and max(width, height) > max_aspect_ratio * max(1, min(width, height)):
+            raise ImageDecodeError(
+                "extreme-aspect-ratio",
+                f"{width}x{height}: one side is more than {max_aspect_ratio:g} times the other",
+            )
+        try:
+            if draft_to is not None and img.format == "JPEG":
+                img.draft("RGB", (draft_to, draft_to))
+            img.load()  # full decode: truncation and corruption show up here
+            img = _to_rgb(ImageOps.exif_transpose(img) or img)
+        except Image.DecompressionBombError as exc:
+            raise ImageDecodeError("decompression-bomb", str(exc)) from None
+        except OSError as exc:
+            raise ImageDecodeError(_reason_of(exc), str(exc)) from None
+        except (ValueError, SyntaxError, EOFError, IndexError) as exc:
+            raise ImageDecodeError("unreadable", f"{type(exc).__name__}: {exc}") from None
+    if min(img.size) < min_size:
+        raise ImageDecodeError("too-small", f"{img.width}x{img.height} is below {min_size}px")
+    return img
+
+
+def _reason_of(exc: BaseException) -> str:
+    return "truncated" if "truncat" in str(exc).lower() else "unreadable"
+
+
+def read_regular_file(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``max_bytes`` bytes.
+
+    The file is opened without blocking (a FIFO with no writer would otherwise wait for ever) and
+    checked on the open descriptor, so a link swapped in between cannot fool the check; the read
+    stops after ``max_bytes + 1`` bytes whatever size the file reports.
+
+    Raises:
+        ImageDecodeError: ``missing``, ``not-a-file``, ``too-large``, ``symlink-loop`` or ``unreadable``.
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None  # reported by the open below
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        _refuse_special(path, mode)  # devices are not even opened: opening some has side effects
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageDecodeError("missing", f"a symbolic link that leads nowhere: {path}") from None
+        raise ImageDecodeError("missing", f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise ImageDecodeError("not-a-file", f"is a directory: {path}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageDecodeError("symlink-loop", f"a symbolic link that leads back to itself: {path}") from None
+        raise ImageDecodeError("unreadable", f"{exc.strerror or exc}: {path}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageDecodeError("not-a-file", f"is a directory: {path}")
+        if not stat.S_ISREG(info.st_mode):
+            _refuse_special(path, info.st_mode)
+        if info.st_size > max_bytes:
+            raise ImageDecodeError("too-large", f"{info.st_size:,} bytes exceeds the limit of {max_bytes:,}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise ImageDecodeError("too-large", f"more than {max_bytes:,} bytes (the file grew while read)")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ImageDecodeError("unreadable", f"{exc.strerror or exc}: {path}") from None
+    finally:
+        os.close(fd)
+
+
+def _refuse_special(path: Path, mode: int) -> NoReturn:
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    raise ImageDecodeError("not-a-file", f"{path} is {kind}, not a regular file")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB, compositing transparency onto white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _high_depth_to_rgb(img)
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, _WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if mode in ("L", "1") and "transparency" in img.info:
+        return _to_rgb(img.convert("LA"))
+    return img.convert("RGB")
+
+
+def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
+    """Scale 16-bit (or 32-bit) single-channel images to 8 bits instead of clipping them."""
+    array = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16"):
+        scaled = array / 257.0
+    else:
+        low, high = float(array.min()), float(array.max())
+        if high <= 255.0 and low >= 0.0:
+            scaled = array
+        else:
+            scaled = (array - low) / max(high - low, 1e-12) * 255.0
+    gray = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    return gray.convert("RGB")

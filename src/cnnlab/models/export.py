@@ -1,0 +1,302 @@
+"""Exporting a model to TorchScript or ONNX, checked against PyTorch on a sample batch.
+
+The exported network takes what :class:`cnnlab.models.load.LoadedModel` takes: a ``uint8`` RGB batch
+``(N, 3, crop, crop)`` (resized and centre-cropped as the stored preprocessing says) and returns
+float32 logits ``(N, num_classes)``; the normalisation with the weights' mean and std is part of
+the exported graph. The batch dimension is dynamic. A JSON file next to the export
+(``FILE.json``) records the class names, the preprocessing, the source model (name, weights
+file, published figures) and the measured difference, so the file can be used without cnnlab;
+``cnnlab predict`` and ``bench`` run an ONNX file with it (see :mod:`cnnlab.runtime`).
+
+After writing, the file is loaded back (``torch.jit.load``; an ONNX Runtime session for ONNX) and
+run on a seeded random batch of a different size than the one used for export; the largest
+absolute difference from the PyTorch model's logits must stay within ``tolerance``, otherwise
+:class:`ExportMismatchError` is raised and the file removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError, OutputError, UsageError
+from cnnlab.imagedata.preprocess import Preprocessing
+from cnnlab.models.load import LoadedModel, load_model
+from cnnlab.options import DEFAULT_EXPORT_TOLERANCE, ExportFormat
+
+FORMATS = tuple(f.value for f in ExportFormat)
+_SUFFIXES = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
+#: Above this size, ONNX weights go to a separate ``FILE.data`` (protobuf's 2 GB limit).
+_ONNX_SINGLE_FILE_BYTES = 1_500_000_000
+
+
+class ExportMismatchError(CnnlabError):
+    """The exported model's outputs differ from PyTorch's by more than the tolerance."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the export went and how closely it reproduces the PyTorch model."""
+
+    model: str
+    format: str
+    path: Path
+    metadata_path: Path
+    classes: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    check_batch: int
+    max_abs_diff: float
+    tolerance: float
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "format": self.format,
+            "path": str(self.path),
+            "metadata_path": str(self.metadata_path),
+            "num_classes": len(self.classes),
+            "input": {"dtype": "uint8", "layout": "NCHW RGB", "shape": ["N", *self.input_shape[1:]]},
+            "check_batch": self.check_batch,
+            "max_abs_diff": self.max_abs_diff,
+            "tolerance": self.tolerance,
+            "ok": self.ok,
+            "seconds": self.seconds,
+        }
+
+
+class UInt8Classifier(nn.Module):
+    """``module`` behind the device half of the preprocessing: uint8 batch in, logits out."""
+
+    scale: torch.Tensor
+    shift: torch.Tensor
+
+    def __init__(self, module: nn.Module, preprocessing: Preprocessing) -> None:
+        super().__init__()
+        self.module = module
+        std = torch.tensor(preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        # the same arithmetic as Preprocessing.normalize
+        self.register_buffer("scale", 1.0 / (255.0 * std))
+        self.register_buffer("shift", -mean / std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.module(torch.addcmul(self.shift, images.float(), self.scale))
+        return logits
+
+
+def default_output(model: str | Path, format: str) -> Path:
+    """``runs/x/best.pt`` -> ``runs/x/best.onnx`` (or ``best.torchscript.pt``); a registry name -> ``./NAME.onnx``."""
+    path = Path(model)
+    from cnnlab.models.checkpoint import is_checkpoint_file
+
+    checkpoint = is_checkpoint_file(path)
+    stem = path.stem if checkpoint else str(model).replace("/", "_")
+    parent = path.parent if checkpoint else Path(".")
+    return parent / f"{stem}{_SUFFIXES[format]}"
+
+
+def sample_batch(preprocessing: Preprocessing, batch: int, seed: int = 0) -> torch.Tensor:
+    """A seeded random ``uint8`` batch of the model's input size."""
+    gen = torch.Generator().manual_seed(seed)
+    size = preprocessing.crop_size
+    return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=gen)
+
+
+def export_model(
+    model: str | Path | LoadedModel,
+    format: str,
+    out: str | Path | None = None,
+    *,
+    tolerance: float = DEFAULT_EXPORT_TOLERANCE,
+    check_batch: int = 3,
+    opset: int | None = None,
+    weights: str | Path | None = None,
+) -> ExportResult:
+    """Export a checkpoint of ``cnnlab train`` (or any model :func:`load_model` accepts).
+
+    Args:
+        model: a checkpoint path, a registry name, or a loaded model (moved to the CPU, fp32).
+        format: ``torchscript`` or ``onnx``.
+        out: the file to write (default: next to the checkpoint, see :func:`default_output`).
+        tolerance: the largest accepted absolute difference of the logits.
+        check_batch: images in the check batch (the export itself traces a batch of 2).
+        opset: ONNX opset version (default: the exporter's).
+        weights: a weights file for a registry model (default: the usual search, see :mod:`cnnlab.models.weights`).
+
+    Raises:
+        ExportMismatchError: the exported file does not reproduce the model within ``tolerance``.
+        UsageError: ``out`` is a folder.
+        OutputError: the output folder cannot be made or written (a file in its place, no
+            permission, disk full).
+        CnnlabError: unknown format, or the export failed.
+    """
+    if format not in FORMATS:
+        raise CnnlabError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+    if not tolerance >= 0:
+        raise CnnlabError(f"tolerance must be >= 0, got {tolerance}")
+    if check_batch < 1:
+        raise CnnlabError(f"check_batch must be >= 1, got {check_batch}")
+    if out is not None and Path(out).is_dir():
+        raise UsageError(f"--out {out} is a folder; give the name of the file to write, e.g. {Path(out) / 'model'}"
+                         f"{_SUFFIXES[format]}")
+    started = time.perf_counter()
+    if weights is not None and isinstance(model, LoadedModel):
+        raise UsageError("weights apply to a model name, not to a loaded model")
+    loaded = model if isinstance(model, LoadedModel) else load_model(str(model), weights=weights, device="cpu",
+                                                                      progress=False)
+    name = loaded.name
+    module = loaded.module.float().to("cpu").eval()
+    pp = loaded.preprocessing
+    wrapper = UInt8Classifier(module, pp).eval()
+    path = Path(out) if out is not None else default_output(name, format)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give the file to write with --out")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot make the folder {path.parent} for {path.name}: {exc.strerror or exc}") from None
+    trace_input = sample_batch(pp, 2, seed=1)
+    try:
+        if format == "torchscript":
+            _export_torchscript(wrapper, trace_input, path)
+        else:
+            _export_onnx(wrapper, trace_input, path, opset)
+    except CnnlabError:
+        raise
+    except OSError as exc:
+        _remove(path)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}; nothing was kept") from None
+    except Exception as exc:  # exporters fail in many ways; say which model and format
+        raise CnnlabError(f"{format} export of {name} failed: {type(exc).__name__}: {exc}") from exc
+
+    check = sample_batch(pp, check_batch, seed=0)
+    with torch.inference_mode():  # the model as cnnlab runs it (predict, bench)
+        reference = LoadedModel(spec=loaded.spec, module=module, device=torch.device("cpu"))(check)
+    exported = _run_exported(format, path, check)
+    if exported.shape != reference.shape:
+        _remove(path)
+        raise ExportMismatchError(
+            f"the {format} export of {name} gives outputs of shape {tuple(exported.shape)} for a batch of "
+            f"{check_batch}, PyTorch gives {tuple(reference.shape)}; {path} was removed"
+        )
+    diff = float((exported - reference).abs().max())
+    if not diff <= tolerance:
+        _remove(path)
+        raise ExportMismatchError(
+            f"the {format} export of {name} differs from the PyTorch model by up to {diff:.3g} on a sample batch "
+            f"(tolerance {tolerance:g}); {path} was removed"
+        )
+    meta_path = path.with_name(path.name + ".json")
+    spec = loaded.spec
+    meta = {
+        "model": name,
+        "format": format,
+        "source": spec.source,
+        "random_weights": loaded.random_weights,
+        "weights_file": str(loaded.weights_path) if loaded.weights_path else None,
+        "spec": {"arch": spec.arch, "num_params": sum(p.numel() for p in module.parameters()), "gmacs": spec.gmacs,
+                 "acc1": spec.acc1, "acc5": spec.acc5, "license": spec.license},
+        "classes": list(loaded.categories),
+        "preprocessing": pp.to_dict(),
+        "input": {
+            "name": "images",
+            "dtype": "uint8",
+            "layout": "NCHW, RGB",
+            "shape": ["N", 3, pp.crop_size, pp.crop_size],
+            "note": "resize the shorter side to resize_size, centre-crop to crop_size; "
+            "normalisation with mean/std is inside the model",
+        },
+        "output": {"name": "logits", "dtype": "float32", "shape": ["N", len(loaded.categories)]},
+        "check": {"batch": check_batch, "max_abs_diff": diff, "tolerance": tolerance},
+    }
+    try:
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        _remove(path)
+        with contextlib.suppress(OSError):
+            meta_path.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {meta_path}: {exc.strerror or exc}; {path} was removed with it") from None
+    return ExportResult(
+        model=name,
+        format=format,
+        path=path,
+        metadata_path=meta_path,
+        classes=tuple(loaded.categories),
+        input_shape=tuple(check.shape),
+        check_batch=check_batch,
+        max_abs_diff=diff,
+        tolerance=tolerance,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def _export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings():
+        # torch.jit is deprecated in favour of torch.export, but TorchScript files are what many
+        # runtimes (LibTorch, TorchServe, mobile) still load. Tracer warnings are moot: the result
+        # is checked numerically, at another batch size, right after.
+        warnings.simplefilter("ignore")
+        with torch.inference_mode(False), torch.no_grad():
+            traced = torch.jit.trace(wrapper, example, check_trace=False)
+        traced = torch.jit.freeze(traced.eval())
+        torch.jit.save(traced, str(path))
+
+
+def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError:
+        raise CnnlabError("ONNX export needs onnx and onnxscript: pip install 'cnnlab[export]'") from None
+    large = sum(p.numel() * p.element_size() for p in wrapper.parameters()) > _ONNX_SINGLE_FILE_BYTES
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            dynamo=True,
+            external_data=large,
+            verbose=False,
+        )
+
+
+def _run_exported(format: str, path: Path, batch: torch.Tensor) -> torch.Tensor:
+    """Load the exported file back and run it on ``batch`` (ONNX through ONNX Runtime)."""
+    if format == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            loaded = torch.jit.load(str(path), map_location="cpu")
+        with torch.inference_mode():
+            logits: torch.Tensor = loaded(batch)
+            return logits.float()
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CnnlabError("checking the ONNX export needs onnxruntime: pip install 'cnnlab[export]'") from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (output,) = session.run(["logits"], {"images": batch.numpy()})
+    return torch.from_numpy(output).float()
+
+
+def _remove(path: Path) -> None:
+    for p in (path, path.with_name(path.name + ".data")):
+        with contextlib.suppress(OSError):
+            p.unlink(missing_ok=True)

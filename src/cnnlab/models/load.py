@@ -1,0 +1,204 @@
+"""Loading a ready-to-run classifier: registry entry + weights + device + preprocessing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError, UsageError, WeightsIntegrityError, WeightsNotFoundError
+from cnnlab.models.registry import FromSpec, ModelSpec, get_spec
+from cnnlab.models.weights import describe_mismatch, load_state_dict, resolve_weights
+from cnnlab.options import Backend, Precision, Quantization, parse_choice, parse_device
+
+_DTYPES = {
+    Precision.FP32: torch.float32,
+    Precision.TF32: torch.float32,
+    Precision.BF16: torch.bfloat16,
+    Precision.FP16: torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU. Asking for CUDA without one is an error.
+
+    cnnlab runs models on ``cpu`` and ``cuda`` only: other torch device types (``mps``, ``meta``,
+    ``xpu``...) are refused with a :class:`UsageError`, as strings or as ``torch.device`` objects
+    (``meta`` would "run" without computing anything).
+    """
+    if isinstance(device, torch.device):
+        if device.type not in ("cpu", "cuda"):
+            raise UsageError(f"device type {device.type!r} is not supported; use cpu or cuda (or auto)")
+        text = str(device)
+    else:
+        text = parse_device(device)
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(text)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CnnlabError(f"--device {text} was asked for, but torch sees no CUDA device here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CnnlabError(f"--device {text}: there are only {torch.cuda.device_count()} CUDA devices")
+    return dev
+
+
+def resolve_precision(precision: str | Precision, device: torch.device) -> Precision:
+    """A concrete precision for ``device``: ``auto`` is bf16 (or fp16) autocast on CUDA and fp32 elsewhere.
+
+    fp16 needs CUDA; on other devices it is a usage error.
+    """
+    chosen = parse_choice(Precision, precision, "precision")
+    if chosen is Precision.AUTO:
+        if device.type != "cuda":
+            return Precision.FP32
+        return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP16
+    if chosen is Precision.FP16 and device.type != "cuda":
+        raise UsageError("fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+    return chosen
+
+
+def precision_dtype(precision: str | Precision) -> torch.dtype:
+    """The compute dtype of a concrete precision (``fp32``, ``tf32``, ``bf16``, ``fp16``)."""
+    chosen = parse_choice(Precision, precision, "precision")
+    if chosen is Precision.AUTO:
+        raise UsageError("precision 'auto' must be resolved for a device first (resolve_precision)")
+    return _DTYPES[chosen]
+
+
+@dataclass
+class LoadedModel(FromSpec):
+    """A classifier ready for inference. Call it on a ``uint8`` batch (N, 3, H, W) to get logits."""
+
+    spec: ModelSpec
+    module: nn.Module
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    precision: Precision = Precision.FP32
+    channels_last: bool = False
+    random_weights: bool = False
+    weights_path: Path | None = None
+    compiled: bool = False
+    _forward: nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def backend(self) -> Backend:
+        return Backend.TORCH
+
+    @property
+    def quantization(self) -> Quantization:
+        return Quantization.NONE
+
+    @property
+    def precision_label(self) -> str:
+        return self.precision.value
+
+    def runtime_info(self) -> dict[str, Any]:
+        """What runs the model: for results and reports (:class:`cnnlab.runtime.Runtime`)."""
+        return {"backend": "torch", "quantization": "none", "precision": self.precision.value,
+                "provider": f"torch {torch.__version__} {self.device}" + (" channels_last" if self.channels_last else "")
+                + (" compiled" if self.compiled else ""), "threads": torch.get_num_threads(), "device": str(self.device)}
+
+    def __call__(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """Normalise on the model's device and run the network; returns float32 logits."""
+        x = batch_uint8.to(self.device, non_blocking=True)
+        x = self.preprocessing.normalize(x, self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        forward = self._forward or self.module
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            out = forward(x)
+        if not isinstance(out, torch.Tensor):  # e.g. GoogLeNetOutputs in training mode
+            out = out[0]
+        return out.float()
+
+
+def load_model(
+    name: str,
+    *,
+    weights: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    random_weights: bool = False,
+    download: bool = True,
+    device: str | torch.device = "auto",
+    precision: str | Precision = Precision.FP32,
+    channels_last: bool = False,
+    compile: bool = False,
+    progress: bool = True,
+) -> LoadedModel:
+    """Build a registered model (or a cnnlab training checkpoint file) with its weights, in eval mode.
+
+    Args:
+        name: ``resnet50``, ``resnet50.IMAGENET1K_V1``, ``efficientnet_lite0``, or a path to a
+            checkpoint written by ``cnnlab train``.
+        weights: an explicit weights file (highest priority).
+        weights_dir: a directory to search before the torch hub cache.
+        random_weights: skip weights entirely (speed and memory measurements only); the random weights
+            are seeded (0), the same in every process and in the ONNX exports of random-weight models.
+        download: allow downloading missing weights.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32``, ``tf32`` (fp32 storage, TF32 matmuls on CUDA), ``bf16`` or ``fp16``
+            (autocast), or ``auto`` (see :func:`resolve_precision`).
+        channels_last: use NHWC memory format (faster for convolutions on GPUs and recent CPUs).
+        compile: wrap the module with ``torch.compile``.
+    """
+    dev = resolve_device(device)
+    chosen = resolve_precision(precision, dev)
+    dtype = precision_dtype(chosen)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = chosen is Precision.TF32
+        torch.backends.cudnn.allow_tf32 = chosen is Precision.TF32
+    from cnnlab.models.checkpoint import model_file_kind
+
+    kind = model_file_kind(name)
+    if kind == "onnx":
+        raise UsageError(f"{name} is an ONNX file: run it with --backend onnxruntime or openvino")
+    if kind == "checkpoint" and not Path(name).is_file():
+        raise WeightsNotFoundError(f"checkpoint file {name} does not exist")
+    if kind == "checkpoint":
+        if weights is not None or random_weights:
+            raise CnnlabError(f"{name} is a checkpoint with its own weights: --weights and --random-weights do not apply")
+        from cnnlab.models.checkpoint import load_checkpoint
+
+        spec, module, weights_path = load_checkpoint(Path(name))
+    else:
+        spec = get_spec(name)
+        weights_path = None
+        state_dict = None
+        if not random_weights:
+            weights_path = resolve_weights(
+                spec, weights=weights, weights_dir=weights_dir, download=download, progress=progress
+            )
+            state_dict = load_state_dict(weights_path)
+        try:
+            if state_dict is None:  # random weights: seeded, the same ones as the cached ONNX exports use
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    module = spec.build(None)
+            else:
+                module = spec.build(state_dict)
+        except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError):  # keys or shapes
+            assert state_dict is not None  # random weights always build
+            detail = describe_mismatch(spec.build(None).state_dict(), state_dict)
+            raise WeightsIntegrityError(f"weights {weights_path} do not fit {spec.name}: {detail}") from None
+    module.eval().to(dev)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    loaded = LoadedModel(
+        spec=spec,
+        module=module,
+        device=dev,
+        dtype=dtype,
+        precision=chosen,
+        channels_last=channels_last,
+        random_weights=random_weights,
+        weights_path=weights_path,
+    )
+    if compile:
+        loaded._forward = torch.compile(module)  # type: ignore[assignment]
+        loaded.compiled = True
+    return loaded
+

@@ -1,0 +1,228 @@
+"""ONNX files for the runtimes: the export cache, and ``.onnx`` files (with their sidecar) as models.
+
+Exports are cached under ``$CNNLAB_CACHE_DIR/exports`` (default ``~/.cache/cnnlab/exports``), one
+folder per model, weights and versions: ``<name>-<key>/model.onnx`` with its ``model.onnx.json``
+sidecar (and int8 variants next to it, :mod:`cnnlab.runtime.quantize`). The key hashes the
+registry name (or checkpoint path), the sha256 of the weights file (``random`` for random weights,
+seeded so that the export is reproducible), and the cnnlab and torch versions: new weights or a
+new exporter make a new export, the same ones reuse it. A folder appears whole or not at all
+(written under a temporary name, then renamed), with a ``complete.json`` that records the ONNX
+file's size; a folder whose file no longer has that size, or whose sidecar cannot be read
+(truncated, edited, half deleted), is discarded and made again.
+
+An ``.onnx`` file written by ``cnnlab export`` works wherever a model name works: its sidecar
+``FILE.onnx.json`` holds the classes, the preprocessing and the source model's metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import OutputError, WeightsIntegrityError, WeightsNotFoundError
+from cnnlab.imagedata.hashes import file_sha256
+from cnnlab.imagedata.preprocess import Preprocessing
+from cnnlab.models.registry import ModelSpec, get_spec
+from cnnlab.progress import Progress
+
+CACHE_ENV = "CNNLAB_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """cnnlab's cache: ``$CNNLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/cnnlab``, else ``~/.cache/cnnlab``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "cnnlab"
+
+
+def exports_dir() -> Path:
+    return cache_root() / "exports"
+
+
+def sidecar(path: Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``."""
+    return path.with_name(path.name + ".json")
+
+
+def _stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80] or "model"
+
+
+def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: str | Path | None = None,
+                  random_weights: bool = False, download: bool = True, progress: Progress | None = None,
+                  features: bool = False) -> Path:
+    """The cached ONNX export of a registry model or training checkpoint, exported now if missing.
+
+    ``features``: the feature-extractor export instead (two outputs, the classifier head's input
+    and the logits: :mod:`cnnlab.review.onnx_features`), cached under its own key.
+
+    Raises what :func:`cnnlab.models.load.load_model` and :func:`cnnlab.models.export.export_model` raise
+    (unknown model, missing weights, an export that does not reproduce the model).
+    """
+    import torch
+
+    import cnnlab
+    from cnnlab.models.checkpoint import is_checkpoint_file
+    from cnnlab.models.weights import resolve_weights
+
+    weights_path: Path | None
+    checkpoint = is_checkpoint_file(name)
+    if checkpoint:
+        if not Path(name).is_file():
+            raise WeightsNotFoundError(f"checkpoint file {name} does not exist")
+        canonical, weights_path = str(Path(name).resolve()), Path(name)
+    else:
+        spec = get_spec(name)
+        canonical = spec.name
+        weights_path = None if random_weights else resolve_weights(
+            spec, weights=weights, weights_dir=weights_dir, download=download, progress=progress is not None)
+    key_data = {"model": canonical, "weights": file_sha256(weights_path) if weights_path else "random-seed-0",
+                "cnnlab": cnnlab.__version__, "torch": str(torch.__version__), "format": "onnx"}
+    if features:
+        from cnnlab.review.onnx_features import FEATURES_FORMAT
+
+        key_data["format"] = FEATURES_FORMAT
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
+    folder = exports_dir() / f"{_stem(canonical)}-{'features-' if features else ''}{key}"
+    model = folder / "model.onnx"
+    if cache_entry_ok(folder):
+        return model
+    discard_entry(folder)
+    progress = progress or Progress()
+    what = "feature extractor" if features else "model"
+    progress.start("export", f"{canonical}: export of the {what} to ONNX (cached for later runs)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # random weights: the same ones for every export of this key
+        _export_into(folder, canonical if not checkpoint else name, weights_path if not checkpoint else None,
+                     random_weights, features=features)
+    progress.finish("export")
+    return model
+
+
+def _export_into(folder: Path, name: str, weights_path: Path | None, random_weights: bool, *,
+                 features: bool = False) -> None:
+    """Export into a temporary folder next to ``folder``, then rename it (another process may win the race)."""
+    from cnnlab.models.export import export_model
+    from cnnlab.models.load import load_model
+
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write to the export cache {folder.parent}: {exc.strerror or exc} "
+                          f"(set {CACHE_ENV} to another folder)") from None
+    try:
+        loaded = load_model(name, weights=weights_path, random_weights=random_weights, device="cpu", progress=False)
+        if features:
+            from cnnlab.review.onnx_features import export_features
+
+            export_features(loaded, tmp / "model.onnx")
+        else:
+            export_model(loaded, "onnx", tmp / "model.onnx")
+        publish_entry(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: The file that marks a cache folder as complete (and records the ONNX file's size).
+COMPLETE = "complete.json"
+
+
+def cache_entry_ok(folder: Path) -> bool:
+    """``folder/model.onnx`` is whole: its size is the one recorded when it was made, its sidecar readable."""
+    model = folder / "model.onnx"
+    try:
+        record = json.loads((folder / COMPLETE).read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or record.get("bytes") != model.stat().st_size:
+            return False
+        read_sidecar(model)
+    except (OSError, ValueError, WeightsIntegrityError):
+        return False
+    return True
+
+
+def discard_entry(folder: Path) -> None:
+    """Remove a broken cache folder (renamed away first, so that no reader sees it half deleted)."""
+    if not folder.exists():
+        return
+    trash = folder.with_name(f".trash-{folder.name}-{os.getpid()}")
+    try:
+        os.replace(folder, trash)
+    except OSError:
+        return  # another process removed or replaced it
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def publish_entry(tmp: Path, folder: Path) -> None:
+    """Mark ``tmp`` complete, readable by others, and rename it to ``folder`` (unless another process did first)."""
+    model = tmp / "model.onnx"
+    (tmp / COMPLETE).write_text(json.dumps({"bytes": model.stat().st_size}) + "\n", encoding="utf-8")
+    with contextlib.suppress(OSError):
+        tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache is read by others
+    if not folder.exists():
+        with contextlib.suppress(OSError):  # a concurrent export may have got there first
+            os.replace(tmp, folder)
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """The metadata ``cnnlab export`` writes next to an ONNX file, checked for what a runtime needs."""
+    meta_path = sidecar(path)
+    if not path.is_file():
+        raise WeightsIntegrityError(f"ONNX file {path} does not exist")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WeightsIntegrityError(
+            f"{path} has no metadata file {meta_path.name} next to it (classes and preprocessing); "
+            "export with `cnnlab export`, which writes both") from None
+    except (OSError, ValueError) as exc:
+        raise WeightsIntegrityError(f"cannot read {meta_path}: {exc}") from None
+    classes = meta.get("classes") if isinstance(meta, dict) else None
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise WeightsIntegrityError(f"{meta_path}: 'classes' must be a non-empty list of class names")
+    if (meta.get("input") or {}).get("dtype") != "uint8":
+        raise WeightsIntegrityError(f"{meta_path}: cnnlab runs ONNX files that take uint8 images (`cnnlab export`)")
+    return meta
+
+
+def onnx_spec(path: Path, meta: dict[str, Any], *, name: str | None = None) -> ModelSpec:
+    """A :class:`~cnnlab.models.registry.ModelSpec` for an ONNX file from its sidecar (named ``name`` or the path)."""
+    from cnnlab.imagedata.labels import imagenet_categories
+
+    try:
+        preprocessing = Preprocessing(**meta["preprocessing"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsIntegrityError(f"{sidecar(path)}: unusable 'preprocessing' ({exc})") from None
+    classes = tuple(meta["classes"])
+    source = _text(meta.get("source")) or ("imagenet" if list(classes) == imagenet_categories() else "checkpoint")
+    info: dict[str, Any] = meta["spec"] if isinstance(meta.get("spec"), dict) else {}
+    num_params = _number(info.get("num_params"))
+    model = _text(meta.get("model"))
+    return ModelSpec(
+        name=name or str(path), arch=_text(info.get("arch")) or model or path.stem,
+        weights_tag=path.stem, is_default=False, source=source, num_params=int(num_params or 0),
+        gmacs=_number(info.get("gmacs")), acc1=_number(info.get("acc1")), acc5=_number(info.get("acc5")),
+        weights_url=None, weights_file=path.name, weights_size_mb=round(path.stat().st_size / 1e6, 3),
+        categories=classes, preprocessing=preprocessing, recipe=f"ONNX export of {model or path.name}",
+        license=_text(info.get("license")),
+    )
+
+
+def _number(value: Any) -> float | None:
+    """A finite, non-negative number of a sidecar, else ``None`` (figures are informative only)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return value
+
+
+def _text(value: Any) -> str | None:
+    """A short string of a sidecar, else ``None``."""
+    return value[:200] if isinstance(value, str) and value else None

@@ -1,0 +1,271 @@
+"""The one way images reach a model: a loader factory and one inference loop.
+
+* :func:`make_loader` decodes and transforms files in DataLoader workers and yields
+  :class:`Batch` objects; a file that cannot be used comes back as a failure record instead of
+  stopping the run. Evaluation and training loaders are both made here (timm's
+  ``create_loader``): training passes a sampler and its augmenting transform.
+* :func:`run_inference` runs a model (a :class:`~cnnlab.runtime.Runtime`: PyTorch's
+  :class:`~cnnlab.models.load.LoadedModel`, or an ONNX file in ONNX Runtime or OpenVINO) over a list of files and yields,
+  batch by batch, the positions of the images, their logits and the files skipped, with the time
+  spent waiting for data and in the model. ``predict``, ``bench`` and training's evaluation all
+  use it; nothing else loops over batches for inference.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cnnlab.errors import ImageDecodeError, UsageError
+from cnnlab.imagedata.datasets import SkippedFile
+from cnnlab.models.load import LoadedModel
+from cnnlab.progress import Progress
+from cnnlab.runtime.allocator import return_free_pages
+
+if TYPE_CHECKING:
+    from cnnlab.runtime.base import Runtime
+
+
+class ImageTransform(Protocol):
+    """Turns a file into a ``uint8`` (3, H, W) tensor: a :class:`~cnnlab.imagedata.preprocess.Preprocessing` or a
+    training transform."""
+
+    def load(self, path: str | Path | bytes, *, fast_decode: bool = True) -> torch.Tensor: ...
+
+
+Item = tuple[int, "torch.Tensor | None", str, str]
+
+
+class ImageFileDataset(Dataset[Item]):
+    """Decodes and transforms one file per item: ``(index, uint8 tensor or None, reason, detail)``."""
+
+    def __init__(self, paths: Sequence[Path], transform: ImageTransform, *, fast_decode: bool = True) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+        self.fast_decode = fast_decode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Item:
+        try:
+            tensor = self.transform.load(self.paths[index], fast_decode=self.fast_decode)
+        except ImageDecodeError as exc:
+            return index, None, exc.reason, exc.detail
+        except Exception as exc:  # noqa: BLE001 - one odd file must not stop a whole run
+            return index, None, "unreadable", f"{type(exc).__name__}: {exc}"
+        return index, tensor, "", ""
+
+
+@dataclass
+class Batch:
+    """A batch of decoded images plus the items of the same slice that failed."""
+
+    indices: list[int]
+    images: torch.Tensor | None
+    failed: list[tuple[int, str, str]]
+    #: The device decode path's items, not yet decoded (:func:`cnnlab.runtime.gpu_decode.collate_encoded`).
+    encoded: list[torch.Tensor] | None = None
+
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader(pin_memory=True) so host-to-GPU copies can be asynchronous."""
+        if self.images is not None:
+            self.images = self.images.pin_memory()
+        return self
+
+
+def collate(items: list[Item]) -> Batch:
+    """DataLoader ``collate_fn``: stack the decoded images, keep the failures apart."""
+    good = [(i, t) for i, t, _, _ in items if t is not None]
+    failed = [(i, reason, detail) for i, t, reason, detail in items if t is None]
+    images = torch.stack([t for _, t in good]) if good else None
+    return Batch([i for i, _ in good], images, failed)
+
+
+def available_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_workers(device_type: str = "cpu") -> int:
+    """Decoding processes to use by default.
+
+    With a GPU the CPU only decodes: one worker per core, leaving one for the main process (at most
+    8). On the CPU, decoding and the model share the cores: a quarter of them decode and the model
+    gets the rest (see :func:`default_cpu_threads`); on 2 cores decoding stays in-process, which
+    measured faster than one worker competing with the model's threads.
+    """
+    cores = available_cores()
+    if device_type == "cuda":
+        return max(0, min(cores - 1, 8))
+    return min(cores // 4, 8)
+
+
+def default_cpu_threads(workers: int) -> int:
+    """torch threads for CPU inference next to ``workers`` decoding processes."""
+    return max(1, available_cores() - workers)
+
+
+def make_loader(
+    paths: Sequence[Path],
+    transform: ImageTransform,
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device_type: str = "cpu",
+    fast_decode: bool = True,
+    sampler: Sampler[int] | None = None,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    worker_init_fn: Callable[[int], None] | None = None,
+    collate_fn: Callable[[list[Item]], Batch] = collate,
+) -> DataLoader[Batch]:
+    """A DataLoader of :class:`Batch` objects.
+
+    Without ``sampler`` the files come in order (evaluation); training passes its shuffling
+    sampler, the ``generator`` that seeds workers, and ``drop_last``. ``workers=None`` means
+    :func:`default_workers`. Host memory is pinned when the model runs on CUDA.
+    """
+    workers = default_workers(device_type) if workers is None else workers
+    return DataLoader(
+        ImageFileDataset(paths, transform, fast_decode=fast_decode),  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=False,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_fn,
+        pin_memory=device_type == "cuda",
+        drop_last=drop_last,
+        generator=generator,
+        worker_init_fn=worker_init_fn,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+@dataclass
+class InferenceBatch:
+    """What :func:`run_inference` yields per batch.
+
+    ``indices`` are positions in the list of files, ``logits`` their float32 logits on the CPU
+    (row ``r`` belongs to ``indices[r]``); ``features`` (when asked for) the input of the model's
+    classifier head, pooled to one float32 vector per image; ``skipped`` are the files of this
+    batch that could not be used; ``data_s`` is the time spent waiting for the batch (decoding),
+    ``model_s`` the time in the model, including the copy of its output to the host (so GPU work
+    is finished).
+    """
+
+    indices: list[int]
+    logits: torch.Tensor
+    features: torch.Tensor | None = None
+    skipped: list[SkippedFile] = field(default_factory=list)
+    data_s: float = 0.0
+    model_s: float = 0.0
+
+
+def run_inference(
+    model: Runtime,
+    paths: Sequence[Path],
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    fast_decode: bool = True,
+    labels: Sequence[str | None] | None = None,
+    progress: Progress | None = None,
+    task: str = "inference",
+    description: str | None = None,
+    features: bool = False,
+    decode: str = "auto",
+) -> Iterator[InferenceBatch]:
+    """Run ``model`` over ``paths`` in order, one :class:`InferenceBatch` at a time.
+
+    ``labels`` (parallel to ``paths``) are copied into the skipped-file records. With
+    ``features=True`` each batch also carries the penultimate features (what the classifier head
+    receives: the embedding used by linear probes, outlier and similarity searches; PyTorch models,
+    and exports with a ``features_and_logits`` method, :mod:`cnnlab.review.onnx_features`). Progress
+    is reported as task ``task`` in images, with the rate so far. ``decode``:
+    where JPEGs are decoded (:func:`cnnlab.runtime.gpu_decode.use_device_decode`; ``auto``: on a CUDA device
+    with nvJPEG, the decode counted in ``data_s``).
+
+    Inference mode is on only while the model runs, not while the caller holds a batch; the feature
+    hook is removed however the iteration ends (exhausted, closed early, or an exception).
+    """
+    progress = progress or Progress()
+    captured: list[torch.Tensor] = []
+    both = getattr(model, "features_and_logits", None) if features else None  # a feature-extractor export
+    if features and not isinstance(model, LoadedModel) and both is None:
+        raise UsageError(f"features come from the PyTorch model's head; {model.name} runs on {model.backend.value}")
+    device = model.device
+    if device.type == "cuda":  # the first pinned host-to-device copy sets things up: keep it out of the timing
+        crop = model.preprocessing.crop_size
+        torch.zeros(1, 3, crop, crop, dtype=torch.uint8).pin_memory().to(device, non_blocking=True)
+        torch.cuda.synchronize(device)
+    from cnnlab.runtime import gpu_decode
+
+    on_device = gpu_decode.use_device_decode(decode, device)
+    loader = make_loader(paths, gpu_decode.JpegBytes(model.preprocessing) if on_device else model.preprocessing,
+                         batch_size=batch_size, workers=workers, device_type=device.type, fast_decode=fast_decode,
+                         collate_fn=gpu_decode.collate_encoded if on_device else collate)
+    hook = _capture_head_input(model, captured) if isinstance(model, LoadedModel) and features else None
+    try:
+        progress.start(task, description or f"{model.name}", total=len(paths))
+        done = 0
+        started = time.perf_counter()
+        iterator = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                break
+            if batch.encoded is not None:
+                batch = gpu_decode.decode_loader_batch(batch, model.preprocessing, device)
+            t1 = time.perf_counter()
+            skipped = [SkippedFile(str(paths[i]), reason, detail, labels[i] if labels is not None else None)
+                       for i, reason, detail in batch.failed]
+            feats = None
+            with torch.inference_mode():
+                if batch.images is not None:
+                    captured.clear()
+                    if both is not None:
+                        feats, logits = both(batch.images)
+                    else:
+                        logits = model(batch.images).cpu()  # .cpu() waits for the device
+                    if hook is not None:
+                        feats = _pooled(captured[-1]).float().cpu()
+                else:
+                    logits = torch.zeros(0, model.spec.num_classes)
+            t2 = time.perf_counter()
+            return_free_pages()
+            done += len(batch.indices) + len(batch.failed)
+            rate = done / max(t2 - started, 1e-9)
+            progress.update(task, advance=len(batch.indices) + len(batch.failed), info=f"{rate:,.0f} img/s")
+            yield InferenceBatch(batch.indices, logits, feats, skipped, t1 - t0, t2 - t1)
+    finally:
+        if hook is not None:
+            hook.remove()
+        progress.finish(task)
+
+
+def _capture_head_input(model: LoadedModel, into: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
+    """Record what the model's classifier head receives on every forward pass."""
+    from cnnlab.models.checkpoint import find_head
+
+    _, head = find_head(model.module, model.spec.num_classes)
+
+    def keep(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        into.append(args[0].detach())
+
+    return head.register_forward_pre_hook(keep)
+
+
+def _pooled(x: torch.Tensor) -> torch.Tensor:
+    """(N, C) features as they are; (N, C, H, W) maps (a 1x1-convolution head) averaged over space."""
+    return x.flatten(2).mean(2) if x.ndim > 2 else x.flatten(1)

@@ -1,0 +1,186 @@
+""":func:`load_runtime`: a model name (or checkpoint, or ``.onnx`` file) on a backend, ready to run.
+
+* ``torch``: :func:`cnnlab.models.load.load_model` (every precision, channels_last, torch.compile).
+* ``onnxruntime`` / ``openvino``: the model's cached ONNX export (:mod:`~cnnlab.runtime.artifacts`;
+  an ``.onnx`` file is used as it is), opened with an explicit thread count
+  (:mod:`~cnnlab.runtime.sessions`).
+* ``...-int8``: the same, quantised to int8 with calibration images the caller gives (a sample
+  of the images to be classified: :mod:`~cnnlab.runtime.quantize`).
+
+:func:`prepare_runtime_file` does the slow part (export, calibration) once, so that ``bench`` can
+run it in the parent and hand each worker a finished file (:func:`load_runtime_file`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cnnlab.errors import UsageError, WeightsIntegrityError
+from cnnlab.models.checkpoint import is_onnx_file
+from cnnlab.options import Backend, Precision, Quantization, RuntimeChoice, parse_choice
+from cnnlab.progress import Progress
+from cnnlab.runtime.artifacts import cached_export, onnx_spec, read_sidecar, sidecar
+from cnnlab.runtime.base import EXTRAS, ExportedModel, Runtime, require
+from cnnlab.runtime.quantize import FEW_CALIBRATION_IMAGES, quantized_file
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from cnnlab.models.registry import ModelSpec
+
+
+def effective_choice(name: str | Path, choice: RuntimeChoice | str) -> RuntimeChoice:
+    """``choice``, except that an ``.onnx`` file asked to run on torch (the default) runs in onnxruntime."""
+    choice = parse_choice(RuntimeChoice, choice, "backend")
+    return RuntimeChoice.ONNXRUNTIME if choice is RuntimeChoice.TORCH and is_onnx_file(name) else choice
+
+
+def check_installed(choice: RuntimeChoice | str, *, export: bool = True) -> None:
+    """Fail now, naming the extra, if ``choice`` cannot run here (``export``: an ONNX export is needed too)."""
+    choice = parse_choice(RuntimeChoice, choice, "backend")
+    backend = choice.backend
+    if backend is Backend.TORCH:
+        return
+    what = f"--backend {choice.value}"
+    require("onnxruntime", EXTRAS[Backend.ONNXRUNTIME], what)  # exports are checked with it; int8 uses its quantiser
+    if backend is Backend.OPENVINO:
+        require("openvino", EXTRAS[Backend.OPENVINO], what)
+    if export:
+        require("onnx", EXTRAS[Backend.ONNXRUNTIME], what)
+        require("onnxscript", EXTRAS[Backend.ONNXRUNTIME], what)
+
+
+def prepare_runtime_file(name: str, choice: RuntimeChoice | str, *, weights: str | Path | None = None,
+                         weights_dir: str | Path | None = None, random_weights: bool = False, download: bool = True,
+                         calibration: Sequence[Path] = (), progress: Progress | None = None) -> Path:
+    """The ONNX file that ``choice`` runs for ``name``: an ``.onnx`` file as given, else the cached
+    export; for an int8 choice, its int8 version calibrated on ``calibration``.
+
+    Raises:
+        UsageError: torch was asked for (it runs no files), the extra is missing, or int8 without images.
+    """
+    choice = parse_choice(RuntimeChoice, choice, "backend")
+    if choice is RuntimeChoice.TORCH:
+        raise UsageError("the torch backend runs the model itself, not an ONNX file")
+    check_installed(choice, export=not is_onnx_file(name))
+    if is_onnx_file(name):
+        if weights is not None or random_weights:
+            raise UsageError(f"{name} is an ONNX file with its own weights: --weights and random weights do not apply")
+        path = Path(name)
+        read_sidecar(path)  # a missing or foreign sidecar is reported before anything else
+    else:
+        path = cached_export(name, weights=weights, weights_dir=weights_dir, random_weights=random_weights,
+                             download=download, progress=progress)
+    if choice.quantization is Quantization.INT8 and not read_sidecar(path).get("quantization"):
+        if not calibration:
+            raise UsageError(f"--backend {choice.value} calibrates on your images: none were given")
+        path = quantized_file(path, calibration, progress=progress)
+    return path
+
+
+def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = "auto", threads: int | None = None,
+                      progress: Progress | None = None) -> ExportedModel:
+    """Open an ONNX file (with its sidecar) in the backend of ``choice``. The model is named after its
+    source model for a file of the export cache, after its path otherwise (the int8 version of a
+    user's file, made in the cache, after that file's path); it is int8 when its
+    sidecar says it was quantised."""
+    from cnnlab.runtime.artifacts import exports_dir
+    from cnnlab.runtime.inference import default_cpu_threads, default_workers
+    from cnnlab.runtime.sessions import open_session
+
+    choice = parse_choice(RuntimeChoice, choice, "backend")
+    meta = read_sidecar(path)
+    cache = exports_dir().resolve()
+    name = str(path)
+    if path.resolve().is_relative_to(cache):
+        # the int8 version of the user's .onnx file keeps the file's name, like its fp32 row
+        quantized = meta.get("quantization")
+        source = quantized.get("source_file") if isinstance(quantized, dict) else None
+        outside = isinstance(source, str) and bool(source) and not Path(source).resolve().is_relative_to(cache)
+        name = str(source) if outside else str(meta["model"])
+    spec = onnx_spec(path, meta, name=name)
+    threads = threads or default_cpu_threads(default_workers("cpu"))
+    run, provider = open_session(choice.backend, path, threads, device)
+    check_graph(path, run, spec)
+    on_gpu = provider.startswith(("CUDA", "Tensorrt"))
+    runs_on = (device if device.startswith("cuda") else "cuda") if on_gpu else "cpu"
+    quantization = meta.get("quantization") or {}
+    if not isinstance(quantization, dict):
+        raise WeightsIntegrityError(f"{sidecar(path)}: 'quantization' must be an object")
+    used = quantization.get("calibration_images")
+    used = used if isinstance(used, int) and not isinstance(used, bool) and used >= 0 else 0
+    if quantization and used < FEW_CALIBRATION_IMAGES:
+        (progress or Progress()).note(f"{spec.name}: int8 calibrated on only {used} images; its ranges may be poor",
+                                      warning=True)
+    import torch
+
+    weights_file = meta.get("weights_file")
+    return ExportedModel(
+        spec=spec, file=path, run=run, backend=choice.backend,
+        quantization=Quantization.INT8 if quantization else Quantization.NONE, provider=provider,
+        threads=threads, device=torch.device("cpu"), random_weights=bool(meta.get("random_weights")),
+        weights_path=Path(weights_file) if isinstance(weights_file, str) and weights_file else None,
+        details={"device": runs_on, **({"calibration_images": used} if quantization else {})},
+    )
+
+
+def check_graph(path: Path, run: Callable[[np.ndarray], np.ndarray], spec: ModelSpec) -> None:
+    """Run the graph once on a black image of the sidecar's input size: it must take that size and give
+    one logit per class of the sidecar (a hand-edited or mismatched sidecar fails here, not mid-run)."""
+    import numpy as np
+
+    size = spec.preprocessing.crop_size
+    try:
+        logits = np.asarray(run(np.zeros((1, 3, size, size), dtype=np.uint8)))
+    except Exception as exc:  # the runtimes raise their own exception types for shape and type errors
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        raise WeightsIntegrityError(
+            f"{path} does not run on a uint8 batch of {size}x{size} images, the input size its metadata file "
+            f"{sidecar(path).name} gives: {' '.join(lines)[:300] or type(exc).__name__}") from exc
+    if logits.ndim != 2 or logits.shape[0] != 1:  # openvino can answer a wrong input size with an empty batch
+        raise WeightsIntegrityError(
+            f"{path} does not run on a uint8 batch of {size}x{size} images, the input size its metadata file "
+            f"{sidecar(path).name} gives: outputs of shape {list(logits.shape)} for one image")
+    if logits.shape != (1, len(spec.categories)):
+        raise WeightsIntegrityError(
+            f"{path} gives outputs of shape {list(logits.shape)} for one image, but its metadata file "
+            f"{sidecar(path).name} lists {len(spec.categories)} classes")
+
+
+def load_runtime(name: str, backend: RuntimeChoice | str = RuntimeChoice.TORCH, *, weights: str | Path | None = None,
+                 weights_dir: str | Path | None = None, random_weights: bool = False, download: bool = True,
+                 device: str | torch.device = "auto", precision: str | Precision = Precision.FP32,
+                 channels_last: bool = False, compile: bool = False, threads: int | None = None,
+                 calibration: Sequence[Path] = (), progress: Progress | None = None) -> Runtime:
+    """``name`` on ``backend``, ready for :func:`cnnlab.runtime.inference.run_inference`.
+
+    An ``.onnx`` file runs in onnxruntime when ``backend`` is torch (the default).
+    ``precision``, ``channels_last`` and ``compile`` apply to the torch backend; the others run the
+    exported fp32 graph (or its int8 version, calibrated on ``calibration``). ``threads`` sets the
+    runtime's CPU threads (torch's too); default: the cores not used for decoding.
+
+    Raises:
+        UsageError: a torch-only precision on another backend,
+            a missing extra, int8 without calibration images.
+    """
+    choice = effective_choice(name, backend)
+    if choice is RuntimeChoice.TORCH:
+        from cnnlab.models.load import load_model
+
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        return load_model(name, weights=weights, weights_dir=weights_dir, random_weights=random_weights,
+                          download=download, device=device, precision=precision, channels_last=channels_last,
+                          compile=compile, progress=progress is not None)
+    chosen = parse_choice(Precision, precision, "precision")
+    if chosen not in (Precision.FP32, Precision.AUTO):
+        raise UsageError(f"--precision {chosen.value} applies to the torch backend; --backend {choice.value} runs "
+                         "the exported graph as it is (fp32, or int8 for an -int8 backend)")
+    path = prepare_runtime_file(name, choice, weights=weights, weights_dir=weights_dir, random_weights=random_weights,
+                                download=download, calibration=calibration, progress=progress)
+    return load_runtime_file(path, choice, device=str(device), threads=threads, progress=progress)

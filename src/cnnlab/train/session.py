@@ -1,0 +1,265 @@
+"""A training run in progress: :class:`TrainingRun` (what the epochs work with) and :func:`finish_run`.
+
+:func:`cnnlab.train.start.start_run` builds a :class:`TrainingRun` from a :class:`TrainConfig`;
+:func:`cnnlab.train.fine_tune` runs its phases; :func:`finish_run` reports ``best.pt`` on the test and
+validation splits and writes ``metrics.json`` and ``curves.png``.
+
+With ``ema`` the run keeps an exponential moving average of the weights (torch's
+:class:`~torch.optim.swa_utils.AveragedModel` with ``get_ema_multi_avg_fn``, updated after every
+optimiser step, buffers included): validation, ``best.pt`` and ``last.pt``'s ``state_dict`` are
+the averaged weights; ``last.pt`` keeps the raw training weights in its ``resume`` entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+
+from cnnlab.errors import DatasetError
+from cnnlab.imagedata.datasets import LabelledImages, SkippedFile
+from cnnlab.jsonable import to_jsonable
+from cnnlab.models.checkpoint import HeadInfo, make_checkpoint, read_checkpoint, save_checkpoint
+from cnnlab.models.load import LoadedModel
+from cnnlab.options import BNPolicy
+from cnnlab.outputs import atomic_write
+from cnnlab.progress import Progress
+from cnnlab.runtime.inference import Batch
+from cnnlab.train.augment import make_transform
+from cnnlab.train.config import BatchPlan, Phase, TrainConfig, plan_batches
+from cnnlab.train.data import DataSplits, make_train_loader
+from cnnlab.train.loop import Predictions, evaluate, evaluation_report
+from cnnlab.train.result import RUN_FILES, EpochRecord, TrainResult
+from cnnlab.train.state import RunState, plot_curves, write_history
+from cnnlab.train.tblog import TensorBoardLog
+
+#: Bounds of the EMA decay chosen from the run's length (``1 - 10 / steps``).
+EMA_DECAY_RANGE = (0.5, 0.9998)
+
+
+def ema_decay(total_steps: int, given: float | None = None) -> float:
+    """The EMA decay: ``given``, else one that averages over about the last tenth of the run's steps."""
+    if given is not None:
+        return given
+    lo, hi = EMA_DECAY_RANGE
+    return min(hi, max(lo, 1.0 - 10.0 / max(total_steps, 1)))
+
+
+@dataclass
+class TrainingRun:
+    """Everything one training run works with."""
+
+    config: TrainConfig
+    out: Path
+    splits: DataSplits
+    #: The network being trained, wrapped for the run's classes, preprocessing, device and precision.
+    model: LoadedModel
+    head_info: HeadInfo
+    bn: BNPolicy
+    #: The early layers that keep their weights in SGD phases (``frozen_stride``, :func:`~cnnlab.train.optim.early_layers`).
+    frozen: list[nn.Module]
+    #: Side of the training crops: ``train_size_ratio`` of the evaluation crop
+    #: (:func:`~cnnlab.train.config.train_crop_size`), or the evaluation crop where the network
+    #: cannot train on the smaller one (:func:`~cnnlab.train.start.resolve_train_size`).
+    train_size: int
+    workers: int
+    result: TrainResult
+    progress: Progress
+    #: The run's phases (:func:`cnnlab.train.config.plan_phases`).
+    phases: list[Phase]
+    #: What the run trains and validates on (:mod:`cnnlab.models.leakage`), stored in every checkpoint.
+    data_record: dict[str, Any]
+    #: ``last.pt``'s ``resume`` entry, until the interrupted phase has taken its states.
+    resume: dict[str, Any] | None = None
+    ema: AveragedModel | None = None
+    #: The validation predictions of the best epoch so far in this process (``best.pt``'s on the validation
+    #: split), which :func:`finish_run` reports instead of evaluating ``best.pt`` on those images again.
+    best_val: Predictions | None = None
+    tensorboard: TensorBoardLog | None = None
+    generator: torch.Generator = field(default_factory=torch.Generator)
+    #: The lock on the run folder (:func:`~cnnlab.train.start.start_run`), closed when the run ends.
+    locks: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    _skipped_paths: set[str] = field(default_factory=set, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._skipped_paths = {s.path for s in self.result.skipped}
+
+    @property
+    def head(self) -> nn.Module:
+        """The new classifier layer."""
+        return self.model.module.get_submodule(self.head_info.path)
+
+    @property
+    def eval_model(self) -> LoadedModel:
+        """The weights that are validated and saved: the moving average with ``ema``, else the model."""
+        if self.ema is None or int(self.ema.n_averaged) == 0:
+            return self.model
+        return dataclasses.replace(self.model, module=self.ema.module)
+
+    def note(self, message: str, *, warning: bool = False) -> None:
+        """Tell the user; warnings are also kept in the result."""
+        if warning:
+            self.result.warnings.append(message)
+        self.progress.note(message, warning=warning)
+
+    def skip(self, files: list[SkippedFile]) -> None:
+        """Record undecodable files (each once); raise :class:`DatasetError` when they are every
+        training image of a class (a class the network could never learn)."""
+        new = False
+        for s in files:
+            if s.path not in self._skipped_paths:
+                self._skipped_paths.add(s.path)
+                self.result.skipped.append(s)
+                new = True
+        if new:
+            self._check_classes_decodable()
+
+    def _check_classes_decodable(self) -> None:
+        train = self.splits.train
+        total = train.class_counts()
+        failed: dict[str, int] = {}
+        for path, target in zip(train.paths, train.targets):
+            if str(path) in self._skipped_paths:
+                name = train.classes[target]
+                failed[name] = failed.get(name, 0) + 1
+        lost = [name for name, n in failed.items() if n >= total.get(name, 0) > 0]
+        if lost:
+            examples = [s for s in self.result.skipped if s.label in lost][:3]
+            raise DatasetError(
+                f"none of the training images of class(es) {', '.join(lost)} could be decoded, e.g. "
+                + "; ".join(f"{s.path}: {s.reason}" + (f" ({s.detail})" if s.detail else "") for s in examples)
+                + ". Fix or remove those files or class folders"
+            )
+
+    def batch_plan(self, phase: Phase) -> BatchPlan:
+        """How ``phase`` walks through the training images."""
+        c = self.config
+        return plan_batches(len(self.splits.train), phase.epochs, c.batch_size, c.min_phase_steps)
+
+    def train_loader(self, phase: Phase) -> DataLoader[Batch]:
+        """The augmented, shuffled training batches of ``phase``."""
+        c, plan = self.config, self.batch_plan(phase)
+        transform = make_transform(self.model.preprocessing, c.augment, crop_scale=c.crop_scale, hflip=c.hflip,
+                                   color_jitter=c.color_jitter, crop_size=self.train_size)
+        return make_train_loader(self.splits.train, transform, batch_size=plan.batch_size, workers=self.workers,
+                                 balance=c.balance, generator=self.generator, device_type=self.model.device.type,
+                                 drop_last=plan.drop_last)
+
+    def sgd_steps(self) -> int:
+        """Optimiser steps of the whole run."""
+        return sum(self.batch_plan(p).steps(p.epochs) for p in self.phases if p.name != "probe")
+
+    def start_ema(self) -> None:
+        """Start the moving average of the weights (``ema``), from ``last.pt``'s state when resuming."""
+        if not self.config.ema or self.ema is not None:
+            return
+        decay = ema_decay(self.sgd_steps(), self.config.ema_decay)
+        self.ema = AveragedModel(self.model.module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        if self.resume is not None and self.resume.get("ema") is not None:
+            self.ema.load_state_dict(self.resume["ema"])
+
+    def evaluate(self, images: LabelledImages, description: str) -> Predictions:
+        """The validated weights (in eval mode) over ``images``; skipped files are recorded."""
+        preds = evaluate(self.eval_model, images, batch_size=self.config.batch_size, workers=self.workers,
+                         progress=self.progress, description=description)
+        self.skip(preds.skipped)
+        return preds
+
+    def keep_if_best(self, val: Predictions | None, is_best: bool) -> None:
+        """Keep the validation predictions of a new best epoch (see ``best_val``)."""
+        if is_best:
+            self.best_val = val
+
+    def checkpoint(self, metrics: dict[str, Any], resume: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The checkpoint dict of the validated weights as they are now."""
+        return make_checkpoint(
+            arch=self.model.spec.name,  # the registry entry it was trained from
+            head=self.head_info,
+            classes=self.splits.classes,
+            preprocessing=self.model.preprocessing,
+            state_dict=self.eval_model.module.state_dict(),
+            train_args=self.result.train_args,
+            metrics=metrics,
+            resume=resume,
+            data_record=self.data_record,
+        )
+
+    def save_epoch(self, state: RunState, record: EpochRecord, is_best: bool, resume: dict[str, Any]) -> None:
+        """TensorBoard scalars, ``best.pt`` (when ``is_best``), ``last.pt`` with ``resume``, ``history.csv``."""
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(record)
+        if self.ema is not None:  # the raw weights go on training
+            resume = {**resume, "model": self.model.module.state_dict(), "ema": self.ema.state_dict()}
+        metrics = {k: v for k, v in record.to_dict().items() if k != "seconds"}
+        if is_best:
+            save_checkpoint(self.checkpoint(metrics), self.out / "best.pt")
+        save_checkpoint(self.checkpoint(metrics, resume), self.out / "last.pt")
+        write_history(state.history, self.out / "history.csv")
+
+
+def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
+    """Report ``best.pt`` on the test split (else val); write ``metrics.json`` and ``curves.png``.
+
+    The test split is evaluated with ``best.pt``'s weights loaded into the run's model; the validation report
+    is the best epoch's own validation (``best_val``), evaluated again only when this process did not see
+    that epoch (a resumed run). Both are evaluated as the run evaluates, in its precision and, on the CPU,
+    its channels-last layout: ``predict`` and ``bench`` load ``best.pt`` in the default layout, and their logits
+    can differ from these in the fifth decimal.
+    """
+    result, out, classes = run.result, run.out, run.splits.classes
+    result.history = list(state.history)
+    result.best_epoch, result.best_val_loss = state.best_epoch, state.best_val_loss
+    result.stopped_early = list(state.stopped_early)
+    if run.tensorboard is not None:
+        run.tensorboard.close()
+    best = read_checkpoint(out / "best.pt")
+    run.ema = None  # the best weights (averaged or not) are evaluated in the model itself
+    run.model.module.load_state_dict(best["state_dict"])
+    reports: dict[str, Any] = {}
+    for name, part in (("val", run.splits.val), ("test", run.splits.test)):
+        if part is not None:  # best.pt's validation predictions are at hand unless this process resumed after it
+            preds = run.best_val if name == "val" and run.best_val is not None else run.evaluate(part, f"best.pt on {name}")
+            reports[name] = {**evaluation_report(preds.logits, preds.targets, classes), "skipped": len(preds.skipped)}
+    result.evaluated_on = "test" if "test" in reports else ("val" if "val" in reports else None)
+    result.evaluation = reports[result.evaluated_on] if result.evaluated_on else {}
+    metrics = {
+        "model": result.arch,
+        "random_weights": result.random_weights,
+        "classes": classes,
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss,
+        "evaluated_on": result.evaluated_on,
+        "note": (
+            "best.pt on the test split, which took no part in training or in choosing the epoch"
+            if result.evaluated_on == "test"
+            else "no validation or test images: no held-out figures"
+            if result.evaluated_on is None
+            else "no test split: validation figures, and the validation split chose the best epoch (optimistic)"
+        ),
+        **reports,
+        "class_counts": result.class_counts,
+        "split_source": result.split_source,
+        "skipped": [s.to_dict() for s in result.skipped],
+        "train_args": result.train_args,
+    }
+    atomic_write(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n")
+    best["metrics"] = {
+        **best.get("metrics", {}),
+        "evaluated_on": result.evaluated_on,
+        **{f"{name}_top1": rep.get("top1") for name, rep in reports.items()},
+        **{f"{name}_n": rep.get("n") for name, rep in reports.items()},
+    }
+    save_checkpoint(best, out / "best.pt")
+    start = "random weights" if result.random_weights else "pretrained"
+    plot_curves(result.history, out / "curves.png", title=f"{result.arch} ({start}) on {len(classes)} classes",
+                best_epoch=result.best_epoch)
+    run.note(f"wrote {', '.join(RUN_FILES)} to {out}")
+    return result

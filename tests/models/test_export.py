@@ -1,0 +1,107 @@
+"""export: TorchScript and ONNX round trips of a training checkpoint, within a stated tolerance.
+
+The checkpoint comes from a short run on generated colour images (SqueezeNet from random weights
+at 32 px, whose head is a 1x1 convolution, so the rebuild of an unusual head is exercised too).
+Stated tolerance: the exported file's logits differ from the checkpoint's in PyTorch by at most
+1e-4 on the check batch (the exporter's default limit is 1e-3; fp32 exports measure ~1e-6).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cnnlab.cli import app
+from cnnlab.errors import CnnlabError
+from cnnlab.models import export as export_module
+from cnnlab.models.export import ExportMismatchError, export_model
+from cnnlab.models.load import load_model
+from cnnlab.train import TrainConfig, fine_tune
+from tests.conftest import make_shades
+
+runner = CliRunner()
+STATED_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = make_shades(tmp_path_factory.mktemp("shades"))
+    result = fine_tune(TrainConfig(
+        data=str(root), out=str(tmp_path_factory.mktemp("run") / "r"), model="squeezenet1_1", random_weights=True,
+        image_size=32, freeze_epochs=0, epochs=1, batch_size=8, workers=0,
+    ))
+    return result.best_path
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_round_trip(checkpoint: Path, tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / f"model.{fmt}"
+    result = export_model(checkpoint, fmt, out)
+    assert result.ok and result.max_abs_diff <= STATED_TOLERANCE
+    assert result.path == out and out.is_file() and result.check_batch == 3
+    meta = json.loads(result.metadata_path.read_text())
+    assert meta["classes"] == ["dark", "light"] and meta["input"]["dtype"] == "uint8"
+    assert meta["preprocessing"]["crop_size"] == 32
+
+    # the file on its own, on a batch size it was not exported with, agrees with the checkpoint
+    loaded = load_model(str(checkpoint), device="cpu")
+    batch = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        expected = loaded(batch)
+    if fmt == "torchscript":
+        got = torch.jit.load(str(out))(batch)
+    else:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])
+    assert got.shape == (5, 2)
+    assert float((got - expected).abs().max()) <= STATED_TOLERANCE
+
+
+def test_export_cli_and_default_path(checkpoint: Path) -> None:
+    result = runner.invoke(app, ["export", str(checkpoint), "--format", "torchscript", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["ok"] and data["path"] == str(checkpoint.with_name("best.torchscript.pt"))
+    assert Path(data["path"]).is_file() and data["max_abs_diff"] <= STATED_TOLERANCE
+    text = runner.invoke(app, ["export", str(checkpoint), "--format", "torchscript"])
+    assert text.exit_code == 0 and "ok" in text.stdout
+
+
+def test_export_mismatch_fails_clearly(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = export_module._run_exported
+    monkeypatch.setattr(export_module, "_run_exported", lambda *a: real(*a) + 0.01)  # a subtly wrong export
+    out = tmp_path / "bad.pt"
+    with pytest.raises(ExportMismatchError, match=r"differs from the PyTorch model by up to 0\.01"):
+        export_model(checkpoint, "torchscript", out)
+    assert not out.exists()
+    result = runner.invoke(app, ["export", str(checkpoint), "-f", "torchscript", "--out", str(out)])
+    assert result.exit_code == 1 and "tolerance" in result.stderr
+    passes = runner.invoke(app, ["export", str(checkpoint), "-f", "torchscript", "--out", str(out), "--tolerance", "0.1"])
+    assert passes.exit_code == 0 and out.is_file()
+
+
+def test_export_refuses_unknown_formats(checkpoint: Path) -> None:
+    with pytest.raises(CnnlabError, match="unknown export format"):
+        export_model(checkpoint, "tflite")
+    assert runner.invoke(app, ["export", str(checkpoint), "--format", "tflite"]).exit_code == 2
+
+
+def test_sidecar_describes_the_source_model(tmp_path: Path) -> None:
+    """What `predict`/`bench` need to run the file as a model: source, weights, published figures."""
+    from cnnlab.models.load import load_model as load
+
+    weights = tmp_path / "w.pth"
+    torch.save(load("squeezenet1_1", random_weights=True, device="cpu").module.state_dict(), weights)
+    result = runner.invoke(app, ["export", "squeezenet1_1", "--weights", str(weights), "--out", str(tmp_path / "s.onnx")])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "s.onnx.json").read_text())
+    assert meta["source"] == "torchvision" and meta["weights_file"] == str(weights) and meta["random_weights"] is False
+    assert meta["spec"]["num_params"] == 1_235_496 and meta["spec"]["acc1"] == 58.178
+    assert meta["preprocessing"]["crop_mode"] == "center"

@@ -1,0 +1,73 @@
+"""The one inference loop: order, skipped files, timings, and the penultimate features it can return."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.models.checkpoint import find_head
+from cnnlab.models.load import load_model
+from cnnlab.progress import Progress
+from cnnlab.runtime.inference import run_inference
+from tests.conftest import make_image
+
+
+class Recorder(Progress):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def start(self, key: str, description: str, *, total: float | None = None, completed: float = 0) -> None:
+        self.calls.append(("start", f"{key}:{total}"))
+
+    def update(self, key: str, *, advance: float = 0, **kwargs: object) -> None:
+        self.calls.append(("update", f"{key}:{advance}"))
+
+    def finish(self, key: str, message: str | None = None) -> None:
+        self.calls.append(("finish", key))
+
+
+@pytest.fixture(scope="module")
+def lite0():  # type: ignore[no-untyped-def]
+    return load_model("efficientnet_lite0", device="cpu")
+
+
+def test_order_skips_timings_and_progress(tmp_path: Path, real_photos: dict[str, Path], lite0) -> None:  # type: ignore[no-untyped-def]
+    paths = [real_photos["cat"], tmp_path / "bad.jpg", make_image(tmp_path / "a.png", (90, 70)), real_photos["coffee"]]
+    paths[1].write_bytes(b"not an image")
+    recorder = Recorder()
+    batches = list(run_inference(lite0, paths, batch_size=3, workers=0, labels=["cat", "x", "y", "coffee"],
+                                 progress=recorder, task="t"))
+    assert [i for b in batches for i in b.indices] == [0, 2, 3]
+    assert [(Path(s.path).name, s.reason, s.label) for b in batches for s in b.skipped] == [("bad.jpg", "not-an-image", "x")]
+    assert all(b.logits.shape == (len(b.indices), 1000) and b.logits.dtype == torch.float32 for b in batches)
+    assert all(b.model_s > 0 and b.data_s >= 0 for b in batches)
+    assert recorder.calls[0] == ("start", "t:4") and recorder.calls[-1] == ("finish", "t")
+    assert sum(float(c[1].split(":")[1]) for c in recorder.calls if c[0] == "update") == 4
+
+
+def test_features_are_what_the_head_receives(real_photos: dict[str, Path], lite0) -> None:  # type: ignore[no-untyped-def]
+    paths = list(real_photos.values())
+    (batch,) = list(run_inference(lite0, paths, batch_size=8, workers=0, features=True))
+    assert batch.features is not None and batch.features.shape == (3, 1280)
+    _, head = find_head(lite0.module)
+    with torch.inference_mode():
+        again = head(batch.features)
+    torch.testing.assert_close(again, batch.logits, rtol=1e-4, atol=1e-4)
+    # without the flag no hook stays behind and no features are returned
+    (plain,) = list(run_inference(lite0, paths, batch_size=8, workers=0))
+    assert plain.features is None and not head._forward_pre_hooks
+
+
+def test_stopping_early_removes_the_hook_and_leaves_inference_mode_off(real_photos: dict[str, Path],
+                                                                        lite0) -> None:  # type: ignore[no-untyped-def]
+    _, head = find_head(lite0.module, lite0.spec.num_classes)
+    paths = [real_photos["cat"], real_photos["coffee"]]
+    batches = run_inference(lite0, paths, batch_size=1, workers=0, features=True)
+    first = next(batches)
+    assert first.features is not None and len(head._forward_pre_hooks) == 1
+    assert not torch.is_inference_mode_enabled()  # the caller's code between batches runs as it normally would
+    batches.close()  # the caller stops after one batch
+    assert len(head._forward_pre_hooks) == 0
+    assert not torch.is_inference_mode_enabled()

@@ -1,0 +1,135 @@
+"""predict: real photos with the real offline model; every bad-input kind through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.models import get_model_weights
+from typer.testing import CliRunner
+
+import cnnlab
+from cnnlab.cli import app
+from cnnlab.models.load import load_model
+from cnnlab.models.registry import get_spec
+from tests.conftest import make_image
+
+runner = CliRunner()
+CAT_CLASSES = set(range(281, 286))
+
+
+@pytest.fixture(scope="module")
+def lite0() -> cnnlab.LoadedModel:
+    return load_model("efficientnet_lite0", device="cpu")
+
+
+def test_real_photos_with_offline_model(real_photos: dict[str, Path], lite0: cnnlab.LoadedModel) -> None:
+    result = cnnlab.predict(list(real_photos.values()), model=lite0, topk=5, workers=0)
+    assert not result.skipped
+    by_name = {Path(p.path).stem: p for p in result.predictions}
+    hopper = [c.label for c in by_name["grace_hopper"].top]
+    assert "military uniform" in hopper
+    assert by_name["chelsea"].top[0].index in CAT_CLASSES
+    assert by_name["coffee"].top[0].label == "espresso"
+    probs = [c.probability for c in by_name["coffee"].top]
+    assert probs == sorted(probs, reverse=True) and 0.5 < probs[0] <= 1.0
+
+
+def test_fast_path_matches_torchvision_preset(real_photos: dict[str, Path]) -> None:
+    """Our uint8-then-normalise split computes what torchvision's transforms compute."""
+    spec = get_spec("resnet50.IMAGENET1K_V1")
+    preset = get_model_weights("resnet50")["IMAGENET1K_V1"].transforms()
+    img = Image.open(real_photos["cat"]).convert("RGB")
+    ours = spec.preprocessing.normalize(spec.preprocessing.to_uint8(img)[None])[0]
+    theirs = preset(img)
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_bad_files_are_reported_and_others_predicted(tmp_path: Path, real_photos: dict[str, Path]) -> None:
+    folder = tmp_path / "mixed"
+    good = make_image(folder / "ok.jpg", (80, 60))
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "html.jpg").write_bytes(b"<html>nope</html>")
+    data = (real_photos["grace_hopper"]).read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    Image.new("1", (12000, 12000)).save(folder / "bomb.png")  # 144 Mpx > Pillow's default limit
+    make_image(folder / "sub" / "nested.webp", (50, 50))
+    make_image(folder / "rgba.png", mode="RGBA")
+    result = runner.invoke(app, ["predict", str(folder), "--json", "-q", "--topk", "3"])
+    assert result.exit_code == 1
+    payload = json.loads(result.stdout)
+    predicted = {Path(p["path"]).name for p in payload["predictions"]}
+    assert predicted == {"ok.jpg", "nested.webp", "rgba.png"}
+    reasons = {Path(s["path"]).name: s["reason"] for s in payload["skipped"]}
+    assert reasons == {
+        "empty.jpg": "empty",
+        "html.jpg": "not-an-image",
+        "truncated.jpg": "truncated",
+        "bomb.png": "decompression-bomb",
+    }
+    assert all(len(p["top"]) == 3 for p in payload["predictions"])
+    assert good.exists()
+
+
+def test_missing_path_and_glob(tmp_path: Path) -> None:
+    make_image(tmp_path / "a.png")
+    make_image(tmp_path / "b.png")
+    result = runner.invoke(app, ["predict", str(tmp_path / "*.png"), str(tmp_path / "nope.jpg"), "--csv", "-q", "-k", "2"])
+    assert result.exit_code == 1
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 4 and {Path(r["path"]).name for r in rows} == {"a.png", "b.png"}
+    assert "nope.jpg: missing" in result.stderr
+
+
+def test_table_output_all_good(real_photos: dict[str, Path]) -> None:
+    result = runner.invoke(app, ["predict", str(real_photos["coffee"]), "-q"])
+    assert result.exit_code == 0
+    assert "espresso" in result.stdout
+
+
+def test_models_cli_lists_and_filters() -> None:
+    result = runner.invoke(app, ["models", "res*", "--json"])
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    assert {r["arch"] for r in rows} >= {"resnet50", "resnet18"}
+    assert all(r["arch"].startswith("res") for r in rows)
+    lite = json.loads(runner.invoke(app, ["models", "efficientnet_lite0", "--json"]).stdout)
+    assert lite[0]["available"] is True
+    assert runner.invoke(app, ["models", "zzz*"]).exit_code == 1
+
+
+def test_clear_errors_for_device_and_checkpoint_typos(tmp_path: Path) -> None:
+    img = make_image(tmp_path / "a.png")
+    result = runner.invoke(app, ["predict", str(img), "--device", "gpu", "-q"])
+    assert result.exit_code != 0 and "unknown device 'gpu'" in result.stderr and "Traceback" not in result.output
+    result = runner.invoke(app, ["predict", str(img), "--model", str(tmp_path / "runs" / "best.pt"), "-q"])
+    assert result.exit_code == 3 and "does not exist" in result.stderr
+
+
+def test_empty_folder_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "nothing").mkdir()
+    result = runner.invoke(app, ["predict", str(tmp_path / "nothing"), "-q"])
+    assert result.exit_code == 1 and "no image files found" in result.stderr
+
+
+def test_int8_backend_calibrates_on_the_files_to_predict(real_photos: dict[str, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["predict", *map(str, real_photos.values()), "--backend", "onnxruntime-int8",
+                                 "--calibration-images", "2", "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    runtime = payload["runtime"]
+    assert (runtime["backend"], runtime["precision"], runtime["threads"], runtime["calibration_images"]) == (
+        "onnxruntime", "int8", 1, 2)
+    assert "calibrated on only 2 images" in result.stderr
+    coffee = next(p for p in payload["predictions"] if Path(p["path"]).stem == "coffee")
+    assert coffee["top"][0]["label"] == "espresso"

@@ -1,0 +1,221 @@
+"""Review of `cnnlab train` (issue 10): edge cases found by trying the command as a user and as an attacker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from cnnlab.cli import app
+from cnnlab.train import TrainConfig
+from cnnlab.train.lr_find import find_lr
+
+runner = CliRunner()
+#: The offline model's real weights at a small size: every run here takes seconds.
+SMALL = ["--model", "efficientnet_lite0", "--image-size", "32", "--workers", "0", "--batch-size", "8"]
+
+
+def make_colours(root: Path, per_class: int = 8, size: int = 32) -> Path:
+    rng = np.random.default_rng(0)
+    for name, rgb in {"blue": (40, 60, 220), "red": (220, 40, 40)}.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            array = np.clip(np.array(rgb)[None, None, :] + rng.normal(0, 30, (size, size, 3)), 0, 255)
+            Image.fromarray(array.astype(np.uint8)).save(root / name / f"{i:02d}.png")
+    return root
+
+
+def test_class_of_only_unreadable_files_is_refused(tmp_path: Path) -> None:
+    """A class folder whose files all fail to decode would be a class the head can never learn."""
+    data = make_colours(tmp_path / "data")
+    (data / "broken").mkdir()
+    for i in range(5):
+        (data / "broken" / f"{i}.jpg").write_bytes(b"not an image")
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze", *SMALL])
+    assert result.exit_code == 2, result.output
+    assert "broken" in result.stderr and "could be decoded" in result.stderr
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_find_lr_skips_a_one_image_batch_while_batchnorm_trains(tmp_path: Path) -> None:
+    """Undecodable files can leave a batch of one image; the range test crashed in BatchNorm on it."""
+    data = make_colours(tmp_path / "data", per_class=2)
+    for name in ("blue", "red"):
+        for i in range(2):
+            (data / name / f"bad{i}.png").write_bytes(b"not an image")
+    config = TrainConfig(data=str(data), out=str(tmp_path / "lr"), probe=False, val_fraction=0.0, bn="train",
+                         model="efficientnet_lite0", image_size=32, workers=0, batch_size=2)
+    result = find_lr(config, steps=12)
+    assert len(result.lrs) == 12 and result.suggestion is not None
+    assert (tmp_path / "lr" / "lr_find.csv").is_file()
+
+
+def test_out_inside_the_data_folder_is_refused(tmp_path: Path) -> None:
+    """A run folder inside the class folders became a class (curves.png its image) of the next run."""
+    data = make_colours(tmp_path / "data")
+    for out in (data / "run", data / "red", data):
+        result = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--freeze", *SMALL])
+        assert result.exit_code == 2, result.output
+        assert "inside the data folder" in result.stderr
+    assert sorted(p.name for p in data.iterdir()) == ["blue", "red"]
+    assert list(data.rglob("*.png")) and not list(data.rglob("curves.png"))
+
+
+def test_model_checkpoint_that_does_not_fit_its_architecture_gives_a_short_error(tmp_path: Path) -> None:
+    """The error listed every missing and unexpected key: tens of kilobytes on the terminal."""
+    data = make_colours(tmp_path / "data")
+    first = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "a"), "--freeze", *SMALL])
+    assert first.exit_code == 0, first.output
+    ckpt = torch.load(tmp_path / "a" / "best.pt", weights_only=False)
+    ckpt["arch"] = "mobilenet_v3_small"
+    torch.save(ckpt, tmp_path / "other.pt")
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "b"), "--freeze", *SMALL]
+    args[args.index("--model") + 1] = str(tmp_path / "other.pt")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3, result.output
+    assert "do not fit mobilenet_v3_small" in result.stderr and len(result.stderr) < 2000
+
+
+def test_onnx_model_is_refused_with_advice_for_train(tmp_path: Path) -> None:
+    """The refusal suggested --backend, an option train does not have."""
+    data = make_colours(tmp_path / "data")
+    (tmp_path / "m.onnx").write_bytes(b"\\x08\\x07")
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "b"), "--freeze", *SMALL]
+    args[args.index("--model") + 1] = str(tmp_path / "m.onnx")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "ONNX" in result.stderr and "--backend" not in result.stderr
+
+
+def test_classes_that_differ_only_in_case_are_warned_about(tmp_path: Path) -> None:
+    data = make_colours(tmp_path / "data")
+    (data / "red").rename(data / "Blue")
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze", *SMALL])
+    assert result.exit_code == 0, result.output
+    assert "differ only in case" in result.stderr and "'Blue', 'blue'" in result.stderr
+
+
+def test_resume_with_two_processes(tmp_path: Path) -> None:
+    """Every rank but 0 was given overwrite=True next to resume=True and stopped at the settings check."""
+    data = make_colours(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--out", str(out), *SMALL]
+    first = runner.invoke(app, ["train", *args, "--epochs", "1", "--freeze-epochs", "0", "--no-probe"])
+    assert first.exit_code == 0, first.output
+    cmd = [sys.executable, "-m", "cnnlab", "train", "--out", str(out), "--resume", "--workers", "0", "--nproc", "2", "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "exclude each other" not in proc.stderr
+
+
+def test_without_held_out_images_no_evaluation_on_validation_images_is_claimed(tmp_path: Path) -> None:
+    """With one image per class nothing is held out; the run said it evaluated on the validation images."""
+    data = make_colours(tmp_path / "data", per_class=1)
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze", *SMALL])
+    assert result.exit_code == 0, result.output
+    assert "uses the validation images" not in result.stderr and "no held-out figure" in result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["evaluated_on"] is None and "validation figures" not in metrics["note"]
+
+
+def test_freeze_with_ema_or_mixup_says_they_are_not_used(tmp_path: Path) -> None:
+    data = make_colours(tmp_path / "data")
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze", "--ema",
+                                 "--mixup", "0.2", *SMALL])
+    assert result.exit_code == 0, result.output
+    assert "--ema, --mixup act on SGD epochs" in result.stderr
+
+
+def test_tensorboard_that_does_not_import_is_a_usage_error(tmp_path: Path) -> None:
+    """Found by find_spec but failing to import, tensorboard crashed the run with a traceback after the run
+    folder was prepared."""
+    fake = tmp_path / "site" / "tensorboard"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('simulated: needs a newer protobuf')\n")
+    data = make_colours(tmp_path / "data")
+    src = Path(__file__).resolve().parents[2] / "src"
+    cmd = [sys.executable, "-m", "cnnlab", "train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze",
+           "--tensorboard", *SMALL]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(src)])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "does not import" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_image_size_near_the_input_limit_trains_and_above_it_is_a_usage_error(tmp_path: Path) -> None:
+    """--image-size 2000 scaled the resize to 2286, over the 2048 limit: a ValueError traceback."""
+    data = make_colours(tmp_path / "data", per_class=1)
+    args = ["train", "--data", str(data), "--freeze", *SMALL, "--batch-size", "2"]
+    args[args.index("--image-size") + 1] = "2000"
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    args[args.index("--image-size") + 1] = "4096"
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and not isinstance(result.exception, ValueError)
+
+
+def test_unknown_model_or_missing_checkpoint_is_refused_before_the_data_are_read(tmp_path: Path) -> None:
+    """A typo in --model was found only after every image had been scanned and hashed."""
+    missing_data = tmp_path / "no-such-data"  # reading the data would be an error of its own
+    for model, expected in (("efficientnet_lite", "efficientnet_lite0"), (str(tmp_path / "gone.pt"), "no such checkpoint")):
+        result = runner.invoke(app, ["train", "--data", str(missing_data), "--out", str(tmp_path / "run"), "--model", model])
+        assert result.exit_code == 2, result.output
+        assert expected in result.stderr and "no-such-data" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_find_lr_warns_when_the_loss_never_rose(tmp_path: Path) -> None:
+    """On a few easy images the loss stayed flat up to the largest rate, and --find-lr suggested 1.0 as if it
+    had found something."""
+    data = make_colours(tmp_path / "data", per_class=4)
+    config = TrainConfig(data=str(data), out=str(tmp_path / "lr"), model="efficientnet_lite0", image_size=32,
+                         workers=0, val_fraction=0.0, probe=False, augment="none")  # a steady loss near ln(2)
+    flat = find_lr(config, start_lr=1e-9, end_lr=1e-7, steps=6)  # rates far too small to break anything
+    assert flat.suggestion == pytest.approx(1e-8) and flat.warning and "never rose" in flat.warning
+    assert flat.to_dict()["warning"] == flat.warning
+    broken = find_lr(config, start_lr=1e-3, end_lr=1e4, steps=30)  # rates that do break training
+    assert broken.warning is None and broken.suggestion is not None and broken.suggestion < 1e3
+
+
+def test_resuming_a_finished_run_says_so(tmp_path: Path) -> None:
+    """--resume of a run that had finished evaluated it again without a word."""
+    data = make_colours(tmp_path / "data")
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", *SMALL]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "had finished (epoch 1): nothing is left to train" in again.stderr
+
+
+def test_model_folder_and_checkpoint_with_other_weights_are_refused_before_the_data_are_read(tmp_path: Path) -> None:
+    data = make_colours(tmp_path / "data")
+    first = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "a"), "--freeze", *SMALL])
+    assert first.exit_code == 0, first.output
+    missing_data = str(tmp_path / "no-such-data")
+    folder = runner.invoke(app, ["train", "--data", missing_data, "--out", str(tmp_path / "b"), "--model", str(tmp_path / "a")])
+    assert folder.exit_code == 2 and "is a folder" in folder.stderr and "best.pt" in folder.stderr, folder.output
+    weights = runner.invoke(app, ["train", "--data", missing_data, "--out", str(tmp_path / "b"),
+                                  "--model", str(tmp_path / "a" / "best.pt"), "--random-weights"])
+    assert weights.exit_code == 2 and "do not apply" in weights.stderr, weights.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_layer_and_crop_options_the_run_does_not_use_are_named(tmp_path: Path) -> None:
+    data = make_colours(tmp_path / "data")
+    probe_only = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "a"), "--freeze",
+                                     "--frozen-stride", "8", "--train-size-ratio", "0.5", *SMALL])
+    assert probe_only.exit_code == 0, probe_only.output
+    assert "--frozen-stride, --train-size-ratio act on SGD epochs" in probe_only.stderr
+    plain = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "b"), "--epochs", "1",
+                                "--augment", "none", "--train-size-ratio", "0.5", *SMALL])
+    assert plain.exit_code == 0, plain.output
+    assert "--train-size-ratio is not used" in plain.stderr

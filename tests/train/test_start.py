@@ -1,0 +1,125 @@
+"""Continued training from a checkpoint, the learning-rate finder and TensorBoard logs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cnnlab.cli import app
+from cnnlab.models.checkpoint import read_checkpoint
+from cnnlab.models.leakage import overlap
+from cnnlab.models.load import load_model
+from cnnlab.train import TrainConfig, TrainResult, fine_tune
+from tests.train.test_recipe_end_to_end import make_colours
+
+runner = CliRunner()
+#: efficientnet_lite0's real weights at 32 px: seconds per run.
+SMALL = {"model": "efficientnet_lite0", "image_size": 32, "workers": 0}
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_colours(tmp_path_factory.mktemp("continue") / "colours")
+
+
+@pytest.fixture(scope="module")
+def parent(colours: Path) -> TrainResult:
+    return fine_tune(TrainConfig(data=str(colours), out=str(colours.parent / "parent"), epochs=1, **SMALL))
+
+
+def test_same_classes_continue_with_the_trained_head(parent: TrainResult, colours: Path, tmp_path: Path) -> None:
+    child = fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "child"), epochs=1,
+                                  **{**SMALL, "model": str(parent.best_path)}))
+    assert [h.phase for h in child.history] == ["full"]  # no probe: the head is kept
+    assert child.head.endswith("(kept)") and child.arch == parent.arch
+    ckpt = read_checkpoint(child.best_path)
+    assert ckpt["train_args"]["continued_from"] == str(parent.best_path)
+    assert ckpt["preprocessing"]["crop_size"] == 32  # the parent's preprocessing
+    assert ckpt["data_record"]["inherited"]["from"] == str(parent.best_path)
+    assert load_model(str(child.best_path), device="cpu").categories == ("blue", "green", "red")
+
+
+def test_new_classes_get_a_new_head_and_inherit_the_record(parent: TrainResult, tmp_path: Path) -> None:
+    data = tmp_path / "two"
+    make_colours(data, per_class=8, seed=5)
+    shutil.rmtree(data / "green")
+    (data / "blue").rename(data / "navy")
+    child = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "child"), epochs=1,
+                                  **{**SMALL, "model": str(parent.best_path)}))
+    assert child.classes == ["navy", "red"] and [h.phase for h in child.history] == ["probe", "full"]
+    assert child.head == "_fc: linear 1280 -> 2"
+    parent_train = [Path(p) for p, _, split in (line.split(",") for line in
+                    (parent.out / "data_split.csv").read_text().splitlines()[1:]) if split == "train"]
+    report = overlap(child.best_path, parent_train[:3])  # the parent's training images count as seen
+    assert report.counts["parent train"] == 3 and report.overlapping == 3
+
+
+def test_continuing_refuses_weights_options(parent: TrainResult, colours: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--data", str(colours), "--model", str(parent.best_path),
+                                 "--random-weights", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "checkpoint with its own weights" in result.stderr
+    assert not (tmp_path / "x" / "best.pt").exists()
+
+
+def test_find_lr_writes_a_plot_and_suggests_a_value(colours: Path, tmp_path: Path) -> None:
+    from cnnlab.runtime import allocator
+
+    out = tmp_path / "lr"
+    checks = allocator.checks
+    result = runner.invoke(app, ["train", "--find-lr", "--data", str(colours), "--model", "squeezenet1_1",
+                                 "--random-weights", "--image-size", "32", "--workers", "0", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "suggested --lr" in result.stdout and "a tenth of the first learning rate" in result.stdout
+    assert (out / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+    rows = (out / "lr_find.csv").read_text().splitlines()
+    assert rows[0] == "lr,loss,smoothed_loss" and 10 < len(rows) <= 101
+    assert allocator.checks - checks >= len(rows) - 1  # every step may give free heap pages back
+    lrs = [float(r.split(",")[0]) for r in rows[1:]]
+    assert lrs[0] == pytest.approx(1e-7) and all(b > a for a, b in zip(lrs, lrs[1:]))
+    assert not (out / "best.pt").exists() and not (out / "data_split.csv").exists()  # nothing trained for good
+
+
+def test_the_suggestion_rule_on_both_kinds_of_curve() -> None:
+    from cnnlab.train.lr_find import suggest
+
+    lrs = [10 ** (-7 + i / 10) for i in range(80)]
+    falling = [2.0 - 1.8 * min(i, 50) / 50 + (0.2 * (i - 60) if i > 60 else 0) for i in range(80)]  # random head
+    flat = [0.01 + (0.05 * (i - 55) if i > 55 else 0) for i in range(80)]  # after the probe: flat, then rising
+    assert suggest(lrs, falling, 3) == pytest.approx(lrs[62] / 10)  # just past the minimum, divided by 10
+    assert suggest(lrs, flat, 3) == pytest.approx(lrs[57] / 10)  # where the flat loss turns, divided by 10
+    assert suggest(lrs, [0.1] * 80, 3) == lrs[-1] / 10 and suggest([], [], 3) is None
+
+
+def test_tensorboard_event_files_next_to_history(colours: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    r = fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "tb"), epochs=1, tensorboard=True, **SMALL))
+    events = EventAccumulator(str(r.out / "tensorboard"))
+    events.Reload()
+    assert {"loss/train", "loss/val", "accuracy/val", "lr/head", "lr/backbone"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss/val")] == [0, 1]  # the probe, then epoch 1
+    assert events.Scalars("accuracy/val")[-1].value == pytest.approx(r.history[-1].val_acc)
+
+
+def test_tensorboard_missing_is_a_usage_error_before_any_work(colours: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnnlab.train import tblog
+
+    real = tblog.importlib.util.find_spec
+    monkeypatch.setattr(tblog.importlib.util, "find_spec", lambda name: None if name == "tensorboard" else real(name))
+    result = runner.invoke(app, ["train", "--data", str(colours), "--tensorboard", "--out", str(tmp_path / "t")])
+    assert result.exit_code == 2 and "pip install 'cnnlab[tensorboard]'" in result.stderr
+    assert not (tmp_path / "t").exists()
+
+
+def test_ema_checkpoint_holds_the_averaged_weights(colours: Path, tmp_path: Path) -> None:
+    r = fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "ema"), epochs=1, ema=True, **SMALL))
+    last = torch.load(r.last_path, weights_only=True)
+    averaged = last["resume"]["ema"]
+    assert int(averaged["n_averaged"]) > 1
+    assert torch.equal(averaged["module._fc.weight"], last["state_dict"]["_fc.weight"])
+    assert not torch.equal(last["resume"]["model"]["_fc.weight"], last["state_dict"]["_fc.weight"])
