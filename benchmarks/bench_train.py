@@ -362,6 +362,7 @@ def _one(method: str, root: str, work: str, epochs: str) -> int:
 
 def colours_figure(work: Path, epochs: int = 3) -> tuple[float, float, float]:
     """cnnlab's defaults (``--epochs 3``) on 24 generated images per class, scored on 30 unseen ones per class."""
+    from cnnlab.options import RuntimeOptions
     from cnnlab.prediction import predict
 
     data = make_colours(work / "colours", 24, seed=0)
@@ -369,7 +370,7 @@ def colours_figure(work: Path, epochs: int = 3) -> tuple[float, float, float]:
     started, cpu = time.perf_counter(), cpu_seconds()
     result = fine_tune(TrainConfig(data=str(data), out=str(work / "colours-run"), epochs=epochs, overwrite=True))
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
-    preds = predict([unseen], model=str(result.best_path), workers=0, device="cpu").predictions
+    preds = predict([unseen], model=str(result.best_path), runtime=RuntimeOptions(workers=0, device="cpu")).predictions
     return float(np.mean([Path(p.path).parent.name == p.top[0].label for p in preds])), seconds, cpu
 
 

@@ -15,9 +15,11 @@ from typer.testing import CliRunner
 
 import cnnlab
 from cnnlab.cli import app
+from cnnlab.errors import UsageError
 from cnnlab.models.load import load_model
 from cnnlab.models.registry import get_spec
-from tests.conftest import make_image
+from cnnlab.options import RuntimeOptions
+from tests.helpers.images import make_image
 
 runner = CliRunner()
 CAT_CLASSES = set(range(281, 286))
@@ -25,11 +27,11 @@ CAT_CLASSES = set(range(281, 286))
 
 @pytest.fixture(scope="module")
 def lite0() -> cnnlab.LoadedModel:
-    return load_model("efficientnet_lite0", device="cpu")
+    return load_model("efficientnet_lite0", RuntimeOptions(device="cpu"))
 
 
 def test_real_photos_with_offline_model(real_photos: dict[str, Path], lite0: cnnlab.LoadedModel) -> None:
-    result = cnnlab.predict(list(real_photos.values()), model=lite0, topk=5, workers=0)
+    result = cnnlab.predict(list(real_photos.values()), model=lite0, topk=5, runtime=cnnlab.RuntimeOptions(workers=0))
     assert not result.skipped
     by_name = {Path(p.path).stem: p for p in result.predictions}
     hopper = [c.label for c in by_name["grace_hopper"].top]
@@ -38,6 +40,18 @@ def test_real_photos_with_offline_model(real_photos: dict[str, Path], lite0: cnn
     assert by_name["coffee"].top[0].label == "espresso"
     probs = [c.probability for c in by_name["coffee"].top]
     assert probs == sorted(probs, reverse=True) and 0.5 < probs[0] <= 1.0
+
+
+def test_predict_by_name_with_defaults_and_with_runtime_options(real_photos: dict[str, Path]) -> None:
+    """The documented call works as written; how the model runs is one RuntimeOptions, checked when made."""
+    photos = [real_photos["coffee"]]
+    result = cnnlab.predict(photos, model="efficientnet_lite0", topk=5)
+    assert result.predictions[0].top[0].label == "espresso" and len(result.predictions[0].top) == 5
+    tuned = cnnlab.predict(photos, model=cnnlab.ModelSource(name="efficientnet_lite0"), topk=2,
+                           runtime=RuntimeOptions(device="cpu", workers=0, batch_size=1, threads=1))
+    assert tuned.predictions[0].top[0].label == "espresso" and tuned.runtime["threads"] == 1
+    with pytest.raises(UsageError, match="unknown precision"):
+        RuntimeOptions(precision="fp64")
 
 
 def test_fast_path_matches_torchvision_preset(real_photos: dict[str, Path]) -> None:

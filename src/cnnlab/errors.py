@@ -1,8 +1,9 @@
 """Exceptions that cnnlab raises on purpose.
 
 Every error a user can cause (a bad name, missing weights, an unreadable image) is a
-:class:`CnnlabError`; the CLI prints its message without a traceback and exits with
-``exit_code``.
+:class:`CnnlabError`; the CLI prints its message as it is, without a traceback, and exits with
+``exit_code``. So a message speaks of the library's parameters and the data ("output folder X",
+"batch size"), never of CLI flags: a Python caller has no ``--out``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnlab.imagedata.datasets import SkippedFile, expand_paths
 from cnnlab.models.registry import OFFLINE_MODEL
-from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, Quantization, RuntimeChoice, parse_choice
+from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, ModelSource, Quantization, RuntimeOptions
 from cnnlab.progress import Progress
 
 if TYPE_CHECKING:
@@ -68,28 +68,33 @@ class PredictResult:
         }
 
 
+#: Images per batch when ``runtime.batch_size`` is not given.
+DEFAULT_PREDICT_BATCH = 16
+
+
 def predict(
     inputs: Sequence[str | Path],
     *,
-    model: str | Path | Runtime = OFFLINE_MODEL,
+    model: str | Path | ModelSource | Runtime = OFFLINE_MODEL,
     topk: int = 5,
-    batch_size: int = 16,
-    workers: int | None = None,
-    device: str = "auto",
-    weights: str | Path | None = None,
-    weights_dir: str | Path | None = None,
-    backend: RuntimeChoice | str = RuntimeChoice.TORCH,
-    threads: int | None = None,
+    runtime: RuntimeOptions | None = None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     progress: Progress | None = None,
 ) -> PredictResult:
     """Classify files, folders (searched recursively) and glob patterns.
 
     ``model`` is a registry name, a checkpoint of ``cnnlab train``, an ``.onnx`` file of ``cnnlab
-    export``, or a loaded model; a name runs on ``backend`` (an int8 backend calibrates on a sample
-    of ``calibration_images`` of the files to predict) with ``threads`` CPU threads. Files that
-    cannot be decoded are listed in ``result.skipped`` with their reason; the other files are still
-    predicted. Progress is reported as task ``predict``, in files.
+    export``, a :class:`~cnnlab.options.ModelSource` (the same, with a weights file or folder), or a
+    loaded model (:func:`cnnlab.load_model`). ``runtime`` says how a model given by name runs (device,
+    backend, threads, batch size, loader workers: :class:`~cnnlab.options.RuntimeOptions`; ``None``: the
+    defaults, batches of :data:`DEFAULT_PREDICT_BATCH`); an int8 backend calibrates on a sample of
+    ``calibration_images`` of the files to predict. Files that cannot be decoded are listed in
+    ``result.skipped`` with their reason; the other files are still predicted. Progress is reported as
+    task ``predict``, in files.
+
+    Raises:
+        WeightsIntegrityError: the model gives outputs that are not one row per image (an ONNX graph that
+            ignores the batch dimension).
     """
     import torch
 
@@ -97,13 +102,13 @@ def predict(
     from cnnlab.runtime.loader import load_runtime
     from cnnlab.runtime.quantize import calibration_sample
 
+    runtime = runtime or RuntimeOptions()
     paths, skipped = expand_paths(inputs)
-    if isinstance(model, (str, Path)):
-        choice = parse_choice(RuntimeChoice, backend, "backend")
-        int8 = choice.quantization is Quantization.INT8 and paths
-        loaded = load_runtime(str(model), choice, weights=weights, weights_dir=weights_dir, device=device,
-                              threads=threads, calibration=calibration_sample(paths, calibration_images) if int8 else (),
-                              progress=progress)
+    if isinstance(model, (str, Path, ModelSource)):
+        source = model if isinstance(model, ModelSource) else ModelSource(name=str(model))
+        int8 = runtime.backend.quantization is Quantization.INT8 and paths
+        loaded = load_runtime(source, runtime, progress=progress,
+                              calibration=calibration_sample(paths, calibration_images) if int8 else ())
     else:
         loaded = model
     result = PredictResult(loaded.name, skipped=list(skipped), random_weights=loaded.random_weights,
@@ -119,7 +124,9 @@ def predict(
         result.leakage = report.to_dict()
     k = max(1, min(topk, loaded.spec.num_classes))
     categories = loaded.categories
-    for batch in run_inference(loaded, paths, batch_size=batch_size, workers=workers, progress=progress,
+    for batch in run_inference(loaded, paths, batch_size=runtime.batch_size or DEFAULT_PREDICT_BATCH,
+                               workers=runtime.workers, fast_decode=runtime.fast_decode, decode=runtime.decode,
+                               progress=progress,
                                task="predict", description=f"predict {loaded.name}"):
         result.skipped.extend(batch.skipped)
         values, indices = torch.softmax(batch.logits, dim=1).topk(k, dim=1)
@@ -134,6 +141,8 @@ def _checkpoint_of(model: object, loaded: Runtime) -> Path | None:
     """The ``cnnlab train`` checkpoint behind ``model``, if it is one (given by path, or loaded from one)."""
     from cnnlab.models.checkpoint import is_checkpoint_file
 
+    if isinstance(model, ModelSource):
+        model = model.name
     if isinstance(model, (str, Path)):
         return Path(model) if is_checkpoint_file(model) else None
     path = getattr(loaded, "weights_path", None)

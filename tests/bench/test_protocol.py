@@ -12,7 +12,7 @@ import pytest
 from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
 from cnnlab.bench.protocol import PREDICTION_DTYPE, PROTOCOL_VERSION, ProtocolError, RunRequest, RunResult
 from cnnlab.progress import JsonLinesProgress, Progress, replay
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 
 def test_request_round_trip_ignores_unknown_fields_and_refuses_other_versions(tmp_path: Path) -> None:
@@ -114,8 +114,28 @@ def test_worker_main_ends_quietly_on_ctrl_c(tmp_path: Path, monkeypatch: pytest.
     assert not (tmp_path / "res.json").exists()
 
 
-def test_prediction_records_are_56_bytes_as_the_readme_says() -> None:
-    """What the parent keeps per image and model (the README's memory claim quotes this figure)."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+def test_prediction_records_are_56_bytes_as_the_docs_say() -> None:
+    """What the parent keeps per image and model (the docs' memory claim quotes this figure)."""
+    root = Path(__file__).parents[2]
+    text = " ".join(p.read_text(encoding="utf-8") for p in [root / "README.md", *sorted((root / "docs").rglob("*.md"))])
     assert PREDICTION_DTYPE.itemsize == 56
-    assert f"{PREDICTION_DTYPE.itemsize} bytes per image" in " ".join(readme.split())
+    assert f"{PREDICTION_DTYPE.itemsize} bytes per image" in " ".join(text.split())
+
+
+def test_measure_options_embed_runtime_options_and_keep_the_results_json_keys() -> None:
+    """How a model runs is one RuntimeOptions, parsed once; results.json and the worker messages keep
+    the flat keys of earlier versions."""
+    from cnnlab.options import DecodeWhere, Precision, RuntimeOptions
+
+    short = MeasureOptions(device="cpu", batch_size=8, workers=0, precision="bf16", decode="cpu")
+    long = MeasureOptions(runtime=RuntimeOptions(device="cpu", batch_size=8, workers=0, precision=Precision.BF16,
+                                                 decode=DecodeWhere.CPU))
+    assert short.runtime == long.runtime and short.runtime.precision is Precision.BF16
+    data = short.to_dict()
+    assert list(data) == ["device", "batch_size", "precision", "channels_last", "compile", "workers", "threads",
+                          "fast_decode", "decode", "weights", "weights_dir", "batch_sizes", "warmup",
+                          "latency_repeats", "throughput_repeats", "max_seconds_per_timing"]
+    assert (data["precision"], data["decode"], data["weights"]) == ("bf16", "cpu", "pretrained")
+    assert MeasureOptions.from_dict({**data, "unknown": 1}).to_dict() == data
+    with pytest.raises(TypeError, match="backend"):
+        MeasureOptions(backend="onnxruntime")  # per row: BenchConfig.backends

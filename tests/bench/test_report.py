@@ -192,6 +192,23 @@ def test_failed_models_and_missing_tests_are_explained(demo: tuple[BenchResult, 
     assert rows["alexnet"]["status"] == "error" and rows[MODEL]["status"] == "ok"
 
 
+def test_models_whose_names_differ_only_in_non_ascii_get_their_own_files(
+        demo: tuple[BenchResult, dict[str, Path]], tmp_path: Path) -> None:
+    """Issue 27 item 9: runs/猫/best.pt and runs/犬/best.pt both made the stem runs_best.pt; the second
+    model's predictions replaced the first's. Each model now has its own predictions and confusion files."""
+    result, _ = demo
+    (model,) = result.models
+    names = ["runs/猫/best.pt", "runs/犬/best.pt"]
+    models = [dataclasses.replace(model, run=dataclasses.replace(model.run, model=n, spec={**model.run.spec, "name": n}))
+              for n in names]
+    files = write_bench_outputs(dataclasses.replace(result, models=models), tmp_path, plots=True)
+    predictions = sorted((tmp_path / "predictions").iterdir())
+    confusions = sorted((tmp_path / "confusion").iterdir())
+    assert len(predictions) == len(confusions) == 2 and len({p.name for p in predictions}) == 2
+    assert len([k for k in files if k.startswith("confusion_csv_")]) == 2
+    assert len([k for k in files if k.startswith("confusion_") and not k.startswith("confusion_csv_")]) == 2
+
+
 def test_import_is_light() -> None:
     """Importing the report modules and their names loads neither the bench runner, torch, scipy nor matplotlib."""
     code = (
@@ -210,7 +227,7 @@ def test_template_ships_as_package_data() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     patterns = pyproject["tool"]["setuptools"]["package-data"]["cnnlab"]
     package = ROOT / "src" / "cnnlab"
-    templates = [p.relative_to(package).as_posix() for p in (package / "report" / "templates").iterdir()]
+    templates = [p.relative_to(package).as_posix() for p in (package / "render" / "templates").iterdir()]
     assert templates and all(any(fnmatch.fnmatch(t, pattern) for pattern in patterns) for t in templates)
 
 

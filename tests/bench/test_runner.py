@@ -20,7 +20,7 @@ from cnnlab.imagedata.demo import build_demo_set
 from cnnlab.metrics import wilson_interval
 from cnnlab.models.load import LoadedModel
 from cnnlab.models.registry import get_spec
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 runner = CliRunner()
 FAST = dict(latency_repeats=3, throughput_repeats=3, warmup=1, batch_size=4, workers=0)
@@ -302,7 +302,7 @@ def test_timeout_per_model_needs_isolation(tiny_folder: Path, tmp_path: Path) ->
     result = runner.invoke(app, ["bench", str(tiny_folder), "-m", "squeezenet1_1", "--random-weights", "--in-process",
                                  "--timeout-per-model", "30", "-o", str(tmp_path / "o"), "-q"])
     assert result.exit_code == 2, result.output
-    assert "--timeout-per-model" in result.stderr and "--in-process" in result.stderr
+    assert "time limit per model" in result.stderr and "running every model in this process" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
 
 

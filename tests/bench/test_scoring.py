@@ -18,12 +18,12 @@ from cnnlab.bench.protocol import PREDICTION_DTYPE, RunResult
 from cnnlab.bench.scoring import score
 from cnnlab.bench.user_classes import UserClasses
 from cnnlab.cli import app
-from cnnlab.errors import DatasetError
+from cnnlab.errors import DatasetError, UsageError
 from cnnlab.imagedata.datasets import scan_dataset
 from cnnlab.imagedata.imagenet_val import read_ground_truth, read_real_labels, scan_flat_val
 from cnnlab.imagedata.labels import imagenet_categories, imagenet_wnids, map_classes
 from cnnlab.models.registry import get_spec
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 runner = CliRunner()
 FAST = MeasureOptions(latency_repeats=3, throughput_repeats=3, warmup=1, batch_size=8, workers=0)
@@ -174,15 +174,46 @@ def test_output_folder_rules(tmp_path: Path, real_photos: dict[str, Path]) -> No
     assert runner.invoke(app, args).exit_code == 0
     (out / "predictions" / "stale.csv").write_text("from an older run\n", encoding="utf-8")
     again = runner.invoke(app, args)
-    assert again.exit_code == 2 and "--overwrite" in again.stderr
+    assert again.exit_code == 2 and "earlier bench run" in again.stderr and "overwrite" in again.stderr
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
     assert not (out / "predictions" / "stale.csv").exists()
     as_file = tmp_path / "a_file"
     as_file.write_text("x", encoding="utf-8")
     result = runner.invoke(app, [*args[:-1], str(as_file)])
-    assert result.exit_code == 2 and "is not a folder" in result.stderr
+    assert result.exit_code == 2 and "a file, not a folder" in result.stderr
     result = runner.invoke(app, ["bench", str(data), "--models", "", "-o", str(tmp_path / "o2")])
     assert result.exit_code == 2 and "names no model" in result.output
+
+
+@pytest.mark.parametrize("where", ["cat", ".", "cat/deeper"])
+def test_an_output_folder_inside_the_data_is_refused_before_anything_is_made(tmp_path: Path, where: str) -> None:
+    """Issue 27 item 3: ``--out data/cat`` made the next run read the plots as cat images (another top-1,
+    exit 0); ``--out data`` added confusion/ and predictions/ as classes."""
+    data = tmp_path / "data"
+    for name in ("cat", "dog"):
+        make_image(data / name / "1.png")
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    config = BenchConfig(data=data, models=["squeezenet1_1"], isolate=False,
+                         measure=MeasureOptions(weights="random", workers=0, latency_repeats=3, throughput_repeats=3))
+    with pytest.raises(UsageError, match="inside the data folder|is the data folder"):
+        bench_models(config, out=data / where)
+    result = runner.invoke(app, ["bench", str(data), "-m", "squeezenet1_1", "--random-weights", "-q", "-o",
+                                 str(data / where)])
+    assert result.exit_code == 2 and "data folder" in result.stderr
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
+def test_a_hidden_folder_inside_the_data_may_hold_the_outputs(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for name in ("cat", "dog"):
+        make_image(data / name / "1.png")
+    config = BenchConfig(data=data, models=["squeezenet1_1"], isolate=False,
+                         measure=MeasureOptions(weights="random", workers=0, latency_repeats=3, throughput_repeats=3))
+    result = bench_models(config, out=data / ".cnnlab" / "bench", plots=False)
+    assert result.files["json"] == data / ".cnnlab" / "bench" / "results.json" and result.files["json"].is_file()
+    assert not result.failed and result.dataset.classes == ["cat", "dog"]
+    compute_only = bench_models(config)
+    assert compute_only.files == {} and not compute_only.failed
 
 
 def test_undecodable_class_names_and_user_files_in_the_output_folder(tmp_path: Path,
@@ -202,7 +233,7 @@ def test_undecodable_class_names_and_user_files_in_the_output_folder(tmp_path: P
             "--repeats", "3", "-b", "4"]
     assert runner.invoke(app, args).exit_code == 0  # a folder with other files is fine
     again = runner.invoke(app, args)
-    assert again.exit_code == 2 and "--overwrite" in again.stderr  # ... one with an earlier run is not
+    assert again.exit_code == 2 and "earlier bench run" in again.stderr  # ... one with an earlier run is not
     result = runner.invoke(app, [*args, "--overwrite"])
     assert result.exit_code == 0, result.output
     assert (out / "my_photo.png").read_bytes() == b"mine"

@@ -7,7 +7,7 @@ from cnnlab.bench.ranks import merge_runs, rank_totals
 
 
 def test_the_same_error_on_every_rank_is_said_once() -> None:
-    error = "--device cuda was asked for, but torch sees no CUDA device here"
+    error = "device cuda was asked for, but torch sees no CUDA device here"
     merged, predictions = merge_runs([RunResult("m", error=error), RunResult("m", error=error)], [None, None])
     assert predictions is None
     assert merged.error == f"every rank: {error}"

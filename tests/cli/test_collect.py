@@ -70,10 +70,10 @@ def test_collect_queries_and_progress(web: FakeWeb, tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--per-class", "3"], "name the classes"),
-        (["--query", "cat tabby"], "CLASS=query"),
+        (["--query", "cat tabby"], "CLASS=terms"),
         (["--classes", "cat", "--engine", "altavista"], "'altavista' is not one of"),
         (["--classes", "cat", "--engine", "flickr"], "API key"),
-        (["--engine", "urls"], "--urls FILE"),
+        (["--engine", "urls"], "needs a URL list"),
         (["--classes", "../up"], "folder name"),
         (["--classes", "cat", "--size", "gigantic"], "unsupported filter"),
     ],
@@ -113,3 +113,16 @@ def test_collect_then_split_then_bench(web: FakeWeb, tmp_path: Path) -> None:
     assert bench.exit_code == 0, bench.output
     (row,) = list(csv.DictReader((results / "results.csv").open()))
     assert row["status"] == "ok" and int(row["eval_images"]) == n_test and int(row["skipped_images"]) == 0
+
+
+def test_collect_table_wide_adds_the_found_column(web: FakeWeb, tmp_path: Path) -> None:
+    urls = tmp_path / "urls.txt"
+    urls.write_text("\n".join(web.url(f"/img/car/{i}.jpg") for i in range(3)) + "\n")
+    args = ["collect", "--urls", str(urls), "--label", "car", "--out", str(tmp_path / "u"), "-q", *NET]
+    plain = runner.invoke(app, args, env={"COLUMNS": "60"})
+    assert plain.exit_code == 0, plain.output
+    assert "found" not in plain.stdout and "3 new images" in plain.stdout
+    wide = runner.invoke(app, [*args, "--wide"], env={"COLUMNS": "60"})
+    assert wide.exit_code == 0, wide.output
+    header = next(line for line in wide.stdout.splitlines() if "class" in line and "found" in line)
+    assert "duplicates" in header and "failed" in header  # one unwrapped line, however narrow the terminal

@@ -11,17 +11,18 @@ from typer.testing import CliRunner
 
 from cnnlab.cli import app
 from cnnlab.train import lr_find
-from tests.train.test_lr_find import SMALL, make_colours
+from tests.helpers.images import make_two_colours
+from tests.helpers.runs import SMALL_TRAIN_ARGS as SMALL
 
 runner = CliRunner()
 
 
 def test_find_lr_says_once_that_the_loss_never_rose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The warning came twice: as a warning note on stderr and again on stdout under the suggestion."""
-    data = make_colours(tmp_path / "data", per_class=4)
+    data = make_two_colours(tmp_path / "data", per_class=4)
     # rates far too small to break anything: the loss stays flat (the CLI's own range would take 100 steps)
     monkeypatch.setattr(lr_find, "find_lr", functools.partial(lr_find.find_lr, start_lr=1e-9, end_lr=1e-7, steps=6))
-    result = runner.invoke(app, ["train", "--find-lr", "--data", str(data), "--out", str(tmp_path / "lr"),
+    result = runner.invoke(app, ["train", "--find-lr", str(data), "--out", str(tmp_path / "lr"),
                                  "--no-probe", "--val-fraction", "0", "--augment", "none", *SMALL])
     assert result.exit_code == 0, result.output
     assert "suggested --lr 1.00e-08" in result.stdout
@@ -32,9 +33,9 @@ def test_find_lr_leaves_out_the_plan_warnings_about_steps_and_validation(tmp_pat
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The range test runs its own number of steps and validates nothing, yet warned that the phase had too few
     optimiser steps and that there were no validation images."""
-    data = make_colours(tmp_path / "data", per_class=4)
+    data = make_two_colours(tmp_path / "data", per_class=4)
     monkeypatch.setattr(lr_find, "find_lr", functools.partial(lr_find.find_lr, steps=3))
-    result = runner.invoke(app, ["train", "--find-lr", "--data", str(data), "--out", str(tmp_path / "lr"),
+    result = runner.invoke(app, ["train", "--find-lr", str(data), "--out", str(tmp_path / "lr"),
                                  "--no-probe", "--val-fraction", "0", "--random-weights", *SMALL])
     assert result.exit_code == 0, result.output
     assert "optimiser steps (" not in result.stderr and "validation" not in result.stderr, result.stderr
@@ -44,8 +45,8 @@ def test_find_lr_leaves_out_the_plan_warnings_about_steps_and_validation(tmp_pat
 
 def test_resuming_a_finished_run_leaves_out_the_training_warnings(tmp_path: Path) -> None:
     """--resume of a finished run only evaluates best.pt again, yet repeated the warnings about its training."""
-    data = make_colours(tmp_path / "data", per_class=4)
-    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--no-probe",
+    data = make_two_colours(tmp_path / "data", per_class=4)
+    args = ["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--no-probe",
             "--val-fraction", "0", *SMALL]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
@@ -59,8 +60,8 @@ def test_resuming_a_finished_run_leaves_out_the_training_warnings(tmp_path: Path
 
 def test_resume_note_names_the_frozen_stride_the_run_resolved(tmp_path: Path) -> None:
     """The note on ignored settings said "the run uses None" for a run whose frozen stride had resolved to 4."""
-    data = make_colours(tmp_path / "data", per_class=4)
-    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--no-probe", *SMALL]
+    data = make_two_colours(tmp_path / "data", per_class=4)
+    args = ["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--no-probe", *SMALL]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "frozen stride 4" in first.stderr  # pretrained weights: the default resolves to 4
@@ -68,15 +69,17 @@ def test_resume_note_names_the_frozen_stride_the_run_resolved(tmp_path: Path) ->
     assert other.exit_code == 0, other.output
     assert "frozen_stride=2 (the run uses 4)" in other.stderr, other.stderr
     assert "None" not in other.stderr
-    same = runner.invoke(app, [*args, "--resume", "--frozen-stride", "4"])
+    assert "predicted" not in first.stdout
+    same = runner.invoke(app, [*args, "--resume", "--frozen-stride", "4", "--wide"])
     assert same.exit_code == 0, same.output
     assert "frozen_stride" not in same.stderr  # what the run uses: nothing is ignored
+    assert "predicted" in same.stdout  # --wide: every column of the per-class table
 
 
 def test_training_crops_capped_at_the_input_limit_are_warned_about(tmp_path: Path) -> None:
     """--image-size 1100 --train-size-ratio 2 trained on 2048 px crops instead of 2200 px without a word."""
-    data = make_colours(tmp_path / "data", per_class=1)
-    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--no-probe",
+    data = make_two_colours(tmp_path / "data", per_class=1)
+    args = ["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--no-probe",
             "--val-fraction", "0", "--train-size-ratio", "2", "--image-size", "1100", "--batch-size", "2",
             "--model", "mobilenet_v3_small", "--random-weights", "--workers", "0"]  # the cheapest at 2048 px
     result = runner.invoke(app, args)
@@ -91,17 +94,17 @@ def test_a_run_folder_in_use_is_refused(tmp_path: Path) -> None:
     it dies), and a second one exits 2 before it writes anything."""
     import fcntl
 
-    data = make_colours(tmp_path / "data", per_class=2)
+    data = make_two_colours(tmp_path / "data", per_class=2)
     out = tmp_path / "run"
     out.mkdir()
-    args = ["--data", str(data), "--out", str(out), "--freeze", *SMALL]
+    args = [str(data), "--out", str(out), "--freeze", *SMALL]
     with (out / ".lock").open("a+") as held:  # as a run in another process holds it
         fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         for command in (["train", *args], ["train", *args, "--overwrite"],
                         ["train", *[a for a in args if a != "--freeze"], "--find-lr"]):
             result = runner.invoke(app, command)
             assert result.exit_code == 2, result.output
-            assert "another `cnnlab train` is writing to" in result.stderr, result.stderr
+            assert "another cnnlab train run is writing to" in result.stderr, result.stderr
             assert [p.name for p in out.iterdir()] == [".lock"]
     result = runner.invoke(app, ["train", *args])  # the lock released: the run goes ahead
     assert result.exit_code == 0, result.output
@@ -127,7 +130,7 @@ def test_many_classes_get_a_one_line_summary_of_their_counts(tmp_path: Path) -> 
         for i in range(3 if c == 7 else 5):  # c07 has the fewest images
             array = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
             Image.fromarray(array).save(data / f"c{c:02d}" / f"{i}.png")
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze",
+    result = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "run"), "--freeze",
                                  "--val-fraction", "0.2", "--random-weights", *SMALL])
     assert result.exit_code == 0, result.output
     line = next(line for line in result.stderr.splitlines() if line.startswith("train images per class"))
@@ -140,3 +143,16 @@ def test_many_classes_get_a_one_line_summary_of_their_counts(tmp_path: Path) -> 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert len(metrics["class_counts"]) == 40 and metrics["class_counts"]["c07"] == 2
     assert len(metrics["val"]["per_class"]) == 40
+
+
+def test_data_is_the_first_argument_and_data_option_a_deprecated_alias(tmp_path: Path) -> None:
+    """`cnnlab train DATA`, as every command that reads a data set; `--data DATA` still works, with a warning."""
+    missing = tmp_path / "no-such-data"
+    for args in (["train", str(missing)], ["train", "--data", str(missing)], ["train", "-d", str(missing)]):
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / "run"), "--freeze"])
+        assert result.exit_code == 2, result.output
+        assert "no-such-data" in result.stderr  # the data reached the run either way
+        assert ("deprecated" in result.stderr) == (args[1] != str(missing)), result.stderr
+    both = runner.invoke(app, ["train", str(missing), "--data", str(missing)])
+    assert both.exit_code == 2 and "give the data once" in both.output
+    assert not (tmp_path / "run").exists()

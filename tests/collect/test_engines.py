@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab.collect import CollectError, FetchConfig, PageFetchError, SearchHit, collect, make_engine, read_manifest
+from cnnlab.collect import (
+    CollectConfig,
+    CollectError,
+    FetchConfig,
+    PageFetchError,
+    SearchHit,
+    collect_images,
+    make_engine,
+    read_manifest,
+)
 from cnnlab.collect.engines import BaiduEngine, BingEngine, DuckDuckGoEngine, FlickrEngine, GoogleEngine
 from tests.helpers.fakeweb import FakeWeb, Route, make_image
 
@@ -100,8 +109,8 @@ def test_baidu_through_a_local_server(tmp_path: Path) -> None:
         payload = {"data": [{"objURL": web.url(f"/b/{i}.jpg"), "fromURL": web.url("/p")} for i in range(3)] + [{}]}
         web.add("/search/acjson", Route(body=json.dumps(payload).encode(), content_type="application/json"))
         out = tmp_path / "data"
-        result = collect(out, ["cat"], 5, engine="baidu", engine_url=web.base, min_size=32,
-                         fetch=FetchConfig(timeout=1, retries=0, per_host=8, host_delay=0, allow_private_hosts=True))
+        result = collect_images(CollectConfig(out, ["cat"], 5, engine="baidu", engine_url=web.base, min_size=32,
+                         fetch=FetchConfig(timeout=1, retries=0, per_host=8, host_delay=0, allow_private_hosts=True)))
         assert result.classes[0].ok == 3
         assert {r["source_page"] for r in read_manifest(out / "manifest.jsonl")} == {web.url("/p")}
         assert sum(n for p, n in web.hits.items() if p.startswith("/search/acjson")) == 3  # 1 page + 2 stale
@@ -152,8 +161,8 @@ def test_flickr_key_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_pa
     web = FakeWeb().start()
     try:
         web.add("/services/rest/", Route(body=fixture("flickr_bad_key.json"), content_type="application/json"))
-        result = collect(tmp_path / "d", ["cat"], 1, engine="flickr", engine_url=web.base,
-                         fetch=FetchConfig(timeout=1, retries=0, host_delay=0, allow_private_hosts=True))
+        result = collect_images(CollectConfig(tmp_path / "d", ["cat"], 1, engine="flickr", engine_url=web.base,
+                         fetch=FetchConfig(timeout=1, retries=0, host_delay=0, allow_private_hosts=True)))
         assert "Invalid API Key" in result.classes[0].notes[0]
         assert any("api_key=env-key" in p for p in web.hits)
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cnnlab.collect import CollectError, FetchConfig, SearchHit, collect, read_manifest
+from cnnlab.collect import CollectConfig, CollectError, FetchConfig, SearchHit, collect_images, read_manifest
 from cnnlab.collect.manifest import FolderLock
 from cnnlab.imagedata.datasets import scan_dataset
 from tests.helpers.fakeweb import FakeWeb, Route, bomb_png, make_image, resized
@@ -33,7 +33,7 @@ def run(web: FakeWeb, out: Path, classes: list[str], per_class: int, **kw):
     kw.setdefault("fetch", FAST)
     kw.setdefault("threads", 4)
     kw.setdefault("min_size", 32)
-    return collect(out, classes, per_class, engine=kw.pop("engine", "bing"), engine_url=web.base, **kw)
+    return collect_images(CollectConfig(out, classes, per_class, engine=kw.pop("engine", "bing"), engine_url=web.base, **kw))
 
 
 def serve_class(web: FakeWeb, label: str, seeds: list[int], query: str | None = None, fmt: str = "JPEG") -> list[str]:
@@ -285,7 +285,7 @@ class BrokenEngine:
 
 
 def test_an_engine_that_breaks_is_a_note(tmp_path: Path) -> None:
-    result = collect(tmp_path / "data", ["cat"], 2, engine=BrokenEngine(), fetch=FAST)
+    result = collect_images(CollectConfig(tmp_path / "data", ["cat"], 2, engine=BrokenEngine(), fetch=FAST))
     assert result.classes[0].notes[0] == (
         "broken search for 'cat' failed: ValueError: the result page changed its layout (it is broken upstream)")
 
@@ -308,8 +308,8 @@ def test_a_custom_engine_plugs_in(web: FakeWeb, tmp_path: Path) -> None:
     for i in range(3):
         web.add(f"/x/{i}.jpg", make_image(i))
     out = tmp_path / "data"
-    result = collect(out, ["cat"], 3, engine=LocalEngine(web, [f"/x/{i}.jpg" for i in range(3)]), fetch=FAST,
-                     min_size=32)
+    result = collect_images(CollectConfig(out, ["cat"], 3, engine=LocalEngine(web, [f"/x/{i}.jpg" for i in range(3)]), fetch=FAST,
+                     min_size=32))
     assert result.classes[0].ok == 3 and result.engine == "local"
     assert {(r["engine"], r["license"]) for r in lines(out)} == {("local", "CC0")}
 
@@ -327,9 +327,9 @@ def test_url_lists_txt_csv_jsonl(web: FakeWeb, tmp_path: Path) -> None:
     jsonl = tmp_path / "list.jsonl"
     jsonl.write_text("\n".join(json.dumps({"url": web.url(f"/u/{i}.jpg"), "label": "car"}) for i in (4, 5)) + "\n")
     out = tmp_path / "data"
-    r1 = collect(out, urls=txt, label="cat", per_class=None, fetch=FAST, min_size=32)
-    r2 = collect(out, urls=csv_file, per_class=None, fetch=FAST, min_size=32)
-    r3 = collect(out, urls=jsonl, per_class=None, fetch=FAST, min_size=32)
+    r1 = collect_images(CollectConfig(out, urls=txt, label="cat", per_class=None, fetch=FAST, min_size=32))
+    r2 = collect_images(CollectConfig(out, urls=csv_file, per_class=None, fetch=FAST, min_size=32))
+    r3 = collect_images(CollectConfig(out, urls=jsonl, per_class=None, fetch=FAST, min_size=32))
     assert [(c.label, c.ok, c.wanted) for r in (r1, r2, r3) for c in r.classes] == [
         ("cat", 2, 2), ("dog", 2, 2), ("car", 2, 2)]
     assert {r["engine"] for r in lines(out)} == {"urls"}
@@ -339,7 +339,7 @@ def test_url_lists_txt_csv_jsonl(web: FakeWeb, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "name", "message"),
     [
-        ("http://x/a.jpg\n", "a.txt", "--label"),
+        ("http://x/a.jpg\n", "a.txt", "give the class of its images"),
         ("url,label\nhttp://x/a.jpg,../evil\n", "a.csv", "cannot be used as a folder name"),
         ("link,label\nhttp://x/a.jpg,cat\n", "a.csv", "'url' column"),
     ],
@@ -348,7 +348,7 @@ def test_bad_url_lists_are_refused(tmp_path: Path, content: str, name: str, mess
     path = tmp_path / name
     path.write_text(content)
     with pytest.raises(CollectError, match=message):
-        collect(tmp_path / "data", urls=path, per_class=None)
+        collect_images(CollectConfig(tmp_path / "data", urls=path, per_class=None))
 
 
 def test_import_a_folder(tmp_path: Path) -> None:
@@ -364,7 +364,7 @@ def test_import_a_folder(tmp_path: Path) -> None:
     (src / "_ignored").mkdir()
     (src / "_ignored" / "4.jpg").write_bytes(make_image(4))
     out = tmp_path / "data"
-    result = collect(out, from_folder=src, per_class=None, min_size=32)
+    result = collect_images(CollectConfig(out, from_folder=src, per_class=None, min_size=32))
     cat, dog = result.classes
     assert (cat.label, cat.ok, cat.duplicates, cat.rejected) == ("cat", 1, 1, {"not-an-image": 1, "truncated": 1})
     assert (dog.label, dog.ok) == ("dog", 2)

@@ -23,7 +23,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cnnlab.cli.app import app
-from cnnlab.collect import CollectError, Downloader, FetchConfig, collect, read_manifest
+from cnnlab.collect import CollectConfig, CollectError, Downloader, FetchConfig, collect_images, read_manifest
 from cnnlab.imagedata.datasets import scan_dataset
 from tests.helpers.fakeweb import FakeWeb, Route, make_image
 
@@ -76,7 +76,7 @@ def test_private_hosts_are_refused_in_every_spelling(web: FakeWeb) -> None:
     with Downloader(config(allow_private_hosts=False)) as dl:
         results = [dl.fetch(url) for url in spellings]
     assert [(r.status, r.reason) for r in results] == [("failed", "private-address")] * len(spellings)
-    assert "127.0.0.1" in results[2].detail and "--allow-private-hosts" in results[0].detail
+    assert "127.0.0.1" in results[2].detail and "allow_private_hosts" in results[0].detail
     assert sum(web.hits.values()) == 0  # not even robots.txt was asked for
     with Downloader(config()) as dl:  # the opt-in, for hosts you own
         assert all(dl.fetch(url).ok for url in spellings)
@@ -106,7 +106,7 @@ def test_collect_cli_refuses_private_hosts_unless_asked(web: FakeWeb, tmp_path: 
     refused = runner.invoke(app, args)
     assert refused.exit_code == 0, refused.output
     (cat,) = json.loads(refused.stdout)["classes"]
-    assert cat["failed"] == {"private-address": 1} and "--allow-private-hosts" in cat["notes"][0]
+    assert cat["failed"] == {"private-address": 1} and "allowing private hosts" in cat["notes"][0]
     allowed = runner.invoke(app, [*args, "--allow-private-hosts", "--retry-failed"])
     assert json.loads(allowed.stdout)["classes"][0]["ok"] == 1
 
@@ -121,11 +121,11 @@ def test_unreachable_robots_txt_stays_retryable(web: FakeWeb, tmp_path: Path) ->
     urls = tmp_path / "u.txt"
     urls.write_text(web.url("/a.jpg") + "\n")
     out = tmp_path / "d"
-    first = collect(out, urls=urls, label="cat", per_class=None, fetch=config(retries=0), min_size=32)
+    first = collect_images(CollectConfig(out, urls=urls, label="cat", per_class=None, fetch=config(retries=0), min_size=32))
     assert first.classes[0].failed == {"robots-unreachable": 1}
     web.robots, web.robots_status = None, 200  # the outage is over (no robots.txt: all allowed)
-    again = collect(out, urls=urls, label="cat", per_class=None, fetch=config(retries=0), min_size=32,
-                    retry_failed=True)
+    again = collect_images(CollectConfig(out, urls=urls, label="cat", per_class=None, fetch=config(retries=0), min_size=32,
+                    retry_failed=True))
     assert again.classes[0].ok == 1
 
 
@@ -166,7 +166,7 @@ def test_retry_after_beyond_the_cap_is_not_waited_for(web: FakeWeb) -> None:
         result = dl.fetch(web.url("/busy.jpg"))
     assert time.monotonic() - started < 1.0
     assert (result.status, result.reason, result.attempts) == ("failed", "http-503", 1)
-    assert "Retry-After" in result.detail and "3,600" in result.detail and "--retry-failed" in result.detail
+    assert "Retry-After" in result.detail and "3,600" in result.detail and "retry_failed" in result.detail
 
 
 # -- defect 9: special files in a folder import ----------------------------------------------------
@@ -181,8 +181,8 @@ def test_folder_import_skips_fifos_and_self_links(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     (src / "cat" / "self.jpg").symlink_to("self.jpg")
     box: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: box.update(result=collect(tmp_path / "d", from_folder=src,
-                                                                         per_class=None, min_size=32)), daemon=True)
+    thread = threading.Thread(target=lambda: box.update(result=collect_images(CollectConfig(tmp_path / "d", from_folder=src,
+                                                                         per_class=None, min_size=32))), daemon=True)
     thread.start()
     thread.join(20)
     if thread.is_alive():
@@ -207,7 +207,7 @@ def test_folder_import_keeps_camera_names(tmp_path: Path) -> None:
     (src / "cat" / "_MG_1234.jpg").write_bytes(make_image(2))
     (src / "cat" / ".DS_Store").write_bytes(b"junk")
     (src / "cat" / "Thumbs.db").write_bytes(b"junk")
-    result = collect(tmp_path / "d", from_folder=src, per_class=None, min_size=32)
+    result = collect_images(CollectConfig(tmp_path / "d", from_folder=src, per_class=None, min_size=32))
     assert (result.classes[0].ok, result.classes[0].found) == (2, 2)
 
 
@@ -226,7 +226,7 @@ def test_folder_import_reports_an_unreadable_subfolder(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(os, "scandir", scandir)
     with caplog.at_level("WARNING", logger="cnnlab.collect"):
-        result = collect(tmp_path / "d", from_folder=src, per_class=None, min_size=32)
+        result = collect_images(CollectConfig(tmp_path / "d", from_folder=src, per_class=None, min_size=32))
     assert result.classes[0].ok == 1
     assert any("locked" in r.getMessage() and "Permission denied" in r.getMessage() for r in caplog.records)
 
@@ -259,12 +259,12 @@ def test_folder_import_with_non_utf8_names(tmp_path: Path) -> None:
     (src / NON_UTF8 / f"{NON_UTF8}.jpg").write_bytes(make_image(1))
     (src / NON_UTF8 / "2.jpg").write_bytes(make_image(2))
     out = tmp_path / "d"
-    result = collect(out, from_folder=src, per_class=None, min_size=32)
+    result = collect_images(CollectConfig(out, from_folder=src, per_class=None, min_size=32))
     assert [(c.label, c.ok) for c in result.classes] == [(NON_UTF8, 2)]
     (out / "manifest.jsonl").read_text(encoding="utf-8")  # still valid UTF-8
     assert {r["class"] for r in read_manifest(out / "manifest.jsonl")} == {NON_UTF8}
     assert len(scan_dataset(out)) == 2 and len(scan_dataset(out / "manifest.jsonl")) == 2
-    again = collect(out, from_folder=src, per_class=None, min_size=32)  # resumes: nothing new, nothing lost
+    again = collect_images(CollectConfig(out, from_folder=src, per_class=None, min_size=32))  # resumes: nothing new, nothing lost
     assert (again.classes[0].ok, again.classes[0].new, again.fetched) == (2, 0, 0)
 
 
@@ -287,7 +287,7 @@ def test_a_class_name_too_long_for_a_folder(tmp_path: Path) -> None:
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "1.jpg").write_bytes(make_image(1))
     with pytest.raises(CollectError, match="at most 255 bytes"):
-        collect(tmp_path / "d", from_folder=tmp_path / "photos", label="x" * 300, per_class=None)
+        collect_images(CollectConfig(tmp_path / "d", from_folder=tmp_path / "photos", label="x" * 300, per_class=None))
     assert not (tmp_path / "d").exists()
 
 
@@ -321,10 +321,136 @@ def test_a_full_disk_stops_collect_with_one_sentence(tmp_path: Path, monkeypatch
         else:
             patch.setattr(Manifest, "append", append_then_fill)
         with pytest.raises(OutputError, match="No space left on device.*run the same command again"):
-            collect(out, from_folder=src, per_class=None, min_size=32, threads=1)
+            collect_images(CollectConfig(out, from_folder=src, per_class=None, min_size=32, threads=1))
         result = runner.invoke(app, ["collect", "--from-folder", str(src), "--out", str(tmp_path / "cli"), "-q",
                                      "--threads", "1", "--min-size", "32"])
         assert result.exit_code == 1 and "No space left on device" in result.output, result.output
         assert result.exception is None or isinstance(result.exception, SystemExit)
-    done = collect(out, from_folder=src, per_class=None, min_size=32)  # space again: the run completes
+    done = collect_images(CollectConfig(out, from_folder=src, per_class=None, min_size=32))  # space again: the run completes
     assert done.classes[0].ok == 4 and len(list((out / "cat").iterdir())) == 4
+
+
+# -- issue 27: one bad item is one row, the crawl goes on -------------------------------------------
+
+
+def _url_list(tmp_path: Path, urls: list[str]) -> Path:
+    path = tmp_path / "urls.txt"
+    path.write_text("\n".join(urls) + "\n")
+    return path
+
+
+def _rows(out: Path) -> dict[str, dict[str, Any]]:
+    return {str(r["url"]): r for r in read_manifest(out / "manifest.jsonl")}
+
+
+def test_https_to_a_server_without_tls_is_one_failed_row(web: FakeWeb, tmp_path: Path) -> None:
+    """Issue 27, item 1: any TLS failure ended the crawl with AttributeError ('str' has no __cause__): ssl's
+    errors carry a string ``reason`` that the SSRF check walked as an exception."""
+    web.add("/a.jpg", make_image(1))
+    web.add("/b.jpg", make_image(2))
+    no_tls = web.url("/a.jpg").replace("http://", "https://")
+    out = tmp_path / "d"
+    urls = _url_list(tmp_path, [no_tls, web.url("/b.jpg")])
+    for _ in range(2):  # and a rerun goes past it too
+        result = collect_images(CollectConfig(out, urls=urls, label="cat", per_class=None, min_size=32,
+                                              fetch=config(retries=0), retry_failed=True))
+        assert (result.classes[0].ok, result.classes[0].failed) == (1, {"tls-error": 1})
+    assert _rows(out)[no_tls]["status"] == "failed"
+
+
+def test_an_untrusted_certificate_is_one_failed_row(web: FakeWeb, tmp_path: Path) -> None:
+    """Issue 27, item 1, on a real TLS server on 127.0.0.1 with a self-signed certificate (made here with openssl)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a self-signed certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=60)
+    tls = FakeWeb()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    tls.server.socket = context.wrap_socket(tls.server.socket, server_side=True)
+    tls.add("/a.jpg", make_image(1))
+    tls.start()
+    try:
+        with Downloader(config(retries=0)) as dl:
+            result = dl.fetch(tls.url("/a.jpg").replace("http://", "https://"))
+    finally:
+        tls.stop()
+    assert (result.status, result.reason) == ("failed", "tls-error")
+    assert "certificate" in result.detail.lower()
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 64 + ".example", ".".join(["abcdefghi"] * 30)])
+def test_a_url_whose_host_cannot_be_a_name_is_one_rejected_row(web: FakeWeb, tmp_path: Path, host: str) -> None:
+    """Issue 27, item 11: an empty or over-long host label ended the crawl with the IDNA codec's UnicodeError."""
+    web.add("/b.jpg", make_image(2))
+    bad = f"http://{host}/x.jpg"
+    out = tmp_path / "d"
+    result = collect_images(CollectConfig(out, urls=_url_list(tmp_path, [bad, web.url("/b.jpg")]), label="cat",
+                                          per_class=None, min_size=32, fetch=config(retries=0)))
+    assert (result.classes[0].ok, result.classes[0].rejected) == (1, {"bad-url": 1})
+    assert "host name" in _rows(out)[bad]["detail"]
+    assert not (out / ".partial").exists()  # no leftovers: the run finished
+
+
+def test_credentials_in_urls_are_used_but_never_stored(web: FakeWeb, tmp_path: Path) -> None:
+    """Issue 27 (risk decided): ``http://user:pass@host/x.jpg`` is fetched with its credentials, and the manifest
+    records ``http://host/x.jpg``: URL lists may hold them, manifests are shared."""
+    web.add("/a.jpg", make_image(1))
+    web.add("/loop.jpg", Route(location="/loop.jpg"))
+    secret = web.url("/a.jpg").replace("http://", "http://alice:s3cret@")
+    looping = web.url("/loop.jpg").replace("http://", "http://alice:s3cret@")
+    out = tmp_path / "d"
+    urls = tmp_path / "urls.csv"
+    urls.write_text(f"url,label,source_page\n{secret},cat,{secret.replace('a.jpg', 'page')}\n{looping},cat,\n")
+    for _ in range(2):  # the rerun matches the stored URL: nothing fetched twice
+        result = collect_images(CollectConfig(out, urls=urls, per_class=None, min_size=32, fetch=config(retries=0)))
+        assert result.classes[0].ok == 1
+    manifest = (out / "manifest.jsonl").read_text()
+    assert "s3cret" not in manifest and "alice" not in manifest
+    assert _rows(out)[web.url("/a.jpg")]["source_page"] == web.url("/page")
+    assert web.fetches("/a.jpg") == 1 and web.authorizations and web.authorizations[0].startswith("Basic ")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("timeout", float("inf")), ("timeout", 1e10), ("timeout", float("nan")), ("host_delay", float("inf")),
+     ("deadline", float("inf")), ("max_backoff", 1e10)],
+)
+def test_waits_that_cannot_work_are_refused_before_anything_runs(setting: str, value: float) -> None:
+    """Issue 27: ``--timeout inf``/``1e10`` and ``--host-delay inf`` were OverflowError tracebacks mid-crawl."""
+    with pytest.raises(CollectError, match=setting.replace("_", " ")):
+        FetchConfig(**{setting: value})
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--timeout", "inf"), ("--timeout", "1e10"), ("--host-delay", "inf")])
+def test_collect_cli_refuses_endless_waits_at_once(tmp_path: Path, flag: str, value: str) -> None:
+    urls = _url_list(tmp_path, ["http://192.0.2.1/a.jpg"])
+    out = tmp_path / "d"
+    result = runner.invoke(app, ["collect", "--urls", str(urls), "--label", "cat", "--out", str(out), flag, value])
+    assert result.exit_code == 2, result.output
+    assert "seconds" in result.output and "Traceback" not in result.output
+    assert not out.exists()  # refused before the folder was made
+
+
+def test_a_photo_with_odd_exif_is_collected(web: FakeWeb, tmp_path: Path) -> None:
+    """Issue 27, item 2: an EXIF tag Pillow cannot write back raised struct.error in collect (URL lists and
+    --from-folder), and every rerun died at the same file."""
+    from tests.helpers.fakeweb import bad_exif_jpeg
+
+    web.add("/odd.jpg", bad_exif_jpeg((96, 64)))
+    listed = collect_images(CollectConfig(tmp_path / "u", urls=_url_list(tmp_path, [web.url("/odd.jpg")]), label="cat",
+                                          per_class=None, min_size=32, fetch=config(retries=0)))
+    folder = tmp_path / "photos" / "cat"
+    folder.mkdir(parents=True)
+    (folder / "odd.jpg").write_bytes(bad_exif_jpeg((96, 64)))
+    imported = collect_images(CollectConfig(tmp_path / "f", from_folder=tmp_path / "photos", per_class=None,
+                                            min_size=32))
+    for result in (listed, imported):
+        assert result.classes[0].ok == 1, result.classes[0]
+        (row,) = [r for r in read_manifest(result.manifest) if r["status"] == "ok"]
+        assert (row["width"], row["height"], row["orientation"]) == (64, 96, 6)  # upright size, orientation kept

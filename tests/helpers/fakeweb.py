@@ -1,7 +1,7 @@
 """A fake web for the collect tests: a threaded HTTP server on 127.0.0.1 that plays a search engine
 (Bing-style result pages) and image hosts, with every fault the downloader must survive.
 
-Not a test module: imported by tests/test_collect*.py (``from tests.helpers.fakeweb import ...``).
+Not a test module: imported by the collect and imagedata tests (``from tests.helpers.fakeweb import ...``).
 """
 
 from __future__ import annotations
@@ -55,6 +55,23 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+def bad_exif_jpeg(size: tuple[int, int] = (80, 60), orientation: int = 6) -> bytes:
+    """A JPEG whose EXIF block holds an ASCII tag where the standard says a number (``NewSubfileType``,
+    a LONG, stored as 15 bytes of text), as cameras and editors write in the wild: Pillow reads the
+    block, then fails to write it back (``struct.error``). The pixels and the orientation are fine."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "CameraMakerXYZ"  # Make, ASCII: its entry is patched below
+    buf = io.BytesIO()
+    Image.new("RGB", size, (100, 150, 200)).save(buf, "JPEG", exif=exif.tobytes())
+    data = bytearray(buf.getvalue())
+    tiff = data.find(b"Exif\x00\x00") + 6
+    order = "<" if data[tiff : tiff + 2] == b"II" else ">"
+    entry = data.find(struct.pack(order + "HH", 0x010F, 2), tiff + 8)
+    data[entry : entry + 2] = struct.pack(order + "H", 0x00FE)  # the tag id only: type and size stay ASCII
+    return bytes(data)
+
+
 # -- routes -------------------------------------------------------------------------------------
 
 
@@ -89,6 +106,7 @@ class FakeWeb:
         self.concurrent = 0
         self.max_concurrent = 0
         self.user_agents: set[str] = set()
+        self.authorizations: list[str] = []  # Authorization headers received (credentials in URLs)
         self._lock = threading.Lock()
         web = self
 
@@ -105,6 +123,8 @@ class FakeWeb:
                     web.max_concurrent = max(web.max_concurrent, web.concurrent)
                     web.hits[self.path] += 1
                     web.user_agents.add(self.headers.get("User-Agent", ""))
+                    if self.headers.get("Authorization"):
+                        web.authorizations.append(self.headers["Authorization"])
                 try:
                     if web.latency:
                         time.sleep(web.latency)

@@ -9,7 +9,7 @@ import pytest
 
 from cnnlab.errors import DatasetError
 from cnnlab.imagedata.datasets import expand_paths, scan_dataset
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 
 def test_class_folders_ignore_hidden_and_non_images(tmp_path: Path) -> None:

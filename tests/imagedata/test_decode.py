@@ -11,7 +11,8 @@ from PIL import Image
 
 from cnnlab.errors import ImageDecodeError
 from cnnlab.imagedata.decode import decode_image
-from tests.conftest import make_image
+from tests.helpers.fakeweb import bad_exif_jpeg
+from tests.helpers.images import make_image
 
 
 def test_plain_jpeg_decodes_to_rgb(tmp_path: Path) -> None:
@@ -135,3 +136,25 @@ def test_png_bytes_with_jpeg_name_still_decode(tmp_path: Path) -> None:
     path = tmp_path / "liar.jpg"
     path.write_bytes(buffer.getvalue())
     assert decode_image(path).getpixel((0, 0)) == (1, 2, 3)
+
+
+def test_a_photo_whose_exif_cannot_be_written_back_decodes_upright(tmp_path: Path) -> None:
+    """Issue 27, item 2: an ASCII EXIF tag where the standard says a number made Pillow's EXIF rewrite raise
+    struct.error in collect, split, train and predict; the pixels and the orientation are fine."""
+    from cnnlab.imagedata.preprocess import Preprocessing
+
+    path = tmp_path / "odd-exif.jpg"
+    path.write_bytes(bad_exif_jpeg((80, 60), orientation=6))
+    img = decode_image(path)
+    assert img.mode == "RGB" and img.size == (60, 80)  # orientation 6 still applied
+    assert "exif" not in img.info  # upright pixels carry no orientation to apply twice
+    pre = Preprocessing(resize_size=32, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert tuple(pre.load(path).shape) == (3, 32, 32)  # the path train and predict read images through
+
+
+def test_an_unreadable_exif_block_is_ignored() -> None:
+    """A broken EXIF block is no reason to lose the photo: it decodes as stored."""
+    data = bytearray(bad_exif_jpeg((80, 60), orientation=6))
+    tiff = data.find(b"Exif\x00\x00") + 6
+    data[tiff : tiff + 4] = b"XXXX"  # not a TIFF header: the EXIF block cannot be parsed at all
+    assert decode_image(bytes(data)).size == (80, 60)

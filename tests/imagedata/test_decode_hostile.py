@@ -29,7 +29,7 @@ from cnnlab.cli import app
 from cnnlab.errors import CnnlabError, DatasetError, ImageDecodeError, WeightsIntegrityError
 from cnnlab.imagedata.datasets import expand_paths, scan_dataset
 from cnnlab.imagedata.decode import decode_image
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 runner = CliRunner()
 NON_UTF8 = os.fsdecode(b"caf\xe9")  # a Latin-1 name: valid on Linux, not valid UTF-8

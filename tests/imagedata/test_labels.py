@@ -1,4 +1,4 @@
-"""Class name -> ImageNet-1k class mapping through WordNet (cnnlab.imagedata.labels, `cnnlab labels`)."""
+"""Class name -> ImageNet-1k class mapping through WordNet (cnnlab.imagedata.labels, the command: tests/cli/test_labels.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cnnlab.cli import app
 from cnnlab.errors import DatasetError
 from cnnlab.imagedata.labels import (
     describe_indices,
@@ -23,7 +21,7 @@ from cnnlab.imagedata.labels import (
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATOR = ROOT / "scripts" / "generate_imagenet_hierarchy.py"
-HIERARCHY = ROOT / "src" / "cnnlab" / "data" / "imagenet_hierarchy.json"
+HIERARCHY = ROOT / "src" / "cnnlab" / "imagedata" / "imagenet_hierarchy.json"
 
 # WordNet's "cat, true cat" (n02121620) holds the five domestic cats 281-285 and, through
 # "wildcat", also cougar 286 and lynx 287. The big cats 288-293 (leopard ... cheetah) sit under
@@ -198,32 +196,3 @@ def test_committed_file_round_trips_from_its_generator(tmp_path: Path, monkeypat
     assert gen.check(tampered) == ["'lemmas' differs"]
     assert gen.main(["--check", "--output", str(tampered)]) == 1
 
-
-runner = CliRunner()
-
-
-def test_cli_table() -> None:
-    result = runner.invoke(app, ["labels", "cat", "crane", "blurfl"])
-    assert result.exit_code == 0, result.output
-    for text in ("wordnet", "281 tabby", "287 lynx", "ambiguous", "134 crane bird", "unmapped"):
-        assert text in result.stdout
-    assert "291 lion" not in result.stdout
-
-
-def test_cli_json_with_mapping(tmp_path: Path) -> None:
-    path = tmp_path / "map.yml"
-    path.write_text("crane: [517]\n")
-    result = runner.invoke(app, ["labels", "dog", "crane", "--mapping", str(path), "--json"])
-    assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)
-    summary = [(r["name"], r["how"], len(r["indices"])) for r in rows]
-    assert summary == [("dog", "wordnet", 118), ("crane", "mapping-file", 1)]
-    assert rows[1]["classes"] == ["517 crane"]
-
-
-def test_cli_bad_mapping_file_exits_2(tmp_path: Path) -> None:
-    path = tmp_path / "map.yaml"
-    path.write_text("crane: [blurfl]\n")
-    result = runner.invoke(app, ["labels", "crane", "--mapping", str(path)])
-    assert result.exit_code == 2
-    assert "blurfl" in result.output

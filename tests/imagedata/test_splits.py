@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cnnlab.cli.app import app
 from cnnlab.errors import DatasetError
 from cnnlab.imagedata.datasets import scan_dataset
 from cnnlab.imagedata.splits import make_split
-from tests.helpers.fakeweb import make_image, resized
-
-runner = CliRunner()
+from tests.helpers.fakeweb import bad_exif_jpeg, make_image, resized
 
 
 @pytest.fixture
@@ -115,10 +113,26 @@ def test_bad_arguments(tmp_path: Path, dataset: Path) -> None:
         make_split(tmp_path / "empty")
 
 
-def test_split_cli(dataset: Path) -> None:
-    result = runner.invoke(app, ["split", str(dataset), "--val", "0.1", "--test", "0.2", "--seed", "7", "--json"])
-    assert result.exit_code == 0, result.output
-    payload = json.loads(result.stdout)
-    assert payload["images"] == 60 and payload["totals"]["test"] >= 9 and payload["file"].endswith("split.csv")
-    bad = runner.invoke(app, ["split", str(dataset), "--val", "0.6", "--test", "0.6"])
-    assert bad.exit_code == 2 and "fractions" in bad.output
+def test_a_photo_with_odd_exif_is_split_not_a_crash(tmp_path: Path) -> None:
+    """Issue 27, item 2: split hashes every image; an EXIF tag Pillow cannot write back raised struct.error."""
+    root = tmp_path / "data"
+    for c, label in enumerate(("cat", "dog")):
+        (root / label).mkdir(parents=True)
+        for i in range(4):
+            (root / label / f"{i}.jpg").write_bytes(make_image(100 * c + i))
+    (root / "cat" / "odd.jpg").write_bytes(bad_exif_jpeg())
+    result = make_split(root, val=0.25, test=0.25)
+    assert len(result.rows) == 9 and result.unhashed == []
+
+
+def test_reading_and_splitting_a_data_set_never_imports_the_crawler(dataset: Path) -> None:
+    """Layering (issue 22): imagedata sits below the jobs; split's perceptual hashes live in imagedata.hashes."""
+    code = (
+        "import sys; from cnnlab.imagedata.splits import make_split; "
+        f"make_split({str(dataset)!r}, val=0.1, test=0.1); "
+        "jobs = sorted(m for m in sys.modules if m.split('.')[:2] in "
+        "(['cnnlab', 'collect'], ['cnnlab', 'bench'], ['cnnlab', 'train'], ['cnnlab', 'review'])); "
+        "print(jobs); sys.exit(1 if jobs else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -16,12 +16,12 @@ import torch
 from typer.testing import CliRunner
 
 from cnnlab.cli import app
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.models import export as export_module
 from cnnlab.models.export import ExportMismatchError, export_model
 from cnnlab.models.load import load_model
 from cnnlab.train import TrainConfig, fine_tune
-from tests.conftest import make_shades
+from tests.helpers.images import make_shades
 
 runner = CliRunner()
 STATED_TOLERANCE = 1e-4
@@ -105,3 +105,42 @@ def test_sidecar_describes_the_source_model(tmp_path: Path) -> None:
     assert meta["source"] == "torchvision" and meta["weights_file"] == str(weights) and meta["random_weights"] is False
     assert meta["spec"]["num_params"] == 1_235_496 and meta["spec"]["acc1"] == 58.178
     assert meta["preprocessing"]["crop_mode"] == "center"
+
+
+def test_export_never_overwrites_the_checkpoint_it_exports(checkpoint: Path, tmp_path: Path) -> None:
+    """`export best.pt -o best.pt` replaced the trained model with the ONNX graph, exit 0 (issue 27, item 8)."""
+    before = checkpoint.read_bytes()
+    link = tmp_path / "link.pt"
+    link.symlink_to(checkpoint)
+    hard = tmp_path / "hard.pt"
+    hard.hardlink_to(checkpoint)
+    for same in (checkpoint, checkpoint.parent / "." / checkpoint.name, link, hard):
+        result = runner.invoke(app, ["export", str(checkpoint), "-o", str(same)])
+        assert result.exit_code == 2, result.output
+        assert "is the model being exported" in result.stderr, result.stderr
+    with pytest.raises(UsageError, match="is the model being exported"):
+        export_model(checkpoint, "torchscript", checkpoint)
+    assert checkpoint.read_bytes() == before
+    assert not checkpoint.with_name(checkpoint.name + ".json").exists()
+
+
+def test_export_refuses_an_output_that_is_not_a_regular_file(checkpoint: Path, tmp_path: Path) -> None:
+    """An output that is a FIFO made the export wait for a reader forever (issue 27): refused before any work."""
+    import os
+
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that code that writes to it cannot hang this test
+    try:
+        result = runner.invoke(app, ["export", str(checkpoint), "-o", str(fifo)])
+        assert result.exit_code == 2, result.output
+        assert "not a regular file" in result.stderr, result.stderr
+        sidecar = tmp_path / "other.onnx.json"  # the sidecar the export writes next to it counts too
+        os.mkfifo(sidecar)
+        with pytest.raises(UsageError, match="other.onnx.json exists and is not a regular file"):
+            export_model(checkpoint, "onnx", tmp_path / "other.onnx")
+        with pytest.raises(UsageError, match="not a regular file"):
+            export_model(checkpoint, "onnx", "/dev/null")
+    finally:
+        os.close(reader)
+    assert not (tmp_path / "other.onnx").exists()

@@ -13,9 +13,10 @@ from PIL import Image
 
 from cnnlab.models.checkpoint import read_checkpoint
 from cnnlab.models.leakage import file_digests, make_record, overlap, recorded_paths
+from cnnlab.options import RuntimeOptions
 from cnnlab.progress import Progress
 from cnnlab.train import TrainConfig, TrainResult, fine_tune
-from tests.train.test_recipe_end_to_end import make_colours
+from tests.helpers.images import make_colours
 
 
 @pytest.fixture(scope="module")
@@ -127,14 +128,14 @@ def test_predict_warns_about_images_a_checkpoint_was_trained_on(probe_run: Train
 
     copies = _evaluated(probe_run, tmp_path / "eval")
     notes = _Notes()
-    result = predict([tmp_path / "eval"], model=probe_run.best_path, workers=0, progress=notes)
+    result = predict([tmp_path / "eval"], model=probe_run.best_path, runtime=RuntimeOptions(workers=0), progress=notes)
     assert len(result.predictions) == 4
     assert result.leakage is not None and result.leakage["overlapping"] == 3
     assert result.to_dict()["leakage"]["overlapping"] == 3
     assert [w for m, w in notes.notes if "3 of 4 evaluated images" in m] == [True]
-    clean = predict([tmp_path / "eval" / "red" / "new.png"], model=probe_run.best_path, workers=0, progress=notes)
+    clean = predict([tmp_path / "eval" / "red" / "new.png"], model=probe_run.best_path, runtime=RuntimeOptions(workers=0), progress=notes)
     assert clean.leakage is not None and clean.leakage["overlapping"] == 0
-    assert predict(copies[:1], model="efficientnet_lite0", workers=0).leakage is None  # not a checkpoint
+    assert predict(copies[:1], model="efficientnet_lite0", runtime=RuntimeOptions(workers=0)).leakage is None  # not a checkpoint
 
 
 def test_every_train_output_is_written_safely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

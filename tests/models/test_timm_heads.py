@@ -14,7 +14,7 @@ from cnnlab.cli import app
 from cnnlab.models.load import load_model
 from cnnlab.models.registry import get_spec
 from cnnlab.train import TrainConfig, fine_tune
-from tests.conftest import make_shades
+from tests.helpers.images import make_shades
 
 pytest.importorskip("timm")
 safetensors_torch = pytest.importorskip("safetensors.torch")

@@ -1,4 +1,5 @@
-"""Weights: resolution order, hash-checked download from a local server, safe loading, offline errors."""
+"""Weights: resolution order, hash-checked download from a local server, safe loading, offline errors
+(the `cnnlab weights` command: tests/cli/test_weights.py)."""
 
 from __future__ import annotations
 
@@ -65,21 +66,6 @@ def test_wrong_hash_is_refused_and_nothing_saved(http_dir: tuple[str, Path], tmp
     assert not (tmp_path / "dl" / lying_name).exists()
 
 
-def test_mirror_env_and_cli_fetch(http_dir: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    base, www = http_dir
-    spec = get_spec("squeezenet1_1")
-    state = spec.build().state_dict()
-    torch.save(state, www / "x.pth")
-    # the real file name carries the real hash; serve our file under it and expect a refusal,
-    # proving the mirror URL is used and the hash is checked against the published name
-    (www / "x.pth").rename(www / spec.weights_file)
-    monkeypatch.setenv(MIRROR_ENV, base)
-    assert locate_weights(spec).url == f"{base}/{spec.weights_file}"
-    result = runner.invoke(app, ["weights", "fetch", "squeezenet1_1", "--dest", str(tmp_path / "w"), "-q"])
-    assert result.exit_code == 3
-    assert "sha256" in result.output
-
-
 def test_offline_error_names_file_url_and_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(MIRROR_ENV, "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("CNNLAB_WEIGHTS_DIR", str(tmp_path / "envdir"))
@@ -141,14 +127,6 @@ def test_weights_that_do_not_fit_the_model(tmp_path: Path) -> None:
     torch.save(get_spec("resnet18").build().state_dict(), path)
     with pytest.raises(WeightsIntegrityError, match="do not fit"):
         load_model("alexnet", weights=path)
-
-
-def test_weights_where_cli() -> None:
-    result = runner.invoke(app, ["weights", "where", "resnet50"])
-    assert result.exit_code == 0
-    assert "resnet50-11ad3fa6.pth" in result.output
-    assert "https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in result.output
-    assert "not on this machine" in result.output
 
 
 def test_non_torch_file_is_called_what_it_is(tmp_path: Path, image_factory) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import shutil
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cnnlab.cli.app import app
+from cnnlab.errors import UsageError
 from cnnlab.imagedata.datasets import scan_dataset
 from cnnlab.options import ReviewIssue
 from cnnlab.review import Finding, ReviewConfig, ReviewResult, apply_review, review, undo_review, write_review_outputs
@@ -24,8 +24,8 @@ from cnnlab.review.neighbours import nearest_neighbours
 from cnnlab.review.offtopic import find_offtopic
 from cnnlab.review.quarantine import quarantined
 from cnnlab.review.result import CSV_COLUMNS
-from tests.conftest import block_import
 from tests.helpers.fakeweb import FakeWeb
+from tests.helpers.images import block_import, grid_tiles, jpeg, save
 
 runner = CliRunner()
 CPU = ReviewConfig(device="cpu", batch_size=16, workers=0)
@@ -36,58 +36,6 @@ def export_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     """The ONNX export review embeds with (onnxruntime, when installed) goes to one cache of the session's."""
     root = tmp_path_factory.getbasetemp() / "cnnlab-cache"
     monkeypatch.setenv("CNNLAB_CACHE_DIR", str(root))
-    return root
-
-
-def _package_photo(package: str, *parts: str) -> Image.Image:
-    module = __import__(package)
-    with Image.open(Path(module.__file__).parent.joinpath(*parts)) as img:
-        return img.convert("RGB")
-
-
-def grid_tiles(img: Image.Image, count: int, side: int = 112) -> list[Image.Image]:
-    """The ``count`` non-overlapping ``side``-pixel tiles of ``img`` with the most detail (no two of plain sky)."""
-    boxes = [(x, y, x + side, y + side) for y in range(0, img.height - side + 1, side)
-             for x in range(0, img.width - side + 1, side)]
-    assert len(boxes) >= count, (img.size, count)
-    detail = [float(np.asarray(img.crop(b).convert("L"), dtype=np.float32).std()) for b in boxes]
-    chosen = sorted(sorted(range(len(boxes)), key=lambda i: -detail[i])[:count])
-    return [img.crop(boxes[i]) for i in chosen]
-
-
-def jpeg(img: Image.Image, quality: int = 90) -> bytes:
-    buffer = io.BytesIO()
-    img.save(buffer, "JPEG", quality=quality)
-    return buffer.getvalue()
-
-
-def save(img: Image.Image, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(jpeg(img))
-    return path
-
-
-@pytest.fixture(scope="module")
-def photos() -> dict[str, Image.Image]:
-    return {
-        "cat": _package_photo("skimage", "data", "chelsea.png"),
-        "coffee": _package_photo("skimage", "data", "coffee.png"),
-        "rocket": _package_photo("skimage", "data", "rocket.jpg"),
-    }
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory, photos: dict[str, Image.Image]) -> Path:
-    """8 tiles per class; one rocket tile in cat/, a crop of a coffee tile, a truncated and a tiny file."""
-    root = tmp_path_factory.mktemp("planted")
-    for label, img in photos.items():
-        for i, tile in enumerate(grid_tiles(img, 8)):
-            folder = "cat" if (label, i) == ("rocket", 7) else label
-            save(tile, root / folder / f"{label}{i}.jpg")
-    original = Image.open(root / "coffee" / "coffee3.jpg").convert("RGB")
-    save(original.crop((10, 6, 100, 98)).resize((120, 122)), root / "coffee" / "crop.jpg")
-    (root / "cat" / "broken.jpg").write_bytes(jpeg(photos["cat"])[:3000])
-    save(photos["coffee"].resize((40, 30)), root / "coffee" / "tiny.jpg")
     return root
 
 
@@ -305,7 +253,7 @@ def test_cli_single_class_set_still_finds_duplicates(tmp_path: Path, photos: dic
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--kinds", "mislabel,typo"], "unknown issue kind 'typo'"),
-    (["--out", "{data}/results"], "would be read as a class"),
+    (["--out", "{data}/results"], "is inside the data folder"),
     (["--apply", "--model", "no_such_model"], "no_such_model"),
 ])
 def test_cli_usage_errors(args: list[str], message: str, tmp_path: Path, photos: dict[str, Image.Image]) -> None:
@@ -383,3 +331,58 @@ def test_what_the_review_command_imports_at_start_is_light() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# -- the job: check -> lock -> review -> write (files-only kinds: no model needed) --------------------------
+
+FILES_ONLY = (ReviewIssue.UNREADABLE, ReviewIssue.TOO_SMALL)
+
+
+def _small_set(root: Path) -> Path:
+    save(Image.new("RGB", (80, 80), (200, 30, 30)), root / "cat" / "a.jpg")
+    save(Image.new("RGB", (20, 30), (30, 30, 200)), root / "dog" / "tiny.jpg")
+    return root
+
+
+def test_run_writes_into_the_data_sets_own_folder_and_replaces_it(tmp_path: Path) -> None:
+    from cnnlab.review import run
+
+    data = _small_set(tmp_path / "data")
+    first = run(ReviewConfig(data=data, kinds=FILES_ONLY))
+    assert first.files == {k: data / ".cnnlab" / "review" / f"review.{k}" for k in ("csv", "json", "html")}
+    assert [r["path"] for r in csv.DictReader(first.files["csv"].open())] == ["dog/tiny.jpg"]
+    (data / "dog" / "tiny.jpg").unlink()
+    again = run(ReviewConfig(data=data, kinds=FILES_ONLY))  # review's own folder: the latest review, no question
+    assert list(csv.DictReader(again.files["csv"].open())) == []
+
+
+def test_run_refuses_an_output_folder_with_an_earlier_review_unless_overwrite(tmp_path: Path) -> None:
+    from cnnlab.review import run
+
+    data = _small_set(tmp_path / "data")
+    out = tmp_path / "out"
+    run(ReviewConfig(data=data, kinds=FILES_ONLY), out=out)
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(UsageError, match="earlier review run"):
+        run(ReviewConfig(data=data, kinds=FILES_ONLY), out=out)
+    replaced = run(ReviewConfig(data=data, kinds=FILES_ONLY), out=out, overwrite=True)
+    assert replaced.files["html"].is_file() and (out / "mine.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("where", ["inside", "no-data"])
+def test_run_checks_before_any_work(where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cnnlab.review.files
+    from cnnlab.review import run
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the review ran")
+
+    monkeypatch.setattr(cnnlab.review.files, "check_files", no_work)
+    data = _small_set(tmp_path / "data")
+    if where == "inside":
+        with pytest.raises(UsageError, match="inside the data folder"):
+            run(ReviewConfig(data=data, kinds=FILES_ONLY), out=data / "results")
+        assert not (data / "results").exists()
+    else:
+        with pytest.raises(UsageError, match="no data to review"):
+            run(ReviewConfig(kinds=FILES_ONLY))

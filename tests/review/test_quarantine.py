@@ -15,7 +15,7 @@ from cnnlab.review import Finding, ReviewResult, apply_review, duplicates, undo_
 from cnnlab.review.neighbours import nearest_neighbours
 from cnnlab.review.quarantine import quarantined
 from cnnlab.review.result import read_csv
-from tests.conftest import block_import
+from tests.helpers.images import block_import
 
 runner = CliRunner()
 
@@ -101,12 +101,12 @@ def test_apply_and_undo_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
 def test_cli_out_that_is_a_file_is_refused_before_any_work(where: str, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: the whole review ran (embedding every image) before failing to write review.csv."""
-    import cnnlab.review
+    import cnnlab.review.model
 
     def no_work(*args: object, **kwargs: object) -> None:
         raise AssertionError("the review ran")
 
-    monkeypatch.setattr(cnnlab.review, "review", no_work)
+    monkeypatch.setattr(cnnlab.review.model, "load_review_model", no_work)
     (tmp_path / "data" / "cat").mkdir(parents=True)
     (tmp_path / "file").write_text("x")
     out = tmp_path / "file" if where == "file" else tmp_path / "file" / "sub"
@@ -164,19 +164,14 @@ def test_collect_review_without_the_extra_stops_before_the_crawl(tmp_path: Path,
 def test_cli_out_next_to_a_manifest_or_data_that_does_not_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: a missing DATA was reported as "--out ... would be read as a class", and so was any
     --out folder next to a CSV manifest (whose folders are never scanned)."""
-    import cnnlab.review
-    from cnnlab.errors import DatasetError
-
-    def sentinel(*args: object, **kwargs: object) -> None:
-        raise DatasetError("the review was reached")
-
-    monkeypatch.setattr(cnnlab.review, "review", sentinel)
     missing = runner.invoke(app, ["review", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
-    assert missing.exit_code == 2 and "no such folder or manifest" in missing.output and "read as a class" not in missing.output
+    assert missing.exit_code == 2 and "no such folder or manifest" in missing.output
+    assert "inside the data folder" not in missing.output
     manifest = tmp_path / "labels.csv"
     manifest.write_text("path,label\na.jpg,cat\n")
     beside = runner.invoke(app, ["review", str(manifest), "--out", str(tmp_path / "results")])
-    assert "the review was reached" in beside.output and "read as a class" not in beside.output
+    assert "no images to review" in beside.output  # the output folder passed; the data is what is wrong
+    assert "inside the data folder" not in beside.output
 
 
 # -- the quarantine stays inside the dataset folder ---------------------------------------------------

@@ -151,7 +151,8 @@ def test_every_batch_of_a_training_run_asks_whether_to_give_pages_back(tmp_path:
     return_free_pages once per batch (whether or not freed memory is kept in this process)."""
     from cnnlab.runtime import allocator
     from cnnlab.train import TrainConfig, fine_tune
-    from tests.train.test_recipe_end_to_end import FAST, make_colours
+    from tests.helpers.images import make_colours
+    from tests.helpers.runs import FAST
 
     data = make_colours(tmp_path / "colours")
     before = allocator.checks

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -15,13 +16,31 @@ from cnnlab.cli import app
 from cnnlab.errors import WeightsIntegrityError
 from cnnlab.models.export import export_model
 from cnnlab.models.load import load_model
-from cnnlab.runtime import load_runtime, prepare_runtime_file
+from cnnlab.options import ModelSource, RuntimeOptions
+from cnnlab.runtime import prepare_runtime_file
+from cnnlab.runtime.artifacts import MAX_SIDECAR_BYTES, read_sidecar
+from cnnlab.runtime.base import ExportedModel, Runtime
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 pytest.importorskip("openvino")
 runner = CliRunner()
 SMALL = "squeezenet1_1"  # 1.2 M parameters: quick to export and quantise
+
+
+def _load(name: str, backend: str = "torch", *, random_weights: bool = False, weights: Path | None = None,
+          calibration: list[Path] | tuple[()] = (), **runtime: Any) -> Runtime:
+    """The public ``load_model(ModelSource, RuntimeOptions)``, its arguments made from keywords."""
+    source = ModelSource(name=str(name), weights=weights, policy="random" if random_weights else "pretrained")
+    return load_model(source, RuntimeOptions(backend=backend, **runtime), calibration=calibration)
+
+
+def _prepare(name: str, backend: str, *, random_weights: bool = False, weights: Path | None = None,
+             **kwargs: Any) -> Path:
+    source = ModelSource(name=str(name), weights=weights, policy="random" if random_weights else "pretrained")
+    return prepare_runtime_file(source, backend, **kwargs)
+
+
 BACKENDS = ["onnxruntime", "openvino"]
 
 
@@ -56,7 +75,7 @@ def _variant(exported: Path, folder: Path, name: str, **changes: object) -> Path
 
 @pytest.mark.parametrize("damage", ["truncate-model", "truncate-sidecar", "no-marker"])
 def test_damaged_cache_entries_are_exported_again(damage: str) -> None:
-    first = prepare_runtime_file(SMALL, "onnxruntime", random_weights=True)
+    first = _prepare(SMALL, "onnxruntime", random_weights=True)
     size = first.stat().st_size
     if damage == "truncate-model":
         first.write_bytes(first.read_bytes()[:1000])  # a full disk, a killed copy
@@ -65,18 +84,18 @@ def test_damaged_cache_entries_are_exported_again(damage: str) -> None:
         side.write_text(side.read_text()[:50])
     else:  # a folder without its completion record (an older cnnlab, a hand-made copy)
         (first.parent / "complete.json").unlink()
-    again = prepare_runtime_file(SMALL, "onnxruntime", random_weights=True)
+    again = _prepare(SMALL, "onnxruntime", random_weights=True)
     assert again == first and again.stat().st_size == size
-    assert load_runtime(SMALL, "onnxruntime", random_weights=True, device="cpu", threads=1).name.startswith(SMALL)
+    assert _load(SMALL, "onnxruntime", random_weights=True, device="cpu", threads=1).name.startswith(SMALL)
     assert not [p for p in first.parent.parent.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
 
 
 def test_damaged_int8_entries_are_calibrated_again(real_photos: dict[str, Path]) -> None:
     photos = list(real_photos.values())[:2]
-    first = prepare_runtime_file(SMALL, "onnxruntime-int8", random_weights=True, calibration=photos)
+    first = _prepare(SMALL, "onnxruntime-int8", random_weights=True, calibration=photos)
     size = first.stat().st_size
     first.write_bytes(first.read_bytes()[:1000])
-    again = prepare_runtime_file(SMALL, "onnxruntime-int8", random_weights=True, calibration=photos)
+    again = _prepare(SMALL, "onnxruntime-int8", random_weights=True, calibration=photos)
     assert again == first and again.stat().st_size == size
 
 
@@ -85,13 +104,13 @@ def test_sidecar_that_does_not_match_the_graph_is_refused(backend: str, exported
                                                           real_photos: dict[str, Path]) -> None:
     few = _variant(exported, tmp_path, "few", classes=["a", "b", "c"])
     with pytest.raises(WeightsIntegrityError, match=r"shape \[1, 1000\].*lists 3 classes"):
-        load_runtime(str(few), backend, device="cpu", threads=1)
+        _load(str(few), backend, device="cpu", threads=1)
     many = _variant(exported, tmp_path, "many", classes=[f"c{i}" for i in range(2000)])
     with pytest.raises(WeightsIntegrityError, match="lists 2000 classes"):
-        load_runtime(str(many), backend, device="cpu", threads=1)
+        _load(str(many), backend, device="cpu", threads=1)
     crop = _variant(exported, tmp_path, "crop", preprocessing={"crop_size": 256, "resize_size": 256})
     with pytest.raises(WeightsIntegrityError, match="does not run on a uint8 batch of 256x256"):
-        load_runtime(str(crop), backend, device="cpu", threads=1)
+        _load(str(crop), backend, device="cpu", threads=1)
     result = runner.invoke(app, ["predict", str(real_photos["coffee"]), "--model", str(few), "--backend", backend, "-q"])
     assert result.exit_code == 3 and "lists 3 classes" in result.stderr and "Traceback" not in result.output
 
@@ -102,7 +121,7 @@ def test_files_that_are_not_onnx_are_refused(backend: str, exported: Path, tmp_p
     truncated = _variant(exported, tmp_path, "truncated")
     truncated.write_bytes(exported.read_bytes()[:5000])
     with pytest.raises(WeightsIntegrityError, match=f"{backend} cannot open .*truncated.onnx"):
-        load_runtime(str(truncated), backend, device="cpu", threads=1)
+        _load(str(truncated), backend, device="cpu", threads=1)
     result = runner.invoke(app, ["predict", str(real_photos["coffee"]), "-m", str(truncated), "--backend", backend])
     assert result.exit_code == 3 and "cannot open" in result.stderr
 
@@ -110,21 +129,21 @@ def test_files_that_are_not_onnx_are_refused(backend: str, exported: Path, tmp_p
 def test_informative_sidecar_fields_of_any_type_are_tolerated(exported: Path, tmp_path: Path) -> None:
     odd = _variant(exported, tmp_path, "odd", model=["../../x"], source=7, weights_file=5,
                    spec={"arch": {"a": 1}, "num_params": "lots", "gmacs": "x", "acc1": float("nan"), "license": 3})
-    model = load_runtime(str(odd), "onnxruntime", device="cpu", threads=1)
+    model = _load(str(odd), "onnxruntime", device="cpu", threads=1)
     assert model.spec.num_params == 0 and model.spec.gmacs is None and model.spec.acc1 is None
     assert model.spec.arch == "odd" and model.weights_path is None
     bad_quant = _variant(exported, tmp_path, "badq", quantization={"calibration_images": "abc"})
-    assert load_runtime(str(bad_quant), "onnxruntime", device="cpu", threads=1).runtime_info()["calibration_images"] == 0
+    assert _load(str(bad_quant), "onnxruntime", device="cpu", threads=1).runtime_info()["calibration_images"] == 0
 
 
 def test_int8_version_of_an_onnx_file_keeps_the_file_name(exported: Path, real_photos: dict[str, Path]) -> None:
     """bench names rows after the runtime: FILE@onnxruntime and FILE@openvino-int8, not the source model."""
     photos = list(real_photos.values())[:2]
-    fp32 = load_runtime(str(exported), "onnxruntime", device="cpu", threads=1)
-    int8 = load_runtime(str(exported), "openvino-int8", device="cpu", threads=1, calibration=photos)
+    fp32 = _load(str(exported), "onnxruntime", device="cpu", threads=1)
+    int8 = _load(str(exported), "openvino-int8", device="cpu", threads=1, calibration=photos)
     assert fp32.name == int8.name == str(exported)
     assert int8.runtime_info()["precision"] == "int8"
-    from_cache = load_runtime(SMALL, "onnxruntime-int8", random_weights=True, device="cpu", threads=1,
+    from_cache = _load(SMALL, "onnxruntime-int8", random_weights=True, device="cpu", threads=1,
                               calibration=photos)
     assert from_cache.name == "squeezenet1_1.IMAGENET1K_V1"
 
@@ -142,7 +161,107 @@ def test_random_weights_are_the_same_in_pytorch_and_the_onnx_export() -> None:
     again = load_model("mobilenet_v3_small", device="cpu", random_weights=True)
     for (name, x), y in zip(eager.module.state_dict().items(), again.module.state_dict().values()):
         assert torch.equal(x, y), name
-    exported = load_runtime("mobilenet_v3_small", "onnxruntime", random_weights=True, device="cpu")
+    exported = _load("mobilenet_v3_small", "onnxruntime", random_weights=True, device="cpu")
     batch = (torch.rand(2, 3, 224, 224) * 255).to(torch.uint8)
     with torch.inference_mode():
         assert torch.allclose(eager(batch), exported(batch), atol=1e-3)
+
+
+def _batch_ignoring_graph(folder: Path, exported: Path, name: str, *, copy_rows: bool) -> Path:
+    """A 3-class ONNX file (with a cnnlab sidecar) whose outputs come from the first image of a batch only:
+    one row for any batch, or (``copy_rows``) that row repeated for every image."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    size = 32
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["xf"], ["means"], axes=[2, 3], keepdims=0),  # (N, 3)
+        helper.make_node("Reshape", ["means", "one_row"], ["flat"]),  # (1, 3N): the Reshape that keeps one row
+        helper.make_node("Slice", ["flat", "starts", "ends", "axes"], ["first"]),  # (1, 3): the first image's
+    ]
+    inits = [helper.make_tensor("one_row", TensorProto.INT64, [2], [1, -1]),
+             helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
+             helper.make_tensor("ends", TensorProto.INT64, [1], [3]),
+             helper.make_tensor("axes", TensorProto.INT64, [1], [1])]
+    if copy_rows:  # broadcast the first image's row to the batch: (N, 3), every row the same
+        nodes += [helper.make_node("Shape", ["means"], ["shape"]),
+                  helper.make_node("Expand", ["first", "shape"], ["logits"])]
+    else:
+        nodes.append(helper.make_node("Identity", ["first"], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "first-image-only",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], inits)
+    path = folder / f"{name}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    meta = json.loads(Path(f"{exported}.json").read_text())
+    meta.update(classes=["red", "green", "blue"], model=name, quantization=None)
+    meta["preprocessing"].update(crop_size=size, resize_size=size)
+    Path(f"{path}.json").write_text(json.dumps(meta))
+    return path
+
+
+@pytest.mark.parametrize("copy_rows", [False, True], ids=["one-row", "copied-rows"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_graph_that_ignores_the_batch_dimension_is_refused(backend: str, copy_rows: bool, exported: Path,
+                                                             tmp_path: Path, real_photos: dict[str, Path]) -> None:
+    """Issue 27 item 4: bench copied one image's outputs to the whole batch (exit 0, wrong top-1); predict
+    ended in an IndexError. Both now refuse the file, naming the batch dimension."""
+    path = _batch_ignoring_graph(tmp_path, exported, "first-only", copy_rows=copy_rows)
+    with pytest.raises(WeightsIntegrityError, match="ignores the batch dimension"):
+        _load(str(path), backend, device="cpu", threads=1)
+    photos = [str(p) for p in list(real_photos.values())[:3]]
+    result = runner.invoke(app, ["predict", *photos, "-m", str(path), "--backend", backend, "-q"])
+    assert result.exit_code == 3 and "ignores the batch dimension" in result.stderr, result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_runtime_whose_outputs_lose_the_batch_is_an_error_not_a_broadcast(exported: Path) -> None:
+    """The check at every call: a graph that passed the load-time check but answers a batch with one row."""
+    import numpy as np
+    import torch
+
+    model = _load(str(exported), "onnxruntime", device="cpu", threads=1)
+    assert isinstance(model, ExportedModel)
+    model.run = lambda batch: np.zeros((1, 1000), dtype=np.float32)
+    with pytest.raises(WeightsIntegrityError, match="outputs of shape \\[1, 1000\\] for a batch of 2 images"):
+        model(torch.zeros(2, 3, 224, 224, dtype=torch.uint8))
+
+
+def test_a_sidecar_listing_a_class_twice_is_refused(exported: Path, tmp_path: Path,
+                                                    real_photos: dict[str, Path]) -> None:
+    """Issue 27 item 10: like a checkpoint with duplicate classes (a class named twice scores 0 on its images)."""
+    twice = _variant(exported, tmp_path, "twice", classes=["cat", "cat", *[f"c{i}" for i in range(998)]])
+    with pytest.raises(WeightsIntegrityError, match=r"duplicate names \(cat\)"):
+        _load(str(twice), "onnxruntime", device="cpu", threads=1)
+    result = runner.invoke(app, ["predict", str(real_photos["cat"]), "-m", str(twice), "-q"])
+    assert result.exit_code == 3 and "duplicate names" in result.stderr
+
+
+def test_special_files_are_refused_without_blocking(exported: Path, tmp_path: Path) -> None:
+    """Issue 27 item 5: a FIFO sidecar hung predict and bench for ever, a link to /dev/zero was read without
+    bound, and a FIFO model file was reported as missing."""
+    import os
+
+    fifo_meta = _variant(exported, tmp_path, "fifo-meta")
+    Path(f"{fifo_meta}.json").unlink()
+    os.mkfifo(f"{fifo_meta}.json")
+    with pytest.raises(WeightsIntegrityError, match="not-a-file"):
+        read_sidecar(fifo_meta)
+    if Path("/dev/zero").exists():
+        zero_meta = _variant(exported, tmp_path, "zero-meta")
+        Path(f"{zero_meta}.json").unlink()
+        Path(f"{zero_meta}.json").symlink_to("/dev/zero")
+        with pytest.raises(WeightsIntegrityError, match="cannot read the metadata file"):
+            read_sidecar(zero_meta)
+    huge = _variant(exported, tmp_path, "huge")
+    with open(f"{huge}.json", "ab") as fh:
+        fh.truncate(MAX_SIDECAR_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(WeightsIntegrityError, match="too-large"):
+        read_sidecar(huge)
+    fifo_model = tmp_path / "fifo-model.onnx"
+    os.mkfifo(fifo_model)
+    shutil.copy(f"{exported}.json", f"{fifo_model}.json")
+    with pytest.raises(WeightsIntegrityError, match="is not a regular file"):
+        read_sidecar(fifo_model)

@@ -12,7 +12,7 @@ from PIL import Image
 from cnnlab.errors import ImageDecodeError
 from cnnlab.models.registry import get_spec
 from cnnlab.runtime.gpu_decode import JpegBytes, decode_batch, is_encoded
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 
 def test_mixed_batch_decodes_like_the_cpu_path(tmp_path: Path, real_photos: dict[str, Path]) -> None:

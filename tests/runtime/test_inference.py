@@ -11,7 +11,7 @@ from cnnlab.models.checkpoint import find_head
 from cnnlab.models.load import load_model
 from cnnlab.progress import Progress
 from cnnlab.runtime.inference import run_inference
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 
 class Recorder(Progress):

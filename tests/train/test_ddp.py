@@ -12,7 +12,8 @@ import torch
 
 from cnnlab.train import TrainConfig, fine_tune, read_history
 from cnnlab.train.ddp import RankBatches
-from tests.train.test_recipe_end_to_end import FAST, make_colours
+from tests.helpers.images import make_colours
+from tests.helpers.runs import FAST
 
 ARGS = ["--model", "efficientnet_lite0", "--epochs", "2", "--freeze-epochs", "1", "-b", "8", "--image-size", "64",
         "--workers", "0", "--ema", "-q"]
@@ -23,7 +24,7 @@ import sys
 from cnnlab.runtime.distributed import from_environment
 from cnnlab.train import TrainConfig, fine_tune
 from cnnlab.progress import Progress
-from tests.train.test_recipe_end_to_end import FAST
+from tests.helpers.runs import FAST
 
 class StopAfterThree(Progress):
     epochs = 0
@@ -32,7 +33,7 @@ class StopAfterThree(Progress):
         if self.epochs == 3 and from_environment().is_main:
             raise SystemExit(3)
 
-fine_tune(TrainConfig(data=sys.argv[1], out=sys.argv[2], **FAST), StopAfterThree())
+fine_tune(TrainConfig(data=sys.argv[1], out=sys.argv[2], **FAST), progress=StopAfterThree())
 """
 
 
@@ -52,7 +53,7 @@ def test_batches_are_dealt_out_exactly() -> None:
 def test_two_processes_train_like_one(colours: Path, tmp_path: Path) -> None:
     one = fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "one"), **FAST))
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "cnnlab", "train", "--data", str(colours), "--out", str(two), *ARGS, "--nproc", "2"]
+    cmd = [sys.executable, "-m", "cnnlab", "train", str(colours), "--out", str(two), *ARGS, "--nproc", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     metrics = (two / "metrics.json").read_text()
@@ -93,10 +94,10 @@ def test_a_locked_run_folder_stops_every_rank_with_one_message(colours: Path, tm
     from cnnlab.outputs import FolderLock
 
     out = tmp_path / "busy"
-    cmd = [sys.executable, "-m", "cnnlab", "train", "--data", str(colours), "--out", str(out), *ARGS, "--nproc", "2"]
+    cmd = [sys.executable, "-m", "cnnlab", "train", str(colours), "--out", str(out), *ARGS, "--nproc", "2"]
     with FolderLock(out):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 2, proc.stderr[-4000:]
-    assert proc.stderr.count("error:") == 1 and "another `cnnlab train` is writing" in proc.stderr, proc.stderr
+    assert proc.stderr.count("error:") == 1 and "another cnnlab train run is writing" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == [".lock"]

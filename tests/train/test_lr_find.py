@@ -8,38 +8,28 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 from cnnlab.cli import app
 from cnnlab.train import TrainConfig
 from cnnlab.train.lr_find import find_lr
+from tests.helpers.images import make_two_colours
+from tests.helpers.runs import SMALL_TRAIN_ARGS as SMALL
 
 runner = CliRunner()
-#: The offline model's real weights at a small size: every run here takes seconds.
-SMALL = ["--model", "efficientnet_lite0", "--image-size", "32", "--workers", "0", "--batch-size", "8"]
 
 
-def make_colours(root: Path, per_class: int = 8, size: int = 32) -> Path:
-    rng = np.random.default_rng(0)
-    for name, rgb in {"blue": (40, 60, 220), "red": (220, 40, 40)}.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            array = np.clip(np.array(rgb)[None, None, :] + rng.normal(0, 30, (size, size, 3)), 0, 255)
-            Image.fromarray(array.astype(np.uint8)).save(root / name / f"{i:02d}.png")
-    return root
 
 
 def test_class_of_only_unreadable_files_is_refused(tmp_path: Path) -> None:
     """A class folder whose files all fail to decode would be a class the head can never learn."""
-    data = make_colours(tmp_path / "data")
+    data = make_two_colours(tmp_path / "data")
     (data / "broken").mkdir()
     for i in range(5):
         (data / "broken" / f"{i}.jpg").write_bytes(b"not an image")
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze", *SMALL])
+    result = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "run"), "--freeze", *SMALL])
     assert result.exit_code == 2, result.output
     assert "broken" in result.stderr and "could be decoded" in result.stderr
     assert not (tmp_path / "run" / "best.pt").exists()
@@ -47,7 +37,7 @@ def test_class_of_only_unreadable_files_is_refused(tmp_path: Path) -> None:
 
 def test_find_lr_skips_a_one_image_batch_while_batchnorm_trains(tmp_path: Path) -> None:
     """Undecodable files can leave a batch of one image; the range test crashed in BatchNorm on it."""
-    data = make_colours(tmp_path / "data", per_class=2)
+    data = make_two_colours(tmp_path / "data", per_class=2)
     for name in ("blue", "red"):
         for i in range(2):
             (data / name / f"bad{i}.png").write_bytes(b"not an image")
@@ -60,24 +50,28 @@ def test_find_lr_skips_a_one_image_batch_while_batchnorm_trains(tmp_path: Path) 
 
 def test_out_inside_the_data_folder_is_refused(tmp_path: Path) -> None:
     """A run folder inside the class folders became a class (curves.png its image) of the next run."""
-    data = make_colours(tmp_path / "data")
+    data = make_two_colours(tmp_path / "data")
     for out in (data / "run", data / "red", data):
-        result = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--freeze", *SMALL])
+        result = runner.invoke(app, ["train", str(data), "--out", str(out), "--freeze", *SMALL])
         assert result.exit_code == 2, result.output
-        assert "inside the data folder" in result.stderr
+        assert "the data folder" in result.stderr and "would read its files as images" in result.stderr
     assert sorted(p.name for p in data.iterdir()) == ["blue", "red"]
     assert list(data.rglob("*.png")) and not list(data.rglob("curves.png"))
+    hidden = data / ".cnnlab" / "run"  # a hidden folder is never read as data: allowed
+    result = runner.invoke(app, ["train", str(data), "--out", str(hidden), "--freeze", *SMALL])
+    assert result.exit_code == 0, result.output
+    assert (hidden / "best.pt").is_file()
 
 
 def test_model_checkpoint_that_does_not_fit_its_architecture_gives_a_short_error(tmp_path: Path) -> None:
     """The error listed every missing and unexpected key: tens of kilobytes on the terminal."""
-    data = make_colours(tmp_path / "data")
-    first = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "a"), "--freeze", *SMALL])
+    data = make_two_colours(tmp_path / "data")
+    first = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "a"), "--freeze", *SMALL])
     assert first.exit_code == 0, first.output
     ckpt = torch.load(tmp_path / "a" / "best.pt", weights_only=False)
     ckpt["arch"] = "mobilenet_v3_small"
     torch.save(ckpt, tmp_path / "other.pt")
-    args = ["train", "--data", str(data), "--out", str(tmp_path / "b"), "--freeze", *SMALL]
+    args = ["train", str(data), "--out", str(tmp_path / "b"), "--freeze", *SMALL]
     args[args.index("--model") + 1] = str(tmp_path / "other.pt")
     result = runner.invoke(app, args)
     assert result.exit_code == 3, result.output
@@ -86,9 +80,9 @@ def test_model_checkpoint_that_does_not_fit_its_architecture_gives_a_short_error
 
 def test_onnx_model_is_refused_with_advice_for_train(tmp_path: Path) -> None:
     """The refusal suggested --backend, an option train does not have."""
-    data = make_colours(tmp_path / "data")
+    data = make_two_colours(tmp_path / "data")
     (tmp_path / "m.onnx").write_bytes(b"\\x08\\x07")
-    args = ["train", "--data", str(data), "--out", str(tmp_path / "b"), "--freeze", *SMALL]
+    args = ["train", str(data), "--out", str(tmp_path / "b"), "--freeze", *SMALL]
     args[args.index("--model") + 1] = str(tmp_path / "m.onnx")
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
@@ -96,18 +90,18 @@ def test_onnx_model_is_refused_with_advice_for_train(tmp_path: Path) -> None:
 
 
 def test_classes_that_differ_only_in_case_are_warned_about(tmp_path: Path) -> None:
-    data = make_colours(tmp_path / "data")
+    data = make_two_colours(tmp_path / "data")
     (data / "red").rename(data / "Blue")
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze", *SMALL])
+    result = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "run"), "--freeze", *SMALL])
     assert result.exit_code == 0, result.output
     assert "differ only in case" in result.stderr and "'Blue', 'blue'" in result.stderr
 
 
 def test_resume_with_two_processes(tmp_path: Path) -> None:
     """Every rank but 0 was given overwrite=True next to resume=True and stopped at the settings check."""
-    data = make_colours(tmp_path / "data")
+    data = make_two_colours(tmp_path / "data")
     out = tmp_path / "run"
-    args = ["--data", str(data), "--out", str(out), *SMALL]
+    args = [str(data), "--out", str(out), *SMALL]
     first = runner.invoke(app, ["train", *args, "--epochs", "1", "--freeze-epochs", "0", "--no-probe"])
     assert first.exit_code == 0, first.output
     cmd = [sys.executable, "-m", "cnnlab", "train", "--out", str(out), "--resume", "--workers", "0", "--nproc", "2", "-q"]
@@ -118,8 +112,8 @@ def test_resume_with_two_processes(tmp_path: Path) -> None:
 
 def test_without_held_out_images_no_evaluation_on_validation_images_is_claimed(tmp_path: Path) -> None:
     """With one image per class nothing is held out; the run said it evaluated on the validation images."""
-    data = make_colours(tmp_path / "data", per_class=1)
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze", *SMALL])
+    data = make_two_colours(tmp_path / "data", per_class=1)
+    result = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "run"), "--freeze", *SMALL])
     assert result.exit_code == 0, result.output
     assert "uses the validation images" not in result.stderr and "no held-out figure" in result.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -127,8 +121,8 @@ def test_without_held_out_images_no_evaluation_on_validation_images_is_claimed(t
 
 
 def test_freeze_with_ema_or_mixup_says_they_are_not_used(tmp_path: Path) -> None:
-    data = make_colours(tmp_path / "data")
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze", "--ema",
+    data = make_two_colours(tmp_path / "data")
+    result = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "run"), "--freeze", "--ema",
                                  "--mixup", "0.2", *SMALL])
     assert result.exit_code == 0, result.output
     assert "--ema, --mixup act on SGD epochs" in result.stderr
@@ -140,9 +134,9 @@ def test_tensorboard_that_does_not_import_is_a_usage_error(tmp_path: Path) -> No
     fake = tmp_path / "site" / "tensorboard"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('simulated: needs a newer protobuf')\n")
-    data = make_colours(tmp_path / "data")
+    data = make_two_colours(tmp_path / "data")
     src = Path(__file__).resolve().parents[2] / "src"
-    cmd = [sys.executable, "-m", "cnnlab", "train", "--data", str(data), "--out", str(tmp_path / "run"), "--freeze",
+    cmd = [sys.executable, "-m", "cnnlab", "train", str(data), "--out", str(tmp_path / "run"), "--freeze",
            "--tensorboard", *SMALL]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(src)])}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
@@ -153,8 +147,8 @@ def test_tensorboard_that_does_not_import_is_a_usage_error(tmp_path: Path) -> No
 
 def test_image_size_near_the_input_limit_trains_and_above_it_is_a_usage_error(tmp_path: Path) -> None:
     """--image-size 2000 scaled the resize to 2286, over the 2048 limit: a ValueError traceback."""
-    data = make_colours(tmp_path / "data", per_class=1)
-    args = ["train", "--data", str(data), "--freeze", *SMALL, "--batch-size", "2"]
+    data = make_two_colours(tmp_path / "data", per_class=1)
+    args = ["train", str(data), "--freeze", *SMALL, "--batch-size", "2"]
     args[args.index("--image-size") + 1] = "2000"
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
@@ -167,7 +161,7 @@ def test_unknown_model_or_missing_checkpoint_is_refused_before_the_data_are_read
     """A typo in --model was found only after every image had been scanned and hashed."""
     missing_data = tmp_path / "no-such-data"  # reading the data would be an error of its own
     for model, expected in (("efficientnet_lite", "efficientnet_lite0"), (str(tmp_path / "gone.pt"), "no such checkpoint")):
-        result = runner.invoke(app, ["train", "--data", str(missing_data), "--out", str(tmp_path / "run"), "--model", model])
+        result = runner.invoke(app, ["train", str(missing_data), "--out", str(tmp_path / "run"), "--model", model])
         assert result.exit_code == 2, result.output
         assert expected in result.stderr and "no-such-data" not in result.stderr
     assert not (tmp_path / "run").exists()
@@ -176,7 +170,7 @@ def test_unknown_model_or_missing_checkpoint_is_refused_before_the_data_are_read
 def test_find_lr_warns_when_the_loss_never_rose(tmp_path: Path) -> None:
     """On a few easy images the loss stayed flat up to the largest rate, and --find-lr suggested 1.0 as if it
     had found something."""
-    data = make_colours(tmp_path / "data", per_class=4)
+    data = make_two_colours(tmp_path / "data", per_class=4)
     config = TrainConfig(data=str(data), out=str(tmp_path / "lr"), model="efficientnet_lite0", image_size=32,
                          workers=0, val_fraction=0.0, probe=False, augment="none")  # a steady loss near ln(2)
     flat = find_lr(config, start_lr=1e-9, end_lr=1e-7, steps=6)  # rates far too small to break anything
@@ -188,8 +182,8 @@ def test_find_lr_warns_when_the_loss_never_rose(tmp_path: Path) -> None:
 
 def test_resuming_a_finished_run_says_so(tmp_path: Path) -> None:
     """--resume of a run that had finished evaluated it again without a word."""
-    data = make_colours(tmp_path / "data")
-    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", *SMALL]
+    data = make_two_colours(tmp_path / "data")
+    args = ["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", *SMALL]
     assert runner.invoke(app, args).exit_code == 0
     again = runner.invoke(app, [*args, "--resume"])
     assert again.exit_code == 0, again.output
@@ -197,25 +191,25 @@ def test_resuming_a_finished_run_says_so(tmp_path: Path) -> None:
 
 
 def test_model_folder_and_checkpoint_with_other_weights_are_refused_before_the_data_are_read(tmp_path: Path) -> None:
-    data = make_colours(tmp_path / "data")
-    first = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "a"), "--freeze", *SMALL])
+    data = make_two_colours(tmp_path / "data")
+    first = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "a"), "--freeze", *SMALL])
     assert first.exit_code == 0, first.output
     missing_data = str(tmp_path / "no-such-data")
-    folder = runner.invoke(app, ["train", "--data", missing_data, "--out", str(tmp_path / "b"), "--model", str(tmp_path / "a")])
+    folder = runner.invoke(app, ["train", missing_data, "--out", str(tmp_path / "b"), "--model", str(tmp_path / "a")])
     assert folder.exit_code == 2 and "is a folder" in folder.stderr and "best.pt" in folder.stderr, folder.output
-    weights = runner.invoke(app, ["train", "--data", missing_data, "--out", str(tmp_path / "b"),
+    weights = runner.invoke(app, ["train", missing_data, "--out", str(tmp_path / "b"),
                                   "--model", str(tmp_path / "a" / "best.pt"), "--random-weights"])
     assert weights.exit_code == 2 and "do not apply" in weights.stderr, weights.output
     assert not (tmp_path / "b").exists()
 
 
 def test_layer_and_crop_options_the_run_does_not_use_are_named(tmp_path: Path) -> None:
-    data = make_colours(tmp_path / "data")
-    probe_only = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "a"), "--freeze",
+    data = make_two_colours(tmp_path / "data")
+    probe_only = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "a"), "--freeze",
                                      "--frozen-stride", "8", "--train-size-ratio", "0.5", *SMALL])
     assert probe_only.exit_code == 0, probe_only.output
     assert "--frozen-stride, --train-size-ratio act on SGD epochs" in probe_only.stderr
-    plain = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "b"), "--epochs", "1",
+    plain = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "b"), "--epochs", "1",
                                 "--augment", "none", "--train-size-ratio", "0.5", *SMALL])
     assert plain.exit_code == 0, plain.output
     assert "--train-size-ratio is not used" in plain.stderr

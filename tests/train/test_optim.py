@@ -16,7 +16,7 @@ from cnnlab.cli import app
 from cnnlab.progress import Progress
 from cnnlab.train import TrainConfig, fine_tune
 from cnnlab.train.optim import early_layers
-from tests.train.test_lr_find import make_colours
+from tests.helpers.images import make_two_colours
 
 runner = CliRunner()
 
@@ -78,12 +78,12 @@ def test_crops_too_small_for_the_network_fall_back_or_are_refused(tmp_path: Path
     tests and examples use, would train on 24 px crops and crash after the probe ("Kernel size can't be
     greater than actual input size"); crops are not shrunk below 128 px, so it trains on 32 px. AlexNet's pooling needs about 63 px: at --image-size 32 not
     even the evaluation crop passes, and the run died in the probe with a traceback; it is refused (exit 2)."""
-    data = make_colours(tmp_path / "data", per_class=6)
+    data = make_two_colours(tmp_path / "data", per_class=6)
     result = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "a"), model="efficientnet_lite0", image_size=32,
                                    epochs=1, workers=0, batch_size=4, min_phase_steps=2))
-    assert result.train_args["train_size_resolved"] == 32 and len(result.history) == 2  # not shrunk below 128 px
+    assert result.resolved.train_size == 32 and len(result.history) == 2  # not shrunk below 128 px
     assert not any("cannot train" in w for w in result.warnings), result.warnings
-    refused = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "b"), "--model", "alexnet",
+    refused = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "b"), "--model", "alexnet",
                                   "--random-weights", "--image-size", "32", "--workers", "0", "--epochs", "1"])
     assert refused.exit_code == 2, refused.output
     assert "cannot train on 32 px inputs" in refused.stderr and not (tmp_path / "b" / "last.pt").exists()
@@ -93,12 +93,12 @@ def test_resume_of_a_run_continued_from_random_weights_keeps_its_layer_settings(
     """A run started from a checkpoint of random weights resolves BatchNorm 'train' and frozen stride 1, but
     its train_args say random_weights False: resume re-resolved them as for pretrained weights (BatchNorm
     frozen, the early layers frozen), so the optimiser state no longer fitted its groups."""
-    data = make_colours(tmp_path / "data", per_class=8)
+    data = make_two_colours(tmp_path / "data", per_class=8)
     small = {"image_size": 32, "workers": 0, "batch_size": 8, "min_phase_steps": 2}
     parent = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "parent"), random_weights=True, epochs=1, **small))
     child = {"data": str(data), "model": str(parent.out / "best.pt"), "epochs": 2, **small}
     whole = fine_tune(TrainConfig(out=str(tmp_path / "whole"), **child))
-    assert (whole.train_args["bn_resolved"], whole.train_args["frozen_stride_resolved"]) == ("train", 1)
+    assert (whole.resolved.bn, whole.resolved.frozen_stride) == ("train", 1)
 
     class Interrupt(Exception):
         pass
@@ -110,9 +110,9 @@ def test_resume_of_a_run_continued_from_random_weights_keeps_its_layer_settings(
 
     out = tmp_path / "interrupted"
     with pytest.raises(Interrupt):
-        fine_tune(TrainConfig(out=str(out), **child), StopAfterFirstEpoch())
+        fine_tune(TrainConfig(out=str(out), **child), progress=StopAfterFirstEpoch())
     resumed = fine_tune(TrainConfig(out=str(out), resume=True, workers=0))
-    assert (resumed.bn, resumed.train_args["frozen_stride_resolved"]) == ("train", 1)
+    assert (resumed.bn, resumed.resolved.frozen_stride) == ("train", 1)
     a = torch.load(whole.out / "last.pt", weights_only=True)["state_dict"]
     b = torch.load(out / "last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)

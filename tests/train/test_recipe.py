@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from cnnlab.options import RuntimeOptions
 from cnnlab.prediction import predict
 from cnnlab.train import TrainConfig, fine_tune, fit_logistic, make_batch_mix, plan_batches, plan_phases
 from cnnlab.train.config import MIN_BATCH
 from cnnlab.train.session import ema_decay
-from tests.train.test_recipe_end_to_end import make_colours
+from tests.helpers.images import make_colours
 
 
 @pytest.mark.parametrize(
@@ -88,7 +89,7 @@ def test_three_colours_with_the_defaults_reach_90_percent_on_unseen_images(tmp_p
     full = result.history[1:]
     assert all(h.images >= result.n_train - 2 for h in full)  # no share of the images dropped (1 broken file)
     assert not any("optimiser steps" in w for w in result.warnings)  # 3 epochs x 8 steps: enough
-    preds = predict([unseen], model=str(result.best_path), workers=0, device="cpu").predictions
+    preds = predict([unseen], model=str(result.best_path), runtime=RuntimeOptions(device="cpu", workers=0)).predictions
     accuracy = np.mean([Path(p.path).parent.name == p.top[0].label for p in preds])
     assert len(preds) == 60 and accuracy >= 0.9
 
@@ -98,7 +99,7 @@ def test_too_few_images_for_the_run_are_warned_about(tmp_path: Path) -> None:
     result = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "run"), model="squeezenet1_1", random_weights=True,
                                    image_size=32, epochs=1, workers=0, val_fraction=0.0))
     assert any("full phase has only 2 optimiser steps" in w for w in result.warnings), result.warnings
-    assert result.train_args["frozen_stride_resolved"] == 1  # random weights: every layer trains
+    assert result.resolved is not None and result.resolved.frozen_stride == 1  # random weights: every layer trains
 
 
 @pytest.mark.parametrize("case", ["a batch shrunk to one image by an unreadable file", "--batch-size 1"])
@@ -173,19 +174,20 @@ def test_frozen_early_layers_keep_their_weights(tmp_path: Path) -> None:
     data = make_colours(tmp_path / "data", per_class=8)
     pretrained = load_model("efficientnet_lite0", device="cpu").module.state_dict()
 
-    def trained(**settings: object) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    def trained(**settings: object) -> tuple[dict[str, torch.Tensor], dict[str, object]]:  # the weights, resolved
         config = TrainConfig(data=str(data), out=str(tmp_path / f"run{len(settings)}"), epochs=1, image_size=64,
                              workers=0, min_phase_steps=4, **settings)  # type: ignore[arg-type]
         result = fine_tune(config)
-        return torch.load(result.out / "last.pt", weights_only=False)["state_dict"], result.train_args
+        last = torch.load(result.out / "last.pt", weights_only=False)
+        return last["state_dict"], last["resolved"]
 
     weights, args = trained()
-    assert args["frozen_stride_resolved"] == 4
+    assert args["frozen_stride"] == 4
     assert torch.equal(weights["_conv_stem.weight"], pretrained["_conv_stem.weight"])
     assert torch.equal(weights["_blocks.2._project_conv.weight"], pretrained["_blocks.2._project_conv.weight"])
     assert not torch.equal(weights["_blocks.3._expand_conv.weight"], pretrained["_blocks.3._expand_conv.weight"])
     weights, args = trained(frozen_stride=1)
-    assert args["frozen_stride_resolved"] == 1
+    assert args["frozen_stride"] == 1
     assert not torch.equal(weights["_conv_stem.weight"], pretrained["_conv_stem.weight"])
 
 

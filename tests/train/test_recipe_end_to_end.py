@@ -45,6 +45,7 @@ from cnnlab.models.checkpoint import (
 )
 from cnnlab.models.load import load_model
 from cnnlab.models.registry import get_spec
+from cnnlab.options import RuntimeOptions
 from cnnlab.progress import Progress
 from cnnlab.train import (
     DataSplits,
@@ -58,25 +59,12 @@ from cnnlab.train import (
     prepare_data,
     read_history,
 )
+from tests.helpers.images import COLOURS, make_colours
+from tests.helpers.runs import FAST
 
 runner = CliRunner()
-COLOURS = {"blue": (40, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
-#: Settings of the small, fast runs: the offline model's real weights at 64 px, the probe, 1 head + 2 full
-#: epochs, a moving average of the weights (so that resume is checked with its state too).
-FAST = {"model": "efficientnet_lite0", "epochs": 2, "freeze_epochs": 1, "batch_size": 8, "image_size": 64, "workers": 0,
-        "ema": True}
 
 
-def make_colours(root: Path, per_class: int = 12, size: int = 40, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for name, rgb in COLOURS.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            noise = rng.normal(0, 30, (size, size, 3))
-            array = np.clip(np.array(rgb)[None, None, :] + noise, 0, 255).astype(np.uint8)
-            Image.fromarray(array).save(root / name / f"{i:02d}.png")
-    (root / "red" / "broken.jpg").write_bytes(b"")  # must be skipped and counted, not crash
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -371,7 +359,7 @@ def _val_report_and_best_pt(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
     with (out / "data_split.csv").open(newline="") as fh:
         val = [row for row in csv.DictReader(fh) if row["split"] == "val"]
-    preds = predict([row["path"] for row in val], model=out / "best.pt", topk=3, workers=0, device="cpu").predictions
+    preds = predict([row["path"] for row in val], model=out / "best.pt", topk=3, runtime=RuntimeOptions(device="cpu", workers=0)).predictions
     truth = {str(Path(row["path"])): row["label"] for row in val}
     probs = [{s.label: s.probability for s in p.top}[truth[str(Path(p.path))]] for p in preds]
     fresh = {"n": len(preds), "top1": float(np.mean([p.top[0].label == truth[str(Path(p.path))] for p in preds])),
@@ -439,13 +427,13 @@ def test_resume_after_interruption_gives_the_uninterrupted_weights(
 
     out = tmp_path / "interrupted"
     with pytest.raises(Interrupt):  # stopped inside the full phase: optimiser, scheduler, EMA states must carry over
-        fine_tune(TrainConfig(data=str(colours), out=str(out), **FAST), InterruptAfterEpoch2())
+        fine_tune(TrainConfig(data=str(colours), out=str(out), **FAST), progress=InterruptAfterEpoch2())
     assert len(read_history(out / "history.csv")) == 3
     stopped = torch.load(out / "last.pt", weights_only=True)
     assert stopped["resume"]["scheduler"]["last_epoch"] == 4  # 29 images in 4 batches: 4 steps done
     assert int(stopped["resume"]["ema"]["n_averaged"]) == 4 + 4  # head phase steps + full phase steps
     assert not torch.equal(stopped["resume"]["model"]["_fc.weight"], stopped["state_dict"]["_fc.weight"])  # raw vs EMA
-    with pytest.raises(CnnlabError, match="--resume"):  # no silent restart over an existing run
+    with pytest.raises(UsageError, match="already holds the outputs of an earlier train run"):  # no silent restart
         fine_tune(TrainConfig(data=str(colours), out=str(out), **FAST))
 
     resumed = fine_tune(TrainConfig(out=str(out), resume=True, workers=0))  # settings come from last.pt
@@ -591,7 +579,7 @@ def test_checkpoints_without_metadata_or_with_code_are_refused(
 
 def test_cli_train_then_predict_then_bench(colours: Path, tmp_path: Path) -> None:
     run = tmp_path / "runs" / "colours"
-    args = ["train", "--data", str(colours), "--model", "efficientnet_lite0", "--epochs", "2",
+    args = ["train", str(colours), "--model", "efficientnet_lite0", "--epochs", "2",
             "--image-size", "64", "--batch-size", "8", "--workers", "0", "--out", str(run)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -601,7 +589,7 @@ def test_cli_train_then_predict_then_bench(colours: Path, tmp_path: Path) -> Non
     assert (run / "best.pt").is_file() and (run / "curves.png").is_file()
 
     again = runner.invoke(app, args)
-    assert again.exit_code == 1 and "already holds a run" in again.stderr
+    assert again.exit_code == 2 and "already holds the outputs of an earlier train run" in again.stderr
 
     predicted = runner.invoke(app, ["predict", str(colours / "blue"), str(colours / "green"),
                                     "--model", str(run / "best.pt"), "--json", "--workers", "0", "-q"])
@@ -625,7 +613,7 @@ def test_cli_train_then_predict_then_bench(colours: Path, tmp_path: Path) -> Non
 
 
 def test_cli_random_weights_says_so_and_json(colours: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["train", "--data", str(colours), "--model", "squeezenet1_1", "--random-weights",
+    result = runner.invoke(app, ["train", str(colours), "--model", "squeezenet1_1", "--random-weights",
                                  "--freeze-epochs", "0", "--epochs", "1", "--image-size", "32", "--workers", "0",
                                  "--augment", "randaugment", "--mixup", "0.2", "--cutmix", "1.0",
                                  "--out", str(tmp_path / "r"), "--json", "-q"])
@@ -656,11 +644,11 @@ def test_invalid_settings_are_refused(colours: Path, tmp_path: Path) -> None:
         fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "x"), warmup=1.5))
     with pytest.raises(CnnlabError, match="nothing to resume"):
         fine_tune(TrainConfig(out=str(tmp_path / "none"), resume=True))
-    result = runner.invoke(app, ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "y")])
+    result = runner.invoke(app, ["train", str(tmp_path / "missing"), "--out", str(tmp_path / "y")])
     assert result.exit_code == 2 and "no such folder" in result.stderr
     for option, value in (("--schedule", "linear"), ("--bn", "frozn"), ("--precision", "fp8"), ("--device", "tpu"),
                           ("--augment", "heavy")):
-        result = runner.invoke(app, ["train", "--data", str(colours), "--out", str(tmp_path / "z"), option, value])
+        result = runner.invoke(app, ["train", str(colours), "--out", str(tmp_path / "z"), option, value])
         assert result.exit_code == 2 and value in result.stderr, (option, result.output)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
 
@@ -678,7 +666,7 @@ def test_cli_out_that_is_a_file_is_a_usage_error(colours: Path, tmp_path: Path) 
     afile = tmp_path / "afile"
     afile.write_text("mine")
     for out in (afile, afile / "run"):
-        result = runner.invoke(app, ["train", "--data", str(colours), "--out", str(out), "--workers", "0"])
+        result = runner.invoke(app, ["train", str(colours), "--out", str(out), "--workers", "0"])
         assert result.exit_code == 2, result.output
         assert "is not a folder" in result.stderr or "is a file, not a folder" in result.stderr
         assert "Traceback" not in result.output
@@ -693,7 +681,7 @@ def test_cli_train_reports_the_files_it_left_out(tmp_path: Path) -> None:
     data = make_colours(tmp_path / "data", per_class=4)
     (data / "green" / "ghost.png").symlink_to(tmp_path / "nowhere.png")
     os.mkfifo(data / "blue" / "pipe.png")
-    args = ["train", "--data", str(data), "--model", "squeezenet1_1", "--random-weights", "--freeze",
+    args = ["train", str(data), "--model", "squeezenet1_1", "--random-weights", "--freeze",
             "--image-size", "32", "--workers", "0", "--out", str(tmp_path / "run")]
     result = runner.invoke(app, [*args, "--json", "-q"])
     assert result.exit_code == 0, result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from cnnlab.models.checkpoint import read_checkpoint
 from cnnlab.models.leakage import overlap
 from cnnlab.models.load import load_model
 from cnnlab.train import TrainConfig, TrainResult, fine_tune
-from tests.train.test_recipe_end_to_end import make_colours
+from tests.helpers.images import make_colours
 
 runner = CliRunner()
 #: efficientnet_lite0's real weights at 32 px: seconds per run.
@@ -59,7 +60,7 @@ def test_new_classes_get_a_new_head_and_inherit_the_record(parent: TrainResult, 
 
 
 def test_continuing_refuses_weights_options(parent: TrainResult, colours: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["train", "--data", str(colours), "--model", str(parent.best_path),
+    result = runner.invoke(app, ["train", str(colours), "--model", str(parent.best_path),
                                  "--random-weights", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "checkpoint with its own weights" in result.stderr
     assert not (tmp_path / "x" / "best.pt").exists()
@@ -70,7 +71,7 @@ def test_find_lr_writes_a_plot_and_suggests_a_value(colours: Path, tmp_path: Pat
 
     out = tmp_path / "lr"
     checks = allocator.checks
-    result = runner.invoke(app, ["train", "--find-lr", "--data", str(colours), "--model", "squeezenet1_1",
+    result = runner.invoke(app, ["train", "--find-lr", str(colours), "--model", "squeezenet1_1",
                                  "--random-weights", "--image-size", "32", "--workers", "0", "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
     assert "suggested --lr" in result.stdout and "a tenth of the first learning rate" in result.stdout
@@ -111,7 +112,7 @@ def test_tensorboard_missing_is_a_usage_error_before_any_work(colours: Path, tmp
 
     real = tblog.importlib.util.find_spec
     monkeypatch.setattr(tblog.importlib.util, "find_spec", lambda name: None if name == "tensorboard" else real(name))
-    result = runner.invoke(app, ["train", "--data", str(colours), "--tensorboard", "--out", str(tmp_path / "t")])
+    result = runner.invoke(app, ["train", str(colours), "--tensorboard", "--out", str(tmp_path / "t")])
     assert result.exit_code == 2 and "pip install 'cnnlab[tensorboard]'" in result.stderr
     assert not (tmp_path / "t").exists()
 
@@ -123,3 +124,24 @@ def test_ema_checkpoint_holds_the_averaged_weights(colours: Path, tmp_path: Path
     assert int(averaged["n_averaged"]) > 1
     assert torch.equal(averaged["module._fc.weight"], last["state_dict"]["_fc.weight"])
     assert not torch.equal(last["resume"]["model"]["_fc.weight"], last["state_dict"]["_fc.weight"])
+
+
+def test_a_run_whose_checkpoints_have_the_previous_format_resumes(parent: TrainResult, tmp_path: Path) -> None:
+    """Runs of the previous release stored their resolved settings as ``*_resolved`` keys of ``train_args``, not
+    under ``resolved``: resume reads them, and their last.pt and best.pt still load."""
+    run = tmp_path / "old"
+    shutil.copytree(parent.out, run)
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(run / name, weights_only=True)
+        resolved = ckpt.pop("resolved")
+        assert resolved["bn"] == "frozen" and resolved["frozen_stride"] == 4  # pretrained weights
+        # values that differ from what the run would resolve now, to tell that they are read back
+        ckpt["train_args"].update(bn_resolved="train", frozen_stride_resolved=1, probe_resolved=True,
+                                  train_size_resolved=resolved["train_size"], precision_resolved="fp32")
+        torch.save(ckpt, run / name)
+    resumed = fine_tune(TrainConfig(out=str(run), resume=True, workers=0))
+    assert resumed.resumed_from_epoch == 1 and resumed.bn == "train"
+    assert resumed.resolved is not None and (resumed.resolved.bn, resumed.resolved.frozen_stride) == ("train", 1)
+    metrics = json.loads((run / "metrics.json").read_text())  # reported in the new format
+    assert metrics["resolved"]["bn"] == "train" and "bn_resolved" not in metrics["train_args"]
+    assert load_model(str(run / "last.pt"), device="cpu").categories == ("blue", "green", "red")

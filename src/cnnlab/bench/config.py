@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from enum import Enum
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -11,39 +10,40 @@ from cnnlab.errors import UsageError
 from cnnlab.models.registry import LAB_MODELS
 from cnnlab.options import (
     DEFAULT_CALIBRATION_IMAGES,
-    Precision,
+    ModelSource,
     RuntimeChoice,
+    RuntimeOptions,
     WeightsPolicy,
     parse_choice,
     parse_device,
 )
 
-#: Default batch size per device type. On this project's 2-core reference CPU, batch 8 measured 2-5x
-#: the images/s of batch 32 (caches), with a quarter of the activation memory; GPUs want large batches.
+#: Default batch size per device type: on a small CPU a small batch stays in the caches and needs less
+#: activation memory (benchmarks/bench_pipeline.py measures it); GPUs want large batches.
 DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 32}
 
 
-@dataclass(kw_only=True)
-class MeasureOptions:
-    """How one model is measured: what ``bench`` passes on to each model's worker."""
+#: The fields of :class:`~cnnlab.options.RuntimeOptions` that a measurement takes (the backend is per row:
+#: :attr:`BenchConfig.backends`). :meth:`MeasureOptions.to_dict` flattens them, so results.json keeps its keys.
+RUNTIME_FIELDS = ("device", "batch_size", "precision", "channels_last", "compile", "workers", "threads",
+                  "fast_decode", "decode")
 
-    device: str = "auto"
-    #: Images per batch (``None``: :data:`DEFAULT_BATCH_SIZE` for the device the model runs on).
-    batch_size: int | None = None
-    precision: Precision = Precision.FP32
-    channels_last: bool = False
-    compile: bool = False
-    #: Decoding processes (``None``: :func:`cnnlab.runtime.inference.default_workers`).
-    workers: int | None = None
-    #: torch CPU threads (``None``: the cores not used for decoding).
-    threads: int | None = None
+
+@dataclass(kw_only=True, init=False)
+class MeasureOptions:
+    """How one model is measured: what ``bench`` passes on to each model's worker.
+
+    How the model runs (device, precision, layout, threads, loader workers, batch size, decoding) is one
+    :class:`~cnnlab.options.RuntimeOptions`, parsed once; the rest are the measurement's own settings.
+    ``MeasureOptions(device="cpu", batch_size=8)`` is accepted as a short form of
+    ``MeasureOptions(runtime=RuntimeOptions(device="cpu", batch_size=8))``.
+    """
+
+    #: Device, precision, channels_last, compile, threads, workers, batch size (``None``: :data:`DEFAULT_BATCH_SIZE`
+    #: for the device the model runs on) and decoding (:class:`~cnnlab.options.RuntimeOptions`).
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     weights: WeightsPolicy = WeightsPolicy.PRETRAINED
     weights_dir: str | None = None
-    #: Let JPEGs decode at reduced scale (``Image.draft``) when only a small image is needed.
-    fast_decode: bool = True
-    #: Where JPEGs are decoded: ``auto`` (nvJPEG on the GPU when the model runs on CUDA, else Pillow on
-    #: the CPU), ``cpu`` or ``device`` (:mod:`cnnlab.runtime.gpu_decode`).
-    decode: str = "auto"
     #: Also measure model-only throughput at these batch sizes (a curve: on a CPU a large batch can be slower).
     batch_sizes: list[int] | None = None
     warmup: int = 3
@@ -52,37 +52,55 @@ class MeasureOptions:
     #: A timing stops early (after at least 3 repeats) once it has taken this long.
     max_seconds_per_timing: float = 15.0
 
-    def __post_init__(self) -> None:
-        self.device = parse_device(self.device)
-        self.precision = parse_choice(Precision, self.precision, "precision")
-        self.weights = parse_choice(WeightsPolicy, self.weights, "weights policy")
-        if self.decode not in ("auto", "cpu", "device"):
-            raise UsageError(f"unknown decode {self.decode!r}; use auto, cpu or device")
-        if self.weights_dir is not None:
-            self.weights_dir = str(self.weights_dir)
-        sizes = [*([self.batch_size] if self.batch_size is not None else []), *(self.batch_sizes or [])]
-        if any(not isinstance(b, int) or not 1 <= b <= 65536 for b in sizes):
-            raise UsageError(f"batch sizes must be whole numbers from 1 to 65536, got {sizes}")
-        if self.batch_sizes is not None:
-            self.batch_sizes = sorted(set(self.batch_sizes))
+    def __init__(self, *, runtime: RuntimeOptions | None = None, weights: WeightsPolicy | str = WeightsPolicy.PRETRAINED,
+                 weights_dir: str | Path | None = None, batch_sizes: list[int] | None = None, warmup: int = 3,
+                 latency_repeats: int = 20, throughput_repeats: int = 10, max_seconds_per_timing: float = 15.0,
+                 **runtime_fields: Any) -> None:
+        unknown = sorted(set(runtime_fields) - set(RUNTIME_FIELDS))
+        if unknown:
+            raise TypeError(f"MeasureOptions got unexpected keyword arguments: {', '.join(unknown)}")
+        base = runtime if runtime is not None else RuntimeOptions()
+        self.runtime = base.replace(**runtime_fields) if runtime_fields else base
+        self.weights = parse_choice(WeightsPolicy, weights, "weights policy")
+        self.weights_dir = None if weights_dir is None else str(weights_dir)
+        if batch_sizes is not None:
+            if any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 65536 for b in batch_sizes):
+                raise UsageError(f"batch sizes must be whole numbers from 1 to 65536, got {batch_sizes}")
+            batch_sizes = sorted(set(batch_sizes))
+        self.batch_sizes = batch_sizes
+        self.warmup = warmup
+        self.latency_repeats = latency_repeats
+        self.throughput_repeats = throughput_repeats
+        self.max_seconds_per_timing = max_seconds_per_timing
+
+    def source(self, name: str) -> ModelSource:
+        """Model ``name`` with this run's weights folder and policy."""
+        return ModelSource(name=name, weights_dir=Path(self.weights_dir) if self.weights_dir else None, policy=self.weights)
 
     def batch_size_for(self, device_type: str) -> int:
-        """``batch_size``, or the default for ``device_type`` (``cpu``, ``cuda``)."""
-        return self.batch_size or DEFAULT_BATCH_SIZE.get(device_type, DEFAULT_BATCH_SIZE["cpu"])
+        """``runtime.batch_size``, or the default for ``device_type`` (``cpu``, ``cuda``)."""
+        return self.runtime.batch_size or DEFAULT_BATCH_SIZE.get(device_type, DEFAULT_BATCH_SIZE["cpu"])
 
     def throughput_batch_sizes(self, device_type: str) -> list[int]:
         """The batch sizes at which throughput is measured (always including the evaluation's batch size)."""
         return sorted({self.batch_size_for(device_type), *(self.batch_sizes or [])})
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (enums as their string values)."""
-        return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items()}
+        """Plain data (enums as their string values), the runtime's fields flattened in (results.json's keys)."""
+        runtime = self.runtime.to_dict()
+        data: dict[str, Any] = {name: runtime[name] for name in RUNTIME_FIELDS}
+        data.update({"weights": self.weights.value, "weights_dir": self.weights_dir,
+                     "batch_sizes": None if self.batch_sizes is None else list(self.batch_sizes),
+                     "warmup": self.warmup, "latency_repeats": self.latency_repeats,
+                     "throughput_repeats": self.throughput_repeats,
+                     "max_seconds_per_timing": self.max_seconds_per_timing})
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MeasureOptions:
         """The inverse of :meth:`to_dict`; keys this version does not know are ignored."""
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        known = {f.name for f in fields(cls)} | set(RUNTIME_FIELDS)
+        return cls(**{k: v for k, v in data.items() if k in known and k != "runtime"})
 
 
 @dataclass(kw_only=True)
@@ -113,7 +131,7 @@ class BenchConfig:
     #: Images the int8 backends calibrate on: a seeded sample of ``data`` (the images then evaluated).
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES
     #: Several devices (``["cpu", "cpu"]``, ``["cuda:0", "cuda:1"]``): models run at the same time, one
-    #: worker process per device, each model whole on one device (empty: ``measure.device`` only).
+    #: worker process per device, each model whole on one device (empty: ``measure.runtime.device`` only).
     devices: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -121,21 +139,21 @@ class BenchConfig:
         self.devices = [parse_device(d) for d in self.devices]
         if len(self.devices) > 1 and not self.isolate:
             raise UsageError("several devices run models at the same time, each in its own process: "
-                             "leave out --in-process")
+                             "isolate must be True")
         for name in ("mapping_file", "labels_file", "real_labels"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value))
         if not self.models:
-            raise UsageError("no models to run: name at least one (e.g. --models resnet50)")
+            raise UsageError("no models to run: name at least one (e.g. models=[\"resnet50\"])")
         if self.model_timeout_s is not None and not self.model_timeout_s > 0:
             raise UsageError(f"the time limit per model must be positive, got {self.model_timeout_s}")
         if self.model_timeout_s is not None and not self.isolate:
-            raise UsageError("--timeout-per-model stops a model's own process: it cannot be combined with "
-                             "--in-process (isolate=False)")
+            raise UsageError("a time limit per model stops the model's own process: it cannot be combined with "
+                             "running every model in this process (isolate=False)")
         self.backends = list(dict.fromkeys(parse_choice(RuntimeChoice, b, "backend") for b in self.backends))
         if not self.backends:
-            raise UsageError("no backend to run: name at least one (e.g. --backend torch)")
+            raise UsageError("no backend to run: name at least one (e.g. torch)")
         if not isinstance(self.calibration_images, int) or self.calibration_images < 1:
             raise UsageError(f"calibration needs at least one image, got {self.calibration_images}")
 

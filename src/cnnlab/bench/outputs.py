@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab.bench.plots import bench_plots
-from cnnlab.bench.report import Figure, report_blocks
+from cnnlab.bench.report import report_blocks
+from cnnlab.bench.stems import model_file_stems
 from cnnlab.jsonable import to_jsonable
-from cnnlab.outputs import OutputError, atomic_open, atomic_write, check_output_folder, describe_os_error
+from cnnlab.outputs import OutputError, OutputFolder, atomic_open, atomic_write, describe_os_error
+from cnnlab.render.blocks import Figure
 from cnnlab.render.html import render_html
 from cnnlab.render.markdown import render_markdown
-from cnnlab.render.naming import file_stem, printable, unique_names
+from cnnlab.render.naming import printable
 
 if TYPE_CHECKING:
     from cnnlab.bench.result import BenchResult
@@ -60,13 +62,13 @@ def _write_predictions(result: BenchResult, folder: Path) -> None:
     """One CSV per model, written chunk by chunk from the prediction records (memory flat in images)."""
     folder.mkdir(parents=True, exist_ok=True)
     ds = result.dataset
-    for m, name in zip(result.models, unique_names([m.name for m in result.models])):
+    for m, stem in zip(result.models, model_file_stems([m.name for m in result.models])):
         records = m.predictions
         if records is None:
             continue
         categories = m.run.categories
         k = m.run.topk or records["topk"].shape[1]
-        with atomic_open(folder / f"{file_stem(name)}.csv") as fh:
+        with atomic_open(folder / f"{stem}.csv") as fh:
             writer = csv.writer(fh)
             writer.writerow(["path", "label"] + [f"top{i}_index" for i in range(1, k + 1)]
                             + [f"top{i}_prob" for i in range(1, k + 1)] + ["top1_name"])
@@ -87,49 +89,34 @@ def _write_confusions(result: BenchResult, folder: Path) -> dict[str, Path]:
         return files
     folder.mkdir(parents=True, exist_ok=True)
     classes = result.dataset.classes
-    for m, name in zip(scored, unique_names([m.name for m in scored])):
+    for m, stem in zip(scored, model_file_stems([m.name for m in scored])):
         assert m.accuracy is not None
         c = m.accuracy.confusion
         rows = [{"true": classes[t], "predicted": classes[p] if p < len(classes) else "other", "count": n}
                 for t, p, n in zip(c.true.tolist(), c.predicted.tolist(), c.count.tolist())]
-        path = folder / f"{file_stem(name)}.csv"
+        path = folder / f"{stem}.csv"
         _write_rows(path, rows, ("true", "predicted", "count"))
-        files[f"confusion_csv_{file_stem(name)}"] = path
+        files[f"confusion_csv_{stem}"] = path
     return files
 
 
-#: The files and folders every run writes (its plots are listed in results.json's ``files``).
-_OUTPUT_FILES = ("results.csv", "results.json", "results.md", "report.html", "skipped.csv")
-_OUTPUT_FOLDERS = ("predictions", "confusion")
+#: The files and folders every run writes (its plots are listed in results.json's ``files``): an output
+#: folder holding any of them holds an earlier run (:class:`cnnlab.outputs.OutputFolder`).
+RUN_FILES = ("results.csv", "results.json", "results.md", "report.html", "skipped.csv", "predictions", "confusion")
 
 
-def previous_outputs(out_dir: str | Path) -> list[Path]:
-    """The outputs of an earlier benchmark run in ``out_dir`` (which a new run would mix with): the files
-    its results.json lists, and the fixed names every run writes — never anything else in the folder."""
-    out = Path(out_dir)
-    if not out.is_dir():
-        return []
-    found = [out / name for name in (*_OUTPUT_FILES, *_OUTPUT_FOLDERS) if (out / name).exists()]
+def listed_plots(out_dir: Path) -> list[Path]:
+    """The plots an earlier run's results.json lists: plain PNG file names in the folder itself, nothing else."""
     try:
-        listed = json.loads((out / "results.json").read_text(encoding="utf-8")).get("files") or []
+        listed = json.loads((out_dir / "results.json").read_text(encoding="utf-8")).get("files") or []
     except (OSError, ValueError, AttributeError):
-        listed = []
-    for name in listed:
-        path = out / str(name)
+        return []
+    found = []
+    for name in listed if isinstance(listed, list) else []:
+        path = out_dir / str(name)
         if str(name) == path.name and path.suffix == ".png" and path.is_file() and path not in found:
-            found.append(path)  # plots: a plain file name in the folder itself, nothing else
+            found.append(path)
     return found
-
-
-def remove_previous_outputs(out_dir: str | Path) -> None:
-    """Delete what :func:`previous_outputs` finds."""
-    import shutil
-
-    for path in previous_outputs(out_dir):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
 
 
 def write_bench_outputs(result: BenchResult, out_dir: str | Path, *, plots: bool = True) -> dict[str, Path]:
@@ -144,7 +131,7 @@ def write_bench_outputs(result: BenchResult, out_dir: str | Path, *, plots: bool
     """
     from cnnlab.bench.result import SCHEMA_VERSION  # here, not at import: cnnlab.bench.result loads numpy and scipy
 
-    out = check_output_folder(out_dir)
+    out = OutputFolder(Path(out_dir), "bench").create()
     try:
         files = {"csv": out / "results.csv", "json": out / "results.json", "skipped": out / "skipped.csv"}
         _write_results_csv(result, files["csv"], SCHEMA_VERSION)

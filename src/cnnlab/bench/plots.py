@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnlab.bench.report import Figure
+from cnnlab.bench.stems import model_file_stems
 from cnnlab.bench.tables import scored_models
-from cnnlab.render.naming import class_label, file_stem, printable, unique_names
+from cnnlab.render.blocks import Figure
+from cnnlab.render.naming import class_label, printable, unique_names
 
 if TYPE_CHECKING:
     from cnnlab.bench.result import BenchResult, ModelResult
@@ -109,9 +110,9 @@ def _per_class(plt: Any, classes: list[str], scored: list[ModelResult], out: Pat
     return _save(plt, fig, out, "per_class", "Top-1 accuracy of each class")
 
 
-def _confusion(plt: Any, classes: list[str], m: ModelResult, name: str, out: Path) -> Figure:
+def _confusion(plt: Any, classes: list[str], m: ModelResult, name: str, stem: str, out: Path) -> Figure:
     assert m.accuracy is not None
-    key = f"confusion_{file_stem(name)}"
+    key = f"confusion_{stem}"
     confusion = m.accuracy.confusion
     if len(classes) > MAX_MATRIX_CLASSES:  # a 1000 x 1000 picture shows nothing: the pairs confused most
         pairs = confusion.most_confused(2 * SHOWN_AT_EACH_END)
@@ -177,6 +178,7 @@ def bench_plots(result: BenchResult, out: Path) -> list[Figure]:
         figures.append(_throughput_curve(plt, ok, out))
     if scored:
         figures.append(_per_class(plt, classes, scored, out))
-    for m, name in zip(scored, unique_names([m.name for m in scored])):
-        figures.append(_confusion(plt, classes, m, name, out))
+    names = [m.name for m in scored]
+    for m, name, stem in zip(scored, unique_names(names), model_file_stems(names)):
+        figures.append(_confusion(plt, classes, m, name, stem, out))
     return figures

@@ -97,17 +97,17 @@ def measure_for_rank(measure: MeasureOptions, ctx: DistContext | None) -> Measur
 
     from cnnlab.runtime.inference import available_cores
 
-    device = measure.device
+    device = measure.runtime.device
     if device in ("auto", "cuda") and torch.cuda.is_available():
         device = f"cuda:{ctx.local_rank % torch.cuda.device_count()}"
     elif device == "auto":
         device = "cpu"
-    threads = measure.threads
+    threads = measure.runtime.threads
     if threads is None and device == "cpu":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
-        workers = measure.workers or 0
+        workers = measure.runtime.workers or 0
         threads = max(1, available_cores() // max(1, local) - workers)
-    return dataclasses.replace(measure, device=device, threads=threads)
+    return dataclasses.replace(measure, runtime=measure.runtime.replace(device=device, threads=threads))
 
 
 def gather_run(run: RunResult, predictions: np.ndarray | None, offset: int, ctx: DistContext | None

@@ -1,7 +1,6 @@
-"""The content of a report as a list of blocks, rendered both as Markdown and as HTML so the two cannot drift.
+"""What the benchmark report says, as a list of blocks (:mod:`cnnlab.render.blocks`) that the render layer
+draws both as Markdown and as HTML, so the two cannot drift.
 
-A block is one of :class:`Heading`, :class:`Paragraph`, :class:`Table`, :class:`Bullets` or
-:class:`Figure`; each has a ``kind`` that the HTML template dispatches on.
 :func:`report_blocks` builds the benchmark report: the lab's table first, then every figure, the
 paired tests (or why there are none), the plots, the label mapping, per-class accuracy, skipped
 files and errors.
@@ -11,9 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from cnnlab.bench.tables import (
     full_table,
@@ -23,87 +21,24 @@ from cnnlab.bench.tables import (
     scored_models,
     throughput_table,
 )
+from cnnlab.render.blocks import Block, Bullets, Figure, Gallery, GalleryItem, Heading, Paragraph, Table
 from cnnlab.render.naming import unique_names
 
 if TYPE_CHECKING:
     from cnnlab.bench.result import BenchResult
 
 
-@dataclass(frozen=True)
-class Heading:
-    """A section title; level 1 is the report's title."""
-
-    text: str
-    level: int = 2
-    kind: ClassVar[str] = "heading"
-
-
-@dataclass(frozen=True)
-class Paragraph:
-    """A paragraph of plain text."""
-
-    text: str
-    kind: ClassVar[str] = "paragraph"
-
-
-@dataclass(frozen=True)
-class Table:
-    """A table of plain-text cells."""
-
-    header: list[str]
-    rows: list[list[str]]
-    kind: ClassVar[str] = "table"
-
-
-@dataclass(frozen=True)
-class Bullets:
-    """A bulleted list of plain-text items."""
-
-    items: list[str]
-    kind: ClassVar[str] = "bullets"
-
-
-@dataclass(frozen=True)
-class Figure:
-    """A PNG plot written next to the report: Markdown links to it, HTML embeds it."""
-
-    #: Its key among the output files (also the file's stem).
-    key: str
-    title: str
-    path: Path
-    kind: ClassVar[str] = "figure"
-
-
-@dataclass(frozen=True)
-class GalleryItem:
-    """One picture of a gallery: the image file and a few lines about it."""
-
-    path: Path
-    caption: list[str]
-
-
-@dataclass(frozen=True)
-class Gallery:
-    """Thumbnails of image files with captions: HTML embeds small copies, Markdown lists the files."""
-
-    items: list[GalleryItem]
-    kind: ClassVar[str] = "gallery"
-
-
-Block = Heading | Paragraph | Table | Bullets | Figure | Gallery
-
-#: The heading of the paired tests' section (present with or without tests).
 PAIRED_TESTS_HEADING = "Are the differences real? (paired McNemar tests, top-1)"
 
 
 def _batch(result: BenchResult) -> str:
     sizes = sorted({m.run.throughput_batch for m in result.models if m.run.throughput_batch})
-    return ", ".join(str(s) for s in sizes) or str(result.config.measure.batch_size or "n/a")
+    return ", ".join(str(s) for s in sizes) or str(result.config.measure.runtime.batch_size or "n/a")
 
 
 def _precision(result: BenchResult) -> str:
     used = sorted({m.run.precision for m in result.models if m.run.precision})
-    return ", ".join(used) or str(result.config.measure.precision)
+    return ", ".join(used) or str(result.config.measure.runtime.precision)
 
 
 def _overview(result: BenchResult) -> list[Block]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -196,6 +197,9 @@ class BenchResult:
     environment: dict[str, Any]
     started: str
     finished: str
+    #: The files written, by kind (see :func:`cnnlab.bench.outputs.write_bench_outputs`); empty when the run
+    #: wrote nothing (no output folder, or a torchrun rank other than 0).
+    files: dict[str, Path] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[ModelResult]:

@@ -1,4 +1,4 @@
-"""``bench_models``: run every model of a :class:`BenchConfig` on every backend, each in its own process,
+"""``measure_models``: run every model of a :class:`BenchConfig` on every backend, each in its own process,
 and score them.
 
 A row is a model on a backend (:class:`~cnnlab.options.RuntimeChoice`). For ONNX Runtime and
@@ -99,7 +99,7 @@ _STOPPING = threading.Event()
 
 def kill_workers() -> None:
     """Stop every worker still running, and any another thread starts from now on (bench was interrupted:
-    none may run on, orphaned). :func:`bench_models` allows workers again when it starts."""
+    none may run on, orphaned). :func:`measure_models` allows workers again when it starts."""
     with _LIVE_LOCK:
         _STOPPING.set()
         procs = list(_LIVE_WORKERS)
@@ -220,7 +220,7 @@ def _check_devices(config: BenchConfig) -> None:
     ``cuda:3`` of two): said now, not once per model after its worker started."""
     from cnnlab.models.load import resolve_device
 
-    for device in dict.fromkeys(config.devices or [config.measure.device]):
+    for device in dict.fromkeys(config.devices or [config.measure.runtime.device]):
         try:
             resolve_device(device)
         except CnnlabError as exc:
@@ -298,11 +298,13 @@ def _missing_weights(config: BenchConfig, first: str) -> WeightsNotFoundError:
         "  or measure speed and memory only: --random-weights-if-missing")
 
 
-def bench_models(config: BenchConfig, *, progress: Progress | None = None, plan: Plan | None = None) -> BenchResult:
-    """Run the benchmark described by ``config``. Never raises for a single model's failure.
+def measure_models(config: BenchConfig, *, progress: Progress | None = None, plan: Plan | None = None) -> BenchResult:
+    """Run the benchmark described by ``config`` and score it, writing nothing. Never raises for a single
+    model's failure.
 
     Everything that can fail before the first model runs fails first (see :func:`preflight`); a caller
-    that ran :func:`preflight` itself (``bench`` does, before it creates its output folder) passes its ``plan``.
+    that ran :func:`preflight` itself (:func:`cnnlab.bench.job.run` does, before it creates its output
+    folder) passes its ``plan``.
     """
     progress = progress or Progress()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -331,7 +333,7 @@ def bench_models(config: BenchConfig, *, progress: Progress | None = None, plan:
             t0 = time.perf_counter()
             measure = ranks.measure_for_rank(config.measure, ctx)
             if device is not None:
-                measure = dataclasses.replace(measure, device=device)
+                measure = dataclasses.replace(measure, runtime=measure.runtime.replace(device=device))
             request = RunRequest(model=name, paths=[str(dataset.paths[j]) for j in part],
                                  predictions_file=str(pred_file), measure=measure, class_names=list(dataset.classes),
                                  imagenet_accepted=imagenet_accepted, progress=True, backend=choice.value)
@@ -420,8 +422,9 @@ def _prepare(request: RunRequest, choice: RuntimeChoice, random_weights: bool, c
 
     t0 = time.perf_counter()
     try:
-        path = prepare_runtime_file(request.model, choice, weights_dir=config.measure.weights_dir,
-                                    random_weights=random_weights, calibration=calibration, progress=progress)
+        source = dataclasses.replace(config.measure.source(request.model),
+                                     policy=WeightsPolicy.RANDOM if random_weights else WeightsPolicy.PRETRAINED)
+        path = prepare_runtime_file(source, choice, calibration=calibration, progress=progress)
     except Exception as exc:  # noqa: BLE001 - one model's failed export must not stop the run
         error = str(exc) if isinstance(exc, CnnlabError) else f"{type(exc).__name__}: {exc}"
         return failed_result(request, f"{choice.value}: {error}"), time.perf_counter() - t0

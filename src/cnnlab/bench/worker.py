@@ -18,6 +18,7 @@ if __name__ == "__main__":  # Ctrl-C during the imports below (seconds): a quiet
 
     _signal.signal(_signal.SIGINT, lambda *_: _os._exit(130))
 
+import dataclasses
 import functools
 import platform
 import sys
@@ -44,9 +45,8 @@ from cnnlab.bench.protocol import PREDICTION_DTYPE, TOPK, RunRequest, RunResult
 from cnnlab.bench.user_classes import UserClasses, accepted_sets
 from cnnlab.errors import CnnlabError
 from cnnlab.models.checkpoint import is_checkpoint_file, model_file_kind
-from cnnlab.models.load import LoadedModel, load_model, resolve_device
+from cnnlab.models.load import LoadedModel, load_torch, resolve_device
 from cnnlab.models.registry import get_spec
-from cnnlab.models.weights import locate_weights
 from cnnlab.options import RuntimeChoice, WeightsPolicy
 from cnnlab.progress import JsonLinesProgress, Progress
 from cnnlab.runtime.gpu_decode import decode_label, use_device_decode
@@ -87,17 +87,12 @@ def _load(request: RunRequest, threads: int) -> Runtime:
     m = request.measure
     if request.backend != RuntimeChoice.TORCH:  # the parent exported (and quantised) the model already
         if request.runtime_file is None:
-            raise CnnlabError(f"--backend {request.backend}: the worker was given no ONNX file")
-        return load_runtime_file(Path(request.runtime_file), request.backend, device=m.device, threads=threads)
+            raise CnnlabError(f"the {request.backend} backend: the worker was given no ONNX file")
+        return load_runtime_file(Path(request.runtime_file), request.backend, device=m.runtime.device, threads=threads)
+    source = m.source(request.model)
     if is_checkpoint_file(request.model):  # a checkpoint from `cnnlab train` always brings its own weights
-        random_weights = False
-    elif m.weights is WeightsPolicy.RANDOM_IF_MISSING:
-        random_weights = locate_weights(get_spec(request.model), m.weights_dir).found is None
-    else:
-        random_weights = m.weights is WeightsPolicy.RANDOM
-    return load_model(request.model, weights_dir=m.weights_dir, random_weights=random_weights, device=m.device,
-                      precision=m.precision, channels_last=m.channels_last, compile=m.compile,
-                      progress=request.progress)
+        source = dataclasses.replace(source, policy=WeightsPolicy.PRETRAINED)
+    return load_torch(source, m.runtime, progress=request.progress)
 
 
 def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
@@ -107,13 +102,13 @@ def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
     if model_file_kind(request.model) is None:
         get_spec(request.model)
     torch.ones(8, 8) @ torch.ones(8, 8)
-    target = resolve_device(m.device)
+    target = resolve_device(m.runtime.device)
     if target.type == "cuda":
         torch.cuda.init()
         torch.nn.functional.conv2d(torch.ones(1, 3, 8, 8, device=target), torch.ones(4, 3, 3, 3, device=target))
         torch.cuda.synchronize(target)
-    workers = default_workers(target.type) if m.workers is None else m.workers
-    threads = m.threads or (default_cpu_threads(workers) if target.type == "cpu" else torch.get_num_threads())
+    workers = default_workers(target.type) if m.runtime.workers is None else m.runtime.workers
+    threads = m.runtime.threads or (default_cpu_threads(workers) if target.type == "cpu" else torch.get_num_threads())
     torch.set_num_threads(threads)
     reset_peak_rss()
     rss_start = current_rss_mib()
@@ -210,12 +205,12 @@ def _evaluate(model: Runtime, kind: str, request: RunRequest, result: RunResult,
     classes = UserClasses(accepted, model.spec.num_classes)
     data_s = model_s = 0.0
     done = 0
-    result.decode = decode_label(use_device_decode(m.decode, model.device), model.device)
+    result.decode = decode_label(use_device_decode(m.runtime.decode, model.device), model.device)
     start = time.perf_counter()
     with open(request.predictions_file, "wb") as out:
         for batch in run_inference(model, paths, batch_size=m.batch_size_for(kind), workers=result.workers,
-                                   fast_decode=m.fast_decode, progress=progress, task="eval",
-                                   description=f"{model.name}: evaluation", decode=m.decode):
+                                   fast_decode=m.runtime.fast_decode, progress=progress, task="eval",
+                                   description=f"{model.name}: evaluation", decode=m.runtime.decode):
             t0 = time.perf_counter()
             result.eval_skipped.extend({"path": s.path, "reason": s.reason, "detail": s.detail}
                                        for s in batch.skipped)

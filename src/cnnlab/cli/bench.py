@@ -21,10 +21,18 @@ from cnnlab.cli.params import (
     Wide,
     Workers,
     default_of,
+    out_option,
 )
 from cnnlab.errors import UsageError
 from cnnlab.models.registry import LAB_MODELS
-from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, RuntimeChoice, WeightsPolicy, parse_choice
+from cnnlab.options import (
+    DEFAULT_CALIBRATION_IMAGES,
+    DecodeWhere,
+    RuntimeChoice,
+    RuntimeOptions,
+    WeightsPolicy,
+    parse_choice,
+)
 
 if TYPE_CHECKING:
     from cnnlab.bench import BenchResult
@@ -32,6 +40,7 @@ if TYPE_CHECKING:
 #: Exit status when some model failed (its row says why).
 EXIT_MODEL_FAILED = 4
 _M = MeasureOptions()
+_R = _M.runtime
 
 
 def _fits(header: list[str], rows: list[list[str]]) -> bool:
@@ -104,57 +113,21 @@ def print_results(result: BenchResult, *, wide: bool) -> None:
 
 
 def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, wide: bool, overwrite: bool) -> None:
-    """Run ``config``, write every output into ``out_dir``, print the comparison; exit 2/4 on failures.
-
-    The data, models and weights are checked first (:func:`cnnlab.bench.runner.preflight`): a run that
-    cannot start leaves no output folder behind. Then the output folder is checked (writable, not
-    holding another run unless ``overwrite``) and locked before any model runs.
-    """
-    from cnnlab.bench import bench_models, write_bench_outputs
-    from cnnlab.bench.outputs import previous_outputs, remove_previous_outputs
-    from cnnlab.bench.runner import preflight
+    """Run ``config`` into ``out_dir`` (:func:`cnnlab.bench.run`), print the comparison; exit 2/4 on failures."""
+    from cnnlab.bench import run
     from cnnlab.cli.progress import RichProgress
-    from cnnlab.outputs import FolderLock, check_output_folder, check_output_path
-    from cnnlab.runtime.distributed import destroy_process_group, from_environment
 
-    ctx = from_environment()
-    if ctx is not None and not ctx.is_main:  # torchrun: rank 0 reports and writes, the others evaluate their share
-        try:
-            bench_models(config)  # an error rank 0 reports too leaves quietly (handle_errors: reported_by_main)
-        finally:
-            destroy_process_group()
-        return
-
-    def refuse_previous() -> None:
-        old = previous_outputs(out_dir) if out_dir.is_dir() else []
-        if old and not overwrite:
-            raise UsageError(f"{out_dir} already holds the results of a benchmark run ({old[0].name}, ...); "
-                             "add --overwrite to replace them, or choose another --out")
-
-    check_output_path(out_dir)  # a file in the way: said now, without creating anything
-    refuse_previous()
-    # Under torchrun too, rank 0 checks before it makes the folder: if that fails, it exits with the
-    # error and the launcher stops the other ranks (waiting for rank 0 to join them); if it passes,
-    # bench_models hands the plan to every rank.
     with RichProgress(quiet=quiet) as progress:
-        plan = preflight(config, progress)
-    out_dir = check_output_folder(out_dir)
-    with FolderLock(out_dir, holder="another `cnnlab bench`"):
-        refuse_previous()  # again, under the lock
-        with RichProgress(quiet=quiet) as progress:
-            try:
-                result = bench_models(config, progress=progress, plan=plan)
-            finally:
-                destroy_process_group()
-        remove_previous_outputs(out_dir)
-        files = write_bench_outputs(result, out_dir, plots=plots)
+        result = run(config, out=out_dir, overwrite=overwrite, plots=plots, progress=progress)
+    if not result.files:  # torchrun: a rank other than 0 measured its share; rank 0 reports
+        return
     print_results(result, wide=wide)
     unmapped = [n for n, m in result.mappings.items() if not m.mapped]
     if unmapped:
         shown = ", ".join(unmapped[:10]) + (f" and {len(unmapped) - 10} more" if len(unmapped) > 10 else "")
         err.print(f"[yellow]not scored by ImageNet models (no mapping):[/] {escape(shown)}")
     if result.skipped:
-        err.print(f"[yellow]{len(result.skipped)} files skipped[/] (see {escape(str(files['skipped']))})")
+        err.print(f"[yellow]{len(result.skipped)} files skipped[/] (see {escape(str(result.files['skipped']))})")
     err.print(f"results in {escape(str(out_dir))}/ (results.md, results.csv, results.json, report.html, plots, "
               "predictions/)")
     if not any(m.run.eval_images for m in result.models if m.ok) and any(m.ok for m in result.models):
@@ -188,32 +161,32 @@ def _batch_sizes(text: str | None) -> list[int] | None:
 @app.command("bench")
 @handle_errors
 def bench_command(
-    data: Annotated[Path, typer.Argument(help="A class-folder tree DIR/<class>/*.jpg, a CSV/JSONL manifest with path,label[,split], or a flat ImageNet validation folder (ILSVRC2012_val_*.JPEG, with --labels).")],
-    models: Annotated[Optional[list[str]], typer.Option("--models", "-m", help=f"Comma-separated names or checkpoint files (default: {','.join(LAB_MODELS)}).")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.md/csv/json, report.html, plots, predictions/.")] = Path("bench-results"),
-    split: Annotated[Optional[str], typer.Option("--split", help="Use only this split of DIR/split.csv (train, val, test).")] = None,
-    mapping: Annotated[Optional[Path], typer.Option("--mapping", help="YAML/JSON file: class -> ImageNet names, wnids or indices.")] = None,
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="Ground truth of a flat ImageNet validation folder: LOC_val_solution.csv, or the devkit's folder or ground-truth file.")] = None,
-    real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="ImageNet-ReaL real.json: also report accuracy against the ReaL labels.")] = None,
-    backends: Annotated[Optional[list[str]], typer.Option("--backend", callback=_backends, help="Comma-separated: torch, onnxruntime, openvino, onnxruntime-int8, openvino-int8; a row per model and backend (default: torch).")] = None,
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="A class-folder tree DATA/<class>/*.jpg, a CSV/JSONL manifest with path,label[,split], or a flat ImageNet validation folder (ILSVRC2012_val_*.JPEG, with --labels).")],
+    models: Annotated[Optional[list[str]], typer.Option("--models", "-m", metavar="NAME[,NAME...]", help=f"Comma-separated names or checkpoint/.onnx files (default: {','.join(LAB_MODELS)}).")] = None,
+    out_dir: Annotated[Path, out_option("Folder for results.md/csv/json, report.html, plots, predictions/ (not inside DATA).")] = Path("bench-results"),
+    split: Annotated[Optional[str], typer.Option("--split", metavar="NAME", help="Use only this split of DATA/split.csv (train, val, test).")] = None,
+    mapping: Annotated[Optional[Path], typer.Option("--mapping", metavar="PATH", help="YAML/JSON file: class -> ImageNet names, wnids or indices.")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", metavar="PATH", help="Ground truth of a flat ImageNet validation folder: LOC_val_solution.csv, or the devkit's folder or ground-truth file.")] = None,
+    real_labels: Annotated[Optional[Path], typer.Option("--real-labels", metavar="PATH", help="ImageNet-ReaL real.json: also report accuracy against the ReaL labels.")] = None,
+    backends: Annotated[Optional[list[str]], typer.Option("--backend", callback=_backends, metavar="[" + "|".join(c.value for c in RuntimeChoice) + "][,...]", help="Comma-separated: torch, onnxruntime, openvino, onnxruntime-int8, openvino-int8; a row per model and backend (default: torch).")] = None,
     calibration_images: CalibrationImages = DEFAULT_CALIBRATION_IMAGES,
-    device: DeviceList = _M.device,
+    device: DeviceList = _R.device,
     nproc: Nproc = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, max=65536, help=f"Images per batch (default: {DEFAULT_BATCH_SIZE['cpu']} on a CPU, {DEFAULT_BATCH_SIZE['cuda']} on a GPU).")] = _M.batch_size,
-    batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", help="Also measure model-only throughput at these batch sizes, e.g. 1,8,32,128 (a curve).")] = None,
-    precision: PrecisionOpt = _M.precision,
-    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory format (torch rows).")] = _M.channels_last,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (torch rows; slow to start).")] = _M.compile,
-    workers: Workers = _M.workers,
-    threads: Threads = _M.threads,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, max=65536, metavar="N", help=f"Images per batch (default: {DEFAULT_BATCH_SIZE['cpu']} on a CPU, {DEFAULT_BATCH_SIZE['cuda']} on a GPU).")] = _R.batch_size,
+    batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", metavar="N[,N...]", help="Also measure model-only throughput at these batch sizes, e.g. 1,8,32,128 (a curve).")] = None,
+    precision: PrecisionOpt = _R.precision,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory format (torch rows).")] = _R.channels_last,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (torch rows; slow to start).")] = _R.compile,
+    workers: Workers = _R.workers,
+    threads: Threads = _R.threads,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Speed and memory only: no weights, no accuracy.")] = False,
     random_if_missing: Annotated[bool, typer.Option("--random-weights-if-missing", help="Random weights only for models whose weights are not on disk.")] = False,
     weights_dir: WeightsDir = _M.weights_dir,
     in_process: Annotated[bool, typer.Option("--in-process", help="Run all models in this process (default: one process per model).")] = False,
-    timeout: Annotated[Optional[float], typer.Option("--timeout-per-model", min=1.0, help="Stop a model after this many seconds and report it as an error.")] = default_of(BenchConfig, "model_timeout_s"),
-    decode: Annotated[str, typer.Option("--decode", help="Where JPEGs are decoded: auto (nvJPEG on the GPU when the model runs on CUDA), cpu, or device.")] = _M.decode,
+    timeout: Annotated[Optional[float], typer.Option("--timeout-per-model", min=1.0, metavar="SECONDS", help="Stop a model after this many seconds and report it as an error.")] = default_of(BenchConfig, "model_timeout_s"),
+    decode: Annotated[DecodeWhere, typer.Option("--decode", case_sensitive=False, help="Where JPEGs are decoded: auto (nvJPEG on the GPU when the model runs on CUDA), cpu, or device.")] = _R.decode,
     exact_decode: Annotated[bool, typer.Option("--exact-decode", help="Decode JPEGs at full size (default: DCT-domain downscaling, faster).")] = False,
-    repeats: Annotated[int, typer.Option("--repeats", min=3, help="Timed repeats for latency (throughput uses half).")] = _M.latency_repeats,
+    repeats: Annotated[int, typer.Option("--repeats", min=3, metavar="N", help="Timed repeats for latency (throughput uses half; at least 3).")] = _M.latency_repeats,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --out.")] = False,
     wide: Wide = False,
@@ -240,11 +213,11 @@ def bench_command(
         raise typer.BadParameter("names no model; leave it out for the lab's three", param_hint="--models")
     policy = (WeightsPolicy.RANDOM if random_weights else
               WeightsPolicy.RANDOM_IF_MISSING if random_if_missing else WeightsPolicy.PRETRAINED)
-    measure = MeasureOptions(
-        device=devices[0], batch_size=batch_size, precision=precision, channels_last=channels_last, compile=compile,
-        workers=workers, threads=threads, weights=policy, weights_dir=weights_dir, fast_decode=not exact_decode, decode=decode,
-        latency_repeats=repeats, throughput_repeats=max(3, repeats // 2), batch_sizes=_batch_sizes(batch_sizes),
-    )
+    runtime = RuntimeOptions(device=devices[0], batch_size=batch_size, precision=precision, channels_last=channels_last,
+                             compile=compile, workers=workers, threads=threads, fast_decode=not exact_decode,
+                             decode=decode)
+    measure = MeasureOptions(runtime=runtime, weights=policy, weights_dir=weights_dir, latency_repeats=repeats,
+                             throughput_repeats=max(3, repeats // 2), batch_sizes=_batch_sizes(batch_sizes))
     config = BenchConfig(data=data, models=names, split=split, mapping_file=mapping, labels_file=labels,
                          real_labels=real_labels, measure=measure, isolate=not in_process, model_timeout_s=timeout,
                          backends=[RuntimeChoice(b) for b in backends or [RuntimeChoice.TORCH.value]],

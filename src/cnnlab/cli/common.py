@@ -29,7 +29,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handle_errors(func: F) -> F:
-    """Turn a :class:`CnnlabError` into a red message on stderr and its exit code, no traceback."""
+    """Turn a :class:`CnnlabError` into a red message on stderr and its exit code, no traceback.
+
+    The message is printed as the library wrote it (it names parameters and data, not flags).
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

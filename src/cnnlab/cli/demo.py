@@ -5,20 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import typer
-
 from cnnlab.bench.config import BenchConfig, MeasureOptions
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors
-from cnnlab.cli.params import Device, Quiet, Wide
+from cnnlab.cli.params import Device, Quiet, Wide, out_option
 from cnnlab.models.registry import LAB_MODELS, OFFLINE_MODEL
-from cnnlab.options import WeightsPolicy
+from cnnlab.options import RuntimeOptions, WeightsPolicy
 
 
 @app.command("demo")
 @handle_errors
 def demo_command(
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where results go.")] = Path("demo-results"),
+    out_dir: Annotated[Path, out_option("Where the results go (the demo photos are copied into PATH/demo-data).")] = Path("demo-results"),
     device: Device = "auto",
     wide: Wide = False,
     quiet: Quiet = False,
@@ -33,7 +31,7 @@ def demo_command(
 
     data = build_demo_set(out_dir / "demo-data")
     err.print(f"demo set: {escape(str(data))} (sources listed in {escape(str(data / 'SOURCES.csv'))})")
-    measure = MeasureOptions(device=device, weights=WeightsPolicy.RANDOM_IF_MISSING,
+    measure = MeasureOptions(runtime=RuntimeOptions(device=device), weights=WeightsPolicy.RANDOM_IF_MISSING,
                              latency_repeats=10, throughput_repeats=5)
     config = BenchConfig(data=data, models=[OFFLINE_MODEL, *LAB_MODELS], measure=measure)
     run_bench(config, out_dir, plots=True, quiet=quiet, wide=wide, overwrite=True)  # the demo's own folder

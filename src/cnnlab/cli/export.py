@@ -2,30 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import handle_errors, out, print_json, printable
-from cnnlab.cli.params import Json, Weights
+from cnnlab.cli.params import Json, Weights, out_option
 from cnnlab.options import DEFAULT_EXPORT_TOLERANCE, ExportFormat
 
 
 @app.command("export")
 @handle_errors
 def export_command(
-    checkpoint: Annotated[str, typer.Argument(help="A checkpoint of `cnnlab train`, or a registry model name (timm/... too).")],
+    checkpoint: Annotated[str, typer.Argument(metavar="MODEL", help="A checkpoint of `cnnlab train`, or a registry model name (timm/... too).")],
     format: Annotated[ExportFormat, typer.Option("--format", "-f", case_sensitive=False, help="File format.")] = ExportFormat.ONNX,
-    out_file: Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (default: next to the checkpoint).")] = None,
-    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Largest accepted logit difference from PyTorch.")] = DEFAULT_EXPORT_TOLERANCE,
+    out_file: Annotated[Optional[Path], out_option("Output file (default: next to the checkpoint); never the checkpoint itself.")] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, metavar="DIFF", help="Largest accepted logit difference from PyTorch.")] = DEFAULT_EXPORT_TOLERANCE,
     weights: Weights = None,
     as_json: Json = False,
 ) -> None:
     """Export to TorchScript or ONNX and check the file against PyTorch on a sample batch."""
     from cnnlab.models.export import export_model
 
-    result = export_model(checkpoint, format.value, out_file, tolerance=tolerance, weights=weights)
+    result = export_model(checkpoint, format, out_file, tolerance=tolerance, weights=weights)
     if as_json:
         print_json(result.to_dict())
         return

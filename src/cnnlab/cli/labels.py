@@ -17,12 +17,13 @@ SHOWN = 10  # classes listed per name unless --all
 @app.command("labels")
 @handle_errors
 def labels_command(
-    names: Annotated[list[str], typer.Argument(help="Class names (e.g. your folder names): cat dog crane.")],
+    names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Class names (e.g. your folder names): cat dog crane.")],
     mapping: Annotated[
         Optional[Path],
-        typer.Option("--mapping", "-m", help="YAML/JSON file {class: [ImageNet indices, names, wnids or nouns]}."),
+        typer.Option("--mapping", metavar="PATH", help="YAML/JSON file {class: [ImageNet indices, names, wnids or nouns]}."),
     ] = None,
     show_all: Annotated[bool, typer.Option("--all", help=f"List every class, not only the first {SHOWN}.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="Show every column: the notes in the table, not below it.")] = False,
     as_json: Json = False,
 ) -> None:
     """Show which ImageNet classes each name maps to (via WordNet), and why."""
@@ -36,7 +37,7 @@ def labels_command(
         return
 
     table = Table(show_lines=True)
-    for column in ("name", "how", "synset", "ImageNet classes"):
+    for column in ("name", "how", "synset", "ImageNet classes", *(("note",) if wide else ())):
         table.add_column(column)
     for m in mappings.values():
         classes = describe_indices(m.indices) or list(m.candidates)
@@ -45,8 +46,11 @@ def labels_command(
             shown.append(f"... {len(classes) - len(shown)} more (--all)")
         if m.candidates:
             shown.insert(0, "candidates:")
-        table.add_row(escape(m.name), m.how, escape(m.synset or ""), escape("\n".join(shown)))
+        notes = (escape(m.note),) if wide else ()
+        table.add_row(escape(m.name), m.how, escape(m.synset or ""), escape("\n".join(shown)), *notes)
     out.print(table)
+    if wide:
+        return
     for m in mappings.values():
         if m.note:
             out.print(f"[bold]{escape(m.name)}[/]: {escape(m.note)}", highlight=False)

@@ -46,25 +46,37 @@ def _check_devices(value: str | None) -> str | None:
         raise typer.BadParameter(str(exc)) from None
 
 
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto: CUDA when there is one).",
+Device = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (auto: CUDA when there is one).",
                                      callback=_check_device)]
 #: ``--device`` of commands that can spread work over several devices (``cpu,cpu``, ``cuda:0,cuda:1``).
-DeviceList = Annotated[str, typer.Option("--device", callback=_check_devices,
+DeviceList = Annotated[str, typer.Option("--device", callback=_check_devices, metavar="DEVICE[,DEVICE...]",
                                          help="auto, cpu, cuda or cuda:N; or a comma-separated list: models run "
                                               "at the same time, one worker per device.")]
 #: Processes to re-launch the command as, under torchrun.
-Nproc = Annotated[Optional[int], typer.Option("--nproc", min=1, help="Run as N processes on this machine "
+Nproc = Annotated[Optional[int], typer.Option("--nproc", min=1, metavar="N", help="Run as N processes on this machine "
                                               "(torchrun --standalone --nproc-per-node N); rank 0 writes the outputs.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", case_sensitive=False,
                                                  help="Arithmetic: fp32, tf32 (CUDA), bf16 or fp16 autocast; auto picks per device.")]
-Workers = Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes (default: on a GPU cores-1 up to 8; on a CPU a quarter of the cores).")]
-Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads of the runtime (default: the cores not used for decoding).")]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, max=65536, help="Images per batch.")]
-Weights = Annotated[Optional[str], typer.Option("--weights", help="An explicit weights file for the model.")]
-WeightsDir = Annotated[Optional[str], typer.Option("--weights-dir", help="Also look for weights here (before the torch hub cache). Env: CNNLAB_WEIGHTS_DIR.")]
+Workers = Annotated[Optional[int], typer.Option("--workers", min=0, metavar="N", help="Decoding processes (default: on a GPU cores-1 up to 8; on a CPU a quarter of the cores).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, metavar="N", help="CPU threads of the runtime (default: the cores not used for decoding).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, max=65536, metavar="N", help="Images per batch.")]
+Weights = Annotated[Optional[str], typer.Option("--weights", metavar="PATH", help="An explicit weights file for the model.")]
+WeightsDir = Annotated[Optional[str], typer.Option("--weights-dir", metavar="PATH", help="Also look for weights here (before the torch hub cache). Env: CNNLAB_WEIGHTS_DIR.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes (warnings and errors still show).")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 Wide = Annotated[bool, typer.Option("--wide", help="Show every column (the default table fits 80 columns).")]
-OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+OutDir = Annotated[Path, typer.Option("--out", "-o", metavar="PATH", help="Output folder.")]
 BackendOpt = Annotated[RuntimeChoice, typer.Option("--backend", case_sensitive=False, help="What runs the model: torch, or its ONNX export in onnxruntime or openvino; -int8: quantised, calibrated on your images.")]
-CalibrationImages = Annotated[int, typer.Option("--calibration-images", min=1, help="Images an -int8 backend calibrates on (a seeded sample of yours).")]
+CalibrationImages = Annotated[int, typer.Option("--calibration-images", min=1, metavar="N", help="Images an -int8 backend calibrates on (a seeded sample of yours).")]
+
+
+def out_option(help: str) -> Any:
+    """``-o/--out PATH`` with a command's own help text: ``out: Annotated[Path, out_option("Run folder.")]``.
+
+    Every command that writes names its output this way (tests/cli/test_grammar.py checks it).
+    """
+    return typer.Option("--out", "-o", metavar="PATH", help=help)
+
+
+#: ``-o/--out PATH`` where the generic help is enough.
+OutPath = Annotated[Path, out_option("Where the outputs go: a folder, or a file for commands that write one.")]

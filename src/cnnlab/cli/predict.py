@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -24,15 +25,15 @@ from cnnlab.cli.params import (
     Workers,
 )
 from cnnlab.models.registry import OFFLINE_MODEL
-from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, RuntimeChoice
+from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, ModelSource, RuntimeChoice, RuntimeOptions
 
 
 @app.command("predict")
 @handle_errors
 def predict_command(
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Registry name, a checkpoint of `cnnlab train` or an .onnx file of `cnnlab export`.")] = OFFLINE_MODEL,
-    topk: Annotated[int, typer.Option("--topk", "-k", min=1, max=1000, help="How many classes to show per image.")] = 5,
+    inputs: Annotated[list[str], typer.Argument(metavar="PATH...", help="Image files, folders (searched recursively) or glob patterns.")],
+    model: Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="Registry name, a checkpoint of `cnnlab train` or an .onnx file of `cnnlab export`.")] = OFFLINE_MODEL,
+    topk: Annotated[int, typer.Option("--topk", "-k", min=1, max=1000, metavar="K", help="How many classes to show per image.")] = 5,
     device: Device = "auto",
     batch_size: BatchSize = 16,
     workers: Workers = None,
@@ -50,10 +51,12 @@ def predict_command(
     from cnnlab.cli.progress import RichProgress
     from cnnlab.prediction import predict
 
+    source = ModelSource(name=model, weights=Path(weights) if weights else None,
+                         weights_dir=Path(weights_dir) if weights_dir else None)
+    runtime = RuntimeOptions(device=device, backend=backend, threads=threads, workers=workers, batch_size=batch_size)
     with RichProgress(quiet=quiet) as progress:
-        result = predict(inputs, model=model, topk=topk, batch_size=batch_size, workers=workers, device=device,
-                         weights=weights, weights_dir=weights_dir, backend=backend, threads=threads,
-                         calibration_images=calibration_images, progress=progress)
+        result = predict(inputs, model=source, topk=topk, runtime=runtime, calibration_images=calibration_images,
+                         progress=progress)
     rt = result.runtime
     title = result.model if rt["backend"] == "torch" else f"{result.model} ({rt['backend']} {rt['precision']})"
     if as_json:

@@ -9,12 +9,11 @@ import typer
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table, split_csv
-from cnnlab.cli.params import Device, Json, Quiet, Threads, WeightsDir
+from cnnlab.cli.params import Device, Json, Quiet, Threads, WeightsDir, Wide
 from cnnlab.errors import UsageError
 from cnnlab.jsonable import to_jsonable
 from cnnlab.options import ReviewIssue, parse_choice
-from cnnlab.review.config import ISSUE_ORDER, QUARANTINE_DIR, STATE_DIR, ReviewConfig
-from cnnlab.review.model import BACKENDS
+from cnnlab.review.config import ISSUE_ORDER, QUARANTINE_DIR, EmbeddingBackend, ReviewConfig
 
 if TYPE_CHECKING:
     from cnnlab.review import ReviewResult
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
 
 _KINDS = ",".join(k.value for k in ReviewIssue)
 _R = ReviewConfig()
+_BACKEND = EmbeddingBackend(_R.backend)
 
 
 def parse_kinds(values: list[str] | None) -> list[ReviewIssue]:
@@ -30,61 +30,19 @@ def parse_kinds(values: list[str] | None) -> list[ReviewIssue]:
     return [parse_choice(ReviewIssue, n, "issue kind") for n in names] if names else list(ISSUE_ORDER)
 
 
-def default_out(data: Path) -> Path:
-    """Where outputs go unless --out says: the hidden ``.cnnlab/review`` of the dataset folder."""
-    root = data if data.is_dir() else data.parent
-    return root / STATE_DIR / "review"
-
-
-def check_out(out_dir: Path, data: Path) -> None:
-    """Refuse an output folder that a dataset scan would read as a class.
-
-    Only a class-folder tree (or a collect output) is scanned for folders: next to a CSV/JSONL
-    manifest any folder is fine, and a ``data`` that does not exist is said to be missing.
-    """
-    if not data.exists():
-        raise UsageError(f"no such folder or manifest: {data}")
-    if not data.is_dir():
-        return
-    root = data.resolve()
-    try:
-        inside = out_dir.resolve().relative_to(root)
-    except ValueError:
-        return
-    if inside.parts and not inside.parts[0].startswith((".", "_")):
-        raise UsageError(f"--out {out_dir} is inside {root} and would be read as a class; "
-                         f"choose a folder outside it or a hidden one ({root / STATE_DIR / 'review'})")
-
-
-def check_writable(folder: Path) -> None:
-    """Refuse an output folder that is a file, lies under a file, or cannot be created or written; create nothing."""
-    import os
-
-    from cnnlab.errors import OutputError
-
-    probe = folder
-    while not probe.exists():
-        if probe.is_symlink():  # a dangling link: mkdir would fail
-            raise UsageError(f"--out {folder}: {probe} is a broken link")
-        if probe.parent == probe:
-            return
-        probe = probe.parent
-    if not probe.is_dir():
-        what = "is" if probe == folder else f"is under {probe}, which is"
-        raise UsageError(f"--out {folder} {what} a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"--out {folder}: no permission to write in {probe}")
-
-
-def print_summary(result: ReviewResult, files: dict[str, Path]) -> None:
-    """The table of issues (fits 80 columns), the notes, where the outputs are."""
+def print_summary(result: ReviewResult, files: dict[str, Path], *, wide: bool = False) -> None:
+    """The table of issues (fits 80 columns; ``wide``: also the top file's label, suggestion and detail), the notes,
+    where the outputs are."""
+    header = ["issue", "files", "most suspicious", "score"] + (["label", "suggested", "detail"] if wide else [])
     rows = []
     for kind in ReviewIssue:
         found = result.of(kind)
         top = found[0] if found else None
-        rows.append([kind.value, str(len(found)), top.path if top else "-", f"{top.score:.2f}" if top else "-"])
-    print_table(["issue", "files", "most suspicious", "score"], rows,
-                title=f"cnnlab review: {result.images} images, {len(result.classes)} classes",
+        row = [kind.value, str(len(found)), top.path if top else "-", f"{top.score:.2f}" if top else "-"]
+        if wide:
+            row += [top.label, top.suggested_label or "-", top.detail or "-"] if top else ["-", "-", "-"]
+        rows.append(row)
+    print_table(header, rows, title=f"cnnlab review: {result.images} images, {len(result.classes)} classes",
                 justify={"files": "right", "score": "right"})
     for note in result.notes:
         err.print(f"[yellow]note:[/] {escape(note)}")
@@ -96,6 +54,8 @@ def print_summary(result: ReviewResult, files: dict[str, Path]) -> None:
 def print_moves(report: MoveReport, root: Path, undo: bool) -> None:
     for note in report.notes:
         err.print(f"[yellow]note:[/] {escape(note)}")
+    for failure in report.failed:
+        err.print(f"[red]failed:[/] {escape(failure)}")
     if undo:
         out.print(f"restored {len(report.moves)} files from {root / QUARANTINE_DIR}", markup=False)
     else:
@@ -103,41 +63,43 @@ def print_moves(report: MoveReport, root: Path, undo: bool) -> None:
                   f"(put them back: cnnlab review --undo {root})", markup=False)
 
 
-def run_review(data: Path, config: ReviewConfig, out_dir: Path | None, *, quiet: bool) -> tuple[ReviewResult, dict[str, Path]]:
-    """Review ``data`` with progress on stderr and write the outputs; used by `review` and `collect --review`."""
-    from cnnlab.cli.progress import RichProgress
-    from cnnlab.review import review, write_review_outputs
+def run_review(data: Path, config: ReviewConfig, out_dir: Path | None, *, quiet: bool,
+               overwrite: bool = False) -> tuple[ReviewResult, dict[str, Path]]:
+    """:func:`cnnlab.review.run` with progress on stderr; used by `review` and `collect --review`."""
+    import dataclasses
 
-    folder = out_dir or default_out(data)
-    check_writable(folder)  # before any work (which can take hours), and without creating anything yet
+    from cnnlab.cli.progress import RichProgress
+    from cnnlab.review import run
+
     with RichProgress(quiet=quiet) as progress:
-        result = review(data, config, progress=progress)
-    files = write_review_outputs(result, folder)
-    return result, files
+        result = run(dataclasses.replace(config, data=data), out=out_dir, overwrite=overwrite, progress=progress)
+    return result, result.files
 
 
 @app.command("review")
 @handle_errors
 def review_command(
-    data: Annotated[Path, typer.Argument(help="A class-folder tree, a CSV/JSONL manifest, or a collect output folder.")],
-    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for review.csv/json/html (default: DATA/.cnnlab/review).")] = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="Registry name or a checkpoint from `cnnlab train`.")] = _R.model,
-    mapping: Annotated[Optional[Path], typer.Option("--mapping", help="YAML/JSON file: class -> ImageNet classes.")] = None,
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="A class-folder tree, a CSV/JSONL manifest, or a collect output folder.")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="PATH", help="Folder for review.csv/json/html (default: DATA/.cnnlab/review, always replaced).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier review in --out (its review.csv/json/html).")] = False,
+    model: Annotated[str, typer.Option("--model", "-m", metavar="NAME|FILE", help="Registry name or a checkpoint from `cnnlab train`.")] = _R.model,
+    mapping: Annotated[Optional[Path], typer.Option("--mapping", metavar="FILE", help="YAML/JSON file: class -> ImageNet classes.")] = None,
     device: Device = _R.device,
-    backend: Annotated[str, typer.Option("--backend", help="What computes the embeddings: torch, onnxruntime (a cached ONNX export; needs cnnlab[onnx]) or auto: onnxruntime when installed, on the CPU.")] = _R.backend,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, max=65536, help="Images per batch (default: 32 for torch, 8 for onnxruntime).")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes (default: with onnxruntime on a CPU a quarter of the cores, at least 1; with torch on a CPU a quarter of the cores; on a GPU cores-1 up to 8).")] = None,
+    backend: Annotated[EmbeddingBackend, typer.Option("--backend", case_sensitive=False, help="What computes the embeddings: torch, onnxruntime (a cached ONNX export; needs cnnlab[onnx]) or auto: onnxruntime when installed, on the CPU.")] = _BACKEND,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, max=65536, metavar="N", help="Images per batch (default: 32 for torch, 8 for onnxruntime).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, metavar="N", help="Decoding processes (default: with onnxruntime on a CPU a quarter of the cores, at least 1; with torch on a CPU a quarter of the cores; on a GPU cores-1 up to 8).")] = None,
     threads: Threads = None,
     weights_dir: WeightsDir = None,
-    folds: Annotated[int, typer.Option("--folds", min=2, max=20, help="k of the k-fold probabilities for wrong labels.")] = _R.folds,
-    min_side: Annotated[int, typer.Option("--min-side", min=1, help="Report images whose shorter side is below this (px).")] = _R.min_side,
-    offtopic_z: Annotated[float, typer.Option("--offtopic-z", min=0.1, help="Off-topic threshold (robust z from the nearest class).")] = _R.offtopic_z,
-    duplicate_match: Annotated[float, typer.Option("--duplicate-match", min=0.5, max=1.0, help="Pixel match (0-1) for near-duplicates.")] = _R.duplicate_match,
+    folds: Annotated[int, typer.Option("--folds", min=2, max=20, metavar="K", help="k of the k-fold probabilities for wrong labels (2-20).")] = _R.folds,
+    min_side: Annotated[int, typer.Option("--min-side", min=1, metavar="PX", help="Report images whose shorter side is below this (px).")] = _R.min_side,
+    offtopic_z: Annotated[float, typer.Option("--offtopic-z", min=0.1, metavar="Z", help="Off-topic threshold (robust z from the nearest class, at least 0.1).")] = _R.offtopic_z,
+    duplicate_match: Annotated[float, typer.Option("--duplicate-match", min=0.5, max=1.0, metavar="X", help="Pixel match (0.5-1) for near-duplicates.")] = _R.duplicate_match,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write DATA/.cnnlab/embeddings-*.npz.")] = False,
     apply: Annotated[bool, typer.Option("--apply", help="Move flagged files into DATA/.quarantine/ (see --kinds).")] = False,
-    kinds: Annotated[Optional[list[str]], typer.Option("--kinds", help=f"Issue kinds --apply moves (default: all): {_KINDS}.")] = None,
-    min_score: Annotated[float, typer.Option("--min-score", min=0.0, max=1.0, help="--apply moves only files scored at least this.")] = 0.0,
+    kinds: Annotated[Optional[list[str]], typer.Option("--kinds", metavar="KIND[,KIND...]", help=f"Issue kinds --apply moves (default: all): {_KINDS}.")] = None,
+    min_score: Annotated[float, typer.Option("--min-score", min=0.0, max=1.0, metavar="X", help="--apply moves only files scored at least this (0-1).")] = 0.0,
     undo: Annotated[bool, typer.Option("--undo", help="Put back every file --apply moved out of DATA, and stop.")] = False,
+    wide: Wide = False,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -150,25 +112,22 @@ def review_command(
     from cnnlab.review import apply_review, undo_review
 
     chosen = parse_kinds(kinds)
-    backend = backend.lower()
-    if backend not in BACKENDS:
-        raise UsageError(f"--backend {backend}: choose from {', '.join(BACKENDS)}")
     if undo:
         report = undo_review(data)
         if as_json:
-            print_json({"restored": [m.to_dict() for m in report.moves], "notes": report.notes})
+            print_json({"restored": [m.to_dict() for m in report.moves], "notes": report.notes, "failed": report.failed})
         else:
             print_moves(report, data, undo=True)
+        if report.failed:
+            raise typer.Exit(1)
         return
-    if out_dir is not None:
-        check_out(out_dir, data)
     if apply and not data.is_dir():
         raise UsageError(f"--apply moves files inside a dataset folder; {data} is not one")
-    config = ReviewConfig(model=model, device=device, backend=backend, batch_size=batch_size, workers=workers,
+    config = ReviewConfig(model=model, device=device, backend=backend.value, batch_size=batch_size, workers=workers,
                           threads=threads, weights_dir=weights_dir,
                           mapping_file=mapping, cache=not no_cache, folds=folds, min_side=min_side,
                           offtopic_z=offtopic_z, duplicate_match=duplicate_match)
-    result, files = run_review(data, config, out_dir, quiet=quiet)
+    result, files = run_review(data, config, out_dir, quiet=quiet, overwrite=overwrite)
     moves = apply_review(result.root, result.findings, kinds=chosen, min_score=min_score) if apply else None
     if as_json:
         payload = {"review": {k: v for k, v in result.to_dict().items() if k != "findings"},
@@ -176,8 +135,11 @@ def review_command(
         if moves is not None:
             payload["moved"] = [m.to_dict() for m in moves.moves]
             payload["move_notes"] = moves.notes
+            payload["move_failed"] = moves.failed
         print_json(to_jsonable(payload))
-        return
-    print_summary(result, files)
-    if moves is not None:
-        print_moves(moves, result.root, undo=False)
+    else:
+        print_summary(result, files, wide=wide)
+        if moves is not None:
+            print_moves(moves, result.root, undo=False)
+    if moves is not None and moves.failed:
+        raise typer.Exit(1)

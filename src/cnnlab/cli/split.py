@@ -8,34 +8,37 @@ from typing import Annotated
 import typer
 
 from cnnlab.cli.app import app
-from cnnlab.cli.collect import logging_to_stderr
+from cnnlab.cli.collect import full_width_console, logging_to_stderr
 from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table, printable
-from cnnlab.cli.params import Json, Quiet
-from cnnlab.collect.config import DEFAULT_NEAR_DUP_THRESHOLD
+from cnnlab.cli.params import Json, Quiet, Wide
+from cnnlab.imagedata.hashes import DEFAULT_NEAR_DUP_THRESHOLD
 
 
 @app.command("split")
 @handle_errors
 def split_command(
-    root: Annotated[Path, typer.Argument(help="Dataset folder (DIR/<class>/<images>), e.g. the output of `cnnlab collect`.")],
-    val: Annotated[float, typer.Option("--val", min=0.0, max=1.0, help="Fraction of each class for validation.")] = 0.15,
-    test: Annotated[float, typer.Option("--test", min=0.0, max=1.0, help="Fraction of each class for test.")] = 0.15,
-    seed: Annotated[int, typer.Option("--seed", help="Same seed, same files: same split.")] = 0,
-    near_dup_threshold: Annotated[int, typer.Option("--near-dup-threshold", min=-1, help="Near duplicates (phash distance) stay in one split; -1: off.")] = DEFAULT_NEAR_DUP_THRESHOLD,
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Dataset folder (DATA/<class>/<images>), e.g. the output of `cnnlab collect`.")],
+    val: Annotated[float, typer.Option("--val", min=0.0, max=1.0, metavar="FRACTION", help="Fraction of each class for validation (0 to 1).")] = 0.15,
+    test: Annotated[float, typer.Option("--test", min=0.0, max=1.0, metavar="FRACTION", help="Fraction of each class for test (0 to 1).")] = 0.15,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Same seed, same files: same split.")] = 0,
+    near_dup_threshold: Annotated[int, typer.Option("--near-dup-threshold", min=-1, metavar="BITS", help="Near duplicates (phash distance, of 64 bits) stay in one split; -1: off.")] = DEFAULT_NEAR_DUP_THRESHOLD,
     as_json: Json = False,
+    wide: Wide = False,
     quiet: Quiet = False,
 ) -> None:
-    """Write DIR/split.csv (path,label,split): stratified, deterministic, near duplicates never straddle splits."""
+    """Write DATA/split.csv (path,label,split): stratified, deterministic, near duplicates never straddle splits."""
     from cnnlab.imagedata.splits import make_split
 
     with logging_to_stderr(quiet):
-        result = make_split(root, val=val, test=test, seed=seed, near_dup_threshold=near_dup_threshold)
+        result = make_split(data, val=val, test=test, seed=seed, near_dup_threshold=near_dup_threshold)
     if as_json:
         print_json(result.to_dict())
         return
-    rows = [[label, *(str(counts[s]) for s in ("train", "val", "test"))] for label, counts in result.counts.items()]
-    print_table(["class", "train", "val", "test"], rows, title=f"split of {result.root} (seed {seed})",
-                justify={s: "right" for s in ("train", "val", "test")})
+    splits = ("train", "val", "test")
+    rows = [[label, *(str(counts[s]) for s in splits), *([str(sum(counts.values()))] if wide else [])]
+            for label, counts in result.counts.items()]
+    print_table(["class", *splits, *(["total"] if wide else [])], rows, title=f"split of {result.root} (seed {seed})",
+                justify={s: "right" for s in (*splits, "total")}, console=full_width_console() if wide else None)
     out.print(
         printable(f"{len(result.rows)} images in {result.groups} groups "
                   f"({result.near_duplicate_groups} near-duplicate groups kept whole); wrote {result.file}"),

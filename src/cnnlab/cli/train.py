@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -16,7 +17,9 @@ from cnnlab.cli.params import (
     Quiet,
     Weights,
     WeightsDir,
+    Wide,
     Workers,
+    out_option,
 )
 from cnnlab.imagedata.preprocess import MAX_INPUT_SIZE
 from cnnlab.options import Augment, BNPolicy, Schedule
@@ -40,41 +43,42 @@ def _num(value: float | None) -> str:
 @app.command("train")
 @handle_errors
 def train_command(
-    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Class folders (DIR/<class>/*.jpg), a manifest, or a folder with the split.csv of `cnnlab split`.")] = _C.data,
-    model: Annotated[str, typer.Option("--model", "-m", help="Registry model, or a checkpoint (runs/x/best.pt) to start a new run from.")] = _C.model,
-    out_dir: Annotated[str, typer.Option("--out", "-o", help="Run folder: best.pt, last.pt, history.csv, curves.png, metrics.json.")] = _C.out,
-    epochs: Annotated[int, typer.Option("--epochs", "-e", min=0, help="Epochs of the whole network.")] = _C.epochs,
-    freeze_epochs: Annotated[int, typer.Option("--freeze-epochs", min=0, help="Head-only epochs after the probe, backbone frozen.")] = _C.freeze_epochs,
+    data: Annotated[Optional[str], typer.Argument(metavar="DATA", show_default=False, help="Class folders (DIR/<class>/*.jpg), a manifest, or a folder with the split.csv of `cnnlab split` (with --resume: the run's own by default).")] = None,
+    data_option: Annotated[Optional[str], typer.Option("--data", "-d", hidden=True, metavar="DATA", help="Deprecated: pass DATA as the first argument.")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="Registry model, or a checkpoint (runs/x/best.pt) to start a new run from.")] = _C.model,
+    out_dir: Annotated[Path, out_option("Run folder: best.pt, last.pt, history.csv, curves.png, metrics.json.")] = Path(_C.out),
+    epochs: Annotated[int, typer.Option("--epochs", min=0, metavar="N", help="Epochs of the whole network.")] = _C.epochs,
+    freeze_epochs: Annotated[int, typer.Option("--freeze-epochs", min=0, metavar="N", help="Head-only epochs after the probe, backbone frozen.")] = _C.freeze_epochs,
     freeze: Annotated[bool, typer.Option("--freeze", help="Linear probe only: fit the head on frozen features (seconds), no epochs.")] = _C.freeze,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Start the head from a logistic regression on frozen features.")] = _C.probe,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=65536, help="Largest batch (lowered for small data, see --min-phase-steps).")] = _C.batch_size,
-    min_phase_steps: Annotated[int, typer.Option("--min-phase-steps", min=1, help="Optimiser steps each phase should have; smaller batches (>= 8) give them.")] = _C.min_phase_steps,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=65536, metavar="N", help="Largest batch (lowered for small data, see --min-phase-steps).")] = _C.batch_size,
+    min_phase_steps: Annotated[int, typer.Option("--min-phase-steps", min=1, metavar="N", help="Optimiser steps each phase should have; smaller batches (>= 8) give them.")] = _C.min_phase_steps,
     find_lr: Annotated[bool, typer.Option("--find-lr", help="Only run the learning-rate range test: lr_find.png/csv and a suggested --lr.")] = False,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW) of the head; in the full phase the head peaks at half of it.")] = _C.lr,
-    backbone_lr_ratio: Annotated[float, typer.Option("--backbone-lr-ratio", min=0.0, help="Backbone learning rate relative to the head's.")] = _C.backbone_lr_ratio,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = _C.weight_decay,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, metavar="RATE", help="Peak learning rate (AdamW) of the head; in the full phase the head peaks at half of it.")] = _C.lr,
+    backbone_lr_ratio: Annotated[float, typer.Option("--backbone-lr-ratio", min=0.0, metavar="RATIO", help="Backbone learning rate relative to the head's.")] = _C.backbone_lr_ratio,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, metavar="DECAY", help="AdamW's decoupled weight decay (not applied to biases and normalisation layers).")] = _C.weight_decay,
     schedule: Annotated[Schedule, typer.Option("--schedule", case_sensitive=False, help="Learning-rate schedule of each phase.")] = _C.schedule,
-    patience: Annotated[int, typer.Option("--patience", min=0, help="Early stopping: epochs without a lower validation loss (0: off).")] = _C.patience or 0,
-    label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0.0, max=0.99)] = _C.label_smoothing,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Held out per class for validation when the data has no split.")] = _C.val_fraction,
-    test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.9, help="Held out per class for the final test when the data has no split.")] = _C.test_fraction,
-    near_dup_threshold: Annotated[int, typer.Option("--near-dup-threshold", min=-1, help="Near duplicates (phash distance) stay in one split; -1: off.")] = _C.near_dup_threshold,
-    seed: Annotated[int, typer.Option("--seed")] = _C.seed,
+    patience: Annotated[int, typer.Option("--patience", min=0, metavar="N", help="Early stopping: epochs without a lower validation loss (0: off).")] = _C.patience or 0,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0.0, max=0.99, metavar="FRACTION", help="Label smoothing of the training loss, from 0 (off) to 0.99.")] = _C.label_smoothing,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, metavar="FRACTION", help="Held out per class for validation when the data has no split.")] = _C.val_fraction,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.9, metavar="FRACTION", help="Held out per class for the final test when the data has no split.")] = _C.test_fraction,
+    near_dup_threshold: Annotated[int, typer.Option("--near-dup-threshold", min=-1, metavar="BITS", help="Near duplicates (phash distance) stay in one split; -1: off.")] = _C.near_dup_threshold,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the split, the new head, the augmentation and the batch order: the same seed gives the same run on the CPU.")] = _C.seed,
     device: Device = _C.device,
     nproc: Nproc = None,
     precision: PrecisionOpt = _C.precision,
     workers: Workers = _C.workers,
     augment: Annotated[Augment, typer.Option("--augment", case_sensitive=False, help="Augmentation preset (light: random resized crop and flip).")] = _C.augment,
-    mixup: Annotated[float, typer.Option("--mixup", min=0.0, help="MixUp of batches: Beta alpha, e.g. 0.2 (0: off).")] = _C.mixup,
-    cutmix: Annotated[float, typer.Option("--cutmix", min=0.0, help="CutMix of batches: Beta alpha, e.g. 1.0 (0: off).")] = _C.cutmix,
+    mixup: Annotated[float, typer.Option("--mixup", min=0.0, metavar="ALPHA", help="MixUp of batches: Beta alpha, e.g. 0.2 (0: off).")] = _C.mixup,
+    cutmix: Annotated[float, typer.Option("--cutmix", min=0.0, metavar="ALPHA", help="CutMix of batches: Beta alpha, e.g. 1.0 (0: off).")] = _C.cutmix,
     ema: Annotated[bool, typer.Option("--ema", help="Validate and save a moving average of the weights.")] = _C.ema,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also write TensorBoard event files to OUT/tensorboard.")] = _C.tensorboard,
-    crop_scale: Annotated[float, typer.Option("--crop-scale", min=0.01, max=1.0, help="Smallest area fraction of a random crop.")] = _C.crop_scale[0],
+    crop_scale: Annotated[float, typer.Option("--crop-scale", min=0.01, max=1.0, metavar="FRACTION", help="Smallest area fraction of a random crop.")] = _C.crop_scale[0],
     hflip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = _C.hflip,
-    color_jitter: Annotated[float, typer.Option("--color-jitter", min=0.0, help="Brightness/contrast/saturation jitter.")] = _C.color_jitter,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", min=16, max=MAX_INPUT_SIZE, help="Crop size instead of the model's (faster, less accurate).")] = _C.image_size,
-    train_size_ratio: Annotated[float, typer.Option("--train-size-ratio", min=0.1, max=2.0, help="Training crop side relative to the evaluation crop, to 8 px, not shrunk below 128 px (1: the same).")] = _C.train_size_ratio,
-    frozen_stride: Annotated[Optional[int], typer.Option("--frozen-stride", min=1, max=MAX_INPUT_SIZE, help="Layers before the maps get coarser than 1/N keep their weights (default: 4 pretrained, 1 random; 1: all train).")] = _C.frozen_stride,
+    color_jitter: Annotated[float, typer.Option("--color-jitter", min=0.0, metavar="AMOUNT", help="Brightness/contrast/saturation jitter.")] = _C.color_jitter,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", min=16, max=MAX_INPUT_SIZE, metavar="PX", help="Crop size instead of the model's (faster, less accurate).")] = _C.image_size,
+    train_size_ratio: Annotated[float, typer.Option("--train-size-ratio", min=0.1, max=2.0, metavar="RATIO", help="Training crop side relative to the evaluation crop, to 8 px, not shrunk below 128 px (1: the same).")] = _C.train_size_ratio,
+    frozen_stride: Annotated[Optional[int], typer.Option("--frozen-stride", min=1, max=MAX_INPUT_SIZE, metavar="N", help="Layers before the maps get coarser than 1/N keep their weights (default: 4 pretrained, 1 random; 1: all train).")] = _C.frozen_stride,
     balance: Annotated[bool, typer.Option("--balance", help="Sample every class equally often.")] = _C.balance,
     bn: Annotated[BNPolicy, typer.Option("--bn", case_sensitive=False, help="BatchNorm layers (auto: frozen statistics for pretrained weights).")] = _C.bn,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Start from random weights (testing only: not a fine-tune).")] = _C.random_weights,
@@ -83,13 +87,20 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from its last.pt.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --out.")] = False,
     as_json: Json = False,
+    wide: Wide = False,
     quiet: Quiet = False,
 ) -> None:
-    """Fine-tune a pretrained model for the classes in a folder: a linear probe for the new head, then the whole network."""
+    """Fine-tune a pretrained model for the classes in DATA: a linear probe for the new head, then the whole network."""
     from cnnlab.cli.progress import RichProgress
 
+    if data_option is not None:
+        if data is not None:
+            raise typer.BadParameter("give the data once: as the first argument (--data is its deprecated form)")
+        err.print("[yellow]warning:[/] --data is deprecated: pass the data as the first argument, "
+                  f"`cnnlab train {escape(data_option)} ...`")
+        data = data_option
     config = TrainConfig(
-        data=data, out=out_dir, model=model, epochs=epochs, freeze_epochs=freeze_epochs, freeze=freeze, probe=probe,
+        data=data, out=str(out_dir), model=model, epochs=epochs, freeze_epochs=freeze_epochs, freeze=freeze, probe=probe,
         batch_size=batch_size, min_phase_steps=min_phase_steps, lr=lr, backbone_lr_ratio=backbone_lr_ratio, weight_decay=weight_decay,
         schedule=schedule, patience=patience or None, label_smoothing=label_smoothing, val_fraction=val_fraction,
         test_fraction=test_fraction, near_dup_threshold=near_dup_threshold, seed=seed, device=device,
@@ -112,16 +123,16 @@ def train_command(
 
     with RichProgress(quiet=quiet) as progress:
         try:
-            result = fine_tune(config, progress)
+            result = fine_tune(config, progress=progress)
         except KeyboardInterrupt:
-            err.print(f"[yellow]interrupted:[/] continue with `cnnlab train --out {escape(out_dir)} --resume`")
+            err.print(f"[yellow]interrupted:[/] continue with `cnnlab train --out {escape(str(out_dir))} --resume`")
             raise
     if ctx is not None and not ctx.is_main:
         return
     if as_json:
         print_json(result.to_dict())
     else:
-        _print_summary(result)
+        _print_summary(result, wide=wide)
     _print_skipped(result)
 
 
@@ -154,8 +165,9 @@ def _find_lr(config: TrainConfig, *, quiet: bool, as_json: bool) -> None:
     out.print(f"plot: {escape(result.files[-1])}")
 
 
-def _print_summary(result: TrainResult) -> None:
-    """The run in a two-column table (readable in 80 columns), then the per-class scores."""
+def _print_summary(result: TrainResult, *, wide: bool = False) -> None:
+    """The run in a two-column table (readable in 80 columns), then the per-class scores; ``wide``: every class
+    name and every class, with the predicted count."""
     from rich.table import Table
 
     table = Table(title=f"cnnlab train: {escape(str(result.out))}", title_justify="left", show_header=False)
@@ -165,7 +177,7 @@ def _print_summary(result: TrainResult) -> None:
     table.add_row("model", f"{escape(result.arch)}, {start}")
     table.add_row("head", escape(result.head))
     names = ", ".join(result.classes)
-    table.add_row("classes", escape(f"{len(result.classes)}: {names if len(names) <= 120 else names[:117] + '...'}"))
+    table.add_row("classes", escape(f"{len(result.classes)}: {names if wide or len(names) <= 120 else names[:117] + '...'}"))
     table.add_row("images", f"{result.n_train} train / {result.n_val} val / {result.n_test} test")
     table.add_row("split", escape(result.split_source))
     heads = sum(r.phase == "head" for r in result.history)
@@ -191,14 +203,14 @@ def _print_summary(result: TrainResult) -> None:
     out.print(table)
     if ev.get("per_class"):
         classes, title = ev["per_class"], f"per class ({result.evaluated_on})"
-        if len(classes) > MAX_CLASS_ROWS:  # the least accurate; metrics.json has them all
+        if len(classes) > MAX_CLASS_ROWS and not wide:  # the least accurate; metrics.json has them all
             scored = [c for c in classes if c["accuracy"] is not None]
             classes = sorted(scored, key=lambda c: (c["accuracy"], c["name"]))[:MAX_CLASS_ROWS // 2]
             unseen = len(ev["per_class"]) - len(scored)
             title += (f": the {len(classes)} least accurate of {len(ev['per_class']):,} classes"
                       + (f" ({unseen:,} with no {result.evaluated_on} image)" if unseen else "") + " (all in metrics.json)")
         rows = [[c["name"], str(c["support"]), str(c["correct"]), _pct(c["accuracy"]), _pct(c["precision"])]
-                for c in classes]
-        header = ["class", "support", "correct", "accuracy", "precision"]
+                + ([str(c.get("predicted", "-"))] if wide else []) for c in classes]
+        header = ["class", "support", "correct", "accuracy", "precision"] + (["predicted"] if wide else [])
         if rows:
             print_table(header, rows, title=title, justify={h: "right" for h in header[1:]})

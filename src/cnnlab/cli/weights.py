@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from cnnlab.cli.app import app
+from cnnlab.cli.app import App, app
 from cnnlab.cli.common import err, escape, handle_errors, out, print_json, printable
-from cnnlab.cli.params import Json, Quiet, WeightsDir
+from cnnlab.cli.params import Json, Quiet, WeightsDir, out_option
 
-weights_app = typer.Typer(help="Find, prefetch and check pretrained weights files.", no_args_is_help=True,
-                          rich_markup_mode=None)
+weights_app = App(help="Find, prefetch and check pretrained weights files.", no_args_is_help=True,
+                  rich_markup_mode=None)
 app.add_typer(weights_app, name="weights")
 
 
 @weights_app.command("where")
 @handle_errors
 def weights_where(
-    names: Annotated[list[str], typer.Argument(help="Model names, e.g. resnet50 alexnet.IMAGENET1K_V1.")],
+    names: Annotated[list[str], typer.Argument(metavar="MODEL...", help="Model names, e.g. resnet50 alexnet.IMAGENET1K_V1.")],
     weights_dir: WeightsDir = None,
     as_json: Json = False,
 ) -> None:
@@ -41,8 +42,9 @@ def weights_where(
 @weights_app.command("fetch")
 @handle_errors
 def weights_fetch(
-    names: Annotated[list[str], typer.Argument(help="Model names to download, e.g. resnet50 alexnet googlenet.")],
-    dest: Annotated[Optional[str], typer.Option("--dest", help="Download into this folder (default: the torch hub cache).")] = None,
+    names: Annotated[list[str], typer.Argument(metavar="MODEL...", help="Model names to download, e.g. resnet50 alexnet googlenet.")],
+    out_dir: Annotated[Optional[Path], out_option("Download into this folder (default: the torch hub cache).")] = None,
+    dest: Annotated[Optional[Path], typer.Option("--dest", hidden=True, help="Deprecated name of --out.")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Download weights (checking their hash) for later use on machines without internet."""
@@ -50,6 +52,9 @@ def weights_fetch(
     from cnnlab.models.registry import get_spec
     from cnnlab.models.weights import check_dest_dir, fetch_weights
 
+    if dest is not None:
+        err.print("[yellow]note:[/] --dest is deprecated: use -o/--out")
+    dest = out_dir if out_dir is not None else dest
     check_dest_dir(dest)  # once, before any download
     failures = 0
     for name in names:

@@ -58,6 +58,27 @@ class Candidate:
     source_page: str | None = None
     license: str | None = None
     local_path: str | None = None  # set for images imported from a folder
+    fetch_url: str | None = None
+    """The URL to fetch when it differs from ``url``: the one with the credentials (``user:pass@``) it was
+    given with. ``url``, the one recorded and matched on resume, never holds credentials."""
+
+    @classmethod
+    def from_url(cls, label: str, url: str, engine: str, query: str | None = None, source_page: str | None = None,
+                 license: str | None = None) -> Candidate:
+        """A candidate for ``url`` with any credentials in it kept for the fetch only."""
+        clean = strip_credentials(url)
+        return cls(label, clean, engine, query, strip_credentials(source_page) if source_page else source_page,
+                   license, fetch_url=url if clean != url else None)
+
+
+#: The ``user:password@`` part of any URL in a text (the last ``@`` before the path counts, as in urlsplit).
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")
+
+
+def strip_credentials(text: str) -> str:
+    """``text`` with the credentials of every URL in it removed (``http://user:pw@host/x`` -> ``http://host/x``):
+    URL lists may hold them, and the manifest is a file people share."""
+    return _USERINFO.sub(r"\1", text)
 
 
 #: Fetches a search-result page and returns its body; raises :class:`PageFetchError`.

@@ -112,6 +112,8 @@ def _open_checked(conn: Any) -> socket.socket:
         infos = socket.getaddrinfo(conn._dns_host, conn.port, 0, socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise urllib3.exceptions.NameResolutionError(conn.host, conn, exc) from exc
+    except UnicodeError as exc:  # the IDNA codec refuses the name (an empty or over-long label)
+        raise urllib3.exceptions.NameResolutionError(conn.host, conn, socket.gaierror(str(exc))) from exc
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not allow_private:
         for address in addresses:
@@ -186,6 +188,7 @@ def blocked_detail(exc: BaseException) -> str | None:
         seen.add(id(item))
         if isinstance(item, BlockedAddress):
             return str(item).split(": ", 1)[-1]
-        todo.extend([getattr(item, "reason", None), item.__cause__, item.__context__])
-        todo.extend(a for a in getattr(item, "args", ()) if isinstance(a, BaseException))
+        # ``reason`` is an exception in urllib3's errors but a string in ssl.SSLError: follow exceptions only
+        linked = [getattr(item, "reason", None), item.__cause__, item.__context__, *getattr(item, "args", ())]
+        todo.extend(a for a in linked if isinstance(a, BaseException))
     return None

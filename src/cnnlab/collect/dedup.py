@@ -1,68 +1,14 @@
-"""Exact and near-duplicate detection.
+"""Exact and near-duplicate detection across the classes of a collected set.
 
 Exact duplicates share a sha256. Near duplicates have perceptual hashes (64-bit) within a Hamming
-distance ``threshold``. :class:`NearDupIndex` finds them without comparing every pair: split the
-64 bits into ``threshold + 1`` blocks; two hashes within ``threshold`` bits agree exactly on at
-least one block (pigeonhole), so only hashes sharing a block value are compared.
+distance ``threshold``, found by :class:`cnnlab.imagedata.hashes.NearDupIndex` (shared with split).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
-K = TypeVar("K", bound=Hashable)
-
-HASH_BITS = 64
-
-
-def hamming(a: int, b: int) -> int:
-    """Number of differing bits."""
-    return (a ^ b).bit_count()
-
-
-class NearDupIndex(Generic[K]):
-    """Hashes under keys; :meth:`query` returns keys within ``threshold`` bits."""
-
-    def __init__(self, threshold: int, bits: int = HASH_BITS) -> None:
-        if threshold < 0:
-            raise ValueError("threshold must be >= 0")
-        self.threshold = threshold
-        self.bits = bits
-        n_blocks = min(threshold + 1, bits)
-        edges = [round(i * bits / n_blocks) for i in range(n_blocks + 1)]
-        self._blocks = [(lo, (1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:])]
-        self._buckets: list[dict[int, list[int]]] = [defaultdict(list) for _ in self._blocks]
-        self._keys: list[K] = []
-        self._hashes: list[int] = []
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def add(self, key: K, h: int) -> None:
-        pos = len(self._keys)
-        self._keys.append(key)
-        self._hashes.append(h)
-        for (shift, mask), bucket in zip(self._blocks, self._buckets):
-            bucket[(h >> shift) & mask].append(pos)
-
-    def query(self, h: int) -> list[tuple[K, int]]:
-        """Keys whose hash is within ``threshold`` of ``h``, nearest first (ties: oldest first)."""
-        if self.threshold >= self.bits:
-            positions: set[int] = set(range(len(self._keys)))
-        else:
-            positions = set()
-            for (shift, mask), bucket in zip(self._blocks, self._buckets):
-                positions.update(bucket.get((h >> shift) & mask, ()))
-        found = []
-        for pos in positions:
-            d = hamming(h, self._hashes[pos])
-            if d <= self.threshold:
-                found.append((d, pos))
-        found.sort()
-        return [(self._keys[pos], d) for d, pos in found]
+from cnnlab.imagedata.hashes import NearDupIndex
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,8 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _ROBOTS_MAX_BYTES = 512 * 1024
 _NOT_IMAGE_TYPES = ("text/", "application/json", "application/xhtml", "application/javascript")
+#: Faults of a host, not of its robots.txt: its URLs are reported with them, not as "robots-unreachable".
+_HOST_FAULTS = frozenset({"private-address", "tls-error", "bad-url"})
 
 
 @dataclass
@@ -144,6 +146,29 @@ def _check_url(url: str) -> None:
         raise _Fault("rejected", "bad-scheme", f"only http and https are fetched, not {parts.scheme or 'none'!r}")
     if not parts.hostname:
         raise _Fault("rejected", "bad-url", "no host name")
+    problem = host_name_problem(parts.hostname)
+    if problem is not None:
+        raise _Fault("rejected", "bad-url", problem)
+
+
+def host_name_problem(host: str) -> str | None:
+    """Why ``host`` cannot be a host name (an empty label, a label over 63 bytes, a name over 253, one
+    the IDNA codec refuses), or ``None``. Said before connecting, so one bad line of a URL list is one
+    rejected row and not a codec error in the resolver."""
+    if host.startswith("[") or ":" in host:  # an IPv6 literal: the address parser judges it
+        return None
+    try:
+        ascii_host = host.rstrip(".").encode("idna")
+    except UnicodeError as exc:
+        return f"host name {host[:80]!r} cannot be encoded ({exc})"
+    labels = ascii_host.split(b".")
+    if any(not label for label in labels):
+        return f"host name {host[:80]!r} has an empty label"
+    if any(len(label) > 63 for label in labels):
+        return f"host name {host[:80]!r} has a label over 63 characters"
+    if len(ascii_host) > 253:
+        return f"host name {host[:80]!r} is over 253 characters"
+    return None
 
 
 def x_robots_forbids(values: str | None, token: str = ROBOTS_TOKEN) -> str | None:
@@ -201,14 +226,14 @@ class _RobotsCache:
         rules = self._rules[origin]
         if rules is True:
             return
-        if isinstance(rules, _Fault):  # e.g. the host is a private address: say that, not "robots"
+        if isinstance(rules, _Fault):  # e.g. a private address or a failed TLS handshake: say that, not "robots"
             raise _Fault(rules.status, rules.reason, rules.detail)
         if isinstance(rules, str):
             raise _Fault(
                 "failed",
                 "robots-unreachable",
                 f"{origin}/robots.txt: {rules} (RFC 9309: assume disallowed for now; "
-                "retried by a later run with --retry-failed)",
+                "retried by a later run with retry_failed)",
             )
         if not rules.can_fetch(url, ROBOTS_TOKEN):
             raise _Fault("rejected", "robots-disallowed", f"{origin}/robots.txt forbids this URL to {ROBOTS_TOKEN}")
@@ -223,7 +248,7 @@ class _RobotsCache:
             try:
                 status, body = self._dl._get_small(origin + "/robots.txt", _ROBOTS_MAX_BYTES)
             except _Fault as fault:
-                if fault.reason == "private-address":
+                if fault.reason in _HOST_FAULTS:
                     return fault
                 last = fault.reason
                 continue
@@ -317,7 +342,7 @@ class Downloader:
                         continue
                     detail = (
                         f"{detail}; the server asks to wait {fault.retry_after:,.0f} s (Retry-After), longer than "
-                        f"the {cfg.max_backoff:g} s this run waits at most: not retried now (--retry-failed does later)"
+                        f"the {cfg.max_backoff:g} s this run waits at most: not retried now (a later run with retry_failed is)"
                     )
                 result = FetchResult(url, fault.status, fault.reason, detail, http_status=fault.http_status)
             result.attempts = attempt
@@ -340,6 +365,8 @@ class Downloader:
                         )
                     except requests.exceptions.RequestException as exc:
                         raise self._request_fault(exc, attempt, budget) from None
+                    except (ValueError, UnicodeError) as exc:  # a URL requests or the resolver cannot take
+                        raise _Fault("rejected", "bad-url", _short(exc)) from None
                     try:
                         yield response, deadline_at
                     except _Fault as fault:
@@ -358,7 +385,7 @@ class Downloader:
                 "failed",
                 "private-address",
                 f"{blocked}: refused (SSRF protection); for a host you own run again with "
-                "--allow-private-hosts --retry-failed",
+                "allow_private_hosts and retry_failed",
             )
         if attempt.expired:
             return self._too_slow(budget)
@@ -366,6 +393,8 @@ class Downloader:
             return _Fault("failed", "timeout", _short(exc), transient=True)
         if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema)):
             return _Fault("rejected", "bad-url", _short(exc))
+        if isinstance(exc, requests.exceptions.SSLError):  # an untrusted or expired certificate, or no TLS at all
+            return _Fault("failed", "tls-error", _short(exc))
         return _Fault("failed", "connection-error", _short(exc), transient=True)
 
     def _too_slow(self, budget: _Budget) -> _Fault:

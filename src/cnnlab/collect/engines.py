@@ -244,7 +244,7 @@ class GoogleEngine(IcrawlerEngine):
     """Google images through icrawler's GoogleParser, which is broken upstream (usually finds nothing)."""
 
     name = "google"
-    no_results_hint = "Google's icrawler parser is broken upstream; try --engine bing or ddg"
+    no_results_hint = "Google's icrawler parser is broken upstream; try the bing or ddg engine"
 
     def _feeder_cls(self) -> Any:
         return require("icrawler.builtin.google").GoogleFeeder
@@ -266,7 +266,7 @@ class FlickrEngine(IcrawlerEngine):
         super().__init__(base_url)
         if not api_key:
             raise CollectError(
-                "Flickr needs an API key: pass --flickr-key or set FLICKR_API_KEY "
+                "Flickr needs an API key: give one (api_key) or set FLICKR_API_KEY "
                 "(get one at https://www.flickr.com/services/apps/create/)"
             )
         self.api_key = api_key

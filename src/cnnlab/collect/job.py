@@ -14,35 +14,26 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnlab.collect.base import Candidate, CollectError, Engine, PageFetchError, check_label
-from cnnlab.collect.config import (
-    DEFAULT_MIN_SIZE,
-    DEFAULT_NEAR_DUP_THRESHOLD,
-    DEFAULT_PER_CLASS,
-    DEFAULT_THREADS,
-    FetchConfig,
-)
+from cnnlab.collect.base import Candidate, CollectError, Engine, PageFetchError
+from cnnlab.collect.config import CollectConfig
 from cnnlab.collect.dedup import DedupIndex, KeptImage
 from cnnlab.collect.download import Downloader, FetchResult, read_local_file
 from cnnlab.collect.engines import make_engine
 from cnnlab.collect.manifest import MANIFEST_NAME, FolderLock, Manifest, make_record
 from cnnlab.collect.resume import PARTIAL_DIR, ResumeState, clean_partial, restore
 from cnnlab.collect.sources import default_query, folder_candidates, group_by_label, load_url_list
-from cnnlab.collect.verify import DEFAULT_MAX_ASPECT_RATIO, VerifiedImage, verify_image
+from cnnlab.collect.verify import VerifiedImage, verify_image
 from cnnlab.errors import ImageDecodeError, OutputError
-from cnnlab.imagedata.decode import DEFAULT_MAX_PIXELS
+from cnnlab.options import EngineName
 from cnnlab.progress import Progress
 
 log = logging.getLogger("cnnlab.collect")
-
-#: Per query, how many hits an engine is asked for at most (engines page lazily).
-DEFAULT_MAX_HITS_PER_QUERY = 1000
 
 
 @dataclass
@@ -113,104 +104,55 @@ class _Outcome:
     reject: ImageDecodeError | None = None
 
 
-def collect(
-    out: str | Path,
-    classes: Sequence[str] = (),
-    per_class: int | None = DEFAULT_PER_CLASS,
-    *,
-    engine: str | Engine = "bing",
-    queries: Mapping[str, Sequence[str]] | None = None,
-    filters: Mapping[str, str] | None = None,
-    urls: str | Path | None = None,
-    label: str | None = None,
-    from_folder: str | Path | None = None,
-    engine_url: str | None = None,
-    api_key: str | None = None,
-    min_size: int = DEFAULT_MIN_SIZE,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
-    near_dup_threshold: int = DEFAULT_NEAR_DUP_THRESHOLD,
-    threads: int = DEFAULT_THREADS,
-    fetch: FetchConfig | None = None,
-    retry_failed: bool = False,
-    max_hits_per_query: int = DEFAULT_MAX_HITS_PER_QUERY,
-    progress: Progress | None = None,
-) -> CollectResult:
-    """Build (or continue building) a labelled image set in ``out``.
+def run(config: CollectConfig, *, progress: Progress | None = None) -> CollectResult:
+    """Build (or continue building) the labelled image set ``config.out``: check -> lock -> compute -> write.
 
-    Args:
-        out: dataset folder: ``out/<class>/<sha256[:16]>.<ext>`` plus ``out/manifest.jsonl``.
-        classes: class names. With a search engine, one query per class (its name) unless
-            ``queries`` says otherwise; with ``urls``/``from_folder`` they restrict the classes read.
-        per_class: images wanted per class (``None`` with ``urls``/``from_folder``: all of them).
-        engine: an engine name (``bing``, ``baidu``, ``flickr``, ``google``, ``ddg``) or object.
-        queries: search terms per class, e.g. ``{"cat": ["tabby cat", "house cat"]}``.
-        filters: engine filters, e.g. ``{"size": "large", "type": "photo", "license": "creativecommons"}``.
-        urls: a URL list (txt + ``label``, or CSV/JSONL with ``url`` and ``label``) instead of an engine.
-        label: the class of a plain URL list or of a folder imported as one class.
-        from_folder: a folder of images to import instead of an engine.
-        engine_url: base URL for the engine (a mirror, or a local server in tests).
-        api_key: Flickr API key (default: ``FLICKR_API_KEY`` or ``FLICKR_APIKEY``).
-        min_size: images whose shorter side is below this are rejected.
-        max_pixels: images with more pixels are rejected as decompression bombs.
-        max_aspect_ratio: images whose longer side is more than this many times the shorter are
-            rejected (``extreme-aspect-ratio``); ``None`` accepts any shape.
-        near_dup_threshold: perceptual-hash distance (bits of 64) at or below which images are
-            near duplicates; ``-1`` turns near-duplicate detection off (exact still applies).
-        threads: downloads in flight at once (per-host limits are in ``fetch``).
-        fetch: timeouts, retries, byte cap, redirects, politeness, robots.txt, and whether private
-            hosts may be reached (``allow_private_hosts``; refused by default).
-        retry_failed: fetch again URLs whose earlier attempt ``failed`` (network/server errors).
-        max_hits_per_query: stop asking an engine for more after this many hits per query.
-        progress: hooks for a progress display.
+    The output folder is a dataset (class folders and ``manifest.jsonl``), not a run's report: it is
+    made if missing, and a folder holding an earlier collect is continued, not refused (rerunning
+    the same call resumes). One collect at a time holds it (a :class:`~cnnlab.outputs.FolderLock`).
+    Every candidate ends as one manifest line, ``ok``, ``duplicate``, ``rejected`` or ``failed``,
+    whatever its server or bytes do: one bad item never ends the run.
 
     Raises:
-        CollectError: bad options or inputs (``out`` is a file, a class name too long for a folder
-            name), or another collect holds the folder.
+        CollectError: bad settings or inputs (``out`` is a file, a class name too long for a folder
+            name, an unreadable URL list), or another collect holds the folder.
         OutputError: the dataset folder cannot be written (no permission, disk full). What was
             saved before stays, recorded in the manifest: the same call continues the run.
     """
     started = time.monotonic()
-    out = Path(out)
-    fetch = fetch or FetchConfig()
+    out = config.out
+    fetch = config.fetch
     progress = progress or Progress()
-    if threads < 1:
-        raise CollectError("threads must be at least 1")
-    if per_class is not None and per_class < 0:
-        raise CollectError("per_class must be >= 0")
-
-    plan, engine_obj, engine_name = _plan(
-        classes, per_class, engine, queries, urls, label, from_folder, engine_url, api_key, fetch.timeout
-    )
+    plan, engine_obj = _plan(config)
     check = getattr(engine_obj, "check_filters", None)
     if check is not None:
-        check(filters or {})  # refuse a bad filter before touching the disk
-    elif filters and engine_obj is None:
-        raise CollectError(f"filters ({', '.join(filters)}) apply to search engines, not to {engine_name}")
+        check(config.filters)  # refuse a bad filter before touching the disk
+    elif config.filters and engine_obj is None:
+        raise CollectError(f"filters ({', '.join(config.filters)}) apply to search engines, not to {config.engine_name}")
 
     if out.exists() and not out.is_dir():
-        raise CollectError(f"--out {out} is a file; give a folder for the dataset (it is made if missing)")
+        raise CollectError(f"output folder {out} is a file; give a folder for the dataset (it is made if missing)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot make the dataset folder {out}: {exc.strerror or exc}") from None
+    near_dup_threshold = config.near_dup_threshold
     with _disk_errors(out), FolderLock(out), Manifest(out / MANIFEST_NAME) as manifest, Downloader(fetch) as downloader:
         records = manifest.open()
         dedup = DedupIndex(near_dup_threshold if near_dup_threshold >= 0 else 0)
-        near_enabled = near_dup_threshold >= 0
-        state = restore(out, records, manifest, dedup, retry_failed)
-        run = _Run(
+        state = restore(out, records, manifest, dedup, config.retry_failed)
+        job = _Run(
             out=out,
             manifest=manifest,
             downloader=downloader,
             dedup=dedup,
-            near_enabled=near_enabled,
+            near_enabled=near_dup_threshold >= 0,
             state=state,
-            min_size=min_size,
-            max_pixels=max_pixels,
-            max_aspect_ratio=max_aspect_ratio,
+            min_size=config.min_size,
+            max_pixels=config.max_pixels,
+            max_aspect_ratio=config.max_aspect_ratio,
             max_bytes=fetch.max_bytes,
-            threads=threads,
+            threads=config.threads,
             progress=progress,
         )
         result_notes: list[str] = []
@@ -220,33 +162,37 @@ def collect(
             notes: list[str] = []
             if have < wanted:
                 if engine_obj is not None:
-                    cls_queries = list((queries or {}).get(cls_label) or [default_query(cls_label)])
+                    cls_queries = list(config.queries.get(cls_label) or [default_query(cls_label)])
                     stream = _engine_candidates(
-                        engine_obj, cls_label, cls_queries, filters or {}, downloader, max_hits_per_query, notes
+                        engine_obj, cls_label, cls_queries, config.filters, downloader, config.max_hits_per_query, notes
                     )
                 else:
                     stream = iter(source)
-                run.fill(cls_label, wanted, stream)
+                job.fill(cls_label, wanted, stream)
             for note in notes:
                 progress.note(note, warning=True)
-            summary = _summarise(cls_label, wanted, manifest.path, run.new[cls_label], notes)
+            summary = _summarise(cls_label, wanted, manifest.path, job.new[cls_label], notes)
             if not summary.met:
                 short = f"{cls_label}: {summary.ok} of {wanted} images"
                 summary.notes.append(f"{short} (candidates ran out; see the manifest for why the others were refused)")
             progress.finish(cls_label, _summary_line(summary))
             result_notes.extend(summary.notes)
-            run.summaries.append(summary)
+            job.summaries.append(summary)
         clean_partial(out)
     return CollectResult(
         out=out,
         manifest=out / MANIFEST_NAME,
-        engine=engine_name,
-        classes=run.summaries,
+        engine=engine_obj.name if engine_obj is not None else config.engine_name,
+        classes=job.summaries,
         elapsed=time.monotonic() - started,
-        fetched=run.fetched,
-        bytes_downloaded=run.bytes,
+        fetched=job.fetched,
+        bytes_downloaded=job.bytes,
         notes=result_notes,
     )
+
+
+#: The public name of :func:`run`: ``cnnlab.collect_images(config)``.
+collect_images = run
 
 
 @contextlib.contextmanager
@@ -269,33 +215,19 @@ def _disk_errors(out: Path) -> Iterator[None]:
 # -- planning ---------------------------------------------------------------------------------
 
 
-def _plan(
-    classes: Sequence[str],
-    per_class: int | None,
-    engine: str | Engine,
-    queries: Mapping[str, Sequence[str]] | None,
-    urls: str | Path | None,
-    label: str | None,
-    from_folder: str | Path | None,
-    engine_url: str | None,
-    api_key: str | None,
-    timeout: float,
-) -> tuple[dict[str, tuple[int, list[Candidate]]], Engine | None, str]:
+def _plan(config: CollectConfig) -> tuple[dict[str, tuple[int, list[Candidate]]], Engine | None]:
     """Per class: (wanted, fixed candidates); and the engine to search with, if any."""
-    wanted_classes = [check_label(c) for c in classes]
-    if urls is not None and from_folder is not None:
-        raise CollectError("give either --urls or --from-folder, not both")
-    name = engine if isinstance(engine, str) else engine.name
-    if urls is not None or from_folder is not None or name in ("urls", "folder"):
-        if urls is not None:
-            found = load_url_list(urls, label)
-            name = "urls"
-        elif from_folder is not None:
-            found = folder_candidates(from_folder, label)
-            name = "folder"
+    wanted_classes = list(config.classes)
+    per_class = config.per_class
+    name = config.engine_name
+    if name in (EngineName.URLS, EngineName.FOLDER):
+        if config.urls is not None:
+            found = load_url_list(config.urls, config.label)
+        elif config.from_folder is not None:
+            found = folder_candidates(config.from_folder, config.label)
         else:
-            flag = "--urls FILE" if name == "urls" else "--from-folder DIR"
-            raise CollectError(f"--engine {name} needs {flag}")
+            needs = "a URL list (urls)" if name == EngineName.URLS else "a folder (from_folder)"
+            raise CollectError(f"engine {name} needs {needs}")
         groups = group_by_label(found)
         if wanted_classes:
             missing = [c for c in wanted_classes if c not in groups]
@@ -305,22 +237,23 @@ def _plan(
         if not groups:
             raise CollectError(f"the {name} input holds no candidates")
         plan = {c: (len(cands) if per_class is None else per_class, cands) for c, cands in groups.items()}
-        return plan, None, name
+        return plan, None
 
-    labels = wanted_classes or [check_label(c) for c in (queries or {})]
+    labels = wanted_classes or list(config.queries)
     if not labels:
-        raise CollectError("name the classes to collect (--classes cat,dog) or give --query CLASS=terms")
-    unknown = [c for c in (queries or {}) if c not in labels]
+        raise CollectError("name the classes to collect (classes), or give search terms per class (queries)")
+    unknown = [c for c in config.queries if c not in labels]
     if unknown:
-        raise CollectError(f"--query names classes not in --classes: {', '.join(unknown)}")
+        raise CollectError(f"queries name classes that are not among the classes: {', '.join(unknown)}")
     if per_class is None:
-        raise CollectError("--per-class is needed with a search engine")
-    if isinstance(engine, str):
-        key = api_key or os.environ.get("FLICKR_API_KEY") or os.environ.get("FLICKR_APIKEY")
-        engine_obj = make_engine(engine, base_url=engine_url, api_key=key, timeout=timeout)
+        raise CollectError("a search engine needs a number of images per class (per_class)")
+    if isinstance(config.engine, EngineName):
+        key = config.api_key or os.environ.get("FLICKR_API_KEY") or os.environ.get("FLICKR_APIKEY")
+        engine_obj = make_engine(config.engine.value, base_url=config.engine_url, api_key=key,
+                                 timeout=config.fetch.timeout)
     else:
-        engine_obj = engine
-    return {c: (per_class, []) for c in dict.fromkeys(labels)}, engine_obj, engine_obj.name
+        engine_obj = config.engine
+    return {c: (per_class, []) for c in dict.fromkeys(labels)}, engine_obj
 
 
 def _engine_candidates(
@@ -359,7 +292,7 @@ def _engine_candidates(
                     notes.append(f"{engine.name} search for {query!r} failed{got}: {what}{hint}")
                     continue
                 hits[query] += 1
-                yield Candidate(label, hit.url, engine.name, query, hit.source_page, hit.license)
+                yield Candidate.from_url(label, hit.url, engine.name, query, hit.source_page, hit.license)
     finally:
         for _, it in active:
             close = getattr(it, "close", None)
@@ -446,10 +379,13 @@ class _Run:
 
     # worker thread
     def _work(self, cand: Candidate) -> _Outcome:
-        if cand.local_path:
-            fetched = read_local_file(cand.local_path, self.max_bytes)
-        else:
-            fetched = self.downloader.fetch(cand.url)
+        try:
+            if cand.local_path:
+                fetched = read_local_file(cand.local_path, self.max_bytes)
+            else:
+                fetched = self.downloader.fetch(cand.fetch_url or cand.url)
+        except Exception as exc:  # noqa: BLE001 - one candidate the fetcher did not foresee is one failed row
+            fetched = FetchResult(cand.url, "failed", "error", f"{type(exc).__name__}: {exc}")
         with self._lock:
             self.fetched += 1
             self.bytes += len(fetched.data or b"")
@@ -460,6 +396,8 @@ class _Run:
                                  max_aspect_ratio=self.max_aspect_ratio)
         except ImageDecodeError as exc:
             return _Outcome(fetched, reject=exc)
+        except Exception as exc:  # noqa: BLE001 - bytes the decoder did not foresee: one rejected row, the crawl goes on
+            return _Outcome(fetched, reject=ImageDecodeError("unreadable", f"{type(exc).__name__}: {exc}"))
         self.partial.mkdir(parents=True, exist_ok=True)
         temp = self.partial / f"{image.sha256[:16]}-{uuid.uuid4().hex[:12]}.{image.ext}.tmp"
         with temp.open("wb") as fh:
@@ -478,7 +416,7 @@ class _Run:
             "url": cand.url,
             "source_page": cand.source_page,
             "license": cand.license,
-            "final_url": f.final_url if f.final_url and f.final_url != cand.url else None,
+            "final_url": f.final_url if f.final_url and f.final_url not in (cand.url, cand.fetch_url) else None,
             "http_status": f.http_status,
             "attempts": f.attempts,
         }
@@ -585,6 +523,6 @@ def _summarise(label: str, wanted: int, manifest_path: Path, new: int, notes: li
     if failed.get("private-address"):
         summary.notes.append(
             f"{label}: {failed['private-address']} URLs lead to private or local addresses and were refused "
-            "(SSRF protection); for hosts you own, run again with --allow-private-hosts --retry-failed"
+            "(SSRF protection); for hosts you own, run again allowing private hosts and retrying failed URLs"
         )
     return summary

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cnnlab import outputs as output_files
-from cnnlab.collect.base import CollectError
+from cnnlab.collect.base import CollectError, strip_credentials
 
 MANIFEST_NAME: Final[str] = "manifest.jsonl"
 
@@ -50,6 +50,9 @@ FIELDS: Final[tuple[str, ...]] = (
     "timestamp",
 )
 
+#: Fields that hold URLs, or text that may quote one.
+_URL_FIELDS: Final[tuple[str, ...]] = ("url", "source_page", "final_url", "detail")
+
 log = logging.getLogger("cnnlab.collect")
 
 
@@ -63,6 +66,10 @@ def make_record(**values: Any) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown manifest fields: {sorted(unknown)}")
     record = {key: values.get(key) for key in FIELDS}
+    for key in _URL_FIELDS:  # where a URL can carry credentials: never written to the manifest
+        value = record[key]
+        if isinstance(value, str):
+            record[key] = strip_credentials(value)
     record["label"] = record["class"]
     record["path"] = record["path"] or ""
     record["timestamp"] = record["timestamp"] or now_iso()

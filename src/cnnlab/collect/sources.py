@@ -23,12 +23,12 @@ def parse_queries(specs: Iterable[str]) -> dict[str, list[str]]:
     queries: dict[str, list[str]] = {}
     for spec in specs:
         if "=" not in spec:
-            raise CollectError(f"--query {spec!r}: expected CLASS=query[,query...] (e.g. \"cat=tabby cat,house cat\")")
+            raise CollectError(f"search terms {spec!r}: expected CLASS=terms[,terms...] (e.g. \"cat=tabby cat,house cat\")")
         label, _, rest = spec.partition("=")
         label = check_label(label)
         terms = [t.strip() for t in rest.split(",") if t.strip()]
         if not terms:
-            raise CollectError(f"--query {spec!r}: no search terms after '='")
+            raise CollectError(f"search terms {spec!r}: none after '='")
         queries.setdefault(label, []).extend(t for t in terms if t not in queries.get(label, []))
     return queries
 
@@ -59,7 +59,7 @@ def load_url_list(path: str | Path, label: str | None = None) -> list[Candidate]
     if suffix == ".csv":
         reader = csv.DictReader(text.splitlines())
         if not reader.fieldnames or "url" not in reader.fieldnames:
-            raise CollectError(f"{path}: a CSV URL list needs a 'url' column (and 'label', or --label)")
+            raise CollectError(f"{path}: a CSV URL list needs a 'url' column (and 'label', or a label for the whole list)")
         rows = [(n, row) for n, row in enumerate(reader, 2)]
     elif suffix in (".jsonl", ".ndjson"):
         for n, line in enumerate(text.splitlines(), 1):
@@ -74,7 +74,7 @@ def load_url_list(path: str | Path, label: str | None = None) -> list[Candidate]
             rows.append((n, obj))
     else:
         if default is None:
-            raise CollectError(f"{path} is a plain URL list: give the class of its images with --label")
+            raise CollectError(f"{path} is a plain URL list: give the class of its images (label)")
         for n, line in enumerate(text.splitlines(), 1):
             line = line.strip()
             if line and not line.startswith("#"):
@@ -86,9 +86,9 @@ def load_url_list(path: str | Path, label: str | None = None) -> list[Candidate]
             continue
         raw_label = str(row.get("label") or "").strip() or default
         if not raw_label:
-            raise CollectError(f"{path}:{n}: no label for {url} (add a 'label' column or pass --label)")
+            raise CollectError(f"{path}:{n}: no label for {url} (add a 'label' column or give a label for the whole list)")
         candidates.append(
-            Candidate(
+            Candidate.from_url(
                 label=check_label(raw_label),
                 url=url,
                 engine="urls",
@@ -122,7 +122,7 @@ def folder_candidates(root: str | Path, label: str | None = None) -> list[Candid
         raise CollectError(f"cannot read the folder to import {root}: {exc.strerror or exc}") from None
     if any(e.is_file() for e in entries):
         raise CollectError(
-            f"{root} has files at its top level: pass --label to import everything under it as one "
+            f"{root} has files at its top level: give a label to import everything under it as one "
             f"class, or arrange the files as {root}/<class>/<files>"
         )
     candidates: list[Candidate] = []

@@ -16,7 +16,9 @@ from typing import Final
 
 from PIL import Image
 
+from cnnlab.collect.config import DEFAULT_MAX_ASPECT_RATIO
 from cnnlab.imagedata.decode import DEFAULT_MAX_PIXELS, decode_image
+from cnnlab.imagedata.hashes import perceptual_hash
 
 #: Stored formats and their file extensions. Other formats Pillow can decode are re-encoded as PNG.
 FORMAT_EXTENSIONS: Final[dict[str, str]] = {
@@ -30,9 +32,6 @@ FORMAT_EXTENSIONS: Final[dict[str, str]] = {
 }
 
 _ORIENTATION_TAG = 0x0112
-
-#: Longest side over shortest side above which a collected image is refused (panoramas stay below).
-DEFAULT_MAX_ASPECT_RATIO: Final[float] = 10.0
 
 
 @dataclass(frozen=True)
@@ -55,13 +54,6 @@ class VerifiedImage:
     @property
     def phash_int(self) -> int:
         return int(self.phash, 16)
-
-
-def perceptual_hash(img: Image.Image) -> str:
-    """``imagehash.phash`` of an image, as 16 hex digits."""
-    from cnnlab.collect.base import require
-
-    return str(require("imagehash").phash(img))
 
 
 def verify_image(

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Final, NoReturn
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from cnnlab.errors import ImageDecodeError
-from cnnlab.imagedata.preprocess import DEFAULT_MAX_PIXELS
+from cnnlab.imagedata.limits import DEFAULT_MAX_PIXELS
 
 #: The reasons a file can be skipped for (:func:`decode_image` and the folder walk), for counting and reports.
 REASONS: Final[tuple[str, ...]] = (
@@ -45,6 +45,18 @@ REASONS: Final[tuple[str, ...]] = (
 DEFAULT_MAX_BYTES: Final[int] = 256 * 1024 * 1024
 
 _WHITE = (255, 255, 255)
+
+_ORIENTATION_TAG: Final[int] = 0x0112
+#: EXIF orientation -> the transposition that makes the image upright (1 and unknown values: none).
+_TRANSPOSE: Final[dict[int, Image.Transpose]] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def decode_image(
@@ -101,7 +113,7 @@ def decode_image(
             if draft_to is not None and img.format == "JPEG":
                 img.draft("RGB", (draft_to, draft_to))
             img.load()  # full decode: truncation and corruption show up here
-            img = _to_rgb(ImageOps.exif_transpose(img) or img)
+            img = _to_rgb(_upright(img))
         except Image.DecompressionBombError as exc:
             raise ImageDecodeError("decompression-bomb", str(exc)) from None
         except OSError as exc:
@@ -111,6 +123,24 @@ def decode_image(
     if min(img.size) < min_size:
         raise ImageDecodeError("too-small", f"{img.width}x{img.height} is below {min_size}px")
     return img
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation says, the EXIF block dropped (the pixels are now upright).
+
+    Not ``ImageOps.exif_transpose``: it writes the EXIF block back, and cameras and editors write tags
+    whose type or size disagrees with their data, which Pillow then fails to serialise with whatever
+    error the tag's type leads to (``struct.error``, ``TypeError``...). The pixels are fine, so an
+    EXIF block that cannot be read is ignored: the image is taken as it is stored.
+    """
+    try:
+        orientation = int(img.getexif().get(_ORIENTATION_TAG, 1) or 1)
+    except Exception:  # noqa: BLE001 - any broken EXIF block: the photo itself decodes without it
+        orientation = 1
+    method = _TRANSPOSE.get(orientation)
+    upright = img.transpose(method) if method is not None else img
+    upright.info.pop("exif", None)
+    return upright
 
 
 def _reason_of(exc: BaseException) -> str:

@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnlab.imagedata.limits import DEFAULT_MAX_PIXELS
+
 if TYPE_CHECKING:  # imported where pixels are touched: the registry imports this module for its names
     import torch
     from PIL import Image
 
-#: Largest number of pixels (width * height) decoded by default: Pillow's own default limit.
-DEFAULT_MAX_PIXELS = 89_478_485
 
 #: Largest resize and crop size accepted (the largest published preset is 600; a hand-edited
 #: checkpoint asking for 100000 would need 30 GB per image).

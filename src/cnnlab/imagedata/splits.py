@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from cnnlab.collect.config import DEFAULT_NEAR_DUP_THRESHOLD
 from cnnlab.errors import DatasetError, ImageDecodeError
 from cnnlab.imagedata.datasets import SPLIT_NAMES
+from cnnlab.imagedata.hashes import DEFAULT_NEAR_DUP_THRESHOLD, NearDupIndex, perceptual_hash
 from cnnlab.outputs import atomic_write
 
 SPLIT_FILE: Final[str] = "split.csv"
@@ -211,7 +211,6 @@ def _phashes(root: Path, rel: list[str]) -> tuple[list[int | None], list[str]]:
 
 
 def _compute_phash(path: Path) -> str | None:
-    from cnnlab.collect.verify import perceptual_hash
     from cnnlab.imagedata.decode import decode_image
 
     try:
@@ -222,8 +221,6 @@ def _compute_phash(path: Path) -> str | None:
 
 def _group(rel: list[str], hashes: list[int | None], threshold: int) -> list[int]:
     """Union-find over near-duplicate pairs; returns a group id per item (the smallest member index)."""
-    from cnnlab.collect.dedup import NearDupIndex
-
     parent = list(range(len(rel)))
 
     def find(i: int) -> int:

@@ -11,6 +11,7 @@ tensors, so it loads with ``torch.load(weights_only=True)`` and no code runs whi
         "preprocessing": {...},                        # Preprocessing.to_dict()
         "state_dict": {...},                           # the fine-tuned network
         "train_args": {...}, "metrics": {...},
+        "resolved": {...},                             # optional: the run's resolved automatic settings
         "versions": {"torch": ..., "torchvision": ..., "cnnlab": ..., "python": ...},
         "created": "2025-01-01T12:00:00+00:00",
         "resume": {...},                               # last.pt only: optimizer, epoch, history
@@ -41,7 +42,8 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError, UnknownModelError, WeightsIntegrityError
 from cnnlab.imagedata.preprocess import Preprocessing
-from cnnlab.models.registry import ModelSpec, StateDict, get_spec
+from cnnlab.models.registry import get_spec
+from cnnlab.models.spec import ModelSpec, StateDict
 from cnnlab.models.timm_heads import outputs_of, replace_timm_head, timm_classifier
 from cnnlab.models.weights import describe_mismatch, torch_load_plain
 from cnnlab.outputs import atomic_open
@@ -229,12 +231,14 @@ def make_checkpoint(
     metrics: Mapping[str, Any],
     resume: Mapping[str, Any] | None = None,
     data_record: Mapping[str, Any] | None = None,
+    resolved: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the checkpoint dict (tensors are detached copies on the CPU). The weights (``state_dict``) are in
     PyTorch's default contiguous layout whatever the layout of the training model; ``resume``, the training
     state for ``--resume``, is stored as it is (on the CPU, channels-last like the model that trains).
 
     ``data_record``: the images it was trained and validated on (:mod:`cnnlab.models.leakage`).
+    ``resolved``: what the run resolved its automatic settings to (:class:`cnnlab.train.config.ResolvedSettings`).
     """
     ckpt: dict[str, Any] = {
         "format": FORMAT,
@@ -254,6 +258,8 @@ def make_checkpoint(
         ckpt["resume"] = plain(dict(resume))
     if data_record is not None:
         ckpt["data_record"] = plain(dict(data_record))
+    if resolved is not None:
+        ckpt["resolved"] = plain(dict(resolved))
     return ckpt
 
 

@@ -12,12 +12,16 @@ After writing, the file is loaded back (``torch.jit.load``; an ONNX Runtime sess
 run on a seeded random batch of a different size than the one used for export; the largest
 absolute difference from the PyTorch model's logits must stay within ``tolerance``, otherwise
 :class:`ExportMismatchError` is raised and the file removed.
+
+The output is checked before the model is loaded (:func:`check_export_path`): never the input checkpoint itself
+(the trained model would be lost), never a FIFO or device (the write would wait for a reader forever).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,8 +33,9 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError, OutputError, UsageError
 from cnnlab.imagedata.preprocess import Preprocessing
-from cnnlab.models.load import LoadedModel, load_model
-from cnnlab.options import DEFAULT_EXPORT_TOLERANCE, ExportFormat
+from cnnlab.models.load import LoadedModel, load_torch
+from cnnlab.options import DEFAULT_EXPORT_TOLERANCE, ExportFormat, ModelSource, RuntimeOptions, parse_choice
+from cnnlab.outputs import OutputFolder
 
 FORMATS = tuple(f.value for f in ExportFormat)
 _SUFFIXES = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
@@ -97,6 +102,34 @@ class UInt8Classifier(nn.Module):
         return logits
 
 
+def written_files(path: Path) -> tuple[Path, Path, Path]:
+    """The files an export to ``path`` writes: the model, its sidecar ``FILE.json`` and, for a large ONNX model,
+    its external weights ``FILE.data``."""
+    return path, path.with_name(path.name + ".json"), path.with_name(path.name + ".data")
+
+
+def check_export_path(path: Path, source: str | Path | None = None) -> None:
+    """Refuse (:class:`UsageError`) an output the export must not write: a folder, a file that is not a regular
+    file (a FIFO would block the write forever, a device would swallow it) or a broken link, the ``source`` model
+    file itself under any name (a link, a hard link, ``./best.pt`` for ``best.pt``); and a folder that cannot
+    hold it (:class:`~cnnlab.outputs.OutputFolder`'s rules). Creates nothing."""
+    if path.is_dir():
+        raise UsageError(f"output {path} is a folder; give the name of the file to write, e.g. {path / 'model'}.onnx")
+    OutputFolder(path.parent, "export").check_path()
+    source_file = Path(source) if source is not None and Path(source).is_file() else None
+    for target in written_files(path):
+        if target.is_symlink() and not target.exists():
+            raise UsageError(f"output {target} is a broken link: refused (the export would write where it points)")
+        if not target.exists():
+            continue
+        if not target.is_file():
+            raise UsageError(f"output {target} exists and is not a regular file (a FIFO, a device, a socket): "
+                             "refused; choose another output file")
+        if source_file is not None and os.path.samefile(target, source_file):
+            raise UsageError(f"output {target} is the model being exported ({source}): writing it would destroy "
+                             "the model; choose another output file")
+
+
 def default_output(model: str | Path, format: str) -> Path:
     """``runs/x/best.pt`` -> ``runs/x/best.onnx`` (or ``best.torchscript.pt``); a registry name -> ``./NAME.onnx``."""
     path = Path(model)
@@ -117,7 +150,7 @@ def sample_batch(preprocessing: Preprocessing, batch: int, seed: int = 0) -> tor
 
 def export_model(
     model: str | Path | LoadedModel,
-    format: str,
+    format: str | ExportFormat,
     out: str | Path | None = None,
     *,
     tolerance: float = DEFAULT_EXPORT_TOLERANCE,
@@ -125,12 +158,14 @@ def export_model(
     opset: int | None = None,
     weights: str | Path | None = None,
 ) -> ExportResult:
-    """Export a checkpoint of ``cnnlab train`` (or any model :func:`load_model` accepts).
+    """Export a checkpoint of ``cnnlab train`` (or any PyTorch model :func:`~cnnlab.models.load.load_torch` accepts).
 
     Args:
-        model: a checkpoint path, a registry name, or a loaded model (moved to the CPU, fp32).
+        model: a checkpoint path, a registry name (loaded by :func:`~cnnlab.models.load.load_torch`), or a
+            loaded model (moved to the CPU, fp32).
         format: ``torchscript`` or ``onnx``.
-        out: the file to write (default: next to the checkpoint, see :func:`default_output`).
+        out: the file to write (default: next to the checkpoint, see :func:`default_output`); never the
+            checkpoint itself, nor a FIFO or device (:func:`check_export_path`).
         tolerance: the largest accepted absolute difference of the logits.
         check_batch: images in the check batch (the export itself traces a batch of 2).
         opset: ONNX opset version (default: the exporter's).
@@ -138,32 +173,32 @@ def export_model(
 
     Raises:
         ExportMismatchError: the exported file does not reproduce the model within ``tolerance``.
-        UsageError: ``out`` is a folder.
+        UsageError: ``out`` is a folder, the model file itself or not a regular file; unknown format.
         OutputError: the output folder cannot be made or written (a file in its place, no
             permission, disk full).
-        CnnlabError: unknown format, or the export failed.
+        CnnlabError: the export failed.
     """
-    if format not in FORMATS:
-        raise CnnlabError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+    kind = parse_choice(ExportFormat, format, "export format")
     if not tolerance >= 0:
         raise CnnlabError(f"tolerance must be >= 0, got {tolerance}")
     if check_batch < 1:
         raise CnnlabError(f"check_batch must be >= 1, got {check_batch}")
-    if out is not None and Path(out).is_dir():
-        raise UsageError(f"--out {out} is a folder; give the name of the file to write, e.g. {Path(out) / 'model'}"
-                         f"{_SUFFIXES[format]}")
+    format = kind.value
     started = time.perf_counter()
     if weights is not None and isinstance(model, LoadedModel):
         raise UsageError("weights apply to a model name, not to a loaded model")
-    loaded = model if isinstance(model, LoadedModel) else load_model(str(model), weights=weights, device="cpu",
-                                                                      progress=False)
+    source = None if isinstance(model, LoadedModel) else model
+    if out is not None or source is not None:  # checked before the model is loaded
+        check_export_path(Path(out) if out is not None else default_output(str(source), format), source)
+    loaded = model if isinstance(model, LoadedModel) else load_torch(
+        ModelSource(name=str(model), weights=None if weights is None else Path(weights)), RuntimeOptions(device="cpu"),
+        progress=False)
     name = loaded.name
     module = loaded.module.float().to("cpu").eval()
     pp = loaded.preprocessing
     wrapper = UInt8Classifier(module, pp).eval()
     path = Path(out) if out is not None else default_output(name, format)
-    if path.is_dir():
-        raise UsageError(f"{path} is a folder; give the file to write with --out")
+    check_export_path(path, loaded.weights_path or source)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -1,18 +1,38 @@
-"""Loading a ready-to-run classifier: registry entry + weights + device + preprocessing."""
+"""Loading a ready-to-run classifier: registry entry + weights + device + preprocessing.
+
+:func:`load_model` is the public entry: a name, checkpoint or ``.onnx`` file (:class:`~cnnlab.options.ModelSource`)
+and how it runs (:class:`~cnnlab.options.RuntimeOptions`), on whichever runtime that asks for.
+:func:`load_torch` is its PyTorch path, for callers that need the module itself (training, export).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, UsageError, WeightsIntegrityError, WeightsNotFoundError
-from cnnlab.models.registry import FromSpec, ModelSpec, get_spec
+from cnnlab.models.registry import get_spec
+from cnnlab.models.spec import FromSpec, ModelSpec
 from cnnlab.models.weights import describe_mismatch, load_state_dict, resolve_weights
-from cnnlab.options import Backend, Precision, Quantization, parse_choice, parse_device
+from cnnlab.options import (
+    Backend,
+    ModelSource,
+    Precision,
+    Quantization,
+    RuntimeOptions,
+    WeightsPolicy,
+    parse_choice,
+    parse_device,
+)
+
+if TYPE_CHECKING:
+    from cnnlab.progress import Progress
+    from cnnlab.runtime.base import Runtime
 
 _DTYPES = {
     Precision.FP32: torch.float32,
@@ -40,9 +60,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     dev = torch.device(text)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise CnnlabError(f"--device {text} was asked for, but torch sees no CUDA device here")
+            raise CnnlabError(f"device {text} was asked for, but torch sees no CUDA device here")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise CnnlabError(f"--device {text}: there are only {torch.cuda.device_count()} CUDA devices")
+            raise CnnlabError(f"device {text}: there are only {torch.cuda.device_count()} CUDA devices")
     return dev
 
 
@@ -116,62 +136,65 @@ class LoadedModel(FromSpec):
         return out.float()
 
 
-def load_model(
-    name: str,
-    *,
-    weights: str | Path | None = None,
-    weights_dir: str | Path | None = None,
-    random_weights: bool = False,
-    download: bool = True,
-    device: str | torch.device = "auto",
-    precision: str | Precision = Precision.FP32,
-    channels_last: bool = False,
-    compile: bool = False,
-    progress: bool = True,
-) -> LoadedModel:
-    """Build a registered model (or a cnnlab training checkpoint file) with its weights, in eval mode.
+def set_tf32(precision: Precision, device: torch.device) -> None:
+    """Let CUDA's matrix units use TF32 exactly when ``precision`` is ``tf32``: torch's flags are global, so
+    every path that puts a model on a GPU (loading, training) sets them here, and only here."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision is Precision.TF32
+        torch.backends.cudnn.allow_tf32 = precision is Precision.TF32
 
-    Args:
-        name: ``resnet50``, ``resnet50.IMAGENET1K_V1``, ``efficientnet_lite0``, or a path to a
-            checkpoint written by ``cnnlab train``.
-        weights: an explicit weights file (highest priority).
-        weights_dir: a directory to search before the torch hub cache.
-        random_weights: skip weights entirely (speed and memory measurements only); the random weights
-            are seeded (0), the same in every process and in the ONNX exports of random-weight models.
-        download: allow downloading missing weights.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32``, ``tf32`` (fp32 storage, TF32 matmuls on CUDA), ``bf16`` or ``fp16``
-            (autocast), or ``auto`` (see :func:`resolve_precision`).
-        channels_last: use NHWC memory format (faster for convolutions on GPUs and recent CPUs).
-        compile: wrap the module with ``torch.compile``.
+
+def _random_weights(source: ModelSource, spec: ModelSpec) -> bool:
+    """Whether ``source`` runs without weights: asked for, or (random-if-missing) none are on disk."""
+    if source.policy is WeightsPolicy.RANDOM_IF_MISSING:
+        from cnnlab.models.weights import locate_weights
+
+        return source.weights is None and locate_weights(spec, source.weights_dir).found is None
+    return source.policy is WeightsPolicy.RANDOM
+
+
+def load_torch(source: ModelSource, runtime: RuntimeOptions | None = None, *, progress: bool = True) -> LoadedModel:
+    """A registered model or a ``cnnlab train`` checkpoint in PyTorch, with its weights, in eval mode.
+
+    ``source`` says which model and weights; ``runtime`` the device, precision (see
+    :func:`resolve_precision`), channels-last layout, ``torch.compile`` and CPU threads (its backend,
+    batch size and decoding are for the caller). Random weights are seeded (0): the same in every
+    process and in the ONNX exports of random-weight models. ``progress``: show download progress.
     """
-    dev = resolve_device(device)
-    chosen = resolve_precision(precision, dev)
+    runtime = runtime or RuntimeOptions()
+    name = source.name
+    dev = resolve_device(runtime.device)
+    chosen = resolve_precision(runtime.precision, dev)
     dtype = precision_dtype(chosen)
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = chosen is Precision.TF32
-        torch.backends.cudnn.allow_tf32 = chosen is Precision.TF32
+    set_tf32(chosen, dev)
+    if runtime.threads is not None:
+        torch.set_num_threads(runtime.threads)
     from cnnlab.models.checkpoint import model_file_kind
 
     kind = model_file_kind(name)
     if kind == "onnx":
-        raise UsageError(f"{name} is an ONNX file: run it with --backend onnxruntime or openvino")
-    if kind == "checkpoint" and not Path(name).is_file():
-        raise WeightsNotFoundError(f"checkpoint file {name} does not exist")
+        raise UsageError(f"{name} is an ONNX file: PyTorch does not run it (load it with load_model, which opens "
+                         "it in ONNX Runtime)")
+    random_weights = False
     if kind == "checkpoint":
-        if weights is not None or random_weights:
-            raise CnnlabError(f"{name} is a checkpoint with its own weights: --weights and --random-weights do not apply")
+        if not Path(name).exists():
+            raise WeightsNotFoundError(f"checkpoint file {name} does not exist")
+        if not Path(name).is_file():
+            raise WeightsIntegrityError(f"checkpoint {name} is not a regular file")
+        if source.weights is not None or source.policy is WeightsPolicy.RANDOM:
+            raise CnnlabError(f"{name} is a checkpoint with its own weights: other weights and random weights "
+                              "do not apply")
         from cnnlab.models.checkpoint import load_checkpoint
 
         spec, module, weights_path = load_checkpoint(Path(name))
     else:
         spec = get_spec(name)
+        random_weights = _random_weights(source, spec)
         weights_path = None
         state_dict = None
         if not random_weights:
-            weights_path = resolve_weights(
-                spec, weights=weights, weights_dir=weights_dir, download=download, progress=progress
-            )
+            weights_path = resolve_weights(spec, weights=source.weights, weights_dir=source.weights_dir,
+                                           download=source.download, progress=progress)
             state_dict = load_state_dict(weights_path)
         try:
             if state_dict is None:  # random weights: seeded, the same ones as the cached ONNX exports use
@@ -185,20 +208,73 @@ def load_model(
             detail = describe_mismatch(spec.build(None).state_dict(), state_dict)
             raise WeightsIntegrityError(f"weights {weights_path} do not fit {spec.name}: {detail}") from None
     module.eval().to(dev)
-    if channels_last:
+    if runtime.channels_last:
         module = module.to(memory_format=torch.channels_last)
-    loaded = LoadedModel(
-        spec=spec,
-        module=module,
-        device=dev,
-        dtype=dtype,
-        precision=chosen,
-        channels_last=channels_last,
-        random_weights=random_weights,
-        weights_path=weights_path,
-    )
-    if compile:
+    loaded = LoadedModel(spec=spec, module=module, device=dev, dtype=dtype, precision=chosen,
+                         channels_last=runtime.channels_last, random_weights=random_weights, weights_path=weights_path)
+    if runtime.compile:
         loaded._forward = torch.compile(module)  # type: ignore[assignment]
         loaded.compiled = True
     return loaded
 
+
+#: The keyword arguments of the first ``load_model`` (kept for existing callers: prefer a ModelSource and a
+#: RuntimeOptions).
+_LEGACY = frozenset({"weights", "weights_dir", "random_weights", "download", "device", "precision", "channels_last",
+                     "compile"})
+
+
+@overload
+def load_model(source: str | Path | ModelSource, runtime: RuntimeOptions | None = None, *,
+               calibration: Sequence[Path] = (), progress: Progress | None = None) -> Runtime: ...
+
+
+@overload
+def load_model(source: str | Path, *, device: str | torch.device, weights: str | Path | None = None,
+               weights_dir: str | Path | None = None, random_weights: bool = False, download: bool = True,
+               precision: str | Precision = Precision.FP32, channels_last: bool = False, compile: bool = False,
+               progress: bool = True) -> LoadedModel: ...
+
+
+def load_model(source: str | Path | ModelSource, runtime: RuntimeOptions | None = None, *,
+               calibration: Sequence[Path] = (), progress: Progress | bool | None = None, **legacy: Any) -> Runtime:
+    """A classifier ready to run: a registry name, a ``cnnlab train`` checkpoint or an ``.onnx`` file.
+
+    ``source`` is a name or path, or a :class:`~cnnlab.options.ModelSource` (weights file, weights folder,
+    random weights, downloads); ``runtime`` a :class:`~cnnlab.options.RuntimeOptions` (``None``: the
+    defaults). A model runs in PyTorch unless ``runtime.backend`` names ONNX Runtime or OpenVINO (its cached
+    ONNX export; ``-int8``: quantised, calibrated on the ``calibration`` images); an ``.onnx`` file runs
+    in ONNX Runtime unless OpenVINO is asked for. Either way the result takes a ``uint8`` batch and
+    returns float32 logits (:class:`cnnlab.runtime.base.Runtime`).
+
+    ``load_model(name, device=..., weights=..., random_weights=...)``, the keyword form of earlier
+    versions, still loads a PyTorch model (:func:`load_torch`).
+    """
+    unknown = set(legacy) - _LEGACY
+    if unknown:
+        raise TypeError(f"load_model() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    if legacy:
+        if runtime is not None or isinstance(source, ModelSource):
+            raise TypeError("load_model(): give a ModelSource and RuntimeOptions, or the keyword arguments, not both")
+        return _load_legacy(str(source), progress=progress is not False, **legacy)
+    from cnnlab.runtime.loader import load_runtime
+
+    if not isinstance(source, ModelSource):
+        source = ModelSource(name=str(source))
+    if isinstance(progress, bool):
+        progress = None
+    return load_runtime(source, runtime or RuntimeOptions(), calibration=calibration, progress=progress)
+
+
+def _load_legacy(name: str, *, weights: str | Path | None = None, weights_dir: str | Path | None = None,
+                 random_weights: bool = False, download: bool = True, device: str | torch.device = "auto",
+                 precision: str | Precision = Precision.FP32, channels_last: bool = False, compile: bool = False,
+                 progress: bool = True) -> LoadedModel:
+    if isinstance(device, torch.device):
+        device = str(resolve_device(device))  # other device types are refused here, with their type named
+    source = ModelSource(name=name, weights=None if weights is None else Path(weights), download=download,
+                         weights_dir=None if weights_dir is None else Path(weights_dir),
+                         policy=WeightsPolicy.RANDOM if random_weights else WeightsPolicy.PRETRAINED)
+    runtime = RuntimeOptions(device=device, precision=parse_choice(Precision, precision, "precision"),
+                             channels_last=channels_last, compile=compile)
+    return load_torch(source, runtime, progress=progress)

@@ -26,7 +26,7 @@ from cnnlab.imagedata.preprocess import Preprocessing
 if TYPE_CHECKING:
     from torch import nn
 
-    from cnnlab.models.registry import ModelSpec, StateDict
+    from cnnlab.models.spec import ModelSpec, StateDict
 
 #: Registry names of timm models start with this.
 TIMM_PREFIX = "timm/"
@@ -45,7 +45,7 @@ def _document() -> dict[str, Any]:
 def timm_specs(categories: tuple[str, ...]) -> list[ModelSpec]:
     """One :class:`~cnnlab.models.registry.ModelSpec` per ImageNet-1k tag in the data file; ``categories`` are
     the 1000 ImageNet class names (timm orders ImageNet-1k classes as torchvision does)."""
-    from cnnlab.models.registry import ModelSpec
+    from cnnlab.models.spec import ModelSpec
 
     doc = _document()
     timm_version = doc["sources"]["timm"]

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from cnnlab.errors import OutputError, UnsafeWeightsError, UsageError, WeightsIntegrityError, WeightsNotFoundError
-from cnnlab.models.registry import ModelSpec, StateDict
+from cnnlab.models.spec import ModelSpec, StateDict
 
 WEIGHTS_DIR_ENV = "CNNLAB_WEIGHTS_DIR"
 MIRROR_ENV = "CNNLAB_WEIGHTS_MIRROR"

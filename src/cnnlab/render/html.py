@@ -1,4 +1,7 @@
-"""Rendering report blocks as one self-contained HTML page (Jinja2, ``templates/report.html.j2``).
+"""The one Jinja environment of cnnlab's pages, and report blocks rendered as a page (``templates/report.html.j2``).
+
+Every page (bench's report, review's gallery) is a template in ``templates/`` rendered by
+:func:`render_template` in :func:`environment`: autoescaped, strict about missing values.
 
 Self-contained: CSS inline, every figure embedded as a ``data:image/png;base64`` URI, no external
 URL, so the single file can be mailed, archived or opened offline. Laid out for screens 1280 px
@@ -11,14 +14,20 @@ import base64
 import functools
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import jinja2
 
-from cnnlab.bench.report import Block, Heading
+from cnnlab.render.thumbnails import THUMBNAIL_SIZE, thumbnail_data_uri
+
+if TYPE_CHECKING:
+    from cnnlab.render.blocks import Block
 
 #: The template of report.html, shipped as package data in ``cnnlab/render/templates/``.
 TEMPLATE = "report.html.j2"
+
+__all__ = ["TEMPLATE", "THUMBNAIL_SIZE", "environment", "png_data_uri", "render_html", "render_template",
+           "thumbnail_data_uri"]
 
 
 def png_data_uri(path: Path) -> str:
@@ -26,33 +35,13 @@ def png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-#: Longest side of a gallery thumbnail, in pixels.
-THUMBNAIL_SIZE = 200
-
-
-def thumbnail_data_uri(path: Path) -> str:
-    """A small JPEG copy of the image at ``path`` as a ``data:`` URI (an empty string if it cannot be read)."""
-    import io
-
-    from cnnlab.errors import ImageDecodeError
-    from cnnlab.imagedata.decode import decode_image
-
-    try:
-        img = decode_image(path, draft_to=THUMBNAIL_SIZE)
-    except ImageDecodeError:
-        return ""
-    img.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-    buffer = io.BytesIO()
-    img.save(buffer, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _unknown_block(block: object) -> NoReturn:
     raise TypeError(f"no HTML rendering for {block!r}")
 
 
 @functools.cache
-def _environment() -> jinja2.Environment:
+def environment() -> jinja2.Environment:
+    """The one Jinja environment of every cnnlab page: templates from ``templates/``, escaping on, strict."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("cnnlab.render", "templates"),
         autoescape=True,
@@ -66,8 +55,14 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+def render_template(name: str, **context: Any) -> str:
+    """The template ``templates/<name>`` rendered with ``context`` in the shared environment."""
+    return environment().get_template(name).render(**context)
+
+
 def render_html(blocks: Iterable[Block]) -> str:
     """The blocks as one self-contained HTML page, titled after its first level-1 heading."""
     items = list(blocks)
-    title = next((b.text for b in items if isinstance(b, Heading) and b.level == 1), "cnnlab report")
-    return _environment().get_template(TEMPLATE).render(blocks=items, title=title)
+    title = next((getattr(b, "text", "") for b in items if b.kind == "heading" and getattr(b, "level", 0) == 1),
+                 "cnnlab report")
+    return render_template(TEMPLATE, blocks=items, title=title)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from cnnlab.bench.report import Block, Bullets, Figure, Gallery, Heading, Paragraph, Table
+from cnnlab.render.blocks import Block, Bullets, Figure, Gallery, Heading, Paragraph, Table
 
 
 def _one_line(text: str) -> str:

@@ -7,6 +7,7 @@ The thresholds were tuned on one benchmark set and checked on others it was not 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
@@ -15,10 +16,22 @@ from cnnlab.options import ReviewIssue
 
 #: cnnlab's own folder inside a dataset folder (hidden, so dataset scans skip it): caches and review outputs.
 STATE_DIR: Final[str] = ".cnnlab"
+#: Where the review outputs go unless told, inside :data:`STATE_DIR`.
+OUTPUT_DIR: Final[str] = "review"
+#: The files of one review run (an output folder holding one of them holds an earlier run).
+RUN_FILES: Final[tuple[str, ...]] = ("review.csv", "review.json", "review.html")
 #: Where ``--apply`` moves files, inside the dataset folder (hidden, so it is never read as a class).
 QUARANTINE_DIR: Final[str] = ".quarantine"
 #: The record of every move into and out of the quarantine folder (inside it).
 MOVES_FILE: Final[str] = "moves.jsonl"
+
+class EmbeddingBackend(StrEnum):
+    """What computes review's embeddings (:mod:`cnnlab.review.model`)."""
+
+    AUTO = "auto"
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+
 
 #: Issue kinds in the order a file flagged several times is acted on.
 ISSUE_ORDER: Final[tuple[ReviewIssue, ...]] = (
@@ -34,6 +47,10 @@ class ReviewConfig:
     thresholds below (about where scores pass 0.5 for mislabels and off-topic images).
     """
 
+    data: Path | None = None
+    """The labelled set: a class-folder tree, a CSV/JSONL manifest, or a ``cnnlab collect`` output folder."""
+    kinds: tuple[ReviewIssue, ...] = ISSUE_ORDER
+    """The kinds of finding to look for (the model is loaded only when one of them needs embeddings)."""
     model: str = OFFLINE_MODEL
     """Registry name or training checkpoint whose penultimate features are compared."""
     device: str = "auto"
@@ -68,3 +85,17 @@ class ReviewConfig:
     """k of the k-nearest-neighbour distances behind the off-topic score."""
     offtopic_z: float = 1.5
     """Robust z-score (distance to the nearest class, in MADs of that class) at which an image is off-topic."""
+
+    def __post_init__(self) -> None:
+        from cnnlab.options import parse_choice
+
+        if self.data is not None:
+            self.data = Path(self.data)
+        if self.mapping_file is not None:
+            self.mapping_file = Path(self.mapping_file)
+        self.kinds = tuple(parse_choice(ReviewIssue, k, "issue kind") for k in self.kinds)
+
+    def settings(self) -> dict[str, object]:
+        """The settings as review.json records them (the data is recorded as the source)."""
+        values = {k: v for k, v in vars(self).items() if k not in ("data", "kinds", "mapping_file")}
+        return values | {"kinds": [k.value for k in self.kinds], "mapping_file": str(self.mapping_file or "")}

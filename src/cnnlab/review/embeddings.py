@@ -32,6 +32,55 @@ if TYPE_CHECKING:
 
 CACHE_FORMAT = 1
 _STORED = np.float16
+#: The least a cache may unpack to when read; a larger set may have up to :data:`CACHE_BYTES_PER_IMAGE` per image.
+MIN_CACHE_BYTES = 256 * 2**20
+#: Room per image of the set (features and logits of a large model as float16, the sha256, the file's path).
+CACHE_BYTES_PER_IMAGE = 256 * 2**10
+
+
+class CacheTooLargeError(ValueError):
+    """A cache file that would unpack to more than its bound (a zip bomb, or a file that is not ours)."""
+
+
+def read_npz(file: Path, max_bytes: int) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, reading at most ``max_bytes`` uncompressed bytes in all.
+
+    ``np.load`` would unpack whatever a member claims to hold: a small file can unpack to gigabytes.
+    Members are read in bounded chunks (what a member's header declares is not trusted), and no
+    object arrays are unpickled. Raises :class:`CacheTooLargeError`, or what a damaged file raises.
+    """
+
+    arrays: dict[str, np.ndarray] = {}
+    left = max_bytes
+    with zipfile.ZipFile(file) as archive:
+        for info in archive.infolist():
+            if info.file_size > left:
+                raise CacheTooLargeError(f"it would unpack to more than {max_bytes / 2**20:.0f} MiB")
+            with archive.open(info) as member:
+                raw = member.read(left + 1)
+            if len(raw) > left:
+                raise CacheTooLargeError(f"it would unpack to more than {max_bytes / 2**20:.0f} MiB")
+            left -= len(raw)
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            arrays[name] = _array(raw)
+    return arrays
+
+
+def _array(raw: bytes) -> np.ndarray:
+    """One ``.npy`` member, its declared shape checked against the bytes there are before anything is allocated."""
+    import io
+    import math
+
+    from numpy.lib import format as npy
+
+    buffer = io.BytesIO(raw)
+    version = npy.read_magic(buffer)
+    read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+    shape, _, dtype = read_header(buffer)
+    if dtype.hasobject or math.prod(shape) * dtype.itemsize > len(raw) - buffer.tell():
+        raise ValueError("an array member declares more data than it holds")
+    buffer.seek(0)
+    return np.load(buffer, allow_pickle=False)
 
 
 @dataclass
@@ -45,6 +94,8 @@ class Embeddings:
     from_cache: int = 0
     computed: int = 0
     cache_file: Path | None = None
+    #: What the user should know about the cache (ignored, not written).
+    notes: list[str] = field(default_factory=list)
 
 
 def cache_path(folder: Path, model_name: str, backend: str = "torch") -> Path:
@@ -67,26 +118,36 @@ def model_identity(model: Runtime) -> dict[str, Any]:
 class EmbeddingCache:
     """The on-disk cache: sha256 -> (features, logits), plus a stat index -> sha256."""
 
-    def __init__(self, file: Path, identity: dict[str, Any]) -> None:
+    def __init__(self, file: Path, identity: dict[str, Any], *, max_bytes: int = MIN_CACHE_BYTES) -> None:
         self.file = file
         self.identity = identity
+        #: The most bytes the cache may unpack to when read (a larger one is ignored, with a :attr:`note`).
+        self.max_bytes = max_bytes
+        #: Why the cache on disk was not used, if the user should know.
+        self.note: str | None = None
         self.vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.index: dict[tuple[str, int, int], str] = {}
         self._load()
 
     def _load(self) -> None:
+        if self.file.is_symlink():
+            self.note = f"{self.file} is a symbolic link: not read (nor written through); the embeddings are computed"
+            return
         if not self.file.is_file():
             return
         try:
-            with np.load(self.file, allow_pickle=False) as data:
-                if json.loads(str(data["identity"])) != self.identity:
-                    return  # another model or weights file: start afresh
-                keys = [str(k) for k in data["keys"]]
-                feats, logits = data["features"], data["logits"]
-                self.vectors = {k: (feats[i], logits[i]) for i, k in enumerate(keys)}
-                self.index = {(str(p), int(s), int(m)): str(h) for p, s, m, h in
-                              zip(data["stat_paths"], data["stat_sizes"], data["stat_mtimes"], data["stat_shas"])}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # a damaged cache is rebuilt, not fatal
+            arrays = read_npz(self.file, self.max_bytes)
+            if json.loads(str(arrays["identity"])) != self.identity:
+                return  # another model or weights file: start afresh
+            keys = [str(k) for k in arrays["keys"]]
+            feats, logits = arrays["features"], arrays["logits"]
+            self.vectors = {k: (feats[i], logits[i]) for i, k in enumerate(keys)}
+            self.index = {(str(p), int(s), int(m)): str(h) for p, s, m, h in
+                          zip(arrays["stat_paths"], arrays["stat_sizes"], arrays["stat_mtimes"], arrays["stat_shas"])}
+        except CacheTooLargeError as exc:
+            self.vectors, self.index = {}, {}
+            self.note = f"{self.file} ignored ({exc}); the embeddings are computed again"
+        except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile):  # damaged: rebuilt, not fatal
             self.vectors, self.index = {}, {}
 
     def key_of(self, path: Path) -> str:
@@ -107,20 +168,21 @@ class EmbeddingCache:
         keys = sorted(self.vectors)
         stat_items = sorted(self.index.items())
         temp = self.file.with_name(f"{self.file.name}.{os.getpid()}.tmp.npz")  # two runs at once: one temp file each
-        np.savez(
-            temp,
-            identity=np.array(json.dumps(self.identity, sort_keys=True)),
-            keys=np.array(keys, dtype=str),
-            features=np.stack([self.vectors[k][0] for k in keys]).astype(_STORED),
-            logits=np.stack([self.vectors[k][1] for k in keys]).astype(_STORED),
-            stat_paths=np.array([k[0] for k, _ in stat_items], dtype=str),
-            stat_sizes=np.array([k[1] for k, _ in stat_items], dtype=np.int64),
-            stat_mtimes=np.array([k[2] for k, _ in stat_items], dtype=np.int64),
-            stat_shas=np.array([v for _, v in stat_items], dtype=str),
-        )
         try:
+            temp.unlink(missing_ok=True)  # never write through whatever lies there
+            np.savez(
+                temp,
+                identity=np.array(json.dumps(self.identity, sort_keys=True)),
+                keys=np.array(keys, dtype=str),
+                features=np.stack([self.vectors[k][0] for k in keys]).astype(_STORED),
+                logits=np.stack([self.vectors[k][1] for k in keys]).astype(_STORED),
+                stat_paths=np.array([k[0] for k, _ in stat_items], dtype=str),
+                stat_sizes=np.array([k[1] for k, _ in stat_items], dtype=np.int64),
+                stat_mtimes=np.array([k[2] for k, _ in stat_items], dtype=np.int64),
+                stat_shas=np.array([v for _, v in stat_items], dtype=str),
+            )
             os.replace(temp, self.file)
-        finally:
+        finally:  # a full disk mid-write leaves no temporary file behind
             temp.unlink(missing_ok=True)
 
 
@@ -145,7 +207,8 @@ def embed_images(
     keys: list[str | None] = [None] * len(paths)
     if cache_dir is not None:
         identity = model_identity(model)
-        cache = EmbeddingCache(cache_path(cache_dir, model.name, model.backend.value), identity)
+        cache = EmbeddingCache(cache_path(cache_dir, model.name, model.backend.value), identity,
+                               max_bytes=max(MIN_CACHE_BYTES, CACHE_BYTES_PER_IMAGE * len(paths)))
         for i, p in enumerate(paths):
             try:
                 keys[i] = cache.key_of(p)
@@ -175,13 +238,17 @@ def embed_images(
                 feature_rows[i], logit_rows[i] = feats[row], logits[row]
                 if cache is not None and keys[i] is not None:
                     cache.vectors[keys[i]] = (feats[row], logits[row])  # type: ignore[index]
-    if cache is not None and todo:
+    notes = [cache.note] if cache is not None and cache.note else []
+    if cache is not None and todo and not cache.file.is_symlink():
         try:
             cache.save()
         except OSError as exc:
-            progress.note(f"embeddings not cached ({cache.file}: {exc})", warning=True)
-    return _assemble(len(paths), feature_rows, logit_rows, skipped, len(found), len(todo) - len(skipped),
-                     cache.file if cache is not None else None)
+            notes.append(f"embeddings not cached ({cache.file}: {exc})")
+            progress.note(notes[-1], warning=True)
+    result = _assemble(len(paths), feature_rows, logit_rows, skipped, len(found), len(todo) - len(skipped),
+                       cache.file if cache is not None else None)
+    result.notes = notes
+    return result
 
 
 def _assemble(n: int, feature_rows: dict[int, np.ndarray], logit_rows: dict[int, np.ndarray],

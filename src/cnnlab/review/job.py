@@ -1,26 +1,32 @@
-"""``review()``: the whole check of one labelled image set, from files to ranked findings."""
+"""The review job: check the output folder -> lock it -> find what is wrong with the set -> write the outputs.
+
+:func:`run` (also ``cnnlab.review_images``) is the whole job; :func:`review` is its compute step alone
+(no output written), for callers that want the findings in memory. What is looked for is up to the
+detectors (:mod:`cnnlab.review.detectors`): the job runs those of the kinds the config asks for, and
+loads the model only when one of them needs embeddings.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from cnnlab.errors import CnnlabError, DatasetError
+from cnnlab.errors import CnnlabError, DatasetError, UsageError
 from cnnlab.imagedata.datasets import LabelledImages, SkippedFile, scan_dataset
-from cnnlab.options import ReviewIssue
 from cnnlab.progress import Progress
-from cnnlab.review.config import STATE_DIR, ReviewConfig
-from cnnlab.review.embeddings import Embeddings, embed_images
-from cnnlab.review.files import FileCheck, check_files
+from cnnlab.review.config import OUTPUT_DIR, RUN_FILES, STATE_DIR, ReviewConfig
+from cnnlab.review.detectors import Detector, Need, detectors_for
+from cnnlab.review.report import write_review_outputs
 from cnnlab.review.result import Finding, ReviewResult, rank_findings
+from cnnlab.review.state import own_folder
 
-#: Neighbours kept per image (off-topic distances, duplicate candidates, evidence).
-NEIGHBOURS_KEPT = 50
-#: Feature similarity below which two images are not checked for being duplicates.
-MIN_DUPLICATE_SIMILARITY = 0.5
+if TYPE_CHECKING:
+    from cnnlab.outputs import OutputFolder
+    from cnnlab.runtime.base import Runtime
 
 
 class MissingExtraError(CnnlabError):
@@ -39,6 +45,69 @@ def require_review_extra() -> None:
         raise MissingExtraError(f"cnnlab review needs {' and '.join(missing)}: pip install 'cnnlab[review]'")
 
 
+def data_root(data: Path) -> Path:
+    """The folder a data set lives in: ``data`` itself, or the folder of a manifest."""
+    return data if data.is_dir() else data.parent
+
+
+def output_folder(data: Path, out: str | Path | None = None) -> OutputFolder:
+    """Where a review of ``data`` writes: ``out``, or ``DATA/.cnnlab/review`` (refused if a link or a file leads elsewhere)."""
+    from cnnlab.outputs import OutputFolder
+
+    folder = Path(out) if out is not None else own_folder(data_root(data), STATE_DIR, OUTPUT_DIR)
+    return OutputFolder(folder, "review", run_files=RUN_FILES, data=data)
+
+
+def run(config: ReviewConfig, *, out: str | Path | None = None, overwrite: bool = False,
+        progress: Progress | None = None) -> ReviewResult:
+    """Review ``config.data`` and write ``review.csv``, ``review.json`` and ``review.html`` into ``out``.
+
+    ``out`` None: ``DATA/.cnnlab/review``, review's own folder, which always holds the latest review
+    (replaced without asking). Any other output folder follows :class:`~cnnlab.outputs.OutputFolder`'s
+    rules, checked before any work: not a file, not inside the data folder (unless hidden), and not
+    holding an earlier review unless ``overwrite``. The folder is locked from the moment the model is
+    loaded until the outputs are written; ``result.files`` names them.
+
+    Raises:
+        UsageError: no data, a data path that does not exist, an unusable output folder.
+        DatasetError: nothing to review; cnnlab's own folder in the data set is a link or a file.
+        MissingExtraError: a detector asked for needs ``cnnlab[review]``.
+    """
+    data = _data_of(config)
+    folder = output_folder(data, out)
+    folder.check(replace=overwrite or out is None)
+    job = _Review.prepare(config, progress or Progress())
+    folder.create()
+    with folder.lock():
+        result = job.compute()
+        result.files = write_review_outputs(result, folder.path)  # each file replaced atomically: no clearing first
+    return result
+
+
+#: The public name of :func:`run` (``cnnlab.review_images``).
+review_images = run
+
+
+def review(data: str | Path | None = None, config: ReviewConfig | None = None, *,
+           progress: Progress | None = None) -> ReviewResult:
+    """:func:`run`'s compute step alone: the findings of ``data`` (or ``config.data``), nothing written.
+
+    Raises :class:`DatasetError` when there is nothing to review.
+    """
+    config = config or ReviewConfig()
+    if data is not None:
+        config = dataclasses.replace(config, data=Path(data))
+    return _Review.prepare(config, progress or Progress()).compute()
+
+
+def _data_of(config: ReviewConfig) -> Path:
+    if config.data is None:
+        raise UsageError("no data to review: give the config a data folder or manifest")
+    if not config.data.exists():
+        raise UsageError(f"no such folder or manifest: {config.data}")
+    return config.data
+
+
 def _relative(path: Path, root: Path) -> str:
     try:
         return path.resolve().relative_to(root.resolve()).as_posix()
@@ -46,54 +115,100 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def review(data: str | Path, config: ReviewConfig | None = None, *, progress: Progress | None = None) -> ReviewResult:
-    """Find likely wrong labels, off-topic images, near-duplicates and unusable files in ``data``.
-
-    ``data``: a class-folder tree, a CSV/JSONL manifest, or a ``cnnlab collect`` output folder.
-    Raises :class:`DatasetError` when there is nothing to review.
-    """
-    from cnnlab.review.model import default_batch_size, load_review_model
-
-    config = config or ReviewConfig()
-    progress = progress or Progress()
-    require_review_extra()
-    images = scan_dataset(data)
-    if not images.paths:
-        raise DatasetError(f"{data} has no images to review")
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    names = [images.classes[t] for t in images.targets]
-    rel = [_relative(p, images.root) for p in images.paths]
-    checks = check_files(images.paths)
-    model, workers, load_notes = load_review_model(config, progress)
-    seconds["load"] = time.perf_counter() - started
-    t0 = time.perf_counter()
-    emb = embed_images(model, images.paths, labels=names,
-                       cache_dir=images.root / STATE_DIR if config.cache else None,
-                       batch_size=config.batch_size or default_batch_size(model), workers=workers, progress=progress)
-    seconds["embed"] = time.perf_counter() - t0
-    findings = _file_findings(images, rel, names, checks, emb.skipped, config.min_side)
-    notes = load_notes + _dataset_notes(images, data)
-    rows = np.flatnonzero(emb.ok)
-    if len(rows) >= 2:
+@contextlib.contextmanager
+def _blas_single_thread() -> Iterator[None]:
+    """Small matrices: BLAS threads only wait for each other (threadpoolctl comes with scikit-learn)."""
+    try:
         from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
+
+@dataclasses.dataclass
+class _Review:
+    """One review between its checks (nothing written yet) and its findings."""
+
+    config: ReviewConfig
+    progress: Progress
+    detectors: list[Detector]
+    images: LabelledImages
+    model: Runtime | None
+    workers: int | None
+    notes: list[str]
+    started: float
+
+    @classmethod
+    def prepare(cls, config: ReviewConfig, progress: Progress) -> _Review:
+        """Everything that can fail quickly, before anything is written: the extra, the data, the model."""
+        started = time.perf_counter()
+        data = _data_of(config)
+        detectors = detectors_for(config.kinds)
+        if any(Need.PROBABILITIES in d.needs for d in detectors):
+            require_review_extra()
+        images = scan_dataset(data)
+        if not images.paths:
+            raise DatasetError(f"{data} has no images to review")
+        embed = any(d.needs_embeddings() for d in detectors)
+        if embed and config.cache:
+            own_folder(images.root, STATE_DIR)  # the embeddings cache: never through a link
+        model: Runtime | None = None
+        notes: list[str] = []
+        workers = config.workers
+        if embed:
+            from cnnlab.review.model import load_review_model
+
+            model, workers, notes = load_review_model(config, progress)
+        return cls(config, progress, detectors, images, model, workers, notes, started)
+
+    def compute(self) -> ReviewResult:
+        from cnnlab.review.evidence import Evidence
+        from cnnlab.review.files import check_files
+
+        config, images, progress = self.config, self.images, self.progress
+        data = _data_of(config)
+        seconds: dict[str, float] = {"load": time.perf_counter() - self.started}
+        names = [images.classes[t] for t in images.targets]
+        rel = [_relative(p, images.root) for p in images.paths]
+        checks = check_files(images.paths)
+        notes = self.notes + _dataset_notes(images, data)
+        emb, embedded, from_cache = None, 0, 0
+        if self.model is not None:
+            from cnnlab.review.embeddings import embed_images
+            from cnnlab.review.model import default_batch_size
+
+            t0 = time.perf_counter()
+            emb = embed_images(self.model, images.paths, labels=names,
+                               cache_dir=images.root / STATE_DIR if config.cache else None,
+                               batch_size=config.batch_size or default_batch_size(self.model), workers=self.workers,
+                               progress=progress)
+            seconds["embed"] = time.perf_counter() - t0
+            notes += emb.notes
+            embedded, from_cache = emb.computed, emb.from_cache
+        evidence = Evidence(images, rel, names, checks, config, embeddings=emb,
+                            categories=self.model.categories if self.model is not None else (), progress=progress)
+        runnable = self.detectors
+        if self.model is not None and len(evidence.rows) < 2:
+            runnable = [d for d in self.detectors if not d.needs_embeddings()]
+            notes.append("fewer than two readable images: only unreadable and too-small files were looked for")
         t0 = time.perf_counter()
-        with threadpool_limits(limits=1, user_api="blas"):  # small matrices: threads only wait for each other
-            found, more_notes = _analyse(images, rows, emb, checks, rel, names, config, model.categories, progress)
-        findings += found
-        notes += more_notes
+        findings: list[Finding] = []
+        progress.start("analyse", ", ".join(d.issue.value for d in runnable), total=len(runnable))
+        with _blas_single_thread():
+            for detector in runnable:
+                findings += detector.find(evidence)
+                progress.update("analyse", advance=1, info=detector.issue.value)
+        progress.finish("analyse")
         seconds["analyse"] = time.perf_counter() - t0
-    else:
-        notes.append("fewer than two readable images: only unreadable and too-small files were looked for")
-    seconds["total"] = time.perf_counter() - started
-    return ReviewResult(
-        source=str(data), root=images.root, model=model.name, classes=list(images.classes),
-        class_counts=images.class_counts(), images=len(images), findings=rank_findings(findings), notes=notes,
-        embedded=emb.computed, from_cache=emb.from_cache, seconds=seconds,
-        settings={k: v for k, v in vars(config).items() if k != "mapping_file"} | {"mapping_file": str(config.mapping_file or "")}
-        | {"runtime": model.runtime_info()},
-    )
+        seconds["total"] = time.perf_counter() - self.started
+        settings = config.settings() | ({"runtime": self.model.runtime_info()} if self.model is not None else {})
+        return ReviewResult(
+            source=str(data), root=images.root, model=self.model.name if self.model is not None else config.model,
+            classes=list(images.classes), class_counts=images.class_counts(), images=len(images),
+            findings=rank_findings(findings), notes=notes + evidence.notes, embedded=embedded, from_cache=from_cache,
+            seconds=seconds, settings=settings)
 
 
 def _dataset_notes(images: LabelledImages, data: str | Path) -> list[str]:
@@ -114,112 +229,3 @@ def _dataset_notes(images: LabelledImages, data: str | Path) -> list[str]:
         notes.append(f"{len(items)} {'entry' if len(items) == 1 else 'entries'} not read ({reason}), "
                      f"e.g. {example.path}" + (f": {example.detail}" if example.detail else ""))
     return notes
-
-
-def _file_findings(images: LabelledImages, rel: list[str], names: list[str], checks: FileCheck,
-                   skipped: list[SkippedFile], min_side: int) -> list[Finding]:
-    findings: list[Finding] = []
-    bad: dict[int, tuple[str, str]] = dict(checks.unreadable)
-    where = {str(p): i for i, p in enumerate(images.paths)}
-    for s in skipped:
-        i = where.get(s.path)
-        if i is not None:
-            bad.setdefault(i, (s.reason, s.detail))
-    for i, (reason, detail) in bad.items():
-        findings.append(Finding(rel[i], names[i], ReviewIssue.UNREADABLE, 1.0, detail=f"{reason}: {detail}" if detail else reason,
-                                evidence={"reason": reason}))
-    for i in checks.too_small(min_side):
-        if i not in bad:
-            w, h = checks.sizes[i] or (0, 0)
-            findings.append(Finding(rel[i], names[i], ReviewIssue.TOO_SMALL, 1.0, detail=f"{w}x{h} pixels (below {min_side})",
-                                    evidence={"size": [w, h]}))
-    return findings
-
-
-def _analyse(images: LabelledImages, rows: np.ndarray, emb: Embeddings, checks: FileCheck, rel: list[str], names: list[str],
-             config: ReviewConfig, categories: tuple[str, ...], progress: Progress) -> tuple[list[Finding], list[str]]:
-    """Duplicates, wrong labels and off-topic images among the readable images (``rows``)."""
-    from cnnlab.review.duplicates import FINE_SIDE, find_duplicates, thumbnail
-    from cnnlab.review.mislabel import find_mislabels
-    from cnnlab.review.neighbours import nearest_neighbours
-    from cnnlab.review.offtopic import find_offtopic, imagenet_mass
-
-    features = emb.features[rows]
-    targets = np.asarray(images.targets)[rows]
-    paths = [images.paths[i] for i in rows]
-    nb = nearest_neighbours(features, NEIGHBOURS_KEPT)
-    progress.start("thumbs", "thumbnails for duplicates", total=len(rows))
-    thumbs = []
-    too_small = set(checks.too_small(config.min_side))  # reported as such; too little left to compare
-    for i, p in zip(rows.tolist(), paths):
-        thumbs.append(None if i in too_small else _thumb_or_none(thumbnail, p))
-        progress.update("thumbs", advance=1)
-    progress.finish("thumbs")
-    progress.start("analyse", "duplicates, labels, off-topic", total=3)
-    dups = find_duplicates(nb, thumbs, [checks.pixels(i) for i in rows],
-                           lambda j: _thumb_or_none(thumbnail, paths[j], FINE_SIDE), threshold=config.duplicate_match,
-                           candidates=config.duplicate_candidates, min_similarity=MIN_DUPLICATE_SIMILARITY)
-    progress.update("analyse", advance=1, info=f"{dups.checked_pairs:,} pairs checked")
-    mis = find_mislabels(features, targets, images.classes, folds=config.folds,
-                         regularization=config.regularization, seed=config.seed)
-    progress.update("analyse", advance=1, info=f"{config.folds}-fold probabilities")
-    mass, why_not = imagenet_mass(emb.logits[rows], images.classes, categories, config.mapping_file)
-    off = find_offtopic(nb, targets, len(images.classes), k=config.neighbours, z_threshold=config.offtopic_z,
-                        groups=dups.group, pred_probs=mis.pred_probs, mass=mass)
-    progress.finish("analyse")
-    notes = mis.notes + off.notes + ([why_not] if why_not else [])
-    imagenet_probs = _softmax(emb.logits[rows]) if len(categories) == emb.logits.shape[1] else None
-    findings: list[Finding] = []
-    for j, i in enumerate(rows.tolist()):
-        neighbours = [[rel[rows[n]], names[rows[n]], round(float(s), 3)]
-                      for n, s in zip(nb.index[j][:3].tolist(), nb.similarity[j][:3].tolist())]
-        if dups.flagged[j]:
-            k = int(dups.keeper[j])
-            across = targets[k] != targets[j]
-            findings.append(Finding(
-                rel[i], names[i], ReviewIssue.DUPLICATE, float(dups.score[j]),
-                detail=f"near-duplicate of {rel[rows[k]]}" + (f" (class {names[rows[k]]!r})" if across else ""),
-                evidence={"kept": rel[rows[k]], "kept_label": names[rows[k]], "match": round(float(dups.score[j]), 3),
-                          "similarity": round(float(_cosine(features[j], features[k])), 3),
-                          "group": int(dups.group[j]), "across_classes": bool(across)}))
-        if off.flagged[j]:
-            evidence = {"z": round(float(off.z[j]), 2), "nearest_class": images.classes[off.nearest_class[j]],
-                        "neighbours": neighbours}
-            if mass is not None:
-                evidence["imagenet_mass"] = round(float(mass[j]), 3)
-            if imagenet_probs is not None:
-                evidence["model_top"] = _top(imagenet_probs[j], categories)
-            findings.append(Finding(rel[i], names[i], ReviewIssue.OFFTOPIC, float(off.score[j]),
-                                    detail=f"far from every class (z {off.z[j]:.1f}; nearest: {evidence['nearest_class']})",
-                                    evidence=evidence))
-        elif mis.flagged[j]:
-            probs = mis.pred_probs[j]
-            suggested = images.classes[mis.suggested[j]]
-            findings.append(Finding(
-                rel[i], names[i], ReviewIssue.MISLABEL, float(mis.score[j]), suggested_label=suggested,
-                detail=f"p({names[i]}) {probs[targets[j]]:.2f}, p({suggested}) {probs[mis.suggested[j]]:.2f}",
-                evidence={"probabilities": _top(probs, images.classes), "neighbours": neighbours}))
-    return findings, notes
-
-
-def _thumb_or_none(make: Callable[..., np.ndarray], path: Path, *args: int) -> np.ndarray | None:
-    from cnnlab.errors import ImageDecodeError
-
-    try:
-        return make(path, *args)
-    except ImageDecodeError:
-        return None
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(1, keepdims=True))
-    return shifted / shifted.sum(1, keepdims=True)
-
-
-def _top(probs: np.ndarray, names: tuple[str, ...] | list[str], k: int = 3) -> list[list[object]]:
-    order = np.argsort(-np.nan_to_num(probs, nan=-1.0), kind="stable")[:k]
-    return [[names[c], round(float(probs[c]), 3)] for c in order]

@@ -36,7 +36,7 @@ class MislabelFindings:
     notes: list[str] = field(default_factory=list)
 
 
-def find_mislabels(features: np.ndarray, targets: Sequence[int], classes: Sequence[str], *, folds: int = 5,
+def find_mislabels(features: np.ndarray, targets: Sequence[int] | np.ndarray, classes: Sequence[str], *, folds: int = 5,
                    regularization: float = 0.01, seed: int = 0) -> MislabelFindings:
     """Out-of-fold probabilities and cleanlab's verdict for every row of ``features`` (labels ``targets``)."""
     from cleanlab.filter import find_label_issues

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 
 from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.progress import Progress
+from cnnlab.review.config import EmbeddingBackend
 
 if TYPE_CHECKING:
     from cnnlab.review.config import ReviewConfig
     from cnnlab.runtime.base import Runtime
 
-#: ``--backend`` values of ``cnnlab review``.
-BACKENDS = ("auto", "torch", "onnxruntime")
+#: ``backend`` values of a review.
+BACKENDS = tuple(b.value for b in EmbeddingBackend)
 
 
 def onnxruntime_usable() -> bool:

@@ -142,7 +142,7 @@ def entropy_z(pred_probs: np.ndarray) -> np.ndarray:
     return z
 
 
-def find_offtopic(nb: Neighbours, targets: Sequence[int], n_classes: int, *, k: int, z_threshold: float,
+def find_offtopic(nb: Neighbours, targets: Sequence[int] | np.ndarray, n_classes: int, *, k: int, z_threshold: float,
                   groups: np.ndarray | None = None, pred_probs: np.ndarray | None = None,
                   mass: np.ndarray | None = None) -> OfftopicFindings:
     """Score every image (rows of the neighbour lists) for belonging to none of the classes.

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from cnnlab.errors import CnnlabError, OutputError
 from cnnlab.options import DEFAULT_EXPORT_TOLERANCE, Backend, Quantization
 from cnnlab.progress import Progress
+from cnnlab.runtime.artifacts import ExportVariant
 from cnnlab.runtime.base import EXTRAS, ExportedModel, require
 
 if TYPE_CHECKING:
@@ -183,6 +184,11 @@ def export_features(loaded: LoadedModel, path: Path, *, tolerance: float = DEFAU
     return meta
 
 
+#: The feature extractor as a kind of cached export (:func:`cnnlab.runtime.artifacts.cached_export`).
+FEATURES_VARIANT = ExportVariant(name="features", format=FEATURES_FORMAT, description="feature extractor",
+                                 export=lambda loaded, path: export_features(loaded, path))
+
+
 def load_feature_model(name: str, *, weights_dir: str | Path | None = None, random_weights: bool = False,
                        download: bool = True, device: str = "cpu", threads: int | None = None,
                        progress: Progress | None = None) -> ExportedFeatureModel:
@@ -203,7 +209,7 @@ def load_feature_model(name: str, *, weights_dir: str | Path | None = None, rand
     def export() -> Path:
         check_installed(RuntimeChoice.ONNXRUNTIME)
         made = cached_export(name, weights_dir=weights_dir, random_weights=random_weights, download=download,
-                             progress=progress, features=True)
+                             progress=progress, variant=FEATURES_VARIANT)
         if not random_weights:
             remember_export(name, weights_dir, made)
         return made

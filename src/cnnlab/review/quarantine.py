@@ -26,6 +26,7 @@ from cnnlab.errors import DatasetError
 from cnnlab.options import ReviewIssue
 from cnnlab.review.config import ISSUE_ORDER, MOVES_FILE, QUARANTINE_DIR
 from cnnlab.review.result import Finding
+from cnnlab.review.state import own_file, own_folder
 
 if TYPE_CHECKING:
     from cnnlab.collect.manifest import Manifest
@@ -58,6 +59,8 @@ class MoveReport:
 
     moves: list[Move] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Moves that were tried and failed (``path: why``); the files stay where they were, and the log says so.
+    failed: list[str] = field(default_factory=list)
 
 
 def _now() -> str:
@@ -114,8 +117,8 @@ def apply_review(root: str | Path, findings: Sequence[Finding], *, kinds: Sequen
     """Move the files flagged with one of ``kinds`` (score >= ``min_score``) into ``root/.quarantine/``."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"--apply needs the dataset folder; {root} is not a folder")
-    log = root / QUARANTINE_DIR / MOVES_FILE
+        raise DatasetError(f"moving flagged files needs the dataset folder; {root} is not a folder")
+    log = own_file(own_folder(root, QUARANTINE_DIR), MOVES_FILE)
     report = MoveReport()
     with _locked(root) as (manifest, ok):
         for f in _chosen(findings, kinds, min_score):
@@ -127,14 +130,26 @@ def apply_review(root: str | Path, findings: Sequence[Finding], *, kinds: Sequen
                 report.notes.append(f"{f.path} is no longer there: nothing to move")
                 continue
             target = root / QUARANTINE_DIR / f.path
+            if _outside(root, target.relative_to(root)):
+                report.notes.append(f"{target.parent} leads outside {root}: {f.path} left in place")
+                continue
             if target.exists():
                 report.notes.append(f"{target} already exists: {f.path} left in place")
                 continue
             move = Move("quarantine", f.path, target.relative_to(root).as_posix(), f.issue.value, round(f.score, 4),
                         f.suggested_label, _now(), ok.get(f.path))
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                report.failed.append(f"{f.path}: {target.parent} cannot be made ({exc.strerror or exc}); left in place")
+                continue
             _append(log, move.to_dict())  # the intent first: an interrupted move can be understood
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, target)
+            try:
+                os.replace(source, target)
+            except OSError as exc:
+                _append(log, {**move.to_dict(), "action": "failed", "timestamp": _now()})  # it never happened
+                report.failed.append(f"{f.path}: not moved ({exc.strerror or exc})")
+                continue
             if manifest is not None and move.manifest_record is not None:
                 manifest.append(_manifest_line(move))
             report.moves.append(move)
@@ -169,7 +184,7 @@ def _manifest_line(move: Move) -> dict[str, Any]:
 
 def quarantined(root: str | Path) -> dict[str, Move]:
     """The files now in quarantine (original path -> the move that put them there), from the move log."""
-    log = Path(root) / QUARANTINE_DIR / MOVES_FILE
+    log = own_file(own_folder(Path(root), QUARANTINE_DIR), MOVES_FILE)
     state: dict[str, Move] = {}
     if not log.is_file():
         return state
@@ -182,7 +197,7 @@ def quarantined(root: str | Path) -> dict[str, Move]:
             raise DatasetError(f"{log}:{n}: not a move record ({exc})") from None
         if move.action == "quarantine":
             state[move.path] = move
-        else:
+        else:  # "restore", or "failed": a logged move that did not happen
             state.pop(move.path, None)
     return state
 
@@ -191,8 +206,8 @@ def undo_review(root: str | Path) -> MoveReport:
     """Put every quarantined file back where it was, and say so in the move log (and the manifest)."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"--undo needs the dataset folder; {root} is not a folder")
-    log = root / QUARANTINE_DIR / MOVES_FILE
+        raise DatasetError(f"undoing a review needs the dataset folder; {root} is not a folder")
+    log = own_file(own_folder(root, QUARANTINE_DIR), MOVES_FILE)
     if not log.is_file():
         raise DatasetError(f"nothing to undo: {log} does not exist (no file of {root} was quarantined)")
     report = MoveReport()
@@ -214,14 +229,27 @@ def undo_review(root: str | Path) -> MoveReport:
                 continue
             back = Move("restore", path, move.quarantined, move.issue, move.score, move.suggested_label, _now(),
                         move.manifest_record)
-            _append(log, back.to_dict())
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, target)
+            try:  # moved first, then logged: the log never records a restore that did not happen
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
+            except OSError as exc:
+                report.failed.append(f"{path}: not restored ({_why_not(target, root, exc)}); "
+                                     f"it stays in {move.quarantined}")
+                continue
+            _append(log, back.to_dict())  # (killed just before: the next undo finds it back and logs it)
             if manifest is not None and back.manifest_record is not None:
                 manifest.append(_manifest_line(back))
             report.moves.append(back)
             _remove_empty_parents(source.parent, root / QUARANTINE_DIR)
     return report
+
+
+def _why_not(target: Path, root: Path, exc: OSError) -> str:
+    """Why ``target`` cannot be written: a folder on its way that has become a file, or the OS's reason."""
+    for parent in reversed(target.relative_to(root).parents[:-1]):
+        if (root / parent).exists() and not (root / parent).is_dir():
+            return f"{root / parent} is now a file, not a folder"
+    return exc.strerror or str(exc)
 
 
 def _remove_empty_parents(folder: Path, stop: Path) -> None:

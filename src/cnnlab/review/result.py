@@ -70,6 +70,8 @@ class ReviewResult:
     from_cache: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    #: The output files :func:`cnnlab.review.run` wrote (``csv``, ``json``, ``html``); empty when nothing was written.
+    files: dict[str, Path] = field(default_factory=dict)
 
     def of(self, issue: ReviewIssue) -> list[Finding]:
         return [f for f in self.findings if f.issue is issue]

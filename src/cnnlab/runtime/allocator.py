@@ -2,8 +2,8 @@
 
 glibc's ``malloc`` serves large blocks with ``mmap`` and gives them back to the system when they are
 freed. A CPU forward pass frees and allocates activations of tens of megabytes at every layer, so each
-batch touches every page of them afresh: on a 2-core machine efficientnet_lite0's forward pass spent
-more time in the kernel's page faults than in the network (``benchmarks/bench_allocator.py``).
+batch touches every page of them afresh, and the kernel's page faults can cost more than the network
+itself (``benchmarks/bench_allocator.py`` measures it).
 :func:`keep_freed_memory` makes ``malloc`` take every block from its heap and keep up to 2 GiB of freed
 memory there for the next batch, as PyTorch's performance guide does by preloading jemalloc or tcmalloc.
 
@@ -17,14 +17,13 @@ user has chosen glibc's malloc settings (a ``MALLOC_*`` variable, or ``glibc.mal
 With every block taken from the heap, the heap can fragment: a small block that outlives its batch (the
 features or logits a caller keeps, a list that grew) lands between the batch's large blocks, and once
 enough of them split the freed space into pieces smaller than the next batch's largest blocks, the heap
-grows by about a batch at every batch. Measured at 1000 classes (``train --freeze``, 16,000 images, the
-probe's forward passes): 33 MB/s, from 1.8 to 5.8 GB, with 2.5 GB of the heap free in 1,255 pieces.
-It depends on where blocks happen to fall (the same run stayed at 2.2 GB in another process), so the
+grows by about a batch at every batch (seen with many classes and the probe's forward passes; the
+docs' internals page has the measurements). It depends on where blocks happen to fall, so the
 loops call :func:`return_free_pages` once per batch: when the free memory inside the heap (below its
 top) has grown by :data:`GROWTH_BYTES` past its mark, ``malloc_trim`` gives its pages back to the
 system and keeps the top. The settings need glibc 2.33 or later (``mallinfo2``); on an older glibc
 :func:`keep_freed_memory` leaves malloc as it is. DataLoader worker processes inherit the settings and
-do not trim (they decode images; on 2 cores there are none).
+do not trim (they decode images).
 """
 
 from __future__ import annotations
@@ -119,16 +118,15 @@ def return_free_pages() -> bool:
     Memory a batch frees at the top of the heap merges into the top, which is kept for the next batch
     and not counted, so a loop whose working set is larger than the one before mostly is not. What grows
     inside the heap is freed memory that later blocks did not fit into (fragmentation, module docstring;
-    also the pieces of the probe's forward passes that training's blocks do not fit into: in
-    ``benchmarks/bench_train.py`` 5 of 13 runs trimmed once for that, the others never). The mark is that
+    also the pieces of the probe's forward passes that training's blocks do not fit into, which
+    ``benchmarks/bench_train.py`` counts). The mark is that
     amount at the first call, lowered whenever a call finds it smaller (the pieces were used or merged,
     a second run in the process) and set to it at each trim (the pieces stay free, without their pages).
     So growth counts from the lowest point since the last trim: a fragmenting heap is trimmed about once
     per :data:`GROWTH_BYTES` of growth, and a loop whose free memory inside the heap swung by more than
-    that from batch to batch would be trimmed at every swing (measured swings: about 45 MiB at batch 16,
-    224 px). The pages given back are faulted in again when the pieces are used. The cost of a call is a
-    ``mallinfo2``, which walks the lists of free blocks: 0.03 ms with 1,500 free blocks, 0.12 ms with 3,800
-    after a small training run at 224 px.
+    that from batch to batch would be trimmed at every swing. The pages given back are faulted in again
+    when the pieces are used. The cost of a call is a ``mallinfo2``, which walks the lists of free blocks:
+    small beside a batch (``benchmarks/bench_allocator.py``).
     """
     global _mark, trims, checks
     checks += 1

@@ -24,14 +24,19 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnnlab.errors import OutputError, WeightsIntegrityError, WeightsNotFoundError
 from cnnlab.imagedata.hashes import file_sha256
 from cnnlab.imagedata.preprocess import Preprocessing
 from cnnlab.models.registry import ModelSpec, get_spec
 from cnnlab.progress import Progress
+
+if TYPE_CHECKING:
+    from cnnlab.models.load import LoadedModel
 
 CACHE_ENV = "CNNLAB_CACHE_DIR"
 
@@ -56,13 +61,28 @@ def _stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80] or "model"
 
 
+@dataclass(frozen=True)
+class ExportVariant:
+    """An ONNX export other than the plain classifier, made and cached by :func:`cached_export`."""
+
+    #: Part of the cache folder's name (``<model>-<name>-<key>``).
+    name: str
+    #: Recorded in the cache key: a new format makes a new entry.
+    format: str
+    #: What the progress line calls it.
+    description: str
+    #: Writes the file (and its sidecar) for a loaded PyTorch model.
+    export: Callable[[LoadedModel, Path], Any]
+
+
 def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: str | Path | None = None,
                   random_weights: bool = False, download: bool = True, progress: Progress | None = None,
-                  features: bool = False) -> Path:
+                  variant: ExportVariant | None = None) -> Path:
     """The cached ONNX export of a registry model or training checkpoint, exported now if missing.
 
-    ``features``: the feature-extractor export instead (two outputs, the classifier head's input
-    and the logits: :mod:`cnnlab.review.onnx_features`), cached under its own key.
+    ``variant``: another kind of export instead of the classifier (review's feature extractor, two outputs:
+    :mod:`cnnlab.review.onnx_features`), cached under its own key. The caller brings the exporter, so this
+    layer needs to know nothing of the jobs that use it.
 
     Raises what :func:`cnnlab.models.load.load_model` and :func:`cnnlab.models.export.export_model` raise
     (unknown model, missing weights, an export that does not reproduce the model).
@@ -86,29 +106,27 @@ def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: 
             spec, weights=weights, weights_dir=weights_dir, download=download, progress=progress is not None)
     key_data = {"model": canonical, "weights": file_sha256(weights_path) if weights_path else "random-seed-0",
                 "cnnlab": cnnlab.__version__, "torch": str(torch.__version__), "format": "onnx"}
-    if features:
-        from cnnlab.review.onnx_features import FEATURES_FORMAT
-
-        key_data["format"] = FEATURES_FORMAT
+    if variant is not None:
+        key_data["format"] = variant.format
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
-    folder = exports_dir() / f"{_stem(canonical)}-{'features-' if features else ''}{key}"
+    folder = exports_dir() / f"{_stem(canonical)}-{variant.name + '-' if variant else ''}{key}"
     model = folder / "model.onnx"
     if cache_entry_ok(folder):
         return model
     discard_entry(folder)
     progress = progress or Progress()
-    what = "feature extractor" if features else "model"
+    what = variant.description if variant else "model"
     progress.start("export", f"{canonical}: export of the {what} to ONNX (cached for later runs)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random weights: the same ones for every export of this key
         _export_into(folder, canonical if not checkpoint else name, weights_path if not checkpoint else None,
-                     random_weights, features=features)
+                     random_weights, variant=variant)
     progress.finish("export")
     return model
 
 
 def _export_into(folder: Path, name: str, weights_path: Path | None, random_weights: bool, *,
-                 features: bool = False) -> None:
+                 variant: ExportVariant | None = None) -> None:
     """Export into a temporary folder next to ``folder``, then rename it (another process may win the race)."""
     from cnnlab.models.export import export_model
     from cnnlab.models.load import load_model
@@ -121,10 +139,8 @@ def _export_into(folder: Path, name: str, weights_path: Path | None, random_weig
                           f"(set {CACHE_ENV} to another folder)") from None
     try:
         loaded = load_model(name, weights=weights_path, random_weights=random_weights, device="cpu", progress=False)
-        if features:
-            from cnnlab.review.onnx_features import export_features
-
-            export_features(loaded, tmp / "model.onnx")
+        if variant is not None:
+            variant.export(loaded, tmp / "model.onnx")
         else:
             export_model(loaded, "onnx", tmp / "model.onnx")
         publish_entry(tmp, folder)
@@ -172,23 +188,41 @@ def publish_entry(tmp: Path, folder: Path) -> None:
             os.replace(tmp, folder)
 
 
+#: The largest sidecar read (a thousand class names take a few tens of kilobytes).
+MAX_SIDECAR_BYTES = 16 * 1024 * 1024
+
+
 def read_sidecar(path: Path) -> dict[str, Any]:
-    """The metadata ``cnnlab export`` writes next to an ONNX file, checked for what a runtime needs."""
+    """The metadata ``cnnlab export`` writes next to an ONNX file, checked for what a runtime needs.
+
+    The ONNX file must be a regular file; the sidecar is read only if it is a regular file too, and at
+    most :data:`MAX_SIDECAR_BYTES` of it (a FIFO or a link to ``/dev/zero`` is refused, not waited on).
+    """
+    from cnnlab.errors import ImageDecodeError
+    from cnnlab.imagedata.decode import read_regular_file
+
     meta_path = sidecar(path)
-    if not path.is_file():
+    if not path.exists():
         raise WeightsIntegrityError(f"ONNX file {path} does not exist")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.is_file():
+        raise WeightsIntegrityError(f"ONNX file {path} is not a regular file")
+    if not os.path.lexists(meta_path):
         raise WeightsIntegrityError(
             f"{path} has no metadata file {meta_path.name} next to it (classes and preprocessing); "
-            "export with `cnnlab export`, which writes both") from None
-    except (OSError, ValueError) as exc:
+            "export with `cnnlab export`, which writes both")
+    try:
+        meta = json.loads(read_regular_file(meta_path, MAX_SIDECAR_BYTES).decode("utf-8"))
+    except ImageDecodeError as exc:
+        raise WeightsIntegrityError(f"cannot read the metadata file {meta_path}: {exc}") from None
+    except (ValueError, RecursionError) as exc:
         raise WeightsIntegrityError(f"cannot read {meta_path}: {exc}") from None
     classes = meta.get("classes") if isinstance(meta, dict) else None
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise WeightsIntegrityError(f"{meta_path}: 'classes' must be a non-empty list of class names")
-    if (meta.get("input") or {}).get("dtype") != "uint8":
+    if len(set(classes)) != len(classes):
+        twice = sorted({c for c in classes if classes.count(c) > 1})
+        raise WeightsIntegrityError(f"{meta_path}: 'classes' has duplicate names ({', '.join(twice[:5])})")
+    if not isinstance(meta.get("input"), dict) or meta["input"].get("dtype") != "uint8":
         raise WeightsIntegrityError(f"{meta_path}: cnnlab runs ONNX files that take uint8 images (`cnnlab export`)")
     return meta
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cnnlab.errors import UsageError
-from cnnlab.models.registry import FromSpec
+from cnnlab.errors import UsageError, WeightsIntegrityError
+from cnnlab.models.spec import FromSpec
 from cnnlab.options import Backend, Quantization
 
 if TYPE_CHECKING:
@@ -108,4 +108,8 @@ class ExportedModel(FromSpec):
         import torch
 
         array = np.ascontiguousarray(batch_uint8.cpu().numpy())
-        return torch.from_numpy(np.asarray(self.run(array), dtype=np.float32))
+        logits = np.asarray(self.run(array), dtype=np.float32)
+        if logits.ndim != 2 or logits.shape[0] != array.shape[0]:  # numpy would copy one row to every image
+            raise WeightsIntegrityError(f"{self.file} ignores the batch dimension: it gives outputs of shape "
+                                        f"{list(logits.shape)} for a batch of {array.shape[0]} images")
+        return torch.from_numpy(logits)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import torch
 
     from cnnlab.imagedata.preprocess import Preprocessing
-    from cnnlab.runtime.inference import Batch
+    from cnnlab.runtime.batches import Batch
 
 #: The first bytes of every JPEG file (SOI marker).
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -205,7 +205,7 @@ def _has_device_decoder() -> bool:
 def collate_encoded(items: list[tuple[int, torch.Tensor | None, str, str]]) -> Batch:
     """DataLoader ``collate_fn`` of the device path: the items as they are (1-D file bytes or decoded
     images of different sizes cannot be stacked), in ``Batch.encoded``; failures apart."""
-    from cnnlab.runtime.inference import Batch
+    from cnnlab.runtime.batches import Batch
 
     good = [(i, t) for i, t, _, _ in items if t is not None]
     failed = [(i, reason, detail) for i, t, reason, detail in items if t is None]
@@ -215,7 +215,7 @@ def collate_encoded(items: list[tuple[int, torch.Tensor | None, str, str]]) -> B
 def decode_loader_batch(batch: Batch, preprocessing: Preprocessing, device: torch.device) -> Batch:
     """A :func:`collate_encoded` batch decoded on ``device`` into a stacked ``uint8`` batch there
     (files neither the device decoder nor Pillow reads become failures)."""
-    from cnnlab.runtime.inference import Batch
+    from cnnlab.runtime.batches import Batch
 
     items = batch.encoded or []
     images, bad = _decode_batch(items, preprocessing, device)

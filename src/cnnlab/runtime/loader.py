@@ -1,6 +1,6 @@
 """:func:`load_runtime`: a model name (or checkpoint, or ``.onnx`` file) on a backend, ready to run.
 
-* ``torch``: :func:`cnnlab.models.load.load_model` (every precision, channels_last, torch.compile).
+* ``torch``: :func:`cnnlab.models.load.load_torch` (every precision, channels_last, torch.compile).
 * ``onnxruntime`` / ``openvino``: the model's cached ONNX export (:mod:`~cnnlab.runtime.artifacts`;
   an ``.onnx`` file is used as it is), opened with an explicit thread count
   (:mod:`~cnnlab.runtime.sessions`).
@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING
 
 from cnnlab.errors import UsageError, WeightsIntegrityError
 from cnnlab.models.checkpoint import is_onnx_file
-from cnnlab.options import Backend, Precision, Quantization, RuntimeChoice, parse_choice
+from cnnlab.options import (
+    Backend,
+    ModelSource,
+    Precision,
+    Quantization,
+    RuntimeChoice,
+    RuntimeOptions,
+    WeightsPolicy,
+    parse_choice,
+)
 from cnnlab.progress import Progress
 from cnnlab.runtime.artifacts import cached_export, onnx_spec, read_sidecar, sidecar
 from cnnlab.runtime.base import EXTRAS, ExportedModel, Runtime, require
@@ -27,7 +36,6 @@ from cnnlab.runtime.quantize import FEW_CALIBRATION_IMAGES, quantized_file
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
 
     from cnnlab.models.registry import ModelSpec
 
@@ -44,7 +52,7 @@ def check_installed(choice: RuntimeChoice | str, *, export: bool = True) -> None
     backend = choice.backend
     if backend is Backend.TORCH:
         return
-    what = f"--backend {choice.value}"
+    what = f"the {choice.value} backend"
     require("onnxruntime", EXTRAS[Backend.ONNXRUNTIME], what)  # exports are checked with it; int8 uses its quantiser
     if backend is Backend.OPENVINO:
         require("openvino", EXTRAS[Backend.OPENVINO], what)
@@ -53,10 +61,9 @@ def check_installed(choice: RuntimeChoice | str, *, export: bool = True) -> None
         require("onnxscript", EXTRAS[Backend.ONNXRUNTIME], what)
 
 
-def prepare_runtime_file(name: str, choice: RuntimeChoice | str, *, weights: str | Path | None = None,
-                         weights_dir: str | Path | None = None, random_weights: bool = False, download: bool = True,
-                         calibration: Sequence[Path] = (), progress: Progress | None = None) -> Path:
-    """The ONNX file that ``choice`` runs for ``name``: an ``.onnx`` file as given, else the cached
+def prepare_runtime_file(source: ModelSource, choice: RuntimeChoice | str, *, calibration: Sequence[Path] = (),
+                         progress: Progress | None = None) -> Path:
+    """The ONNX file that ``choice`` runs for ``source``: an ``.onnx`` file as given, else the cached
     export; for an int8 choice, its int8 version calibrated on ``calibration``.
 
     Raises:
@@ -65,18 +72,26 @@ def prepare_runtime_file(name: str, choice: RuntimeChoice | str, *, weights: str
     choice = parse_choice(RuntimeChoice, choice, "backend")
     if choice is RuntimeChoice.TORCH:
         raise UsageError("the torch backend runs the model itself, not an ONNX file")
+    name = source.name
     check_installed(choice, export=not is_onnx_file(name))
     if is_onnx_file(name):
-        if weights is not None or random_weights:
-            raise UsageError(f"{name} is an ONNX file with its own weights: --weights and random weights do not apply")
+        if source.weights is not None or source.policy is WeightsPolicy.RANDOM:
+            raise UsageError(f"{name} is an ONNX file with its own weights: other weights and random weights "
+                             "do not apply")
         path = Path(name)
         read_sidecar(path)  # a missing or foreign sidecar is reported before anything else
     else:
-        path = cached_export(name, weights=weights, weights_dir=weights_dir, random_weights=random_weights,
-                             download=download, progress=progress)
+        random_weights = source.policy is WeightsPolicy.RANDOM
+        if source.policy is WeightsPolicy.RANDOM_IF_MISSING and source.weights is None:
+            from cnnlab.models.registry import get_spec
+            from cnnlab.models.weights import locate_weights
+
+            random_weights = locate_weights(get_spec(name), source.weights_dir).found is None
+        path = cached_export(name, weights=source.weights, weights_dir=source.weights_dir,
+                             random_weights=random_weights, download=source.download, progress=progress)
     if choice.quantization is Quantization.INT8 and not read_sidecar(path).get("quantization"):
         if not calibration:
-            raise UsageError(f"--backend {choice.value} calibrates on your images: none were given")
+            raise UsageError(f"the {choice.value} backend calibrates on your images: none were given")
         path = quantized_file(path, calibration, progress=progress)
     return path
 
@@ -128,59 +143,77 @@ def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = 
 
 
 def check_graph(path: Path, run: Callable[[np.ndarray], np.ndarray], spec: ModelSpec) -> None:
-    """Run the graph once on a black image of the sidecar's input size: it must take that size and give
-    one logit per class of the sidecar (a hand-edited or mismatched sidecar fails here, not mid-run)."""
+    """Run the graph on black and white images of the sidecar's input size, alone and as a batch of two: it
+    must take that size, give one logit per class of the sidecar, and one row per image of a batch (a
+    hand-edited or mismatched sidecar, or a graph that ignores the batch dimension, fails here, not mid-run
+    with one image's answer copied to the others)."""
     import numpy as np
 
     size = spec.preprocessing.crop_size
+    meta = sidecar(path).name
+    black = np.zeros((1, 3, size, size), dtype=np.uint8)
+    white = np.full((1, 3, size, size), 255, dtype=np.uint8)
     try:
-        logits = np.asarray(run(np.zeros((1, 3, size, size), dtype=np.uint8)))
+        logits = np.asarray(run(black))
     except Exception as exc:  # the runtimes raise their own exception types for shape and type errors
-        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         raise WeightsIntegrityError(
             f"{path} does not run on a uint8 batch of {size}x{size} images, the input size its metadata file "
-            f"{sidecar(path).name} gives: {' '.join(lines)[:300] or type(exc).__name__}") from exc
+            f"{meta} gives: {_first_lines(exc)}") from exc
     if logits.ndim != 2 or logits.shape[0] != 1:  # openvino can answer a wrong input size with an empty batch
         raise WeightsIntegrityError(
             f"{path} does not run on a uint8 batch of {size}x{size} images, the input size its metadata file "
-            f"{sidecar(path).name} gives: outputs of shape {list(logits.shape)} for one image")
+            f"{meta} gives: outputs of shape {list(logits.shape)} for one image")
     if logits.shape != (1, len(spec.categories)):
         raise WeightsIntegrityError(
             f"{path} gives outputs of shape {list(logits.shape)} for one image, but its metadata file "
-            f"{sidecar(path).name} lists {len(spec.categories)} classes")
+            f"{meta} lists {len(spec.categories)} classes")
+    try:
+        alone = np.asarray(run(white))
+        pair = np.asarray(run(np.concatenate([black, white])))
+    except Exception as exc:  # a graph for a fixed batch of one: the runtime says why
+        raise WeightsIntegrityError(f"{path} does not run on a batch of two images (a graph made for one image "
+                                    f"at a time?): {_first_lines(exc)}") from exc
+    if pair.shape != (2, len(spec.categories)):
+        raise WeightsIntegrityError(f"{path} ignores the batch dimension: it gives outputs of shape "
+                                    f"{list(pair.shape)} for a batch of two images")
+    if _differ(logits[0], alone[0]) and not (_differ(pair[0], pair[1])):
+        raise WeightsIntegrityError(f"{path} ignores the batch dimension: it tells a black image from a white one "
+                                    "alone, but gives both the same outputs in one batch")
 
 
-def load_runtime(name: str, backend: RuntimeChoice | str = RuntimeChoice.TORCH, *, weights: str | Path | None = None,
-                 weights_dir: str | Path | None = None, random_weights: bool = False, download: bool = True,
-                 device: str | torch.device = "auto", precision: str | Precision = Precision.FP32,
-                 channels_last: bool = False, compile: bool = False, threads: int | None = None,
-                 calibration: Sequence[Path] = (), progress: Progress | None = None) -> Runtime:
-    """``name`` on ``backend``, ready for :func:`cnnlab.runtime.inference.run_inference`.
+def _differ(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two rows of logits differ by more than arithmetic noise (int8 or fused kernels included)."""
+    import numpy as np
 
-    An ``.onnx`` file runs in onnxruntime when ``backend`` is torch (the default).
-    ``precision``, ``channels_last`` and ``compile`` apply to the torch backend; the others run the
-    exported fp32 graph (or its int8 version, calibrated on ``calibration``). ``threads`` sets the
-    runtime's CPU threads (torch's too); default: the cores not used for decoding.
+    scale = max(1.0, float(np.max(np.abs(a))), float(np.max(np.abs(b))))
+    return bool(np.max(np.abs(a - b)) > 1e-3 * scale)
+
+
+def _first_lines(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return " ".join(lines)[:300] or type(exc).__name__
+
+
+def load_runtime(source: ModelSource, runtime: RuntimeOptions, *, calibration: Sequence[Path] = (),
+                 progress: Progress | None = None) -> Runtime:
+    """``source`` on ``runtime.backend``, ready for :func:`cnnlab.runtime.inference.run_inference`
+    (:func:`cnnlab.models.load.load_model` is its public name).
+
+    An ``.onnx`` file runs in onnxruntime when the backend is torch (the default). Precision,
+    channels-last and compile apply to the torch backend; the others run the exported fp32 graph (or
+    its int8 version, calibrated on ``calibration``). ``runtime.threads`` sets the runtime's CPU
+    threads (torch's too); default: the cores not used for decoding.
 
     Raises:
-        UsageError: a torch-only precision on another backend,
-            a missing extra, int8 without calibration images.
+        UsageError: a torch-only precision on another backend, a missing extra, int8 without calibration images.
     """
-    choice = effective_choice(name, backend)
+    choice = effective_choice(source.name, runtime.backend)
     if choice is RuntimeChoice.TORCH:
-        from cnnlab.models.load import load_model
+        from cnnlab.models.load import load_torch
 
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
-        return load_model(name, weights=weights, weights_dir=weights_dir, random_weights=random_weights,
-                          download=download, device=device, precision=precision, channels_last=channels_last,
-                          compile=compile, progress=progress is not None)
-    chosen = parse_choice(Precision, precision, "precision")
-    if chosen not in (Precision.FP32, Precision.AUTO):
-        raise UsageError(f"--precision {chosen.value} applies to the torch backend; --backend {choice.value} runs "
-                         "the exported graph as it is (fp32, or int8 for an -int8 backend)")
-    path = prepare_runtime_file(name, choice, weights=weights, weights_dir=weights_dir, random_weights=random_weights,
-                                download=download, calibration=calibration, progress=progress)
-    return load_runtime_file(path, choice, device=str(device), threads=threads, progress=progress)
+        return load_torch(source, runtime, progress=progress is None or type(progress) is not Progress)
+    if runtime.precision not in (Precision.FP32, Precision.AUTO):
+        raise UsageError(f"precision {runtime.precision.value} applies to the torch backend; the {choice.value} "
+                         "backend runs the exported graph as it is (fp32, or int8 for an -int8 backend)")
+    path = prepare_runtime_file(source, choice, calibration=calibration, progress=progress)
+    return load_runtime_file(path, choice, device=runtime.device, threads=runtime.threads, progress=progress)

@@ -1,4 +1,5 @@
-"""`train`: fine-tuning a zoo model on the classes of a folder: ``fine_tune(TrainConfig(...)) -> TrainResult``.
+"""`train`: fine-tuning a zoo model on the classes of a folder: ``run(TrainConfig(...)) -> TrainResult`` (also
+``fine_tune``, its public name as ``cnnlab.fine_tune``).
 
 * :mod:`~cnnlab.train.config`: :class:`TrainConfig` and the phases it asks for (no torch);
 * :mod:`~cnnlab.train.data`: the splits (the data's own, or :mod:`cnnlab.imagedata.splits`'s), the
@@ -7,8 +8,10 @@
 * :mod:`~cnnlab.train.probe`: the linear probe that initialises the head (``freeze``: the probe alone);
 * :mod:`~cnnlab.train.optim`: layer modes (BatchNorm policy), parameter groups, AdamW and
   torch's one-cycle or cosine schedule;
-* :mod:`~cnnlab.train.loop`: :func:`train_one_epoch` and :func:`evaluate`;
-* :mod:`~cnnlab.train.state`: the resume state, ``history.csv``, ``data_split.csv``, curves;
+* :mod:`~cnnlab.train.loop`: :func:`training_step` (shared with the LR finder), :func:`train_one_epoch`
+  and :func:`evaluate`;
+* :mod:`~cnnlab.train.state`: the resume state, the run folder's rules, ``history.csv``, ``data_split.csv``,
+  curves;
 * :mod:`~cnnlab.train.start`: starting a run (settings, data, the starting model: a registry
   model, a checkpoint to continue from, or ``last.pt`` to resume);
 * :mod:`~cnnlab.train.session`: the run in progress (loaders, EMA, checkpoints) and finishing it (reports);
@@ -38,13 +41,13 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "augment": ["TrainTransform", "make_batch_mix"],
-        "config": ["BatchPlan", "Phase", "TrainConfig", "plan_batches", "plan_phases"],
+        "config": ["BatchPlan", "Phase", "ResolvedSettings", "TrainConfig", "plan_batches", "plan_phases"],
         "data": ["DataSplits", "make_train_loader", "prepare_data"],
         "lr_find": ["LRFinderResult", "find_lr"],
         "probe": ["fit_logistic"],
-        "loop": ["EpochStats", "Predictions", "evaluate", "evaluation_report", "train_one_epoch"],
+        "loop": ["EpochStats", "Predictions", "Step", "evaluate", "evaluation_report", "train_one_epoch", "training_step"],
         "optim": ["make_optimizer", "make_scheduler", "set_phase_modes"],
-        "recipe": ["fine_tune"],
+        "recipe": ["fine_tune", "run"],
         "result": ["RUN_FILES", "EpochRecord", "TrainResult"],
         "state": ["RunState", "plot_curves", "read_history", "write_history"],
     },
@@ -52,18 +55,20 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
 
 if TYPE_CHECKING:
     from cnnlab.train.augment import TrainTransform, make_batch_mix
-    from cnnlab.train.config import BatchPlan, Phase, TrainConfig, plan_batches, plan_phases
+    from cnnlab.train.config import BatchPlan, Phase, ResolvedSettings, TrainConfig, plan_batches, plan_phases
     from cnnlab.train.data import DataSplits, make_train_loader, prepare_data
     from cnnlab.train.loop import (
         EpochStats,
         Predictions,
+        Step,
         evaluate,
         evaluation_report,
         train_one_epoch,
+        training_step,
     )
     from cnnlab.train.lr_find import LRFinderResult, find_lr
     from cnnlab.train.optim import make_optimizer, make_scheduler, set_phase_modes
     from cnnlab.train.probe import fit_logistic
-    from cnnlab.train.recipe import fine_tune
+    from cnnlab.train.recipe import fine_tune, run
     from cnnlab.train.result import RUN_FILES, EpochRecord, TrainResult
     from cnnlab.train.state import RunState, plot_curves, read_history, write_history

@@ -6,14 +6,42 @@ Light to import (no torch): the CLI reads its defaults from here.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-from cnnlab.collect.config import DEFAULT_NEAR_DUP_THRESHOLD
 from cnnlab.errors import UsageError
+from cnnlab.imagedata.hashes import DEFAULT_NEAR_DUP_THRESHOLD
 from cnnlab.imagedata.preprocess import MAX_INPUT_SIZE
-from cnnlab.options import Augment, BNPolicy, Precision, Schedule, parse_choice, parse_device
+from cnnlab.options import (
+    Augment,
+    BNPolicy,
+    ModelSource,
+    Precision,
+    Schedule,
+    WeightsPolicy,
+    parse_choice,
+    parse_device,
+)
+
+
+def _augment(value: Any) -> Augment:
+    if isinstance(value, bool):  # stored by cnnlab before the presets
+        return Augment.LIGHT if value else Augment.NONE
+    return parse_choice(Augment, value, "augmentation preset (augment)")
+
+
+#: How each typed field of :class:`TrainConfig` is parsed when it is set.
+_PARSERS: dict[str, Any] = {
+    "schedule": lambda v: parse_choice(Schedule, v, "schedule"),
+    "bn": lambda v: parse_choice(BNPolicy, v, "BatchNorm policy (bn)"),
+    "precision": lambda v: parse_choice(Precision, v, "precision"),
+    "augment": _augment,
+    "device": parse_device,
+    "crop_scale": lambda v: (float(v[0]), float(v[1])),
+}
 
 #: Smallest batch the run lowers ``batch_size`` to so that a phase gets ``min_phase_steps`` steps.
 MIN_BATCH = 8
@@ -23,8 +51,10 @@ MIN_BATCH = 8
 class TrainConfig:
     """Everything that defines a training run (plain data: it is stored in the checkpoints).
 
-    ``schedule``, ``bn`` and ``precision`` accept the enum or its string value (a typo is a
-    :class:`~cnnlab.errors.UsageError` at construction); ``device`` is checked the same way.
+    ``schedule``, ``bn``, ``precision`` and ``augment`` accept the enum or its string value and hold the enum
+    from then on; ``device`` is checked the same way. Each is parsed once, when it is set (at construction or by
+    an assignment), so the code of the run reads typed values and never parses a string again; a typo is a
+    :class:`~cnnlab.errors.UsageError` right there.
     """
 
     #: A class-folder tree (``DIR/<class>/*.jpg``), a CSV/JSONL manifest, or a folder with the
@@ -116,25 +146,19 @@ class TrainConfig:
     #: Settings that do not change the result, and may differ on ``resume``.
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("out", "device", "workers", "resume", "overwrite")
 
-    def __post_init__(self) -> None:
-        self._parse_choices()
+    def __setattr__(self, name: str, value: Any) -> None:
+        parse = _PARSERS.get(name)
+        super().__setattr__(name, value if parse is None else parse(value))
 
-    def _parse_choices(self) -> None:
-        self.schedule = parse_choice(Schedule, self.schedule, "schedule")
-        self.bn = parse_choice(BNPolicy, self.bn, "BatchNorm policy (bn)")
-        self.precision = parse_choice(Precision, self.precision, "precision")
-        if isinstance(self.augment, bool):  # stored by cnnlab before the presets
-            self.augment = Augment.LIGHT if self.augment else Augment.NONE
-        self.augment = parse_choice(Augment, self.augment, "augmentation preset (augment)")
-        self.device = parse_device(self.device)
-        self.crop_scale = (float(self.crop_scale[0]), float(self.crop_scale[1]))
+    @property
+    def model_source(self) -> ModelSource:
+        """The starting model as every job names one (a registry name; a checkpoint is read by the run itself)."""
+        return ModelSource(name=self.model, weights=None if self.weights is None else Path(self.weights),
+                           weights_dir=None if self.weights_dir is None else Path(self.weights_dir),
+                           policy=WeightsPolicy.RANDOM if self.random_weights else WeightsPolicy.PRETRAINED)
 
     def validate(self) -> None:
-        """Raise :class:`~cnnlab.errors.UsageError` (exit 2) for settings that cannot work.
-
-        Choices assigned after construction are parsed again (a string becomes its enum).
-        """
-        self._parse_choices()
+        """Raise :class:`~cnnlab.errors.UsageError` (exit 2) for settings that cannot work."""
         problems = []
         if self.epochs < 0 or self.freeze_epochs < 0:
             problems.append(f"epochs and freeze_epochs must be >= 0, got {self.epochs} and {self.freeze_epochs}")
@@ -257,13 +281,58 @@ def plan_batches(n_train: int, epochs: int, batch_size: int, min_steps: int) -> 
     return BatchPlan(size, batches - drop_last, drop_last)
 
 
-#: Settings whose default the run resolves when it starts (``bn`` auto, ``frozen_stride`` None, the probe of a
-#: continued run), and the key of ``train_args`` that stores what it resolved them to; resume uses that.
-RESOLVED_FIELDS = {"bn": "bn_resolved", "frozen_stride": "frozen_stride_resolved", "probe": "probe_resolved"}
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """What a run resolved its automatic settings to when it started (``bn`` auto, ``frozen_stride`` None, the
+    probe of a continued run, the training crop, ``precision`` auto), stored in its checkpoints under
+    :data:`KEY`. Resume continues with these rather than resolving the defaults again: a run continued from a
+    checkpoint of random weights, say, does not store ``random_weights`` itself, and would resolve them as
+    for pretrained weights."""
+
+    bn: BNPolicy
+    frozen_stride: int
+    probe: bool
+    train_size: int
+    precision: Precision
+
+    #: The checkpoint key that holds them.
+    KEY: ClassVar[str] = "resolved"
+    #: The settings resume takes from the run rather than from the call.
+    RESUMED: ClassVar[tuple[str, ...]] = ("bn", "frozen_stride", "probe")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bn", parse_choice(BNPolicy, self.bn, "BatchNorm policy (bn)"))
+        object.__setattr__(self, "precision", parse_choice(Precision, self.precision, "precision"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (enums as their values)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
-def resumed_config(config: TrainConfig, stored_args: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
-    """The run's stored settings with this call's runtime settings, and a note on what was ignored."""
+#: Where checkpoints of cnnlab before :class:`ResolvedSettings` kept each of its fields: keys of ``train_args``.
+LEGACY_RESOLVED_KEYS = {"bn": "bn_resolved", "frozen_stride": "frozen_stride_resolved", "probe": "probe_resolved",
+                        "train_size": "train_size_resolved", "precision": "precision_resolved"}
+
+
+def stored_resolved(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved settings a checkpoint stores, by :class:`ResolvedSettings` field name: its
+    :data:`ResolvedSettings.KEY` entry, or in a checkpoint of an earlier cnnlab the ``*_resolved`` keys of its
+    ``train_args`` (:data:`LEGACY_RESOLVED_KEYS`). Only those it has: runs older still stored some or none."""
+    entry = ckpt.get(ResolvedSettings.KEY)
+    if isinstance(entry, Mapping):
+        return {f.name: entry[f.name] for f in dataclasses.fields(ResolvedSettings) if f.name in entry}
+    args = ckpt.get("train_args")
+    args = args if isinstance(args, Mapping) else {}
+    return {name: args[key] for name, key in LEGACY_RESOLVED_KEYS.items() if key in args}
+
+
+def resumed_config(config: TrainConfig, stored_args: dict[str, Any],
+                   resolved: Mapping[str, Any] | None = None) -> tuple[TrainConfig, list[str]]:
+    """The run's stored settings with this call's runtime settings, and a note on what was ignored.
+
+    ``resolved``: what the run resolved its automatic settings to (:func:`stored_resolved`), named in the note
+    instead of the stored ``auto`` / ``None``."""
+    resolved = resolved or {}
     stored = TrainConfig.from_dict(stored_args)
     if "probe" not in stored_args:  # a run of a cnnlab without the probe: keep its phases
         stored.probe = False
@@ -280,8 +349,8 @@ def resumed_config(config: TrainConfig, stored_args: dict[str, Any]) -> tuple[Tr
             setattr(stored, f.name, given)
             continue
         kept = _plain(getattr(stored, f.name))
-        if f.name in RESOLVED_FIELDS and RESOLVED_FIELDS[f.name] in stored_args:
-            kept = stored_args[RESOLVED_FIELDS[f.name]]  # what the run resolved "auto" / None to
+        if f.name in ResolvedSettings.RESUMED and f.name in resolved:
+            kept = _plain(resolved[f.name])  # what the run resolved "auto" / None to
         if given != getattr(defaults, f.name) and _plain(given) != kept:
             ignored.append(f"{f.name}={_plain(given)!r} (the run uses {kept!r})")
     stored.resume, stored.overwrite = True, False

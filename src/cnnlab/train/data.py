@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Sampler, WeightedRandomSampler
 
-from cnnlab.collect.config import DEFAULT_NEAR_DUP_THRESHOLD
 from cnnlab.errors import DatasetError
 from cnnlab.imagedata.datasets import (
     LabelledImages,
@@ -33,6 +32,7 @@ from cnnlab.imagedata.datasets import (
     _read_manifest_rows,
     scan_dataset,
 )
+from cnnlab.imagedata.hashes import DEFAULT_NEAR_DUP_THRESHOLD
 from cnnlab.imagedata.splits import SPLITS, make_split
 from cnnlab.progress import Progress
 from cnnlab.runtime.inference import Batch, ImageTransform, make_loader
@@ -128,7 +128,7 @@ def prepare_data(
     without = [c for c, n in train.class_counts().items() if n == 0]
     if without:
         raise DatasetError(f"the split left class(es) {', '.join(without)} without training images: "
-                           "lower --val-fraction/--test-fraction or add images")
+                           "lower val_fraction/test_fraction or add images")
     return DataSplits(classes, train, val if val else None, test if test else None, source, skipped, dropped)
 
 

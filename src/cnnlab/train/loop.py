@@ -1,4 +1,8 @@
-"""One training epoch and one evaluation pass (torchvision references' ``train_one_epoch``/``evaluate``).
+"""One training step, one training epoch and one evaluation pass (torchvision references'
+``train_one_epoch``/``evaluate``).
+
+:func:`training_step` is the one step both the epochs and the learning-rate finder
+(:mod:`cnnlab.train.lr_find`) take, so the range test measures the training that follows it.
 
 Both go through :class:`cnnlab.models.load.LoadedModel` wrapping the network being trained: it moves
 the ``uint8`` batch to the device, normalises it with the weights' numbers, runs under autocast
@@ -44,6 +48,55 @@ class EpochStats:
     skipped: list[SkippedFile] = field(default_factory=list)
 
 
+@dataclass
+class Step:
+    """What one :func:`training_step` did."""
+
+    #: The batch's mean loss (detached).
+    loss: torch.Tensor
+    #: The logits (detached) and each image's label on the device (of a mixed image, its larger share).
+    output: torch.Tensor
+    truth: torch.Tensor
+    #: Whether the optimiser stepped: not after a loss that is not finite (nothing is computed backwards),
+    #: nor when fp16's scaler skipped a step whose gradients overflowed.
+    applied: bool
+
+    @property
+    def finite(self) -> bool:
+        return bool(torch.isfinite(self.loss))
+
+
+def training_step(
+    model: LoadedModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    criterion: nn.Module,
+    mix: BatchMix | None = None,
+) -> Step:
+    """Forward, loss, backward and optimiser step on one ``uint8`` batch and its ``labels`` (on the CPU), in the
+    layer modes already set; ``mix`` (MixUp/CutMix) mixes the batch and its labels first. A loss that is not
+    finite is returned without a step: the caller decides (an epoch stops with an error, the range test ends).
+    Then the C allocator may give free heap pages back (:func:`~cnnlab.runtime.allocator.return_free_pages`)."""
+    x, soft = mix(images, labels) if mix is not None else (images, None)
+    y = labels.to(model.device, non_blocking=True)
+    output = model(x)
+    loss = criterion(output, y if soft is None else soft.to(model.device))
+    truth = y if soft is None else soft.argmax(1).to(y.device)
+    applied = bool(torch.isfinite(loss))
+    if applied:
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scale = scaler.get_scale() if scaler.is_enabled() else None
+        scaler.step(optimizer)
+        scaler.update()
+        applied = scale is None or scaler.get_scale() >= scale  # a lower scale means fp16 skipped the step
+    return_free_pages()
+    return Step(loss.detach(), output.detach(), truth, applied)
+
+
 def train_one_epoch(
     model: LoadedModel,
     loader: DataLoader[Batch],
@@ -82,28 +135,19 @@ def train_one_epoch(
         if batch.images is None or (bn_trains and len(batch.indices) == 1):
             progress.update(task, advance=1)
             continue
-        y = targets[batch.indices]
-        x, soft = mix(batch.images, y) if mix is not None else (batch.images, None)
-        y = y.to(model.device, non_blocking=True)
-        output = model(x)
-        loss = criterion(output, y if soft is None else soft.to(model.device))
-        if not torch.isfinite(loss):
-            raise CnnlabError(f"the training loss became {loss.item()} in epoch {epoch}; lower --lr (or use fp32)")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scale = scaler.get_scale() if scaler.is_enabled() else None
-        scaler.step(optimizer)
-        scaler.update()
+        step = training_step(model, batch.images, targets[batch.indices], optimizer=optimizer, scaler=scaler,
+                             criterion=criterion, mix=mix)
+        if not step.finite:
+            raise CnnlabError(f"the training loss became {step.loss.item()} in epoch {epoch}; lower the learning "
+                              "rate (or use fp32)")
         lrs = (group_lr(optimizer, "head"), group_lr(optimizer, "backbone"))
-        if scale is None or scaler.get_scale() >= scale:  # a lower scale means fp16 skipped the step
+        if step.applied:
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(model.module)
-        loss_sum += loss.item() * len(y)
-        truth = y if soft is None else soft.argmax(1).to(y.device)
-        correct += int((output.argmax(1) == truth).sum())
-        seen += len(y)
-        return_free_pages()
+        loss_sum += step.loss.item() * len(step.truth)
+        correct += int((step.output.argmax(1) == step.truth).sum())
+        seen += len(step.truth)
         progress.update(task, advance=1, info=f"loss {loss_sum / seen:.3f} acc {correct / seen:.0%}")
     if seen == 0:
         raise DatasetError(f"no training image of epoch {epoch} could be decoded")

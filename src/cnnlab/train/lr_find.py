@@ -33,15 +33,18 @@ from torch import nn
 from torch.optim.lr_scheduler import ExponentialLR
 
 from cnnlab.errors import CnnlabError, UsageError
-from cnnlab.outputs import atomic_open, check_output_folder
+from cnnlab.options import Precision
+from cnnlab.outputs import atomic_open
 from cnnlab.progress import Progress
-from cnnlab.runtime.allocator import keep_freed_memory, return_free_pages
+from cnnlab.runtime.allocator import keep_freed_memory
 from cnnlab.train.augment import make_batch_mix
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.data import reseed
+from cnnlab.train.loop import training_step
 from cnnlab.train.optim import batchnorm_trains, make_optimizer, set_phase_modes
 from cnnlab.train.probe import fit_probe, set_head
-from cnnlab.train.start import lock_out, start_run
+from cnnlab.train.start import start_run
+from cnnlab.train.state import run_folder
 
 SMOOTHING = 0.98
 #: Stop once the smoothed loss is this many times its minimum.
@@ -102,16 +105,22 @@ def find_lr(
     end_lr: float = 10.0,
     steps: int = 100,
 ) -> LRFinderResult:
-    """Run the range test for ``config``'s first SGD phase; write ``lr_find.csv`` and ``lr_find.png`` to ``config.out``."""
+    """Run the range test for ``config``'s first SGD phase; write ``lr_find.csv`` and ``lr_find.png`` to ``config.out``.
+
+    The folder follows the run folder's rules (:func:`~cnnlab.train.state.run_folder`) but may hold a run: the
+    test writes only its own two files there."""
     progress = progress or Progress()
     if config.freeze or config.resume:
-        raise UsageError("--find-lr tests the learning rate of SGD epochs: not with --freeze or --resume")
+        raise UsageError("the learning-rate range test tests the learning rate of SGD epochs: not with freeze or "
+                         "resume")
     if not 0 < start_lr < end_lr or steps < 2:
         raise UsageError("the range test needs 0 < start_lr < end_lr and at least 2 steps")
     config.validate()
     keep_freed_memory()  # as fine_tune does: the same steps, as fast
-    out = check_output_folder(config.out)
-    with lock_out(out):  # not while a training run (or another range test) writes there
+    folder = run_folder(config)
+    folder.check(replace=True)
+    out = folder.create()
+    with folder.lock(error=UsageError):  # not while a training run (or another range test) writes there
         return _range_test(config, progress, out, start_lr=start_lr, end_lr=end_lr, steps=steps)
 
 
@@ -120,7 +129,7 @@ def _range_test(config: TrainConfig, progress: Progress, out: Path, *, start_lr:
     run, _ = start_run(config, progress, prepare_out=False, range_test=True)
     phase = next((p for p in run.phases if p.name != "probe"), None)
     if phase is None:
-        raise UsageError("--find-lr: the run has no SGD epochs (epochs and freeze_epochs are 0)")
+        raise UsageError("the learning-rate range test: the run has no SGD epochs (epochs and freeze_epochs are 0)")
     if run.phases[0].name == "probe":
         set_head(run.head, fit_probe(run.model, run.head, run.splits.train, batch_size=config.batch_size,
                                      workers=run.workers, balance=config.balance, seed=config.seed,
@@ -133,6 +142,7 @@ def _range_test(config: TrainConfig, progress: Progress, out: Path, *, start_lr:
     loader = run.train_loader(phase)
     mix = make_batch_mix(len(run.splits.classes), mixup=config.mixup, cutmix=config.cutmix)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    scaler = torch.amp.GradScaler(run.model.device.type, enabled=run.model.precision is Precision.FP16)  # as training's
     targets = torch.tensor(run.splits.train.targets, dtype=torch.long)
     result = LRFinderResult(phase.name)
     set_phase_modes(module, run.head, phase.name, run.bn, run.frozen)
@@ -147,14 +157,9 @@ def _range_test(config: TrainConfig, progress: Progress, out: Path, *, start_lr:
         for batch in loader:
             if batch.images is None or (bn_trains and len(batch.indices) == 1):
                 continue
-            y = targets[batch.indices]
-            x, soft = mix(batch.images, y) if mix is not None else (batch.images, None)
-            loss = criterion(run.model(x), (y if soft is None else soft).to(run.model.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            value = loss.item()
-            return_free_pages()
+            step = training_step(run.model, batch.images, targets[batch.indices], optimizer=optimizer, scaler=scaler,
+                                 criterion=criterion, mix=mix)
+            value = step.loss.item()
             average = SMOOTHING * average + (1 - SMOOTHING) * value
             smooth = average / (1 - SMOOTHING ** (len(result.lrs) + 1))
             result.lrs.append(start_lr * (end_lr / start_lr) ** (len(result.lrs) / (steps - 1)))

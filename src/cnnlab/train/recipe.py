@@ -28,8 +28,12 @@ from cnnlab.train.start import start_run
 from cnnlab.train.state import RunState, load_phase_states, resume_entry
 
 
-def fine_tune(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+def fine_tune(config: TrainConfig, *, progress: Progress | None = None) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.data``; write checkpoints and reports into ``config.out``.
+
+    The train job (also :func:`cnnlab.train.run`): check (settings, model, the run folder's rules:
+    :func:`~cnnlab.train.state.run_folder`), lock the run folder, compute, write; ``config.resume`` continues
+    the run there, ``config.overwrite`` replaces it.
 
     0. **probe** (``probe``, the default): the ImageNet classifier is replaced by a layer with one
        output per class, set by a logistic regression on the frozen features of the training
@@ -187,3 +191,7 @@ def _record(run: TrainingRun, phase: Phase, epoch: int, started: float, *, lr: t
         val_loss=val.loss if val is not None else None, val_acc=val.accuracy if val is not None else None,
         images=images, skipped=skipped, seconds=round(time.perf_counter() - started, 3),
     ), val
+
+
+#: The train job under the name every job has (``cnnlab.bench.run``, ``cnnlab.review.run``...).
+run = fine_tune

@@ -13,6 +13,7 @@ from typing import Any
 
 from cnnlab.imagedata.datasets import SkippedFile
 from cnnlab.jsonable import to_jsonable
+from cnnlab.train.config import ResolvedSettings
 
 #: Files of a run in its output folder (removed by ``overwrite=True``).
 RUN_FILES = ("best.pt", "last.pt", "history.csv", "curves.png", "metrics.json", "data_split.csv")
@@ -89,6 +90,8 @@ class TrainResult:
     skipped: list[SkippedFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     train_args: dict[str, Any] = field(default_factory=dict)
+    #: What the run resolved its automatic settings to (stored in its checkpoints; resume reads them back).
+    resolved: ResolvedSettings | None = None
 
     @property
     def best_path(self) -> Path:
@@ -143,5 +146,6 @@ class TrainResult:
             "skipped": [s.to_dict() for s in self.skipped],
             "warnings": self.warnings,
             "train_args": self.train_args,
+            "resolved": self.resolved.to_dict() if self.resolved is not None else None,
         })
         return data

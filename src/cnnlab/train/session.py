@@ -34,7 +34,7 @@ from cnnlab.outputs import atomic_write
 from cnnlab.progress import Progress
 from cnnlab.runtime.inference import Batch
 from cnnlab.train.augment import make_transform
-from cnnlab.train.config import BatchPlan, Phase, TrainConfig, plan_batches
+from cnnlab.train.config import BatchPlan, Phase, ResolvedSettings, TrainConfig, plan_batches
 from cnnlab.train.data import DataSplits, make_train_loader
 from cnnlab.train.loop import Predictions, evaluate, evaluation_report
 from cnnlab.train.result import RUN_FILES, EpochRecord, TrainResult
@@ -91,6 +91,12 @@ class TrainingRun:
 
     def __post_init__(self) -> None:
         self._skipped_paths = {s.path for s in self.result.skipped}
+
+    @property
+    def resolved(self) -> ResolvedSettings:
+        """What the run resolved its automatic settings to (:func:`~cnnlab.train.start.start_run` sets them)."""
+        assert self.result.resolved is not None
+        return self.result.resolved
 
     @property
     def head(self) -> nn.Module:
@@ -190,6 +196,7 @@ class TrainingRun:
             metrics=metrics,
             resume=resume,
             data_record=self.data_record,
+            resolved=self.result.resolved.to_dict() if self.result.resolved is not None else None,
         )
 
     def save_epoch(self, state: RunState, record: EpochRecord, is_best: bool, resume: dict[str, Any]) -> None:
@@ -249,6 +256,7 @@ def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
         "split_source": result.split_source,
         "skipped": [s.to_dict() for s in result.skipped],
         "train_args": result.train_args,
+        "resolved": result.resolved.to_dict() if result.resolved is not None else None,
     }
     atomic_write(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n")
     best["metrics"] = {

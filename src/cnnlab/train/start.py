@@ -35,19 +35,32 @@ from cnnlab.models.checkpoint import (
     replace_head,
 )
 from cnnlab.models.leakage import make_record
-from cnnlab.models.load import LoadedModel, load_model, precision_dtype, resolve_device, resolve_precision
+from cnnlab.models.load import (
+    LoadedModel,
+    load_torch,
+    precision_dtype,
+    resolve_device,
+    resolve_precision,
+    set_tf32,
+)
 from cnnlab.models.registry import ModelSpec, get_spec
-from cnnlab.options import Augment, BNPolicy, Precision
-from cnnlab.outputs import FolderLock, check_output_path
+from cnnlab.options import Augment, BNPolicy, Precision, RuntimeOptions
 from cnnlab.progress import Progress
 from cnnlab.runtime.inference import default_workers
 from cnnlab.train import tblog
-from cnnlab.train.config import TrainConfig, plan_phases, resumed_config, train_crop_size
+from cnnlab.train.config import (
+    ResolvedSettings,
+    TrainConfig,
+    plan_phases,
+    resumed_config,
+    stored_resolved,
+    train_crop_size,
+)
 from cnnlab.train.data import DataSplits, prepare_data, seed_everything
 from cnnlab.train.optim import early_layers, kept_layer_modes
 from cnnlab.train.result import TrainResult
 from cnnlab.train.session import TrainingRun
-from cnnlab.train.state import RunState, check_out, read_resume_checkpoint, reset_out, write_split_csv
+from cnnlab.train.state import RunState, clear_run, read_resume_checkpoint, run_folder, write_split_csv
 
 #: Classes whose training images are counted one by one in the run's first notes; more get a summary.
 MAX_LISTED_CLASSES = 30
@@ -87,20 +100,16 @@ def start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool = Tr
     is prepared for the learning-rate range test, so the plan's warnings about the training schedule
     and validation, which do not apply to it, are left out.
 
-    With ``prepare_out`` the run folder is locked (:class:`~cnnlab.outputs.FolderLock`, a
-    :class:`UsageError` when another run holds it) from the start when it exists, else from when it
-    is made, until the run's ``locks`` are closed (:func:`cnnlab.train.fine_tune` does at its end).
+    Every rule on the run folder is :class:`~cnnlab.outputs.OutputFolder`'s (:func:`~cnnlab.train.state.run_folder`):
+    checked before any work; with ``prepare_out`` it is locked (a :class:`UsageError` when another run holds
+    it) from the start when it exists, else from when it is made, until the run's ``locks`` are closed
+    (:func:`cnnlab.train.fine_tune` does at its end).
     """
     with contextlib.ExitStack() as locks:
         run, state = _start_run(config, progress, prepare_out=prepare_out, range_test=range_test,
                                 locks=locks if prepare_out else None)
         run.locks = locks.pop_all()  # released on an error above
     return run, state
-
-
-def lock_out(out: str | Path) -> FolderLock:
-    """The lock that keeps one ``cnnlab train`` (or ``--find-lr``) per run folder."""
-    return FolderLock(out, holder="another `cnnlab train`", error=UsageError)
 
 
 def _start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool, range_test: bool,
@@ -110,32 +119,34 @@ def _start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool, ra
     notes: list[str] = []
     if config.resume:
         stored = read_resume_checkpoint(Path(config.out))
-        config, notes = resumed_config(config, stored["train_args"])
+        config, notes = resumed_config(config, stored["train_args"], stored_resolved(stored))
         config.validate()
     if Path(config.model).suffix.lower() == ".onnx":
-        raise UsageError(f"--model {config.model} is an ONNX file: train needs PyTorch weights, a registry model or "
+        raise UsageError(f"model {config.model} is an ONNX file: train needs PyTorch weights, a registry model or "
                          "a checkpoint of cnnlab train (runs/x/best.pt)")
     if stored is None:  # a name or file that cannot work is refused before the data are read
         if Path(config.model).is_dir():
             hint = f"; its best checkpoint is {Path(config.model) / 'best.pt'}" \
                 if (Path(config.model) / "best.pt").is_file() else ""
-            raise UsageError(f"--model {config.model} is a folder: pass a registry model or a checkpoint file{hint}")
+            raise UsageError(f"model {config.model} is a folder: pass a registry model or a checkpoint file{hint}")
         if not is_checkpoint(config.model):
             get_spec(config.model)
         elif not Path(config.model).is_file():
-            raise UsageError(f"--model {config.model}: no such checkpoint file")
+            raise UsageError(f"model {config.model}: no such checkpoint file")
         elif config.weights is not None or config.random_weights:
-            raise UsageError(f"--model {config.model} is a checkpoint with its own weights: "
-                             "--weights and --random-weights do not apply")
+            raise UsageError(f"model {config.model} is a checkpoint with its own weights: "
+                             "weights and random_weights do not apply")
     if config.data is None:
-        raise UsageError("no training data: pass --data DIR (a class-folder tree, a manifest or a split folder)")
-    _check_out_outside_data(config.out, config.data)
+        raise UsageError("no training data: give data (a class-folder tree, a manifest or a split folder)")
+    folder = run_folder(config)
+    folder.check_path()
+    folder.check_outside_data()
     if config.tensorboard and prepare_out:
         tblog.check_available()
-    locked = locks is not None and check_output_path(config.out).is_dir()
+    locked = locks is not None and folder.path.is_dir()
     if locks is not None and locked:  # before the folder is checked for an earlier run
-        locks.enter_context(lock_out(config.out))
-    out = check_out(config) if prepare_out else Path(config.out)
+        locks.enter_context(folder.lock(error=UsageError))
+    out = folder.check(replace=config.overwrite, resume=config.resume) if prepare_out else folder.path
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     splits = prepare_data(config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
@@ -144,18 +155,18 @@ def _start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool, ra
     if stored is not None:
         _check_same_data(stored, splits, config.data)
         start = _from_last(stored, out / "last.pt")
-        with_probe = bool(stored["train_args"].get("probe_resolved", config.probe))
     else:
         start = _from_checkpoint(config, splits.classes) if is_checkpoint(config.model) else _from_registry(
             config, len(splits.classes), progress)
-        with_probe = config.freeze or (config.probe and not start.keep_head)
+    with_probe = config.freeze or (config.probe and not start.keep_head)
     bn: BNPolicy = config.bn if config.bn is not BNPolicy.AUTO else (
         BNPolicy.TRAIN if start.random_weights else BNPolicy.FROZEN)
     stride = config.frozen_stride if config.frozen_stride is not None else (1 if start.random_weights else 4)
     if stored is not None:  # what the run resolved when it started (a run continued from a checkpoint of
-        args = stored["train_args"]  # random weights does not store random_weights itself)
-        bn = BNPolicy(args.get("bn_resolved", bn))
-        stride = int(args.get("frozen_stride_resolved", stride))
+        kept = stored_resolved(stored)  # random weights does not store random_weights itself)
+        with_probe = bool(kept.get("probe", config.probe))
+        bn = BNPolicy(kept.get("bn", bn))
+        stride = int(kept.get("frozen_stride", stride))
     model = _wrap(start, splits.classes, device, precision)
     head_info = start.head_info
     phases = plan_phases(config, probe=with_probe)
@@ -175,9 +186,10 @@ def _start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool, ra
         split_source=splits.source, class_counts=splits.class_counts(), n_train=len(splits.train),
         n_val=len(splits.val) if splits.val else 0, n_test=len(splits.test) if splits.test else 0,
         skipped=list(splits.skipped),
-        train_args={**config.to_dict(), "arch": start.spec.name, "bn_resolved": bn.value, "frozen_stride_resolved": stride,
-                    "train_size_resolved": train_size, "precision_resolved": precision.value, "probe_resolved": with_probe,
+        train_args={**config.to_dict(), "arch": start.spec.name,
                     **({"continued_from": start.parent} if start.parent else {})},
+        resolved=ResolvedSettings(bn=bn, frozen_stride=stride, probe=with_probe, train_size=train_size,
+                                  precision=precision),
     )
     record: dict[str, Any] = {}
     if stored is not None and stored.get("data_record"):
@@ -202,9 +214,10 @@ def _start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool, ra
             run.note(f"resuming after epoch {state.epochs_done}")
     elif prepare_out:
         if locks is not None and not locked:  # the folder is made now: locked first, checked again under the lock
-            locks.enter_context(lock_out(out))
-            check_out(config)
-        reset_out(out)
+            folder.create()
+            locks.enter_context(folder.lock(error=UsageError))
+            folder.check(replace=config.overwrite)
+        clear_run(folder)
         write_split_csv(splits, out / "data_split.csv")
     if config.tensorboard and prepare_out:
         run.tensorboard = tblog.TensorBoardLog(out, first_epoch=state.epochs_done + 1 if stored is not None else 0)
@@ -236,7 +249,7 @@ def resolve_train_size(model: LoadedModel, config: TrainConfig) -> tuple[int, st
                            f"{config.train_size_ratio:g}: {problem}): training crops are the evaluation size, "
                            f"{eval_size} px")
     raise UsageError(f"{model.spec.arch} cannot train on {eval_size} px inputs ({problem}): "
-                     "choose another --image-size (or the model's own)")
+                     "choose another image_size (or the model's own)")
 
 
 def _training_forward_fails(model: LoadedModel, size: int) -> str | None:
@@ -262,21 +275,8 @@ def _training_forward_fails(model: LoadedModel, size: int) -> str | None:
     return None
 
 
-def _check_out_outside_data(out: str, data: str) -> None:
-    """Refuse (:class:`UsageError`) a run folder that is the data folder or lies inside it: its files
-    (curves.png, lr_find.png) would be read as training images, the folder as a class, by the next run."""
-    folder = Path(data)
-    if not folder.is_dir():
-        return
-    folder, target = folder.resolve(), Path(out).resolve()
-    if target == folder or target.is_relative_to(folder):
-        raise UsageError(f"--out {out} is inside the data folder {data}: the run's files would become training "
-                         "images (and its folder a class) of the next run; choose an --out outside it")
-
-
 def _from_registry(config: TrainConfig, num_classes: int, progress: Progress) -> StartingModel:
-    loaded = load_model(config.model, weights=config.weights, weights_dir=config.weights_dir,
-                        random_weights=config.random_weights, device="cpu",
+    loaded = load_torch(config.model_source, RuntimeOptions(device="cpu"),
                         progress=type(progress) is not Progress)  # a display was given: show downloads
     head_info = replace_head(loaded.module, num_classes)
     return StartingModel(loaded.spec, loaded.module, head_info, _run_preprocessing(loaded.spec, config.image_size),
@@ -349,13 +349,10 @@ def _run_preprocessing(spec: ModelSpec, image_size: int | None) -> Preprocessing
 
 def _wrap(start: StartingModel, classes: list[str], device: torch.device, precision: Precision) -> LoadedModel:
     """The starting network on ``device`` as a :class:`LoadedModel` over ``classes`` with the run's preprocessing."""
-    if device.type == "cuda":  # as load_model does: TF32 matrix units only when asked for
-        torch.backends.cuda.matmul.allow_tf32 = precision is Precision.TF32
-        torch.backends.cudnn.allow_tf32 = precision is Precision.TF32
+    set_tf32(precision, device)  # as loading does: TF32 matrix units only when asked for
     run_spec = dataclasses.replace(start.spec, categories=tuple(classes), preprocessing=start.preprocessing)
-    # On the CPU the network trains in the channels-last (NHWC) layout, oneDNN's own: on 2 cores a training
-    # step is 1.27-1.64x faster for efficientnet_lite0, mobilenet_v3_large, resnet50 and googlenet, the same for
-    # convnext_tiny (benchmarks/bench_train_layout.py). Checkpoint weights are written in the default layout
+    # On the CPU the network trains in the channels-last (NHWC) layout, oneDNN's own, which makes a training
+    # step faster for most networks (benchmarks/bench_train_layout.py). Checkpoint weights are written in the default layout
     # (make_checkpoint). CUDA keeps the default (not measured there).
     channels_last = device.type == "cpu"
     module = start.module.to(device)
@@ -393,10 +390,10 @@ def _describe(run: TrainingRun, start: StartingModel, *, range_test: bool = Fals
     if run.frozen and any(p.name == "full" for p in run.phases):
         n = sum(p.numel() for m in run.frozen for p in m.parameters(recurse=False))
         total = sum(p.numel() for p in run.model.module.parameters())
-        run.note(f"early layers kept frozen (frozen stride {r.train_args['frozen_stride_resolved']}): {len(run.frozen)} "
+        run.note(f"early layers kept frozen (frozen stride {run.resolved.frozen_stride}): {len(run.frozen)} "
                  f"layers, {n / 1e6:.2f} M of {total / 1e6:.2f} M parameters")
-    elif r.train_args["frozen_stride_resolved"] > 1 and any(p.name == "full" for p in run.phases):
-        stride = r.train_args["frozen_stride_resolved"]
+    elif run.resolved.frozen_stride > 1 and any(p.name == "full" for p in run.phases):
+        stride = run.resolved.frozen_stride
         run.note(f"frozen stride {stride}: no early layers to keep, every layer trains (the maps of {r.arch} get "
                  f"coarser than 1/{stride} of {run.model.preprocessing.crop_size} px inputs in its first block)")
     run.note(f"data: {r.n_train} train / {r.n_val} val / {r.n_test} test images, {len(r.classes)} classes "

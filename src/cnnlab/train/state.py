@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.checkpoint import read_checkpoint
-from cnnlab.outputs import atomic_open, check_output_folder, check_output_path
+from cnnlab.outputs import OutputFolder, atomic_open
 from cnnlab.train.config import Phase, TrainConfig
 from cnnlab.train.data import DataSplits
 from cnnlab.train.result import RUN_FILES, EpochRecord
@@ -111,7 +111,7 @@ def load_phase_states(
     """Continue a phase where ``last.pt``'s ``resume`` ``entry`` left it."""
     if entry.get("optimizer") is None or entry.get("scheduler") is None:
         raise CnnlabError("last.pt lacks the optimiser or scheduler state of its phase (it was written by an "
-                          "older cnnlab): finish it with that version, or start again with --overwrite")
+                          "older cnnlab): finish it with that version, or start again with overwrite")
     optimizer.load_state_dict(entry["optimizer"])
     scheduler.load_state_dict(entry["scheduler"])
     if entry.get("scaler"):
@@ -129,25 +129,20 @@ def read_resume_checkpoint(out: Path) -> dict[str, Any]:
     return ckpt
 
 
-def check_out(config: TrainConfig) -> Path:
-    """The run folder; refuse one that holds a run unless ``resume`` or ``overwrite`` says what to do, and
-    (:class:`~cnnlab.errors.UsageError`) a path that is a file or lies under one."""
-    out = check_output_path(config.out)
-    existing = [name for name in RUN_FILES if (out / name).exists()]
-    if existing and not (config.resume or config.overwrite):
-        raise CnnlabError(
-            f"{out} already holds a run ({', '.join(existing)}): use --resume to continue it or "
-            "--overwrite to start again, or choose another --out"
-        )
-    return out
+def run_folder(config: TrainConfig) -> OutputFolder:
+    """The run folder ``config.out`` and its rules (:class:`~cnnlab.outputs.OutputFolder`): not a file, not inside
+    the data (its curves.png would become a training image, the folder a class, of the next run), one run at a
+    time, and an earlier run (:data:`~cnnlab.train.result.RUN_FILES`) kept unless ``resume`` or ``overwrite``."""
+    return OutputFolder(Path(config.out), "train", run_files=RUN_FILES,
+                        data=Path(config.data) if config.data is not None else None)
 
 
-def reset_out(out: Path) -> None:
-    """Remove the files of an earlier run from ``out`` (made if missing), its TensorBoard events included."""
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / TENSORBOARD_FOLDER, ignore_errors=True)
-    check_output_folder(out)  # made, and proved writable (OutputError if not)
+def clear_run(folder: OutputFolder) -> None:
+    """Make the run folder (proved writable) and remove an earlier run's files from it, its TensorBoard events
+    included."""
+    folder.create()
+    folder.clear_previous()
+    shutil.rmtree(folder.path / TENSORBOARD_FOLDER, ignore_errors=True)
 
 
 def write_split_csv(splits: DataSplits, path: Path) -> None:

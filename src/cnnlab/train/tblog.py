@@ -23,12 +23,12 @@ from cnnlab.train.state import TENSORBOARD_FOLDER as FOLDER
 def check_available() -> None:
     """Raise :class:`UsageError` (exit 2) when the ``tensorboard`` package is missing."""
     if importlib.util.find_spec("tensorboard") is None:
-        raise UsageError("--tensorboard needs the tensorboard package: pip install 'cnnlab[tensorboard]' "
+        raise UsageError("tensorboard logs need the tensorboard package: pip install 'cnnlab[tensorboard]' "
                          "(or pip install tensorboard)")
     try:  # installed but unusable (a dependency too old or missing): say so before any work
         import torch.utils.tensorboard  # noqa: F401
     except ImportError as exc:
-        raise UsageError(f"--tensorboard: the tensorboard package does not import ({exc}); "
+        raise UsageError(f"tensorboard logs: the tensorboard package does not import ({exc}); "
                          "reinstall it: pip install -U 'cnnlab[tensorboard]'") from None
 
 

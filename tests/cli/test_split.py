@@ -1,0 +1,50 @@
+"""`cnnlab split` on the command line: DATA positional, JSON and table output, a usage error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cnnlab.cli.app import app
+from tests.helpers.fakeweb import make_image
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    """3 classes x 10 distinct images."""
+    root = tmp_path / "data"
+    for c, label in enumerate(("cat", "dog", "car")):
+        (root / label).mkdir(parents=True)
+        for i in range(10):
+            (root / label / f"{i:02d}.jpg").write_bytes(make_image(100 * c + i, (64, 64)))
+    return root
+
+
+def test_split_json(dataset: Path) -> None:
+    result = runner.invoke(app, ["split", str(dataset), "--val", "0.1", "--test", "0.2", "--seed", "7", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["images"] == 30 and payload["totals"]["test"] == 6 and payload["file"].endswith("split.csv")
+    assert (dataset / "split.csv").is_file()
+
+
+def test_split_table_and_wide(dataset: Path) -> None:
+    plain = runner.invoke(app, ["split", str(dataset)], env={"COLUMNS": "60"})
+    assert plain.exit_code == 0, plain.output
+    assert "total" not in plain.stdout and "30 images" in plain.stdout
+    wide = runner.invoke(app, ["split", str(dataset), "--wide"], env={"COLUMNS": "60"})
+    assert wide.exit_code == 0, wide.output
+    assert "total" in wide.stdout
+    (cat,) = [line for line in wide.stdout.splitlines() if "cat" in line and "10" in line]
+    assert cat.split("│")[-2].strip() == "10"  # the total column: every image of the class
+
+
+def test_split_refuses_fractions_over_one(dataset: Path) -> None:
+    bad = runner.invoke(app, ["split", str(dataset), "--val", "0.6", "--test", "0.6"])
+    assert bad.exit_code == 2 and "fractions" in bad.output
+    assert not (dataset / "split.csv").exists()
