@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from cnnlab.runtime.allocator import keep_freed_memory
 from cnnlab.runtime.inference import run_inference
-from cnnlab.models.load import load_model
+from cnnlab.runtime.loader import load_model
 
 kept = keep_freed_memory()
 paths, steps = sorted(Path(sys.argv[1]).glob("*.jpg")), int(sys.argv[2])

@@ -28,9 +28,10 @@ import torch
 from PIL import Image
 
 from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
-from cnnlab.models.load import load_model
+from cnnlab.models.load import load_torch
 from cnnlab.models.registry import get_spec
 from cnnlab.models.weights import locate_weights
+from cnnlab.options import ModelSource, RuntimeOptions, WeightsPolicy
 
 SOURCES = ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg", "brick.png"]
 
@@ -60,7 +61,8 @@ def reference_loop(root: Path, model_name: str, device: torch.device, batch_size
     from torchvision.models import get_model_weights
 
     spec = get_spec(model_name)
-    loaded = load_model(model_name, random_weights=random_weights, device=device)
+    policy = WeightsPolicy.RANDOM if random_weights else WeightsPolicy.PRETRAINED
+    loaded = load_torch(ModelSource(name=model_name, policy=policy), RuntimeOptions(device=device))
     model = loaded.module
     if spec.source == "torchvision":
         transform = get_model_weights(spec.arch)[spec.weights_tag].transforms()

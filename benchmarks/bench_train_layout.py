@@ -11,7 +11,7 @@ Usage::
 Prints seconds per step of each layout (the median over ``--repeats`` runs, taken in alternating order) and the
 ratio default / channels-last (above 1: channels-last is faster). The models have RANDOM weights (the speed of a
 step does not depend on them) and train every layer on random images; ``train``'s own runs keep early layers
-frozen and train on 0.8 of the evaluation size, so its gain end to end is smaller (README, train).
+frozen and train on 0.8 of the evaluation size, so its gain end to end is smaller (docs/internals.md).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _CHILD = r"""
 import json, sys, time
 import torch
 from cnnlab.runtime.allocator import keep_freed_memory
-from cnnlab.models.load import load_model
+from cnnlab.runtime.loader import load_model
 
 keep_freed_memory()
 name, channels_last, batch, size, steps = sys.argv[1], sys.argv[2] == "1", *map(int, sys.argv[3:6])

@@ -21,7 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import make_jpegs
 
-from cnnlab.models.load import load_model
+from cnnlab.models.load import load_torch
+from cnnlab.options import ModelSource, RuntimeOptions, WeightsPolicy
 from cnnlab.runtime.inference import default_workers, run_inference
 
 
@@ -73,8 +74,8 @@ def main() -> int:
     print(f"resnet50 with RANDOM weights (speed only), {args.precision}, channels_last, batch {args.batch_size}, "
           f"{workers} loader workers, on {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""), flush=True)
-    model = load_model("resnet50", random_weights=True, device=str(device), precision=args.precision,
-                       channels_last=True)
+    model = load_torch(ModelSource(name="resnet50", policy=WeightsPolicy.RANDOM),
+                       RuntimeOptions(device=str(device), precision=args.precision, channels_last=True))
     folders = {"500x375": (Path(args.folder) / "small", args.small, (500, 375)),
                "1600x1200": (Path(args.folder) / "large", args.large, (1600, 1200))}
     rows = {}

@@ -62,3 +62,13 @@ def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def isolated_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the hub cache at an empty folder and forget any mirror or weights dir from the environment."""
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.delenv("CNNLAB_WEIGHTS_DIR", raising=False)
+    monkeypatch.delenv("CNNLAB_WEIGHTS_MIRROR", raising=False)
+    return home

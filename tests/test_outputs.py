@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from cnnlab.errors import OutputError
-from cnnlab.outputs import FolderLock
+from cnnlab.errors import OutputError, UsageError
+from cnnlab.outputs import FolderLock, OutputFolder
 
 
 def test_a_second_lock_on_a_held_folder_is_refused(tmp_path: Path) -> None:
@@ -43,3 +43,70 @@ def test_a_forked_child_does_not_keep_the_folder_locked(tmp_path: Path) -> None:
         if child is not None:
             child.kill()
             child.join()
+
+
+# -- OutputFolder: the one rule set every job's output folder follows ---------------------------------------
+
+
+def test_output_folder_refuses_a_file_and_a_path_under_a_file(tmp_path: Path) -> None:
+    (tmp_path / "results.csv").write_text("x")
+    for path in (tmp_path / "results.csv", tmp_path / "results.csv" / "run1"):
+        with pytest.raises(UsageError, match="a file, not a folder"):
+            OutputFolder(path, "bench").check()
+    assert not (tmp_path / "results.csv").is_dir()
+
+
+def test_output_folder_inside_the_data_is_refused_unless_hidden(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "cat").mkdir(parents=True)
+    for path in (data, data / "cat", data / "runs" / "x"):
+        with pytest.raises(UsageError, match="data folder"):
+            OutputFolder(path, "bench", data=data).check()
+    assert OutputFolder(data / ".cnnlab" / "bench", "bench", data=data).check() == data / ".cnnlab" / "bench"
+    assert OutputFolder(tmp_path / "elsewhere", "bench", data=data).check() == tmp_path / "elsewhere"
+    assert not (data / "runs").exists() and not (tmp_path / "elsewhere").exists()  # checks create nothing
+
+
+def test_output_folder_holding_an_earlier_run_needs_replace_and_clears_only_its_files(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "predictions").mkdir(parents=True)
+    (out / "results.csv").write_text("old")
+    (out / "mine.txt").write_text("keep")
+    folder = OutputFolder(out, "bench", run_files=("results.csv", "predictions", "results.json"))
+    with pytest.raises(UsageError, match="earlier bench run .*overwrite") as refused:
+        folder.check()
+    assert "resume" not in str(refused.value)
+    assert folder.check(replace=True) == out
+    folder.clear_previous()
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+def test_a_resumable_job_says_it_can_continue(tmp_path: Path) -> None:
+    (tmp_path / "last.pt").write_bytes(b"x")
+    with pytest.raises(UsageError, match=r"continue it \(resume\)"):
+        OutputFolder(tmp_path, "train", run_files=("last.pt",), resumable=True).check()
+    assert OutputFolder(tmp_path, "train", run_files=("last.pt",), resumable=True).check(resume=True) == tmp_path
+
+
+def test_output_folder_lock_refuses_a_second_writer(tmp_path: Path) -> None:
+    folder = OutputFolder(tmp_path / "out", "review")
+    folder.create()
+    with folder.lock(), pytest.raises(OutputError, match="another cnnlab review run"), folder.lock():
+        pass
+
+
+def test_what_an_interrupted_run_leaves_does_not_block_the_rerun(tmp_path: Path) -> None:
+    """Issue 27: Ctrl-C during bench, then a rerun. The lock file and a dead writer's temporary file are not
+    an earlier run's outputs; the rerun's atomic writes remove the temporary file."""
+    from cnnlab.outputs import atomic_write
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".lock").write_text("")
+    stale = out / ".results.json.999999.tmp"  # a pid that does not run
+    stale.write_text("{half")
+    folder = OutputFolder(out, "bench", run_files=("results.json", "results.csv"))
+    assert folder.previous() == [] and folder.check() == out
+    with folder.lock():
+        atomic_write(out / "results.json", "{}")
+    assert not stale.exists() and (out / "results.json").read_text() == "{}"

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 import cnnlab
 from cnnlab.cli import app
 from cnnlab.errors import UsageError
-from cnnlab.models.load import load_model
 from cnnlab.models.registry import get_spec
 from cnnlab.options import RuntimeOptions
+from cnnlab.runtime.loader import load_model
 from tests.helpers.images import make_image
 
 runner = CliRunner()

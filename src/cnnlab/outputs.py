@@ -133,9 +133,9 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     return target
 
 
-def check_output_path(path: str | Path, *, what: str = "--out") -> Path:
+def check_output_path(path: str | Path, *, what: str = "output folder") -> Path:
     """Raise :class:`UsageError` if ``path`` cannot become a folder because it, or a folder above it, is a
-    file (``--out results.csv``, ``--out results.csv/run1``). Creates nothing."""
+    file (``results.csv``, ``results.csv/run1``). Creates nothing."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{what} {folder} exists and is not a folder")
@@ -147,7 +147,7 @@ def check_output_path(path: str | Path, *, what: str = "--out") -> Path:
     return folder
 
 
-def check_output_folder(path: str | Path, *, what: str = "--out") -> Path:
+def check_output_folder(path: str | Path, *, what: str = "output folder") -> Path:
     """Create ``path`` if needed and prove that a file can be written in it.
 
     Raises:
@@ -263,6 +263,8 @@ class OutputFolder:
     data: Path | None = None
     #: More paths of an earlier run, found from its own files (bench: the plots its results.json lists).
     listed_files: Callable[[Path], list[Path]] | None = field(default=None, compare=False)
+    #: Whether the job can continue an earlier run (train's ``resume``): said in the refusal.
+    resumable: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -290,7 +292,8 @@ class OutputFolder:
             probe = probe.parent
         if not probe.is_dir():
             where = "is" if probe == folder else f"is under {probe}, which is"
-            raise UsageError(f"output folder {folder} {where} a file, not a folder")
+            what = "a file, not a folder" if probe.is_file() else "not a folder (a FIFO, a device or a socket)"
+            raise UsageError(f"output folder {folder} {where} {what}")
         if not os.access(probe, os.W_OK | os.X_OK):
             raise OutputError(f"output folder {folder}: no permission to write in {probe}")
 
@@ -311,8 +314,9 @@ class OutputFolder:
         old = self.previous()
         if old:
             names = ", ".join(p.name for p in old[:3]) + (", ..." if len(old) > 3 else "")
+            ways = "continue it (resume), replace it (overwrite)" if self.resumable else "replace them (overwrite)"
             raise UsageError(f"{self.path} already holds the outputs of an earlier {self.job} run ({names}); "
-                             "replace them (overwrite), or choose another output folder")
+                             f"{ways}, or choose another output folder")
 
     def previous(self) -> list[Path]:
         """The outputs of an earlier run here: ``run_files`` that exist, then what ``listed_files`` finds."""

@@ -68,8 +68,12 @@ class PredictResult:
         }
 
 
-#: Images per batch when ``runtime.batch_size`` is not given.
+#: Images per batch when ``runtime.batch_size`` is not given and there are too few images to measure.
 DEFAULT_PREDICT_BATCH = 16
+#: From this many files on, a batch size or loader workers not given are measured (a few seconds pay back).
+MIN_IMAGES_TO_MEASURE = 64
+#: Seconds the measured choice may take in predict.
+PREDICT_AUTO_BUDGET_S = 3.0
 
 
 def predict(
@@ -80,6 +84,7 @@ def predict(
     runtime: RuntimeOptions | None = None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     progress: Progress | None = None,
+    auto_backend: bool | None = None,
 ) -> PredictResult:
     """Classify files, folders (searched recursively) and glob patterns.
 
@@ -88,7 +93,12 @@ def predict(
     loaded model (:func:`cnnlab.load_model`). ``runtime`` says how a model given by name runs (device,
     backend, threads, batch size, loader workers: :class:`~cnnlab.options.RuntimeOptions`; ``None``: the
     defaults, batches of :data:`DEFAULT_PREDICT_BATCH`); an int8 backend calibrates on a sample of
-    ``calibration_images`` of the files to predict. Files that cannot be decoded are listed in
+    ``calibration_images`` of the files to predict. ``auto_backend`` (default: when ``runtime`` is ``None``)
+    runs a model given by name on the fastest runtime that reproduces it
+    (:func:`cnnlab.runtime.loader.choose_backend`: ONNX Runtime on the CPU when installed, else PyTorch)
+    instead of ``runtime.backend``; ``result.runtime["backend_choice"]`` says which and why. A batch size or
+    loader workers left ``None`` are measured on the first images when there are enough of them
+    (:mod:`cnnlab.runtime.autotune`; ``result.runtime["auto"]``). Files that cannot be decoded are listed in
     ``result.skipped`` with their reason; the other files are still predicted. Progress is reported as
     task ``predict``, in files.
 
@@ -102,10 +112,19 @@ def predict(
     from cnnlab.runtime.loader import load_runtime
     from cnnlab.runtime.quantize import calibration_sample
 
+    if auto_backend is None:
+        auto_backend = runtime is None
     runtime = runtime or RuntimeOptions()
     paths, skipped = expand_paths(inputs)
+    backend_choice = None
     if isinstance(model, (str, Path, ModelSource)):
         source = model if isinstance(model, ModelSource) else ModelSource(name=str(model))
+        if auto_backend:
+            from cnnlab.runtime.loader import choose_backend
+
+            chosen, why = choose_backend(source, runtime, progress=progress)
+            runtime = runtime.replace(backend=chosen)
+            backend_choice = {"auto": True, "backend": chosen.value, "reason": why}
         int8 = runtime.backend.quantization is Quantization.INT8 and paths
         loaded = load_runtime(source, runtime, progress=progress,
                               calibration=calibration_sample(paths, calibration_images) if int8 else ())
@@ -113,6 +132,8 @@ def predict(
         loaded = model
     result = PredictResult(loaded.name, skipped=list(skipped), random_weights=loaded.random_weights,
                            runtime=loaded.runtime_info())
+    if backend_choice is not None:
+        result.runtime["backend_choice"] = backend_choice
     checkpoint = _checkpoint_of(model, loaded)
     if checkpoint is not None and paths:
         from cnnlab.models.leakage import overlap
@@ -124,8 +145,18 @@ def predict(
         result.leakage = report.to_dict()
     k = max(1, min(topk, loaded.spec.num_classes))
     categories = loaded.categories
-    for batch in run_inference(loaded, paths, batch_size=runtime.batch_size or DEFAULT_PREDICT_BATCH,
-                               workers=runtime.workers, fast_decode=runtime.fast_decode, decode=runtime.decode,
+    batch_size, workers = runtime.batch_size, runtime.workers
+    if (batch_size is None or workers is None) and len(paths) >= MIN_IMAGES_TO_MEASURE:
+        from cnnlab.runtime.autotune import choose_batch_and_workers
+
+        auto = choose_batch_and_workers(loaded, paths, batch_size=batch_size, workers=workers,
+                                        fast_decode=runtime.fast_decode, budget_s=PREDICT_AUTO_BUDGET_S,
+                                        progress=progress)
+        batch_size, workers = auto.batch_size, auto.workers
+        result.runtime["auto"] = auto.to_dict()
+    for batch in run_inference(loaded, paths, batch_size=batch_size or DEFAULT_PREDICT_BATCH,
+                               workers=workers, fast_decode=runtime.fast_decode,
+                               decode=runtime.decode,
                                progress=progress,
                                task="predict", description=f"predict {loaded.name}"):
         result.skipped.extend(batch.skipped)

@@ -59,7 +59,11 @@ def test_worker_process_reports_progress_and_errors_without_warnings(tmp_path: P
     assert "Warning" not in proc.stderr, proc.stderr  # e.g. runpy's "found in sys.modules" RuntimeWarning
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     started = [e["args"]["key"] for e in events if e["call"] == "start"]
-    assert started == ["load", "throughput", "latency", "eval"]
+    assert started == ["load", "auto", "throughput", "latency", "eval"]  # batch size auto: measured, shown
+    assert result.auto is not None and result.auto["batch_auto"] and not result.auto["workers_auto"]
+    assert result.throughput_batch == result.auto["batch_size"]
+    assert result.speed_s is not None and result.throughput_timing is not None
+    assert {"q1_s", "q3_s", "max_s"} <= set(result.throughput_timing)
     assert all(e["cnnlab-progress"] == 1 for e in events)
     request.model = "no_such_model"
     proc, result = _run_worker(request, tmp_path)
@@ -134,7 +138,8 @@ def test_measure_options_embed_runtime_options_and_keep_the_results_json_keys() 
     data = short.to_dict()
     assert list(data) == ["device", "batch_size", "precision", "channels_last", "compile", "workers", "threads",
                           "fast_decode", "decode", "weights", "weights_dir", "batch_sizes", "warmup",
-                          "latency_repeats", "throughput_repeats", "max_seconds_per_timing"]
+                          "latency_repeats", "throughput_repeats", "max_seconds_per_timing",
+                          "speed_budget_s"]
     assert (data["precision"], data["decode"], data["weights"]) == ("bf16", "cpu", "pretrained")
     assert MeasureOptions.from_dict({**data, "unknown": 1}).to_dict() == data
     with pytest.raises(TypeError, match="backend"):

@@ -86,3 +86,14 @@ def test_importing_the_cli_loads_no_heavy_library() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_library_parameters_in_messages_are_shown_as_the_commands_flags(tmp_path: Path) -> None:
+    """Issue 22: library messages name parameters, ``(overwrite)``; the command line shows its flags."""
+    result = CliRunner().invoke(app, ["collect", "-o", str(tmp_path / "c")])
+    assert result.exit_code == 2
+    assert "(--classes)" in result.stderr and "(--query)" in result.stderr and "(classes)" not in result.stderr
+    (tmp_path / "urls.txt").write_text("http://127.0.0.1:9/x.jpg\n")
+    both = CliRunner().invoke(app, ["collect", "-o", str(tmp_path / "c"), "--urls", str(tmp_path / "urls.txt"),
+                                    "--from-folder", str(tmp_path)])
+    assert both.exit_code == 2 and "(--urls)" in both.stderr and "(--from-folder)" in both.stderr

@@ -15,14 +15,7 @@ from cnnlab.models.weights import MIRROR_ENV, locate_weights
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def isolated_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the hub cache at an empty folder and forget any mirror or weights dir from the environment."""
-    home = tmp_path / "torch_home"
-    monkeypatch.setenv("TORCH_HOME", str(home))
-    monkeypatch.delenv("CNNLAB_WEIGHTS_DIR", raising=False)
-    monkeypatch.delenv(MIRROR_ENV, raising=False)
-    return home
+pytestmark = pytest.mark.usefixtures("isolated_torch_home")
 
 
 @pytest.mark.parametrize("flag", ["--out", "-o", "--dest"])  # --dest: the deprecated name, hidden

@@ -158,3 +158,19 @@ def test_an_unreadable_exif_block_is_ignored() -> None:
     tiff = data.find(b"Exif\x00\x00") + 6
     data[tiff : tiff + 4] = b"XXXX"  # not a TIFF header: the EXIF block cannot be parsed at all
     assert decode_image(bytes(data)).size == (80, 60)
+
+
+def test_a_float_image_with_an_inf_pixel_keeps_its_picture(tmp_path: Path) -> None:
+    """Issue 27: one ``inf`` pixel in a float TIFF turned the whole image black."""
+    import numpy as np
+    from PIL import Image
+
+    array = np.tile(np.linspace(0.0, 1000.0, 64, dtype=np.float32), (32, 1))
+    array[0, 0] = np.inf
+    array[0, 1] = np.nan
+    path = tmp_path / "float.tif"
+    Image.fromarray(array, mode="F").save(path)
+    rgb = np.asarray(decode_image(path))
+    assert rgb.shape == (32, 64, 3)
+    assert rgb[5, -1, 0] == 255 and rgb[5, 0, 0] == 0 and 100 < rgb[5, 32, 0] < 160  # a ramp, not black
+    assert rgb[0, 0, 0] == 255 and rgb[0, 1, 0] == 0

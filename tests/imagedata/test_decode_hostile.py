@@ -29,6 +29,7 @@ from cnnlab.cli import app
 from cnnlab.errors import CnnlabError, DatasetError, ImageDecodeError, WeightsIntegrityError
 from cnnlab.imagedata.datasets import expand_paths, scan_dataset
 from cnnlab.imagedata.decode import decode_image
+from cnnlab.options import ModelSource, RuntimeOptions
 from tests.helpers.images import make_image
 
 runner = CliRunner()
@@ -153,9 +154,9 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def lite0() -> Any:
-    from cnnlab.models.load import load_model
+    from cnnlab.models.load import load_torch
 
-    return load_model("efficientnet_lite0", device="cpu")
+    return load_torch("efficientnet_lite0", RuntimeOptions(device="cpu"))
 
 
 def test_predict_goes_on_past_a_fifo(tmp_path: Path, lite0: Any) -> None:
@@ -166,7 +167,7 @@ def test_predict_goes_on_past_a_fifo(tmp_path: Path, lite0: Any) -> None:
     make_image(folder / "ok.png", (80, 60))
     fifo = folder / "pipe.jpg"
     os.mkfifo(fifo)
-    result = run_with_time_limit(lambda: predict([folder], model=lite0, workers=0), fifo, 30)
+    result = run_with_time_limit(lambda: predict([folder], model=lite0, runtime=RuntimeOptions(workers=0)), fifo, 30)
     assert [Path(p.path).name for p in result.predictions] == ["ok.png"]
     assert {(Path(s.path).name, s.reason) for s in result.skipped} == {("pipe.jpg", "not-a-file")}
 
@@ -351,13 +352,13 @@ def test_garbage_pt_files_are_errors_not_tracebacks(tmp_path: Path, payload: byt
 
 def test_architecture_mismatch_is_summarised(tmp_path: Path) -> None:
     """Decision: a key dump of 20 KB became counts and a few names."""
-    from cnnlab.models.load import load_model
+    from cnnlab.models.load import load_torch
     from cnnlab.models.registry import get_spec
 
     path = tmp_path / "wrong.pth"
     torch.save(get_spec("resnet18").build().state_dict(), path)
     with pytest.raises(WeightsIntegrityError) as info:
-        load_model("squeezenet1_1", weights=path)
+        load_torch(ModelSource(name="squeezenet1_1", weights=path))
     message = str(info.value)
     assert len(message) < 700, len(message)
     assert "missing keys" in message and "unexpected keys" in message and "more" in message
@@ -384,11 +385,11 @@ def _tiny_checkpoint(path: Path, **preprocessing: Any) -> Path:
                          ids=["huge-crop", "nan-mean", "zero-std", "interpolation", "negative-resize"])
 def test_hand_edited_checkpoint_preprocessing_is_refused(tmp_path: Path, edit: dict[str, Any]) -> None:
     """Decision: impossible preprocessing (a 100000-pixel crop, a NaN mean) is refused when the checkpoint is read."""
-    from cnnlab.models.load import load_model
+    from cnnlab.models.load import load_torch
 
     path = _tiny_checkpoint(tmp_path / "best.pt", **edit)
     with pytest.raises(WeightsIntegrityError, match="preprocessing"):
-        load_model(str(path), device="cpu")
+        load_torch(str(path), RuntimeOptions(device="cpu"))
 
 
 def test_save_checkpoint_cleans_stale_temp_files_and_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -417,11 +418,11 @@ def test_save_checkpoint_cleans_stale_temp_files_and_fsyncs(tmp_path: Path, monk
 def test_unsupported_devices_are_usage_errors(tmp_path: Path) -> None:
     """Defect 13: --device mps|meta. The CLI refuses the strings; the library refused no torch.device."""
     from cnnlab.errors import UsageError
-    from cnnlab.models.load import load_model
+    from cnnlab.models.load import load_torch
 
     for device in ("meta", "mps"):
         with pytest.raises(UsageError, match="not supported|unknown device"):
-            load_model("efficientnet_lite0", device=torch.device(device))
+            load_torch("efficientnet_lite0", RuntimeOptions(device=torch.device(device)))
     img = make_image(tmp_path / "a.png")
     for device in ("mps", "meta"):
         result = runner.invoke(app, ["predict", str(img), "--device", device, "-q"])
@@ -462,7 +463,7 @@ def test_export_out_that_is_a_folder_or_under_a_file(tmp_path: Path) -> None:
     blocker.write_text("x")
     result = runner.invoke(app, ["export", "efficientnet_lite0", "--format", "torchscript",
                                  "--out", str(blocker / "m.pt")])
-    assert result.exit_code == 1 and "cannot make the folder" in result.output, result.output
+    assert result.exit_code == 2 and "is a file, not a folder" in result.output, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 

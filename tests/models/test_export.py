@@ -19,7 +19,8 @@ from cnnlab.cli import app
 from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.models import export as export_module
 from cnnlab.models.export import ExportMismatchError, export_model
-from cnnlab.models.load import load_model
+from cnnlab.models.load import load_torch
+from cnnlab.options import RuntimeOptions
 from cnnlab.train import TrainConfig, fine_tune
 from tests.helpers.images import make_shades
 
@@ -49,7 +50,7 @@ def test_export_round_trip(checkpoint: Path, tmp_path: Path, fmt: str) -> None:
     assert meta["preprocessing"]["crop_size"] == 32
 
     # the file on its own, on a batch size it was not exported with, agrees with the checkpoint
-    loaded = load_model(str(checkpoint), device="cpu")
+    loaded = load_torch(str(checkpoint), RuntimeOptions(device="cpu"))
     batch = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
     with torch.inference_mode():
         expected = loaded(batch)
@@ -95,10 +96,12 @@ def test_export_refuses_unknown_formats(checkpoint: Path) -> None:
 
 def test_sidecar_describes_the_source_model(tmp_path: Path) -> None:
     """What `predict`/`bench` need to run the file as a model: source, weights, published figures."""
-    from cnnlab.models.load import load_model as load
+    from cnnlab.models.load import load_torch
+    from cnnlab.options import ModelSource, RuntimeOptions
 
     weights = tmp_path / "w.pth"
-    torch.save(load("squeezenet1_1", random_weights=True, device="cpu").module.state_dict(), weights)
+    source = ModelSource(name="squeezenet1_1", policy="random")
+    torch.save(load_torch(source, RuntimeOptions(device="cpu")).module.state_dict(), weights)
     result = runner.invoke(app, ["export", "squeezenet1_1", "--weights", str(weights), "--out", str(tmp_path / "s.onnx")])
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "s.onnx.json").read_text())
@@ -144,3 +147,22 @@ def test_export_refuses_an_output_that_is_not_a_regular_file(checkpoint: Path, t
     finally:
         os.close(reader)
     assert not (tmp_path / "other.onnx").exists()
+
+
+def test_export_refuses_to_replace_a_file_it_did_not_write(checkpoint: Path, tmp_path: Path) -> None:
+    """Found by review: ``export -o data/red/0.png`` replaced the user's image with an ONNX graph."""
+    image = tmp_path / "data" / "red" / "0.png"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"\x89PNG not really")
+    result = runner.invoke(app, ["export", str(checkpoint), "-o", str(image)])
+    assert result.exit_code == 2 and image.read_bytes() == b"\x89PNG not really", result.output
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("my notes")
+    refused = runner.invoke(app, ["export", str(checkpoint), "-o", str(notes)])
+    assert refused.exit_code == 2 and "not an earlier export" in refused.stderr and "--overwrite" in refused.stderr
+    assert notes.read_text() == "my notes"
+    assert runner.invoke(app, ["export", str(checkpoint), "-o", str(notes), "--overwrite"]).exit_code == 0
+    again = runner.invoke(app, ["export", str(checkpoint), "-o", str(notes)])  # an earlier export: replaced
+    assert again.exit_code == 0, again.output
+    with pytest.raises(UsageError, match="ends in .onnx"):
+        export_model(checkpoint, "onnx", tmp_path / "model.pt")

@@ -10,8 +10,9 @@ import torch
 
 import cnnlab
 from cnnlab.errors import WeightsIntegrityError
-from cnnlab.models.load import LoadedModel, load_model, load_torch, set_tf32
+from cnnlab.models.load import LoadedModel, load_torch, set_tf32
 from cnnlab.options import ModelSource, Precision, RuntimeOptions, WeightsPolicy
+from cnnlab.runtime.loader import load_model
 
 SMALL = "squeezenet1_1"
 
@@ -25,13 +26,13 @@ def test_a_registry_name_loads_in_pytorch_with_its_runtime_options() -> None:
     assert logits.shape == (2, 1000) and logits.dtype == torch.float32
 
 
-def test_the_keyword_form_of_earlier_versions_still_loads_pytorch() -> None:
-    old = load_model(SMALL, random_weights=True, device="cpu")
-    new = load_torch(ModelSource(name=SMALL, policy="random"), RuntimeOptions(device="cpu"))
-    for x, y in zip(old.module.state_dict().values(), new.module.state_dict().values()):
+def test_random_weights_are_seeded_and_a_name_is_a_model_source() -> None:
+    one = load_torch(ModelSource(name=SMALL, policy=WeightsPolicy.RANDOM), RuntimeOptions(device="cpu"))
+    two = load_torch(ModelSource(name=SMALL, policy="random"), RuntimeOptions(device="cpu"))
+    for x, y in zip(one.module.state_dict().values(), two.module.state_dict().values()):
         assert torch.equal(x, y)
-    with pytest.raises(TypeError, match="not both"):
-        load_model(ModelSource(name=SMALL), RuntimeOptions(), device="cpu")  # type: ignore[call-overload]
+    with pytest.raises(TypeError):
+        load_torch(SMALL, device="cpu")  # type: ignore[call-arg]  # the keyword form of 0.2 is gone: one way
 
 
 def test_an_onnx_file_loads_where_a_name_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,7 +43,7 @@ def test_an_onnx_file_loads_where_a_name_does(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "cache"))
     path = tmp_path / "small.onnx"
-    eager = load_model(SMALL, random_weights=True, device="cpu")
+    eager = load_torch(ModelSource(name=SMALL, policy=WeightsPolicy.RANDOM), RuntimeOptions(device="cpu"))
     export_model(eager, "onnx", path)
     model = cnnlab.load_model(str(path))
     assert model.backend.value == "onnxruntime" and model.name == str(path)

@@ -11,8 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from cnnlab.cli import app
-from cnnlab.models.load import load_model
+from cnnlab.models.load import load_torch
 from cnnlab.models.registry import get_spec
+from cnnlab.options import RuntimeOptions
 from cnnlab.train import TrainConfig, fine_tune
 from tests.helpers.images import make_shades
 
@@ -67,7 +68,7 @@ def from_file(shades: Path, weights_file: Path, tmp_path_factory: pytest.TempPat
 
 
 def test_train_with_random_weights_then_predict(checkpoint: Path, shades: Path) -> None:
-    loaded = load_model(str(checkpoint), device="cpu")
+    loaded = load_torch(str(checkpoint), RuntimeOptions(device="cpu"))
     assert loaded.categories == ("dark", "light") and loaded.preprocessing.crop_size == 32
     predicted = runner.invoke(app, ["predict", str(shades), "--model", str(checkpoint), "--json", "-q"])
     assert predicted.exit_code == 0, predicted.output

@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 from cnnlab.cli import app
 from cnnlab.errors import WeightsIntegrityError, WeightsNotFoundError
 from cnnlab.models.checkpoint import find_head, replace_head
-from cnnlab.models.load import load_model
+from cnnlab.models.load import load_torch
 from cnnlab.models.registry import all_specs, get_spec, list_models
 from cnnlab.models.weights import fetch_weights, locate_weights, resolve_weights
+from cnnlab.options import ModelSource, RuntimeOptions
 
 timm = pytest.importorskip("timm")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -95,18 +96,18 @@ def _save_random(name: str, path: Path) -> dict[str, torch.Tensor]:
 
 def test_local_weights_file_and_folder(tmp_path: Path) -> None:
     state = _save_random(SMALL, tmp_path / "mine.safetensors")
-    loaded = load_model(SMALL, weights=tmp_path / "mine.safetensors", device="cpu")
+    loaded = load_torch(ModelSource(name=SMALL, weights=tmp_path / "mine.safetensors"), RuntimeOptions(device="cpu"))
     assert torch.equal(loaded.module.state_dict()["fc.weight"], state["fc.weight"])
     folder = tmp_path / "weights"
     folder.mkdir()
     (tmp_path / "mine.safetensors").rename(folder / "resnet18.a1_in1k.safetensors")
     assert locate_weights(get_spec(SMALL), folder).found == folder / "resnet18.a1_in1k.safetensors"
     torch.save(state, tmp_path / "mine.pth")  # a PyTorch file works too (read with weights_only)
-    assert torch.equal(load_model(SMALL, weights=tmp_path / "mine.pth", device="cpu").module.state_dict()["fc.weight"],
+    assert torch.equal(load_torch(ModelSource(name=SMALL, weights=tmp_path / "mine.pth"), RuntimeOptions(device="cpu")).module.state_dict()["fc.weight"],
                        state["fc.weight"])
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(WeightsIntegrityError, match="not safetensors"):
-        load_model(SMALL, weights=tmp_path / "bad.safetensors", device="cpu")
+        load_torch(ModelSource(name=SMALL, weights=tmp_path / "bad.safetensors"), RuntimeOptions(device="cpu"))
 
 
 def _populate_hub_cache(cache: Path, repo_id: str, source: Path) -> Path:
@@ -130,7 +131,7 @@ def test_hub_cache_in_offline_mode(tmp_path: Path, isolated_caches: Path, monkey
     _save_random(SMALL, tmp_path / "w.safetensors")
     cached = _populate_hub_cache(isolated_caches, "timm/resnet18.a1_in1k", tmp_path / "w.safetensors")
     assert resolve_weights(spec) == cached
-    assert load_model(SMALL, device="cpu").weights_path == cached
+    assert load_torch(SMALL, RuntimeOptions(device="cpu")).weights_path == cached
     result = runner.invoke(app, ["weights", "where", SMALL])
     assert result.exit_code == 0 and str(cached) in result.output
 
@@ -190,7 +191,7 @@ def test_download_through_huggingface_hub_from_a_local_server(fake_hub: dict[str
     assert locate_weights(spec).url.startswith("http://127.0.0.1:")  # type: ignore[union-attr]
     path = resolve_weights(spec)
     assert path.is_relative_to(isolated_caches) and path.name == "model.safetensors"
-    loaded = load_model(SMALL, device="cpu")
+    loaded = load_torch(SMALL, RuntimeOptions(device="cpu"))
     assert torch.equal(loaded.module.state_dict()["fc.weight"], state["fc.weight"])
     copied = fetch_weights(spec, tmp_path / "dest", progress=False)  # found in the cache, copied under its own name
     assert copied == tmp_path / "dest" / "resnet18.a1_in1k.safetensors" and copied.read_bytes() == path.read_bytes()

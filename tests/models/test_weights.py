@@ -15,21 +15,15 @@ from typer.testing import CliRunner
 
 from cnnlab.cli import app
 from cnnlab.errors import UnsafeWeightsError, WeightsIntegrityError, WeightsNotFoundError
-from cnnlab.models.load import load_model
+from cnnlab.models.load import load_torch
 from cnnlab.models.registry import get_spec
 from cnnlab.models.weights import MIRROR_ENV, fetch_weights, load_state_dict, locate_weights, resolve_weights
+from cnnlab.options import ModelSource, RuntimeOptions, WeightsPolicy
 
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def isolated_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the hub cache at an empty folder and forget any mirror or weights dir from the environment."""
-    home = tmp_path / "torch_home"
-    monkeypatch.setenv("TORCH_HOME", str(home))
-    monkeypatch.delenv("CNNLAB_WEIGHTS_DIR", raising=False)
-    monkeypatch.delenv(MIRROR_ENV, raising=False)
-    return home
+pytestmark = pytest.mark.usefixtures("isolated_torch_home")
 
 
 def _hash_named_state_dict(folder: Path, arch: str) -> tuple[Path, dict[str, torch.Tensor]]:
@@ -70,7 +64,7 @@ def test_offline_error_names_file_url_and_dirs(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv(MIRROR_ENV, "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("CNNLAB_WEIGHTS_DIR", str(tmp_path / "envdir"))
     with pytest.raises(WeightsNotFoundError) as info:
-        load_model("alexnet", weights_dir=tmp_path / "mine", progress=False)
+        load_torch(ModelSource(name="alexnet", weights_dir=tmp_path / "mine"), progress=False)
     message = str(info.value)
     assert "alexnet-owt-7be5be79.pth" in message
     assert "http://127.0.0.1:9/alexnet-owt-7be5be79.pth" in message
@@ -109,12 +103,12 @@ def test_explicit_weights_file_and_weights_dir(tmp_path: Path, image_factory) ->
     spec = get_spec("squeezenet1_1")
     state = spec.build().state_dict()
     torch.save(state, folder / spec.weights_file)
-    by_dir = load_model("squeezenet1_1", weights_dir=folder, download=False, device="cpu")
+    by_dir = load_torch(ModelSource(name="squeezenet1_1", weights_dir=folder, download=False), RuntimeOptions(device="cpu"))
     assert by_dir.weights_path == folder / spec.weights_file
     assert torch.equal(by_dir.module.state_dict()["classifier.1.weight"], state["classifier.1.weight"])
     explicit = tmp_path / "any-name.bin"
     explicit.write_bytes((folder / spec.weights_file).read_bytes())
-    by_file = load_model("squeezenet1_1", weights=explicit, download=False)
+    by_file = load_torch(ModelSource(name="squeezenet1_1", weights=explicit, download=False))
     assert by_file.weights_path == explicit
     img = image_factory(tmp_path / "p.png")
     result = runner.invoke(app, ["predict", str(img), "--model", "squeezenet1_1", "--weights-dir", str(folder), "--json", "-q"])
@@ -126,7 +120,7 @@ def test_weights_that_do_not_fit_the_model(tmp_path: Path) -> None:
     path = tmp_path / "wrong.pth"
     torch.save(get_spec("resnet18").build().state_dict(), path)
     with pytest.raises(WeightsIntegrityError, match="do not fit"):
-        load_model("alexnet", weights=path)
+        load_torch(ModelSource(name="alexnet", weights=path))
 
 
 def test_non_torch_file_is_called_what_it_is(tmp_path: Path, image_factory) -> None:
@@ -164,4 +158,4 @@ def test_checkpoint_paths_refuse_other_weights(tmp_path: Path) -> None:
     ckpt = tmp_path / "best.pt"
     ckpt.write_bytes(b"\x80placeholder")
     with pytest.raises(CnnlabError, match="checkpoint with its own weights"):
-        load_model(str(ckpt), random_weights=True)
+        load_torch(ModelSource(name=str(ckpt), policy=WeightsPolicy.RANDOM))

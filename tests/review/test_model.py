@@ -12,7 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from cnnlab.cli.app import app
-from cnnlab.models.load import load_model
+from cnnlab.models.load import load_torch
+from cnnlab.options import RuntimeOptions
 from cnnlab.review import ReviewConfig, review
 from cnnlab.review.model import choose_backend, load_review_model
 from cnnlab.review.onnx_features import load_feature_model
@@ -45,7 +46,7 @@ def test_onnxruntime_features_equal_pytorchs_on_real_photos(real_photos: dict[st
     assert (info["backend"], info["threads"], exported.name) == ("onnxruntime", 1, "efficientnet_lite0.IMAGENET1K")
     assert "-features-" in exported.file.parent.name and exported.file.is_relative_to(cache)
     feats, logits = _features(exported, paths)
-    ref_feats, ref_logits = _features(load_model(OFFLINE, device="cpu", channels_last=True), paths)
+    ref_feats, ref_logits = _features(load_torch(OFFLINE, RuntimeOptions(device="cpu", channels_last=True)), paths)
     assert feats.shape == ref_feats.shape == (3, 1280) and logits.shape == ref_logits.shape == (3, 1000)
     cosine = (feats * ref_feats).sum(1) / (np.linalg.norm(feats, axis=1) * np.linalg.norm(ref_feats, axis=1))
     assert cosine.min() >= 0.9999

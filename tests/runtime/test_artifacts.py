@@ -4,6 +4,7 @@ never tracebacks or silently wrong labels."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -15,11 +16,12 @@ from typer.testing import CliRunner
 from cnnlab.cli import app
 from cnnlab.errors import WeightsIntegrityError
 from cnnlab.models.export import export_model
-from cnnlab.models.load import load_model
-from cnnlab.options import ModelSource, RuntimeOptions
+from cnnlab.models.load import load_torch
+from cnnlab.options import ModelSource, RuntimeOptions, WeightsPolicy
 from cnnlab.runtime import prepare_runtime_file
 from cnnlab.runtime.artifacts import MAX_SIDECAR_BYTES, read_sidecar
 from cnnlab.runtime.base import ExportedModel, Runtime
+from cnnlab.runtime.loader import load_model
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -55,7 +57,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weights squeezenet exported by cnnlab, with its sidecar."""
     path = tmp_path_factory.mktemp("onnx") / "small.onnx"
-    export_model(load_model(SMALL, random_weights=True, device="cpu"), "onnx", path)
+    export_model(load_torch(ModelSource(name=SMALL, policy=WeightsPolicy.RANDOM), RuntimeOptions(device="cpu")), "onnx", path)
     return path
 
 
@@ -156,9 +158,9 @@ def test_random_weights_are_the_same_in_pytorch_and_the_onnx_export() -> None:
     torch.manual_seed(123)
     expected = torch.rand(1)
     torch.manual_seed(123)
-    eager = load_model("mobilenet_v3_small", device="cpu", random_weights=True)
+    eager = load_torch(ModelSource(name="mobilenet_v3_small", policy=WeightsPolicy.RANDOM), RuntimeOptions(device="cpu"))
     assert torch.equal(torch.rand(1), expected)
-    again = load_model("mobilenet_v3_small", device="cpu", random_weights=True)
+    again = load_torch(ModelSource(name="mobilenet_v3_small", policy=WeightsPolicy.RANDOM), RuntimeOptions(device="cpu"))
     for (name, x), y in zip(eager.module.state_dict().items(), again.module.state_dict().values()):
         assert torch.equal(x, y), name
     exported = _load("mobilenet_v3_small", "onnxruntime", random_weights=True, device="cpu")
@@ -265,3 +267,78 @@ def test_special_files_are_refused_without_blocking(exported: Path, tmp_path: Pa
     shutil.copy(f"{exported}.json", f"{fifo_model}.json")
     with pytest.raises(WeightsIntegrityError, match="is not a regular file"):
         read_sidecar(fifo_model)
+
+
+SIDECAR_HOSTILE = {
+    "not-an-object": ({"__whole__": ["a", "b"]}, "must hold a JSON object"),
+    "preprocessing-is-text": ({"preprocessing": "imagenet"}, "'preprocessing' must be a mapping"),
+    "true-as-size": ({"preprocessing": {"crop_size": True}}, "'preprocessing.crop_size'"),
+    "crop-far-above-resize": ({"preprocessing": {"resize_size": 16, "crop_size": 224}}, "padding"),
+    "tiny-std": ({"preprocessing": {"std": [1e-30, 0.2, 0.2]}}, "'preprocessing.std'"),
+    "huge-mean": ({"preprocessing": {"mean": [1e30, 0.4, 0.4]}}, "'preprocessing.mean'"),
+    "quantization-is-text": ({"quantization": "int8"}, "'quantization' must be a mapping"),
+    "input-is-text": ({"input": "uint8"}, "'input' must be a mapping"),
+}
+
+
+@pytest.mark.parametrize("changes,expected", list(SIDECAR_HOSTILE.values()), ids=list(SIDECAR_HOSTILE))
+def test_hostile_sidecar_values_are_refused_naming_file_and_field(exported: Path, tmp_path: Path,
+                                                                  changes: dict[str, Any], expected: str) -> None:
+    """Issue 27 (untrusted metadata): `True` was read as crop size 1 and a 1e-30 std ran (every logit inf); one
+    place (cnnlab.models.metadata) now refuses them, as it does for checkpoints, naming the sidecar and field."""
+    path = _variant(exported, tmp_path, "edited")
+    if "__whole__" in changes:
+        Path(f"{path}.json").write_text(json.dumps(changes["__whole__"]))
+    else:
+        meta = json.loads(Path(f"{path}.json").read_text())
+        for key, value in changes.items():
+            meta[key] = {**meta[key], **value} if isinstance(value, dict) and isinstance(meta.get(key), dict) else value
+        Path(f"{path}.json").write_text(json.dumps(meta))
+    with pytest.raises(WeightsIntegrityError) as info:
+        _load(str(path), "onnxruntime", device="cpu", threads=1)
+    assert f"{path}.json" in str(info.value) and expected in str(info.value), str(info.value)
+
+
+def test_deeply_nested_sidecar_is_refused(exported: Path, tmp_path: Path) -> None:
+    path = _variant(exported, tmp_path, "deep")
+    meta = json.loads(Path(f"{path}.json").read_text())
+    meta["check"] = functools.reduce(lambda inner, _: [inner], range(500), [])
+    Path(f"{path}.json").write_text(json.dumps(meta))
+    with pytest.raises(WeightsIntegrityError, match="nested more than"):
+        read_sidecar(path)
+
+
+def test_a_cache_marker_that_is_a_fifo_is_made_again_without_blocking(exported: Path, cache: Path) -> None:
+    """complete.json was read without a bound: a FIFO there hung every run that used the cache entry."""
+    import os
+
+    from cnnlab.runtime.artifacts import COMPLETE, cache_entry_ok
+
+    folder = cache / "exports" / "entry"
+    folder.mkdir(parents=True)
+    shutil.copy(exported, folder / "model.onnx")
+    shutil.copy(f"{exported}.json", folder / "model.onnx.json")
+    os.mkfifo(folder / COMPLETE)
+    assert cache_entry_ok(folder) is False
+
+
+def test_quantising_external_data_behind_a_link_is_a_clear_error(tmp_path: Path,
+                                                                 real_photos: dict[str, Path]) -> None:
+    """Issue 27: an ONNX file whose weights are an external data file reached through a symbolic link failed
+    half-way through quantisation with onnx's bare ValidationError."""
+    import onnx
+
+    from cnnlab.runtime.quantize import quantized_file
+
+    source = load_torch(ModelSource(name=SMALL, policy=WeightsPolicy.RANDOM), RuntimeOptions(device="cpu"))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    path = export_model(source, "onnx", folder / "ext.onnx").path
+    model = onnx.load(str(path))
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data",
+              size_threshold=0)
+    elsewhere = tmp_path / "elsewhere.data"
+    (folder / "ext.data").rename(elsewhere)
+    (folder / "ext.data").symlink_to(elsewhere)
+    with pytest.raises(WeightsIntegrityError, match=r"'ext.data' .* is a symbolic link"):
+        quantized_file(path, [real_photos["cat"]])

@@ -36,7 +36,7 @@ def test_nproc_keeps_the_exit_status_of_an_out_folder_holding_a_run(photos: Path
     (out / "results.csv").write_text("model\n")
     proc = _bench(str(photos), "-m", "mobilenet_v3_small", "-o", str(out))
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.count("already holds the results") == 1
+    assert proc.stderr.count("already holds the outputs of an earlier bench run") == 1
     assert "ChildFailedError" not in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -10,7 +10,8 @@ import torch
 from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
 from cnnlab.bench.measure import MemoryMeter, time_repeated
 from cnnlab.imagedata.demo import build_demo_set
-from cnnlab.models.load import load_model
+from cnnlab.models.load import load_torch
+from cnnlab.options import ModelSource, RuntimeOptions, WeightsPolicy
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -24,9 +25,9 @@ def test_timings_wait_for_the_gpu() -> None:
 
 def test_cuda_matches_cpu_on_real_photos(real_photos: dict[str, Path]) -> None:
     paths = list(real_photos.values())
-    cpu = load_model("efficientnet_lite0", device="cpu")
-    gpu = load_model("efficientnet_lite0", device="cuda")
-    bf16 = load_model("efficientnet_lite0", device="cuda", precision="bf16", channels_last=True)
+    cpu = load_torch("efficientnet_lite0", RuntimeOptions(device="cpu"))
+    gpu = load_torch("efficientnet_lite0", RuntimeOptions(device="cuda"))
+    bf16 = load_torch("efficientnet_lite0", RuntimeOptions(device="cuda", precision="bf16", channels_last=True))
     batch = torch.stack([cpu.preprocessing.load(p) for p in paths])
     with torch.inference_mode():
         a, b, c = cpu(batch), gpu(batch).cpu(), bf16(batch).cpu()
@@ -42,7 +43,7 @@ def test_cuda_matches_cpu_on_real_photos(real_photos: dict[str, Path]) -> None:
 
 
 def test_memory_meter_sees_activations() -> None:
-    model = load_model("resnet50", random_weights=True, device="cuda")
+    model = load_torch(ModelSource(name="resnet50", policy=WeightsPolicy.RANDOM), RuntimeOptions(device="cuda"))
     weights_mib = torch.cuda.memory_allocated() / 2**20
     with MemoryMeter(CUDA) as meter, torch.inference_mode():
         model(torch.zeros(64, 3, 224, 224, dtype=torch.uint8, device=CUDA))

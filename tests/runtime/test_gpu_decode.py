@@ -11,6 +11,7 @@ from PIL import Image
 
 from cnnlab.errors import ImageDecodeError
 from cnnlab.models.registry import get_spec
+from cnnlab.options import ModelSource, RuntimeOptions, WeightsPolicy
 from cnnlab.runtime.gpu_decode import JpegBytes, decode_batch, is_encoded
 from tests.helpers.images import make_image
 
@@ -55,10 +56,10 @@ def test_small_and_thin_images_still_give_a_full_crop(tmp_path: Path, size: tupl
 def test_inference_through_the_device_path_on_the_cpu(tmp_path: Path, real_photos: dict[str, Path]) -> None:
     """run_inference(decode="device"): the loader yields file bytes, decode_batch decodes them on the
     model's device (the CPU here: the plumbing nvJPEG uses on CUDA), failures stay failures."""
-    from cnnlab.models.load import load_model
+    from cnnlab.models.load import load_torch
     from cnnlab.runtime.inference import run_inference
 
-    model = load_model("efficientnet_lite0", device="cpu")
+    model = load_torch("efficientnet_lite0", RuntimeOptions(device="cpu"))
     paths = []
     for name, path in real_photos.items():
         target = tmp_path / f"{name}.jpg"
@@ -155,10 +156,10 @@ def test_a_jpeg_the_device_decoder_refuses_is_read_by_pillow(tmp_path: Path, mon
 
 def test_device_path_gives_the_cpu_paths_reason_for_a_broken_jpeg(tmp_path: Path) -> None:
     """A JPEG cut in half is skipped as ``truncated`` by both paths (not a vaguer ``undecodable`` on the device)."""
-    from cnnlab.models.load import load_model
+    from cnnlab.models.load import load_torch
     from cnnlab.runtime.inference import run_inference
 
-    model = load_model("mobilenet_v3_small", random_weights=True, device="cpu")
+    model = load_torch(ModelSource(name="mobilenet_v3_small", policy=WeightsPolicy.RANDOM), RuntimeOptions(device="cpu"))
     good = tmp_path / "good.jpg"
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(noise).save(good, quality=75)

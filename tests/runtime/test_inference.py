@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cnnlab.models.checkpoint import find_head
-from cnnlab.models.load import load_model
+from cnnlab.models.load import load_torch
+from cnnlab.options import RuntimeOptions
 from cnnlab.progress import Progress
 from cnnlab.runtime.inference import run_inference
 from tests.helpers.images import make_image
@@ -30,7 +31,7 @@ class Recorder(Progress):
 
 @pytest.fixture(scope="module")
 def lite0():  # type: ignore[no-untyped-def]
-    return load_model("efficientnet_lite0", device="cpu")
+    return load_torch("efficientnet_lite0", RuntimeOptions(device="cpu"))
 
 
 def test_order_skips_timings_and_progress(tmp_path: Path, real_photos: dict[str, Path], lite0) -> None:  # type: ignore[no-untyped-def]
@@ -71,3 +72,18 @@ def test_stopping_early_removes_the_hook_and_leaves_inference_mode_off(real_phot
     batches.close()  # the caller stops after one batch
     assert len(head._forward_pre_hooks) == 0
     assert not torch.is_inference_mode_enabled()
+
+
+def test_more_decoding_processes_than_the_cores_can_use_are_capped_with_a_warning(tmp_path: Path) -> None:
+    """Issue 27: ``--workers 64`` on 2 cores ran into the memory limit at 6 GB."""
+    from cnnlab.imagedata.preprocess import Preprocessing
+    from cnnlab.runtime.inference import MAX_WORKERS_PER_CORE, available_cores, make_loader
+
+    pp = Preprocessing(resize_size=32, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+    paths = [make_image(tmp_path / f"{i}.png") for i in range(2)]
+    most = MAX_WORKERS_PER_CORE * available_cores()
+    with pytest.warns(UserWarning, match="would only cost memory"):
+        loader = make_loader(paths, pp, workers=most + 50)
+    assert loader.num_workers == most
+    assert make_loader(paths, pp, workers=1).num_workers == 1

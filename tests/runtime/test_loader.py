@@ -14,12 +14,13 @@ from typer.testing import CliRunner
 
 from cnnlab.cli import app
 from cnnlab.errors import UsageError, WeightsIntegrityError
-from cnnlab.models.load import load_model
-from cnnlab.options import ModelSource, RuntimeChoice, RuntimeOptions
+from cnnlab.models.load import load_torch
+from cnnlab.options import ModelSource, RuntimeChoice, RuntimeOptions, WeightsPolicy
 from cnnlab.runtime import prepare_runtime_file
 from cnnlab.runtime.artifacts import exports_dir
 from cnnlab.runtime.base import Runtime
 from cnnlab.runtime.inference import run_inference
+from cnnlab.runtime.loader import load_model
 from cnnlab.runtime.sessions import onnxruntime_providers
 
 pytest.importorskip("onnxruntime")
@@ -58,7 +59,7 @@ def photos(real_photos: dict[str, Path]) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def torch_logits(photos: list[Path]) -> torch.Tensor:
-    model = load_model(OFFLINE, device="cpu")
+    model = load_torch(OFFLINE, RuntimeOptions(device="cpu"))
     with torch.inference_mode():
         return model(torch.stack([model.preprocessing.load(p) for p in photos]))
 
@@ -94,7 +95,7 @@ def test_exports_are_cached_per_model_and_weights(monkeypatch: pytest.MonkeyPatc
     monkeypatch.undo()
     monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "other"))
     weights = tmp_path / "mine.pth"
-    torch.save(load_model(SMALL, random_weights=True, device="cpu").module.state_dict(), weights)
+    torch.save(load_torch(ModelSource(name=SMALL, policy=WeightsPolicy.RANDOM), RuntimeOptions(device="cpu")).module.state_dict(), weights)
     second = _prepare(SMALL, "onnxruntime", weights=weights)
     assert second != first and json.loads(second.with_name("model.onnx.json").read_text())["weights_file"] == str(weights)
 

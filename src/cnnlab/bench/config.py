@@ -18,9 +18,12 @@ from cnnlab.options import (
     parse_device,
 )
 
-#: Default batch size per device type: on a small CPU a small batch stays in the caches and needs less
-#: activation memory (benchmarks/bench_pipeline.py measures it); GPUs want large batches.
+#: Batch size per device type where one is needed without measuring (``None`` means "auto": each worker
+#: measures, :mod:`cnnlab.runtime.autotune`); GPUs want large batches.
 DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 32}
+#: Seconds the speed phases (throughput and latency) of one model may take by default: enough for the
+#: median of several rounds, bounded so a small image set does not spend most of a run measuring.
+DEFAULT_SPEED_BUDGET_S = 20.0
 
 
 #: The fields of :class:`~cnnlab.options.RuntimeOptions` that a measurement takes (the backend is per row:
@@ -39,8 +42,8 @@ class MeasureOptions:
     ``MeasureOptions(runtime=RuntimeOptions(device="cpu", batch_size=8))``.
     """
 
-    #: Device, precision, channels_last, compile, threads, workers, batch size (``None``: :data:`DEFAULT_BATCH_SIZE`
-    #: for the device the model runs on) and decoding (:class:`~cnnlab.options.RuntimeOptions`).
+    #: Device, precision, channels_last, compile, threads, workers and batch size (``None``: auto, measured per
+    #: model and device: :mod:`cnnlab.runtime.autotune`) and decoding (:class:`~cnnlab.options.RuntimeOptions`).
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     weights: WeightsPolicy = WeightsPolicy.PRETRAINED
     weights_dir: str | None = None
@@ -51,11 +54,13 @@ class MeasureOptions:
     throughput_repeats: int = 10
     #: A timing stops early (after at least 3 repeats) once it has taken this long.
     max_seconds_per_timing: float = 15.0
+    #: Seconds the speed phases (throughput at each batch size, latency) of one model may take together.
+    speed_budget_s: float = DEFAULT_SPEED_BUDGET_S
 
     def __init__(self, *, runtime: RuntimeOptions | None = None, weights: WeightsPolicy | str = WeightsPolicy.PRETRAINED,
                  weights_dir: str | Path | None = None, batch_sizes: list[int] | None = None, warmup: int = 3,
                  latency_repeats: int = 20, throughput_repeats: int = 10, max_seconds_per_timing: float = 15.0,
-                 **runtime_fields: Any) -> None:
+                 speed_budget_s: float = DEFAULT_SPEED_BUDGET_S, **runtime_fields: Any) -> None:
         unknown = sorted(set(runtime_fields) - set(RUNTIME_FIELDS))
         if unknown:
             raise TypeError(f"MeasureOptions got unexpected keyword arguments: {', '.join(unknown)}")
@@ -72,13 +77,17 @@ class MeasureOptions:
         self.latency_repeats = latency_repeats
         self.throughput_repeats = throughput_repeats
         self.max_seconds_per_timing = max_seconds_per_timing
+        if isinstance(speed_budget_s, bool) or not isinstance(speed_budget_s, (int, float)) or not speed_budget_s > 0:
+            raise UsageError(f"the speed budget must be a positive number of seconds, got {speed_budget_s!r}")
+        self.speed_budget_s = float(speed_budget_s)
 
     def source(self, name: str) -> ModelSource:
         """Model ``name`` with this run's weights folder and policy."""
         return ModelSource(name=name, weights_dir=Path(self.weights_dir) if self.weights_dir else None, policy=self.weights)
 
     def batch_size_for(self, device_type: str) -> int:
-        """``runtime.batch_size``, or the default for ``device_type`` (``cpu``, ``cuda``)."""
+        """``runtime.batch_size``, or the fixed default for ``device_type`` (``cpu``, ``cuda``); a worker
+        measures its own when the batch size is ``None`` (auto) and records it in the options it runs with."""
         return self.runtime.batch_size or DEFAULT_BATCH_SIZE.get(device_type, DEFAULT_BATCH_SIZE["cpu"])
 
     def throughput_batch_sizes(self, device_type: str) -> list[int]:
@@ -93,7 +102,8 @@ class MeasureOptions:
                      "batch_sizes": None if self.batch_sizes is None else list(self.batch_sizes),
                      "warmup": self.warmup, "latency_repeats": self.latency_repeats,
                      "throughput_repeats": self.throughput_repeats,
-                     "max_seconds_per_timing": self.max_seconds_per_timing})
+                     "max_seconds_per_timing": self.max_seconds_per_timing,
+                     "speed_budget_s": self.speed_budget_s})
         return data
 
     @classmethod

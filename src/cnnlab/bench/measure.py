@@ -2,8 +2,11 @@
 
 * On CUDA, timings bracket the work with ``torch.cuda.synchronize`` so that clocks read finished
   work (asynchronous kernel launches would otherwise make everything look instantaneous).
-* Latency and throughput run under ``torch.inference_mode`` after warm-up iterations, and report
-  the median and 90th percentile of repeats.
+* Latency and throughput run under ``torch.inference_mode`` after warm-up iterations, in rounds
+  (a fast call repeated until a round is long enough to time, as ``torch.utils.benchmark`` does), and
+  report the median of the rounds with its spread (quartiles, min-max).
+* The machine's state is part of every speed figure: :func:`machine_load` records the load average,
+  CPU model, cores and steal time, and says when the machine was busy.
 * Memory: CUDA allocated and reserved peaks (reset before each measurement), and the process's
   resident-set peak (Linux ``VmHWM``, which can be reset through ``/proc/self/clear_refs``).
 * MACs are counted with ``torch.utils.flop_counter`` (FLOPs / 2).
@@ -35,41 +38,92 @@ def synchronize(device: torch.device) -> None:
 
 @dataclass(frozen=True)
 class Timing:
-    """Repeated timings of one operation, in seconds."""
+    """Repeated timings of one operation, in seconds per call: the median of the rounds and their spread.
+
+    A round times ``calls_per_round`` back-to-back calls (``torch.utils.benchmark``'s autorange: a fast
+    call is repeated until a round is long enough for the clock), and is reported per call.
+    """
 
     repeats: int
     median_s: float
     p90_s: float
     min_s: float
     mean_s: float
+    #: Quartiles and slowest round: the spread (the IQR is ``q3_s - q1_s``).
+    q1_s: float = 0.0
+    q3_s: float = 0.0
+    max_s: float = 0.0
+    calls_per_round: int = 1
+    warmup: int = 0
+    #: Whether the time budget cut the rounds short.
+    budget_hit: bool = False
+
+    @property
+    def iqr_relative(self) -> float:
+        """The interquartile range as a share of the median (0.05: the middle half within 5 %)."""
+        return (self.q3_s - self.q1_s) / self.median_s if self.median_s > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "iqr_relative": self.iqr_relative}
+
+
+#: Shortest round worth timing: below it a round repeats the call (the clock and the loop would show).
+MIN_ROUND_S = 0.05
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear-interpolated quantile of sorted values."""
+    if len(ordered) == 1:
+        return ordered[0]
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def time_repeated(
-    func: Callable[[], Any], device: torch.device, *, warmup: int = 3, repeats: int = 10, max_seconds: float | None = None
+    func: Callable[[], Any], device: torch.device, *, warmup: int = 3, repeats: int = 10,
+    max_seconds: float | None = None, min_repeats: int = 3,
+    on_round: Callable[[int, int, float], None] | None = None,
 ) -> Timing:
-    """Time ``func`` ``repeats`` times after ``warmup`` calls, synchronising around each call.
+    """Time ``func``: ``warmup`` calls, then up to ``repeats`` rounds, synchronising around each round.
 
-    ``max_seconds`` stops early (after at least 3 repeats) so slow models on slow machines do not
-    take forever; the number of repeats actually made is reported.
+    A call faster than :data:`MIN_ROUND_S` is repeated within a round so the round is long enough to time
+    (the figure stays per call). ``max_seconds`` bounds the rounds (at least ``min_repeats`` are made;
+    ``budget_hit`` says when it cut them short), and the warm-up to half of it (at least one call).
+    ``on_round(done, planned, seconds_per_call)`` is called after every round (live progress).
     """
-    for _ in range(warmup):
-        func()
-    synchronize(device)
-    times: list[float] = []
-    started = time.perf_counter()
-    for _ in range(repeats):
+    first = 0.0
+    warmed = 0
+    warm_start = time.perf_counter()
+    while warmed < max(1, warmup):  # a slow call needs fewer warm-ups: stop once half the budget is spent
+        synchronize(device)
         t0 = time.perf_counter()
         func()
         synchronize(device)
-        times.append(time.perf_counter() - t0)
-        if max_seconds is not None and len(times) >= 3 and time.perf_counter() - started > max_seconds:
+        first = time.perf_counter() - t0
+        warmed += 1
+        if max_seconds is not None and time.perf_counter() - warm_start > max_seconds / 2:
+            break
+    calls = 1 if first >= MIN_ROUND_S else max(1, min(1000, int(MIN_ROUND_S / max(first, 1e-7)) + 1))
+    times: list[float] = []
+    started = time.perf_counter()
+    hit = False
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            func()
+        synchronize(device)
+        times.append((time.perf_counter() - t0) / calls)
+        if on_round is not None:
+            on_round(len(times), repeats, times[-1])
+        if max_seconds is not None and len(times) >= min_repeats and time.perf_counter() - started > max_seconds:
+            hit = len(times) < repeats
             break
     ordered = sorted(times)
-    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
-    return Timing(len(times), statistics.median(times), p90, ordered[0], statistics.fmean(times))
+    return Timing(len(times), statistics.median(times), _quantile(ordered, 0.9), ordered[0], statistics.fmean(times),
+                  q1_s=_quantile(ordered, 0.25), q3_s=_quantile(ordered, 0.75), max_s=ordered[-1],
+                  calls_per_round=calls, warmup=warmed, budget_hit=hit)
 
 
 def peak_rss_mib() -> float:

@@ -30,7 +30,7 @@ from cnnlab.outputs import OutputError, OutputFolder, atomic_open, atomic_write,
 from cnnlab.render.blocks import Figure
 from cnnlab.render.html import render_html
 from cnnlab.render.markdown import render_markdown
-from cnnlab.render.naming import printable
+from cnnlab.render.naming import csv_record, csv_row, printable
 
 if TYPE_CHECKING:
     from cnnlab.bench.result import BenchResult
@@ -45,7 +45,7 @@ def _write_rows(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[st
     with atomic_open(path) as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(csv_record(row) for row in rows)
 
 
 def _write_results_csv(result: BenchResult, path: Path, schema_version: int) -> None:
@@ -77,8 +77,8 @@ def _write_predictions(result: BenchResult, folder: Path) -> None:
                 for row, idx, prob in zip(chunk["row"].tolist(), chunk["topk"][:, :k].tolist(),
                                           chunk["probs"][:, :k].tolist()):
                     top1 = categories[idx[0]] if categories else ""
-                    writer.writerow([str(ds.paths[row]), ds.classes[ds.targets[row]], *idx,
-                                     *[f"{p:.6f}" for p in prob], top1])
+                    writer.writerow(csv_row([str(ds.paths[row]), ds.classes[ds.targets[row]], *idx,
+                                             *[f"{p:.6f}" for p in prob], top1]))
 
 
 def _write_confusions(result: BenchResult, folder: Path) -> dict[str, Path]:
@@ -105,11 +105,19 @@ def _write_confusions(result: BenchResult, folder: Path) -> dict[str, Path]:
 RUN_FILES = ("results.csv", "results.json", "results.md", "report.html", "skipped.csv", "predictions", "confusion")
 
 
+#: The most of an earlier run's results.json read to find its plots (a link to ``/dev/zero`` or a FIFO in the
+#: output folder is no list, not a hang).
+MAX_RESULTS_BYTES = 64 * 1024 * 1024
+
+
 def listed_plots(out_dir: Path) -> list[Path]:
     """The plots an earlier run's results.json lists: plain PNG file names in the folder itself, nothing else."""
+    from cnnlab.errors import ImageDecodeError
+    from cnnlab.imagedata.decode import read_regular_file
+
     try:
-        listed = json.loads((out_dir / "results.json").read_text(encoding="utf-8")).get("files") or []
-    except (OSError, ValueError, AttributeError):
+        listed = json.loads(read_regular_file(out_dir / "results.json", MAX_RESULTS_BYTES)).get("files") or []
+    except (OSError, ValueError, RecursionError, AttributeError, ImageDecodeError):
         return []
     found = []
     for name in listed if isinstance(listed, list) else []:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from cnnlab.bench.stems import model_file_stems
 from cnnlab.bench.tables import scored_models
 from cnnlab.render.blocks import Figure
-from cnnlab.render.naming import class_label, printable, unique_names
+from cnnlab.render.naming import class_label, plot_text, unique_names
 
 if TYPE_CHECKING:
     from cnnlab.bench.result import BenchResult, ModelResult
@@ -54,11 +54,11 @@ def _accuracy_vs_speed(plt: Any, result: BenchResult, scored: list[ModelResult],
         f = m.flat()
         x, y, lo, hi = f["eval_images_per_s"], f["top1"], f["top1_ci_low"], f["top1_ci_high"]
         ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], fmt="o", capsize=4)
-        ax.annotate(printable(m.name), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(plot_text(m.name), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     for m in unscored:  # their speed is real: show it, without an accuracy
         x = m.flat()["eval_images_per_s"]
         ax.axvline(x, color="grey", linestyle="--", linewidth=1)
-        ax.annotate(f"{printable(m.name)} (random weights: speed only)", (x, 0.02), rotation=90, fontsize=7, color="grey",
+        ax.annotate(f"{plot_text(m.name)} (random weights: speed only)", (x, 0.02), rotation=90, fontsize=7, color="grey",
                     textcoords="offset points", xytext=(3, 0), va="bottom")
     ax.set_xlabel("images/s, end to end (decode + model)")
     ax.set_ylabel("top-1 accuracy (95% CI)")
@@ -73,7 +73,7 @@ def _memory(plt: Any, ok: list[ModelResult], out: Path) -> Figure:
     xs = list(range(len(ok)))
     ax.bar([x - 0.2 for x in xs], [m.memory_mib or 0.0 for m in ok], width=0.4, label="peak during inference")
     ax.bar([x + 0.2 for x in xs], [m.run.weights_mib or 0.0 for m in ok], width=0.4, label="parameters")
-    ax.set_xticks(xs, [printable(m.name) for m in ok], rotation=20, ha="right", fontsize=8)
+    ax.set_xticks(xs, [plot_text(m.name) for m in ok], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("MiB")
     on_gpu = any(m.run.cuda_peak_allocated_mib is not None for m in ok)
     ax.set_title("Memory per model (" + ("GPU allocated" if on_gpu else "process RSS increase") + ")")
@@ -94,13 +94,13 @@ def _per_class(plt: Any, classes: list[str], scored: list[ModelResult], out: Pat
         ranked = sorted(accuracies[0], key=lambda c: (accuracies[0][c], c))
         classes = ranked[:SHOWN_AT_EACH_END] + ranked[-SHOWN_AT_EACH_END:] if len(ranked) > 2 * SHOWN_AT_EACH_END \
             else ranked
-        title = (f"The {SHOWN_AT_EACH_END} worst and {SHOWN_AT_EACH_END} best classes of {printable(scored[0].name)} "
+        title = (f"The {SHOWN_AT_EACH_END} worst and {SHOWN_AT_EACH_END} best classes of {plot_text(scored[0].name)} "
                  f"(of {len(ranked):,} scored)")
     fig, ax = plt.subplots(figsize=(min(18, max(7, 0.3 * len(classes) * len(scored) + 3)), 4.8))
     width = 0.8 / len(scored)
     for j, (m, acc) in enumerate(zip(scored, accuracies)):
         ax.bar([i + j * width for i in range(len(classes))], [acc.get(c, float("nan")) for c in classes],
-               width=width, label=printable(m.name))
+               width=width, label=plot_text(m.name))
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(classes))], [class_label(c) for c in classes], rotation=60,
                   ha="right", fontsize=7)
     ax.set_ylim(0, 1.05)
@@ -123,7 +123,7 @@ def _confusion(plt: Any, classes: list[str], m: ModelResult, name: str, stem: st
         ax.set_yticks(range(len(pairs)), labels, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("images")
-        ax.set_title(f"{printable(name)}: the most confused pairs (true → predicted)", fontsize=9)
+        ax.set_title(f"{plot_text(name)}: the most confused pairs (true → predicted)", fontsize=9)
         return _save(plt, fig, out, key, f"The class pairs {name} confuses most (true → predicted)")
     matrix = confusion.dense()
     fig, ax = plt.subplots(figsize=(1.5 + 0.5 * (len(classes) + 1), 1.2 + 0.45 * len(classes)))
@@ -137,7 +137,7 @@ def _confusion(plt: Any, classes: list[str], m: ModelResult, name: str, stem: st
     ax.set_yticks(range(len(classes)), names, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(printable(name), fontsize=9)
+    ax.set_title(plot_text(name), fontsize=9)
     return _save(plt, fig, out, key, f"Confusion matrix of {name} (true class by row)")
 
 
@@ -145,7 +145,7 @@ def _throughput_curve(plt: Any, ok: list[ModelResult], out: Path) -> Figure:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for m in ok:
         points = sorted((int(b), v) for b, v in m.run.throughput_curve.items())
-        ax.plot([b for b, _ in points], [v for _, v in points], "o-", label=printable(m.name))
+        ax.plot([b for b, _ in points], [v for _, v in points], "o-", label=plot_text(m.name))
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
     ax.set_ylabel("images/s (model only)")

@@ -139,6 +139,11 @@ class RunResult:
     #: (:mod:`cnnlab.bench.ranks`; empty for a single process).
     world_size: int = 1
     ranks: list[dict[str, Any]] = field(default_factory=list)
+    #: How the batch size and loader workers were chosen, with the evidence (``None``: both given;
+    #: :class:`cnnlab.runtime.autotune.AutoChoice`).
+    auto: dict[str, Any] | None = None
+    #: Seconds the speed phases took, and their bound (``--speed-budget``).
+    speed_s: float | None = None
     protocol: int = PROTOCOL_VERSION
 
     def to_dict(self) -> dict[str, Any]:

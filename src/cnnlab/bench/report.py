@@ -49,7 +49,24 @@ def _overview(result: BenchResult) -> list[Block]:
         Paragraph(f"Data: {ds.root} — {len(ds)} images in {len(ds.classes)} classes; {len(result.skipped)} files "
                   f"skipped. Device: {device}; torch {env.get('torch', 'n/a')}, torchvision "
                   f"{env.get('torchvision', 'n/a')}; precision {_precision(result)}; batch {_batch(result)}."),
+        *_machine(result),
     ]
+
+
+def _machine(result: BenchResult) -> list[Block]:
+    """The machine's load while measuring (a warning when it was busy) and how batch and workers were chosen."""
+    from cnnlab.bench.machine import busy_warning
+
+    blocks: list[Block] = []
+    warning = busy_warning(result.environment.get("machine") or {})
+    if warning:
+        blocks.append(Paragraph(f"Warning: {warning}."))
+    chosen = [f"{m.name}: batch {m.run.auto['batch_size']}, {m.run.auto['workers']} loader workers "
+              f"({m.run.auto.get('reason') or 'measured'})"
+              for m in result.models if m.ok and m.run.auto and (m.run.auto.get("batch_auto") or m.run.auto.get("workers_auto"))]
+    if chosen:
+        blocks.append(Bullets(["Batch size and workers chosen by a short measurement on the first images:", *chosen]))
+    return blocks
 
 
 def _figures_tables(result: BenchResult) -> list[Block]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ import numpy as np
 
 from cnnlab.bench import ranks
 from cnnlab.bench.config import BenchConfig
+from cnnlab.bench.machine import LoadSnapshot, busy_warning, machine_state
 from cnnlab.bench.protocol import PREDICTION_DTYPE, ProtocolError, RunRequest, RunResult
 from cnnlab.bench.result import BenchResult, ModelResult, environment
 from cnnlab.bench.scoring import comparisons, score
@@ -40,6 +42,7 @@ from cnnlab.imagedata.labels import LabelMapping, disjoint_mappings, map_classes
 from cnnlab.options import RuntimeChoice, WeightsPolicy
 from cnnlab.progress import Progress, replay
 from cnnlab.runtime.distributed import shard
+from cnnlab.runtime.threads import passive_openmp
 
 
 def _relay(stream: object, progress: Progress, prefix: str) -> None:
@@ -78,8 +81,9 @@ def run_isolated(request: RunRequest, workdir: Path, index: int, *, progress: Pr
     res_file = workdir / f"result-{index}.json"
     res_file.unlink(missing_ok=True)
     request.write(req_file)
+    env = passive_openmp(dict(os.environ))  # sleeping, not spinning, OpenMP threads (cnnlab.runtime.threads)
     proc = subprocess.Popen([sys.executable, "-m", "cnnlab.bench.worker", str(req_file), str(res_file)],
-                            stdout=subprocess.PIPE, text=True, bufsize=1)
+                            stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
     with _LIVE_LOCK:
         _LIVE_WORKERS.add(proc)
         if _STOPPING.is_set():  # bench was interrupted while this thread started the worker
@@ -308,6 +312,7 @@ def measure_models(config: BenchConfig, *, progress: Progress | None = None, pla
     """
     progress = progress or Progress()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    load_start = LoadSnapshot.take()
     _STOPPING.clear()
     ctx = ranks.join()  # torchrun: every rank runs this, rank 0 checks the data and merges (cnnlab.bench.ranks)
     if ctx is not None and len(config.devices) > 1:
@@ -368,13 +373,19 @@ def measure_models(config: BenchConfig, *, progress: Progress | None = None, pla
             raise
     results = [m for m in rows if m is not None]
     progress.finish("models")
+    env = environment()
+    env["machine"] = machine_state(load_start, LoadSnapshot.take(), cores_in_use=max(
+        [m.run.threads + m.run.workers for m in results if m.ok] or [1]))
+    warning = busy_warning(env["machine"])
+    if warning is not None:
+        progress.note(warning, warning=True)
     return BenchResult(
         config=config,
         dataset=dataset,
         mappings=mappings,
         models=results,
         comparisons=comparisons(results),
-        environment=environment(),
+        environment=env,
         started=started,
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

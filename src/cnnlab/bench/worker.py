@@ -49,8 +49,9 @@ from cnnlab.models.load import LoadedModel, load_torch, resolve_device
 from cnnlab.models.registry import get_spec
 from cnnlab.options import RuntimeChoice, WeightsPolicy
 from cnnlab.progress import JsonLinesProgress, Progress
+from cnnlab.runtime.autotune import choose_batch_and_workers
 from cnnlab.runtime.gpu_decode import decode_label, use_device_decode
-from cnnlab.runtime.inference import default_cpu_threads, default_workers, run_inference
+from cnnlab.runtime.inference import available_cores, default_cpu_threads, default_workers, run_inference
 from cnnlab.runtime.loader import load_runtime_file
 
 if TYPE_CHECKING:
@@ -107,8 +108,14 @@ def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
         torch.cuda.init()
         torch.nn.functional.conv2d(torch.ones(1, 3, 8, 8, device=target), torch.ones(4, 3, 3, 3, device=target))
         torch.cuda.synchronize(target)
+    auto = m.runtime.workers is None or m.runtime.batch_size is None
     workers = default_workers(target.type) if m.runtime.workers is None else m.runtime.workers
-    threads = m.runtime.threads or (default_cpu_threads(workers) if target.type == "cpu" else torch.get_num_threads())
+    if m.runtime.threads:
+        threads = m.runtime.threads
+    elif target.type != "cpu":
+        threads = torch.get_num_threads()
+    else:  # auto workers: the model keeps every core (loader processes share them: cnnlab.runtime.threads)
+        threads = available_cores() if m.runtime.workers is None else default_cpu_threads(workers)
     torch.set_num_threads(threads)
     reset_peak_rss()
     rss_start = current_rss_mib()
@@ -148,6 +155,14 @@ def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
         result.cuda_weights_mib = torch.cuda.memory_allocated(target) / MiB
 
     kind = target.type
+    if auto:
+        choice = choose_batch_and_workers(model, [Path(p) for p in request.paths], batch_size=m.runtime.batch_size,
+                                          workers=m.runtime.workers, fast_decode=m.runtime.fast_decode,
+                                          progress=progress, task="auto")
+        result.auto = choice.to_dict()
+        result.workers = workers = choice.workers
+        m = dataclasses.replace(m, runtime=m.runtime.replace(batch_size=choice.batch_size, workers=choice.workers))
+        request = dataclasses.replace(request, measure=m)
     with MemoryMeter(model.device) as meter, torch.inference_mode():
         _time_synthetic(model, kind, result, progress, m)
         _evaluate(model, kind, request, result, progress)
@@ -171,24 +186,42 @@ def _time_synthetic(model: Runtime, kind: str, result: RunResult, progress: Prog
     crop = model.preprocessing.crop_size
     sizes = m.throughput_batch_sizes(kind)
     batch_size = m.batch_size_for(kind)
-    progress.start("throughput", f"{model.name}: throughput", total=len(sizes))
-    for size in sizes:
+    started = time.perf_counter()
+    # The speed budget: most of it for throughput (shared by the batch sizes), the rest for latency.
+    share = m.speed_budget_s * 0.7 / len(sizes)
+    progress.start("throughput", f"{model.name}: throughput", total=len(sizes) * m.throughput_repeats)
+    for n, size in enumerate(sizes):
         progress.update("throughput", description=f"{model.name}: throughput at batch {size}")
         batch = torch.randint(0, 256, (size, 3, crop, crop), dtype=torch.uint8, device=model.device)
+
+        def shown(done: int, planned: int, seconds: float, size: int = size, n: int = n) -> None:
+            progress.update("throughput", completed=n * m.throughput_repeats + done,
+                            info=f"round {done}: {size / seconds:,.1f} img/s at batch {size}")
+
         timing = time_repeated(functools.partial(model, batch), model.device, warmup=m.warmup,
-                               repeats=m.throughput_repeats, max_seconds=m.max_seconds_per_timing)
+                               repeats=m.throughput_repeats, max_seconds=min(m.max_seconds_per_timing, share),
+                               on_round=shown)
         result.throughput_curve[str(size)] = size / timing.median_s
         if size == batch_size:
             result.throughput_batch = size
             result.throughput_timing = timing.to_dict()
             result.throughput_ips = size / timing.median_s
-        progress.update("throughput", advance=1, info=f"{size / timing.median_s:,.1f} img/s at batch {size}")
+        progress.update("throughput", completed=(n + 1) * m.throughput_repeats,
+                        info=f"{size / timing.median_s:,.1f} img/s at batch {size} "
+                             f"(median of {timing.repeats}, IQR {timing.iqr_relative:.0%})")
     progress.finish("throughput")
     one = torch.randint(0, 256, (1, 3, crop, crop), dtype=torch.uint8, device=model.device)
-    progress.start("latency", f"{model.name}: latency at batch 1")
+    progress.start("latency", f"{model.name}: latency at batch 1", total=m.latency_repeats)
+
+    def latency_shown(done: int, planned: int, seconds: float) -> None:
+        progress.update("latency", completed=done, info=f"{seconds * 1e3:,.1f} ms")
+
+    left = max(m.speed_budget_s - (time.perf_counter() - started), m.speed_budget_s * 0.1)
     result.latency_b1 = time_repeated(lambda: model(one), model.device, warmup=m.warmup, repeats=m.latency_repeats,
-                                      max_seconds=m.max_seconds_per_timing).to_dict()
+                                      max_seconds=min(m.max_seconds_per_timing, left),
+                                      on_round=latency_shown).to_dict()
     progress.finish("latency")
+    result.speed_s = time.perf_counter() - started
 
 
 def _evaluate(model: Runtime, kind: str, request: RunRequest, result: RunResult, progress: Progress) -> None:

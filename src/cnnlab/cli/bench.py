@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from cnnlab.bench.config import DEFAULT_BATCH_SIZE, BenchConfig, MeasureOptions
+from cnnlab.bench.config import DEFAULT_SPEED_BUDGET_S, BenchConfig, MeasureOptions
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, longest_words, out, print_table, split_csv
 from cnnlab.cli.params import (
@@ -19,7 +19,6 @@ from cnnlab.cli.params import (
     Threads,
     WeightsDir,
     Wide,
-    Workers,
     default_of,
     out_option,
 )
@@ -33,9 +32,12 @@ from cnnlab.options import (
     WeightsPolicy,
     parse_choice,
 )
+from cnnlab.runtime.threads import passive_openmp
 
 if TYPE_CHECKING:
     from cnnlab.bench import BenchResult
+
+passive_openmp()  # before torch is imported (--in-process runs the models here): cnnlab.runtime.threads
 
 #: Exit status when some model failed (its row says why).
 EXIT_MODEL_FAILED = 4
@@ -149,6 +151,19 @@ def _backends(values: list[str] | None) -> list[str] | None:
         raise typer.BadParameter(str(exc)) from None
 
 
+def auto_or_count(text: str | None, what: str, low: int, high: int) -> int | None:
+    """``auto`` (``None``: measured per model) or a whole number from ``low`` to ``high``."""
+    if text is None or text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise typer.BadParameter(f"expected auto or a whole number, got {text!r}") from None
+    if not low <= value <= high:
+        raise typer.BadParameter(f"{what} must be auto or from {low} to {high}, got {value}")
+    return value
+
+
 def _batch_sizes(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -172,12 +187,12 @@ def bench_command(
     calibration_images: CalibrationImages = DEFAULT_CALIBRATION_IMAGES,
     device: DeviceList = _R.device,
     nproc: Nproc = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, max=65536, metavar="N", help=f"Images per batch (default: {DEFAULT_BATCH_SIZE['cpu']} on a CPU, {DEFAULT_BATCH_SIZE['cuda']} on a GPU).")] = _R.batch_size,
+    batch_size: Annotated[str, typer.Option("--batch-size", "-b", metavar="auto|N", help="Images per batch; auto: measured per model and device on the first images (a few seconds; the choice and its evidence go into results.json).")] = "auto",
     batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", metavar="N[,N...]", help="Also measure model-only throughput at these batch sizes, e.g. 1,8,32,128 (a curve).")] = None,
     precision: PrecisionOpt = _R.precision,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory format (torch rows).")] = _R.channels_last,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (torch rows; slow to start).")] = _R.compile,
-    workers: Workers = _R.workers,
+    workers: Annotated[str, typer.Option("--workers", metavar="auto|N", help="Decoding processes; auto: chosen from where the time goes (decode against model seconds per image, measured on the first images).")] = "auto",
     threads: Threads = _R.threads,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Speed and memory only: no weights, no accuracy.")] = False,
     random_if_missing: Annotated[bool, typer.Option("--random-weights-if-missing", help="Random weights only for models whose weights are not on disk.")] = False,
@@ -186,7 +201,8 @@ def bench_command(
     timeout: Annotated[Optional[float], typer.Option("--timeout-per-model", min=1.0, metavar="SECONDS", help="Stop a model after this many seconds and report it as an error.")] = default_of(BenchConfig, "model_timeout_s"),
     decode: Annotated[DecodeWhere, typer.Option("--decode", case_sensitive=False, help="Where JPEGs are decoded: auto (nvJPEG on the GPU when the model runs on CUDA), cpu, or device.")] = _R.decode,
     exact_decode: Annotated[bool, typer.Option("--exact-decode", help="Decode JPEGs at full size (default: DCT-domain downscaling, faster).")] = False,
-    repeats: Annotated[int, typer.Option("--repeats", min=3, metavar="N", help="Timed repeats for latency (throughput uses half; at least 3).")] = _M.latency_repeats,
+    repeats: Annotated[int, typer.Option("--repeats", min=3, metavar="N", help="Timed rounds for latency, at most (throughput uses half; at least 3): each figure is their median, with its spread.")] = _M.latency_repeats,
+    speed_budget: Annotated[float, typer.Option("--speed-budget", min=1.0, metavar="SECONDS", help="Seconds the speed phases (throughput, latency) of each model may take together.")] = DEFAULT_SPEED_BUDGET_S,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --out.")] = False,
     wide: Wide = False,
@@ -213,11 +229,13 @@ def bench_command(
         raise typer.BadParameter("names no model; leave it out for the lab's three", param_hint="--models")
     policy = (WeightsPolicy.RANDOM if random_weights else
               WeightsPolicy.RANDOM_IF_MISSING if random_if_missing else WeightsPolicy.PRETRAINED)
-    runtime = RuntimeOptions(device=devices[0], batch_size=batch_size, precision=precision, channels_last=channels_last,
-                             compile=compile, workers=workers, threads=threads, fast_decode=not exact_decode,
-                             decode=decode)
+    runtime = RuntimeOptions(device=devices[0], batch_size=auto_or_count(batch_size, "the batch size", 1, 65536),
+                             precision=precision, channels_last=channels_last, compile=compile,
+                             workers=auto_or_count(workers, "the loader workers", 0, 256), threads=threads,
+                             fast_decode=not exact_decode, decode=decode)
     measure = MeasureOptions(runtime=runtime, weights=policy, weights_dir=weights_dir, latency_repeats=repeats,
-                             throughput_repeats=max(3, repeats // 2), batch_sizes=_batch_sizes(batch_sizes))
+                             throughput_repeats=max(3, repeats // 2), batch_sizes=_batch_sizes(batch_sizes),
+                             speed_budget_s=speed_budget)
     config = BenchConfig(data=data, models=names, split=split, mapping_file=mapping, labels_file=labels,
                          real_labels=real_labels, measure=measure, isolate=not in_process, model_timeout_s=timeout,
                          backends=[RuntimeChoice(b) for b in backends or [RuntimeChoice.TORCH.value]],

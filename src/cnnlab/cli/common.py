@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from cnnlab.errors import CnnlabError
-from cnnlab.render.naming import printable
+from cnnlab.render.naming import csv_row, printable
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -31,7 +32,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def handle_errors(func: F) -> F:
     """Turn a :class:`CnnlabError` into a red message on stderr and its exit code, no traceback.
 
-    The message is printed as the library wrote it (it names parameters and data, not flags).
+    Library messages name parameters, not flags: a parameter in parentheses, ``(overwrite)``, is shown as
+    the running command's flag, ``(--overwrite)`` (:func:`flags_for_parameters`).
     """
 
     @functools.wraps(func)
@@ -40,13 +42,50 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except CnnlabError as exc:
             if not getattr(exc, "reported_by_main", False):  # torchrun: rank 0 prints an error all ranks share
-                err.print(f"[bold red]error:[/] {escape(str(exc))}")
+                err.print(f"[bold red]error:[/] {escape(flags_for_parameters(str(exc)))}")
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_PARAMETER = re.compile(r"\(([a-z][a-z0-9_]*)\)")
+#: Library parameters whose option has another name (``CollectConfig.queries`` is ``--query``, repeated).
+_PARAMETER_ALIASES = {"queries": "query"}
+
+
+def _current_context() -> Any:
+    """The running command's click context (typer vendors its own click; plain click before that)."""
+    import importlib
+
+    try:
+        module = importlib.import_module("typer._click.globals")
+    except ImportError:  # a typer that uses click itself
+        module = importlib.import_module("click")
+    return module.get_current_context(silent=True)
+
+
+def flags_for_parameters(message: str) -> str:
+    """``message`` with each ``(parameter)`` that names an option of the running command shown as its flag
+    (``(from_folder)`` -> ``(--from-folder)``): the library speaks of parameters, the command line of flags."""
+    ctx = _current_context()
+    if ctx is None:
+        return message
+    flags = {}
+    for param in ctx.command.params:
+        longs = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+        if param.name and longs and not getattr(param, "hidden", False):
+            flags[param.name] = longs[0]
+            flags[longs[0][2:].replace("-", "_")] = longs[0]
+
+    def swap(match: re.Match[str]) -> str:
+        name = match.group(1)
+        flag = flags.get(name) or flags.get(_PARAMETER_ALIASES.get(name, ""))
+        return f"({flag})" if flag else match.group(0)
+
+    return _PARAMETER.sub(swap, message)
 
 
 def escape(text: str) -> str:
@@ -73,6 +112,19 @@ def write_stdout(text: str) -> None:
     stream.flush()
     buffer.write(data)
     buffer.flush()
+
+
+def format_csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """``header`` and ``rows`` as CSV text for stdout, every cell that a spreadsheet would run as a formula
+    neutralised (:func:`cnnlab.render.naming.csv_cell`: a file named ``=HYPERLINK(...)`` stays text)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(csv_row(header))
+    writer.writerows(csv_row(row) for row in rows)
+    return buf.getvalue()
 
 
 def split_csv(values: Iterable[str] | None) -> list[str]:

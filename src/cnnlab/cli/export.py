@@ -21,12 +21,13 @@ def export_command(
     out_file: Annotated[Optional[Path], out_option("Output file (default: next to the checkpoint); never the checkpoint itself.")] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, metavar="DIFF", help="Largest accepted logit difference from PyTorch.")] = DEFAULT_EXPORT_TOLERANCE,
     weights: Weights = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file that an earlier export did not write.")] = False,
     as_json: Json = False,
 ) -> None:
     """Export to TorchScript or ONNX and check the file against PyTorch on a sample batch."""
     from cnnlab.models.export import export_model
 
-    result = export_model(checkpoint, format, out_file, tolerance=tolerance, weights=weights)
+    result = export_model(checkpoint, format, out_file, tolerance=tolerance, weights=weights, overwrite=overwrite)
     if as_json:
         print_json(result.to_dict())
         return

@@ -2,7 +2,7 @@
 
 Each is an ``Annotated`` type: a command declares ``device: Device = BenchConfig.device`` and gets
 the same flag, help text and validation as every other command. Defaults stay with the config
-classes (:func:`default_of`), so the CLI, the library and the README cannot drift apart.
+classes (:func:`default_of`), so the CLI, the library and the docs cannot drift apart.
 """
 
 from __future__ import annotations

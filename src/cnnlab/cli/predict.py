@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import csv
-import io
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cnnlab.cli.app import app
-from cnnlab.cli.common import err, escape, handle_errors, print_json, print_table, write_stdout
+from cnnlab.cli.bench import auto_or_count
+from cnnlab.cli.common import err, escape, format_csv, handle_errors, print_json, print_table, write_stdout
 from cnnlab.cli.params import (
-    BackendOpt,
-    BatchSize,
     CalibrationImages,
     Device,
     Json,
@@ -22,10 +20,24 @@ from cnnlab.cli.params import (
     Weights,
     WeightsDir,
     Wide,
-    Workers,
 )
 from cnnlab.models.registry import OFFLINE_MODEL
 from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, ModelSource, RuntimeChoice, RuntimeOptions
+from cnnlab.runtime.threads import passive_openmp
+
+passive_openmp()  # before torch is imported (the model runs in this process): cnnlab.runtime.threads
+
+
+
+class BackendName(StrEnum):
+    """``--backend``: auto, then every runtime of :class:`~cnnlab.options.RuntimeChoice` (checked by a test)."""
+
+    AUTO = "auto"
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+    ONNXRUNTIME_INT8 = "onnxruntime-int8"
+    OPENVINO_INT8 = "openvino-int8"
 
 
 @app.command("predict")
@@ -35,9 +47,9 @@ def predict_command(
     model: Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="Registry name, a checkpoint of `cnnlab train` or an .onnx file of `cnnlab export`.")] = OFFLINE_MODEL,
     topk: Annotated[int, typer.Option("--topk", "-k", min=1, max=1000, metavar="K", help="How many classes to show per image.")] = 5,
     device: Device = "auto",
-    batch_size: BatchSize = 16,
-    workers: Workers = None,
-    backend: BackendOpt = RuntimeChoice.TORCH,
+    batch_size: Annotated[str, typer.Option("--batch-size", "-b", metavar="auto|N", help="Images per batch; auto: measured on the first images when there are enough of them (else 16).")] = "auto",
+    workers: Annotated[str, typer.Option("--workers", metavar="auto|N", help="Decoding processes; auto: chosen from where the time goes (decode against model seconds per image).")] = "auto",
+    backend: Annotated[BackendName, typer.Option("--backend", case_sensitive=False, help="What runs the model: auto (ONNX Runtime on the CPU when installed and its export matches PyTorch, else PyTorch), torch, or its ONNX export in onnxruntime or openvino; -int8: quantised, calibrated on your images.")] = BackendName.AUTO,
     threads: Threads = None,
     calibration_images: CalibrationImages = DEFAULT_CALIBRATION_IMAGES,
     weights: Weights = None,
@@ -53,22 +65,25 @@ def predict_command(
 
     source = ModelSource(name=model, weights=Path(weights) if weights else None,
                          weights_dir=Path(weights_dir) if weights_dir else None)
-    runtime = RuntimeOptions(device=device, backend=backend, threads=threads, workers=workers, batch_size=batch_size)
+    auto = backend is BackendName.AUTO
+    runtime = RuntimeOptions(device=device, backend=RuntimeChoice.TORCH if auto else RuntimeChoice(backend.value),
+                             threads=threads,
+                             workers=auto_or_count(workers, "the loader workers", 0, 256),
+                             batch_size=auto_or_count(batch_size, "the batch size", 1, 65536))
     with RichProgress(quiet=quiet) as progress:
         result = predict(inputs, model=source, topk=topk, runtime=runtime, calibration_images=calibration_images,
-                         progress=progress)
+                         progress=progress, auto_backend=auto)
     rt = result.runtime
+    choice = rt.get("backend_choice")
+    if choice is not None and not quiet:
+        err.print(f"backend: {escape(str(choice['backend']))} ({escape(str(choice['reason']))})")
     title = result.model if rt["backend"] == "torch" else f"{result.model} ({rt['backend']} {rt['precision']})"
     if as_json:
         print_json(result.to_dict())
     elif as_csv:
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["path", "rank", "index", "label", "probability"])
-        for p in result.predictions:
-            for rank, c in enumerate(p.top, 1):
-                writer.writerow([p.path, rank, c.index, c.label, f"{c.probability:.6f}"])
-        write_stdout(buf.getvalue())
+        lines = ([p.path, rank, c.index, c.label, f"{c.probability:.6f}"]
+                 for p in result.predictions for rank, c in enumerate(p.top, 1))
+        write_stdout(format_csv(["path", "rank", "index", "label", "probability"], lines))
     elif wide:
         header = ["file"] + [f"#{rank}" for rank in range(1, topk + 1)]
         rows = [[p.path, *[f"{c.label} ({c.probability:.0%})" for c in p.top]] for p in result.predictions]

@@ -234,10 +234,13 @@ def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
     if img.mode.startswith("I;16"):
         scaled = array / 257.0
     else:
-        low, high = float(array.min()), float(array.max())
+        # the range of the finite pixels: one inf or nan pixel (a float TIFF) must not turn the rest black
+        finite = array[np.isfinite(array)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 255.0)
         if high <= 255.0 and low >= 0.0:
             scaled = array
         else:
             scaled = (array - low) / max(high - low, 1e-12) * 255.0
+        scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
     gray = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
     return gray.convert("RGB")

@@ -42,6 +42,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError, UnknownModelError, WeightsIntegrityError
 from cnnlab.imagedata.preprocess import Preprocessing
+from cnnlab.models.metadata import check_checkpoint_record, check_preprocessing
 from cnnlab.models.registry import get_spec
 from cnnlab.models.spec import ModelSpec, StateDict
 from cnnlab.models.timm_heads import outputs_of, replace_timm_head, timm_classifier
@@ -342,16 +343,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "rebuilt or used (it was not written by `cnnlab train`, or was edited)"
         )
     version = obj["version"]
-    if not isinstance(version, int) or version > VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version > VERSION:
         raise WeightsIntegrityError(
             f"checkpoint {path} has format version {version!r}; this cnnlab reads version {VERSION} or older "
             "(upgrade cnnlab)"
         )
-    classes = obj["classes"]
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise WeightsIntegrityError(f"checkpoint {path}: 'classes' must be a non-empty list of class names")
-    if len(set(classes)) != len(classes):
-        raise WeightsIntegrityError(f"checkpoint {path}: 'classes' has duplicate names")
     state = obj["state_dict"]
     if (
         not isinstance(state, dict)
@@ -361,29 +357,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise WeightsIntegrityError(f"checkpoint {path}: 'state_dict' must be a non-empty dict of named tensors")
     if not isinstance(obj["arch"], str):
         raise WeightsIntegrityError(f"checkpoint {path}: 'arch' must be a registry model name")
+    check_checkpoint_record(obj, f"checkpoint {path}")  # classes, preprocessing, mappings, nesting, data record
     return obj
 
 
 def checkpoint_preprocessing(ckpt: Mapping[str, Any], path: str | Path = "checkpoint") -> Preprocessing:
-    """The :class:`Preprocessing` stored in a checkpoint dict."""
-    data = ckpt.get("preprocessing")
-    try:
-        if not isinstance(data, dict):
-            raise TypeError("not a dict")
-        pp = Preprocessing(
-            resize_size=int(data["resize_size"]),
-            crop_size=int(data["crop_size"]),
-            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
-            interpolation=str(data.get("interpolation", "bilinear")),
-            crop_mode=str(data.get("crop_mode", "center")),  # timm tags that squash; older checkpoints: center
-        )
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        raise WeightsIntegrityError(
-            f"checkpoint {path}: unusable 'preprocessing' entry ({type(exc).__name__}: {exc}); "
-            "it was edited by hand or damaged"
-        ) from None
-    return pp
+    """The :class:`Preprocessing` stored in a checkpoint dict, checked (:mod:`cnnlab.models.metadata`)."""
+    return check_preprocessing(ckpt.get("preprocessing"), f"checkpoint {path}")
 
 
 def base_spec(ckpt: Mapping[str, Any], path: str | Path = "checkpoint") -> ModelSpec:

@@ -39,6 +39,8 @@ from cnnlab.outputs import OutputFolder
 
 FORMATS = tuple(f.value for f in ExportFormat)
 _SUFFIXES = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
+#: The endings an output file of each format may have.
+_ENDINGS = {"torchscript": (".pt", ".pth", ".ts", ".torchscript"), "onnx": (".onnx",)}
 #: Above this size, ONNX weights go to a separate ``FILE.data`` (protobuf's 2 GB limit).
 _ONNX_SINGLE_FILE_BYTES = 1_500_000_000
 
@@ -108,11 +110,24 @@ def written_files(path: Path) -> tuple[Path, Path, Path]:
     return path, path.with_name(path.name + ".json"), path.with_name(path.name + ".data")
 
 
-def check_export_path(path: Path, source: str | Path | None = None) -> None:
+def _earlier_export(path: Path) -> bool:
+    """Whether ``path`` is a file an earlier export wrote: its sidecar (``PATH.json``) names a format."""
+    from cnnlab.imagedata.decode import read_regular_file
+
+    try:
+        meta = json.loads(read_regular_file(Path(f"{path}.json"), max_bytes=1 << 20))
+    except (OSError, ValueError, CnnlabError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") in _SUFFIXES
+
+
+def check_export_path(path: Path, source: str | Path | None = None, *, overwrite: bool = False,
+                      format: str | None = None) -> None:
     """Refuse (:class:`UsageError`) an output the export must not write: a folder, a file that is not a regular
     file (a FIFO would block the write forever, a device would swallow it) or a broken link, the ``source`` model
-    file itself under any name (a link, a hard link, ``./best.pt`` for ``best.pt``); and a folder that cannot
-    hold it (:class:`~cnnlab.outputs.OutputFolder`'s rules). Creates nothing."""
+    file itself under any name (a link, a hard link, ``./best.pt`` for ``best.pt``), an existing file that an
+    earlier export did not write (an image, notes) unless ``overwrite``, a name whose ending does not say the
+    ``format``; and a folder that cannot hold it (:class:`~cnnlab.outputs.OutputFolder`'s rules). Creates nothing."""
     if path.is_dir():
         raise UsageError(f"output {path} is a folder; give the name of the file to write, e.g. {path / 'model'}.onnx")
     OutputFolder(path.parent, "export").check_path()
@@ -128,6 +143,11 @@ def check_export_path(path: Path, source: str | Path | None = None) -> None:
         if source_file is not None and os.path.samefile(target, source_file):
             raise UsageError(f"output {target} is the model being exported ({source}): writing it would destroy "
                              "the model; choose another output file")
+    if path.is_file() and not overwrite and not _earlier_export(path):
+        raise UsageError(f"output {path} exists and is not an earlier export: refused (overwrite replaces it); "
+                         "choose another output file")
+    if format is not None and not path.name.endswith(_ENDINGS[format]):
+        raise UsageError(f"output {path}: a {format} file's name ends in {' or '.join(_ENDINGS[format])}")
 
 
 def default_output(model: str | Path, format: str) -> Path:
@@ -157,6 +177,7 @@ def export_model(
     check_batch: int = 3,
     opset: int | None = None,
     weights: str | Path | None = None,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export a checkpoint of ``cnnlab train`` (or any PyTorch model :func:`~cnnlab.models.load.load_torch` accepts).
 
@@ -170,6 +191,7 @@ def export_model(
         check_batch: images in the check batch (the export itself traces a batch of 2).
         opset: ONNX opset version (default: the exporter's).
         weights: a weights file for a registry model (default: the usual search, see :mod:`cnnlab.models.weights`).
+        overwrite: replace an existing ``out`` that an earlier export did not write.
 
     Raises:
         ExportMismatchError: the exported file does not reproduce the model within ``tolerance``.
@@ -189,7 +211,8 @@ def export_model(
         raise UsageError("weights apply to a model name, not to a loaded model")
     source = None if isinstance(model, LoadedModel) else model
     if out is not None or source is not None:  # checked before the model is loaded
-        check_export_path(Path(out) if out is not None else default_output(str(source), format), source)
+        check_export_path(Path(out) if out is not None else default_output(str(source), format), source,
+                          overwrite=overwrite, format=format)
     loaded = model if isinstance(model, LoadedModel) else load_torch(
         ModelSource(name=str(model), weights=None if weights is None else Path(weights)), RuntimeOptions(device="cpu"),
         progress=False)

@@ -1,16 +1,14 @@
-"""Loading a ready-to-run classifier: registry entry + weights + device + preprocessing.
+"""Loading a classifier in PyTorch: registry entry + weights + device + preprocessing (:func:`load_torch`).
 
-:func:`load_model` is the public entry: a name, checkpoint or ``.onnx`` file (:class:`~cnnlab.options.ModelSource`)
-and how it runs (:class:`~cnnlab.options.RuntimeOptions`), on whichever runtime that asks for.
-:func:`load_torch` is its PyTorch path, for callers that need the module itself (training, export).
+The public :func:`cnnlab.load_model` (:func:`cnnlab.runtime.loader.load_model`) also opens ``.onnx`` files
+and the other runtimes; this is its PyTorch path, for callers that need the module itself (training, export).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -31,8 +29,7 @@ from cnnlab.options import (
 )
 
 if TYPE_CHECKING:
-    from cnnlab.progress import Progress
-    from cnnlab.runtime.base import Runtime
+    pass
 
 _DTYPES = {
     Precision.FP32: torch.float32,
@@ -153,14 +150,17 @@ def _random_weights(source: ModelSource, spec: ModelSpec) -> bool:
     return source.policy is WeightsPolicy.RANDOM
 
 
-def load_torch(source: ModelSource, runtime: RuntimeOptions | None = None, *, progress: bool = True) -> LoadedModel:
+def load_torch(source: str | Path | ModelSource, runtime: RuntimeOptions | None = None, *,
+               progress: bool = True) -> LoadedModel:
     """A registered model or a ``cnnlab train`` checkpoint in PyTorch, with its weights, in eval mode.
 
-    ``source`` says which model and weights; ``runtime`` the device, precision (see
+    ``source`` says which model and weights (a name or path: its pretrained weights); ``runtime`` the device, precision (see
     :func:`resolve_precision`), channels-last layout, ``torch.compile`` and CPU threads (its backend,
     batch size and decoding are for the caller). Random weights are seeded (0): the same in every
     process and in the ONNX exports of random-weight models. ``progress``: show download progress.
     """
+    if not isinstance(source, ModelSource):
+        source = ModelSource(name=str(source))
     runtime = runtime or RuntimeOptions()
     name = source.name
     dev = resolve_device(runtime.device)
@@ -216,65 +216,3 @@ def load_torch(source: ModelSource, runtime: RuntimeOptions | None = None, *, pr
         loaded._forward = torch.compile(module)  # type: ignore[assignment]
         loaded.compiled = True
     return loaded
-
-
-#: The keyword arguments of the first ``load_model`` (kept for existing callers: prefer a ModelSource and a
-#: RuntimeOptions).
-_LEGACY = frozenset({"weights", "weights_dir", "random_weights", "download", "device", "precision", "channels_last",
-                     "compile"})
-
-
-@overload
-def load_model(source: str | Path | ModelSource, runtime: RuntimeOptions | None = None, *,
-               calibration: Sequence[Path] = (), progress: Progress | None = None) -> Runtime: ...
-
-
-@overload
-def load_model(source: str | Path, *, device: str | torch.device, weights: str | Path | None = None,
-               weights_dir: str | Path | None = None, random_weights: bool = False, download: bool = True,
-               precision: str | Precision = Precision.FP32, channels_last: bool = False, compile: bool = False,
-               progress: bool = True) -> LoadedModel: ...
-
-
-def load_model(source: str | Path | ModelSource, runtime: RuntimeOptions | None = None, *,
-               calibration: Sequence[Path] = (), progress: Progress | bool | None = None, **legacy: Any) -> Runtime:
-    """A classifier ready to run: a registry name, a ``cnnlab train`` checkpoint or an ``.onnx`` file.
-
-    ``source`` is a name or path, or a :class:`~cnnlab.options.ModelSource` (weights file, weights folder,
-    random weights, downloads); ``runtime`` a :class:`~cnnlab.options.RuntimeOptions` (``None``: the
-    defaults). A model runs in PyTorch unless ``runtime.backend`` names ONNX Runtime or OpenVINO (its cached
-    ONNX export; ``-int8``: quantised, calibrated on the ``calibration`` images); an ``.onnx`` file runs
-    in ONNX Runtime unless OpenVINO is asked for. Either way the result takes a ``uint8`` batch and
-    returns float32 logits (:class:`cnnlab.runtime.base.Runtime`).
-
-    ``load_model(name, device=..., weights=..., random_weights=...)``, the keyword form of earlier
-    versions, still loads a PyTorch model (:func:`load_torch`).
-    """
-    unknown = set(legacy) - _LEGACY
-    if unknown:
-        raise TypeError(f"load_model() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
-    if legacy:
-        if runtime is not None or isinstance(source, ModelSource):
-            raise TypeError("load_model(): give a ModelSource and RuntimeOptions, or the keyword arguments, not both")
-        return _load_legacy(str(source), progress=progress is not False, **legacy)
-    from cnnlab.runtime.loader import load_runtime
-
-    if not isinstance(source, ModelSource):
-        source = ModelSource(name=str(source))
-    if isinstance(progress, bool):
-        progress = None
-    return load_runtime(source, runtime or RuntimeOptions(), calibration=calibration, progress=progress)
-
-
-def _load_legacy(name: str, *, weights: str | Path | None = None, weights_dir: str | Path | None = None,
-                 random_weights: bool = False, download: bool = True, device: str | torch.device = "auto",
-                 precision: str | Precision = Precision.FP32, channels_last: bool = False, compile: bool = False,
-                 progress: bool = True) -> LoadedModel:
-    if isinstance(device, torch.device):
-        device = str(resolve_device(device))  # other device types are refused here, with their type named
-    source = ModelSource(name=name, weights=None if weights is None else Path(weights), download=download,
-                         weights_dir=None if weights_dir is None else Path(weights_dir),
-                         policy=WeightsPolicy.RANDOM if random_weights else WeightsPolicy.PRETRAINED)
-    runtime = RuntimeOptions(device=device, precision=parse_choice(Precision, precision, "precision"),
-                             channels_last=channels_last, compile=compile)
-    return load_torch(source, runtime, progress=progress)

@@ -136,7 +136,7 @@ def fetch_weights(
 def check_dest_dir(dest_dir: str | Path | None) -> None:
     """Refuse a destination that exists and is not a folder, before anything is downloaded."""
     if dest_dir is not None and Path(dest_dir).exists() and not Path(dest_dir).is_dir():
-        raise UsageError(f"--dest {dest_dir} is a file; give a folder to download into (it is made if missing)")
+        raise UsageError(f"download folder {dest_dir} is a file; give a folder to download into (it is made if missing)")
 
 
 def _check_hash(path: Path) -> None:

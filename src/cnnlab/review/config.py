@@ -1,7 +1,7 @@
 """Settings of a review run; light to import, so the CLI reads its defaults from here.
 
 The thresholds were tuned on one benchmark set and checked on others it was not tuned on
-(``benchmarks/bench_review.py``); the README gives the figures.
+(``benchmarks/bench_review.py``); docs/benchmarks.md gives the figures.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class ReviewConfig:
     """Images per batch; ``None``: 32 for PyTorch, 8 for ONNX Runtime (each measured best on 2 CPU cores,
     :func:`cnnlab.review.model.default_batch_size`)."""
     channels_last: bool = True
-    """NHWC memory format for the PyTorch model (measured 1.2-1.6x faster on this CPU; same features)."""
+    """NHWC memory format for the PyTorch model: faster on CPUs, same features (``benchmarks/bench_review.py``)."""
     workers: int | None = None
     threads: int | None = None
     """CPU threads of the model (default: the cores not decoding, :func:`cnnlab.runtime.inference.default_cpu_threads`)."""

@@ -1,18 +1,20 @@
 """What computes review's embeddings: ONNX Runtime when it is installed (and the model runs on the CPU), else PyTorch.
 
 The ONNX Runtime path runs a cached feature-extractor export (:mod:`cnnlab.review.onnx_features`:
-one pass gives the features and the logits) and skips importing torchvision and the model code;
-measured 4-5x faster end to end than PyTorch eager on 2 shared CPU cores (``bench_review.py``:
-29 against 152 s per 1,000 images; README, ``review``). Its features equal PyTorch's within float
+one pass gives the features and the logits) and skips importing torchvision and the model code, so it is
+several times faster end to end than PyTorch eager on small CPUs (``benchmarks/bench_review.py --backends
+torch,onnxruntime`` measures both; figures in docs/benchmarks.md). Its features equal PyTorch's within float
 rounding (cosine similarity >= 0.9999), but the embedding cache keeps them apart anyway
 (:func:`cnnlab.review.embeddings.model_identity` names the backend).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cnnlab.errors import CnnlabError, UsageError
+from cnnlab.options import ModelSource, RuntimeOptions
 from cnnlab.progress import Progress
 from cnnlab.review.config import EmbeddingBackend
 
@@ -51,10 +53,8 @@ def onnxruntime_workers(workers: int | None) -> int:
     """Decoding processes next to ONNX Runtime on the CPU: at least one.
 
     ONNX Runtime's threads do not spin while they wait, so one decoding process beside the model
-    pays even on 2 cores, where PyTorch measured better decoding in-process: on 2 shared cores
-    (efficientnet_lite0, 180 photos of ``bench_review.py``) embedding took 22-25 s per 1,000 images
-    with decoding in-process (2 threads, batch 8-64), 8-9.5 s with one decoding process and one
-    thread (batch 8-64), 9.3 s with one process and 2 threads, 9.0 s with 2 processes.
+    pays even on 2 cores, where PyTorch does better decoding in-process (``benchmarks/bench_review.py``
+    measures both layouts).
     """
     from cnnlab.runtime.inference import default_workers
 
@@ -64,9 +64,8 @@ def onnxruntime_workers(workers: int | None) -> int:
 def default_batch_size(model: Runtime) -> int:
     """Images per batch when not given: 8 for ONNX Runtime, 32 for PyTorch.
 
-    Measured on 2 shared CPU cores, efficientnet_lite0, 180 photos: ONNX Runtime (one decoding
-    process, one thread) 7.7-8.0 s per 1,000 images at batch 8, 8.4-8.7 at 16, 9.0-9.5 at 32,
-    9.5-10.6 at 64; PyTorch (channels_last, decoding in-process) 95-102 s at batch 32, 182-184 at 8.
+    Each is the fastest batch size on 2 CPU cores in ``benchmarks/bench_review.py`` (figures in
+    docs/benchmarks.md).
     """
     return 32 if model.backend.value == "torch" else 8
 
@@ -94,12 +93,12 @@ def load_review_model(config: ReviewConfig, progress: Progress | None = None) ->
             if config.backend != "auto":
                 raise
             notes.append(f"embedded with PyTorch: the ONNX Runtime feature extractor failed ({exc})")
-    from cnnlab.models.load import load_model
+    from cnnlab.models.load import load_torch
 
     if config.threads is not None:
         import torch
 
         torch.set_num_threads(config.threads)
-    model = load_model(config.model, weights_dir=config.weights_dir, device=config.device,
-                       channels_last=config.channels_last, progress=False)
+    model = load_torch(ModelSource(name=config.model, weights_dir=Path(config.weights_dir) if config.weights_dir else None),
+                       RuntimeOptions(device=config.device, channels_last=config.channels_last), progress=False)
     return model, config.workers, notes

@@ -312,7 +312,7 @@ def remembered_export(name: str, weights_dir: str | Path | None = None) -> Path 
     """The cached feature export of registry model ``name``, found without building the model registry.
 
     Looking a name up in the registry imports torchvision (and with it ``torch._dynamo``) and
-    builds every model's entry: 1.3 s on 2 CPU cores, and exporting needs onnxscript (0.6 s more).
+    builds every model's entry, and exporting imports onnxscript: seconds that a cached review should not pay.
     :func:`remember_export` records which weights file the name resolved to and the export made
     from it; the record holds while the weights search finds the same file (the same search
     folders, the same first one holding the file, its size and modification time unchanged) and the

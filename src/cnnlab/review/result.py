@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cnnlab.options import ReviewIssue
+from cnnlab.render.naming import csv_record, csv_text
 
 #: Columns of ``review.csv``, in order.
 CSV_COLUMNS: Final[tuple[str, ...]] = ("path", "label", "issue", "suggested_label", "score", "rank", "detail")
@@ -93,7 +94,9 @@ class ReviewResult:
 
 
 def write_csv(findings: Iterable[Finding], path: Path) -> Path:
-    """``review.csv``: one row per finding, columns :data:`CSV_COLUMNS`.
+    """``review.csv``: one row per finding, columns :data:`CSV_COLUMNS`; a cell that a spreadsheet would run as a
+    formula (a file named ``=cmd|...``) is neutralised (:func:`cnnlab.render.naming.csv_cell`; :func:`read_csv`
+    undoes it).
 
     Written atomically, as UTF-8 with surrogate escapes: a file name that is not valid UTF-8 is
     written back as its original bytes (as ``split.csv`` does), so the path still names the file.
@@ -105,7 +108,7 @@ def write_csv(findings: Iterable[Finding], path: Path) -> Path:
         writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS))
         writer.writeheader()
         for f in findings:
-            writer.writerow(f.to_row())
+            writer.writerow(csv_record(f.to_row()))
     return path
 
 
@@ -115,7 +118,7 @@ def read_csv(path: Path) -> list[Finding]:
     from cnnlab.options import parse_choice
 
     with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        rows = list(csv.DictReader(fh))
+        rows = [{k: csv_text(v) if isinstance(v, str) else v for k, v in r.items()} for r in csv.DictReader(fh)]
     if rows and not set(CSV_COLUMNS) <= set(rows[0]):
         raise DatasetError(f"{path} is not a review.csv (columns {', '.join(CSV_COLUMNS)})")
     return [Finding(path=r["path"], label=r["label"], issue=parse_choice(ReviewIssue, r["issue"], "issue"),

@@ -20,10 +20,10 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "base": ["ExportedModel", "Runtime"],
-        "loader": ["check_installed", "load_runtime", "load_runtime_file", "prepare_runtime_file"],
+        "loader": ["check_installed", "load_model", "load_runtime", "load_runtime_file", "prepare_runtime_file"],
     },
 )
 
 if TYPE_CHECKING:
     from cnnlab.runtime.base import ExportedModel, Runtime
-    from cnnlab.runtime.loader import check_installed, load_runtime, load_runtime_file, prepare_runtime_file
+    from cnnlab.runtime.loader import check_installed, load_model, load_runtime, load_runtime_file, prepare_runtime_file

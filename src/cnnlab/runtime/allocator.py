@@ -150,7 +150,8 @@ def _set(mmap_max: int, trim_threshold: int) -> bool:
 def glibc_defaults() -> Iterator[None]:
     """glibc's own settings inside the block, when :func:`keep_freed_memory` is in effect: for work that
     allocates and frees arrays of hundreds of megabytes of changing sizes (the probe's L-BFGS over
-    20,000 x 1,000 logits), which the heap alone would hold at twice the memory (4.2 instead of 2.2 GB)."""
+    20,000 x 1,000 logits), which the heap alone would hold at a much higher peak (measured at 1000 classes:
+    docs/internals.md)."""
     if not _done:
         yield
         return

@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnlab.errors import OutputError, WeightsIntegrityError, WeightsNotFoundError
+from cnnlab.errors import ImageDecodeError, OutputError, WeightsIntegrityError, WeightsNotFoundError
 from cnnlab.imagedata.hashes import file_sha256
-from cnnlab.imagedata.preprocess import Preprocessing
+from cnnlab.models.metadata import check_preprocessing, check_sidecar
 from cnnlab.models.registry import ModelSpec, get_spec
+from cnnlab.options import ModelSource, RuntimeOptions, WeightsPolicy
 from cnnlab.progress import Progress
 
 if TYPE_CHECKING:
@@ -57,7 +58,8 @@ def sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _stem(name: str) -> str:
+def cache_stem(name: str) -> str:
+    """A short, file-name-safe form of a model name or path for a cache folder (at most 80 ASCII characters)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80] or "model"
 
 
@@ -109,7 +111,7 @@ def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: 
     if variant is not None:
         key_data["format"] = variant.format
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
-    folder = exports_dir() / f"{_stem(canonical)}-{variant.name + '-' if variant else ''}{key}"
+    folder = exports_dir() / f"{cache_stem(canonical)}-{variant.name + '-' if variant else ''}{key}"
     model = folder / "model.onnx"
     if cache_entry_ok(folder):
         return model
@@ -129,7 +131,7 @@ def _export_into(folder: Path, name: str, weights_path: Path | None, random_weig
                  variant: ExportVariant | None = None) -> None:
     """Export into a temporary folder next to ``folder``, then rename it (another process may win the race)."""
     from cnnlab.models.export import export_model
-    from cnnlab.models.load import load_model
+    from cnnlab.models.load import load_torch
 
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +140,9 @@ def _export_into(folder: Path, name: str, weights_path: Path | None, random_weig
         raise OutputError(f"cannot write to the export cache {folder.parent}: {exc.strerror or exc} "
                           f"(set {CACHE_ENV} to another folder)") from None
     try:
-        loaded = load_model(name, weights=weights_path, random_weights=random_weights, device="cpu", progress=False)
+        policy = WeightsPolicy.RANDOM if random_weights else WeightsPolicy.PRETRAINED
+        loaded = load_torch(ModelSource(name=name, weights=weights_path, policy=policy), RuntimeOptions(device="cpu"),
+                            progress=False)
         if variant is not None:
             variant.export(loaded, tmp / "model.onnx")
         else:
@@ -150,17 +154,21 @@ def _export_into(folder: Path, name: str, weights_path: Path | None, random_weig
 
 #: The file that marks a cache folder as complete (and records the ONNX file's size).
 COMPLETE = "complete.json"
+#: The most of it read (it holds one number): a link to ``/dev/zero`` or a FIFO is no entry, not a hang.
+MAX_RECORD_BYTES = 4096
 
 
 def cache_entry_ok(folder: Path) -> bool:
     """``folder/model.onnx`` is whole: its size is the one recorded when it was made, its sidecar readable."""
+    from cnnlab.imagedata.decode import read_regular_file
+
     model = folder / "model.onnx"
     try:
-        record = json.loads((folder / COMPLETE).read_text(encoding="utf-8"))
+        record = json.loads(read_regular_file(folder / COMPLETE, MAX_RECORD_BYTES).decode("utf-8"))
         if not isinstance(record, dict) or record.get("bytes") != model.stat().st_size:
             return False
         read_sidecar(model)
-    except (OSError, ValueError, WeightsIntegrityError):
+    except (OSError, ValueError, RecursionError, ImageDecodeError, WeightsIntegrityError):
         return False
     return True
 
@@ -193,12 +201,12 @@ MAX_SIDECAR_BYTES = 16 * 1024 * 1024
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
-    """The metadata ``cnnlab export`` writes next to an ONNX file, checked for what a runtime needs.
+    """The metadata ``cnnlab export`` writes next to an ONNX file, checked for what a runtime needs
+    (:func:`cnnlab.models.metadata.check_sidecar`).
 
     The ONNX file must be a regular file; the sidecar is read only if it is a regular file too, and at
     most :data:`MAX_SIDECAR_BYTES` of it (a FIFO or a link to ``/dev/zero`` is refused, not waited on).
     """
-    from cnnlab.errors import ImageDecodeError
     from cnnlab.imagedata.decode import read_regular_file
 
     meta_path = sidecar(path)
@@ -216,25 +224,14 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         raise WeightsIntegrityError(f"cannot read the metadata file {meta_path}: {exc}") from None
     except (ValueError, RecursionError) as exc:
         raise WeightsIntegrityError(f"cannot read {meta_path}: {exc}") from None
-    classes = meta.get("classes") if isinstance(meta, dict) else None
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise WeightsIntegrityError(f"{meta_path}: 'classes' must be a non-empty list of class names")
-    if len(set(classes)) != len(classes):
-        twice = sorted({c for c in classes if classes.count(c) > 1})
-        raise WeightsIntegrityError(f"{meta_path}: 'classes' has duplicate names ({', '.join(twice[:5])})")
-    if not isinstance(meta.get("input"), dict) or meta["input"].get("dtype") != "uint8":
-        raise WeightsIntegrityError(f"{meta_path}: cnnlab runs ONNX files that take uint8 images (`cnnlab export`)")
-    return meta
+    return check_sidecar(meta, str(meta_path))  # classes, input, preprocessing, shapes, nesting
 
 
 def onnx_spec(path: Path, meta: dict[str, Any], *, name: str | None = None) -> ModelSpec:
     """A :class:`~cnnlab.models.registry.ModelSpec` for an ONNX file from its sidecar (named ``name`` or the path)."""
     from cnnlab.imagedata.labels import imagenet_categories
 
-    try:
-        preprocessing = Preprocessing(**meta["preprocessing"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise WeightsIntegrityError(f"{sidecar(path)}: unusable 'preprocessing' ({exc})") from None
+    preprocessing = check_preprocessing(meta.get("preprocessing"), str(sidecar(path)))
     classes = tuple(meta["classes"])
     source = _text(meta.get("source")) or ("imagenet" if list(classes) == imagenet_categories() else "checkpoint")
     info: dict[str, Any] = meta["spec"] if isinstance(meta.get("spec"), dict) else {}

@@ -14,7 +14,7 @@ rank 0 merges the rows) and ``train`` (:mod:`cnnlab.train.ddp`: DistributedDataP
 ``predict``, ``review`` and the other commands run in one process.
 
 Multi-node runs use torchrun's own options (``--nnodes``, ``--node-rank``, ``--rdzv-endpoint`` or
-``--master-addr``/``--master-port``), documented in the README.
+``--master-addr``/``--master-port``), documented in docs/commands/bench.md (several processes, GPUs and nodes).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from cnnlab.models.load import LoadedModel
 from cnnlab.progress import Progress
 from cnnlab.runtime.allocator import return_free_pages
 from cnnlab.runtime.batches import Batch, ImageFileDataset, ImageTransform, Item, collate
+from cnnlab.runtime.finite import require_finite
 
 if TYPE_CHECKING:
     from cnnlab.runtime.base import Runtime
@@ -58,6 +60,10 @@ def default_cpu_threads(workers: int) -> int:
     return max(1, available_cores() - workers)
 
 
+#: Decoding processes at most per CPU core: more only add memory (each prefetches its own batches).
+MAX_WORKERS_PER_CORE = 2
+
+
 def make_loader(
     paths: Sequence[Path],
     transform: ImageTransform,
@@ -79,6 +85,11 @@ def make_loader(
     :func:`default_workers`. Host memory is pinned when the model runs on CUDA.
     """
     workers = default_workers(device_type) if workers is None else workers
+    most = MAX_WORKERS_PER_CORE * available_cores()
+    if workers > most:  # each worker holds a copy of the decode state and prefetched batches: memory, not speed
+        warnings.warn(f"{workers} decoding processes on {available_cores()} cores would only cost memory; "
+                      f"using {most}", stacklevel=2)
+        workers = most
     return DataLoader(
         ImageFileDataset(paths, transform, fast_decode=fast_decode),  # type: ignore[arg-type]
         batch_size=batch_size,
@@ -188,6 +199,7 @@ def run_inference(
                 else:
                     logits = torch.zeros(0, model.spec.num_classes)
             t2 = time.perf_counter()
+            require_finite(logits, model.name, [paths[i] for i in batch.indices])
             return_free_pages()
             done += len(batch.indices) + len(batch.failed)
             rate = done / max(t2 - started, 1e-9)

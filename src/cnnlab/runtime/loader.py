@@ -197,7 +197,7 @@ def _first_lines(exc: Exception) -> str:
 def load_runtime(source: ModelSource, runtime: RuntimeOptions, *, calibration: Sequence[Path] = (),
                  progress: Progress | None = None) -> Runtime:
     """``source`` on ``runtime.backend``, ready for :func:`cnnlab.runtime.inference.run_inference`
-    (:func:`cnnlab.models.load.load_model` is its public name).
+    (:func:`load_model` is its public form).
 
     An ``.onnx`` file runs in onnxruntime when the backend is torch (the default). Precision,
     channels-last and compile apply to the torch backend; the others run the exported fp32 graph (or
@@ -217,3 +217,58 @@ def load_runtime(source: ModelSource, runtime: RuntimeOptions, *, calibration: S
                          "backend runs the exported graph as it is (fp32, or int8 for an -int8 backend)")
     path = prepare_runtime_file(source, choice, calibration=calibration, progress=progress)
     return load_runtime_file(path, choice, device=runtime.device, threads=runtime.threads, progress=progress)
+
+
+def choose_backend(source: ModelSource, runtime: RuntimeOptions, *, progress: Progress | None = None,
+                   ) -> tuple[RuntimeChoice, str]:
+    """The fastest runtime that runs the same model (``--backend auto``), and why.
+
+    On the CPU: ONNX Runtime when its extra is installed and the model's cached ONNX export exists or can be
+    made now and passes its parity check against PyTorch (an export that does not reproduce the model is
+    refused, and PyTorch runs it); ONNX Runtime runs these graphs several times faster than PyTorch eager
+    on a CPU (``benchmarks/bench_predict.py``). On a GPU, and with options only PyTorch has (precision other
+    than fp32, channels_last, compile): PyTorch. An ``.onnx`` file runs in ONNX Runtime.
+    """
+    from cnnlab.models.load import resolve_device
+
+    if is_onnx_file(source.name):
+        return RuntimeChoice.ONNXRUNTIME, "an ONNX file runs in ONNX Runtime"
+    device = resolve_device(runtime.device)
+    if device.type != "cpu":
+        return RuntimeChoice.TORCH, f"PyTorch on {device.type}"
+    if runtime.precision not in (Precision.FP32, Precision.AUTO) or runtime.channels_last or runtime.compile:
+        return RuntimeChoice.TORCH, "options that only PyTorch runs (precision, channels_last or compile)"
+    try:
+        check_installed(RuntimeChoice.ONNXRUNTIME, export=True)
+    except UsageError:
+        return RuntimeChoice.TORCH, f"PyTorch: ONNX Runtime is not installed ({EXTRAS[Backend.ONNXRUNTIME]} extra)"
+    from cnnlab.errors import CnnlabError
+    from cnnlab.models.export import ExportMismatchError
+
+    try:
+        prepare_runtime_file(source, RuntimeChoice.ONNXRUNTIME, progress=progress)
+    except (ExportMismatchError, WeightsIntegrityError) as exc:
+        return RuntimeChoice.TORCH, f"PyTorch: the ONNX export does not reproduce the model ({_first_lines(exc)})"
+    except CnnlabError:
+        raise  # missing weights, an unknown model: PyTorch would fail the same way; said once, as it is
+    except Exception as exc:  # noqa: BLE001 - the exporter failed: PyTorch runs the model itself
+        return RuntimeChoice.TORCH, f"PyTorch: the ONNX export failed ({_first_lines(exc)})"
+    return RuntimeChoice.ONNXRUNTIME, "ONNX Runtime on the CPU: the cached export passed its parity check"
+
+
+def load_model(source: str | Path | ModelSource, runtime: RuntimeOptions | None = None, *,
+               calibration: Sequence[Path] = (), progress: Progress | None = None) -> Runtime:
+    """A classifier ready to run: a registry name, a ``cnnlab train`` checkpoint or an ``.onnx`` file.
+
+    ``source`` is a name or path (its pretrained weights), or a :class:`~cnnlab.options.ModelSource`
+    (weights file, weights folder, random weights, downloads); ``runtime`` a
+    :class:`~cnnlab.options.RuntimeOptions` (``None``: the defaults). A model runs in PyTorch unless
+    ``runtime.backend`` names ONNX Runtime or OpenVINO (its cached ONNX export; ``-int8``: quantised,
+    calibrated on the ``calibration`` images); an ``.onnx`` file runs in ONNX Runtime unless OpenVINO is
+    asked for. Either way the result takes a ``uint8`` batch and returns float32 logits
+    (:class:`cnnlab.runtime.base.Runtime`). For the PyTorch module itself use
+    :func:`cnnlab.models.load.load_torch`.
+    """
+    if not isinstance(source, ModelSource):
+        source = ModelSource(name=str(source))
+    return load_runtime(source, runtime or RuntimeOptions(), calibration=calibration, progress=progress)

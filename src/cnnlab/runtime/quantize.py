@@ -27,13 +27,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import CnnlabError, ImageDecodeError, OutputError
+from cnnlab.errors import CnnlabError, ImageDecodeError, OutputError, WeightsIntegrityError
 from cnnlab.imagedata.hashes import file_sha256
 from cnnlab.imagedata.preprocess import Preprocessing
+from cnnlab.models.metadata import check_preprocessing
 from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, Backend
 from cnnlab.progress import Progress
 from cnnlab.runtime.artifacts import (
     cache_entry_ok,
+    cache_stem,
     discard_entry,
     exports_dir,
     publish_entry,
@@ -77,9 +79,10 @@ def quantized_file(fp32: Path, images: Sequence[Path], *, progress: Progress | N
         UsageError: onnxruntime is not installed.
     """
     meta = read_sidecar(fp32)
-    pp = Preprocessing(**meta["preprocessing"])
+    pp = check_preprocessing(meta.get("preprocessing"), str(sidecar(fp32)))
+    check_external_data(fp32)
     key = _calibration_key(fp32, images)
-    stem = fp32.parent.name if fp32.name == "model.onnx" else fp32.stem
+    stem = fp32.parent.name if fp32.name == "model.onnx" else cache_stem(fp32.stem)  # a long name: a short folder
     folder = exports_dir() / f"{stem}-int8-{key}"
     model = folder / "model.onnx"
     if cache_entry_ok(folder):
@@ -99,6 +102,42 @@ def quantized_file(fp32: Path, images: Sequence[Path], *, progress: Progress | N
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return model
+
+
+def check_external_data(fp32: Path) -> None:
+    """Refuse an ONNX file whose weights live in external data files that onnx will not read: a symbolic link, a
+    path out of the model's folder, a file that is missing or not a regular file. onnx's checker refuses them
+    half-way through quantisation with a bare ``ValidationError``; this says which file and why, first.
+
+    Raises:
+        WeightsIntegrityError: such an external data file, or a model file onnx cannot parse.
+    """
+    import os
+
+    require("onnx", EXTRAS[Backend.ONNXRUNTIME], "int8 quantisation")
+    import onnx
+
+    try:
+        model = onnx.load(str(fp32), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own: not an ONNX file
+        raise WeightsIntegrityError(f"{fp32} is not a readable ONNX file: {type(exc).__name__}: {exc}") from exc
+    folder = fp32.parent
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        where = folder / location
+        problem = None
+        if not location or os.path.isabs(location) or ".." in Path(location).parts:
+            problem = "is not a file name inside the model's folder"
+        elif where.is_symlink():
+            problem = "is a symbolic link (onnx reads external weights only from regular files next to the model)"
+        elif not where.is_file():
+            problem = "does not exist" if not os.path.lexists(where) else "is not a regular file"
+        if problem is not None:
+            raise WeightsIntegrityError(f"int8 quantisation of {fp32}: the external data file {location!r} of its "
+                                        f"weight {tensor.name!r} {problem}; put the data file itself next to the "
+                                        "model")
 
 
 def _quantize(fp32: Path, out: Path, images: Sequence[Path], pp: Preprocessing, progress: Progress) -> int:

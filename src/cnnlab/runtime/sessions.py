@@ -2,8 +2,8 @@
 
 * ONNX Runtime: ``intra_op_num_threads`` threads, one inter-op thread, every graph optimisation,
   and no spin-waiting between runs: the inference loop decodes the next batch in the same process
-  on small machines, and spinning threads took its CPU (measured on 2 shared cores: efficientnet_lite0
-  end to end 14.6 -> 23.3 images/s, resnet50 7.0 -> 8.8, the model's own time shorter too).
+  on small machines, and spinning threads took its CPU (``benchmarks/bench_backends.py`` measures it;
+  figures in docs/benchmarks.md).
   On a GPU machine (``--device cuda``, or ``auto`` when torch sees CUDA) the execution providers
   are TensorRT (when this onnxruntime build has it; engines cached under the export cache), then
   CUDA, then the CPU; the provider that actually runs the graph is reported, since ONNX Runtime
@@ -50,8 +50,8 @@ def onnxruntime_providers(available: list[str], device: str, engine_cache: Path)
     if not wants_gpu(device):
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" not in available:
-        raise UsageError(f"--device {device}: this onnxruntime has no CUDA execution provider (it has "
-                         f"{', '.join(available)}); install onnxruntime-gpu instead of onnxruntime, or use --device cpu")
+        raise UsageError(f"device {device}: this onnxruntime has no CUDA execution provider (it has "
+                         f"{', '.join(available)}); install onnxruntime-gpu instead of onnxruntime, or run on the CPU")
     index = _device_index(device)
     providers: list[Any] = []
     if "TensorrtExecutionProvider" in available:
@@ -89,8 +89,8 @@ def onnxruntime_outputs_session(path: Path, threads: int, device: str) -> tuple[
         raise unreadable(path, "onnxruntime", exc) from exc
     used = session.get_providers()[0]
     if wants_gpu(device) and used == "CPUExecutionProvider":
-        raise UsageError(f"--device {device}: onnxruntime could not start its CUDA provider (CUDA or cuDNN "
-                         "libraries missing?) and would run on the CPU; use --device cpu to mean that")
+        raise UsageError(f"device {device}: onnxruntime could not start its CUDA provider (CUDA or cuDNN "
+                         "libraries missing?) and would run on the CPU; ask for the CPU device to mean that")
     input_name = session.get_inputs()[0].name
 
     def run_all(images: np.ndarray) -> list[np.ndarray]:
@@ -103,8 +103,8 @@ def onnxruntime_outputs_session(path: Path, threads: int, device: str) -> tuple[
 def openvino_session(path: Path, threads: int, device: str) -> Session:
     """``(run, provider)`` for ``path`` in OpenVINO's CPU plugin."""
     if parse_device(device).startswith("cuda"):
-        raise UsageError("--backend openvino runs on the CPU (its GPU plugin is for Intel GPUs); use --device cpu, "
-                         "or --backend onnxruntime for CUDA")
+        raise UsageError("the openvino backend runs on the CPU (its GPU plugin is for Intel GPUs); use the CPU device, "
+                         "or the onnxruntime backend for CUDA")
     ov = require("openvino", EXTRAS[Backend.OPENVINO], "--backend openvino")
     core = ov.Core()
     try:

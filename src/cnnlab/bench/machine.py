@@ -1,0 +1,103 @@
+"""The machine a benchmark ran on, and how busy it was: recorded with every speed figure.
+
+A speed figure taken while other processes compete for the cores says more about them than about the
+model, so ``bench`` records the load average when it starts and ends, the CPU model, the cores, and the
+share of time the hypervisor gave to other guests (steal, from ``/proc/stat``), and warns when the
+machine was busy. Light to import: no torch.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def available_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(total, steal) jiffies of all CPUs from ``/proc/stat``; ``None`` where there is no such file."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if not first or first[0] != "cpu":
+        return None
+    values = [int(v) for v in first[1:]]
+    steal = values[7] if len(values) > 7 else 0
+    return sum(values[:8]), steal
+
+
+@dataclass(frozen=True)
+class LoadSnapshot:
+    """The load average and CPU time counters at one moment."""
+
+    loadavg: tuple[float, float, float] | None
+    cpu_times: tuple[int, int] | None
+
+    @classmethod
+    def take(cls) -> LoadSnapshot:
+        try:
+            load = os.getloadavg()
+        except (OSError, AttributeError):
+            load = None
+        return cls(load, _cpu_times())
+
+
+def machine_state(start: LoadSnapshot, end: LoadSnapshot, *, cores_in_use: int) -> dict[str, Any]:
+    """What results.json records about the machine, with ``busy`` (and ``busy_reason``) when the speed
+    figures are not reliable: other work above the cores the run left free when it started, more
+    load at the end than the run itself makes, or the hypervisor stealing time.
+
+    ``cores_in_use``: the most threads plus loader workers any model ran with (capped at the cores).
+    """
+    cores = available_cores()
+    in_use = max(1, min(cores, cores_in_use))
+    steal = None
+    if start.cpu_times and end.cpu_times and end.cpu_times[0] > start.cpu_times[0]:
+        steal = (end.cpu_times[1] - start.cpu_times[1]) / (end.cpu_times[0] - start.cpu_times[0])
+    reasons = []
+    load_start = start.loadavg[0] if start.loadavg else None
+    load_end = end.loadavg[0] if end.loadavg else None
+    if load_start is not None and load_start + in_use > cores + 0.5:
+        reasons.append(f"load average {load_start:.1f} when the run started, with {in_use} of {cores} cores needed")
+    if load_end is not None and load_end > max(cores, in_use) + 1.0:
+        reasons.append(f"load average {load_end:.1f} when it ended, on {cores} cores")
+    if steal is not None and steal > 0.05:
+        reasons.append(f"{steal:.0%} of the CPU time stolen by the hypervisor")
+    return {
+        "cpu_model": cpu_model(),
+        "cores": cores,
+        "cpu_count": os.cpu_count(),
+        "cores_in_use": in_use,
+        "loadavg_start": list(start.loadavg) if start.loadavg else None,
+        "loadavg_end": list(end.loadavg) if end.loadavg else None,
+        "steal_fraction": steal,
+        "busy": bool(reasons),
+        "busy_reason": "; ".join(reasons) or None,
+    }
+
+
+def busy_warning(machine: dict[str, Any]) -> str | None:
+    """The warning for a busy machine (terminal and report), or ``None``."""
+    if not machine.get("busy"):
+        return None
+    return (f"the machine was busy ({machine.get('busy_reason')}): the speed figures are not reliable; "
+            "compare rows of this run only, or measure again on a quiet machine")

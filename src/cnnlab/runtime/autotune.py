@@ -1,0 +1,195 @@
+"""Batch size and loader workers chosen by measuring: ``--batch-size auto`` / ``--workers auto``.
+
+No fixed default is right for every model and machine: a model with large fully connected layers
+(AlexNet) runs far faster in batches of 32 than of 8 on a small CPU while small convolutional models do
+not care, and decoding in loader processes pays when decoding is a large share of the time (big photos,
+fast models) and costs when the model's threads need every core. So :func:`choose_batch_and_workers`
+decodes the first few images and runs the model on a few candidate batches, inside a time bound, and
+chooses from where the time goes (decode seconds against model seconds per image), not from the core
+count. ``benchmarks/bench_auto.py`` compares the choice with fixed settings.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnlab.progress import Progress
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnlab.runtime.base import Runtime
+
+#: Candidate batch sizes per device type, smallest first (the largest that fits the images is the last tried).
+CANDIDATE_BATCHES = {"cpu": (8, 16, 32), "cuda": (32, 64, 128, 256)}
+#: Seconds the whole choice may take (decode sample and model timings together), by default.
+DEFAULT_AUTO_BUDGET_S = 4.0
+#: Images decoded to measure the decode time (fewer when the time bound is reached first).
+DECODE_SAMPLE = 8
+#: Loader workers pay only when decoding is at least this share of the serial time per image.
+MIN_DATA_SHARE = 0.12
+#: A larger batch is kept only when it is at least this much faster per image (else the smaller one wins:
+#: less memory, earlier first results).
+MIN_GAIN = 0.05
+#: Most loader workers chosen (as :func:`cnnlab.runtime.inference.default_workers`).
+MAX_WORKERS = 8
+
+
+@dataclass
+class AutoChoice:
+    """The batch size and loader workers a run uses, and the evidence they were chosen on."""
+
+    batch_size: int
+    workers: int
+    #: Whether each was measured (``True``) or given by the caller.
+    batch_auto: bool = False
+    workers_auto: bool = False
+    #: Seconds to decode and preprocess one image in this process (the mean over the sample).
+    decode_s_per_image: float | None = None
+    decoded_images: int = 0
+    #: Model seconds per image at each batch size tried (keys: batch sizes as strings, for JSON).
+    model_s_per_image: dict[str, float] = field(default_factory=dict)
+    #: Decode time as a share of decode + model time per image, serially (the chosen batch).
+    data_share: float | None = None
+    cores: int = 1
+    seconds: float = 0.0
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose_workers(decode_s: float | None, model_s: float | None, *, cores: int, device_type: str,
+                   images: int, batch_size: int) -> tuple[int, str]:
+    """Loader workers for a run whose images take ``decode_s`` to decode and ``model_s`` in the model
+    (seconds per image, serially), and why.
+
+    Decoding in ``w`` workers next to the model takes ``max(decode_s / w, model_s + decode_s / cores)`` per
+    image at best (the cores are shared) against ``decode_s + model_s`` in-process: workers pay when decoding
+    is a large enough share, and the fewest that keep up are used. A GPU model leaves the CPU to decoding.
+    """
+    from cnnlab.runtime.inference import default_workers
+
+    if device_type == "cuda":
+        return default_workers("cuda"), "the model runs on the GPU: the CPU cores decode"
+    if images < 2 * batch_size:
+        return 0, f"{images} images: fewer than two batches, nothing to overlap"
+    if decode_s is None or model_s is None:
+        return 0, "no image decoded in the sample: decoding in this process"
+    share = decode_s / (decode_s + model_s)
+    if cores < 2:
+        return 0, "one core: decoding and the model take turns"
+    if share < MIN_DATA_SHARE:
+        return 0, f"decoding is {share:.0%} of the time per image: not worth a loader process"
+    floor = model_s + decode_s / cores  # the model's own time plus its share of the decoding
+    workers = max(1, min(cores, MAX_WORKERS, math.ceil(decode_s / floor - 1e-9)))
+    return workers, f"decoding is {share:.0%} of the time per image: {workers} loader process(es) keep up"
+
+
+def _decode_sample(model: Runtime, paths: Sequence[Path], *, fast_decode: bool, seconds: float,
+                   ) -> tuple[list[torch.Tensor], float | None]:
+    """Decode the first images (up to :data:`DECODE_SAMPLE`, within ``seconds``): the tensors and the mean
+    seconds per decoded image."""
+    images = []
+    spent = 0.0
+    for path in paths[:DECODE_SAMPLE * 2]:
+        t0 = time.perf_counter()
+        try:
+            images.append(model.preprocessing.load(path, fast_decode=fast_decode))
+        except Exception:  # noqa: BLE001 - an unreadable file is the loop's to report; the sample skips it
+            continue
+        finally:
+            spent += time.perf_counter() - t0
+        if len(images) >= DECODE_SAMPLE or spent > seconds:
+            break
+    return images, (spent / len(images) if images else None)
+
+
+def _model_seconds(model: Runtime, batch: torch.Tensor, deadline: float) -> float:
+    """Seconds per image of ``model`` on ``batch``: one warm-up call, then timed calls (at least one, more
+    while they are short and time is left), the best kept (the least disturbed by other work)."""
+    import torch
+
+    with torch.inference_mode():
+        model(batch)
+        best = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            model(batch).cpu()
+            best = min(best, time.perf_counter() - t0)
+            if time.perf_counter() + best > deadline or best > 0.5:
+                break
+    return best / len(batch)
+
+
+def choose_batch_and_workers(model: Runtime, paths: Sequence[Path], *, batch_size: int | None = None,
+                             workers: int | None = None, fast_decode: bool = True,
+                             budget_s: float = DEFAULT_AUTO_BUDGET_S, progress: Progress | None = None,
+                             task: str = "auto") -> AutoChoice:
+    """The batch size and loader workers for running ``model`` over ``paths``: each given value kept, each
+    ``None`` measured on the first images within about ``budget_s`` seconds (shown as task ``task``).
+
+    The batch size is the candidate (:data:`CANDIDATE_BATCHES`, at most the number of images, rounded up to
+    the smallest candidate) with the fewest model seconds per image; a larger candidate is tried only while
+    the previous one gained and time is left. The workers: :func:`choose_workers`.
+    """
+    import torch
+
+    from cnnlab.runtime.inference import available_cores
+
+    progress = progress or Progress()
+    started = time.perf_counter()
+    deadline = started + budget_s
+    device = model.device
+    kind = device.type if device.type in CANDIDATE_BATCHES else "cpu"
+    cores = available_cores()
+    progress.start(task, f"{model.name}: choosing batch size and loader workers", total=None)
+    try:
+        images, decode_s = _decode_sample(model, paths, fast_decode=fast_decode, seconds=budget_s * 0.3)
+        progress.update(task, info=f"decode {decode_s * 1e3:,.0f} ms/image" if decode_s else "no image decoded")
+        crop = model.preprocessing.crop_size
+        if batch_size is not None:
+            candidates: tuple[int, ...] = (batch_size,)
+        else:
+            allowed = CANDIDATE_BATCHES[kind]
+            candidates = tuple(b for b in allowed if b <= max(allowed[0], len(paths))) or allowed[:1]
+        timings: dict[str, float] = {}
+        best_b, best_s = candidates[0], math.inf
+        for b in candidates:
+            if timings and time.perf_counter() > deadline:
+                break
+            if images:
+                batch = torch.stack([images[i % len(images)] for i in range(b)])
+            else:
+                batch = torch.randint(0, 256, (b, 3, crop, crop), dtype=torch.uint8)
+            batch = batch.to(device)
+            try:
+                per_image = _model_seconds(model, batch, deadline)
+            except torch.cuda.OutOfMemoryError:
+                break
+            timings[str(b)] = per_image
+            progress.update(task, info=f"batch {b}: {1 / per_image:,.1f} img/s")
+            if per_image < best_s * (1 - MIN_GAIN):
+                best_b, best_s = b, per_image
+            elif batch_size is None:
+                break  # no gain from the last doubling: larger batches are not tried
+        if batch_size is not None:
+            best_b = batch_size
+        model_s = timings.get(str(best_b))
+        if workers is None:
+            chosen_workers, reason = choose_workers(decode_s, model_s, cores=cores, device_type=kind,
+                                                    images=len(paths), batch_size=best_b)
+        else:
+            chosen_workers, reason = workers, "given"
+        share = decode_s / (decode_s + model_s) if decode_s is not None and model_s else None
+        return AutoChoice(batch_size=best_b, workers=chosen_workers, batch_auto=batch_size is None,
+                          workers_auto=workers is None, decode_s_per_image=decode_s, decoded_images=len(images),
+                          model_s_per_image=timings, data_share=share, cores=cores,
+                          seconds=time.perf_counter() - started, reason=reason)
+    finally:
+        progress.finish(task)
