@@ -68,13 +68,12 @@ def _command_paths() -> list[tuple[str, ...]]:
 def demo_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo photos in class folders, built once and copied into each example's folder.
 
-    The list of their sources is left out: ``photos/`` holds class folders only, as a reader's would.
+    ``photos/`` is exactly what ``cnnlab demo`` leaves in ``demo-results/demo-data`` (class folders and
+    SOURCES.csv), the folder the docs point readers to.
     """
     from cnnlab.imagedata.demo import build_demo_set
 
-    photos = build_demo_set(tmp_path_factory.mktemp("demo") / "photos")
-    (photos / "SOURCES.csv").unlink()
-    return photos
+    return build_demo_set(tmp_path_factory.mktemp("demo") / "photos")  # with its SOURCES.csv, as demo leaves it
 
 
 def test_the_examples_are_found() -> None:

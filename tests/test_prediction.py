@@ -147,3 +147,13 @@ def test_int8_backend_calibrates_on_the_files_to_predict(real_photos: dict[str, 
     assert "calibrated on only 2 images" in result.stderr
     coffee = next(p for p in payload["predictions"] if Path(p["path"]).stem == "coffee")
     assert coffee["top"][0]["label"] == "espresso"
+
+
+def test_nothing_to_predict_is_a_usage_error_before_any_model_loads(tmp_path: Path) -> None:
+    """Found by review: `predict emptydir` and `predict nonexist.jpg` printed an empty table with exit 1."""
+    (tmp_path / "empty").mkdir()
+    for args in ([str(tmp_path / "empty")], [str(tmp_path / "nonexist.jpg")]):
+        result = runner.invoke(app, ["predict", *args, "-q", "-m", "no-such-model"])  # the model is never looked up
+        assert result.exit_code == 2 and "nothing to predict" in result.stderr, result.output
+    both = runner.invoke(app, ["predict", str(tmp_path), "--json", "--csv"])
+    assert both.exit_code == 2 and "--json" in both.output

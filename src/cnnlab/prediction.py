@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnlab.errors import DatasetError
 from cnnlab.imagedata.datasets import SkippedFile, expand_paths
 from cnnlab.models.registry import OFFLINE_MODEL
 from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, ModelSource, Quantization, RuntimeOptions
@@ -116,6 +117,9 @@ def predict(
         auto_backend = runtime is None
     runtime = runtime or RuntimeOptions()
     paths, skipped = expand_paths(inputs)
+    if not paths:  # said before any model loads: nothing here to predict
+        why = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3]) or "no image files in the folders given"
+        raise DatasetError(f"nothing to predict ({why})")
     backend_choice = None
     if isinstance(model, (str, Path, ModelSource)):
         source = model if isinstance(model, ModelSource) else ModelSource(name=str(model))

@@ -64,3 +64,16 @@ def test_the_summary_table_and_wide(tmp_path: Path, wide: bool, capsys: pytest.C
     table = capsys.readouterr().out
     assert "cat/x.jpg" in table and "mislabel" in table
     assert ("suggested" in table and "p(dog) 0.90" in table) is wide
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--apply", "--undo"], "choose one of --apply and --undo"),
+    (["--kinds", "duplicate"], "add --apply"),
+    (["--min-score", "0.5"], "add --apply"),
+])
+def test_options_that_contradict_or_do_nothing_are_usage_errors(args: list[str], message: str, tmp_path: Path) -> None:
+    """Found by review: `review --undo --apply` exited 0, `--kinds` without `--apply` did nothing."""
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["review", str(tmp_path / "data"), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "data" / ".cnnlab").exists()

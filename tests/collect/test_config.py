@@ -23,7 +23,7 @@ def test_strings_become_the_types_internals_take(tmp_path: Path) -> None:
 
 def test_the_input_names_the_engine(tmp_path: Path) -> None:
     assert CollectConfig(tmp_path, urls=str(tmp_path / "u.txt")).engine_name == "urls"  # type: ignore[arg-type]
-    assert CollectConfig(tmp_path, from_folder=tmp_path).engine_name == "folder"
+    assert CollectConfig(tmp_path / "out", from_folder=tmp_path / "in").engine_name == "folder"
 
 
 @pytest.mark.parametrize(
@@ -56,3 +56,25 @@ def test_fetch_limits() -> None:
 
 def test_the_job_is_one_function_under_two_names() -> None:
     assert cnnlab.collect.collect_images is cnnlab.collect.run
+
+
+def test_a_folder_imported_into_itself_is_refused(tmp_path: Path) -> None:
+    """Found by review: ``collect --from-folder X -o X`` imported its own copies, every image twice."""
+    (tmp_path / "src" / "red").mkdir(parents=True)
+    for out in (tmp_path / "src", tmp_path / "src" / "copy", tmp_path):
+        with pytest.raises(CollectError, match="one holds the other"):
+            CollectConfig(out=out, from_folder=tmp_path / "src")
+    assert CollectConfig(out=tmp_path / "elsewhere", from_folder=tmp_path / "src").from_folder == tmp_path / "src"
+
+
+def test_files_beside_the_class_folders_are_not_imported(tmp_path: Path) -> None:
+    """The demo set (and many downloads) keeps a SOURCES.csv or README beside its class folders."""
+    from cnnlab.collect.sources import folder_candidates
+
+    (tmp_path / "red").mkdir()
+    (tmp_path / "red" / "a.png").write_bytes(b"x")
+    (tmp_path / "SOURCES.csv").write_text("path,label\n")
+    assert [c.label for c in folder_candidates(tmp_path)] == ["red"]
+    (tmp_path / "stray.jpg").write_bytes(b"x")
+    with pytest.raises(CollectError, match="images at its top level"):
+        folder_candidates(tmp_path)

@@ -53,3 +53,19 @@ def test_files_only_kinds_load_no_model(tmp_path: Path, monkeypatch: pytest.Monk
 def test_a_typo_in_the_kinds_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="unknown issue kind 'mislabelled'"):
         ReviewConfig(kinds=("mislabelled",))  # type: ignore[arg-type]
+
+
+def test_of_two_copies_in_two_classes_the_one_filed_in_the_wrong_class_is_flagged(
+        planted: Path, tmp_path: Path) -> None:
+    """Found by review: a copy of a photo filed in a second class could get the correctly filed original
+    quarantined (the first path in sort order was kept). The copy that looks like another class goes."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(planted, data)
+    original = data / "rocket" / "rocket1.jpg"
+    shutil.copyfile(original, data / "coffee" / "0-rocket-copy.jpg")  # sorts before rocket/ as a path
+    result = review(data, ReviewConfig(device="cpu", batch_size=16, workers=0,
+                                       kinds=(ReviewIssue.DUPLICATE,)))
+    flagged = {f.path for f in result.of(ReviewIssue.DUPLICATE)}
+    assert "coffee/0-rocket-copy.jpg" in flagged and "rocket/rocket1.jpg" not in flagged

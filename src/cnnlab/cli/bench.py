@@ -121,6 +121,11 @@ def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, w
 
     with RichProgress(quiet=quiet) as progress:
         result = run(config, out=out_dir, overwrite=overwrite, plots=plots, progress=progress)
+    report_bench(result, out_dir, wide=wide)
+
+
+def report_bench(result: BenchResult, out_dir: Path, *, wide: bool) -> None:
+    """Print a finished run's comparison and notes; exit 2 when no image could be read, 4 when a model failed."""
     if not result.files:  # torchrun: a rank other than 0 measured its share; rank 0 reports
         return
     print_results(result, wide=wide)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from cnnlab.bench.config import BenchConfig, MeasureOptions
+import typer
+
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors
 from cnnlab.cli.params import Device, Quiet, Wide, out_option
-from cnnlab.models.registry import LAB_MODELS, OFFLINE_MODEL
-from cnnlab.options import RuntimeOptions, WeightsPolicy
+from cnnlab.options import RuntimeOptions
 
 
 @app.command("demo")
@@ -18,6 +18,7 @@ from cnnlab.options import RuntimeOptions, WeightsPolicy
 def demo_command(
     out_dir: Annotated[Path, out_option("Where the results go (the demo photos are copied into PATH/demo-data).")] = Path("demo-results"),
     device: Device = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace what PATH holds when it is not an earlier demo.")] = False,
     wide: Wide = False,
     quiet: Quiet = False,
 ) -> None:
@@ -26,12 +27,12 @@ def demo_command(
     The lab's three models use their pretrained weights when they are on disk (see `cnnlab weights
     where`); otherwise they run with random weights, for speed and memory only, and say so.
     """
-    from cnnlab.cli.bench import run_bench
-    from cnnlab.imagedata.demo import build_demo_set
+    from cnnlab.bench.demo import DEMO_DATA, run_demo
+    from cnnlab.cli.bench import report_bench
+    from cnnlab.cli.progress import RichProgress
 
-    data = build_demo_set(out_dir / "demo-data")
+    with RichProgress(quiet=quiet) as progress:
+        result = run_demo(out_dir, runtime=RuntimeOptions(device=device), overwrite=overwrite, progress=progress)
+    data = out_dir / DEMO_DATA
     err.print(f"demo set: {escape(str(data))} (sources listed in {escape(str(data / 'SOURCES.csv'))})")
-    measure = MeasureOptions(runtime=RuntimeOptions(device=device), weights=WeightsPolicy.RANDOM_IF_MISSING,
-                             latency_repeats=10, throughput_repeats=5)
-    config = BenchConfig(data=data, models=[OFFLINE_MODEL, *LAB_MODELS], measure=measure)
-    run_bench(config, out_dir, plots=True, quiet=quiet, wide=wide, overwrite=True)  # the demo's own folder
+    report_bench(result, out_dir, wide=wide)

@@ -63,6 +63,8 @@ def predict_command(
     from cnnlab.cli.progress import RichProgress
     from cnnlab.prediction import predict
 
+    if as_json and as_csv:
+        raise typer.BadParameter("choose one of --json and --csv")
     source = ModelSource(name=model, weights=Path(weights) if weights else None,
                          weights_dir=Path(weights_dir) if weights_dir else None)
     auto = backend is BackendName.AUTO

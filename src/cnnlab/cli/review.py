@@ -111,7 +111,11 @@ def review_command(
     """
     from cnnlab.review import apply_review, undo_review
 
+    if undo and apply:
+        raise typer.BadParameter("choose one of --apply and --undo")
     chosen = parse_kinds(kinds)
+    if (kinds is not None or min_score) and not apply:
+        raise typer.BadParameter("--kinds and --min-score say what --apply moves; add --apply")
     if undo:
         report = undo_review(data)
         if as_json:

@@ -172,6 +172,12 @@ class CollectConfig:
                 set_(self, name, Path(value))
         if self.urls is not None and self.from_folder is not None:
             raise CollectError("give either a URL list (urls) or a folder (from_folder), not both")
+        if self.from_folder is not None and self.out is not None:
+            source, target = Path(self.from_folder).resolve(), Path(self.out).resolve()
+            if source == target or target.is_relative_to(source) or source.is_relative_to(target):
+                raise CollectError(f"the folder to import (from_folder) and the output folder (out) are {source} and "
+                                   f"{target}: one holds the other, so the collect would import its own copies; "
+                                   "give a separate output folder")
         if self.label is not None:
             set_(self, "label", check_label(self.label))
         _check_whole("threads", self.threads, 1)

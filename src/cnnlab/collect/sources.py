@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from cnnlab.collect.base import Candidate, CollectError, check_label
-from cnnlab.imagedata.datasets import is_junk_name
+from cnnlab.imagedata.datasets import IMAGE_EXTENSIONS, is_junk_name
 
 log = logging.getLogger("cnnlab.collect")
 
@@ -120,11 +120,14 @@ def folder_candidates(root: str | Path, label: str | None = None) -> list[Candid
         entries = sorted(e for e in root.iterdir() if not is_junk_name(e.name) and not e.name.startswith("_"))
     except OSError as exc:
         raise CollectError(f"cannot read the folder to import {root}: {exc.strerror or exc}") from None
-    if any(e.is_file() for e in entries):
+    top_images = [e for e in entries if e.is_file() and e.suffix.lower() in IMAGE_EXTENSIONS]
+    if top_images:
         raise CollectError(
-            f"{root} has files at its top level: give a label to import everything under it as one "
-            f"class, or arrange the files as {root}/<class>/<files>"
+            f"{root} has images at its top level ({top_images[0].name}, ...): give a label to import everything "
+            f"under it as one class, or arrange the files as {root}/<class>/<files>"
         )
+    for other in (e for e in entries if e.is_file()):  # notes, SOURCES.csv, a README: not part of any class
+        log.info("%s is a file at the top level, not in a class folder: not imported", other)
     candidates: list[Candidate] = []
     for folder in (e for e in entries if e.is_dir()):
         name = check_label(folder.name)

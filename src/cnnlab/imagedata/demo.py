@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnlab.errors import DatasetError
+from cnnlab.outputs import atomic_open
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ def build_demo_set(dest: str | Path) -> Path:
             continue
         target = dest / photo.label / source.name
         target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise DatasetError(f"{target} is a link or not a regular file: the demo set is built only of its own "
+                               "copies; remove it first")
         if not target.exists():
             shutil.copyfile(source, target)
         rows.append({
@@ -69,7 +73,7 @@ def build_demo_set(dest: str | Path) -> Path:
         })
     if not rows:
         raise DatasetError("no demo photos found: install scikit-image, matplotlib and scikit-learn")
-    with (dest / "SOURCES.csv").open("w", newline="") as fh:
+    with atomic_open(dest / "SOURCES.csv") as fh:  # replaces a link rather than writing through it
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

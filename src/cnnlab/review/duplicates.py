@@ -24,7 +24,7 @@ duplicates, within or across classes. A group never chains two images that did n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,13 +203,14 @@ def check_pair(a: np.ndarray, b: np.ndarray, similarity: float) -> PairCheck:
 
 def find_duplicates(nb: Neighbours, thumbs: Sequence[np.ndarray | None], pixels: Sequence[int],
                     fine_thumbnail: Callable[[int], np.ndarray | None], *, threshold: float, candidates: int = 15,
-                    min_similarity: float = 0.5) -> DuplicateFindings:
+                    min_similarity: float = 0.5, doubtful: Collection[int] = ()) -> DuplicateFindings:
     """Verify the ``candidates`` nearest neighbours of every image (feature similarity >= ``min_similarity``) on pixels.
 
     ``thumbs[i]``: image ``i``'s coarse thumbnail (None: not compared); ``fine_thumbnail(i)`` makes
     its finer one, for the few pairs that pass the coarse test. A pair is a near-duplicate when its
     grey-level match reaches ``threshold`` and :meth:`PairCheck.is_duplicate` agrees. ``pixels[i]``
-    (width x height) helps choose which image of a group to keep.
+    (width x height) helps choose which image of a group to keep; an image in ``doubtful`` (its features
+    closer to another class) is kept last, so a copy filed in the wrong class is the one flagged.
     """
     n = len(thumbs)
     seen: set[tuple[int, int]] = set()
@@ -243,14 +244,14 @@ def find_duplicates(nb: Neighbours, thumbs: Sequence[np.ndarray | None], pixels:
                 pairs.append((pair[0], pair[1], check.grey))
                 if check.kept_fraction < 0.97:
                     cropped.add(pair[0] if check.first_is_crop else pair[1])
-    return _grouped(n, pairs, pixels, cropped, len(seen))
+    return _grouped(n, pairs, pixels, cropped, len(seen), set(doubtful))
 
 
 def _grouped(n: int, pairs: list[tuple[int, int, float]], pixels: Sequence[int], cropped: set[int],
-             checked: int) -> DuplicateFindings:
+             checked: int, doubtful: set[int] | None = None) -> DuplicateFindings:
     """Groups around kept images: each image is kept or flagged as a duplicate of a kept image it matched itself.
 
-    Images are taken in order of preference (not a crop of another, most pixels, first); one not yet
+    Images are taken in order of preference (not a crop of another, not doubtful, most pixels, first); one not yet
     placed is kept, and its matches not yet placed become its duplicates. So a group never chains
     two images that did not match each other.
     """
@@ -261,7 +262,8 @@ def _grouped(n: int, pairs: list[tuple[int, int, float]], pixels: Sequence[int],
         partners.setdefault(i, {})[j] = s
         partners.setdefault(j, {})[i] = s
     placed: set[int] = set()
-    for keeper in sorted(partners, key=lambda i: (i in cropped, -pixels[i], i)):
+    doubtful = doubtful or set()
+    for keeper in sorted(partners, key=lambda i: (i in cropped, i in doubtful, -pixels[i], i)):
         if keeper in placed:
             continue
         members = [j for j in sorted(partners[keeper]) if j not in placed]

@@ -112,7 +112,19 @@ class Evidence:
         return find_duplicates(self.neighbours, thumbs, [self.checks.pixels(i) for i in self.rows],
                                lambda j: _thumb_or_none(thumbnail, paths[j], FINE_SIDE),
                                threshold=self.config.duplicate_match, candidates=self.config.duplicate_candidates,
-                               min_similarity=MIN_DUPLICATE_SIMILARITY)
+                               min_similarity=MIN_DUPLICATE_SIMILARITY, doubtful=self.closer_to_another_class)
+
+    @functools.cached_property
+    def closer_to_another_class(self) -> set[int]:
+        """Rows whose features lie closer to another class's mean than to their own: cheap evidence of a wrong
+        label, enough to choose which copy of a duplicate to keep (the one in the class it looks like)."""
+        feats = self.features / np.maximum(np.linalg.norm(self.features, axis=1, keepdims=True), 1e-12)
+        classes = np.unique(self.targets)
+        if len(classes) < 2:
+            return set()
+        means = np.stack([feats[self.targets == c].mean(axis=0) for c in classes])
+        nearest = classes[np.argmax(feats @ means.T, axis=1)]
+        return {int(j) for j in np.flatnonzero(nearest != self.targets)}
 
     @functools.cached_property
     def mislabels(self) -> MislabelFindings:
