@@ -21,7 +21,7 @@ Now the cat and coffee crops show the cat and the cup or saucer; the rocket's bo
 (the rocket is 26 px wide: a square crop of the rocket alone would be a few pixels), so its
 held-out crops show the rocket's lower half, the launch mount and its floodlights, and some show
 the mount without the rocket; the astronaut trains on the face, collar and flag and is held out on
-the suit, its patch and the helmet. The previous objects figures are in the README.
+the suit, its patch and the helmet. The previous objects figures are in docs/changelog.md (0.2.0).
 
 Methods, each given the same training images and scored on the same held-out images:
 
@@ -91,6 +91,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from cnnlab.options import RuntimeOptions
 from cnnlab.train import TrainConfig, fine_tune
 
 #: Set name -> class -> source photos (package, path inside it[, the box of the photo to use]).
@@ -231,10 +232,10 @@ def cnnlab_variant(method: str) -> Callable[[Path, Path, int], float]:
 
 
 def _features(paths: list[Path]) -> np.ndarray:
-    from cnnlab.models.load import load_model
+    from cnnlab.models.load import load_torch
     from cnnlab.runtime.inference import run_inference
 
-    model = load_model("efficientnet_lite0", device="cpu")
+    model = load_torch("efficientnet_lite0", RuntimeOptions(device="cpu"))
     feats = [b.features for b in run_inference(model, paths, batch_size=32, workers=0, features=True)]
     return torch.cat([f for f in feats if f is not None]).numpy()
 
@@ -263,9 +264,9 @@ def _fastai(root: Path, work: Path, epochs: int, bs: int) -> float:
     )
     from torch import nn
 
-    from cnnlab.models.load import load_model
+    from cnnlab.models.load import load_torch
 
-    pp = load_model("efficientnet_lite0", device="cpu").preprocessing
+    pp = load_torch("efficientnet_lite0", RuntimeOptions(device="cpu")).preprocessing
     parts = read_split(root)
     labels = {str(p): label for p, label in parts["train"] + parts["test"]}
 
@@ -282,7 +283,7 @@ def _fastai(root: Path, work: Path, epochs: int, bs: int) -> float:
 
     def lite0(pretrained: bool = True) -> nn.Module:
         """The loaded network as feature maps then pooling: fastai cuts it before the pooling layer."""
-        return nn.Sequential(FeatureMaps(load_model("efficientnet_lite0", device="cpu").module.train()),
+        return nn.Sequential(FeatureMaps(load_torch("efficientnet_lite0", RuntimeOptions(device="cpu")).module.train()),
                              nn.AdaptiveAvgPool2d(1))
 
     block = DataBlock(
@@ -345,9 +346,9 @@ def isolated(method: str, root: Path, work: Path, epochs: int) -> tuple[float, f
 
 
 def _one(method: str, root: str, work: str, epochs: str) -> int:
-    from cnnlab.models.load import load_model
+    from cnnlab.models.load import load_torch
 
-    load_model("efficientnet_lite0", device="cpu")  # imports torchvision and reads the weights, untimed
+    load_torch("efficientnet_lite0", RuntimeOptions(device="cpu"))  # imports torchvision and reads the weights, untimed
     if method.startswith("fastai"):
         import fastai.vision.all  # noqa: F401  # untimed too, as cnnlab's import is
     elif method.startswith("cnnlab"):  # fastai's import above brings matplotlib.figure (its torch_core imports

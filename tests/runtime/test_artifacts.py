@@ -18,29 +18,18 @@ from cnnlab.errors import WeightsIntegrityError
 from cnnlab.models.export import export_model
 from cnnlab.models.load import load_torch
 from cnnlab.options import ModelSource, RuntimeOptions, WeightsPolicy
-from cnnlab.runtime import prepare_runtime_file
 from cnnlab.runtime.artifacts import MAX_SIDECAR_BYTES, read_sidecar
-from cnnlab.runtime.base import ExportedModel, Runtime
-from cnnlab.runtime.loader import load_model
+from cnnlab.runtime.base import ExportedModel
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 pytest.importorskip("openvino")
+from tests.helpers.runs import load_on, prepare_on
+
 runner = CliRunner()
 SMALL = "squeezenet1_1"  # 1.2 M parameters: quick to export and quantise
 
 
-def _load(name: str, backend: str = "torch", *, random_weights: bool = False, weights: Path | None = None,
-          calibration: list[Path] | tuple[()] = (), **runtime: Any) -> Runtime:
-    """The public ``load_model(ModelSource, RuntimeOptions)``, its arguments made from keywords."""
-    source = ModelSource(name=str(name), weights=weights, policy="random" if random_weights else "pretrained")
-    return load_model(source, RuntimeOptions(backend=backend, **runtime), calibration=calibration)
-
-
-def _prepare(name: str, backend: str, *, random_weights: bool = False, weights: Path | None = None,
-             **kwargs: Any) -> Path:
-    source = ModelSource(name=str(name), weights=weights, policy="random" if random_weights else "pretrained")
-    return prepare_runtime_file(source, backend, **kwargs)
 
 
 BACKENDS = ["onnxruntime", "openvino"]
@@ -77,7 +66,7 @@ def _variant(exported: Path, folder: Path, name: str, **changes: object) -> Path
 
 @pytest.mark.parametrize("damage", ["truncate-model", "truncate-sidecar", "no-marker"])
 def test_damaged_cache_entries_are_exported_again(damage: str) -> None:
-    first = _prepare(SMALL, "onnxruntime", random_weights=True)
+    first = prepare_on(SMALL, "onnxruntime", random_weights=True)
     size = first.stat().st_size
     if damage == "truncate-model":
         first.write_bytes(first.read_bytes()[:1000])  # a full disk, a killed copy
@@ -86,18 +75,18 @@ def test_damaged_cache_entries_are_exported_again(damage: str) -> None:
         side.write_text(side.read_text()[:50])
     else:  # a folder without its completion record (an older cnnlab, a hand-made copy)
         (first.parent / "complete.json").unlink()
-    again = _prepare(SMALL, "onnxruntime", random_weights=True)
+    again = prepare_on(SMALL, "onnxruntime", random_weights=True)
     assert again == first and again.stat().st_size == size
-    assert _load(SMALL, "onnxruntime", random_weights=True, device="cpu", threads=1).name.startswith(SMALL)
+    assert load_on(SMALL, "onnxruntime", random_weights=True, device="cpu", threads=1).name.startswith(SMALL)
     assert not [p for p in first.parent.parent.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
 
 
 def test_damaged_int8_entries_are_calibrated_again(real_photos: dict[str, Path]) -> None:
     photos = list(real_photos.values())[:2]
-    first = _prepare(SMALL, "onnxruntime-int8", random_weights=True, calibration=photos)
+    first = prepare_on(SMALL, "onnxruntime-int8", random_weights=True, calibration=photos)
     size = first.stat().st_size
     first.write_bytes(first.read_bytes()[:1000])
-    again = _prepare(SMALL, "onnxruntime-int8", random_weights=True, calibration=photos)
+    again = prepare_on(SMALL, "onnxruntime-int8", random_weights=True, calibration=photos)
     assert again == first and again.stat().st_size == size
 
 
@@ -106,13 +95,13 @@ def test_sidecar_that_does_not_match_the_graph_is_refused(backend: str, exported
                                                           real_photos: dict[str, Path]) -> None:
     few = _variant(exported, tmp_path, "few", classes=["a", "b", "c"])
     with pytest.raises(WeightsIntegrityError, match=r"shape \[1, 1000\].*lists 3 classes"):
-        _load(str(few), backend, device="cpu", threads=1)
+        load_on(str(few), backend, device="cpu", threads=1)
     many = _variant(exported, tmp_path, "many", classes=[f"c{i}" for i in range(2000)])
     with pytest.raises(WeightsIntegrityError, match="lists 2000 classes"):
-        _load(str(many), backend, device="cpu", threads=1)
+        load_on(str(many), backend, device="cpu", threads=1)
     crop = _variant(exported, tmp_path, "crop", preprocessing={"crop_size": 256, "resize_size": 256})
     with pytest.raises(WeightsIntegrityError, match="does not run on a uint8 batch of 256x256"):
-        _load(str(crop), backend, device="cpu", threads=1)
+        load_on(str(crop), backend, device="cpu", threads=1)
     result = runner.invoke(app, ["predict", str(real_photos["coffee"]), "--model", str(few), "--backend", backend, "-q"])
     assert result.exit_code == 3 and "lists 3 classes" in result.stderr and "Traceback" not in result.output
 
@@ -123,7 +112,7 @@ def test_files_that_are_not_onnx_are_refused(backend: str, exported: Path, tmp_p
     truncated = _variant(exported, tmp_path, "truncated")
     truncated.write_bytes(exported.read_bytes()[:5000])
     with pytest.raises(WeightsIntegrityError, match=f"{backend} cannot open .*truncated.onnx"):
-        _load(str(truncated), backend, device="cpu", threads=1)
+        load_on(str(truncated), backend, device="cpu", threads=1)
     result = runner.invoke(app, ["predict", str(real_photos["coffee"]), "-m", str(truncated), "--backend", backend])
     assert result.exit_code == 3 and "cannot open" in result.stderr
 
@@ -131,21 +120,21 @@ def test_files_that_are_not_onnx_are_refused(backend: str, exported: Path, tmp_p
 def test_informative_sidecar_fields_of_any_type_are_tolerated(exported: Path, tmp_path: Path) -> None:
     odd = _variant(exported, tmp_path, "odd", model=["../../x"], source=7, weights_file=5,
                    spec={"arch": {"a": 1}, "num_params": "lots", "gmacs": "x", "acc1": float("nan"), "license": 3})
-    model = _load(str(odd), "onnxruntime", device="cpu", threads=1)
+    model = load_on(str(odd), "onnxruntime", device="cpu", threads=1)
     assert model.spec.num_params == 0 and model.spec.gmacs is None and model.spec.acc1 is None
     assert model.spec.arch == "odd" and model.weights_path is None
     bad_quant = _variant(exported, tmp_path, "badq", quantization={"calibration_images": "abc"})
-    assert _load(str(bad_quant), "onnxruntime", device="cpu", threads=1).runtime_info()["calibration_images"] == 0
+    assert load_on(str(bad_quant), "onnxruntime", device="cpu", threads=1).runtime_info()["calibration_images"] == 0
 
 
 def test_int8_version_of_an_onnx_file_keeps_the_file_name(exported: Path, real_photos: dict[str, Path]) -> None:
     """bench names rows after the runtime: FILE@onnxruntime and FILE@openvino-int8, not the source model."""
     photos = list(real_photos.values())[:2]
-    fp32 = _load(str(exported), "onnxruntime", device="cpu", threads=1)
-    int8 = _load(str(exported), "openvino-int8", device="cpu", threads=1, calibration=photos)
+    fp32 = load_on(str(exported), "onnxruntime", device="cpu", threads=1)
+    int8 = load_on(str(exported), "openvino-int8", device="cpu", threads=1, calibration=photos)
     assert fp32.name == int8.name == str(exported)
     assert int8.runtime_info()["precision"] == "int8"
-    from_cache = _load(SMALL, "onnxruntime-int8", random_weights=True, device="cpu", threads=1,
+    from_cache = load_on(SMALL, "onnxruntime-int8", random_weights=True, device="cpu", threads=1,
                               calibration=photos)
     assert from_cache.name == "squeezenet1_1.IMAGENET1K_V1"
 
@@ -163,7 +152,7 @@ def test_random_weights_are_the_same_in_pytorch_and_the_onnx_export() -> None:
     again = load_torch(ModelSource(name="mobilenet_v3_small", policy=WeightsPolicy.RANDOM), RuntimeOptions(device="cpu"))
     for (name, x), y in zip(eager.module.state_dict().items(), again.module.state_dict().values()):
         assert torch.equal(x, y), name
-    exported = _load("mobilenet_v3_small", "onnxruntime", random_weights=True, device="cpu")
+    exported = load_on("mobilenet_v3_small", "onnxruntime", random_weights=True, device="cpu")
     batch = (torch.rand(2, 3, 224, 224) * 255).to(torch.uint8)
     with torch.inference_mode():
         assert torch.allclose(eager(batch), exported(batch), atol=1e-3)
@@ -212,7 +201,7 @@ def test_a_graph_that_ignores_the_batch_dimension_is_refused(backend: str, copy_
     ended in an IndexError. Both now refuse the file, naming the batch dimension."""
     path = _batch_ignoring_graph(tmp_path, exported, "first-only", copy_rows=copy_rows)
     with pytest.raises(WeightsIntegrityError, match="ignores the batch dimension"):
-        _load(str(path), backend, device="cpu", threads=1)
+        load_on(str(path), backend, device="cpu", threads=1)
     photos = [str(p) for p in list(real_photos.values())[:3]]
     result = runner.invoke(app, ["predict", *photos, "-m", str(path), "--backend", backend, "-q"])
     assert result.exit_code == 3 and "ignores the batch dimension" in result.stderr, result.output
@@ -224,7 +213,7 @@ def test_a_runtime_whose_outputs_lose_the_batch_is_an_error_not_a_broadcast(expo
     import numpy as np
     import torch
 
-    model = _load(str(exported), "onnxruntime", device="cpu", threads=1)
+    model = load_on(str(exported), "onnxruntime", device="cpu", threads=1)
     assert isinstance(model, ExportedModel)
     model.run = lambda batch: np.zeros((1, 1000), dtype=np.float32)
     with pytest.raises(WeightsIntegrityError, match="outputs of shape \\[1, 1000\\] for a batch of 2 images"):
@@ -236,7 +225,7 @@ def test_a_sidecar_listing_a_class_twice_is_refused(exported: Path, tmp_path: Pa
     """Issue 27 item 10: like a checkpoint with duplicate classes (a class named twice scores 0 on its images)."""
     twice = _variant(exported, tmp_path, "twice", classes=["cat", "cat", *[f"c{i}" for i in range(998)]])
     with pytest.raises(WeightsIntegrityError, match=r"duplicate names \(cat\)"):
-        _load(str(twice), "onnxruntime", device="cpu", threads=1)
+        load_on(str(twice), "onnxruntime", device="cpu", threads=1)
     result = runner.invoke(app, ["predict", str(real_photos["cat"]), "-m", str(twice), "-q"])
     assert result.exit_code == 3 and "duplicate names" in result.stderr
 
@@ -295,7 +284,7 @@ def test_hostile_sidecar_values_are_refused_naming_file_and_field(exported: Path
             meta[key] = {**meta[key], **value} if isinstance(value, dict) and isinstance(meta.get(key), dict) else value
         Path(f"{path}.json").write_text(json.dumps(meta))
     with pytest.raises(WeightsIntegrityError) as info:
-        _load(str(path), "onnxruntime", device="cpu", threads=1)
+        load_on(str(path), "onnxruntime", device="cpu", threads=1)
     assert f"{path}.json" in str(info.value) and expected in str(info.value), str(info.value)
 
 

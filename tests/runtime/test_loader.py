@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -16,32 +15,20 @@ from cnnlab.cli import app
 from cnnlab.errors import UsageError, WeightsIntegrityError
 from cnnlab.models.load import load_torch
 from cnnlab.options import ModelSource, RuntimeChoice, RuntimeOptions, WeightsPolicy
-from cnnlab.runtime import prepare_runtime_file
 from cnnlab.runtime.artifacts import exports_dir
-from cnnlab.runtime.base import Runtime
 from cnnlab.runtime.inference import run_inference
-from cnnlab.runtime.loader import load_model
 from cnnlab.runtime.sessions import onnxruntime_providers
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 pytest.importorskip("openvino")
+from tests.helpers.runs import load_on, prepare_on
+
 runner = CliRunner()
 OFFLINE = "efficientnet_lite0"
 SMALL = "squeezenet1_1"  # 1.2 M parameters: quick to export and quantise
 
 
-def _load(name: str, backend: str = "torch", *, random_weights: bool = False, weights: Path | None = None,
-          calibration: list[Path] | tuple[()] = (), **runtime: Any) -> Runtime:
-    """The public ``load_model(ModelSource, RuntimeOptions)``, its arguments made from keywords."""
-    source = ModelSource(name=str(name), weights=weights, policy="random" if random_weights else "pretrained")
-    return load_model(source, RuntimeOptions(backend=backend, **runtime), calibration=calibration)
-
-
-def _prepare(name: str, backend: str, *, random_weights: bool = False, weights: Path | None = None,
-             **kwargs: Any) -> Path:
-    source = ModelSource(name=str(name), weights=weights, policy="random" if random_weights else "pretrained")
-    return prepare_runtime_file(source, backend, **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +54,7 @@ def torch_logits(photos: list[Path]) -> torch.Tensor:
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_fp32_backends_reproduce_pytorch_on_real_photos(backend: str, photos: list[Path],
                                                         torch_logits: torch.Tensor) -> None:
-    model = _load(OFFLINE, backend, device="cpu", threads=1)
+    model = load_on(OFFLINE, backend, device="cpu", threads=1)
     assert model.name == "efficientnet_lite0.IMAGENET1K" and not model.random_weights
     info = model.runtime_info()
     assert (info["backend"], info["precision"], info["threads"], info["device"]) == (backend, "fp32", 1, "cpu")
@@ -80,7 +67,7 @@ def test_fp32_backends_reproduce_pytorch_on_real_photos(backend: str, photos: li
 
 
 def test_exports_are_cached_per_model_and_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    first = _prepare(SMALL, "onnxruntime", random_weights=True)
+    first = prepare_on(SMALL, "onnxruntime", random_weights=True)
     assert first.is_relative_to(exports_dir()) and first.name == "model.onnx"
     meta = json.loads(first.with_name("model.onnx.json").read_text())
     assert meta["random_weights"] is True and meta["source"] == "torchvision" and meta["spec"]["num_params"] > 0
@@ -91,22 +78,22 @@ def test_exports_are_cached_per_model_and_weights(monkeypatch: pytest.MonkeyPatc
         raise AssertionError("exported again")
 
     monkeypatch.setattr(cnnlab.models.export, "export_model", no_export)
-    assert _prepare(SMALL, "openvino", random_weights=True) == first  # reused by every backend
+    assert prepare_on(SMALL, "openvino", random_weights=True) == first  # reused by every backend
     monkeypatch.undo()
     monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "other"))
     weights = tmp_path / "mine.pth"
     torch.save(load_torch(ModelSource(name=SMALL, policy=WeightsPolicy.RANDOM), RuntimeOptions(device="cpu")).module.state_dict(), weights)
-    second = _prepare(SMALL, "onnxruntime", weights=weights)
+    second = prepare_on(SMALL, "onnxruntime", weights=weights)
     assert second != first and json.loads(second.with_name("model.onnx.json").read_text())["weights_file"] == str(weights)
 
 
 def test_int8_is_calibrated_on_the_given_images_and_cached(photos: list[Path], torch_logits: torch.Tensor) -> None:
     with pytest.raises(UsageError, match="calibrates on your images"):
-        _load(OFFLINE, "onnxruntime-int8", device="cpu")
-    ort8 = _load(OFFLINE, RuntimeChoice.ONNXRUNTIME_INT8, device="cpu", calibration=photos)
+        load_on(OFFLINE, "onnxruntime-int8", device="cpu")
+    ort8 = load_on(OFFLINE, RuntimeChoice.ONNXRUNTIME_INT8, device="cpu", calibration=photos)
     info = ort8.runtime_info()
     assert (info["precision"], info["calibration_images"]) == ("int8", len(photos))
-    ov8 = _load(OFFLINE, "openvino-int8", device="cpu", calibration=photos)
+    ov8 = load_on(OFFLINE, "openvino-int8", device="cpu", calibration=photos)
     assert ov8.runtime_info()["file"] == info["file"]  # one int8 file, run by both runtimes
     meta = json.loads(Path(str(info["file"]) + ".json").read_text())
     assert "per-channel int8 weights" in meta["quantization"]["method"]
@@ -130,7 +117,7 @@ def test_onnx_files_work_where_model_names_do(tmp_path: Path, real_photos: dict[
         assert payload["runtime"]["backend"] == (extra[-1] if extra else "onnxruntime")
     out.with_name("lite.onnx.json").unlink()
     with pytest.raises(WeightsIntegrityError, match="no metadata file lite.onnx.json"):
-        _load(str(out))
+        load_on(str(out))
     result = runner.invoke(app, ["predict", str(real_photos["coffee"]), "--model", str(out), "-q"])
     assert result.exit_code == 3 and "cnnlab export" in result.stderr
 
@@ -138,16 +125,16 @@ def test_onnx_files_work_where_model_names_do(tmp_path: Path, real_photos: dict[
 def test_missing_extras_are_named(monkeypatch: pytest.MonkeyPatch, real_photos: dict[str, Path]) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
     with pytest.raises(UsageError, match=r"pip install 'cnnlab\[openvino\]'"):
-        _load(SMALL, "openvino", random_weights=True)
+        load_on(SMALL, "openvino", random_weights=True)
     result = runner.invoke(app, ["predict", str(real_photos["cat"]), "--backend", "openvino", "-q"])
     assert result.exit_code == 2 and "cnnlab[openvino]" in result.stderr
 
 
 def test_wrong_backend_options_are_usage_errors(tmp_path: Path, real_photos: dict[str, Path]) -> None:
     with pytest.raises(UsageError, match="applies to the torch backend"):
-        _load(SMALL, "onnxruntime", precision="bf16", random_weights=True)
+        load_on(SMALL, "onnxruntime", precision="bf16", random_weights=True)
     with pytest.raises(UsageError, match="runs on the CPU"):
-        _load(SMALL, "openvino", device="cuda", random_weights=True)
+        load_on(SMALL, "openvino", device="cuda", random_weights=True)
     with pytest.raises(UsageError, match="unknown backend 'torch-int8'"):
         RuntimeChoice.of("torch", "int8")
     (tmp_path / "data" / "cat").mkdir(parents=True)

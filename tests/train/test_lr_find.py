@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from typer.testing import CliRunner
 
 from cnnlab.cli import app
 from cnnlab.train import TrainConfig
-from cnnlab.train.lr_find import find_lr
+from cnnlab.train.lr_find import find_lr, suggest_rules, valley_fall, y_axis
 from tests.helpers.images import make_two_colours
 from tests.helpers.runs import SMALL_TRAIN_ARGS as SMALL
 
@@ -174,7 +174,8 @@ def test_find_lr_warns_when_the_loss_never_rose(tmp_path: Path) -> None:
     config = TrainConfig(data=str(data), out=str(tmp_path / "lr"), model="efficientnet_lite0", image_size=32,
                          workers=0, val_fraction=0.0, probe=False, augment="none")  # a steady loss near ln(2)
     flat = find_lr(config, start_lr=1e-9, end_lr=1e-7, steps=6)  # rates far too small to break anything
-    assert flat.suggestion == pytest.approx(1e-8) and flat.warning and "never rose" in flat.warning
+    assert flat.suggestion is not None and 1e-9 <= flat.suggestion <= 1e-7
+    assert flat.warning and "never rose" in flat.warning
     assert flat.to_dict()["warning"] == flat.warning
     broken = find_lr(config, start_lr=1e-3, end_lr=1e4, steps=30)  # rates that do break training
     assert broken.warning is None and broken.suggestion is not None and broken.suggestion < 1e3
@@ -213,3 +214,53 @@ def test_layer_and_crop_options_the_run_does_not_use_are_named(tmp_path: Path) -
                                 "--augment", "none", "--train-size-ratio", "0.5", *SMALL])
     assert plain.exit_code == 0, plain.output
     assert "--train-size-ratio is not used" in plain.stderr
+
+
+def _u_curve(steps: int = 100) -> tuple[list[float], list[float]]:
+    """A range test as fastai draws it: flat at 2, falling from 1e-5 to a minimum of 0.5 at 1e-2, then rising."""
+    lrs = [1e-7 * (1e8 ** (i / (steps - 1))) for i in range(steps)]
+    losses = []
+    for lr in lrs:
+        x = math.log10(lr)
+        losses.append(2.0 if x < -5 else 2.0 - 0.5 * (x + 5) if x < -2 else 0.5 + 3.0 * (x + 2) ** 2)
+    return lrs, losses
+
+
+def test_fastais_rules_on_a_curve_that_falls_then_rises() -> None:
+    lrs, losses = _u_curve()
+    rules = suggest_rules(lrs, losses)
+    assert set(rules) == {"valley", "minimum", "steep", "slide"}
+    assert 1e-5 < rules["valley"] < 1e-2  # inside the fall, not at its bottom
+    assert 5e-4 < rules["minimum"] < 2e-3  # the rate of the lowest loss (1e-2) / 10
+    assert 1e-5 <= rules["steep"] < 1e-2
+    assert valley_fall(lrs, losses) > 1.0
+
+
+def test_a_flat_curve_has_no_fall_to_suggest_from() -> None:
+    """After a probe that fits the training images the loss is flat near zero until it breaks; the previous rule
+    read the noise as the start of the rise and suggested --lr 1.35e-07."""
+    lrs, _ = _u_curve()
+    flat = [0.003 + 0.0005 * ((i * 7919) % 13) / 13 for i in range(80)] + [0.003 * 1.4 ** k for k in range(20)]
+    assert valley_fall(lrs, flat) < 0.05 * math.log(2)
+
+
+def test_the_plot_axis_shows_the_whole_curve() -> None:
+    """lr_find.png's y axis was clipped at 4 x the lowest loss: most of the curve was off the chart."""
+    values = [0.01, 0.02, 5.0, 30.0, math.inf, math.nan]
+    low, high, scale = y_axis(values) or (0, 0, "")
+    assert scale == "log" and low <= 0.01 and high >= 30.0
+    low, high, scale = y_axis([0.6, 0.7, 2.0]) or (0, 0, "")
+    assert scale == "linear" and low < 0.6 and high > 2.0
+    assert y_axis([math.nan]) is None
+
+
+def test_after_a_probe_that_fits_the_curve_is_flat_and_the_suggestion_is_slide(tmp_path: Path) -> None:
+    """The issue's run: after the probe the loss was flat near zero and the finder suggested --lr 1.35e-07."""
+    from cnnlab.train.lr_find import FLAT_RULE
+
+    data = make_two_colours(tmp_path / "data", per_class=4)
+    config = TrainConfig(data=str(data), out=str(tmp_path / "lr"), model="efficientnet_lite0", image_size=32,
+                         workers=0, val_fraction=0.0, augment="none")
+    result = find_lr(config, start_lr=1e-6, end_lr=100.0, steps=40)
+    assert result.warning and "did not fall" in result.warning and result.rule == FLAT_RULE
+    assert result.suggestion == result.rules["slide"]

@@ -169,10 +169,10 @@ def test_early_layers_end_where_the_maps_first_get_coarser() -> None:
 def test_frozen_early_layers_keep_their_weights(tmp_path: Path) -> None:
     """Pretrained weights: the stem and first stage (stride 4) keep their weights and get no gradient,
     the later layers train; --frozen-stride 1 trains them all; random weights freeze nothing."""
-    from cnnlab.models.load import load_model
+    from cnnlab.models.load import load_torch
 
     data = make_colours(tmp_path / "data", per_class=8)
-    pretrained = load_model("efficientnet_lite0", device="cpu").module.state_dict()
+    pretrained = load_torch("efficientnet_lite0", RuntimeOptions(device="cpu")).module.state_dict()
 
     def trained(**settings: object) -> tuple[dict[str, torch.Tensor], dict[str, object]]:  # the weights, resolved
         config = TrainConfig(data=str(data), out=str(tmp_path / f"run{len(settings)}"), epochs=1, image_size=64,
@@ -192,14 +192,14 @@ def test_frozen_early_layers_keep_their_weights(tmp_path: Path) -> None:
 
 
 def test_training_crops_are_smaller_than_the_evaluation_crops() -> None:
-    from cnnlab.models.load import load_model
+    from cnnlab.models.load import load_torch
     from cnnlab.train.augment import TrainTransform
     from cnnlab.train.config import train_crop_size
 
     assert TrainConfig().train_size_ratio == 0.8
     assert train_crop_size(224, 0.8) == 176 and train_crop_size(299, 1.0) == 299 and train_crop_size(160, 0.5) == 128
     assert train_crop_size(64, 0.8) == 64 and train_crop_size(100, 1.5) == 152  # small images are not shrunk
-    pp = load_model("efficientnet_lite0", device="cpu").preprocessing
+    pp = load_torch("efficientnet_lite0", RuntimeOptions(device="cpu")).preprocessing
     photo = Path(__import__("skimage").__file__).parent / "data" / "chelsea.png"
     assert TrainTransform(pp, crop_size=train_crop_size(pp.crop_size, 0.8)).load(photo).shape == (3, 176, 176)
     with pytest.raises(Exception, match="train_size_ratio"):

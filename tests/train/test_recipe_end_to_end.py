@@ -43,7 +43,7 @@ from cnnlab.models.checkpoint import (
     replace_head,
     save_checkpoint,
 )
-from cnnlab.models.load import load_model
+from cnnlab.models.load import load_torch
 from cnnlab.models.registry import get_spec
 from cnnlab.options import RuntimeOptions
 from cnnlab.progress import Progress
@@ -358,7 +358,8 @@ def _val_report_and_best_pt(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from cnnlab.prediction import predict
 
     with (out / "data_split.csv").open(newline="") as fh:
-        val = [row for row in csv.DictReader(fh) if row["split"] == "val"]
+        val = [{**row, "path": str(out / row["path"])}  # paths relative to the CSV's folder
+               for row in csv.DictReader(fh) if row["split"] == "val"]
     preds = predict([row["path"] for row in val], model=out / "best.pt", topk=3, runtime=RuntimeOptions(device="cpu", workers=0)).predictions
     truth = {str(Path(row["path"])): row["label"] for row in val}
     probs = [{s.label: s.probability for s in p.top}[truth[str(Path(p.path))]] for p in preds]
@@ -445,12 +446,13 @@ def test_resume_after_interruption_gives_the_uninterrupted_weights(
 
 
 def test_early_stopping_ends_each_phase(colours: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a validation loss that only rises, each phase stops after `patience` epochs without a
-    new best (the full phase compares with the head phase's best)."""
+    """With a validation accuracy that stays put and a loss that only rises, each phase stops after `patience`
+    epochs without a new best (the full phase compares with the head phase's best)."""
     from cnnlab.train import loop
 
     losses = iter(np.arange(1.0, 20.0))
     monkeypatch.setattr(loop.Predictions, "loss", property(lambda self: float(next(losses))))
+    monkeypatch.setattr(loop.Predictions, "accuracy", property(lambda self: 0.5))
     r = fine_tune(TrainConfig(
         data=str(colours), out=str(tmp_path / "es"), model="squeezenet1_1", random_weights=True,
         image_size=32, batch_size=16, workers=0, freeze_epochs=5, epochs=5, patience=2, probe=False,
@@ -506,7 +508,7 @@ def test_fine_tuning_real_photos_reaches_the_frozen_baseline(tmp_path: Path) -> 
 
 def test_checkpoint_loads_as_a_model_over_the_users_classes(colour_run: TrainResult, colours: Path) -> None:
     path = colour_run.best_path
-    loaded = load_model(str(path), device="cpu")
+    loaded = load_torch(str(path), RuntimeOptions(device="cpu"))
     spec = loaded.spec
     assert spec.source == "checkpoint" and spec.name == str(path)
     assert spec.categories == ("blue", "green", "red") and spec.acc1 is None and spec.weights_url is None
@@ -658,7 +660,7 @@ def test_mixed_precision_on_cuda(colours: Path, tmp_path: Path) -> None:
     r = fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "gpu"), device="cuda", **FAST))
     assert r.precision in ("bf16", "fp16") and r.device.startswith("cuda")
     assert r.evaluation["top1"] >= 0.99
-    loaded = load_model(str(r.best_path), device="cpu")  # a GPU-trained checkpoint loads on the CPU
+    loaded = load_torch(str(r.best_path), RuntimeOptions(device="cpu"))  # a GPU-trained checkpoint loads on the CPU
     assert loaded.categories == ("blue", "green", "red")
 
 

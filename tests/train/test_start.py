@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from typer.testing import CliRunner
 from cnnlab.cli import app
 from cnnlab.models.checkpoint import read_checkpoint
 from cnnlab.models.leakage import overlap
-from cnnlab.models.load import load_model
+from cnnlab.models.load import load_torch
+from cnnlab.options import RuntimeOptions
 from cnnlab.train import TrainConfig, TrainResult, fine_tune
 from tests.helpers.images import make_colours
 
@@ -41,7 +43,7 @@ def test_same_classes_continue_with_the_trained_head(parent: TrainResult, colour
     assert ckpt["train_args"]["continued_from"] == str(parent.best_path)
     assert ckpt["preprocessing"]["crop_size"] == 32  # the parent's preprocessing
     assert ckpt["data_record"]["inherited"]["from"] == str(parent.best_path)
-    assert load_model(str(child.best_path), device="cpu").categories == ("blue", "green", "red")
+    assert load_torch(str(child.best_path), RuntimeOptions(device="cpu")).categories == ("blue", "green", "red")
 
 
 def test_new_classes_get_a_new_head_and_inherit_the_record(parent: TrainResult, tmp_path: Path) -> None:
@@ -53,7 +55,7 @@ def test_new_classes_get_a_new_head_and_inherit_the_record(parent: TrainResult, 
                                   **{**SMALL, "model": str(parent.best_path)}))
     assert child.classes == ["navy", "red"] and [h.phase for h in child.history] == ["probe", "full"]
     assert child.head == "_fc: linear 1280 -> 2"
-    parent_train = [Path(p) for p, _, split in (line.split(",") for line in
+    parent_train = [parent.out / p for p, _, split in (line.split(",") for line in  # relative to the CSV
                     (parent.out / "data_split.csv").read_text().splitlines()[1:]) if split == "train"]
     report = overlap(child.best_path, parent_train[:3])  # the parent's training images count as seen
     assert report.counts["parent train"] == 3 and report.overlapping == 3
@@ -74,7 +76,8 @@ def test_find_lr_writes_a_plot_and_suggests_a_value(colours: Path, tmp_path: Pat
     result = runner.invoke(app, ["train", "--find-lr", str(colours), "--model", "squeezenet1_1",
                                  "--random-weights", "--image-size", "32", "--workers", "0", "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
-    assert "suggested --lr" in result.stdout and "a tenth of the first learning rate" in result.stdout
+    assert "suggested --lr" in result.stdout and "fastai's valley" in result.stdout
+    assert "fastai's rules: valley" in result.stdout and "minimum" in result.stdout and "slide" in result.stdout
     assert (out / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
     rows = (out / "lr_find.csv").read_text().splitlines()
     assert rows[0] == "lr,loss,smoothed_loss" and 10 < len(rows) <= 101
@@ -85,14 +88,15 @@ def test_find_lr_writes_a_plot_and_suggests_a_value(colours: Path, tmp_path: Pat
 
 
 def test_the_suggestion_rule_on_both_kinds_of_curve() -> None:
-    from cnnlab.train.lr_find import suggest
+    from cnnlab.train.lr_find import MIN_FALL, suggest, valley_fall
 
     lrs = [10 ** (-7 + i / 10) for i in range(80)]
     falling = [2.0 - 1.8 * min(i, 50) / 50 + (0.2 * (i - 60) if i > 60 else 0) for i in range(80)]  # random head
     flat = [0.01 + (0.05 * (i - 55) if i > 55 else 0) for i in range(80)]  # after the probe: flat, then rising
-    assert suggest(lrs, falling, 3) == pytest.approx(lrs[62] / 10)  # just past the minimum, divided by 10
-    assert suggest(lrs, flat, 3) == pytest.approx(lrs[57] / 10)  # where the flat loss turns, divided by 10
-    assert suggest(lrs, [0.1] * 80, 3) == lrs[-1] / 10 and suggest([], [], 3) is None
+    assert lrs[8] < (suggest(lrs, falling, 3) or 0) < lrs[50]  # fastai's valley: inside the fall
+    assert valley_fall(lrs, falling) > 1.0
+    assert valley_fall(lrs, flat) < MIN_FALL * math.log(3)  # no fall to suggest from: find_lr warns
+    assert suggest([], [], 3) is None
 
 
 def test_tensorboard_event_files_next_to_history(colours: Path, tmp_path: Path) -> None:
@@ -144,4 +148,4 @@ def test_a_run_whose_checkpoints_have_the_previous_format_resumes(parent: TrainR
     assert resumed.resolved is not None and (resumed.resolved.bn, resumed.resolved.frozen_stride) == ("train", 1)
     metrics = json.loads((run / "metrics.json").read_text())  # reported in the new format
     assert metrics["resolved"]["bn"] == "train" and "bn_resolved" not in metrics["train_args"]
-    assert load_model(str(run / "last.pt"), device="cpu").categories == ("blue", "green", "red")
+    assert load_torch(str(run / "last.pt"), RuntimeOptions(device="cpu")).categories == ("blue", "green", "red")

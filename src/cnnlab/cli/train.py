@@ -58,7 +58,7 @@ def train_command(
     backbone_lr_ratio: Annotated[float, typer.Option("--backbone-lr-ratio", min=0.0, metavar="RATIO", help="Backbone learning rate relative to the head's.")] = _C.backbone_lr_ratio,
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, metavar="DECAY", help="AdamW's decoupled weight decay (not applied to biases and normalisation layers).")] = _C.weight_decay,
     schedule: Annotated[Schedule, typer.Option("--schedule", case_sensitive=False, help="Learning-rate schedule of each phase.")] = _C.schedule,
-    patience: Annotated[int, typer.Option("--patience", min=0, metavar="N", help="Early stopping: epochs without a lower validation loss (0: off).")] = _C.patience or 0,
+    patience: Annotated[int, typer.Option("--patience", min=0, metavar="N", help="Early stopping: epochs without a better validation accuracy (ties: loss) (0: off).")] = _C.patience or 0,
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0.0, max=0.99, metavar="FRACTION", help="Label smoothing of the training loss, from 0 (off) to 0.99.")] = _C.label_smoothing,
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, metavar="FRACTION", help="Held out per class for validation when the data has no split.")] = _C.val_fraction,
     test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.9, metavar="FRACTION", help="Held out per class for the final test when the data has no split.")] = _C.test_fraction,
@@ -162,6 +162,8 @@ def _find_lr(config: TrainConfig, *, quiet: bool, as_json: bool) -> None:
     value = "none (no loss recorded)" if result.suggestion is None else f"{result.suggestion:.2e}"
     out.print(f"suggested --lr {value}")  # result.warning was shown as find_lr's warning note (stderr, also with -q)
     out.print(f"rule: {escape(result.rule)}")
+    if result.rules:
+        out.print("fastai's rules: " + ", ".join(f"{name} {lr:.2e}" for name, lr in result.rules.items()))
     out.print(f"plot: {escape(result.files[-1])}")
 
 
@@ -190,7 +192,15 @@ def _print_summary(result: TrainResult, *, wide: bool = False) -> None:
     table.add_row("time/epoch", ", ".join(times))
     best = next((r for r in result.history if r.epoch == result.best_epoch), None)
     if best is not None:
-        table.add_row("best epoch", f"{best.epoch}: val loss {_num(best.val_loss)}, acc {_pct(best.val_acc)}")
+        table.add_row("best epoch", f"{best.epoch}: val loss {_num(best.val_loss)}, acc {_pct(best.val_acc)} "
+                                    "(chosen by validation accuracy, ties by loss)")
+    if result.weight_mix is not None:
+        table.add_row("best.pt", f"{result.weight_mix:g} x epoch {result.best_epoch}'s weights + "
+                                 f"{1 - result.weight_mix:g} x the probe's (WiSE-FT, chosen on validation)")
+    if result.zero_shot is not None:
+        zs = result.zero_shot
+        table.add_row("zero-shot", f"{_pct(zs['val_acc'])} on {zs['n']} val images: the untouched pretrained model "
+                                   "through the WordNet mapping of the classes")
     ev = result.evaluation
     if ev:
         ci = ev.get("top1_ci") or [None, None]

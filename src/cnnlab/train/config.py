@@ -84,7 +84,7 @@ class TrainConfig:
     schedule: Schedule = Schedule.ONECYCLE
     #: Fraction of each phase spent warming up (``onecycle``).
     warmup: float = 0.25
-    #: Stop a phase after this many epochs without a lower validation loss (``None``: never).
+    #: Stop a phase after this many epochs without a better epoch (validation accuracy, then loss; ``None``: never).
     patience: int | None = 3
     label_smoothing: float = 0.0
     #: Fractions of each class held out when the data has no split of its own.

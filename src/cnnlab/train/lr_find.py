@@ -9,13 +9,19 @@ it, the backbone at ``backbone_lr_ratio`` of that). The loss is smoothed by an e
 average (0.98, bias-corrected); the test stops early once the smoothed loss exceeds both 4 times
 its minimum and ``ln(classes)`` (the loss of a uniform guess: diverged).
 
-**Suggested value**: a tenth of the learning rate at which training starts to break down -- the
-first rate where the smoothed loss exceeds twice its lowest value so far plus
-``0.05 * ln(classes)`` (the largest rate tested when that never happens). fastai's ``lr_min``
-(the rate at the lowest loss, divided by 10) assumes a loss that first falls; after the probe the
-head starts at its optimum, the loss is flat and near zero until the rate is too high, and the
-minimum of a flat curve is noise. The onset of the rise is where both kinds of curve turn, and a
-tenth of it is a rate that trains without breaking what the probe found.
+**Suggested value**: fastai's rules (``fastai.callback.schedule``), on the smoothed losses without the
+first tenth of the points and the last five (fastai's trim): ``valley`` (the suggestion: the rate a
+third and a half into the longest run of falling losses), shown with ``minimum`` (the rate at the
+lowest loss / 10), ``steep`` (the steepest fall) and ``slide`` (where the loss's slope stops
+changing, looking back from the last rate). The previous rule, a tenth of the onset of the rise,
+read the noise of a flat curve as the onset and suggested ``1e-7``.
+
+A suggestion is sound when the curve falls and rises as the rules assume. The test warns when it
+does not: the loss never rose (no rate broke training, so the rules saw only half a curve), or the
+valley's fall is below :data:`MIN_FALL` (a flat curve, as after a probe that already fits the
+training images: the valley then reads noise, and the suggestion is ``slide``, the edge of the flat part,
+which on the real-photo set measured for issue 24 landed within 3x of the best rate of a 5-point sweep
+where ``valley`` did not).
 
 Nothing is trained for good: the weights are discarded; ``lr_find.csv`` and ``lr_find.png`` are
 written to ``out``.
@@ -49,9 +55,14 @@ from cnnlab.train.state import run_folder
 SMOOTHING = 0.98
 #: Stop once the smoothed loss is this many times its minimum.
 DIVERGED = 4.0
-RULE = "a tenth of the first learning rate where the smoothed loss rises above 2 x its lowest so far + 0.05 ln(classes)"
-#: The rise (relative, and in units of ln(classes)) that marks the onset of the breakdown.
+RULE = "fastai's valley: a third and a half into the longest run of falling smoothed losses"
+FLAT_RULE = "fastai's slide (a flat curve has no valley): where the loss's slope starts to change, from the top"
+#: The rise (relative, and in units of ln(classes)) that counts as breaking training (:func:`never_rose`).
 RISE = (2.0, 0.05)
+#: The least fall of the smoothed loss over the valley, in units of ln(classes), for a sound suggestion.
+MIN_FALL = 0.05
+#: Points left out before the rules look: the first tenth, and the last ones (fastai's ``lr_find``).
+SKIP_END = 5
 
 
 @dataclass
@@ -63,35 +74,98 @@ class LRFinderResult:
     losses: list[float] = field(default_factory=list)
     smoothed: list[float] = field(default_factory=list)
     suggestion: float | None = None
+    #: Every rule's rate: ``valley`` (the suggestion), ``minimum``, ``steep``, ``slide``.
+    rules: dict[str, float] = field(default_factory=dict)
     rule: str = RULE
     files: list[str] = field(default_factory=list)
     #: Why the suggestion should not be trusted (the loss never rose over the rates tried), else ``None``.
     warning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "suggested_lr": self.suggestion, "rule": self.rule, "files": self.files,
+        return {"phase": self.phase, "suggested_lr": self.suggestion, "rule": self.rule, "rules": self.rules,
+                "files": self.files,
                 "warning": self.warning,
                 "points": [{"lr": lr, "loss": a, "smoothed": b}
                            for lr, a, b in zip(self.lrs, self.losses, self.smoothed)]}
 
 
+def trimmed(lrs: list[float], smoothed: list[float]) -> tuple[list[float], list[float]]:
+    """The points the rules look at: fastai's trim (the first tenth and the last :data:`SKIP_END`) when at least
+    five points are left, and only those before the first non-finite loss."""
+    start, stop = len(lrs) // 10, len(lrs) - SKIP_END
+    if stop - start < 5:
+        start, stop = 0, len(lrs)
+    pairs = list(zip(lrs[start:stop], smoothed[start:stop]))
+    finite = next((i for i, (_, v) in enumerate(pairs) if not math.isfinite(v)), len(pairs))
+    pairs = pairs[:finite]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+def valley_section(losses: list[float]) -> tuple[int, int]:
+    """Start and end of the longest run of falling losses (fastai's ``valley``: a longest decreasing subsequence)."""
+    n = len(losses)
+    lds = [1] * n
+    max_start = max_end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and lds[i] < lds[j] + 1:
+                lds[i] = lds[j] + 1
+            if lds[max_end] < lds[i]:
+                max_end = i
+                max_start = max_end - lds[max_end]
+    return max(max_start, 0), max_end
+
+
+def suggest_rules(lrs: list[float], smoothed: list[float]) -> dict[str, float]:
+    """fastai's four rules on a range test's points (``{}`` without any)."""
+    xs, ys = trimmed(lrs, smoothed)
+    if not xs:
+        return {}
+    start, end = valley_section(ys)
+    sections = (end - start) / 3
+    rules = {"valley": xs[min(len(xs) - 1, start + int(sections) + int(sections / 2))],
+             "minimum": xs[min(range(len(ys)), key=ys.__getitem__)] / 10}
+    if len(xs) > 1:
+        slopes = [(ys[i + 1] - ys[i]) / (math.log(xs[i + 1]) - math.log(xs[i])) for i in range(len(xs) - 1)]
+        rules["steep"] = xs[min(range(len(slopes)), key=slopes.__getitem__)]
+        rules["slide"] = _slide(xs, ys)
+    return rules
+
+
+def _slide(xs: list[float], ys: list[float], lr_diff: int = 15, thresh: float = 0.005) -> float:
+    """fastai's ``slide``: from the largest rate down, the first rate whose slope is within ``thresh`` of that
+    ``lr_diff`` points to its right."""
+    n = len(ys)
+    grad = [ys[min(i + 1, n - 1)] - ys[max(i - 1, 0)] for i in range(n)]
+    grad = [g / (2 if 0 < i < n - 1 else 1) for i, g in enumerate(grad)]
+    r_idx, l_idx = n - 1, n - 1 - lr_diff
+    local = xs[max(l_idx, 0)]
+    while l_idx >= 0 and abs(grad[r_idx] - grad[l_idx]) > thresh:
+        local = xs[l_idx]
+        r_idx -= 1
+        l_idx -= 1
+    return local
+
+
 def suggest(lrs: list[float], smoothed: list[float], num_classes: int) -> float | None:
     """:data:`RULE` applied to a range test (``None`` without points)."""
-    if not smoothed:
-        return None
-    lowest = math.inf
-    for lr, loss in zip(lrs, smoothed):
-        if not math.isfinite(loss) or loss > RISE[0] * lowest + RISE[1] * math.log(num_classes):
-            return lr / 10
-        lowest = min(lowest, loss)
-    return lrs[-1] / 10
+    return suggest_rules(lrs, smoothed).get("valley")
+
+
+def valley_fall(lrs: list[float], smoothed: list[float]) -> float:
+    """How much the smoothed loss falls over the valley's section (0 without points)."""
+    _, ys = trimmed(lrs, smoothed)
+    if not ys:
+        return 0.0
+    start, end = valley_section(ys)
+    return ys[start] - ys[end]
 
 
 def never_rose(lrs: list[float], smoothed: list[float], num_classes: int) -> bool:
-    """Whether the smoothed loss of a range test never rose by :data:`RULE`'s measure up to its last
-    rate, so that the suggestion is only the largest rate tried / 10. A loss that ended non-finite
-    did rise: the last rate broke training outright."""
-    if len(smoothed) < 2 or not math.isfinite(smoothed[-1]) or suggest(lrs, smoothed, num_classes) != lrs[-1] / 10:
+    """Whether the smoothed loss of a range test never rose above :data:`RISE` times its lowest (plus
+    ``RISE[1] * ln(classes)``) up to its last rate: no rate tried broke training. A loss that ended
+    non-finite did rise: the last rate broke training outright."""
+    if len(smoothed) < 2 or not math.isfinite(smoothed[-1]):
         return False
     losses = [v for v in smoothed if math.isfinite(v)]
     return smoothed[-1] <= RISE[0] * min(losses) + RISE[1] * math.log(num_classes)
@@ -176,12 +250,21 @@ def _range_test(config: TrainConfig, progress: Progress, out: Path, *, start_lr:
     progress.finish("lr_find")
     if not result.lrs:
         raise CnnlabError("the range test got no training batch (no image could be decoded)")
-    result.suggestion = suggest(result.lrs, result.smoothed, len(run.splits.classes))
-    if never_rose(result.lrs, result.smoothed, len(run.splits.classes)):
+    classes = len(run.splits.classes)
+    result.rules = suggest_rules(result.lrs, result.smoothed)
+    result.suggestion = result.rules.get("valley")
+    default = f"keep the default --lr {TrainConfig().lr:g} unless the plot says otherwise"
+    if never_rose(result.lrs, result.smoothed, classes):
         result.warning = (f"the loss never rose up to lr {result.lrs[-1]:.1e}: the test found no rate that breaks "
-                          f"training ({len(run.splits.train)} training images), so the suggestion is only the "
-                          f"largest rate tried / 10; keep the default --lr {TrainConfig().lr:g} unless the "
-                          "plot says otherwise")
+                          f"training ({len(run.splits.train)} training images), so the rules saw half a curve; "
+                          + default)
+    elif valley_fall(result.lrs, result.smoothed) < MIN_FALL * math.log(classes):
+        result.suggestion = result.rules.get("slide", result.suggestion)  # the valley of a flat curve is noise
+        result.rule = FLAT_RULE
+        result.warning = ("the loss did not fall before it rose (a flat curve: the probe may already fit the "
+                          "training images), so no rule has a sound suggestion; the suggestion is fastai's slide "
+                          "(where the rise starts); " + default)
+    if result.warning:
         progress.note(result.warning, warning=True)
     result.files = [str(_write_csv(result, out)), str(_plot(result, out))]
     return result
@@ -195,8 +278,22 @@ def _write_csv(result: LRFinderResult, out: Path) -> Path:
     return path
 
 
+def y_axis(values: list[float]) -> tuple[float, float, str] | None:
+    """``(low, high, scale)`` of a y axis that shows every finite value: nothing is clipped, and the scale is
+    logarithmic when the values span more than two decades (``None`` without a finite value)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return None
+    low, high = min(finite), max(finite)
+    if low > 0 and high / low > 100:
+        return low / 1.2, high * 1.2, "log"
+    pad = (high - low) * 0.05 or abs(high) * 0.05 or 0.1
+    return low - pad, high + pad, "linear"
+
+
 def _plot(result: LRFinderResult, out: Path) -> Path:
-    """Loss against the learning rate (log axis), the suggestion marked; matplotlib's Agg canvas."""
+    """Loss against the learning rate (log axis), every rule's rate marked, the axes spanning every finite
+    point; matplotlib's Agg canvas."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -209,12 +306,16 @@ def _plot(result: LRFinderResult, out: Path) -> Path:
     ax = fig.subplots()
     ax.plot(result.lrs, result.losses, color="lightgrey", linewidth=1, label="loss")
     ax.plot(result.lrs, result.smoothed, label="smoothed loss")
-    if result.suggestion is not None:
-        ax.axvline(result.suggestion, color="green", linestyle="--", linewidth=1,
-                   label=f"suggested --lr {result.suggestion:.1e}")
-    finite = [v for v in result.smoothed if math.isfinite(v)]
-    if finite:
-        ax.set_ylim(min(finite) * 0.9, min(max(finite), DIVERGED * min(finite)) * 1.1 + 1e-3)
+    styles = {"valley": ("green", "--"), "minimum": ("tab:purple", ":"), "steep": ("tab:orange", ":"),
+              "slide": ("tab:brown", ":")}
+    for name, lr in result.rules.items():
+        colour, style = styles[name]
+        label = f"{name} {lr:.1e}" + (" (suggested --lr)" if name == "valley" else "")
+        ax.axvline(lr, color=colour, linestyle=style, linewidth=1.5 if name == "valley" else 1, label=label)
+    axis = y_axis([*result.losses, *result.smoothed])
+    if axis is not None:
+        ax.set_yscale(axis[2])
+        ax.set_ylim(axis[0], axis[1])
     ax.set_xscale("log")
     ax.set_xlabel(f"--lr ({result.phase} phase)")
     ax.set_ylabel("training loss")

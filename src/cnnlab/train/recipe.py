@@ -26,6 +26,7 @@ from cnnlab.train.result import EpochRecord, TrainResult
 from cnnlab.train.session import TrainingRun, finish_run
 from cnnlab.train.start import start_run
 from cnnlab.train.state import RunState, load_phase_states, resume_entry
+from cnnlab.train.zero_shot import zero_shot_accuracy
 
 
 def fine_tune(config: TrainConfig, *, progress: Progress | None = None) -> TrainResult:
@@ -46,7 +47,7 @@ def fine_tune(config: TrainConfig, *, progress: Progress | None = None) -> Train
 
     Each SGD phase has its own optimiser and per-step schedule (:mod:`cnnlab.train.optim`) over
     batches that give it at least ``min_phase_steps`` steps (:func:`~cnnlab.train.config.plan_batches`),
-    and stops early after ``patience`` epochs without a lower validation loss. Progress goes to
+    and stops early after ``patience`` epochs without a better epoch (validation accuracy, then loss). Progress goes to
     ``progress``: notes, and each epoch as task ``"epoch"`` whose ``finish`` comes once
     ``last.pt`` is written; an exception raised there stops the run, and ``resume`` continues it
     from ``last.pt``.
@@ -108,7 +109,10 @@ def _run_phases(run: TrainingRun, state: RunState, ctx: DistContext | None) -> T
     for index in range(state.phase_index, len(phases)):
         phase = phases[index]
         if phase.name == "probe":
+            _zero_shot(run)
             record, val = _probe(run)
+            run.probe_state = {k: v.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+                               for k, v in run.model.module.state_dict().items()}
             is_best, _ = state.end_epoch(record, phase, run.config.patience)
             run.keep_if_best(val, is_best)
             run.save_epoch(state, record, is_best, resume_entry(state, run.splits, run.config.seed))
@@ -134,8 +138,20 @@ def _run_phases(run: TrainingRun, state: RunState, ctx: DistContext | None) -> T
             run.progress.finish("epoch", record.summary(best=is_best))
             if stop:
                 run.note(f"early stop of the {phase.name} phase after epoch {record.epoch}: "
-                         f"no lower validation loss for {run.config.patience} epochs")
+                         f"no better validation accuracy or loss for {run.config.patience} epochs")
     return finish_run(run, state)
+
+
+def _zero_shot(run: TrainingRun) -> None:
+    """The untouched pretrained model on the validation images, when every class maps onto ImageNet."""
+    if run.imagenet_head is None or run.splits.val is None:
+        return
+    found = zero_shot_accuracy(run.model, run.head_info.path, run.imagenet_head, run.splits.val,
+                               batch_size=run.config.batch_size, workers=run.workers, progress=run.progress)
+    if found is not None:
+        run.result.zero_shot = found.to_dict()
+        run.note(f"zero-shot: the pretrained model scores {found.accuracy:.1%} on the {found.images} validation "
+                 "images through the WordNet mapping of the classes (what training has to beat)")
 
 
 def _probe(run: TrainingRun) -> tuple[EpochRecord, Predictions | None]:

@@ -14,6 +14,7 @@ from typing import Any
 from cnnlab.imagedata.datasets import SkippedFile
 from cnnlab.jsonable import to_jsonable
 from cnnlab.train.config import ResolvedSettings
+from cnnlab.train.mixing import MIX_RULE, MixScore
 
 #: Files of a run in its output folder (removed by ``overwrite=True``).
 RUN_FILES = ("best.pt", "last.pt", "history.csv", "curves.png", "metrics.json", "data_split.csv")
@@ -92,6 +93,14 @@ class TrainResult:
     train_args: dict[str, Any] = field(default_factory=dict)
     #: What the run resolved its automatic settings to (stored in its checkpoints; resume reads them back).
     resolved: ResolvedSettings | None = None
+    #: How the best epoch and the weights mix were chosen (:data:`cnnlab.train.mixing.MIX_RULE`).
+    selection: str = MIX_RULE
+    #: Share of the best epoch's weights in best.pt, the rest the probe's (``None``: not mixed, the best epoch as is).
+    weight_mix: float | None = None
+    mix_scores: list[MixScore] = field(default_factory=list)
+    #: The untouched pretrained model on the validation images through the WordNet mapping
+    #: (:mod:`cnnlab.train.zero_shot`): ``{"val_acc", "n", "synsets"}``; ``None`` when a class does not map.
+    zero_shot: dict[str, Any] | None = None
 
     @property
     def best_path(self) -> Path:
@@ -147,5 +156,9 @@ class TrainResult:
             "warnings": self.warnings,
             "train_args": self.train_args,
             "resolved": self.resolved.to_dict() if self.resolved is not None else None,
+            "selection": self.selection,
+            "weight_mix": self.weight_mix,
+            "mix_scores": [m.to_dict() for m in self.mix_scores],
+            "zero_shot": self.zero_shot,
         })
         return data

@@ -37,9 +37,11 @@ from cnnlab.train.augment import make_transform
 from cnnlab.train.config import BatchPlan, Phase, ResolvedSettings, TrainConfig, plan_batches
 from cnnlab.train.data import DataSplits, make_train_loader
 from cnnlab.train.loop import Predictions, evaluate, evaluation_report
+from cnnlab.train.mixing import choose_mix, interpolate, score_mixes
 from cnnlab.train.result import RUN_FILES, EpochRecord, TrainResult
 from cnnlab.train.state import RunState, plot_curves, write_history
 from cnnlab.train.tblog import TensorBoardLog
+from cnnlab.train.unknown import CHECKPOINT_KEY, calibrate_unknown
 
 #: Bounds of the EMA decay chosen from the run's length (``1 - 10 / steps``).
 EMA_DECAY_RANGE = (0.5, 0.9998)
@@ -83,6 +85,11 @@ class TrainingRun:
     #: The validation predictions of the best epoch so far in this process (``best.pt``'s on the validation
     #: split), which :func:`finish_run` reports instead of evaluating ``best.pt`` on those images again.
     best_val: Predictions | None = None
+    #: The probe's weights (the start of the line that :mod:`cnnlab.train.mixing` scores), in the default layout
+    #: on the CPU (``last.pt`` keeps them for a resumed run); ``None`` in a run without a probe.
+    probe_state: dict[str, torch.Tensor] | None = None
+    #: The pretrained ImageNet classifier, for the zero-shot figure (:mod:`cnnlab.train.zero_shot`).
+    imagenet_head: nn.Linear | None = None
     tensorboard: TensorBoardLog | None = None
     generator: torch.Generator = field(default_factory=torch.Generator)
     #: The lock on the run folder (:func:`~cnnlab.train.start.start_run`), closed when the run ends.
@@ -205,6 +212,8 @@ class TrainingRun:
             self.tensorboard.epoch(record)
         if self.ema is not None:  # the raw weights go on training
             resume = {**resume, "model": self.model.module.state_dict(), "ema": self.ema.state_dict()}
+        if self.probe_state is not None:  # a resumed run mixes its best epoch with the probe too
+            resume = {**resume, "probe": self.probe_state}
         metrics = {k: v for k, v in record.to_dict().items() if k != "seconds"}
         if is_best:
             save_checkpoint(self.checkpoint(metrics), self.out / "best.pt")
@@ -230,11 +239,15 @@ def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
     best = read_checkpoint(out / "best.pt")
     run.ema = None  # the best weights (averaged or not) are evaluated in the model itself
     run.model.module.load_state_dict(best["state_dict"])
+    if run.splits.val is not None and state.best_epoch:  # the best epoch trained: mix it with the probe
+        _mix_with_probe(run, best)
     reports: dict[str, Any] = {}
     for name, part in (("val", run.splits.val), ("test", run.splits.test)):
         if part is not None:  # best.pt's validation predictions are at hand unless this process resumed after it
             preds = run.best_val if name == "val" and run.best_val is not None else run.evaluate(part, f"best.pt on {name}")
             reports[name] = {**evaluation_report(preds.logits, preds.targets, classes), "skipped": len(preds.skipped)}
+            if name == "val":  # "none of these": calibrated on validation (cnnlab.train.unknown)
+                best[CHECKPOINT_KEY] = calibrate_unknown(preds.logits)
     result.evaluated_on = "test" if "test" in reports else ("val" if "val" in reports else None)
     result.evaluation = reports[result.evaluated_on] if result.evaluated_on else {}
     metrics = {
@@ -257,6 +270,11 @@ def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
         "skipped": [s.to_dict() for s in result.skipped],
         "train_args": result.train_args,
         "resolved": result.resolved.to_dict() if result.resolved is not None else None,
+        "selection": result.selection,
+        "zero_shot": result.zero_shot,
+        "weight_mix": result.weight_mix,
+        "mix_scores": [m.to_dict() for m in result.mix_scores],
+        "unknown": best.get(CHECKPOINT_KEY),
     }
     atomic_write(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n")
     best["metrics"] = {
@@ -271,3 +289,35 @@ def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
                 best_epoch=result.best_epoch)
     run.note(f"wrote {', '.join(RUN_FILES)} to {out}")
     return result
+
+
+def _mix_with_probe(run: TrainingRun, best: dict[str, Any]) -> None:
+    """Score points between the probe's and ``best``'s weights on validation (:mod:`cnnlab.train.mixing`); put
+    the chosen one in the run's model, ``best`` and ``run.best_val``."""
+    assert run.splits.val is not None
+    if run.probe_state is None:  # no probe (or a last.pt written before the probe's weights were kept)
+        return
+    if best.get("metrics", {}).get("weight_mix") is not None:  # mixed already (a finished run resumed)
+        run.result.weight_mix = best["metrics"]["weight_mix"]
+        return
+    seen: dict[float, Predictions] = {}
+
+    def validate(weights: dict[str, torch.Tensor]) -> tuple[float, float]:
+        assert run.splits.val is not None
+        run.model.module.load_state_dict(weights)
+        preds = run.evaluate(run.splits.val, "mixing with the probe")
+        seen[len(seen)] = preds
+        return preds.accuracy, preds.loss
+
+    tuned = best["state_dict"]
+    scores = score_mixes(run.probe_state, tuned, validate)
+    chosen = choose_mix(scores)
+    weights = interpolate(run.probe_state, tuned, chosen.share)
+    run.model.module.load_state_dict(weights)
+    best["state_dict"] = weights
+    best["metrics"] = {**best.get("metrics", {}), "weight_mix": chosen.share}
+    run.best_val = seen[scores.index(chosen)]
+    run.result.weight_mix, run.result.mix_scores = chosen.share, scores
+    run.note(f"best.pt: {chosen.share:g} of the fine-tuned weights (epoch {run.result.best_epoch}) and "
+             f"{1 - chosen.share:g} of the probe's, val acc {chosen.accuracy:.1%} loss {chosen.loss:.4f} ("
+             + ", ".join(f"{s.share:g}: {s.accuracy:.1%}" for s in scores) + ")")

@@ -61,6 +61,7 @@ from cnnlab.train.optim import early_layers, kept_layer_modes
 from cnnlab.train.result import TrainResult
 from cnnlab.train.session import TrainingRun
 from cnnlab.train.state import RunState, clear_run, read_resume_checkpoint, run_folder, write_split_csv
+from cnnlab.train.zero_shot import keep_imagenet_head
 
 #: Classes whose training images are counted one by one in the run's first notes; more get a summary.
 MAX_LISTED_CLASSES = 30
@@ -82,6 +83,8 @@ class StartingModel:
     #: A continued run: the checkpoint and its data record.
     parent: str | None = None
     inherited: dict[str, Any] | None = None
+    #: The pretrained ImageNet classifier the new head replaced (:mod:`cnnlab.train.zero_shot`), when one was kept.
+    imagenet_head: nn.Linear | None = None
 
 
 def is_checkpoint(name: str) -> bool:
@@ -200,12 +203,13 @@ def _start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool, ra
     workers = default_workers(device.type) if config.workers is None else config.workers
     run = TrainingRun(config=config, out=out, splits=splits, model=model, head_info=head_info, bn=bn,
                       frozen=frozen, train_size=train_size, workers=workers, result=result, progress=progress,
-                      phases=phases, data_record=record)
+                      phases=phases, data_record=record, imagenet_head=start.imagenet_head)
     for n in notes:
         run.note(n, warning=True)
     _describe(run, start, range_test=range_test, finished=finished)
     if stored is not None:
         run.resume = stored["resume"]
+        run.probe_state = stored["resume"].get("probe")
         result.resumed_from_epoch = state.epochs_done
         if finished:
             run.note(f"the run in {out} had finished (epoch {state.epochs_done}): nothing is left to train; "
@@ -278,9 +282,10 @@ def _training_forward_fails(model: LoadedModel, size: int) -> str | None:
 def _from_registry(config: TrainConfig, num_classes: int, progress: Progress) -> StartingModel:
     loaded = load_torch(config.model_source, RuntimeOptions(device="cpu"),
                         progress=type(progress) is not Progress)  # a display was given: show downloads
+    imagenet_head = None if config.random_weights else keep_imagenet_head(loaded.module)
     head_info = replace_head(loaded.module, num_classes)
     return StartingModel(loaded.spec, loaded.module, head_info, _run_preprocessing(loaded.spec, config.image_size),
-                         random_weights=config.random_weights)
+                         random_weights=config.random_weights, imagenet_head=imagenet_head)
 
 
 def _from_checkpoint(config: TrainConfig, classes: list[str]) -> StartingModel:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from cnnlab.models.checkpoint import read_checkpoint
 from cnnlab.outputs import OutputFolder, atomic_open
 from cnnlab.train.config import Phase, TrainConfig
 from cnnlab.train.data import DataSplits
+from cnnlab.train.mixing import rank_key
 from cnnlab.train.result import RUN_FILES, EpochRecord
 
 #: TensorBoard's folder inside the run folder (:mod:`cnnlab.train.tblog`).
@@ -41,6 +43,8 @@ class RunState:
     epochs_done: int = 0
     best_val_loss: float | None = None
     best_epoch: int | None = None
+    #: The best epoch's validation accuracy (``None`` in runs that chose by loss alone, before this was kept).
+    best_val_acc: float | None = None
     bad_epochs: int = 0
     stopped_early: list[str] = field(default_factory=list)
     history: list[EpochRecord] = field(default_factory=list)
@@ -48,18 +52,23 @@ class RunState:
     def end_epoch(self, record: EpochRecord, phase: Phase, patience: int | None) -> tuple[bool, bool]:
         """Add ``record``; return ``(is_best, stop_early)`` and move on to the next phase when due.
 
-        The best epoch has the lowest validation loss so far (without validation, the last one);
-        a phase stops early after ``patience`` epochs without a new best (later phases compare
-        with the best so far, the probe's included). The probe is not a training epoch (it is
-        recorded as epoch 0).
+        The best epoch has the highest validation accuracy so far, ties going to the lower validation
+        loss (:func:`~cnnlab.train.mixing.rank_key`; without validation, the last one): the loss alone
+        prefers a cautious early epoch that a later, more accurate one beats by several points. A phase
+        stops early after ``patience`` epochs without a new best (later phases compare with the best so
+        far, the probe's included). The probe is not a training epoch (it is recorded as epoch 0).
         """
         self.history.append(record)
         self.epochs_done += phase.name != "probe"
         self.epoch_in_phase += 1
-        improved = record.val_loss is not None and (self.best_val_loss is None or record.val_loss < self.best_val_loss)
+        improved = record.val_loss is not None and (
+            self.best_val_loss is None
+            or rank_key(record.val_acc if record.val_acc is not None else math.nan, record.val_loss)[:2]
+            < rank_key(self.best_val_acc if self.best_val_acc is not None else math.nan, self.best_val_loss)[:2])
         is_best = improved or record.val_loss is None
         if is_best:
             self.best_val_loss, self.best_epoch = record.val_loss, record.epoch
+            self.best_val_acc = record.val_acc
         self.bad_epochs = 0 if is_best else self.bad_epochs + 1
         stop = patience is not None and self.bad_epochs >= patience and self.epoch_in_phase < phase.epochs
         if stop:
@@ -134,7 +143,7 @@ def run_folder(config: TrainConfig) -> OutputFolder:
     the data (its curves.png would become a training image, the folder a class, of the next run), one run at a
     time, and an earlier run (:data:`~cnnlab.train.result.RUN_FILES`) kept unless ``resume`` or ``overwrite``."""
     return OutputFolder(Path(config.out), "train", run_files=RUN_FILES,
-                        data=Path(config.data) if config.data is not None else None)
+                        data=Path(config.data) if config.data is not None else None, resumable=True)
 
 
 def clear_run(folder: OutputFolder) -> None:
@@ -146,11 +155,21 @@ def clear_run(folder: OutputFolder) -> None:
 
 
 def write_split_csv(splits: DataSplits, path: Path) -> None:
-    """``data_split.csv``: ``path,label,split`` of every image of the run."""
+    """``data_split.csv``: ``path,label,split`` of every image of the run, paths relative to the CSV's own folder
+    (as every manifest's are read, so ``bench`` and ``train`` can take it back from any working folder); absolute
+    where no relative path exists (another drive)."""
+    folder = os.path.abspath(path.parent)
+
+    def located(p: str) -> str:
+        try:
+            return Path(os.path.relpath(os.path.abspath(p), folder)).as_posix()
+        except ValueError:
+            return os.path.abspath(p)
+
     with atomic_open(path) as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "split"])
-        writer.writerows(splits.rows())
+        writer.writerows((located(p), label, split) for p, label, split in splits.rows())
 
 
 def write_history(records: Sequence[EpochRecord], path: Path) -> None:
