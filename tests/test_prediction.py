@@ -129,7 +129,7 @@ def test_clear_errors_for_device_and_checkpoint_typos(tmp_path: Path) -> None:
 def test_empty_folder_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "nothing").mkdir()
     result = runner.invoke(app, ["predict", str(tmp_path / "nothing"), "-q"])
-    assert result.exit_code == 1 and "no image files found" in result.stderr
+    assert result.exit_code == 2 and "nothing to predict" in result.stderr
 
 
 def test_int8_backend_calibrates_on_the_files_to_predict(real_photos: dict[str, Path], tmp_path: Path,
@@ -157,3 +157,26 @@ def test_nothing_to_predict_is_a_usage_error_before_any_model_loads(tmp_path: Pa
         assert result.exit_code == 2 and "nothing to predict" in result.stderr, result.output
     both = runner.invoke(app, ["predict", str(tmp_path), "--json", "--csv"])
     assert both.exit_code == 2 and "--json" in both.output
+
+
+def test_unknown_threshold_marks_none_of_these(tmp_path: Path) -> None:
+    """Issue 24, item 4: a checkpoint carries a threshold calibrated on its validation images; predict
+    applies it with ``--unknown-threshold auto``, or a probability given; every other path stays as it was."""
+    from tests.helpers.images import make_two_colours
+    from tests.helpers.runs import SMALL_TRAIN_ARGS
+
+    data = make_two_colours(tmp_path / "data", per_class=10)
+    trained = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--freeze", *SMALL_TRAIN_ARGS])
+    assert trained.exit_code == 0, trained.output
+    best = str(tmp_path / "run" / "best.pt")
+    auto = cnnlab.predict([data / "blue"], model=best, topk=1, unknown_threshold="auto")
+    assert auto.unknown_threshold is not None and 0 < auto.unknown_threshold <= 1
+    assert all(p.unknown == (p.top[0].probability < auto.unknown_threshold) for p in auto.predictions)
+    every = runner.invoke(app, ["predict", str(data / "red"), "-m", best, "--unknown-threshold", "1", "--json", "-q"])
+    payload = json.loads(every.stdout)
+    assert every.exit_code == 0 and payload["unknown_threshold"] == 1.0
+    assert all(p["unknown"] for p in payload["predictions"])
+    plain = cnnlab.predict([data / "red"], model=best, topk=1)
+    assert plain.unknown_threshold is None and not any(p.unknown for p in plain.predictions)
+    bad = runner.invoke(app, ["predict", str(data / "red"), "-m", best, "--unknown-threshold", "2", "-q"])
+    assert bad.exit_code == 2 and "from 0 to 1" in bad.stderr

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnlab.errors import DatasetError
+from cnnlab.errors import DatasetError, UsageError
 from cnnlab.imagedata.datasets import SkippedFile, expand_paths
 from cnnlab.models.registry import OFFLINE_MODEL
 from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, ModelSource, Quantization, RuntimeOptions
@@ -32,11 +32,14 @@ class Prediction:
 
     path: str
     top: tuple[ClassScore, ...]
+    #: "None of these": the top class's probability is below the unknown threshold (when one applies).
+    unknown: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "top": [{"index": c.index, "label": c.label, "probability": c.probability} for c in self.top],
+            "unknown": self.unknown,
         }
 
 
@@ -53,6 +56,8 @@ class PredictResult:
     #: For a checkpoint of ``cnnlab train``: which of the files it was trained or validated on
     #: (:meth:`cnnlab.models.leakage.OverlapReport.to_dict`); ``None`` for other models.
     leakage: dict[str, Any] | None = None
+    #: The top-class probability below which an image is ``unknown`` (``None``: none applied).
+    unknown_threshold: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -64,6 +69,7 @@ class PredictResult:
             "random_weights": self.random_weights,
             "runtime": self.runtime,
             "leakage": self.leakage,
+            "unknown_threshold": self.unknown_threshold,
             "predictions": [p.to_dict() for p in self.predictions],
             "skipped": [s.to_dict() for s in self.skipped],
         }
@@ -86,6 +92,7 @@ def predict(
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     progress: Progress | None = None,
     auto_backend: bool | None = None,
+    unknown_threshold: float | str | None = None,
 ) -> PredictResult:
     """Classify files, folders (searched recursively) and glob patterns.
 
@@ -101,7 +108,9 @@ def predict(
     loader workers left ``None`` are measured on the first images when there are enough of them
     (:mod:`cnnlab.runtime.autotune`; ``result.runtime["auto"]``). Files that cannot be decoded are listed in
     ``result.skipped`` with their reason; the other files are still predicted. Progress is reported as
-    task ``predict``, in files.
+    task ``predict``, in files. ``unknown_threshold`` marks an image ``unknown`` ("none of these") when its top
+    class's probability is below it; ``"auto"``: the threshold ``cnnlab train`` calibrated on its validation
+    images and stored in the checkpoint (:mod:`cnnlab.train.unknown`), none for other models.
 
     Raises:
         WeightsIntegrityError: the model gives outputs that are not one row per image (an ONNX graph that
@@ -147,6 +156,7 @@ def predict(
         if message is not None:
             (progress or Progress()).note(message, warning=report.recorded)
         result.leakage = report.to_dict()
+    result.unknown_threshold = _unknown_threshold(unknown_threshold, checkpoint, progress)
     k = max(1, min(topk, loaded.spec.num_classes))
     categories = loaded.categories
     batch_size, workers = runtime.batch_size, runtime.workers
@@ -168,8 +178,37 @@ def predict(
         for row, i in enumerate(batch.indices):
             top = tuple(ClassScore(int(c), categories[int(c)], float(p))
                         for c, p in zip(indices[row].tolist(), values[row].tolist()))
-            result.predictions.append(Prediction(str(paths[i]), top))
+            unknown = result.unknown_threshold is not None and top[0].probability < result.unknown_threshold
+            result.predictions.append(Prediction(str(paths[i]), top, unknown))
     return result
+
+
+def _unknown_threshold(value: float | str | None, checkpoint: Path | None, progress: Progress | None) -> float | None:
+    """The threshold to apply: a number in [0, 1] as given, or (``"auto"``) the checkpoint's calibrated one."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value.strip().lower() != "auto":
+            try:
+                value = float(value)
+            except ValueError:
+                raise UsageError(f"the unknown threshold (unknown_threshold) is a probability or auto, not {value!r}") \
+                    from None
+        else:
+            stored = None
+            if checkpoint is not None:
+                from cnnlab.models.checkpoint import read_checkpoint
+
+                entry = read_checkpoint(checkpoint).get("unknown")
+                stored = entry.get("threshold") if isinstance(entry, dict) else None
+            if not isinstance(stored, (int, float)) or isinstance(stored, bool) or not 0 <= stored <= 1:
+                (progress or Progress()).note("this model has no calibrated unknown threshold (only checkpoints of "
+                                              "cnnlab train with validation images do): none applied", warning=True)
+                return None
+            return float(stored)
+    if isinstance(value, bool) or not 0 <= float(value) <= 1:
+        raise UsageError(f"the unknown threshold (unknown_threshold) must be a probability from 0 to 1, not {value!r}")
+    return float(value)
 
 
 def _checkpoint_of(model: object, loaded: Runtime) -> Path | None:

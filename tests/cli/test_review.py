@@ -50,17 +50,14 @@ def _result(tmp_path: Path) -> ReviewResult:
 
 
 @pytest.mark.parametrize("wide", [False, True])
-def test_the_summary_table_and_wide(tmp_path: Path, wide: bool, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_summary_table_and_wide(tmp_path: Path, wide: bool, capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from cnnlab.cli import common
     from cnnlab.cli.review import print_summary
 
-    console = common.out
-    original = console.width
-    console.width = 200
-    try:
-        print_summary(_result(tmp_path), {"html": tmp_path / "review.html"}, wide=wide)
-    finally:
-        console.width = original
+    # the console's own setting, restored as it was (setting .width back would pin it, ignoring $COLUMNS later)
+    monkeypatch.setattr(common.out, "_width", 200)
+    print_summary(_result(tmp_path), {"html": tmp_path / "review.html"}, wide=wide)
     table = capsys.readouterr().out
     assert "cat/x.jpg" in table and "mislabel" in table
     assert ("suggested" in table and "p(dog) 0.90" in table) is wide

@@ -136,3 +136,15 @@ def test_reading_and_splitting_a_data_set_never_imports_the_crawler(dataset: Pat
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("threshold", [33, 99, -2])
+def test_a_near_duplicate_threshold_that_groups_unrelated_photos_is_refused(tmp_path: Path, threshold: int) -> None:
+    """Found by review: ``--near-dup-threshold 99`` put every image in one group, all in train, exit 0."""
+    from cnnlab.errors import DatasetError
+    from cnnlab.imagedata.splits import make_split
+
+    (tmp_path / "a").mkdir()
+    with pytest.raises(DatasetError, match="near-duplicate threshold"):
+        make_split(tmp_path, near_dup_threshold=threshold)
+    assert not (tmp_path / "split.csv").exists()

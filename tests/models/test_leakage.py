@@ -41,6 +41,7 @@ def test_checkpoint_records_what_it_was_trained_and_validated_on(probe_run: Trai
 
 def test_overlap_finds_byte_identical_copies_and_nothing_else(probe_run: TrainResult, tmp_path: Path) -> None:
     rows = [line.split(",") for line in (probe_run.out / "data_split.csv").read_text().splitlines()[1:]]
+    rows = [[str((probe_run.out / row[0]).resolve()), *row[1:]] for row in rows]  # paths relative to the CSV
     train = [Path(p) for p, _, split in rows if split == "train" and not p.endswith(".jpg")]
     val = [Path(p) for p, _, split in rows if split == "val"]
     evaluated = tmp_path / "eval"
@@ -96,6 +97,7 @@ class _Notes(Progress):
 def _evaluated(probe_run: TrainResult, root: Path) -> list[Path]:
     """Two training images and one validation image copied byte for byte, and one new image."""
     rows = [line.split(",") for line in (probe_run.out / "data_split.csv").read_text().splitlines()[1:]]
+    rows = [[str((probe_run.out / row[0]).resolve()), *row[1:]] for row in rows]  # paths relative to the CSV
     train = [Path(p) for p, _, split in rows if split == "train" and not p.endswith(".jpg")]
     val = [Path(p) for p, _, split in rows if split == "val"]
     (root / "red").mkdir(parents=True)
@@ -119,7 +121,7 @@ def test_bench_warns_about_and_records_images_a_checkpoint_was_trained_on(probe_
     assert model.leakage is not None and model.leakage["overlapping"] == 3 and model.leakage["checked"] == 4
     assert model.flat()["leaked_images"] == 3
     assert result.to_dict()["models"][0]["leakage"]["counts"] == {"train": 2, "val": 1}
-    warnings = [m for m, warning in notes.notes if warning]
+    warnings = [m for m, warning in notes.notes if warning and "busy" not in m]  # the machine's load: not this test's
     assert len(warnings) == 1 and "3 of 4 evaluated images" in warnings[0]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cnnlab.errors import UsageError
@@ -41,3 +43,24 @@ def test_checkpoints_of_the_previous_release_keep_their_resolved_settings() -> N
     # the resume note names what the run resolved to, not the stored "auto"/None
     _, notes = resumed_config(TrainConfig(frozen_stride=2, resume=True), old["train_args"], stored_resolved(old))
     assert notes and "frozen_stride=2 (the run uses 1)" in notes[0]
+
+
+@pytest.mark.parametrize("field", ["lr", "mixup", "color_jitter", "backbone_lr_ratio", "weight_decay"])
+def test_numbers_that_cannot_work_are_refused_when_the_config_is_made(field: str) -> None:
+    """Issue 27 (and the review): ``--lr inf`` was accepted until after an epoch, ``mixup=inf`` trained."""
+    for value in (float("inf"), float("nan")):
+        with pytest.raises(UsageError, match=f"{field} must be finite"):
+            TrainConfig(**{field: value})
+    with pytest.raises(UsageError, match="epochs"):
+        TrainConfig(epochs=-1)
+
+
+def test_the_cli_refuses_an_infinite_learning_rate_before_any_work(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "data"), "-o", str(tmp_path / "run"), "--lr", "inf"])
+    assert result.exit_code == 2 and "lr must be finite" in result.output, result.output
+    assert not (tmp_path / "run").exists()

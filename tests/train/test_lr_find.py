@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,13 @@ def test_class_of_only_unreadable_files_is_refused(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "broken" in result.stderr and "could be decoded" in result.stderr
     assert not (tmp_path / "run" / "best.pt").exists()
+    # found by review: the failed run left data_split.csv, so the next run into the folder was refused
+    assert not (tmp_path / "run" / "data_split.csv").exists()
+    shutil.rmtree(data / "broken")
+    again = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "run"), "--freeze", *SMALL])
+    assert again.exit_code == 0, again.output
+    resume = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "other"), "--resume", *SMALL])
+    assert resume.exit_code == 2 and "nothing to resume" in resume.stderr
 
 
 def test_find_lr_skips_a_one_image_batch_while_batchnorm_trains(tmp_path: Path) -> None:

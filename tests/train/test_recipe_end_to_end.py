@@ -560,7 +560,8 @@ def test_checkpoints_without_metadata_or_with_code_are_refused(
     with pytest.raises(UnsafeWeightsError, match="refused to load"):
         load_checkpoint(evil)
     assert not marker.exists()
-    result = runner.invoke(app, ["predict", str(tmp_path), "--model", str(evil), "--workers", "0"])
+    Image.new("RGB", (32, 32)).save(tmp_path / "one.png")  # something to predict: the model is what is refused
+    result = runner.invoke(app, ["predict", str(tmp_path / "one.png"), "--model", str(evil), "--workers", "0"])
     assert result.exit_code == 3 and "refused" in result.stderr and not marker.exists()
 
     with pytest.raises(TypeError, match="only plain data"):  # never written in the first place

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -54,8 +54,9 @@ def predict_command(
     calibration_images: CalibrationImages = DEFAULT_CALIBRATION_IMAGES,
     weights: Weights = None,
     weights_dir: WeightsDir = None,
+    unknown_threshold: Annotated[Optional[str], typer.Option("--unknown-threshold", metavar="P|auto", help="Mark an image unknown (none of these) when its top class is below this probability; auto: the threshold a cnnlab train checkpoint calibrated on its validation images.")] = None,
     as_json: Json = False,
-    as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout: path,rank,index,label,probability.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout: path,rank,index,label,probability (and unknown, with --unknown-threshold).")] = False,
     wide: Wide = False,
     quiet: Quiet = False,
 ) -> None:
@@ -74,6 +75,7 @@ def predict_command(
                              batch_size=auto_or_count(batch_size, "the batch size", 1, 65536))
     with RichProgress(quiet=quiet) as progress:
         result = predict(inputs, model=source, topk=topk, runtime=runtime, calibration_images=calibration_images,
+                         unknown_threshold=unknown_threshold,
                          progress=progress, auto_backend=auto)
     rt = result.runtime
     choice = rt.get("backend_choice")
@@ -83,15 +85,19 @@ def predict_command(
     if as_json:
         print_json(result.to_dict())
     elif as_csv:
-        lines = ([p.path, rank, c.index, c.label, f"{c.probability:.6f}"]
+        marked = result.unknown_threshold is not None  # the unknown column only when a threshold applied
+        lines = ([p.path, rank, c.index, c.label, f"{c.probability:.6f}", *([int(p.unknown)] if marked else [])]
                  for p in result.predictions for rank, c in enumerate(p.top, 1))
-        write_stdout(format_csv(["path", "rank", "index", "label", "probability"], lines))
+        header = ["path", "rank", "index", "label", "probability", *(["unknown"] if marked else [])]
+        write_stdout(format_csv(header, lines))
     elif wide:
         header = ["file"] + [f"#{rank}" for rank in range(1, topk + 1)]
-        rows = [[p.path, *[f"{c.label} ({c.probability:.0%})" for c in p.top]] for p in result.predictions]
+        rows = [[p.path, *[("unknown? " if p.unknown and rank == 0 else "") + f"{c.label} ({c.probability:.0%})"
+                           for rank, c in enumerate(p.top)]] for p in result.predictions]
         print_table(header, rows, title=f"{title} top-{topk}")
     else:
-        rows = [[p.path, ", ".join(f"{c.label} {c.probability:.0%}" for c in p.top)] for p in result.predictions]
+        rows = [[p.path, ("unknown (none of these); " if p.unknown else "")
+                 + ", ".join(f"{c.label} {c.probability:.0%}" for c in p.top)] for p in result.predictions]
         print_table(["file", f"top-{topk}"], rows, title=title)
     for s in result.skipped:
         err.print(f"[yellow]skipped[/] {escape(s.path)}: {s.reason}" + (f" ({escape(s.detail)})" if s.detail else ""))

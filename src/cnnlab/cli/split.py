@@ -21,7 +21,7 @@ def split_command(
     val: Annotated[float, typer.Option("--val", min=0.0, max=1.0, metavar="FRACTION", help="Fraction of each class for validation (0 to 1).")] = 0.15,
     test: Annotated[float, typer.Option("--test", min=0.0, max=1.0, metavar="FRACTION", help="Fraction of each class for test (0 to 1).")] = 0.15,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Same seed, same files: same split.")] = 0,
-    near_dup_threshold: Annotated[int, typer.Option("--near-dup-threshold", min=-1, metavar="BITS", help="Near duplicates (phash distance, of 64 bits) stay in one split; -1: off.")] = DEFAULT_NEAR_DUP_THRESHOLD,
+    near_dup_threshold: Annotated[int, typer.Option("--near-dup-threshold", min=-1, max=32, metavar="BITS", help="Near duplicates (phash distance, of 64 bits) stay in one split; -1: off.")] = DEFAULT_NEAR_DUP_THRESHOLD,
     as_json: Json = False,
     wide: Wide = False,
     quiet: Quiet = False,

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from cnnlab.errors import DatasetError, ImageDecodeError
 from cnnlab.imagedata.datasets import SPLIT_NAMES
-from cnnlab.imagedata.hashes import DEFAULT_NEAR_DUP_THRESHOLD, NearDupIndex, perceptual_hash
+from cnnlab.imagedata.hashes import DEFAULT_NEAR_DUP_THRESHOLD, HASH_BITS, NearDupIndex, perceptual_hash
 from cnnlab.outputs import atomic_write
 
 SPLIT_FILE: Final[str] = "split.csv"
@@ -100,7 +100,12 @@ def make_split(
         DatasetError: bad fractions, no images.
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise DatasetError(f"--val {val} and --test {test} must be fractions in [0, 1) with a sum below 1")
+        raise DatasetError(f"the validation and test fractions (val, test: {val}, {test}) must be in [0, 1) with a "
+                           "sum below 1")
+    if isinstance(near_dup_threshold, bool) or not isinstance(near_dup_threshold, int) or not (
+            -1 <= near_dup_threshold <= HASH_BITS // 2):
+        raise DatasetError(f"the near-duplicate threshold (near_dup_threshold) must be from -1 (off) to {HASH_BITS // 2} "
+                           f"bits, got {near_dup_threshold!r}: beyond that unrelated photos match and fall into one split")
     from cnnlab.imagedata.datasets import scan_dataset
 
     root = Path(root)

@@ -144,7 +144,7 @@ def check_export_path(path: Path, source: str | Path | None = None, *, overwrite
             raise UsageError(f"output {target} is the model being exported ({source}): writing it would destroy "
                              "the model; choose another output file")
     if path.is_file() and not overwrite and not _earlier_export(path):
-        raise UsageError(f"output {path} exists and is not an earlier export: refused (overwrite replaces it); "
+        raise UsageError(f"output {path} exists and is not an earlier export: refused; replace it (overwrite), or "
                          "choose another output file")
     if format is not None and not path.name.endswith(_ENDINGS[format]):
         raise UsageError(f"output {path}: a {format} file's name ends in {' or '.join(_ENDINGS[format])}")
@@ -221,7 +221,7 @@ def export_model(
     pp = loaded.preprocessing
     wrapper = UInt8Classifier(module, pp).eval()
     path = Path(out) if out is not None else default_output(name, format)
-    check_export_path(path, loaded.weights_path or source)
+    check_export_path(path, loaded.weights_path or source, overwrite=overwrite, format=format)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -53,10 +53,13 @@ def cached_file(repo_id: str) -> Path | None:
     Reads huggingface_hub's cache layout (``models--ORG--NAME/refs/main`` names the snapshot,
     ``snapshots/COMMIT/FILE``) without importing it or connecting anywhere.
     """
+    from cnnlab.errors import CnnlabError
+    from cnnlab.imagedata.decode import read_regular_file
+
     folder = cache_dir() / ("models--" + repo_id.replace("/", "--"))
     try:
-        commit = (folder / "refs" / "main").read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
+        commit = read_regular_file(folder / "refs" / "main", max_bytes=4096).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError, CnnlabError):  # a ref is 40 hex digits: anything else is not one
         return None
     for filename in HUB_FILENAMES:
         path = folder / "snapshots" / commit / filename

@@ -284,6 +284,8 @@ def _open(path: Path, threads: int, device: str) -> tuple[dict[str, Any], Any, C
 
 #: The export cache's record of which feature export a model name resolved to (see :func:`remembered_export`).
 INDEX_FILE = "features-index.json"
+#: The index is a few hundred bytes per model: a larger one is not cnnlab's and is not read (a FIFO never blocks).
+INDEX_MAX_BYTES = 1 << 20
 
 
 def _index_key(name: str, weights_dir: str | Path | None) -> str:
@@ -299,11 +301,12 @@ def _index_key(name: str, weights_dir: str | Path | None) -> str:
 
 
 def _read_index() -> dict[str, Any]:
+    from cnnlab.imagedata.decode import read_regular_file
     from cnnlab.runtime.artifacts import exports_dir
 
     try:
-        index = json.loads((exports_dir() / INDEX_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        index = json.loads(read_regular_file(exports_dir() / INDEX_FILE, max_bytes=INDEX_MAX_BYTES).decode("utf-8"))
+    except (OSError, ValueError, CnnlabError):
         return {}
     return index if isinstance(index, dict) else {}
 

@@ -6,6 +6,7 @@ Light to import (no torch): the CLI reads its defaults from here.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -157,9 +158,16 @@ class TrainConfig:
                            weights_dir=None if self.weights_dir is None else Path(self.weights_dir),
                            policy=WeightsPolicy.RANDOM if self.random_weights else WeightsPolicy.PRETRAINED)
 
+    def __post_init__(self) -> None:
+        self.validate()  # a setting that cannot work is said when the config is made, before any work
+
     def validate(self) -> None:
         """Raise :class:`~cnnlab.errors.UsageError` (exit 2) for settings that cannot work."""
         problems = []
+        infinite = [f.name for f in dataclasses.fields(self)
+                    if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]
+        if infinite:  # inf passes every comparison below, nan fails them all with a misleading message
+            problems.append(f"{', '.join(infinite)} must be finite")
         if self.epochs < 0 or self.freeze_epochs < 0:
             problems.append(f"epochs and freeze_epochs must be >= 0, got {self.epochs} and {self.freeze_epochs}")
         if self.freeze and not self.probe:

@@ -25,7 +25,7 @@ from cnnlab.train.probe import fit_probe, set_head
 from cnnlab.train.result import EpochRecord, TrainResult
 from cnnlab.train.session import TrainingRun, finish_run
 from cnnlab.train.start import start_run
-from cnnlab.train.state import RunState, load_phase_states, resume_entry
+from cnnlab.train.state import RunState, load_phase_states, resume_entry, run_folder
 from cnnlab.train.zero_shot import zero_shot_accuracy
 
 
@@ -73,7 +73,14 @@ def fine_tune(config: TrainConfig, *, progress: Progress | None = None) -> Train
 def _fine_tune(config: TrainConfig, progress: Progress, ctx: DistContext | None) -> TrainResult:
     run, state = _start_every_rank(config, progress, ctx)
     with run.locks:  # the run folder stays locked until the run ends
-        return _run_phases(run, state, ctx)
+        try:
+            return _run_phases(run, state, ctx)
+        except BaseException:
+            if not config.resume and not (run.out / "last.pt").exists() and (ctx is None or ctx.is_main):
+                # a run that stopped before its first checkpoint has nothing to resume: what it wrote (its
+                # data_split.csv) must not make the next run into this folder look like a continuation
+                run_folder(config).clear_previous()
+            raise
 
 
 def _start_every_rank(config: TrainConfig, progress: Progress, ctx: DistContext | None) -> tuple[TrainingRun, RunState]:

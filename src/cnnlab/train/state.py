@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.models.checkpoint import read_checkpoint
 from cnnlab.outputs import OutputFolder, atomic_open
 from cnnlab.train.config import Phase, TrainConfig
@@ -131,7 +131,7 @@ def read_resume_checkpoint(out: Path) -> dict[str, Any]:
     """``out/last.pt``, checked to hold a resume state."""
     path = out / "last.pt"
     if not path.is_file():
-        raise CnnlabError(f"nothing to resume: {path} does not exist")
+        raise UsageError(f"nothing to resume: {path} does not exist (start a new run without resume)")
     ckpt = read_checkpoint(path)
     if "resume" not in ckpt:
         raise CnnlabError(f"{path} holds no resume state")
