@@ -7,4 +7,6 @@ bash scripts/setup.sh
 .venv/bin/ruff check src tests benchmarks scripts
 .venv/bin/mypy
 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
-exec .venv/bin/python -m pytest -q "$@"
+# two test processes share the two cores: the suite is many short CPU-bound tests and some that wait on
+# subprocesses, so two at a time finish sooner than one (docs/dependencies.md)
+exec .venv/bin/python -m pytest -q -n 2 --dist worksteal "$@"

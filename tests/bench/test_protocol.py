@@ -48,6 +48,7 @@ def _run_worker(request: RunRequest, tmp_path: Path) -> tuple[subprocess.Complet
     return proc, RunResult.read(tmp_path / "res.json")
 
 
+@pytest.mark.slow
 def test_worker_process_reports_progress_and_errors_without_warnings(tmp_path: Path) -> None:
     make_image(tmp_path / "a.png")
     measure = MeasureOptions(weights="random", workers=0, warmup=1, latency_repeats=3, throughput_repeats=3)

@@ -46,6 +46,7 @@ def one(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_one_process_report(demo: Path, one: Path, tmp_path: Path) -> None:
     two = tmp_path / "two"
     _bench(demo, two, "--models", "efficientnet_lite0", "--nproc", "2")
@@ -67,6 +68,7 @@ def test_two_processes_give_the_one_process_report(demo: Path, one: Path, tmp_pa
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())  # rank 0 alone wrote
 
 
+@pytest.mark.slow
 def test_models_on_a_list_of_devices_match_a_sequential_run(demo: Path, tmp_path: Path) -> None:
     seq, par = tmp_path / "seq", tmp_path / "par"
     models = ["--models", "efficientnet_lite0,squeezenet1_1", "--random-weights-if-missing"]
@@ -82,6 +84,7 @@ def test_models_on_a_list_of_devices_match_a_sequential_run(demo: Path, tmp_path
     assert json.loads((par / "results.json").read_text())["config"]["devices"] == ["cpu", "cpu"]
 
 
+@pytest.mark.slow
 def test_two_nodes_on_one_machine(demo: Path, one: Path, tmp_path: Path) -> None:
     """Two torchrun launches, --nnodes 2 --node-rank 0/1, one process each, meeting at 127.0.0.1."""
     with socket.socket() as s:

@@ -41,6 +41,7 @@ def tiny_folder(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_random_weights_run_in_subprocesses_via_cli(tiny_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = runner.invoke(app, ["bench", str(tiny_folder), "--models", "squeezenet1_1,mobilenet_v3_small",
@@ -116,6 +117,7 @@ def test_missing_weights_stop_the_run_before_any_model(tiny_folder: Path, tmp_pa
     assert not out.exists()  # preflight runs before the output folder is made (and locked)
 
 
+@pytest.mark.slow
 def test_failures_become_rows_and_the_run_goes_on(tiny_folder: Path, tmp_path: Path) -> None:
     """A checkpoint trained from an architecture this installation does not know fails in its worker."""
     from cnnlab.models.checkpoint import HeadInfo, make_checkpoint, save_checkpoint

@@ -308,6 +308,7 @@ def test_split_writes_and_reads_back_non_utf8_names(tmp_path: Path) -> None:
     assert len(result.rows) == 8
 
 
+@pytest.mark.slow
 def test_predict_csv_with_non_utf8_names_on_a_strict_terminal(tmp_path: Path) -> None:
     """Defect 5: predict printed its table or CSV only after all the work, and died on such a name."""
     make_image(tmp_path / f"{NON_UTF8}.png", (40, 40))

@@ -146,6 +146,7 @@ def test_a_fragmenting_heap_gives_its_free_pages_back_and_a_steady_one_is_left_a
     assert steady_trims == 0
 
 
+@pytest.mark.slow
 def test_every_batch_of_a_training_run_asks_whether_to_give_pages_back(tmp_path: Path) -> None:
     """The probe's forward passes, the training steps and the validation passes each call
     return_free_pages once per batch (whether or not freed memory is kept in this process)."""

@@ -50,6 +50,7 @@ def test_batches_are_dealt_out_exactly() -> None:
     assert list(RankBatches([0, 1, 2], 3, False, 3, 4)) == [[0]]  # type: ignore[arg-type]  # never empty
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(colours: Path, tmp_path: Path) -> None:
     one = fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "one"), **FAST))
     two = tmp_path / "two"
@@ -67,6 +68,7 @@ def test_two_processes_train_like_one(colours: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
 
 
+@pytest.mark.slow
 def test_resume_a_two_process_run_with_one_process(colours: Path, tmp_path: Path) -> None:
     script = tmp_path / "interrupted.py"
     script.write_text(_INTERRUPTED, encoding="utf-8")

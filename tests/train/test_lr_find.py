@@ -105,6 +105,7 @@ def test_classes_that_differ_only_in_case_are_warned_about(tmp_path: Path) -> No
     assert "differ only in case" in result.stderr and "'Blue', 'blue'" in result.stderr
 
 
+@pytest.mark.slow
 def test_resume_with_two_processes(tmp_path: Path) -> None:
     """Every rank but 0 was given overwrite=True next to resume=True and stopped at the settings check."""
     data = make_two_colours(tmp_path / "data")

@@ -78,6 +78,7 @@ def test_mixup_cutmix_and_ema_decay() -> None:
     assert ema_decay(24, 0.9) == 0.9
 
 
+@pytest.mark.slow
 def test_three_colours_with_the_defaults_reach_90_percent_on_unseen_images(tmp_path: Path) -> None:
     """The acceptance run: 24 images per class, 3 epochs, every other setting at its default (the
     reduced image size and in-process decoding only make it fast), scored on images it never saw."""

@@ -580,6 +580,7 @@ def test_checkpoints_without_metadata_or_with_code_are_refused(
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_train_then_predict_then_bench(colours: Path, tmp_path: Path) -> None:
     run = tmp_path / "runs" / "colours"
     args = ["train", str(colours), "--model", "efficientnet_lite0", "--epochs", "2",

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
 from cnnlab.cli.app import app
-from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table, printable, split_csv
+from cnnlab.cli.common import err, escape, full_width_console, handle_errors, out, print_json, print_table, printable, split_csv
 from cnnlab.cli.params import Json, Quiet, Wide, out_option
 from cnnlab.collect.config import (
     DEFAULT_MIN_SIZE,
@@ -61,11 +60,6 @@ def _print_summary(classes: list[ClassSummary], title: str, *, wide: bool) -> No
     header = ["class", "wanted", *(["found"] if wide else []), "ok", "new", "duplicates", "rejected", "failed"]
     print_table(header, rows, title=title, justify={h: "right" for h in ("wanted", "found", "ok", "new")},
                 console=full_width_console() if wide else None)
-
-
-def full_width_console() -> Console:
-    """A stdout console as wide as any table (``--wide``: for logs and wide terminals, no wrapped cells)."""
-    return Console(highlight=False, soft_wrap=True, width=max(out.width, 1000))
 
 
 @app.command("collect")

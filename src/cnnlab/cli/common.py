@@ -88,6 +88,11 @@ def flags_for_parameters(message: str) -> str:
     return _PARAMETER.sub(swap, message)
 
 
+def full_width_console() -> Console:
+    """A stdout console as wide as any table (``--wide``: for logs and wide terminals, no wrapped cells)."""
+    return Console(highlight=False, soft_wrap=True, width=max(out.width, 1000))
+
+
 def escape(text: str) -> str:
     """``text`` with rich markup made literal (file names and messages can hold ``[...]``) and
     undecodable file-name bytes shown as ``\\xNN`` (see :func:`printable`)."""

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from cnnlab.cli.app import app
-from cnnlab.cli.common import err, handle_errors, print_json, print_table
+from cnnlab.cli.common import err, full_width_console, handle_errors, print_json, print_table
 from cnnlab.cli.params import Json, WeightsDir, Wide
 
 
@@ -56,4 +56,4 @@ def models_command(
         table.append(row)
     right = {h: "right" for h in ("acc@1", "acc@5", "params M", "GMACs", "MB")}
     title = f"{len(rows)} models" + ("" if all_weights else " (default weights; --all lists every entry)")
-    print_table(header, table, title=title, justify=right)
+    print_table(header, table, title=title, justify=right, console=full_width_console() if wide else None)

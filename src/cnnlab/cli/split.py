@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from cnnlab.cli.app import app
-from cnnlab.cli.collect import full_width_console, logging_to_stderr
-from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table, printable
+from cnnlab.cli.collect import logging_to_stderr
+from cnnlab.cli.common import err, escape, full_width_console, handle_errors, out, print_json, print_table, printable
 from cnnlab.cli.params import Json, Quiet, Wide
 from cnnlab.imagedata.hashes import DEFAULT_NEAR_DUP_THRESHOLD
 
