@@ -110,3 +110,21 @@ def test_what_an_interrupted_run_leaves_does_not_block_the_rerun(tmp_path: Path)
     with folder.lock():
         atomic_write(out / "results.json", "{}")
     assert not stale.exists() and (out / "results.json").read_text() == "{}"
+
+
+def test_next_to_a_manifest_is_inside_its_data(tmp_path: Path) -> None:
+    """Found by review: ``bench data/split.csv --out data/res`` wrote plots that the next scan of data/ read
+    as a class of images."""
+    data = tmp_path / "data"
+    (data / "red").mkdir(parents=True)
+    (data / "red" / "1.png").write_bytes(b"x")  # a class-folder tree: a folder scan would read what lies beside
+    manifest = data / "split.csv"
+    manifest.write_text("path,label,split\n")
+    with pytest.raises(UsageError, match="inside the data folder"):
+        OutputFolder(data / "res", "bench", data=manifest).check()
+    assert OutputFolder(data / ".cnnlab" / "bench", "bench", data=manifest).check() == data / ".cnnlab" / "bench"
+    assert OutputFolder(tmp_path / "res", "bench", data=manifest).check() == tmp_path / "res"
+    lists = tmp_path / "lists"  # a manifest among other files: the folder is no data set, its neighbours are free
+    lists.mkdir()
+    (lists / "m.csv").write_text("path,label\n")
+    assert OutputFolder(lists / "res", "bench", data=lists / "m.csv").check() == lists / "res"

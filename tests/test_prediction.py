@@ -180,3 +180,9 @@ def test_unknown_threshold_marks_none_of_these(tmp_path: Path) -> None:
     assert plain.unknown_threshold is None and not any(p.unknown for p in plain.predictions)
     bad = runner.invoke(app, ["predict", str(data / "red"), "-m", best, "--unknown-threshold", "2", "-q"])
     assert bad.exit_code == 2 and "from 0 to 1" in bad.stderr
+    # found by review: the export lost the threshold, so `auto` on the .onnx applied none
+    pytest.importorskip("onnxruntime")
+    exported = runner.invoke(app, ["export", best, "-o", str(tmp_path / "best.onnx")])
+    assert exported.exit_code == 0, exported.output
+    onnx = cnnlab.predict([data / "blue"], model=str(tmp_path / "best.onnx"), topk=1, unknown_threshold="auto")
+    assert onnx.unknown_threshold == auto.unknown_threshold

@@ -235,6 +235,24 @@ def _inside(path: Path, folder: Path) -> tuple[str, ...] | None:
         return None
 
 
+#: Image file endings that make a folder look like a class of a class-folder tree (see :func:`_class_folder_tree`).
+_IMAGE_ENDINGS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif")
+
+
+def _class_folder_tree(folder: Path, *, look: int = 64) -> bool:
+    """Whether ``folder`` holds a visible sub-folder with an image file directly in it (looking at a bounded
+    number of entries: this is a cheap test, not a scan)."""
+    try:
+        subfolders = [e for _, e in zip(range(look), os.scandir(folder)) if e.is_dir() and not e.name.startswith(".")]
+        for sub in subfolders:
+            for _, entry in zip(range(look), os.scandir(sub.path)):
+                if entry.name.lower().endswith(_IMAGE_ENDINGS):
+                    return True
+    except OSError:
+        return False
+    return False
+
+
 @dataclass(frozen=True)
 class OutputFolder:
     """The one place that says whether a folder may receive a job's outputs, and that prepares it.
@@ -298,16 +316,23 @@ class OutputFolder:
             raise OutputError(f"output folder {folder}: no permission to write in {probe}")
 
     def check_outside_data(self) -> None:
-        """Not the data folder, nor a visible folder inside it (hidden folders are never read as data)."""
-        if self.data is None or not self.data.is_dir():
+        """Not the data folder, nor a visible folder inside it (hidden folders are never read as data). A manifest
+        (``split.csv``, ``manifest.jsonl``) that lies in a class-folder tree counts as that tree: ``split``,
+        ``review`` and a folder scan would read what is written beside it; next to other folders it is free."""
+        if self.data is None:
             return
-        parts = _inside(self.path, self.data)
+        root = self.data if self.data.is_dir() else None
+        if self.data.is_file() and _class_folder_tree(self.data.parent):
+            root = self.data.parent
+        if root is None:
+            return
+        parts = _inside(self.path, root)
         if parts is None or (parts and parts[0].startswith((".", "_"))):
             return
-        where = "is the data folder" if not parts else f"is inside the data folder {self.data}"
+        where = "is the data folder" if not parts else f"is inside the data folder {root}"
         raise UsageError(f"output folder {self.path} {where}: the next run would read its files as images "
                          f"and its folders as classes; choose a folder outside it (or a hidden one, "
-                         f"{self.data / '.cnnlab' / self.job})")
+                         f"{root / '.cnnlab' / self.job})")
 
     def check_no_previous_run(self) -> None:
         """Refuse a folder that holds an earlier run of this job (its files would mix with the new ones)."""
@@ -337,9 +362,15 @@ class OutputFolder:
         return FolderLock(self.path, holder=f"another cnnlab {self.job} run", error=error)
 
     def clear_previous(self) -> None:
-        """Delete what :meth:`previous` finds, and nothing else."""
+        """Delete what :meth:`previous` finds, and nothing else; a sub-folder left empty by that goes too."""
+        emptied = set()
         for path in self.previous():
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
+                if path.parent != self.path:
+                    emptied.add(path.parent)
+        for folder in emptied:
+            with contextlib.suppress(OSError):  # not empty: it holds something else, which stays
+                folder.rmdir()

@@ -156,7 +156,9 @@ def predict(
         if message is not None:
             (progress or Progress()).note(message, warning=report.recorded)
         result.leakage = report.to_dict()
-    result.unknown_threshold = _unknown_threshold(unknown_threshold, checkpoint, progress)
+    name = _model_name(model)
+    onnx_file = Path(name) if name is not None and name.endswith(".onnx") else None
+    result.unknown_threshold = _unknown_threshold(unknown_threshold, checkpoint, progress, onnx_file)
     k = max(1, min(topk, loaded.spec.num_classes))
     categories = loaded.categories
     batch_size, workers = runtime.batch_size, runtime.workers
@@ -183,7 +185,25 @@ def predict(
     return result
 
 
-def _unknown_threshold(value: float | str | None, checkpoint: Path | None, progress: Progress | None) -> float | None:
+#: Fewer validation images than this make a calibrated unknown threshold a rough hint (said when it is used).
+MIN_UNKNOWN_CALIBRATION = 30
+
+
+def _stored_unknown(checkpoint: Path | None, onnx_file: Path | None) -> object:
+    """The ``unknown`` record of a checkpoint, or of an exported ``.onnx`` file's sidecar."""
+    if checkpoint is not None:
+        from cnnlab.models.checkpoint import read_checkpoint
+
+        return read_checkpoint(checkpoint).get("unknown")
+    if onnx_file is not None:
+        from cnnlab.runtime.artifacts import read_sidecar
+
+        return read_sidecar(onnx_file).get("unknown")
+    return None
+
+
+def _unknown_threshold(value: float | str | None, checkpoint: Path | None, progress: Progress | None,
+                       onnx_file: Path | None = None) -> float | None:
     """The threshold to apply: a number in [0, 1] as given, or (``"auto"``) the checkpoint's calibrated one."""
     if value is None:
         return None
@@ -195,20 +215,28 @@ def _unknown_threshold(value: float | str | None, checkpoint: Path | None, progr
                 raise UsageError(f"the unknown threshold (unknown_threshold) is a probability or auto, not {value!r}") \
                     from None
         else:
-            stored = None
-            if checkpoint is not None:
-                from cnnlab.models.checkpoint import read_checkpoint
-
-                entry = read_checkpoint(checkpoint).get("unknown")
-                stored = entry.get("threshold") if isinstance(entry, dict) else None
+            entry = _stored_unknown(checkpoint, onnx_file)
+            stored = entry.get("threshold") if isinstance(entry, dict) else None
             if not isinstance(stored, (int, float)) or isinstance(stored, bool) or not 0 <= stored <= 1:
                 (progress or Progress()).note("this model has no calibrated unknown threshold (only checkpoints of "
-                                              "cnnlab train with validation images do): none applied", warning=True)
+                                              "cnnlab train with validation images do, and their exports): none "
+                                              "applied", warning=True)
                 return None
+            n = entry.get("n") if isinstance(entry, dict) else None
+            if isinstance(n, int) and n < MIN_UNKNOWN_CALIBRATION:
+                (progress or Progress()).note(f"the unknown threshold {stored:.3f} was calibrated on only {n} validation "
+                                              f"images: treat 'unknown' as a rough hint", warning=True)
             return float(stored)
     if isinstance(value, bool) or not 0 <= float(value) <= 1:
         raise UsageError(f"the unknown threshold (unknown_threshold) must be a probability from 0 to 1, not {value!r}")
     return float(value)
+
+
+def _model_name(model: object) -> str | None:
+    """The name or path ``model`` was given by (``None`` for a loaded model)."""
+    if isinstance(model, ModelSource):
+        return model.name
+    return str(model) if isinstance(model, (str, Path)) else None
 
 
 def _checkpoint_of(model: object, loaded: Runtime) -> Path | None:

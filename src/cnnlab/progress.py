@@ -17,7 +17,9 @@ back into a call: that is how a bench worker process reports to the parent's dis
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from typing import Any, TextIO
 
 #: The key that marks a JSON line as a progress event (its value is the event format version).
@@ -57,8 +59,13 @@ class JsonLinesProgress(Progress):
         self.stream = stream
 
     def _emit(self, call: str, **args: Any) -> None:
-        self.stream.write(json.dumps({EVENT_KEY: EVENT_VERSION, "call": call, "args": args}) + "\n")
-        self.stream.flush()
+        try:
+            self.stream.write(json.dumps({EVENT_KEY: EVENT_VERSION, "call": call, "args": args}) + "\n")
+            self.stream.flush()
+        except (BrokenPipeError, ValueError):  # the reader is gone (bench was stopped): this process is not needed
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # nor Python's own flush at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+            raise SystemExit(1) from None
 
     def start(self, key: str, description: str, *, total: float | None = None, completed: float = 0) -> None:
         self._emit("start", key=key, description=description, total=total, completed=completed)

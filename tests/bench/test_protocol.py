@@ -145,3 +145,19 @@ def test_measure_options_embed_runtime_options_and_keep_the_results_json_keys() 
     assert MeasureOptions.from_dict({**data, "unknown": 1}).to_dict() == data
     with pytest.raises(TypeError, match="backend"):
         MeasureOptions(backend="onnxruntime")  # per row: BenchConfig.backends
+
+
+def test_a_worker_whose_reader_is_gone_exits_quietly() -> None:
+    """Found by review: stopping bench made each worker print BrokenPipeError tracebacks."""
+    import subprocess
+    import sys
+
+    code = ("from cnnlab.progress import JsonLinesProgress; import sys\n"
+            "p = JsonLinesProgress(sys.stdout)\n"
+            "for i in range(100000): p.note('x' * 100)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(1000)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and "Traceback" not in err and "BrokenPipe" not in err

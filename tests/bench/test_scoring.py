@@ -171,12 +171,20 @@ def test_output_folder_rules(tmp_path: Path, real_photos: dict[str, Path]) -> No
     out = tmp_path / "out"
     args = ["bench", str(data), "-m", "squeezenet1_1", "--random-weights", "-q", "--in-process", "--workers", "0",
             "--repeats", "3", "--no-plots", "-o", str(out)]
+    mine = tmp_path / "mine"  # a folder of the user's that happens to have a predictions/ folder
+    (mine / "predictions").mkdir(parents=True)
+    (mine / "predictions" / "notes.txt").write_text("my notes\n", encoding="utf-8")
+    assert runner.invoke(app, [*args[:-1], str(mine)]).exit_code == 0  # not an earlier run: nothing refused
+    assert (mine / "predictions" / "notes.txt").read_text(encoding="utf-8") == "my notes\n"
     assert runner.invoke(app, args).exit_code == 0
-    (out / "predictions" / "stale.csv").write_text("from an older run\n", encoding="utf-8")
+    written = sorted(p.name for p in (out / "predictions").iterdir())
+    (out / "predictions" / "stale.csv").write_text("not bench's\n", encoding="utf-8")
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "earlier bench run" in again.stderr and "overwrite" in again.stderr
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
-    assert not (out / "predictions" / "stale.csv").exists()
+    # found by review: --overwrite deleted the whole predictions/ folder; it replaces only what bench listed
+    assert (out / "predictions" / "stale.csv").exists()
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == sorted([*written, "stale.csv"])
     as_file = tmp_path / "a_file"
     as_file.write_text("x", encoding="utf-8")
     result = runner.invoke(app, [*args[:-1], str(as_file)])

@@ -58,9 +58,10 @@ def _write_skipped(result: BenchResult, path: Path) -> None:
     _write_rows(path, rows, SKIPPED_COLUMNS)
 
 
-def _write_predictions(result: BenchResult, folder: Path) -> None:
+def _write_predictions(result: BenchResult, folder: Path) -> dict[str, Path]:
     """One CSV per model, written chunk by chunk from the prediction records (memory flat in images)."""
     folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
     ds = result.dataset
     for m, stem in zip(result.models, model_file_stems([m.name for m in result.models])):
         records = m.predictions
@@ -68,6 +69,7 @@ def _write_predictions(result: BenchResult, folder: Path) -> None:
             continue
         categories = m.run.categories
         k = m.run.topk or records["topk"].shape[1]
+        files[f"predictions_csv_{stem}"] = folder / f"{stem}.csv"
         with atomic_open(folder / f"{stem}.csv") as fh:
             writer = csv.writer(fh)
             writer.writerow(["path", "label"] + [f"top{i}_index" for i in range(1, k + 1)]
@@ -79,6 +81,7 @@ def _write_predictions(result: BenchResult, folder: Path) -> None:
                     top1 = categories[idx[0]] if categories else ""
                     writer.writerow(csv_row([str(ds.paths[row]), ds.classes[ds.targets[row]], *idx,
                                              *[f"{p:.6f}" for p in prob], top1]))
+    return files
 
 
 def _write_confusions(result: BenchResult, folder: Path) -> dict[str, Path]:
@@ -100,9 +103,12 @@ def _write_confusions(result: BenchResult, folder: Path) -> dict[str, Path]:
     return files
 
 
-#: The files and folders every run writes (its plots are listed in results.json's ``files``): an output
-#: folder holding any of them holds an earlier run (:class:`cnnlab.outputs.OutputFolder`).
-RUN_FILES = ("results.csv", "results.json", "results.md", "report.html", "skipped.csv", "predictions", "confusion")
+#: The files every run writes (its plots and per-model CSVs are listed in results.json's ``files``): an output
+#: folder holding any of them holds an earlier run (:class:`cnnlab.outputs.OutputFolder`). Folders are not
+#: named here: a ``predictions/`` folder of the user's is not bench's to delete, only the files bench listed.
+RUN_FILES = ("results.csv", "results.json", "results.md", "report.html", "skipped.csv")
+#: The sub-folders whose files an earlier run may list (one level down, CSV files only).
+_LISTED_FOLDERS = ("predictions", "confusion")
 
 
 #: The most of an earlier run's results.json read to find its plots (a link to ``/dev/zero`` or a FIFO in the
@@ -111,7 +117,8 @@ MAX_RESULTS_BYTES = 64 * 1024 * 1024
 
 
 def listed_plots(out_dir: Path) -> list[Path]:
-    """The plots an earlier run's results.json lists: plain PNG file names in the folder itself, nothing else."""
+    """The files an earlier run's results.json lists besides :data:`RUN_FILES`: plain PNG file names in the folder
+    itself, and CSV files in ``predictions/`` and ``confusion/`` — regular files, nothing else."""
     from cnnlab.errors import ImageDecodeError
     from cnnlab.imagedata.decode import read_regular_file
 
@@ -121,8 +128,11 @@ def listed_plots(out_dir: Path) -> list[Path]:
         return []
     found = []
     for name in listed if isinstance(listed, list) else []:
+        parts = Path(str(name)).parts
         path = out_dir / str(name)
-        if str(name) == path.name and path.suffix == ".png" and path.is_file() and path not in found:
+        plot = len(parts) == 1 and path.suffix == ".png"
+        table = len(parts) == 2 and parts[0] in _LISTED_FOLDERS and path.suffix == ".csv"
+        if (plot or table) and ".." not in parts and path.is_file() and not path.is_symlink() and path not in found:
             found.append(path)
     return found
 
@@ -144,7 +154,7 @@ def write_bench_outputs(result: BenchResult, out_dir: str | Path, *, plots: bool
         files = {"csv": out / "results.csv", "json": out / "results.json", "skipped": out / "skipped.csv"}
         _write_results_csv(result, files["csv"], SCHEMA_VERSION)
         _write_skipped(result, files["skipped"])
-        _write_predictions(result, out / "predictions")
+        files.update(_write_predictions(result, out / "predictions"))
         files.update(_write_confusions(result, out / "confusion"))
         figures: list[Figure] = bench_plots(result, out) if plots else []
         files.update({figure.key: figure.path for figure in figures})

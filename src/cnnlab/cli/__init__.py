@@ -19,5 +19,15 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Entry point of the ``cnnlab`` console script."""
+    """Entry point of the ``cnnlab`` console script. Python warnings (ours and our libraries') are shown as one
+    ``warning:`` line each on stderr, not with a file name and line number."""
+    import warnings
+
+    from cnnlab.cli.common import err, escape
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: object = None,
+             line: str | None = None) -> None:
+        err.print(f"[yellow]warning:[/] {escape(str(message))}")
+
+    warnings.showwarning = show
     app()

@@ -135,7 +135,8 @@ def report_bench(result: BenchResult, out_dir: Path, *, wide: bool) -> None:
         err.print(f"[yellow]not scored by ImageNet models (no mapping):[/] {escape(shown)}")
     if result.skipped:
         err.print(f"[yellow]{len(result.skipped)} files skipped[/] (see {escape(str(result.files['skipped']))})")
-    err.print(f"results in {escape(str(out_dir))}/ (results.md, results.csv, results.json, report.html, plots, "
+    plots = ", plots" if any(path.suffix == ".png" for path in result.files.values()) else ""
+    err.print(f"results in {escape(str(out_dir))}/ (results.md, results.csv, results.json, report.html{plots}, "
               "predictions/)")
     if not any(m.run.eval_images for m in result.models if m.ok) and any(m.ok for m in result.models):
         err.print("[red]no image could be read[/]: every file was skipped (see skipped.csv)")

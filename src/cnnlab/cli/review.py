@@ -81,7 +81,7 @@ def run_review(data: Path, config: ReviewConfig, out_dir: Path | None, *, quiet:
 def review_command(
     data: Annotated[Path, typer.Argument(metavar="DATA", help="A class-folder tree, a CSV/JSONL manifest, or a collect output folder.")],
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="PATH", help="Folder for review.csv/json/html (default: DATA/.cnnlab/review, always replaced).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier review in --out (its review.csv/json/html).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier review in --out (its review.csv/json/html); the default DATA/.cnnlab/review is review's own and always replaced.")] = False,
     model: Annotated[str, typer.Option("--model", "-m", metavar="NAME|FILE", help="Registry name or a checkpoint from `cnnlab train`.")] = _R.model,
     mapping: Annotated[Optional[Path], typer.Option("--mapping", metavar="FILE", help="YAML/JSON file: class -> ImageNet classes.")] = None,
     device: Device = _R.device,
@@ -127,6 +127,11 @@ def review_command(
         return
     if apply and not data.is_dir():
         raise UsageError(f"--apply moves files inside a dataset folder; {data} is not one")
+    if apply:  # where the moves would go is checked before the review's work, not after it
+        from cnnlab.review.config import QUARANTINE_DIR
+        from cnnlab.review.state import own_folder
+
+        own_folder(data, QUARANTINE_DIR)
     config = ReviewConfig(model=model, device=device, backend=backend.value, batch_size=batch_size, workers=workers,
                           threads=threads, weights_dir=weights_dir,
                           mapping_file=mapping, cache=not no_cache, folds=folds, min_side=min_side,

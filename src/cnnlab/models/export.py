@@ -280,6 +280,12 @@ def export_model(
         "output": {"name": "logits", "dtype": "float32", "shape": ["N", len(loaded.categories)]},
         "check": {"batch": check_batch, "max_abs_diff": diff, "tolerance": tolerance},
     }
+    if spec.source == "checkpoint" and loaded.weights_path is not None:
+        from cnnlab.models.checkpoint import read_checkpoint
+
+        unknown = read_checkpoint(loaded.weights_path).get("unknown")
+        if isinstance(unknown, dict):  # the "none of these" threshold train calibrated travels with the model
+            meta["unknown"] = unknown
     try:
         meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:

@@ -61,7 +61,7 @@ def default_cpu_threads(workers: int) -> int:
 
 
 #: Decoding processes at most per CPU core: more only add memory (each prefetches its own batches).
-MAX_WORKERS_PER_CORE = 2
+MAX_WORKERS_PER_CORE = 1
 
 
 def make_loader(
