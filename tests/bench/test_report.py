@@ -103,7 +103,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[BenchResult, dict[st
 def test_every_output_file_is_written(demo: tuple[BenchResult, dict[str, Path]]) -> None:
     _, files = demo
     expected = {"markdown", "html", "csv", "json", "skipped", "accuracy_vs_throughput", "memory", "per_class",
-                f"confusion_{MODEL}", f"confusion_csv_{MODEL}"}
+                f"confusion_{MODEL}", f"confusion_csv_{MODEL}", f"predictions_csv_{MODEL}"}
     assert set(files) == expected
     for key, path in files.items():
         assert path.is_file() and path.stat().st_size > 0, key
