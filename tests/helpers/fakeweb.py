@@ -6,6 +6,7 @@ Not a test module: imported by the collect and imagedata tests (``from tests.hel
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
 import json
@@ -125,15 +126,17 @@ class FakeWeb:
                     web.user_agents.add(self.headers.get("User-Agent", ""))
                     if self.headers.get("Authorization"):
                         web.authorizations.append(self.headers["Authorization"])
+                # counted while the request is being worked on, not while its answer goes out: the client may
+                # read the answer and send its next request before this thread runs again (under load), which
+                # would count one request too many against a per-host cap
                 try:
                     if web.latency:
                         time.sleep(web.latency)
-                    web._serve(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
                 finally:
                     with web._lock:
                         web.concurrent -= 1
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    web._serve(self)
 
         class Server(ThreadingHTTPServer):
             def handle_error(self, request: object, client_address: object) -> None:
