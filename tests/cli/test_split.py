@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -48,3 +49,19 @@ def test_split_refuses_fractions_over_one(dataset: Path) -> None:
     bad = runner.invoke(app, ["split", str(dataset), "--val", "0.6", "--test", "0.6"])
     assert bad.exit_code == 2 and "fractions" in bad.output
     assert not (dataset / "split.csv").exists()
+
+
+def test_split_keeps_crops_of_one_photo_together_unless_told_not_to(tmp_path: Path) -> None:
+    from tests.helpers.images import real_photos_with_crops
+
+    root = tmp_path / "photos"
+    crops = real_photos_with_crops(root)
+    shown = runner.invoke(app, ["split", str(root), "--val", "0.2", "--test", "0.2", "-q"])
+    assert shown.exit_code == 0, shown.output
+    assert f"{len(crops)} pairs of crops among them" in shown.output
+    with (root / "split.csv").open() as fh:
+        split_of = {row["path"]: row["split"] for row in csv.DictReader(fh)}
+    assert all(split_of[crop] == split_of[source] for crop, source in crops.items())
+    off = runner.invoke(app, ["split", str(root), "--no-crops", "--json"])
+    assert off.exit_code == 0, off.output
+    assert json.loads(off.stdout)["crop_pairs"] is None

@@ -103,3 +103,32 @@ def save(img: Image.Image, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(jpeg(img))
     return path
+
+
+def real_photos_with_crops(root: Path) -> dict[str, str]:
+    """Two classes of distinct real photos, plus crops of three of them filed beside them: {crop: its source}."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data as sk
+    from sklearn.datasets import load_sample_image
+
+    photos = {
+        "outdoors": {"rocket": sk.rocket(), "china": load_sample_image("china.jpg"), "flower": load_sample_image("flower.jpg"),
+                     "hubble": sk.hubble_deep_field(), "motorcycle": sk.stereo_motorcycle()[0]},
+        "indoors": {"astronaut": sk.astronaut(), "coffee": sk.coffee(), "chelsea": sk.chelsea(), "retina": sk.retina(),
+                    "camera": np.stack([sk.camera()] * 3, axis=-1)},
+    }
+    for label, named in photos.items():
+        for name, pixels in named.items():
+            save(Image.fromarray(pixels).convert("RGB"), root / label / f"{name}.jpg")
+    crops = {}
+    for label, name, keep, size in (("outdoors", "china", 0.9, None), ("indoors", "astronaut", 0.85, (300, 300)),
+                                    ("indoors", "coffee", 0.8, None)):
+        with Image.open(root / label / f"{name}.jpg") as img:
+            w, h = img.size
+            dx, dy = round(w * (1 - keep) / 2), round(h * (1 - keep) / 3)
+            crop = img.crop((dx, dy, dx + round(w * keep), dy + round(h * keep)))
+            save(crop.resize(size) if size else crop, root / label / f"{name}-crop.jpg")
+        crops[f"{label}/{name}-crop.jpg"] = f"{label}/{name}.jpg"
+    return crops
+

@@ -15,6 +15,7 @@ from cnnlab.errors import DatasetError
 from cnnlab.imagedata.datasets import scan_dataset
 from cnnlab.imagedata.splits import make_split
 from tests.helpers.fakeweb import bad_exif_jpeg, make_image, resized
+from tests.helpers.images import real_photos_with_crops
 
 
 @pytest.fixture
@@ -148,3 +149,34 @@ def test_a_near_duplicate_threshold_that_groups_unrelated_photos_is_refused(tmp_
     with pytest.raises(DatasetError, match="near-duplicate threshold"):
         make_split(tmp_path, near_dup_threshold=threshold)
     assert not (tmp_path / "split.csv").exists()
+
+
+def test_crops_of_one_photo_never_straddle_splits(tmp_path: Path) -> None:
+    """Perceptual hashes miss a 80-90% crop; features verified on pixels find it, and nothing else is grouped."""
+    from cnnlab.runtime.features import image_features
+
+    root = tmp_path / "photos"
+    crops = real_photos_with_crops(root)
+    by_hash = make_split(root, seed=0, write=False)
+    group_by_hash = {r.path: r.group for r in by_hash.rows}
+    assert by_hash.crop_pairs is None
+    assert sum(group_by_hash[c] == group_by_hash[s] for c, s in crops.items()) < len(crops)  # hashes miss some
+
+    embed_calls: list[int] = []
+
+    def embed(paths):  # type: ignore[no-untyped-def]
+        embed_calls.append(len(paths))
+        return image_features(paths)
+
+    for seed in range(3):
+        result = make_split(root, val=0.2, test=0.2, seed=seed, write=False, embed=embed)
+        split_of = {r.path: r.split for r in result.rows}
+        group_of = {r.path: r.group for r in result.rows}
+        assert result.crop_pairs == len(crops)
+        for crop, source in crops.items():
+            assert group_of[crop] == group_of[source] and split_of[crop] == split_of[source]
+        assert result.near_duplicate_groups == len(crops)  # the distinct photos stay apart
+        assert result.to_dict()["crop_pairs"] == len(crops)
+    assert embed_calls == [13, 13, 13]
+    none = make_split(root, seed=0, write=False, embed=embed, near_dup_threshold=-1)
+    assert none.crop_pairs is None and none.near_duplicate_groups == 0 and len(embed_calls) == 3

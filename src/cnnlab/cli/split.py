@@ -22,15 +22,23 @@ def split_command(
     test: Annotated[float, typer.Option("--test", min=0.0, max=1.0, metavar="FRACTION", help="Fraction of each class for test (0 to 1).")] = 0.15,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Same seed, same files: same split.")] = 0,
     near_dup_threshold: Annotated[int, typer.Option("--near-dup-threshold", min=-1, max=32, metavar="BITS", help="Near duplicates (phash distance, of 64 bits) stay in one split; -1: off.")] = DEFAULT_NEAR_DUP_THRESHOLD,
+    crops: Annotated[bool, typer.Option("--crops/--no-crops", help="Also keep crops and rescales of one photo together (features of the offline model, checked on pixels; needs the offline-model extra).")] = True,
     as_json: Json = False,
     wide: Wide = False,
     quiet: Quiet = False,
 ) -> None:
     """Write DATA/split.csv (path,label,split): stratified, deterministic, near duplicates never straddle splits."""
+    from cnnlab.cli.progress import RichProgress
     from cnnlab.imagedata.splits import make_split
+    from cnnlab.runtime.features import offline_embedder
 
-    with logging_to_stderr(quiet):
-        result = make_split(data, val=val, test=test, seed=seed, near_dup_threshold=near_dup_threshold)
+    with logging_to_stderr(quiet), RichProgress(quiet=quiet) as progress:
+        embed = offline_embedder(progress) if crops and near_dup_threshold >= 0 else None
+        if crops and near_dup_threshold >= 0 and embed is None:
+            progress.note("crops of one photo are not looked for: the offline model is not installed "
+                          "(pip install 'cnnlab[offline-model]')", warning=True)
+        result = make_split(data, val=val, test=test, seed=seed, near_dup_threshold=near_dup_threshold, embed=embed,
+                            progress=progress)
     if as_json:
         print_json(result.to_dict())
         return
@@ -41,7 +49,9 @@ def split_command(
                 justify={s: "right" for s in (*splits, "total")}, console=full_width_console() if wide else None)
     out.print(
         printable(f"{len(result.rows)} images in {result.groups} groups "
-                  f"({result.near_duplicate_groups} near-duplicate groups kept whole); wrote {result.file}"),
+                  f"({result.near_duplicate_groups} near-duplicate groups kept whole"
+                  + (f", {result.crop_pairs} pairs of crops among them" if result.crop_pairs else "")
+                  + f"); wrote {result.file}"),
         markup=False,
     )
     if result.unhashed:

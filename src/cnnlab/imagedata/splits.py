@@ -2,10 +2,11 @@
 
 :func:`make_split` reads a class-folder dataset (the layout ``cnnlab collect`` writes, read the way
 :func:`cnnlab.imagedata.datasets.scan_dataset` reads it), groups near duplicates (perceptual hashes within
-``near_dup_threshold`` bits, taken from ``manifest.jsonl`` when present, computed otherwise), and
-assigns each whole group to one split, class by class, so that every class gets close to the
-requested fractions. The result is ``DIR/split.csv`` with ``path,label,split`` (paths relative to
-``DIR``), which ``scan_dataset(DIR, split="test")`` and the ``--split`` options read.
+``near_dup_threshold`` bits, taken from ``manifest.jsonl`` when present, computed otherwise; and, given an
+``embed`` function, crops and rescales of one photograph, which hashes miss: feature neighbours verified on
+pixels, :func:`cnnlab.imagedata.near_duplicates.crop_pairs`), and assigns each whole group to one split,
+class by class, so that every class gets close to the requested fractions. The result is ``DIR/split.csv``
+with ``path,label,split`` (paths relative to ``DIR``), which ``scan_dataset(DIR, split="test")`` and the ``--split`` options read.
 """
 
 from __future__ import annotations
@@ -15,14 +16,22 @@ import io
 import json
 import random
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from cnnlab.errors import DatasetError, ImageDecodeError
 from cnnlab.imagedata.datasets import SPLIT_NAMES
 from cnnlab.imagedata.hashes import DEFAULT_NEAR_DUP_THRESHOLD, HASH_BITS, NearDupIndex, perceptual_hash
 from cnnlab.outputs import atomic_write
+from cnnlab.progress import Progress
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: Computes features for a list of files: (one row per file, whether each row is real).
+Embedder = Callable[[Sequence[Path]], "tuple[np.ndarray, Sequence[bool]]"]
 
 SPLIT_FILE: Final[str] = "split.csv"
 SPLITS: Final[tuple[str, ...]] = SPLIT_NAMES
@@ -57,6 +66,8 @@ class SplitResult:
     images_in_near_duplicate_groups: int = 0
     unhashed: list[str] = field(default_factory=list)
     """Files that could not be decoded to hash (kept as their own group)."""
+    crop_pairs: int | None = None
+    """Pairs found to be crops or rescales of one photograph (``None``: not looked for)."""
 
     def to_dict(self) -> dict[str, Any]:
         totals = Counter(r.split for r in self.rows)
@@ -74,6 +85,7 @@ class SplitResult:
             "near_duplicate_groups": self.near_duplicate_groups,
             "images_in_near_duplicate_groups": self.images_in_near_duplicate_groups,
             "unhashed": list(self.unhashed),
+            "crop_pairs": self.crop_pairs,
         }
 
 
@@ -85,6 +97,8 @@ def make_split(
     near_dup_threshold: int = DEFAULT_NEAR_DUP_THRESHOLD,
     *,
     write: bool = True,
+    embed: Embedder | None = None,
+    progress: Progress | None = None,
 ) -> SplitResult:
     """Split the class-folder dataset ``root`` and (by default) write ``root/split.csv``.
 
@@ -95,6 +109,9 @@ def make_split(
         near_dup_threshold: images whose perceptual hashes differ in at most this many bits (of 64)
             are one group and land in one split; ``-1`` groups nothing.
         write: write ``split.csv`` (atomically).
+        embed: features of files (e.g. :func:`cnnlab.runtime.features.image_features`): with it, crops and
+            rescales of one photograph are grouped too (unless ``near_dup_threshold`` is ``-1``).
+        progress: reports the hashing, features and pixel checks.
 
     Raises:
         DatasetError: bad fractions, no images.
@@ -118,8 +135,12 @@ def make_split(
     rel = [p.relative_to(root).as_posix() for p in images.paths]
     labels = [images.classes[t] for t in images.targets]
 
+    progress = progress or Progress()
     hashes, unhashed = _phashes(root, rel)
-    group_of = _group(rel, hashes, near_dup_threshold)
+    pairs: list[tuple[int, int]] | None = None
+    if embed is not None and near_dup_threshold >= 0:
+        pairs = _crop_pairs(images.paths, embed, progress)
+    group_of = _group(rel, hashes, near_dup_threshold, pairs or [])
 
     members: dict[int, list[int]] = defaultdict(list)
     for i, g in enumerate(group_of):
@@ -166,6 +187,7 @@ def make_split(
         near_duplicate_groups=len(big),
         images_in_near_duplicate_groups=sum(len(b) for b in big),
         unhashed=unhashed,
+        crop_pairs=None if pairs is None else len(pairs),
     )
     if write:
         result.file = write_split(root, rows)
@@ -224,8 +246,20 @@ def _compute_phash(path: Path) -> str | None:
         return None
 
 
-def _group(rel: list[str], hashes: list[int | None], threshold: int) -> list[int]:
-    """Union-find over near-duplicate pairs; returns a group id per item (the smallest member index)."""
+def _crop_pairs(paths: list[Path], embed: Embedder, progress: Progress) -> list[tuple[int, int]]:
+    from cnnlab.imagedata.near_duplicates import crop_pairs
+
+    features, usable = embed(paths)
+    progress.start("crops", "looking for crops of one photo", total=sum(bool(u) for u in usable))
+    found = crop_pairs(paths, features, usable=usable, on_thumbnail=lambda: progress.update("crops", advance=1))
+    progress.finish("crops", f"{len(found)} pairs of crops or rescales of one photo kept together")
+    return found
+
+
+def _group(rel: list[str], hashes: list[int | None], threshold: int,
+           pairs: Sequence[tuple[int, int]] = ()) -> list[int]:
+    """Union-find over near-duplicate pairs (by hash, and ``pairs`` found otherwise); a group id per item (the
+    smallest member index)."""
     parent = list(range(len(rel)))
 
     def find(i: int) -> int:
@@ -233,6 +267,11 @@ def _group(rel: list[str], hashes: list[int | None], threshold: int) -> list[int
             parent[i] = parent[parent[i]]
             i = parent[i]
         return i
+
+    for i, j in pairs:
+        a, b = find(i), find(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
 
     if threshold >= 0:
         index: NearDupIndex[int] = NearDupIndex(threshold)

@@ -5,7 +5,7 @@
   (:func:`write_review_outputs`, :mod:`~cnnlab.review.report`); :func:`review` is its compute step alone;
 * the detectors (:mod:`~cnnlab.review.detectors`, one module per kind, behind one interface): likely wrong
   labels (:mod:`~cnnlab.review.mislabel`, confident learning with cleanlab), off-topic images
-  (:mod:`~cnnlab.review.offtopic`), near-duplicates (:mod:`~cnnlab.review.duplicates`) and unusable files
+  (:mod:`~cnnlab.review.offtopic`), near-duplicates (:mod:`~cnnlab.imagedata.near_duplicates`) and unusable files
   (:mod:`~cnnlab.review.files`), from cached embeddings (:mod:`~cnnlab.review.embeddings`);
 * :func:`apply_review` / :func:`undo_review` (:mod:`~cnnlab.review.quarantine`): move flagged files
   into ``DIR/.quarantine/`` and back, recording every move (and in ``manifest.jsonl`` when there is one).

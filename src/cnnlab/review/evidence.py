@@ -22,11 +22,11 @@ from cnnlab.progress import Progress
 if TYPE_CHECKING:
     from cnnlab.imagedata.datasets import LabelledImages
     from cnnlab.review.config import ReviewConfig
-    from cnnlab.review.duplicates import DuplicateFindings
+    from cnnlab.imagedata.near_duplicates import DuplicateFindings
     from cnnlab.review.embeddings import Embeddings
     from cnnlab.review.files import FileCheck
     from cnnlab.review.mislabel import MislabelFindings
-    from cnnlab.review.neighbours import Neighbours
+    from cnnlab.imagedata.neighbours import Neighbours
     from cnnlab.review.offtopic import OfftopicFindings
 
 #: Neighbours kept per image (off-topic distances, duplicate candidates, evidence).
@@ -86,7 +86,7 @@ class Evidence:
 
     @functools.cached_property
     def neighbours(self) -> Neighbours:
-        from cnnlab.review.neighbours import nearest_neighbours
+        from cnnlab.imagedata.neighbours import nearest_neighbours
 
         return nearest_neighbours(self.features, NEIGHBOURS_KEPT)
 
@@ -99,7 +99,7 @@ class Evidence:
     @functools.cached_property
     def duplicates(self) -> DuplicateFindings:
         """Near-duplicate groups among the embedded files (candidates by features, verified on pixels)."""
-        from cnnlab.review.duplicates import FINE_SIDE, find_duplicates, thumbnail
+        from cnnlab.imagedata.near_duplicates import FINE_SIDE, find_duplicates, thumbnail
 
         paths = [self.images.paths[i] for i in self.rows]
         too_small = set(self.checks.too_small(self.config.min_side))  # reported as such; too little to compare

@@ -46,7 +46,7 @@ def find_mislabels(features: np.ndarray, targets: Sequence[int] | np.ndarray, cl
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from cnnlab.review.neighbours import normalise
+    from cnnlab.imagedata.neighbours import normalise
 
     y = np.asarray(targets, dtype=np.int64)
     n = len(y)

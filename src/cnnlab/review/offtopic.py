@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.review.neighbours import Neighbours
+from cnnlab.imagedata.neighbours import Neighbours
 
 #: Classes with fewer own images than this use the distance figures pooled over all classes.
 MIN_CLASS_IMAGES = 5

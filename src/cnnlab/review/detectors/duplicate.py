@@ -1,4 +1,4 @@
-"""Near-duplicates: copies, crops, rescales and recolours of one picture (:mod:`cnnlab.review.duplicates`)."""
+"""Near-duplicates: copies, crops, rescales and recolours of one picture (:mod:`cnnlab.imagedata.near_duplicates`)."""
 
 from __future__ import annotations
 

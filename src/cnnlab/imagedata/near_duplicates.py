@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.review.neighbours import Neighbours
+from cnnlab.imagedata.neighbours import Neighbours
 
 #: Longer side of the grey-scale thumbnails compared first, and of those that confirm a match, in pixels.
 THUMB_SIDE = 48
@@ -279,3 +279,47 @@ def _grouped(n: int, pairs: list[tuple[int, int, float]], pixels: Sequence[int],
             findings.flagged[j] = True
             findings.score[j] = partners[keeper][j]
     return findings
+
+
+#: Defaults shared by ``review`` and the splits: a grey-level match at or above this is a near duplicate...
+DEFAULT_MATCH = 0.93
+#: ... among each image's this many nearest neighbours by features...
+DEFAULT_CANDIDATES = 15
+#: ... that are at least this similar (cosine).
+MIN_SIMILARITY = 0.5
+
+
+def crop_pairs(paths: Sequence[Path], features: np.ndarray, *, threshold: float = DEFAULT_MATCH,
+               candidates: int = DEFAULT_CANDIDATES, usable: Sequence[bool] | None = None,
+               on_thumbnail: Callable[[], None] | None = None) -> list[tuple[int, int]]:
+    """Pairs of images that are crops, rescales or recolours of one picture: feature neighbours verified on pixels.
+
+    Splits use it so that such copies never straddle train and test, which perceptual hashes alone allow
+    (a 90% crop moves a perceptual hash far). ``features[i]`` embeds ``paths[i]``; rows where ``usable`` is
+    False (no features: the file did not decode) are not compared. ``on_thumbnail`` is called once per
+    thumbnail made (progress).
+    """
+    from cnnlab.errors import ImageDecodeError
+    from cnnlab.imagedata.neighbours import nearest_neighbours
+
+    n = len(paths)
+    ok = list(usable) if usable is not None else [True] * n
+    rows = [i for i in range(n) if ok[i]]
+    if len(rows) < 2:
+        return []
+
+    def thumb(i: int, side: int = THUMB_SIDE) -> np.ndarray | None:
+        try:
+            return thumbnail(paths[rows[i]], side)
+        except ImageDecodeError:
+            return None
+        finally:
+            if on_thumbnail is not None and side == THUMB_SIDE:
+                on_thumbnail()
+
+    nb = nearest_neighbours(features[rows], min(candidates, len(rows) - 1))
+    thumbs = [thumb(i) for i in range(len(rows))]
+    pixels = [0 if t is None else int(t.size) for t in thumbs]
+    found = find_duplicates(nb, thumbs, pixels, lambda j: thumb(j, FINE_SIDE), threshold=threshold,
+                            candidates=candidates, min_similarity=MIN_SIMILARITY)
+    return [(rows[a], rows[b]) for a, b, _ in found.pairs]
