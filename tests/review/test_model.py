@@ -145,7 +145,7 @@ def test_new_weights_in_the_search_path_make_a_new_export(tmp_path: Path) -> Non
 def test_an_edited_index_naming_another_export_is_not_followed(cache: Path) -> None:
     import json
 
-    from cnnlab.review.onnx_features import INDEX_FILE
+    from cnnlab.runtime.export_index import INDEX_FILE
 
     real = load_feature_model(OFFLINE, device="cpu", threads=1)
     other = load_feature_model(OFFLINE, random_weights=True, device="cpu", threads=1)  # a whole export, other weights

@@ -203,6 +203,7 @@ def load_feature_model(name: str, *, weights_dir: str | Path | None = None, rand
     from cnnlab.errors import WeightsIntegrityError
     from cnnlab.options import RuntimeChoice
     from cnnlab.runtime.artifacts import cached_export, discard_entry
+    from cnnlab.runtime.export_index import remember_export, remembered_export
     from cnnlab.runtime.inference import default_cpu_threads, default_workers
     from cnnlab.runtime.loader import check_installed
 
@@ -211,11 +212,11 @@ def load_feature_model(name: str, *, weights_dir: str | Path | None = None, rand
         made = cached_export(name, weights_dir=weights_dir, random_weights=random_weights, download=download,
                              progress=progress, variant=FEATURES_VARIANT)
         if not random_weights:
-            remember_export(name, weights_dir, made)
+            remember_export(name, weights_dir, made, format=FEATURES_FORMAT)
         return made
 
     threads = threads or default_cpu_threads(default_workers("cpu"))
-    path = None if random_weights else remembered_export(name, weights_dir)
+    path = None if random_weights else remembered_export(name, weights_dir, format=FEATURES_FORMAT)
     if path is not None:
         check_installed(RuntimeChoice.ONNXRUNTIME, export=False)
     try:
@@ -280,108 +281,3 @@ def _open(path: Path, threads: int, device: str) -> tuple[dict[str, Any], Any, C
         raise WeightsIntegrityError(f"{path} gives other outputs for a black image than the model it was exported "
                                     "from (damaged weights?)")
     return meta, spec, run_all, provider
-
-
-#: The export cache's record of which feature export a model name resolved to (see :func:`remembered_export`).
-INDEX_FILE = "features-index.json"
-#: The index is a few hundred bytes per model: a larger one is not cnnlab's and is not read (a FIFO never blocks).
-INDEX_MAX_BYTES = 1 << 20
-
-
-def _index_key(name: str, weights_dir: str | Path | None) -> str:
-    import hashlib
-
-    import torch
-
-    import cnnlab
-
-    data = {"name": name, "weights_dir": str(Path(weights_dir).resolve()) if weights_dir is not None else None,
-            "cnnlab": cnnlab.__version__, "torch": str(torch.__version__), "format": FEATURES_FORMAT}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _read_index() -> dict[str, Any]:
-    from cnnlab.imagedata.decode import read_regular_file
-    from cnnlab.runtime.artifacts import exports_dir
-
-    try:
-        index = json.loads(read_regular_file(exports_dir() / INDEX_FILE, max_bytes=INDEX_MAX_BYTES).decode("utf-8"))
-    except (OSError, ValueError, CnnlabError):
-        return {}
-    return index if isinstance(index, dict) else {}
-
-
-def remembered_export(name: str, weights_dir: str | Path | None = None) -> Path | None:
-    """The cached feature export of registry model ``name``, found without building the model registry.
-
-    Looking a name up in the registry imports torchvision (and with it ``torch._dynamo``) and
-    builds every model's entry, and exporting imports onnxscript: seconds that a cached review should not pay.
-    :func:`remember_export` records which weights file the name resolved to and the export made
-    from it; the record holds while the weights search finds the same file (the same search
-    folders, the same first one holding the file, its size and modification time unchanged) and the
-    export is whole. ``None`` when it does not hold: resolve the name the slow way.
-    """
-    from cnnlab.errors import WeightsIntegrityError
-    from cnnlab.models.checkpoint import model_file_kind
-    from cnnlab.models.weights import search_dirs
-    from cnnlab.runtime.artifacts import cache_entry_ok, exports_dir, read_sidecar
-
-    if model_file_kind(name) is not None:
-        return None
-    record = _read_index().get(_index_key(name, weights_dir))
-    try:
-        assert isinstance(record, dict)
-        candidates = [str(d / record["weights_file"]) for d in search_dirs(weights_dir)]
-        if candidates != record["candidates"]:
-            return None
-        found = next((c for c in candidates if Path(c).is_file()), record["packaged"])
-        stat = Path(found).stat()
-        if (found, stat.st_size, stat.st_mtime_ns) != (record["found"], record["size"], record["mtime_ns"]):
-            return None
-        folder = exports_dir() / str(record["folder"])
-        if folder.parent != exports_dir() or not cache_entry_ok(folder):
-            return None
-        meta = read_sidecar(folder / "model.onnx")
-    except (AssertionError, KeyError, TypeError, OSError, WeightsIntegrityError):
-        return None
-    # the export named must be a feature export of that very weights file (not, after an edit of the
-    # index, a classifier export or another model's)
-    if (meta.get("format"), meta.get("weights_file"), meta.get("random_weights")) != (FEATURES_FORMAT, found, False):
-        return None
-    return folder / "model.onnx"
-
-
-def remember_export(name: str, weights_dir: str | Path | None, export: Path) -> None:
-    """Record that registry model ``name`` (its weights searched in ``weights_dir``) resolved to ``export``.
-
-    Nothing is recorded for a checkpoint, a Hugging Face model (found by the hub's own cache), or
-    when the index cannot be written (the next run resolves the name the slow way).
-    """
-    import contextlib
-    import os
-
-    from cnnlab.models.checkpoint import is_checkpoint_file
-    from cnnlab.models.registry import get_spec
-    from cnnlab.models.weights import locate_weights, search_dirs
-    from cnnlab.runtime.artifacts import exports_dir
-
-    if is_checkpoint_file(name):
-        return
-    spec = get_spec(name)
-    found = locate_weights(spec, weights_dir).found
-    if spec.hf_hub_id is not None or not spec.weights_file or found is None:
-        return
-    candidates = [str(d / spec.weights_file) for d in search_dirs(weights_dir)]
-    stat = found.stat()
-    index = _read_index()
-    index[_index_key(name, weights_dir)] = {
-        "weights_file": spec.weights_file, "candidates": candidates,
-        "packaged": str(spec.packaged_weights) if spec.packaged_weights is not None else None,
-        "found": str(found), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "folder": export.parent.name}
-    target = exports_dir() / INDEX_FILE
-    temp = target.with_name(f".{INDEX_FILE}.{os.getpid()}.tmp")
-    with contextlib.suppress(OSError):
-        temp.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(temp, target)
-    with contextlib.suppress(OSError):
-        temp.unlink(missing_ok=True)

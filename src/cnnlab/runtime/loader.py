@@ -73,13 +73,16 @@ def prepare_runtime_file(source: ModelSource, choice: RuntimeChoice | str, *, ca
     if choice is RuntimeChoice.TORCH:
         raise UsageError("the torch backend runs the model itself, not an ONNX file")
     name = source.name
-    check_installed(choice, export=not is_onnx_file(name))
+    remembered = remembered_runtime_file(source)
+    check_installed(choice, export=not is_onnx_file(name) and remembered is None)
     if is_onnx_file(name):
         if source.weights is not None or source.policy is WeightsPolicy.RANDOM:
             raise UsageError(f"{name} is an ONNX file with its own weights: other weights and random weights "
                              "do not apply")
         path = Path(name)
         read_sidecar(path)  # a missing or foreign sidecar is reported before anything else
+    elif remembered is not None:
+        path = remembered
     else:
         random_weights = source.policy is WeightsPolicy.RANDOM
         if source.policy is WeightsPolicy.RANDOM_IF_MISSING and source.weights is None:
@@ -89,11 +92,34 @@ def prepare_runtime_file(source: ModelSource, choice: RuntimeChoice | str, *, ca
             random_weights = locate_weights(get_spec(name), source.weights_dir).found is None
         path = cached_export(name, weights=source.weights, weights_dir=source.weights_dir,
                              random_weights=random_weights, download=source.download, progress=progress)
+        if _rememberable(source):
+            from cnnlab.runtime.export_index import remember_export
+
+            remember_export(name, source.weights_dir, path, format=CLASSIFIER_FORMAT)
     if choice.quantization is Quantization.INT8 and not read_sidecar(path).get("quantization"):
         if not calibration:
             raise UsageError(f"the {choice.value} backend calibrates on your images: none were given")
         path = quantized_file(path, calibration, progress=progress)
     return path
+
+
+#: The sidecar's ``format`` of a classifier export (:func:`cnnlab.models.export.export_model`).
+CLASSIFIER_FORMAT = "onnx"
+
+
+def _rememberable(source: ModelSource) -> bool:
+    """A registry name with its pretrained weights found by the usual search (no file given, none random)."""
+    return source.weights is None and source.policy is WeightsPolicy.PRETRAINED and not is_onnx_file(source.name)
+
+
+def remembered_runtime_file(source: ModelSource) -> Path | None:
+    """The cached classifier export of ``source`` when the export index vouches for it
+    (:mod:`cnnlab.runtime.export_index`): found without importing torchvision or onnx."""
+    if not _rememberable(source):
+        return None
+    from cnnlab.runtime.export_index import remembered_export
+
+    return remembered_export(source.name, source.weights_dir, format=CLASSIFIER_FORMAT)
 
 
 def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = "auto", threads: int | None = None,
@@ -239,7 +265,7 @@ def choose_backend(source: ModelSource, runtime: RuntimeOptions, *, progress: Pr
     if runtime.precision not in (Precision.FP32, Precision.AUTO) or runtime.channels_last or runtime.compile:
         return RuntimeChoice.TORCH, "options that only PyTorch runs (precision, channels_last or compile)"
     try:
-        check_installed(RuntimeChoice.ONNXRUNTIME, export=True)
+        check_installed(RuntimeChoice.ONNXRUNTIME, export=remembered_runtime_file(source) is None)
     except UsageError:
         return RuntimeChoice.TORCH, f"PyTorch: ONNX Runtime is not installed ({EXTRAS[Backend.ONNXRUNTIME]} extra)"
     from cnnlab.errors import CnnlabError

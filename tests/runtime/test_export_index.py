@@ -1,0 +1,69 @@
+"""The export index: a cached classifier export is found again without torchvision or onnx, and only while it holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnnlab.models.registry import OFFLINE_MODEL
+
+PROBE = """
+import json, sys
+from cnnlab.options import ModelSource
+from cnnlab.runtime.loader import choose_backend, prepare_runtime_file
+from cnnlab.options import RuntimeOptions
+choice, why = choose_backend(ModelSource(name=sys.argv[1]), RuntimeOptions())
+path = prepare_runtime_file(ModelSource(name=sys.argv[1]), choice)
+print(json.dumps({"choice": choice.value, "path": str(path),
+                  "imported": sorted(m for m in ("torchvision", "onnx", "onnxscript") if m in sys.modules)}))
+"""
+
+
+def probe(cache: Path) -> dict[str, object]:
+    env = {**os.environ, "CNNLAB_CACHE_DIR": str(cache)}
+    done = subprocess.run([sys.executable, "-c", PROBE, OFFLINE_MODEL], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_cached_export_is_found_again_without_the_registry_and_only_while_it_holds(tmp_path: Path) -> None:
+    from cnnlab.runtime.export_index import INDEX_FILE
+
+    cache = tmp_path / "cache"
+    first = probe(cache)
+    assert first["choice"] == "onnxruntime" and "torchvision" in first["imported"]  # exported: the slow way
+    again = probe(cache)
+    assert again["path"] == first["path"] and again["imported"] == []
+    index_file = cache / "exports" / INDEX_FILE
+    index = json.loads(index_file.read_text())
+    assert len(index) == 1
+    record = next(iter(index.values()))
+    # the weights file the name resolved to changed (size or time): the record no longer holds
+    record["mtime_ns"] += 1
+    index_file.write_text(json.dumps(index))
+    healed = probe(cache)
+    assert healed["path"] == first["path"] and "torchvision" in healed["imported"]
+    assert next(iter(json.loads(index_file.read_text()).values()))["mtime_ns"] == record["mtime_ns"] - 1
+    # an index naming a folder outside the cache, or garbage, is not followed
+    for bad in ({k: {**v, "folder": "../../elsewhere"} for k, v in json.loads(index_file.read_text()).items()},
+                ["not", "a", "dict"]):
+        index_file.write_text(json.dumps(bad))
+        assert probe(cache)["path"] == first["path"]
+
+
+@pytest.mark.parametrize("weights", ["random", "file"])
+def test_random_or_given_weights_are_never_remembered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      weights: str) -> None:
+    from cnnlab.options import ModelSource, WeightsPolicy
+    from cnnlab.runtime.loader import remembered_runtime_file
+
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    source = (ModelSource(name=OFFLINE_MODEL, policy=WeightsPolicy.RANDOM) if weights == "random"
+              else ModelSource(name=OFFLINE_MODEL, weights=tmp_path / "w.pth"))
+    assert remembered_runtime_file(source) is None
