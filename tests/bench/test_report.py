@@ -285,3 +285,17 @@ def test_report_renders_in_a_real_browser(demo: tuple[BenchResult, dict[str, Pat
     _, _, width, wide, boxes = probe(crowded_files["html"])
     assert width <= 1280
     assert boxes >= 4 and wide == 0, f"{wide} of {boxes} tables scroll sideways"
+
+
+def test_the_report_names_the_fastest_runtime_measured(demo: tuple[BenchResult, dict[str, Path]],
+                                                       tmp_path: Path) -> None:
+    result, _ = demo
+    ok = result.models[0]
+    assert ok.run.throughput_ips
+    faster = ModelResult(dataclasses.replace(ok.run, backend="onnxruntime", throughput_ips=ok.run.throughput_ips * 3))
+    only_torch = write_bench_outputs(result, tmp_path / "one", plots=False)["markdown"].read_text(encoding="utf-8")
+    assert "Fastest runtime measured" not in only_torch  # one runtime: nothing to compare
+    both = write_bench_outputs(dataclasses.replace(result, models=[ok, faster]), tmp_path / "two", plots=False)
+    text = both["markdown"].read_text(encoding="utf-8")
+    assert "Fastest runtime measured" in text
+    assert f"efficientnet_lite0.IMAGENET1K: onnxruntime, {faster.run.throughput_ips:.1f} images/s (3.00x torch)" in text

@@ -25,7 +25,7 @@ from cnnlab.render.blocks import Block, Bullets, Figure, Gallery, GalleryItem, H
 from cnnlab.render.naming import unique_names
 
 if TYPE_CHECKING:
-    from cnnlab.bench.result import BenchResult
+    from cnnlab.bench.result import BenchResult, ModelResult
 
 
 PAIRED_TESTS_HEADING = "Are the differences real? (paired McNemar tests, top-1)"
@@ -69,6 +69,31 @@ def _machine(result: BenchResult) -> list[Block]:
     return blocks
 
 
+def fastest_runtimes(result: BenchResult) -> list[str]:
+    """For each model measured on two runtimes or more: the fastest one by model throughput, and by how much it
+    beats the PyTorch row (or the slowest) — bench's default row is PyTorch, which compares models as the lab did,
+    not the fastest way to run one."""
+    by_model: dict[str, list[ModelResult]] = {}
+    for m in result.models:
+        if m.ok and m.run.throughput_ips:
+            by_model.setdefault(str(m.run.spec.get("name") or m.run.model), []).append(m)
+    lines = []
+    for model, rows in by_model.items():
+        if len({r.runtime for r in rows}) < 2:
+            continue
+        speed = {id(r): float(r.run.throughput_ips or 0.0) for r in rows}
+        best = max(rows, key=lambda r: speed[id(r)])
+        base = next((r for r in rows if r.runtime == "torch"), min(rows, key=lambda r: speed[id(r)]))
+        lines.append(f"{model}: {best.runtime}, {speed[id(best)]:.1f} images/s "
+                     f"({speed[id(best)] / speed[id(base)]:.2f}x {base.runtime})")
+    return lines
+
+
+def _fastest(result: BenchResult) -> list[Block]:
+    lines = fastest_runtimes(result)
+    return [Bullets(["Fastest runtime measured (model throughput):", *lines])] if lines else []
+
+
 def _figures_tables(result: BenchResult) -> list[Block]:
     blocks: list[Block] = [
         Heading("The lab's table"),
@@ -78,6 +103,7 @@ def _figures_tables(result: BenchResult) -> list[Block]:
                   "apart; the paired tests below say whether a difference is significant."),
         Heading("All figures"),
         Table(*full_table(result)),
+        *_fastest(result),
     ]
     if any(m.run.random_weights for m in result.models):
         blocks.append(Paragraph("Models marked 'random weights' ran without their pretrained weights: their speed "
