@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 from cnnlab.cli.app import app
 from cnnlab.errors import UsageError
 from cnnlab.imagedata.datasets import scan_dataset
+from cnnlab.imagedata.near_duplicates import match, thumbnail
+from cnnlab.imagedata.neighbours import nearest_neighbours
 from cnnlab.options import ReviewIssue
 from cnnlab.review import Finding, ReviewConfig, ReviewResult, apply_review, review, undo_review, write_review_outputs
-from cnnlab.imagedata.near_duplicates import match, thumbnail
 from cnnlab.review.mislabel import find_mislabels
-from cnnlab.imagedata.neighbours import nearest_neighbours
 from cnnlab.review.offtopic import find_offtopic
 from cnnlab.review.quarantine import quarantined
 from cnnlab.review.result import CSV_COLUMNS

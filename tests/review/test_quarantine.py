@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cnnlab.cli.app import app
+from cnnlab.imagedata.neighbours import nearest_neighbours
 from cnnlab.options import ReviewIssue
 from cnnlab.review import Finding, ReviewResult, apply_review, duplicates, undo_review, write_review_outputs
-from cnnlab.imagedata.neighbours import nearest_neighbours
 from cnnlab.review.quarantine import quarantined
 from cnnlab.review.result import read_csv
 from tests.helpers.images import block_import

@@ -21,12 +21,12 @@ from cnnlab.progress import Progress
 
 if TYPE_CHECKING:
     from cnnlab.imagedata.datasets import LabelledImages
-    from cnnlab.review.config import ReviewConfig
     from cnnlab.imagedata.near_duplicates import DuplicateFindings
+    from cnnlab.imagedata.neighbours import Neighbours
+    from cnnlab.review.config import ReviewConfig
     from cnnlab.review.embeddings import Embeddings
     from cnnlab.review.files import FileCheck
     from cnnlab.review.mislabel import MislabelFindings
-    from cnnlab.imagedata.neighbours import Neighbours
     from cnnlab.review.offtopic import OfftopicFindings
 
 #: Neighbours kept per image (off-topic distances, duplicate candidates, evidence).

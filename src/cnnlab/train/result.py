@@ -17,7 +17,7 @@ from cnnlab.train.config import ResolvedSettings
 from cnnlab.train.mixing import MIX_RULE, MixScore
 
 #: Files of a run in its output folder (removed by ``overwrite=True``).
-RUN_FILES = ("best.pt", "last.pt", "history.csv", "curves.png", "metrics.json", "data_split.csv")
+RUN_FILES = ("best.pt", "last.pt", "history.csv", "curves.png", "metrics.json", "data_split.csv", "report.html")
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 :func:`cnnlab.train.start.start_run` builds a :class:`TrainingRun` from a :class:`TrainConfig`;
 :func:`cnnlab.train.fine_tune` runs its phases; :func:`finish_run` reports ``best.pt`` on the test and
-validation splits and writes ``metrics.json`` and ``curves.png``.
+validation splits and writes ``metrics.json``, ``curves.png`` and ``report.html`` (:mod:`cnnlab.train.report`).
 
 With ``ema`` the run keeps an exponential moving average of the weights (torch's
 :class:`~torch.optim.swa_utils.AveragedModel` with ``get_ema_multi_avg_fn``, updated after every
@@ -38,6 +38,7 @@ from cnnlab.train.config import BatchPlan, Phase, ResolvedSettings, TrainConfig,
 from cnnlab.train.data import DataSplits, make_train_loader
 from cnnlab.train.loop import Predictions, evaluate, evaluation_report
 from cnnlab.train.mixing import choose_mix, interpolate, score_mixes
+from cnnlab.train.report import REPORT_FILE, SplitPredictions, write_run_report
 from cnnlab.train.result import RUN_FILES, EpochRecord, TrainResult
 from cnnlab.train.state import RunState, plot_curves, write_history
 from cnnlab.train.tblog import TensorBoardLog
@@ -222,7 +223,7 @@ class TrainingRun:
 
 
 def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
-    """Report ``best.pt`` on the test split (else val); write ``metrics.json`` and ``curves.png``.
+    """Report ``best.pt`` on the test split (else val); write ``metrics.json``, ``curves.png`` and ``report.html``.
 
     The test split is evaluated with ``best.pt``'s weights loaded into the run's model; the validation report
     is the best epoch's own validation (``best_val``), evaluated again only when this process did not see
@@ -242,10 +243,12 @@ def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
     if run.splits.val is not None and state.best_epoch:  # the best epoch trained: mix it with the probe
         _mix_with_probe(run, best)
     reports: dict[str, Any] = {}
+    held_out: list[SplitPredictions] = []  # for report.html
     for name, part in (("val", run.splits.val), ("test", run.splits.test)):
         if part is not None:  # best.pt's validation predictions are at hand unless this process resumed after it
             preds = run.best_val if name == "val" and run.best_val is not None else run.evaluate(part, f"best.pt on {name}")
             reports[name] = {**evaluation_report(preds.logits, preds.targets, classes), "skipped": len(preds.skipped)}
+            held_out.append(_split_predictions(name, part, preds))
             if name == "val":  # "none of these": calibrated on validation (cnnlab.train.unknown)
                 best[CHECKPOINT_KEY] = calibrate_unknown(preds.logits)
     result.evaluated_on = "test" if "test" in reports else ("val" if "val" in reports else None)
@@ -287,8 +290,18 @@ def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
     start = "random weights" if result.random_weights else "pretrained"
     plot_curves(result.history, out / "curves.png", title=f"{result.arch} ({start}) on {len(classes)} classes",
                 best_epoch=result.best_epoch)
-    run.note(f"wrote {', '.join(RUN_FILES)} to {out}")
+    write_run_report(result, held_out, run.model, out)
+    run.note(f"wrote {', '.join(dict.fromkeys((*RUN_FILES, REPORT_FILE)))} to {out}")
     return result
+
+
+def _split_predictions(name: str, part: LabelledImages, preds: Predictions) -> SplitPredictions:
+    """``preds`` with the file of each row: those of ``part`` that decoded, in order."""
+    skipped = {s.path for s in preds.skipped}
+    paths = [p for p in part.paths if str(p) not in skipped]
+    if len(paths) != len(preds.targets):  # a file listed twice and skipped once: the report goes without names
+        paths = [Path(f"{name}-{i}") for i in range(len(preds.targets))]
+    return SplitPredictions(name, paths, preds.logits, preds.targets)
 
 
 def _mix_with_probe(run: TrainingRun, best: dict[str, Any]) -> None:
