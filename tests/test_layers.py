@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "cnnlab"
 #: Layers below the jobs: they may import each other (as drawn in docs/architecture.md) but no job.
 LOWER = ("cnnlab.models", "cnnlab.imagedata", "cnnlab.runtime", "cnnlab.render", "cnnlab.metrics")
-JOBS = ("cnnlab.bench", "cnnlab.train", "cnnlab.review", "cnnlab.collect", "cnnlab.prediction", "cnnlab.cli")
+JOBS = ("cnnlab.bench", "cnnlab.train", "cnnlab.review", "cnnlab.collect", "cnnlab.prediction", "cnnlab.serve", "cnnlab.cli")
 
 
 def _module_name(path: Path) -> str:

@@ -25,22 +25,26 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "bench": ["BenchConfig", "BenchResult", "MeasureOptions", "bench_models"],
-        "collect": ["CollectConfig", "CollectResult", "collect_images"],
+        "collect": ["CollectConfig", "CollectResult", "OutputFormat", "collect_images"],
         "models": ["LoadedModel", "ModelSpec", "get_spec", "list_models", "load_torch"],
         "options": ["ModelSource", "RuntimeOptions"],
         "prediction": ["PredictResult", "predict"],
         "review": ["ReviewConfig", "ReviewResult", "review_images"],
         "runtime": ["load_model"],
+        "serve": ["ServeConfig"],
+        "tracking": ["TrackedRun", "log_run_folder"],
         "train": ["TrainConfig", "TrainResult", "fine_tune", "find_lr"],
     },
 )
 
 if TYPE_CHECKING:
     from cnnlab.bench import BenchConfig, BenchResult, MeasureOptions, bench_models
-    from cnnlab.collect import CollectConfig, CollectResult, collect_images
+    from cnnlab.collect import CollectConfig, CollectResult, OutputFormat, collect_images
     from cnnlab.models import LoadedModel, ModelSpec, get_spec, list_models, load_torch
     from cnnlab.options import ModelSource, RuntimeOptions
     from cnnlab.prediction import PredictResult, predict
     from cnnlab.review import ReviewConfig, ReviewResult, review_images
     from cnnlab.runtime import load_model
+    from cnnlab.serve import ServeConfig
+    from cnnlab.tracking import TrackedRun, log_run_folder
     from cnnlab.train import TrainConfig, TrainResult, find_lr, fine_tune

@@ -14,6 +14,8 @@ from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, ModelSource, Quantization
 from cnnlab.progress import Progress
 
 if TYPE_CHECKING:
+    import torch
+
     from cnnlab.runtime.base import Runtime
 
 
@@ -116,8 +118,6 @@ def predict(
         WeightsIntegrityError: the model gives outputs that are not one row per image (an ONNX graph that
             ignores the batch dimension).
     """
-    import torch
-
     from cnnlab.runtime.inference import run_inference
     from cnnlab.runtime.loader import load_runtime
     from cnnlab.runtime.quantize import calibration_sample
@@ -158,7 +158,7 @@ def predict(
         result.leakage = report.to_dict()
     name = _model_name(model)
     onnx_file = Path(name) if name is not None and name.endswith(".onnx") else None
-    result.unknown_threshold = _unknown_threshold(unknown_threshold, checkpoint, progress, onnx_file)
+    result.unknown_threshold = resolve_unknown_threshold(unknown_threshold, checkpoint, progress, onnx_file)
     k = max(1, min(topk, loaded.spec.num_classes))
     categories = loaded.categories
     batch_size, workers = runtime.batch_size, runtime.workers
@@ -176,13 +176,21 @@ def predict(
                                progress=progress,
                                task="predict", description=f"predict {loaded.name}"):
         result.skipped.extend(batch.skipped)
-        values, indices = torch.softmax(batch.logits, dim=1).topk(k, dim=1)
+        values, indices = rank(batch.logits, k)
         for row, i in enumerate(batch.indices):
             top = tuple(ClassScore(int(c), categories[int(c)], float(p))
                         for c, p in zip(indices[row].tolist(), values[row].tolist()))
             unknown = result.unknown_threshold is not None and top[0].probability < result.unknown_threshold
             result.predictions.append(Prediction(str(paths[i]), top, unknown))
     return result
+
+
+def rank(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` most probable classes of each row of ``logits``: (probabilities, class indices), best first.
+    The one ranking of predict and serve, so that the two give the same answers."""
+    import torch
+
+    return torch.softmax(logits, dim=1).topk(k, dim=1)
 
 
 #: Fewer validation images than this make a calibrated unknown threshold a rough hint (said when it is used).
@@ -202,9 +210,10 @@ def _stored_unknown(checkpoint: Path | None, onnx_file: Path | None) -> object:
     return None
 
 
-def _unknown_threshold(value: float | str | None, checkpoint: Path | None, progress: Progress | None,
-                       onnx_file: Path | None = None) -> float | None:
-    """The threshold to apply: a number in [0, 1] as given, or (``"auto"``) the checkpoint's calibrated one."""
+def resolve_unknown_threshold(value: float | str | None, checkpoint: Path | None, progress: Progress | None,
+                              onnx_file: Path | None = None) -> float | None:
+    """The threshold to apply: a number in [0, 1] as given, or (``"auto"``) the calibrated one stored in the
+    checkpoint or the ``.onnx`` file's sidecar (``serve`` resolves it as ``predict`` does)."""
     if value is None:
         return None
     if isinstance(value, str):

@@ -10,6 +10,7 @@ from cnnlab.cli import labels as _labels
 from cnnlab.cli import models as _models
 from cnnlab.cli import predict as _predict
 from cnnlab.cli import review as _review
+from cnnlab.cli import serve as _serve
 from cnnlab.cli import split as _split
 from cnnlab.cli import train as _train
 from cnnlab.cli import weights as _weights

@@ -17,7 +17,7 @@ import cnnlab
 
 #: Commands in the order of the workflow, as `cnnlab --help` lists them.
 WORKFLOW_ORDER = ("demo", "collect", "split", "review", "labels", "models", "weights", "bench", "train", "predict",
-                  "export")
+                  "export", "serve")
 
 
 class _WorkflowGroup(TyperGroup):

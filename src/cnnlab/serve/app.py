@@ -1,0 +1,551 @@
+"""The web side of ``cnnlab serve``: LitServe's server with cnnlab's own routes, limits, metrics and log.
+
+LitServe brings the model processes, the queue between them and the web process, and dynamic batching.
+Its own request route is not used: LitServe parses a body without limits and hands decode failures to a
+whole batch, so ``POST /v1/predict`` is a route of ours on LitServe's FastAPI app that reads the body
+within the limits, answers malformed and oversized requests itself (400, 408, 413, 415, 503 with
+Retry-After), and submits the images' bytes through LitServe's request handler. LitServe's page at ``/``
+is replaced by cnnlab's (``page.html``), and its ``/health`` and ``/info`` by ``/healthz``, ``/readyz``
+and ``/v1/model``. One web process (all counters in one place); ``workers`` model processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import datetime
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from importlib import resources
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import litserve as ls
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.requests import ClientDisconnect
+
+from cnnlab.errors import CnnlabError, UsageError
+from cnnlab.serve.api import API_PATH, DESCRIBE, ClassifierAPI, describe_stderr, report_setup_error
+from cnnlab.serve.config import ServeConfig
+from cnnlab.serve.metrics import ServeMetrics
+
+#: HTTP status of an image that could not be used, by its reason (:data:`cnnlab.imagedata.decode.REASONS`).
+STATUS_OF_REASON = {"not-an-image": 415, "too-large": 413, "decompression-bomb": 413}
+#: Seconds a client is asked to wait before trying again when the server is full.
+RETRY_AFTER_S = 1
+#: Paths that the metrics and the access log name as they are (others: "other", so labels stay few).
+KNOWN_PATHS = ("/", "/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+#: Content types of one raw image as the whole body (``curl --data-binary @photo.jpg``).
+RAW_TYPES = ("application/octet-stream",)
+
+ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+                   Awaitable[None]]
+
+
+class RequestRefused(Exception):
+    """A request answered with an error status: ``status``, a short ``reason`` and a sentence."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def error_response(status: int, reason: str, message: str) -> JSONResponse:
+    """The JSON body every error has: ``{"error": reason, "detail": message, "status": status}``."""
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (503, 429) else None
+    return JSONResponse({"error": reason, "detail": message, "status": status}, status_code=status, headers=headers)
+
+
+class ServerState:
+    """What the web process knows: the model's description (asked of a model process at start), the
+    requests and bytes in flight, the counters."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.metrics = ServeMetrics()
+        self.description: dict[str, Any] | None = None
+        self.pending = 0
+        self.buffered = 0
+        self.lock = threading.Lock()
+        self.started = time.time()
+
+    def reserve(self, size: int) -> bool:
+        """Hold ``size`` more bytes of request bodies, if the budget allows."""
+        with self.lock:
+            if self.buffered + size > self.config.max_buffered_bytes:
+                return False
+            self.buffered += size
+            return True
+
+    def release(self, size: int) -> None:
+        with self.lock:
+            self.buffered -= size
+
+
+async def read_body(request: Request, state: ServerState) -> bytes:
+    """The request body within the size limit, the buffer budget and the time limit (refused otherwise)."""
+    config = state.config
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise RequestRefused(400, "bad-request", "the Content-Length header is not a number") from None
+        if size > config.max_request_bytes:
+            raise RequestRefused(413, "request-too-large",
+                                 f"the request body has {size:,} bytes; the limit is {config.max_request_bytes:,}")
+    chunks: list[bytes] = []
+    held = 0
+
+    async def collect() -> None:
+        nonlocal held
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            if held + len(chunk) > config.max_request_bytes:
+                raise RequestRefused(413, "request-too-large",
+                                     f"the request body has more than the limit of {config.max_request_bytes:,} bytes")
+            if not state.reserve(len(chunk)):
+                raise RequestRefused(503, "overloaded", "the server holds as many request bytes as it may; try again")
+            held += len(chunk)
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(collect(), timeout=config.body_timeout_s)
+    except TimeoutError:
+        state.release(held)
+        raise RequestRefused(408, "body-timeout", f"the request body did not arrive within {config.body_timeout_s:g} s") \
+            from None
+    except BaseException:
+        state.release(held)
+        raise
+    request.scope.setdefault("cnnlab", {})["held"] = held
+    return b"".join(chunks)
+
+
+def _base64_image(item: Any, position: int) -> tuple[str, bytes]:
+    """One JSON image: a base64 string (or ``data:`` URL), or ``{"name": ..., "data": base64}``."""
+    name = f"image-{position}"
+    if isinstance(item, dict):
+        name = str(item.get("name") or name)[:200]
+        item = item.get("data")
+    if not isinstance(item, str):
+        raise RequestRefused(400, "bad-request", f"images[{position}] must be a base64 string or "
+                                                 '{"name": ..., "data": base64}')
+    if item.startswith("data:"):
+        item = item.partition(",")[2]
+    try:
+        return name, base64.b64decode(item, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestRefused(400, "bad-base64", f"images[{position}] is not valid base64") from None
+
+
+async def parse_images(request: Request, body: bytes, content_type: str, state: ServerState) -> list[tuple[str, bytes]]:
+    """The (name, bytes) of every image of a request: multipart files, JSON with base64, or a raw image body."""
+    config = state.config
+    if content_type == "multipart/form-data":
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=config.max_images, max_fields=config.max_images)
+        except HTTPException as exc:  # starlette's multipart errors: too many files, malformed parts
+            raise RequestRefused(400, "bad-multipart", str(exc.detail)) from None
+        images: list[tuple[str, bytes]] = []
+        for _, value in form.multi_items():
+            if hasattr(value, "read"):
+                images.append((str(getattr(value, "filename", "") or f"image-{len(images)}")[:200], await value.read()))
+        await form.close()
+        return images
+    if content_type == "application/json":
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise RequestRefused(400, "bad-json", "the request body is not valid JSON") from None
+        items = document.get("images") if isinstance(document, dict) else None
+        if isinstance(document, dict) and items is None and "image" in document:
+            items = [document["image"]]
+        if not isinstance(items, list):
+            raise RequestRefused(400, "bad-request", 'a JSON request is {"images": [base64, ...]}')
+        if len(items) > config.max_images:
+            raise RequestRefused(413, "too-many-images", f"{len(items)} images; the limit is {config.max_images}")
+        return [_base64_image(item, i) for i, item in enumerate(items)]
+    return [("image-0", body)]  # image/* or application/octet-stream: the body is the image
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _status_of(results: list[dict[str, Any]]) -> tuple[int, str, str]:
+    """Status, reason and message of a request none of whose images could be used."""
+    first = results[0]
+    reason = str(first.get("error", "unreadable"))
+    return STATUS_OF_REASON.get(reason, 422), reason, f"{reason}: {first.get('detail') or 'the image cannot be used'}"
+
+
+def make_predict_route(server: ls.LitServer, api: ClassifierAPI, state: ServerState
+                       ) -> Callable[[Request], Awaitable[Response]]:
+    """``POST /v1/predict``: checks, then the images' bytes through LitServe's queue to a model process."""
+    from litserve.server import RegularRequestHandler
+
+    handler = RegularRequestHandler(api, server)
+    config = state.config
+    accepted = ("multipart/form-data", "application/json", *RAW_TYPES)
+
+    async def predict(request: Request) -> Response:
+        started = time.perf_counter()
+        extra = request.scope.setdefault("cnnlab", {})
+        if state.pending >= config.max_pending:
+            state.metrics.error("overloaded")
+            return error_response(503, "overloaded", f"{state.pending} requests are waiting; try again shortly")
+        state.pending += 1
+        state.metrics.in_flight = state.pending
+        try:
+            content_type = _content_type(request)
+            if content_type not in accepted and not content_type.startswith("image/"):
+                raise RequestRefused(415, "unsupported-media-type",
+                                     f"content type {content_type or '(none)'!r}: send multipart/form-data files, "
+                                     "JSON with base64 images, or one image as the body")
+            body = await read_body(request, state)
+            try:
+                images = await parse_images(request, body, content_type, state)
+            finally:
+                del body
+            if not images:
+                raise RequestRefused(400, "no-images", "the request holds no image")
+            if len(images) > config.max_images:
+                raise RequestRefused(413, "too-many-images", f"{len(images)} images; the limit is {config.max_images}")
+            for name, data in images:
+                if len(data) > config.max_image_bytes:
+                    raise RequestRefused(413, "too-large", f"{name}: {len(data):,} bytes exceeds the limit of "
+                                                           f"{config.max_image_bytes:,}")
+            extra["images"] = len(images)
+            topk = _requested_topk(request, config.topk)
+            decoded_at = time.perf_counter()
+            try:
+                answer = await handler.handle_request({"images": [data for _, data in images]}, dict)
+            except HTTPException as exc:
+                status = exc.status_code
+                reason = "timeout" if status == 504 else "model-error" if status >= 500 else "refused"
+                raise RequestRefused(status, reason, str(exc.detail)) from None
+            names = [name for name, _ in images]
+            del images
+            return _answer(answer, names, topk, state, started, decoded_at, extra)
+        except RequestRefused as exc:
+            state.metrics.error(exc.reason)
+            extra["reason"] = exc.reason
+            return error_response(exc.status, exc.reason, exc.message)
+        except ClientDisconnect:  # the client went away mid-body: nobody to answer
+            state.metrics.error("client-disconnected")
+            extra["reason"] = "client-disconnected"
+            return error_response(400, "client-disconnected", "the client closed the connection before its body was read")
+        finally:
+            state.release(extra.pop("held", 0))
+            state.pending -= 1
+            state.metrics.in_flight = state.pending
+
+    return predict
+
+
+def _requested_topk(request: Request, most: int) -> int:
+    value = request.query_params.get("topk")
+    if value is None:
+        return most
+    try:
+        k = int(value)
+    except ValueError:
+        raise RequestRefused(400, "bad-request", f"topk must be a whole number, not {value!r}") from None
+    if not 1 <= k <= most:
+        raise RequestRefused(400, "bad-request", f"topk must be from 1 to {most} (the server's topk)")
+    return k
+
+
+def _answer(answer: dict[str, Any], names: list[str], topk: int, state: ServerState, started: float,
+            submitted: float, extra: dict[str, Any]) -> Response:
+    """The JSON answer: one prediction per usable image, one skipped record per other image, timing."""
+    results = answer["results"]
+    batch = answer["batch"]
+    state.metrics.batch(batch["id"], batch["images"], batch["requests"], batch["model_ms"])
+    predictions, skipped = [], []
+    for name, result in zip(names, results):
+        if "error" in result:
+            skipped.append({"name": name, "reason": result["error"], "detail": result.get("detail", "")})
+        else:
+            predictions.append({"name": name, "top": result["top"][:topk], "unknown": result["unknown"]})
+    for record in skipped:
+        state.metrics.error(record["reason"])
+    state.metrics.predicted(len(predictions))
+    if not predictions:
+        status, reason, message = _status_of(results)
+        extra["reason"] = reason
+        response = error_response(status, reason, message)
+        return response
+    now = time.perf_counter()
+    body = {"model": answer["model"], "backend": answer["backend"], "predictions": predictions, "skipped": skipped,
+            "timing": {"total_ms": round((now - started) * 1000, 3), "read_ms": round((submitted - started) * 1000, 3),
+                       "model_ms": batch["model_ms"], "batch_images": batch["images"],
+                       "batch_requests": batch["requests"]}}
+    return JSONResponse(body)
+
+
+class AccessLog:
+    """ASGI middleware: one JSON line per request on ``stream`` and the request counters and latency."""
+
+    def __init__(self, app: ASGIApp, state: ServerState, stream: Any = None) -> None:
+        self.app = app
+        self.state = state
+        self.stream = stream or sys.stdout
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        sent = 0
+
+        async def watch(message: Any) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            seconds = time.perf_counter() - started
+            path = scope.get("path", "")
+            label = path if path in KNOWN_PATHS else "other"
+            method = str(scope.get("method", ""))
+            self.state.metrics.request(label, method, status, seconds)
+            extra = scope.get("cnnlab", {})
+            headers = dict(scope.get("headers") or [])
+            client = scope.get("client")
+            record = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+                      "client": client[0] if client else None, "method": method, "path": path[:200],
+                      "status": status, "duration_ms": round(seconds * 1000, 3), "bytes_sent": sent,
+                      "content_length": _int(headers.get(b"content-length")),
+                      **{k: v for k, v in extra.items() if k in ("images", "reason")}}
+            try:
+                self.stream.write(json.dumps(record) + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # a closed stdout must not take the server down
+                pass
+
+
+def _int(value: bytes | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def page_html() -> str:
+    """The self-contained web page served at ``/``."""
+    return resources.files("cnnlab.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+
+def _workers_ready(server: ls.LitServer) -> bool:
+    status = getattr(server, "workers_setup_status", None)
+    if not status:
+        return False
+    try:
+        values = list(status.values())
+    except Exception:  # noqa: BLE001 - the manager is gone: shutting down
+        return False
+    return bool(values) and all(str(getattr(v, "value", v)) == "ready" for v in values)
+
+
+def add_routes(server: ls.LitServer, api: ClassifierAPI, state: ServerState) -> None:
+    """Replace LitServe's ``/``, ``/health``, ``/info`` and request route with cnnlab's routes."""
+    import cnnlab
+
+    app: FastAPI = server.app
+    drop = {"/", "/health", "/info", API_PATH}
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in drop]
+    app.title = "cnnlab serve"
+    app.version = cnnlab.__version__
+    app.description = "Image classification with dynamic batching: POST images to /v1/predict."
+    app.add_api_route(API_PATH, make_predict_route(server, api, state), methods=["POST"],
+                      summary="Classify one or many images", openapi_extra=_PREDICT_OPENAPI,
+                      response_class=JSONResponse)
+
+    async def model() -> Response:
+        if state.description is None:
+            return error_response(503, "starting", "the model is still loading")
+        return JSONResponse({**state.description, "server": state.config.to_dict(),
+                             "version": {"cnnlab": cnnlab.__version__, "litserve": ls.__version__}})
+
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok", "uptime_s": round(time.time() - state.started, 3)})
+
+    async def readyz() -> Response:
+        if state.description is None or not _workers_ready(server):
+            return error_response(503, "starting", "the model processes are not ready yet")
+        return JSONResponse({"status": "ready", "model": state.description["model"]})
+
+    async def metrics() -> Response:
+        return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    page = page_html()
+
+    async def index() -> Response:
+        return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                           "style-src 'unsafe-inline'; script-src 'unsafe-inline'"})
+
+    app.add_api_route("/v1/model", model, methods=["GET"], summary="The model: classes, preprocessing, backend")
+    app.add_api_route("/healthz", healthz, methods=["GET"], summary="Liveness: the web process answers")
+    app.add_api_route("/readyz", readyz, methods=["GET"], summary="Readiness: the model answers requests")
+    app.add_api_route("/metrics", metrics, methods=["GET"], summary="Prometheus metrics")
+    app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
+    _describe_at_start(server, api, state)
+
+
+_PREDICT_OPENAPI: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+        "application/json": {"schema": {"type": "object", "properties": {
+            "images": {"type": "array", "items": {"type": "string", "format": "byte"}}}}},
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+    }},
+    "parameters": [{"name": "topk", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1}}],
+}
+
+
+def _describe_at_start(server: ls.LitServer, api: ClassifierAPI, state: ServerState) -> None:
+    """At the web process's start, ask a model process for the model's description (then ``/readyz`` is 200)."""
+    from litserve.server import RegularRequestHandler
+
+    original = server.app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with original(app):
+            task = asyncio.get_running_loop().create_task(ask())
+            try:
+                yield
+            finally:
+                task.cancel()
+
+    async def ask() -> None:
+        handler = RegularRequestHandler(api, server)
+        while state.description is None:
+            try:
+                answer = await handler.handle_request({DESCRIBE: True}, dict)
+                state.description = answer[DESCRIBE]
+            except Exception:  # noqa: BLE001 - a model process still starting: ask again
+                await asyncio.sleep(0.2)
+        info = state.description
+        backend = info["runtime"].get("backend", "?")
+        describe_stderr(f"cnnlab serve: ready at {state.config.url}/ ({info['model']}, {backend}, "
+                        f"{info['num_classes']} classes)")
+
+    server.app.router.lifespan_context = lifespan
+
+
+class CnnlabLitServer(ls.LitServer):
+    """LitServe's server, with a shutdown that lets the web process finish the requests in flight first."""
+
+    def _perform_graceful_shutdown(self, manager: Any, uvicorn_workers: Any, shutdown_reason: str = "normal") -> None:
+        for worker in list(uvicorn_workers.values()):
+            if isinstance(worker, BaseProcess) and worker.is_alive():
+                worker.terminate()  # uvicorn stops accepting, answers what it holds, then exits
+                worker.join(timeout=self.uvicorn_graceful_timeout)
+                if worker.is_alive():
+                    worker.kill()
+        super()._perform_graceful_shutdown(manager, {}, shutdown_reason)
+
+
+def _accelerator(device: str) -> tuple[str, Any]:
+    """LitServe's accelerator and devices for a cnnlab device string."""
+    if device == "cpu":
+        return "cpu", "auto"
+    if device.startswith("cuda"):
+        index = device.partition(":")[2]
+        return "cuda", [int(index)] if index else 1
+    return "auto", "auto"
+
+
+def build_server(config: ServeConfig, error_file: Path | None = None, *, log: Any = None) -> tuple[CnnlabLitServer, ServerState]:
+    """The server for ``config``, not started (:func:`run` starts it)."""
+    state = ServerState(config)
+    api = ClassifierAPI(config, str(error_file) if error_file else None)
+    accelerator, devices = _accelerator(config.runtime.device)
+    server = CnnlabLitServer(api, accelerator=accelerator, devices=devices, workers_per_device=config.workers,
+                             timeout=config.request_timeout_s, middlewares=[(AccessLog, {"state": state, "stream": log})])
+    server.uvicorn_graceful_timeout = 20
+    add_routes(server, api, state)
+    return server, state
+
+
+def run(config: ServeConfig) -> None:
+    """Serve ``config.model`` until interrupted (Ctrl+C) or terminated (SIGTERM: requests in flight are answered).
+
+    The access log goes to stdout as JSON lines; the start and ready lines to stderr.
+
+    Raises:
+        CnnlabError: the model cannot be loaded (as predict would say), or the port is taken.
+    """
+    from cnnlab.runtime.threads import passive_openmp
+
+    passive_openmp()  # the model processes inherit it before they import torch
+    with tempfile.TemporaryDirectory(prefix="cnnlab-serve-") as tmp:
+        error_file = Path(tmp) / "setup-error.txt"
+        server, _ = build_server(config, error_file)
+        previous = signal.getsignal(signal.SIGTERM)
+        main_pid = os.getpid()
+
+        def terminate(signum: int, frame: Any) -> None:
+            if os.getpid() != main_pid:  # a process forked from this one (LitServe's queue manager): just end
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            raise KeyboardInterrupt  # LitServe's graceful shutdown path
+
+        signal.signal(signal.SIGTERM, terminate)
+        describe_stderr(f"cnnlab serve: loading {config.model.name} ({config.workers} model process"
+                        f"{'es' if config.workers > 1 else ''}, batches of up to {config.max_batch_size})")
+        try:
+            server.run(host=config.host, port=config.port, num_api_servers=1, log_level="warning",
+                       generate_client_file=False, access_log=False,
+                       limit_concurrency=4 * config.max_pending + 1024, timeout_keep_alive=5)
+        except RuntimeError as exc:
+            failed = report_setup_error(error_file)
+            if failed is not None:
+                raise _rebuilt(*failed) from None
+            raise CnnlabError(f"the server could not start: {exc}") from None
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _rebuilt(kind: str, message: str) -> CnnlabError:
+    """The model process's error as the same cnnlab error class (so the CLI exits with its code)."""
+    from cnnlab import errors
+
+    cls = getattr(errors, kind, None)
+    if isinstance(cls, type) and issubclass(cls, CnnlabError):
+        with contextlib.suppress(TypeError):
+            return cls(message)
+    return CnnlabError(message)
+
+
