@@ -126,3 +126,33 @@ def test_collect_table_wide_adds_the_found_column(web: FakeWeb, tmp_path: Path) 
     assert wide.exit_code == 0, wide.output
     header = next(line for line in wide.stdout.splitlines() if "class" in line and "found" in line)
     assert "duplicates" in header and "failed" in header  # one unwrapped line, however narrow the terminal
+
+
+def test_collect_into_webdataset_shards(web: FakeWeb, tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    result = runner.invoke(app, ["collect", "--classes", "cat,dog", "--per-class", "5", "--engine-url", web.base,
+                                 "--out", str(out), "--format", "webdataset", "--shard-size", "4", "--json", "-q", *NET])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["format"] == "webdataset"
+    assert [Path(p).name for p in payload["shards"]] == ["00000.tar", "00001.tar", "00002.tar"]
+    assert json.loads((out / "shards" / "classes.json").read_text()) == ["cat", "dog"]
+    assert not (out / "cat").exists()
+    table = runner.invoke(app, ["collect", "-c", "cat", "-n", "6", "--engine-url", web.base, "-o", str(out),
+                                "--format", "webdataset", "-q", *NET])
+    assert table.exit_code == 0, table.output
+    assert "webdataset shards: 1 completed by this run" in table.stdout
+
+
+def test_collect_shard_options_are_checked(web: FakeWeb, tmp_path: Path) -> None:
+    bad = runner.invoke(app, ["collect", "-c", "cat", "-o", str(tmp_path / "a"), "--format", "zip"])
+    assert bad.exit_code == 2 and "zip" in bad.output
+    zero = runner.invoke(app, ["collect", "-c", "cat", "-o", str(tmp_path / "a"), "--format", "parquet",
+                               "--shard-size", "0"])
+    assert zero.exit_code == 2
+    review = runner.invoke(app, ["collect", "-c", "cat", "-o", str(tmp_path / "b"), "--format", "parquet", "--review",
+                                 "--engine-url", web.base, *NET])
+    assert review.exit_code == 2 and "review" in review.output
+    assert not (tmp_path / "b").exists()  # refused before the crawl
+    help_text = runner.invoke(app, ["collect", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "files|webdataset|parquet" in help_text and "--shard-size" in help_text

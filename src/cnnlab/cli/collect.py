@@ -17,9 +17,11 @@ from cnnlab.collect.config import (
     DEFAULT_MIN_SIZE,
     DEFAULT_NEAR_DUP_THRESHOLD,
     DEFAULT_PER_CLASS,
+    DEFAULT_SHARD_SIZE,
     DEFAULT_THREADS,
     MAX_WAIT,
     FetchConfig,
+    OutputFormat,
 )
 from cnnlab.imagedata.preprocess import DEFAULT_MAX_PIXELS
 from cnnlab.options import EngineName
@@ -89,6 +91,8 @@ def collect_command(
     allow_private_hosts: Annotated[bool, typer.Option("--allow-private-hosts", help="Also connect to private, loopback and link-local addresses (refused by default: SSRF protection). Only for hosts you own.")] = False,
     flickr_key: Annotated[Optional[str], typer.Option("--flickr-key", envvar="FLICKR_API_KEY", metavar="KEY", help="Flickr API key.")] = None,
     engine_url: Annotated[Optional[str], typer.Option("--engine-url", metavar="URL", help="Base URL of the engine (a mirror or a local test server).")] = None,
+    format_: Annotated[OutputFormat, typer.Option("--format", case_sensitive=False, help="How the set is stored: files (PATH/<class>/...) or shards in PATH/shards/ (webdataset tar, parquet).")] = OutputFormat.FILES,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, metavar="N", help=f"Images per shard with --format webdataset|parquet (default {DEFAULT_SHARD_SIZE}).")] = DEFAULT_SHARD_SIZE,
     review: Annotated[bool, typer.Option("--review", help="Then run `cnnlab review` on the set (outputs in PATH/.cnnlab/review/).")] = False,
     as_json: Json = False,
     wide: Wide = False,
@@ -119,7 +123,14 @@ def collect_command(
         fetch=FetchConfig(timeout=timeout, retries=retries, max_bytes=max_bytes, per_host=per_host,
                           host_delay=host_delay, allow_private_hosts=allow_private_hosts),
         retry_failed=retry_failed,
+        format=format_,
+        shard_size=shard_size,
     )
+    if review and config.format is not OutputFormat.FILES:
+        from cnnlab.errors import UsageError
+
+        raise UsageError(f"--review reads class folders; with --format {config.format.value}, review the shards "
+                         f"after the crawl: cnnlab review {out_dir / 'shards'}")
     if review:  # a missing extra is said before the crawl (which can take hours), not after it
         from cnnlab.review.job import require_review_extra
 
@@ -141,6 +152,9 @@ def collect_command(
                   f"({result.bytes_downloaded / 1e6:.1f} MB) in {result.elapsed:.1f} s; manifest: {result.manifest}"),
         markup=False,
     )
+    if result.format != OutputFormat.FILES.value:
+        out.print(printable(f"{result.format} shards: {len(result.shards)} completed by this run in "
+                            f"{result.out / 'shards'}"), markup=False)
     if reviewed is not None:
         counts = ", ".join(f"{kind} {n}" for kind, n in reviewed["counts"].items())
         out.print(f"review: {counts}; gallery: {reviewed['files']['html']} "

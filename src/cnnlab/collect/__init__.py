@@ -10,7 +10,8 @@ Pieces, each usable alone:
   redirects, robots.txt, ``X-Robots-Tag``, per-host politeness);
 * :mod:`~cnnlab.collect.verify`: full decode, sha256, perceptual hash (from :mod:`cnnlab.imagedata.hashes`);
 * :mod:`~cnnlab.collect.dedup`: exact and near-duplicate indexes;
-* :mod:`~cnnlab.collect.manifest`: the append-only ``manifest.jsonl``.
+* :mod:`~cnnlab.collect.manifest`: the append-only ``manifest.jsonl``;
+* :mod:`~cnnlab.collect.shards`: WebDataset and Parquet shards, written only when complete.
 
 ``icrawler``, ``ddgs`` and ``protego`` come with the ``cnnlab[collect]`` extra and are
 imported only when used.
@@ -27,7 +28,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "base": ["USER_AGENT", "Candidate", "CollectError", "Engine", "PageFetchError", "SearchHit"],
-        "config": ["CollectConfig", "FetchConfig"],
+        "config": ["CollectConfig", "FetchConfig", "OutputFormat"],
         "download": ["Downloader", "FetchResult"],
         "engines": ["ENGINES", "make_engine"],
         "manifest": ["MANIFEST_NAME", "read_manifest"],
@@ -38,7 +39,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
 
 if TYPE_CHECKING:
     from cnnlab.collect.base import USER_AGENT, Candidate, CollectError, Engine, PageFetchError, SearchHit
-    from cnnlab.collect.config import CollectConfig, FetchConfig
+    from cnnlab.collect.config import CollectConfig, FetchConfig, OutputFormat
     from cnnlab.collect.download import Downloader, FetchResult
     from cnnlab.collect.engines import ENGINES, make_engine
     from cnnlab.collect.job import ClassSummary, CollectResult, collect_images, run

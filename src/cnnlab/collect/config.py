@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
@@ -30,10 +31,22 @@ DEFAULT_MAX_ASPECT_RATIO: Final[float] = 10.0
 #: Longest wait any time setting of :class:`FetchConfig` may ask for, in seconds (an hour): past it a
 #: download is not slow but stuck, and timers and socket timeouts overflow (``inf``, ``1e10``).
 MAX_WAIT: Final[float] = 3600.0
+#: Images per shard when the set is written as shards (``webdataset`` or ``parquet``).
+DEFAULT_SHARD_SIZE: Final[int] = 1000
+
+
+class OutputFormat(StrEnum):
+    """How a collected set is stored: loose files per class, or shards (see :mod:`cnnlab.collect.shards`)."""
+
+    FILES = "files"
+    WEBDATASET = "webdataset"
+    PARQUET = "parquet"
+
 
 __all__ = [
     "DEFAULT_MAX_ASPECT_RATIO", "DEFAULT_MAX_HITS_PER_QUERY", "DEFAULT_MIN_SIZE", "DEFAULT_NEAR_DUP_THRESHOLD",
-    "DEFAULT_PER_CLASS", "DEFAULT_THREADS", "MAX_WAIT", "CollectConfig", "FetchConfig",
+    "DEFAULT_PER_CLASS", "DEFAULT_SHARD_SIZE", "DEFAULT_THREADS", "MAX_WAIT", "CollectConfig", "FetchConfig",
+    "OutputFormat",
 ]
 
 
@@ -110,7 +123,8 @@ class CollectConfig:
     """
 
     out: Path
-    """Dataset folder: ``out/<class>/<sha256[:16]>.<ext>`` plus ``out/manifest.jsonl`` (made if missing)."""
+    """Dataset folder: ``out/<class>/<sha256[:16]>.<ext>`` plus ``out/manifest.jsonl`` (made if missing);
+    with a shard ``format``, ``out/shards/`` instead of the class folders."""
     classes: Sequence[str] = ()
     """Class names. With a search engine, what to search for; with ``urls``/``from_folder``, the
     classes read (default: all of them)."""
@@ -149,6 +163,10 @@ class CollectConfig:
     """Fetch again URLs whose earlier attempt ``failed`` (network or server errors)."""
     max_hits_per_query: int = DEFAULT_MAX_HITS_PER_QUERY
     """Stop asking an engine for more after this many hits per query."""
+    format: OutputFormat = OutputFormat.FILES
+    """``files`` (class folders), or shards: ``webdataset`` (tar) or ``parquet``, in ``out/shards/``."""
+    shard_size: int = DEFAULT_SHARD_SIZE
+    """Images per shard (every shard but the last of a run holds exactly this many)."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -185,6 +203,8 @@ class CollectConfig:
         _check_whole("max pixels", self.max_pixels, 1)
         _check_whole("near-duplicate threshold", self.near_dup_threshold, -1)
         _check_whole("max hits per query", self.max_hits_per_query, 1)
+        _check_whole("shard size", self.shard_size, 1)
+        set_(self, "format", parse_choice(OutputFormat, self.format, "format"))
         if self.per_class is not None:
             _check_whole("per class", self.per_class, 0)
         ratio = self.max_aspect_ratio

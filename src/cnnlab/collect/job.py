@@ -2,7 +2,8 @@
 
 Workers fetch, verify and write each image to ``OUT/.partial/``; the calling thread decides
 duplicates one candidate at a time, appends the manifest line, then renames the file into
-``OUT/<class>/`` (see :mod:`cnnlab.collect.resume` for why that order makes runs resumable).
+``OUT/<class>/`` (see :mod:`cnnlab.collect.resume` for why that order makes runs resumable), or,
+for a set written as shards, into the journal and the shard being written (:mod:`cnnlab.collect.shards`).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.collect.base import Candidate, CollectError, Engine, PageFetchError
-from cnnlab.collect.config import CollectConfig
+from cnnlab.collect.config import CollectConfig, OutputFormat
 from cnnlab.collect.dedup import DedupIndex, KeptImage
 from cnnlab.collect.download import Downloader, FetchResult, read_local_file
 from cnnlab.collect.engines import make_engine
 from cnnlab.collect.manifest import MANIFEST_NAME, FolderLock, Manifest, make_record
 from cnnlab.collect.resume import PARTIAL_DIR, ResumeState, clean_partial, restore
+from cnnlab.collect.shards import ShardStore, check_same_format, require_writer
 from cnnlab.collect.sources import default_query, folder_candidates, group_by_label, load_url_list
 from cnnlab.collect.verify import VerifiedImage, verify_image
 from cnnlab.errors import ImageDecodeError, OutputError
@@ -76,6 +78,10 @@ class CollectResult:
     """Candidates fetched or read by this run."""
     bytes_downloaded: int = 0
     notes: list[str] = field(default_factory=list)
+    format: str = OutputFormat.FILES.value
+    """How the set is stored: ``files``, ``webdataset`` or ``parquet``."""
+    shards: list[Path] = field(default_factory=list)
+    """The shards this run completed (none for ``files``)."""
 
     @property
     def complete(self) -> bool:
@@ -93,6 +99,8 @@ class CollectResult:
             "bytes_downloaded": self.bytes_downloaded,
             "classes": [c.to_dict() for c in self.classes],
             "notes": list(self.notes),
+            "format": self.format,
+            "shards": [str(p) for p in self.shards],
         }
 
 
@@ -130,6 +138,7 @@ def run(config: CollectConfig, *, progress: Progress | None = None) -> CollectRe
     elif config.filters and engine_obj is None:
         raise CollectError(f"filters ({', '.join(config.filters)}) apply to search engines, not to {config.engine_name}")
 
+    require_writer(config.format)
     if out.exists() and not out.is_dir():
         raise CollectError(f"output folder {out} is a file; give a folder for the dataset (it is made if missing)")
     try:
@@ -139,45 +148,37 @@ def run(config: CollectConfig, *, progress: Progress | None = None) -> CollectRe
     near_dup_threshold = config.near_dup_threshold
     with _disk_errors(out), FolderLock(out), Manifest(out / MANIFEST_NAME) as manifest, Downloader(fetch) as downloader:
         records = manifest.open()
+        check_same_format(out, records, config.format)
+        store = None
+        if config.format is not OutputFormat.FILES:
+            store = ShardStore(out, config.format, config.shard_size, manifest)
+            store.open(list(plan))
         dedup = DedupIndex(near_dup_threshold if near_dup_threshold >= 0 else 0)
-        state = restore(out, records, manifest, dedup, config.retry_failed)
-        job = _Run(
-            out=out,
-            manifest=manifest,
-            downloader=downloader,
-            dedup=dedup,
-            near_enabled=near_dup_threshold >= 0,
-            state=state,
-            min_size=config.min_size,
-            max_pixels=config.max_pixels,
-            max_aspect_ratio=config.max_aspect_ratio,
-            max_bytes=fetch.max_bytes,
-            threads=config.threads,
-            progress=progress,
-        )
         result_notes: list[str] = []
-        for cls_label, (wanted, source) in plan.items():
-            have = state.ok[cls_label]
-            progress.start(cls_label, cls_label, total=wanted, completed=min(have, wanted))
-            notes: list[str] = []
-            if have < wanted:
-                if engine_obj is not None:
-                    cls_queries = list(config.queries.get(cls_label) or [default_query(cls_label)])
-                    stream = _engine_candidates(
-                        engine_obj, cls_label, cls_queries, config.filters, downloader, config.max_hits_per_query, notes
-                    )
-                else:
-                    stream = iter(source)
-                job.fill(cls_label, wanted, stream)
-            for note in notes:
-                progress.note(note, warning=True)
-            summary = _summarise(cls_label, wanted, manifest.path, job.new[cls_label], notes)
-            if not summary.met:
-                short = f"{cls_label}: {summary.ok} of {wanted} images"
-                summary.notes.append(f"{short} (candidates ran out; see the manifest for why the others were refused)")
-            progress.finish(cls_label, _summary_line(summary))
-            result_notes.extend(summary.notes)
-            job.summaries.append(summary)
+        try:
+            state = restore(out, records, manifest, dedup, config.retry_failed, store)
+            job = _Run(
+                out=out,
+                manifest=manifest,
+                downloader=downloader,
+                dedup=dedup,
+                near_enabled=near_dup_threshold >= 0,
+                state=state,
+                min_size=config.min_size,
+                max_pixels=config.max_pixels,
+                max_aspect_ratio=config.max_aspect_ratio,
+                max_bytes=fetch.max_bytes,
+                threads=config.threads,
+                progress=progress,
+                store=store,
+            )
+            _fill_classes(job, plan, engine_obj, config, result_notes)
+        except BaseException:
+            if store is not None:
+                store.abandon()  # its images stay in the journal: the next run completes the shard
+            raise
+        if store is not None:
+            store.finish()
         clean_partial(out)
     return CollectResult(
         out=out,
@@ -188,11 +189,48 @@ def run(config: CollectConfig, *, progress: Progress | None = None) -> CollectRe
         fetched=job.fetched,
         bytes_downloaded=job.bytes,
         notes=result_notes,
+        format=config.format.value,
+        shards=list(store.sealed_this_run) if store is not None else [],
     )
 
 
 #: The public name of :func:`run`: ``cnnlab.collect_images(config)``.
 collect_images = run
+
+
+def _fill_classes(
+    job: _Run,
+    plan: dict[str, tuple[int, list[Candidate]]],
+    engine_obj: Engine | None,
+    config: CollectConfig,
+    result_notes: list[str],
+) -> None:
+    """Every class of the plan in turn, filled up to its target; a summary per class."""
+    progress, state, manifest, downloader = job.progress, job.state, job.manifest, job.downloader
+    for cls_label, (wanted, source) in plan.items():
+        have = state.ok[cls_label]
+        progress.start(cls_label, cls_label, total=wanted, completed=min(have, wanted))
+        notes: list[str] = []
+        if have < wanted:
+            if engine_obj is not None:
+                cls_queries = list(config.queries.get(cls_label) or [default_query(cls_label)])
+                stream = _engine_candidates(
+                    engine_obj, cls_label, cls_queries, config.filters, downloader, config.max_hits_per_query, notes
+                )
+            else:
+                stream = iter(source)
+            job.fill(cls_label, wanted, stream)
+        if job.store is not None:
+            job.store.flush()  # every line written before the manifest is read for the summary
+        for note in notes:
+            progress.note(note, warning=True)
+        summary = _summarise(cls_label, wanted, manifest.path, job.new[cls_label], notes)
+        if not summary.met:
+            short = f"{cls_label}: {summary.ok} of {wanted} images"
+            summary.notes.append(f"{short} (candidates ran out; see the manifest for why the others were refused)")
+        progress.finish(cls_label, _summary_line(summary))
+        result_notes.extend(summary.notes)
+        job.summaries.append(summary)
 
 
 @contextlib.contextmanager
@@ -321,8 +359,10 @@ class _Run:
         max_bytes: int,
         threads: int,
         progress: Progress,
+        store: ShardStore | None = None,
     ) -> None:
         self.out = out
+        self.store = store
         self.partial = out / PARTIAL_DIR
         self.manifest = manifest
         self.downloader = downloader
@@ -398,6 +438,8 @@ class _Run:
             return _Outcome(fetched, reject=exc)
         except Exception as exc:  # noqa: BLE001 - bytes the decoder did not foresee: one rejected row, the crawl goes on
             return _Outcome(fetched, reject=ImageDecodeError("unreadable", f"{type(exc).__name__}: {exc}"))
+        if self.store is not None:  # kept in memory: the shard writer stores it before its line is written
+            return _Outcome(fetched, image)
         self.partial.mkdir(parents=True, exist_ok=True)
         temp = self.partial / f"{image.sha256[:16]}-{uuid.uuid4().hex[:12]}.{image.ext}.tmp"
         with temp.open("wb") as fh:
@@ -431,7 +473,6 @@ class _Run:
                 record = make_record(**base, status=f.status, reason=f.reason, detail=f.detail)
             self._emit(cand.label, record)
             return
-        assert outcome.temp is not None
         described = {
             "sha256": image.sha256,
             "phash": image.phash,
@@ -443,20 +484,30 @@ class _Run:
         }
         duplicate = self.dedup.find(image.sha256, image.phash_int, cand.label)
         if duplicate is not None and (duplicate.kind == "exact" or self.near_enabled):
-            outcome.temp.unlink(missing_ok=True)
+            if outcome.temp is not None:
+                outcome.temp.unlink(missing_ok=True)
             record = make_record(
                 **base, **described, status="duplicate", reason=duplicate.reason(cand.label),
                 detail=duplicate.detail(), duplicate_of=duplicate.kept.path,
             )  # fmt: skip
             self._emit(cand.label, record)
             return
-        rel = f"{cand.label}/{image.sha256[:16]}.{image.ext}"
         detail = "transcoded to PNG" if image.transcoded else None
-        record = make_record(**base, **described, status="ok", path=rel, detail=detail)
-        self.manifest.append(record)  # the line first: a crash before the rename is rolled forward
-        final = self.out / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(outcome.temp, final)
+        member = f"{image.sha256[:16]}.{image.ext}"
+        if self.store is None:
+            assert outcome.temp is not None
+            rel = f"{cand.label}/{member}"
+            record = make_record(**base, **described, status="ok", path=rel, detail=detail)
+            self.manifest.append(record)  # the line first: a crash before the rename is rolled forward
+            final = self.out / rel
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(outcome.temp, final)
+        else:
+            shard = self.store.shard
+            rel = f"{shard}/{member}"
+            record = make_record(**base, **described, status="ok", path=rel, detail=detail, shard=shard,
+                                 member=member)
+            self.store.put(record, image.data)  # the shard writer stores the image, then writes the line
         kept = KeptImage(cand.label, image.sha256, image.phash_int, rel)
         self.dedup.add(kept)
         self.state.ok_urls.setdefault(cand.url, kept)

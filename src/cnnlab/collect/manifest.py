@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
@@ -50,6 +50,11 @@ FIELDS: Final[tuple[str, ...]] = (
     "timestamp",
 )
 
+#: Keys a line has only when set: where an image of a sharded set is (``shard``: the shard file relative to
+#: the dataset folder, ``shards/00000.tar``; ``member``: the image's name in it, ``<key>.<ext>``), so lines of
+#: a set of loose files stay as they were.
+OPTIONAL_FIELDS: Final[tuple[str, ...]] = ("shard", "member")
+
 #: Fields that hold URLs, or text that may quote one.
 _URL_FIELDS: Final[tuple[str, ...]] = ("url", "source_page", "final_url", "detail")
 
@@ -61,11 +66,13 @@ def now_iso() -> str:
 
 
 def make_record(**values: Any) -> dict[str, Any]:
-    """A manifest line with every key of :data:`FIELDS` (missing ones ``None``)."""
-    unknown = set(values) - set(FIELDS)
+    """A manifest line with every key of :data:`FIELDS` (missing ones ``None``), and those of
+    :data:`OPTIONAL_FIELDS` that are given."""
+    unknown = set(values) - set(FIELDS) - set(OPTIONAL_FIELDS)
     if unknown:
         raise ValueError(f"unknown manifest fields: {sorted(unknown)}")
     record = {key: values.get(key) for key in FIELDS}
+    record.update((key, values[key]) for key in OPTIONAL_FIELDS if values.get(key) is not None)
     for key in _URL_FIELDS:  # where a URL can carry credentials: never written to the manifest
         value = record[key]
         if isinstance(value, str):
@@ -134,7 +141,11 @@ class Manifest:
     def append(self, record: Mapping[str, Any]) -> None:
         """Write one line and fsync it. Raises ``OSError`` (a full disk): the line may be cut short,
         which the next :meth:`open` repairs."""
-        line = encode_line(record)
+        self.append_many([record])
+
+    def append_many(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Write several lines and fsync them once (see :meth:`append`)."""
+        line = b"".join(encode_line(record) for record in records)
         with self._lock:
             if self._fh is None:
                 raise RuntimeError("manifest is not open")

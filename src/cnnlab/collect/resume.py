@@ -9,6 +9,11 @@ line (fsync'd) and only then renames the file into ``OUT/<class>/``. So after an
   is appended and the URL is not fetched again;
 * anything else in ``.partial/`` is an unfinished download and is deleted;
 * every URL with a line is done (``failed`` ones are retried only with ``retry_failed``).
+
+A set written as shards keeps the images of its unfinished shard in a journal instead
+(:mod:`cnnlab.collect.shards`), each written there before its ``ok`` line: a line whose shard is complete is
+kept, one whose image is in the journal goes into the shard now written, and one whose image is in neither
+(its shard deleted by hand) is fetched again.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnnlab.collect.dedup import DedupIndex, KeptImage
 from cnnlab.collect.manifest import Manifest, make_record
+
+if TYPE_CHECKING:
+    from cnnlab.collect.shards import ShardStore
 
 log = logging.getLogger("cnnlab.collect")
 
@@ -41,17 +49,29 @@ class ResumeState:
 
 
 def restore(
-    out: Path, records: list[dict[str, Any]], manifest: Manifest, dedup: DedupIndex, retry_failed: bool
+    out: Path,
+    records: list[dict[str, Any]],
+    manifest: Manifest,
+    dedup: DedupIndex,
+    retry_failed: bool,
+    store: ShardStore | None = None,
 ) -> ResumeState:
-    """Rebuild the run state from the manifest, finishing renames a crash interrupted."""
+    """Rebuild the run state from the manifest, finishing renames a crash interrupted (and, for a set written as
+    shards into ``store``, the shard it left unfinished)."""
     state = ResumeState()
     last: dict[tuple[str, str], dict[str, Any]] = {}
     for rec in records:
         if rec.get("class") and rec.get("url"):
             last[(rec["class"], rec["url"])] = rec
     partial = out / PARTIAL_DIR
+    unfinished: list[dict[str, Any]] = []
     for (label, url), rec in last.items():
-        if rec.get("status") == "ok":
+        if rec.get("status") == "ok" and rec.get("shard") and store is not None:
+            if not store.is_sealed(str(rec["shard"])):
+                unfinished.append(rec)  # done only if the journal holds its image
+                continue
+            _keep(state, dedup, rec)
+        elif rec.get("status") == "ok":
             rel = str(rec.get("path") or "")
             path = out / rel
             outside = bool(rel) and _outside(out, rel)  # a hand-made manifest: never write (or count) files elsewhere
@@ -79,8 +99,21 @@ def restore(
         if rec.get("status") == "failed" and retry_failed:
             continue
         state.done.setdefault(label, set()).add(url)
+    if store is not None:
+        for rec in store.recover(unfinished):
+            _keep(state, dedup, rec)
+            state.done.setdefault(str(rec["class"]), set()).add(str(rec["url"]))
     clean_partial(out)
     return state
+
+
+def _keep(state: ResumeState, dedup: DedupIndex, rec: Mapping[str, Any]) -> None:
+    """Count an image of a sharded set that is kept, and index it for duplicates."""
+    label, url = str(rec["class"]), str(rec["url"])
+    kept = KeptImage(label, str(rec.get("sha256")), int(str(rec.get("phash") or "0"), 16), str(rec.get("path")))
+    dedup.add(kept)
+    state.ok[label] += 1
+    state.ok_urls.setdefault(url, kept)
 
 
 def _outside(out: Path, rel: str) -> bool:
