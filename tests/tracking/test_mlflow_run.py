@@ -193,8 +193,28 @@ def test_bench_results_are_logged_to_a_live_server(server: tuple[str, Path], ben
     assert "report.html" in {a.path for a in client.list_artifacts(tracked.run_id)}
 
 
+def test_train_track_mlflow_logs_the_run(tmp_path: Path) -> None:
+    """The real command: ``cnnlab train ... --track mlflow --track-uri URI``; without --track nothing is logged."""
+    from cnnlab.cli.app import app
+    from tests.helpers.runs import SMALL_TRAIN_ARGS
+
+    data = make_colours(tmp_path / "colours", per_class=6, broken=False)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    args = ["train", str(data), *SMALL_TRAIN_ARGS, "--epochs", "1", "--freeze-epochs", "1", "-q"]
+    done = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run"), "--track", "mlflow", "--track-uri", uri])
+    assert done.exit_code == 0, done.output
+    runs = MlflowClient(tracking_uri=uri).search_runs(
+        [e.experiment_id for e in MlflowClient(tracking_uri=uri).search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert "report.html" in {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(runs[0].info.run_id)}
+    done = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "untracked"), "--track-uri", uri])
+    assert done.exit_code == 0 and "the run was not tracked" in done.output
+    assert len(MlflowClient(tracking_uri=uri).search_runs(
+        [e.experiment_id for e in MlflowClient(tracking_uri=uri).search_experiments()])) == 1
+
+
 def _cli() -> typer.Typer:
-    """A command wired as train and bench are: the two options, then :func:`track_run` on the finished folder."""
+    """A command with the two options, for the extra's check (no run needed)."""
     app = typer.Typer()
 
     @app.command()
@@ -203,16 +223,6 @@ def _cli() -> typer.Typer:
         print(tracked.run_id if tracked else "not tracked")
 
     return app
-
-
-def test_the_cli_options_track_a_run(train_run: Path, tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    done = CliRunner().invoke(_cli(), [str(train_run), "--track", "mlflow", "--track-uri", uri])
-    assert done.exit_code == 0, done.output
-    run_id = done.stdout.strip().splitlines()[-1]
-    assert MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "FINISHED"
-    done = CliRunner().invoke(_cli(), [str(train_run), "--track-uri", uri])
-    assert done.exit_code == 0 and "not tracked" in done.stdout
 
 
 def test_without_the_extra_the_option_is_refused_before_any_work(train_run: Path,

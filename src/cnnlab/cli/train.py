@@ -21,6 +21,7 @@ from cnnlab.cli.params import (
     Workers,
     out_option,
 )
+from cnnlab.cli.tracking import Track, TrackUri, track_run
 from cnnlab.imagedata.preprocess import MAX_INPUT_SIZE
 from cnnlab.options import Augment, BNPolicy, Schedule
 from cnnlab.train.config import TrainConfig
@@ -86,6 +87,8 @@ def train_command(
     weights_dir: WeightsDir = _C.weights_dir,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from its last.pt.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --out.")] = False,
+    track: Track = None,
+    track_uri: TrackUri = None,
     as_json: Json = False,
     wide: Wide = False,
     quiet: Quiet = False,
@@ -134,6 +137,7 @@ def train_command(
     else:
         _print_summary(result, wide=wide)
     _print_skipped(result)
+    track_run(result.out, track, track_uri)
 
 
 #: Classes the summary's per-class table lists one by one; with more it lists the least accurate half as many.
