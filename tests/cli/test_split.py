@@ -65,3 +65,20 @@ def test_split_keeps_crops_of_one_photo_together_unless_told_not_to(tmp_path: Pa
     off = runner.invoke(app, ["split", str(root), "--no-crops", "--json"])
     assert off.exit_code == 0, off.output
     assert json.loads(off.stdout)["crop_pairs"] is None
+
+
+def test_split_counts_what_it_could_not_use(dataset: Path) -> None:
+    import os
+
+    (dataset / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    (dataset / "cat" / "dangling.jpg").symlink_to(dataset / "nowhere.jpg")
+    os.mkfifo(dataset / "dog" / "pipe.jpg")
+    (dataset / "dog" / "folder.jpg").mkdir()
+    shown = runner.invoke(app, ["split", str(dataset), "--no-crops", "--json"])
+    assert shown.exit_code == 0, shown.output
+    result = json.loads(shown.stdout)
+    assert result["unhashed"] == ["cat/broken.jpg"]
+    assert sorted(Path(s["path"]).name for s in result["skipped"]) == ["dangling.jpg", "pipe.jpg"]
+    plain = runner.invoke(app, ["split", str(dataset), "--no-crops"])
+    assert "1 files could not be decoded (cat/broken.jpg)" in plain.output
+    assert "2 entries are not image files" in plain.output

@@ -55,4 +55,10 @@ def split_command(
         markup=False,
     )
     if result.unhashed:
-        err.print(f"[yellow]warning:[/] {len(result.unhashed)} files could not be decoded to hash (e.g. {escape(result.unhashed[0])})")
+        names = ", ".join(escape(p) for p in result.unhashed[:3]) + (", ..." if len(result.unhashed) > 3 else "")
+        err.print(f"[yellow]warning:[/] {len(result.unhashed)} files could not be decoded ({names}): they are in "
+                  "split.csv, each in a group of its own, and bench and train will skip them with the reason")
+    if result.skipped:
+        names = ", ".join(f"{escape(s['path'])} ({s['reason']})" for s in result.skipped[:3])
+        err.print(f"[yellow]warning:[/] {len(result.skipped)} entries are not image files and are not in split.csv: "
+                  f"{names}{', ...' if len(result.skipped) > 3 else ''}")

@@ -68,6 +68,9 @@ class SplitResult:
     """Files that could not be decoded to hash (kept as their own group)."""
     crop_pairs: int | None = None
     """Pairs found to be crops or rescales of one photograph (``None``: not looked for)."""
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    """Entries of the folder that are not image files to split (a FIFO, a broken link, a folder named like an
+    image...), with the reason: not in ``split.csv``."""
 
     def to_dict(self) -> dict[str, Any]:
         totals = Counter(r.split for r in self.rows)
@@ -86,6 +89,7 @@ class SplitResult:
             "images_in_near_duplicate_groups": self.images_in_near_duplicate_groups,
             "unhashed": list(self.unhashed),
             "crop_pairs": self.crop_pairs,
+            "skipped": list(self.skipped),
         }
 
 
@@ -188,6 +192,7 @@ def make_split(
         images_in_near_duplicate_groups=sum(len(b) for b in big),
         unhashed=unhashed,
         crop_pairs=None if pairs is None else len(pairs),
+        skipped=[s.to_dict() for s in images.skipped],
     )
     if write:
         result.file = write_split(root, rows)
