@@ -351,6 +351,16 @@ def test_bad_url_lists_are_refused(tmp_path: Path, content: str, name: str, mess
         collect_images(CollectConfig(tmp_path / "data", urls=path, per_class=None))
 
 
+def test_a_bad_class_name_in_a_url_list_is_left_out_and_said_and_the_run_goes_on(web: FakeWeb, tmp_path: Path) -> None:
+    for i in range(2):
+        web.add(f"/u/{i}.jpg", make_image(i))
+    path = tmp_path / "list.csv"
+    path.write_text(f"url,label\n{web.url('/u/0.jpg')},dog\n{web.url('/u/1.jpg')},a:b\n")
+    result = collect_images(CollectConfig(tmp_path / "data", urls=path, per_class=None, fetch=FAST, min_size=32))
+    assert [(c.label, c.ok) for c in result.classes] == [("dog", 1)]
+    assert any("1 rows of the URL list left out" in n and "list.csv:3" in n and "'a:b'" in n for n in result.notes)
+
+
 def test_import_a_folder(tmp_path: Path) -> None:
     src = tmp_path / "photos"
     (src / "cat").mkdir(parents=True)

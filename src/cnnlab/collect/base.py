@@ -138,7 +138,7 @@ def check_label(label: str) -> str:
     if not name or name in (".", "..") or name.startswith((".", "_")) or _BAD_LABEL.search(name):
         raise CollectError(
             f"class name {label!r} cannot be used as a folder name "
-            "(no slashes or control characters, must not start with '.' or '_')"
+            "(none of \\ / : * ? \" < > | or control characters, and not starting with '.' or '_')"
         )
     size = len(name.encode("utf-8", "surrogateescape"))
     if size > MAX_LABEL_BYTES:

@@ -131,7 +131,8 @@ def run(config: CollectConfig, *, progress: Progress | None = None) -> CollectRe
     out = config.out
     fetch = config.fetch
     progress = progress or Progress()
-    plan, engine_obj = _plan(config)
+    rejected_rows: list[str] = []
+    plan, engine_obj = _plan(config, rejected_rows)
     check = getattr(engine_obj, "check_filters", None)
     if check is not None:
         check(config.filters)  # refuse a bad filter before touching the disk
@@ -154,7 +155,8 @@ def run(config: CollectConfig, *, progress: Progress | None = None) -> CollectRe
             store = ShardStore(out, config.format, config.shard_size, manifest)
             store.open(list(plan))
         dedup = DedupIndex(near_dup_threshold if near_dup_threshold >= 0 else 0)
-        result_notes: list[str] = []
+        result_notes: list[str] = ([f"{len(rejected_rows)} rows of the URL list left out (bad class names), e.g. "
+                                     f"{rejected_rows[0]}"] if rejected_rows else [])
         try:
             state = restore(out, records, manifest, dedup, config.retry_failed, store)
             job = _Run(
@@ -253,14 +255,18 @@ def _disk_errors(out: Path) -> Iterator[None]:
 # -- planning ---------------------------------------------------------------------------------
 
 
-def _plan(config: CollectConfig) -> tuple[dict[str, tuple[int, list[Candidate]]], Engine | None]:
-    """Per class: (wanted, fixed candidates); and the engine to search with, if any."""
+def _plan(config: CollectConfig, rejected_rows: list[str]) -> tuple[dict[str, tuple[int, list[Candidate]]], Engine | None]:
+    """Per class: (wanted, fixed candidates); and the engine to search with, if any. Rows of a URL list that
+    cannot be used are left out and said in ``rejected_rows``."""
     wanted_classes = list(config.classes)
     per_class = config.per_class
     name = config.engine_name
     if name in (EngineName.URLS, EngineName.FOLDER):
         if config.urls is not None:
-            found = load_url_list(config.urls, config.label)
+            found = load_url_list(config.urls, config.label, rejected=rejected_rows)
+            if rejected_rows:
+                log.warning("%d rows of %s left out: %s%s", len(rejected_rows), config.urls,
+                            "; ".join(rejected_rows[:3]), "; ..." if len(rejected_rows) > 3 else "")
         elif config.from_folder is not None:
             found = folder_candidates(config.from_folder, config.label)
         else:
@@ -273,7 +279,8 @@ def _plan(config: CollectConfig) -> tuple[dict[str, tuple[int, list[Candidate]]]
                 log.warning("no candidates for %s in the %s input", ", ".join(missing), name)
             groups = {c: groups.get(c, []) for c in wanted_classes}
         if not groups:
-            raise CollectError(f"the {name} input holds no candidates")
+            raise CollectError(f"the {name} input holds no candidates"
+                               + (f" ({len(rejected_rows)} rows left out: {rejected_rows[0]})" if rejected_rows else ""))
         plan = {c: (len(cands) if per_class is None else per_class, cands) for c, cands in groups.items()}
         return plan, None
 

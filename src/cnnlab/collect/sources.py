@@ -38,8 +38,11 @@ def default_query(label: str) -> str:
     return label.replace("_", " ").replace("-", " ").strip()
 
 
-def load_url_list(path: str | Path, label: str | None = None) -> list[Candidate]:
+def load_url_list(path: str | Path, label: str | None = None, *, rejected: list[str] | None = None) -> list[Candidate]:
     """Candidates from a URL list.
+
+    A row whose class name cannot be a folder name is an error, unless ``rejected`` is given: then the row is
+    left out and why is appended to it (one bad row does not stop a run of thousands).
 
     * ``.csv``: a header with ``url`` and ``label`` columns (``label`` may be left out when
       ``label`` is given), optionally ``source_page``, ``license`` and ``query``;
@@ -87,9 +90,16 @@ def load_url_list(path: str | Path, label: str | None = None) -> list[Candidate]
         raw_label = str(row.get("label") or "").strip() or default
         if not raw_label:
             raise CollectError(f"{path}:{n}: no label for {url} (add a 'label' column or give a label for the whole list)")
+        try:
+            row_label = check_label(raw_label)
+        except CollectError as exc:
+            if rejected is None:
+                raise
+            rejected.append(f"{path}:{n}: {exc}")
+            continue
         candidates.append(
             Candidate.from_url(
-                label=check_label(raw_label),
+                label=row_label,
                 url=url,
                 engine="urls",
                 query=_opt(row.get("query")),
