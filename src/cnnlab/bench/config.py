@@ -117,11 +117,17 @@ class MeasureOptions:
 class BenchConfig:
     """A benchmark run: which models, on which labelled images, measured how."""
 
-    #: A class-folder tree, a CSV/JSONL manifest, or a folder with a ``split.csv``.
+    #: A class-folder tree, a CSV/JSONL manifest, a folder with a ``split.csv``, or a dataset stored as records: a
+    #: Hugging Face dataset (``hf:NAME[:CONFIG][/SPLIT]``, a ``save_to_disk`` folder), Parquet files or WebDataset
+    #: shards (:mod:`cnnlab.imagedata.sources`).
     data: Path
     models: list[str] = field(default_factory=lambda: list(LAB_MODELS))
-    #: Use only this split of ``DATA/split.csv``.
+    #: Use only this split of ``DATA/split.csv`` (or of the dataset's own splits: ``val`` is ``validation``).
     split: str | None = None
+    #: The image column of a Hugging Face dataset or Parquet file (``None``: its ``Image`` feature).
+    image_column: str | None = None
+    #: The label column of a Hugging Face dataset or Parquet file (``None``: its ``ClassLabel`` feature).
+    label_column: str | None = None
     #: YAML/JSON file: class -> ImageNet names, wnids or indices.
     mapping_file: Path | None = None
     #: Ground truth of a flat ImageNet validation folder (LOC_val_solution.csv, the devkit's file or folder).
@@ -172,6 +178,8 @@ class BenchConfig:
             "data": str(self.data),
             "models": list(self.models),
             "split": self.split,
+            **({"image_column": self.image_column} if self.image_column is not None else {}),
+            **({"label_column": self.label_column} if self.label_column is not None else {}),
             "mapping_file": str(self.mapping_file) if self.mapping_file else None,
             "labels_file": str(self.labels_file) if self.labels_file else None,
             "real_labels": str(self.real_labels) if self.real_labels else None,

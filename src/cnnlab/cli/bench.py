@@ -13,6 +13,8 @@ from cnnlab.cli.common import err, escape, handle_errors, longest_words, out, pr
 from cnnlab.cli.params import (
     CalibrationImages,
     DeviceList,
+    ImageColumn,
+    LabelColumn,
     Nproc,
     PrecisionOpt,
     Quiet,
@@ -182,10 +184,12 @@ def _batch_sizes(text: str | None) -> list[int] | None:
 @app.command("bench")
 @handle_errors
 def bench_command(
-    data: Annotated[Path, typer.Argument(metavar="DATA", help="A class-folder tree DATA/<class>/*.jpg, a CSV/JSONL manifest with path,label[,split], or a flat ImageNet validation folder (ILSVRC2012_val_*.JPEG, with --labels).")],
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="A class-folder tree DATA/<class>/*.jpg, a CSV/JSONL manifest with path,label[,split], a flat ImageNet validation folder (ILSVRC2012_val_*.JPEG, with --labels), a Hugging Face dataset (hf:NAME[:CONFIG][/SPLIT] or a save_to_disk folder), Parquet files, or WebDataset shards (train-{000000..000009}.tar or a folder of .tar).")],
     models: Annotated[Optional[list[str]], typer.Option("--models", "-m", metavar="NAME[,NAME...]", help=f"Comma-separated names or checkpoint/.onnx files (default: {','.join(LAB_MODELS)}).")] = None,
     out_dir: Annotated[Path, out_option("Folder for results.md/csv/json, report.html, plots, predictions/ (not inside DATA).")] = Path("bench-results"),
-    split: Annotated[Optional[str], typer.Option("--split", metavar="NAME", help="Use only this split of DATA/split.csv (train, val, test).")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", metavar="NAME", help="Use only this split of DATA/split.csv (train, val, test), or of the dataset's own splits.")] = None,
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = None,
     mapping: Annotated[Optional[Path], typer.Option("--mapping", metavar="PATH", help="YAML/JSON file: class -> ImageNet names, wnids or indices.")] = None,
     labels: Annotated[Optional[Path], typer.Option("--labels", metavar="PATH", help="Ground truth of a flat ImageNet validation folder: LOC_val_solution.csv, or the devkit's folder or ground-truth file.")] = None,
     real_labels: Annotated[Optional[Path], typer.Option("--real-labels", metavar="PATH", help="ImageNet-ReaL real.json: also report accuracy against the ReaL labels.")] = None,
@@ -242,7 +246,8 @@ def bench_command(
     measure = MeasureOptions(runtime=runtime, weights=policy, weights_dir=weights_dir, latency_repeats=repeats,
                              throughput_repeats=max(3, repeats // 2), batch_sizes=_batch_sizes(batch_sizes),
                              speed_budget_s=speed_budget)
-    config = BenchConfig(data=data, models=names, split=split, mapping_file=mapping, labels_file=labels,
+    config = BenchConfig(data=data, models=names, split=split, image_column=image_column, label_column=label_column,
+                         mapping_file=mapping, labels_file=labels,
                          real_labels=real_labels, measure=measure, isolate=not in_process, model_timeout_s=timeout,
                          backends=[RuntimeChoice(b) for b in backends or [RuntimeChoice.TORCH.value]],
                          calibration_images=calibration_images, devices=devices if len(devices) > 1 else [])

@@ -80,3 +80,6 @@ def out_option(help: str) -> Any:
 
 #: ``-o/--out PATH`` where the generic help is enough.
 OutPath = Annotated[Path, out_option("Where the outputs go: a folder, or a file for commands that write one.")]
+#: The columns of a Hugging Face dataset or Parquet file given as DATA (:mod:`cnnlab.imagedata.sources`).
+ImageColumn = Annotated[Optional[str], typer.Option("--image-column", metavar="NAME", help="The image column of a Hugging Face dataset or Parquet file (default: its Image feature).")]
+LabelColumn = Annotated[Optional[str], typer.Option("--label-column", metavar="NAME", help="The label column of a Hugging Face dataset or Parquet file (default: its ClassLabel feature).")]

@@ -9,7 +9,7 @@ import typer
 
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table, split_csv
-from cnnlab.cli.params import Device, Json, Quiet, Threads, WeightsDir, Wide
+from cnnlab.cli.params import Device, ImageColumn, Json, LabelColumn, Quiet, Threads, WeightsDir, Wide
 from cnnlab.errors import UsageError
 from cnnlab.jsonable import to_jsonable
 from cnnlab.options import ReviewIssue, parse_choice
@@ -79,7 +79,9 @@ def run_review(data: Path, config: ReviewConfig, out_dir: Path | None, *, quiet:
 @app.command("review")
 @handle_errors
 def review_command(
-    data: Annotated[Path, typer.Argument(metavar="DATA", help="A class-folder tree, a CSV/JSONL manifest, or a collect output folder.")],
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="A class-folder tree, a CSV/JSONL manifest, a collect output folder, a Hugging Face dataset (hf:NAME[:CONFIG][/SPLIT] or a save_to_disk folder), Parquet files or WebDataset shards.")],
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="PATH", help="Folder for review.csv/json/html (default: DATA/.cnnlab/review, always replaced).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier review in --out (its review.csv/json/html); the default DATA/.cnnlab/review is review's own and always replaced.")] = False,
     model: Annotated[str, typer.Option("--model", "-m", metavar="NAME|FILE", help="Registry name or a checkpoint from `cnnlab train`.")] = _R.model,
@@ -133,7 +135,7 @@ def review_command(
 
         own_folder(data, QUARANTINE_DIR)
     config = ReviewConfig(model=model, device=device, backend=backend.value, batch_size=batch_size, workers=workers,
-                          threads=threads, weights_dir=weights_dir,
+                          image_column=image_column, label_column=label_column, threads=threads, weights_dir=weights_dir,
                           mapping_file=mapping, cache=not no_cache, folds=folds, min_side=min_side,
                           offtopic_z=offtopic_z, duplicate_match=duplicate_match)
     result, files = run_review(data, config, out_dir, quiet=quiet, overwrite=overwrite)

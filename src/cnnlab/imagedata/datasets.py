@@ -27,11 +27,11 @@ import json
 import os
 import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cnnlab.errors import DatasetError
+from cnnlab.imagedata.skipped import SkippedFile
 
 #: File name extensions treated as images when scanning folders (case-insensitive).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -47,19 +47,6 @@ JUNK_NAMES: frozenset[str] = frozenset(
 
 #: The splits a manifest's ``split`` column may name (case-insensitive: ``Val`` is ``val``).
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file that was not used, and why (``reason`` is one of :data:`cnnlab.imagedata.decode.REASONS`)."""
-
-    path: str
-    reason: str
-    detail: str = ""
-    label: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -188,8 +175,11 @@ def _walk_real(folder: Path, problems: list[SkippedFile], root: Path | None = No
         stack.extend(reversed(subdirs))
 
 
-def expand_paths(inputs: Sequence[str | Path]) -> tuple[list[Path], list[SkippedFile]]:
+def expand_paths(inputs: Sequence[str | Path], *, image_column: str | None = None) -> tuple[list[Path], list[SkippedFile]]:
     """Files as given, folders searched recursively for images, globs expanded; order kept.
+
+    A dataset stored as records (a Hugging Face dataset, Parquet files, WebDataset shards:
+    :func:`scan_dataset`) gives all its records with an image, as record names (``shard.tar#KEY``).
 
     Returns the files and the records of what was skipped: a name that matches nothing
     (``missing``), folder loops, unreadable folders and image names that are not regular files.
@@ -206,9 +196,16 @@ def expand_paths(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Skipped
             seen.add(key)
             found.append(p)
 
+    from cnnlab.imagedata.sources import record_kind, scan_records
+
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if record_kind(item) is not None:  # a dataset of records: every record with an image, labelled or not
+            found_records = scan_records(item, image_column=image_column, labelled=False)
+            for name in found_records.names:
+                add(Path(name), name)
+            skipped.extend(found_records.skipped)
+        elif path.is_dir():
             for p, key in _walk_real(path, skipped):
                 add(p, key)
         elif path.exists():
@@ -231,22 +228,45 @@ def expand_paths(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Skipped
     return found, skipped
 
 
-def scan_dataset(source: str | Path, *, split: str | None = None) -> LabelledImages:
-    """Read a class-folder tree or a CSV/JSONL manifest (``path,label[,split]``).
+def scan_dataset(
+    source: str | Path,
+    *,
+    split: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+) -> LabelledImages:
+    """Read a class-folder tree, a CSV/JSONL manifest (``path,label[,split]``), or a dataset stored as records.
+
+    Records (:mod:`cnnlab.imagedata.sources`): a Hugging Face dataset (``hf:NAME[:CONFIG][/SPLIT]``), a folder
+    written by ``save_to_disk``, Parquet files (a file, a folder of them, a glob) or WebDataset shards (a brace
+    pattern ``train-{000000..000009}.tar``, a folder of ``.tar``, a glob). Their "paths" are record names
+    (``shard.tar#KEY``, ``hf:name/split#ROW``, ``file.parquet#ROW``) that every reader of images accepts;
+    ``image_column`` and ``label_column`` name the columns of a Hugging Face dataset or Parquet file (by default
+    its ``Image`` and ``ClassLabel`` features); ``split`` picks one of the dataset's own splits (``val`` is
+    ``validation``).
 
     ``split`` keeps only the manifest rows of that split (``train``, ``val`` or ``test``; case does not
     matter, in the argument or in the file). Paths in a manifest are relative to the manifest's folder
     unless absolute; a manifest may list files outside its folder (``../other/x.jpg``,
-    ``/data/x.jpg``): it is a list the user chose, and only regular files are ever read from it.
+    ``/data/x.jpg``): it is a list the user chose, and only regular files are ever read from it. It may also list
+    records of datasets (``shards/train-000001.tar#KEY``, ``hf:beans/validation#12``), as ``cnnlab train``'s
+    ``data_split.csv`` does for a run on such a dataset.
 
     Every real file counts once: a file listed twice (or reached twice through links) with the same
     label is used once and the repeat recorded as a ``duplicate``; with two different labels it is a
     :class:`DatasetError` that names both rows (or both paths). Files listed but absent are recorded
     as ``missing``.
     """
+    from cnnlab.imagedata.sources import record_kind
+
+    if record_kind(source) is not None:
+        return _scan_records(source, split, image_column, label_column)
+    if image_column is not None or label_column is not None:
+        raise DatasetError(f"{source} is a folder or manifest: image and label columns apply to Hugging Face "
+                           "datasets and Parquet files")
     source = Path(source)
     if split is not None:
-        split = _split_name(split, "--split")
+        split = _split_name(split, "split")
     if source.is_dir():
         manifest = source / "split.csv"
         if split is not None:
@@ -257,6 +277,22 @@ def scan_dataset(source: str | Path, *, split: str | None = None) -> LabelledIma
     if source.is_file():
         return _scan_manifest(source, split)
     raise DatasetError(f"no such folder or manifest: {source}")
+
+
+def _scan_records(source: str | Path, split: str | None, image_column: str | None,
+                  label_column: str | None) -> LabelledImages:
+    from cnnlab.imagedata.sources import scan_records
+
+    found = scan_records(source, split=split, image_column=image_column, label_column=label_column)
+    present = set(found.labels)
+    return LabelledImages(
+        found.root,
+        [Path(name) for name in found.names],
+        list(found.labels),
+        list(found.classes),
+        list(found.skipped),
+        [c for i, c in enumerate(found.classes) if i not in present],
+    )
 
 
 def _split_name(value: str, where: str) -> str:
@@ -357,6 +393,8 @@ def _read_numbered_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
 
 
 def _scan_manifest(path: Path, split: str | None) -> LabelledImages:
+    from cnnlab.imagedata.records import is_hf_name, is_record
+
     numbered = _read_numbered_rows(path)
     if numbered and not {"path", "label"} <= set(numbered[0][1]):
         raise DatasetError(f"{path} needs 'path' and 'label' columns; it has {sorted(numbered[0][1])}")
@@ -384,8 +422,8 @@ def _scan_manifest(path: Path, split: str | None) -> LabelledImages:
     first_row: dict[str, tuple[int, str]] = {}  # real file -> (line, label)
     for n, r in numbered:
         p = Path(r["path"])
-        p = p if p.is_absolute() else base / p
-        key = _real(p)
+        p = p if p.is_absolute() or is_hf_name(r["path"]) else base / p
+        key = r["path"] if is_hf_name(r["path"]) else _real(p)
         seen = first_row.get(key)
         if seen is not None:
             if seen[1] != r["label"]:
@@ -396,6 +434,10 @@ def _scan_manifest(path: Path, split: str | None) -> LabelledImages:
             skipped.append(SkippedFile(str(p), "duplicate", f"line {n} repeats line {seen[0]}; counted once", r["label"]))
             continue
         first_row[key] = (n, r["label"])
+        if is_record(p):  # a record of a dataset (shard.tar#KEY, hf:name/split#ROW): read from its container
+            paths.append(p)
+            targets.append(index[r["label"]])
+            continue
         if not os.path.lexists(p):
             skipped.append(SkippedFile(str(p), "missing", "listed in the manifest but not on disk", r["label"]))
             continue

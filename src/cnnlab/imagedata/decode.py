@@ -6,24 +6,25 @@ Handles EXIF orientation, grayscale, palette and alpha images (composited onto w
 non-image and decompression-bomb files with an :class:`~cnnlab.errors.ImageDecodeError`.
 
 Only regular files are read (a FIFO would block for ever, ``/dev/zero`` never ends), and never more
-than ``max_bytes`` of them: :func:`read_regular_file` is the one way cnnlab reads an image file.
+than ``max_bytes`` of them: :func:`read_regular_file` is the one way cnnlab reads an image file. It also reads
+the records of datasets stored as Hugging Face datasets, Parquet or WebDataset shards (``shard.tar#KEY``,
+:mod:`cnnlab.imagedata.records`), so that their bytes meet the same guards as a file's.
 """
 
 from __future__ import annotations
 
-import errno
 import io
-import os
-import stat
 import warnings
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import Final
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cnnlab.errors import ImageDecodeError
+from cnnlab.imagedata.filebytes import read_file_bytes
 from cnnlab.imagedata.limits import DEFAULT_MAX_PIXELS
+from cnnlab.imagedata.records import RECORD_SEP, is_record, read_record
 
 #: The reasons a file can be skipped for (:func:`decode_image` and the folder walk), for counting and reports.
 REASONS: Final[tuple[str, ...]] = (
@@ -148,64 +149,18 @@ def _reason_of(exc: BaseException) -> str:
 
 
 def read_regular_file(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """The bytes of ``path`` if it is a regular file of at most ``max_bytes`` bytes.
+    """The bytes of ``path`` if it is a regular file of at most ``max_bytes`` bytes
+    (:func:`cnnlab.imagedata.filebytes.read_file_bytes`).
 
-    The file is opened without blocking (a FIFO with no writer would otherwise wait for ever) and
-    checked on the open descriptor, so a link swapped in between cannot fool the check; the read
-    stops after ``max_bytes + 1`` bytes whatever size the file reports.
+    A name ``CONTAINER#KEY`` that is no file but a record of a dataset (:func:`cnnlab.imagedata.records.is_record`)
+    is read from its container, with the same limit.
 
     Raises:
         ImageDecodeError: ``missing``, ``not-a-file``, ``too-large``, ``symlink-loop`` or ``unreadable``.
     """
-    path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        mode = None  # reported by the open below
-    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-        _refuse_special(path, mode)  # devices are not even opened: opening some has side effects
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-    except FileNotFoundError:
-        if path.is_symlink():
-            raise ImageDecodeError("missing", f"a symbolic link that leads nowhere: {path}") from None
-        raise ImageDecodeError("missing", f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise ImageDecodeError("not-a-file", f"is a directory: {path}") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ImageDecodeError("symlink-loop", f"a symbolic link that leads back to itself: {path}") from None
-        raise ImageDecodeError("unreadable", f"{exc.strerror or exc}: {path}") from None
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise ImageDecodeError("not-a-file", f"is a directory: {path}")
-        if not stat.S_ISREG(info.st_mode):
-            _refuse_special(path, info.st_mode)
-        if info.st_size > max_bytes:
-            raise ImageDecodeError("too-large", f"{info.st_size:,} bytes exceeds the limit of {max_bytes:,}")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > max_bytes:
-                raise ImageDecodeError("too-large", f"more than {max_bytes:,} bytes (the file grew while read)")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise ImageDecodeError("unreadable", f"{exc.strerror or exc}: {path}") from None
-    finally:
-        os.close(fd)
-
-
-def _refuse_special(path: Path, mode: int) -> NoReturn:
-    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
-    raise ImageDecodeError("not-a-file", f"{path} is {kind}, not a regular file")
+    if RECORD_SEP in str(path) and is_record(path):
+        return read_record(path, max_bytes)
+    return read_file_bytes(path, max_bytes)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -48,7 +48,12 @@ class ReviewConfig:
     """
 
     data: Path | None = None
-    """The labelled set: a class-folder tree, a CSV/JSONL manifest, or a ``cnnlab collect`` output folder."""
+    """The labelled set: a class-folder tree, a CSV/JSONL manifest, a ``cnnlab collect`` output folder, or a dataset
+    stored as records (a Hugging Face dataset, Parquet files, WebDataset shards: :mod:`cnnlab.imagedata.sources`)."""
+    image_column: str | None = None
+    """The image column of a Hugging Face dataset or Parquet file (default: its ``Image`` feature)."""
+    label_column: str | None = None
+    """The label column of a Hugging Face dataset or Parquet file (default: its ``ClassLabel`` feature)."""
     kinds: tuple[ReviewIssue, ...] = ISSUE_ORDER
     """The kinds of finding to look for (the model is loaded only when one of them needs embeddings)."""
     model: str = OFFLINE_MODEL

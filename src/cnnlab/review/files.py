@@ -7,6 +7,7 @@ embedding does (:func:`cnnlab.runtime.inference.run_inference` reports them as s
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,19 +31,35 @@ class FileCheck:
 
 
 def check_files(paths: Sequence[Path]) -> FileCheck:
-    """Read every file's header: its size, or why it cannot be read."""
+    """Read every file's header: its size, or why it cannot be read.
+
+    A record of a dataset (``shard.tar#KEY``, :mod:`cnnlab.imagedata.sources`) is read through
+    :func:`cnnlab.imagedata.decode.read_regular_file`, with the limits of every image read.
+    """
     from PIL import Image, UnidentifiedImageError
+
+    from cnnlab.errors import ImageDecodeError
+    from cnnlab.imagedata.decode import read_regular_file
+    from cnnlab.imagedata.records import is_record
 
     result = FileCheck(sizes=[None] * len(paths))
     for i, path in enumerate(paths):
         try:
-            if path.stat().st_size == 0:
+            source: Path | io.BytesIO = path
+            if is_record(path):
+                source = io.BytesIO(read_regular_file(path))
+                empty = not source.getbuffer().nbytes
+            else:
+                empty = path.stat().st_size == 0
+            if empty:
                 result.unreadable[i] = ("empty", "the file has no bytes")
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # decompression-bomb warnings: decoding decides
-                with Image.open(path) as img:
+                with Image.open(source) as img:
                     result.sizes[i] = (int(img.width), int(img.height))
+        except ImageDecodeError as exc:
+            result.unreadable[i] = (exc.reason, exc.detail)
         except UnidentifiedImageError:
             result.unreadable[i] = ("not-an-image", "no image format recognises these bytes")
         except Image.DecompressionBombError as exc:

@@ -82,7 +82,9 @@ def make_loader(
 
     Without ``sampler`` the files come in order (evaluation); training passes its shuffling
     sampler, the ``generator`` that seeds workers, and ``drop_last``. ``workers=None`` means
-    :func:`default_workers`. Host memory is pinned when the model runs on CUDA.
+    :func:`default_workers`. Host memory is pinned when the model runs on CUDA. ``paths`` may name records of
+    a dataset (``shard.tar#KEY``, ``hf:name/split#ROW``: :mod:`cnnlab.imagedata.sources`): the loader stays
+    map-style, so workers (and samplers over torchrun ranks) split the records by position, each read once.
     """
     workers = default_workers(device_type) if workers is None else workers
     most = MAX_WORKERS_PER_CORE * available_cores()
@@ -90,6 +92,10 @@ def make_loader(
         warnings.warn(f"{workers} decoding processes on {available_cores()} cores would only cost memory; "
                       f"using {most}", stacklevel=2)
         workers = most
+    if workers > 0:  # records of a dataset (shard.tar#KEY): index their containers once, here, for every worker
+        from cnnlab.imagedata.records import open_containers
+
+        open_containers(paths)
     return DataLoader(
         ImageFileDataset(paths, transform, fast_decode=fast_decode),  # type: ignore[arg-type]
         batch_size=batch_size,

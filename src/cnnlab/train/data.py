@@ -81,14 +81,23 @@ def prepare_data(
     seed: int = 0,
     near_dup_threshold: int = DEFAULT_NEAR_DUP_THRESHOLD,
     progress: Progress | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
 ) -> DataSplits:
     """Read ``data`` and split it: the data's own split when it has one, else :func:`cnnlab.imagedata.splits.make_split`.
 
     Class folders without images are left out (and listed in ``dropped_classes``); every class
-    must have training images. Raises :class:`DatasetError` for unusable data.
+    must have training images. A dataset stored as records (a Hugging Face dataset, Parquet files, WebDataset
+    shards: :mod:`cnnlab.imagedata.sources`) uses its own ``train``/``validation``/``test`` splits when it has
+    them; ``image_column``/``label_column`` name its columns. Raises :class:`DatasetError` for unusable data.
     """
-    data = Path(data)
+    from cnnlab.imagedata.sources import record_kind
+
     progress = progress or Progress()
+    if record_kind(data) is not None:
+        return _prepare_records(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                                columns={"image_column": image_column, "label_column": label_column})
+    data = Path(data)
     if not data.exists():
         raise DatasetError(f"no such folder or manifest: {data}")
     given = _given_split(data)
@@ -130,6 +139,69 @@ def prepare_data(
         raise DatasetError(f"the split left class(es) {', '.join(without)} without training images: "
                            "lower val_fraction/test_fraction or add images")
     return DataSplits(classes, train, val if val else None, test if test else None, source, skipped, dropped)
+
+
+def _prepare_records(data: str | Path, *, val_fraction: float, test_fraction: float, seed: int,
+                     columns: dict[str, str | None]) -> DataSplits:
+    """:func:`prepare_data` for a dataset of records: its own splits, else a stratified seeded split.
+
+    Near duplicates are not grouped here: :func:`cnnlab.imagedata.splits.make_split` works on a folder of files.
+    """
+    from cnnlab.imagedata.sources import SPLIT_ALIASES, dataset_splits
+
+    available = dataset_splits(data)
+    have = {name for name, aliases in SPLIT_ALIASES.items() if any(a in available for a in aliases)}
+    val: LabelledImages | None = None
+    test: LabelledImages | None = None
+    if "train" in have:
+        train_all = scan_dataset(data, split="train", **columns)
+        dropped = list(train_all.empty_classes)
+        classes = [c for c in train_all.classes if c not in dropped]
+        train = _relabel(train_all, classes, "train")
+        given = {name: scan_dataset(data, split=name, **columns) for name in ("val", "test") if name in have}
+        skipped = [s for part in (train_all, *given.values()) for s in part.skipped]
+        val, test = (_relabel(given[n], classes, n) if n in given else None for n in ("val", "test"))
+        source = f"splits of {data}"
+        if val is None and val_fraction > 0:
+            train, val, _ = _stratified(train, val=val_fraction, test=0.0, seed=seed)
+            source += f" (val: {val_fraction:.0%} of train per class, seed {seed})"
+    else:
+        everything = scan_dataset(data, **columns)
+        skipped = list(everything.skipped)
+        dropped = list(everything.empty_classes)
+        classes = [c for c in everything.classes if c not in dropped]
+        train = _relabel(everything, classes, "train")
+        if val_fraction > 0 or test_fraction > 0:
+            train, val, test = _stratified(train, val=val_fraction, test=test_fraction, seed=seed)
+        source = f"split of {data}: val {val_fraction:.0%}, test {test_fraction:.0%} per class, seed {seed}"
+    if len(classes) < 2:
+        raise DatasetError(f"{data} has {len(classes)} class(es) with training images; a classifier needs at least 2")
+    without = [c for c, n in train.class_counts().items() if n == 0]
+    if without:
+        raise DatasetError(f"the split left class(es) {', '.join(without)} without training images: "
+                           "lower val_fraction/test_fraction or add images")
+    return DataSplits(classes, train, val if val else None, test if test else None, source, skipped, dropped)
+
+
+def _stratified(images: LabelledImages, *, val: float, test: float, seed: int,
+                ) -> tuple[LabelledImages, LabelledImages, LabelledImages]:
+    """``images`` split per class, reproducibly from ``seed``: about ``val`` and ``test`` of each class, at
+    least one image of each class left to train."""
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise DatasetError(f"the validation and test fractions (val, test: {val}, {test}) must be in [0, 1) with a "
+                           "sum below 1")
+    rng = np.random.default_rng(seed)
+    positions: dict[str, list[int]] = {name: [] for name in SPLITS}
+    for target in range(len(images.classes)):
+        members = [i for i, t in enumerate(images.targets) if t == target]
+        order = [members[int(j)] for j in rng.permutation(len(members))]
+        n_val = min(int(round(len(order) * val)), max(0, len(order) - 1))
+        n_test = min(int(round(len(order) * test)), max(0, len(order) - 1 - n_val))
+        positions["val"] += order[:n_val]
+        positions["test"] += order[n_val:n_val + n_test]
+        positions["train"] += order[n_val + n_test:]
+    train, val_part, test_part = (images.subset(sorted(positions[name])) for name in SPLITS)
+    return train, val_part, test_part
 
 
 def _given_split(data: Path) -> tuple[Path, set[str]] | None:
