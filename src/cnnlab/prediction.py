@@ -95,6 +95,7 @@ def predict(
     progress: Progress | None = None,
     auto_backend: bool | None = None,
     unknown_threshold: float | str | None = None,
+    image_column: str | None = None,
 ) -> PredictResult:
     """Classify files, folders (searched recursively) and glob patterns.
 
@@ -112,7 +113,9 @@ def predict(
     ``result.skipped`` with their reason; the other files are still predicted. Progress is reported as
     task ``predict``, in files. ``unknown_threshold`` marks an image ``unknown`` ("none of these") when its top
     class's probability is below it; ``"auto"``: the threshold ``cnnlab train`` calibrated on its validation
-    images and stored in the checkpoint (:mod:`cnnlab.train.unknown`), none for other models.
+    images and stored in the checkpoint (:mod:`cnnlab.train.unknown`), none for other models. An input may be a
+    data set stored as records (a Hugging Face dataset, Parquet files, WebDataset shards: ``docs/datasets.md``);
+    ``image_column`` names its image column when its features do not.
 
     Raises:
         WeightsIntegrityError: the model gives outputs that are not one row per image (an ONNX graph that
@@ -125,7 +128,7 @@ def predict(
     if auto_backend is None:
         auto_backend = runtime is None
     runtime = runtime or RuntimeOptions()
-    paths, skipped = expand_paths(inputs)
+    paths, skipped = expand_paths(inputs, image_column=image_column)
     if not paths:  # said before any model loads: nothing here to predict
         why = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3]) or "no image files in the folders given"
         raise DatasetError(f"nothing to predict ({why})")

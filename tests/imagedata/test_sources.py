@@ -370,3 +370,19 @@ def test_a_hub_dataset_loads_through_hf_endpoint_and_then_offline(stored: Path, 
                              env=env | {"HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
     assert offline.returncode == 0, offline.stderr[-3000:]  # the server is gone: the cache answers
     assert offline.stdout.split()[-1] == expected
+
+
+def test_a_class_folder_tree_with_a_stray_archive_or_table_stays_a_class_folder_tree(tmp_path: Path) -> None:
+    from cnnlab.imagedata.datasets import scan_dataset
+    from cnnlab.imagedata.sources import record_kind
+    from tests.helpers.images import make_image
+
+    root = tmp_path / "photos"
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        make_image(root / label / "1.jpg")
+    (root / "backup.tar").write_bytes(b"")
+    (root / "table.parquet").write_bytes(b"")
+    assert record_kind(root) is None
+    images = scan_dataset(root)
+    assert images.classes == ["cat", "dog"] and len(images) == 2

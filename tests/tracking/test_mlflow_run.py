@@ -213,6 +213,20 @@ def test_train_track_mlflow_logs_the_run(tmp_path: Path) -> None:
         [e.experiment_id for e in MlflowClient(tracking_uri=uri).search_experiments()])) == 1
 
 
+def test_bench_track_mlflow_logs_the_results(tmp_path: Path) -> None:
+    from cnnlab.cli.app import app
+
+    data = build_demo_set(tmp_path / "photos")
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    done = CliRunner().invoke(app, ["bench", str(data), "-m", "efficientnet_lite0", "--in-process", "--repeats", "3",
+                                    "--speed-budget", "2", "--no-plots", "-q", "--out", str(tmp_path / "results"),
+                                    "--track", "mlflow", "--track-uri", uri])
+    assert done.exit_code == 0, done.output
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert "efficientnet_lite0.IMAGENET1K/top1" in run.data.metrics
+
+
 def _cli() -> typer.Typer:
     """A command with the two options, for the extra's check (no run needed)."""
     app = typer.Typer()

@@ -208,7 +208,8 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
     if config.labels_file is not None:
         dataset = scan_flat_val(config.data, config.labels_file)
     else:
-        dataset = scan_dataset(config.data, split=config.split)
+        dataset = scan_dataset(config.data, split=config.split, image_column=config.image_column,
+                               label_column=config.label_column)
     if len(dataset) == 0:
         raise DatasetError(f"no images found in {config.data}" + (f" (split {config.split})" if config.split else ""))
     _check_one_decodes(dataset, config)

@@ -24,6 +24,7 @@ from cnnlab.cli.params import (
     default_of,
     out_option,
 )
+from cnnlab.cli.tracking import Track, Tracker, TrackUri, track_run
 from cnnlab.errors import UsageError
 from cnnlab.models.registry import LAB_MODELS
 from cnnlab.options import (
@@ -116,13 +117,17 @@ def print_results(result: BenchResult, *, wide: bool) -> None:
         out.print(f"- {c.verdict}", markup=False)
 
 
-def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, wide: bool, overwrite: bool) -> None:
-    """Run ``config`` into ``out_dir`` (:func:`cnnlab.bench.run`), print the comparison; exit 2/4 on failures."""
+def run_bench(config: BenchConfig, out_dir: Path, *, plots: bool, quiet: bool, wide: bool, overwrite: bool,
+              track: Tracker | None = None, track_uri: str | None = None) -> None:
+    """Run ``config`` into ``out_dir`` (:func:`cnnlab.bench.run`), print the comparison, log it to a tracker when
+    asked (before a failed model's exit); exit 2/4 on failures."""
     from cnnlab.bench import run
     from cnnlab.cli.progress import RichProgress
 
     with RichProgress(quiet=quiet) as progress:
         result = run(config, out=out_dir, overwrite=overwrite, plots=plots, progress=progress)
+    if result.files:  # torchrun: rank 0 wrote the folder
+        track_run(out_dir, track, track_uri)
     report_bench(result, out_dir, wide=wide)
 
 
@@ -190,6 +195,8 @@ def bench_command(
     split: Annotated[Optional[str], typer.Option("--split", metavar="NAME", help="Use only this split of DATA/split.csv (train, val, test), or of the dataset's own splits.")] = None,
     image_column: ImageColumn = None,
     label_column: LabelColumn = None,
+    track: Track = None,
+    track_uri: TrackUri = None,
     mapping: Annotated[Optional[Path], typer.Option("--mapping", metavar="PATH", help="YAML/JSON file: class -> ImageNet names, wnids or indices.")] = None,
     labels: Annotated[Optional[Path], typer.Option("--labels", metavar="PATH", help="Ground truth of a flat ImageNet validation folder: LOC_val_solution.csv, or the devkit's folder or ground-truth file.")] = None,
     real_labels: Annotated[Optional[Path], typer.Option("--real-labels", metavar="PATH", help="ImageNet-ReaL real.json: also report accuracy against the ReaL labels.")] = None,
@@ -251,4 +258,5 @@ def bench_command(
                          real_labels=real_labels, measure=measure, isolate=not in_process, model_timeout_s=timeout,
                          backends=[RuntimeChoice(b) for b in backends or [RuntimeChoice.TORCH.value]],
                          calibration_images=calibration_images, devices=devices if len(devices) > 1 else [])
-    run_bench(config, out_dir, plots=not no_plots, quiet=quiet, wide=wide, overwrite=overwrite)
+    run_bench(config, out_dir, plots=not no_plots, quiet=quiet, wide=wide, overwrite=overwrite, track=track,
+              track_uri=track_uri)

@@ -14,6 +14,7 @@ from cnnlab.cli.common import err, escape, format_csv, handle_errors, print_json
 from cnnlab.cli.params import (
     CalibrationImages,
     Device,
+    ImageColumn,
     Json,
     Quiet,
     Threads,
@@ -55,6 +56,7 @@ def predict_command(
     weights: Weights = None,
     weights_dir: WeightsDir = None,
     unknown_threshold: Annotated[Optional[str], typer.Option("--unknown-threshold", metavar="P|auto", help="Mark an image unknown (none of these) when its top class is below this probability; auto: the threshold a cnnlab train checkpoint calibrated on its validation images.")] = None,
+    image_column: ImageColumn = None,
     as_json: Json = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout: path,rank,index,label,probability (and unknown, with --unknown-threshold).")] = False,
     wide: Wide = False,
@@ -75,7 +77,7 @@ def predict_command(
                              batch_size=auto_or_count(batch_size, "the batch size", 1, 65536))
     with RichProgress(quiet=quiet) as progress:
         result = predict(inputs, model=source, topk=topk, runtime=runtime, calibration_images=calibration_images,
-                         unknown_threshold=unknown_threshold,
+                         unknown_threshold=unknown_threshold, image_column=image_column,
                          progress=progress, auto_backend=auto)
     rt = result.runtime
     choice = rt.get("backend_choice")

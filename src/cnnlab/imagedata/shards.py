@@ -15,7 +15,7 @@ from pathlib import Path
 from cnnlab.errors import DatasetError
 
 #: Image members of a WebDataset sample, in order of preference (compared in lower case).
-SHARD_IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+SHARD_IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 #: Fields of a sample's ``.json`` member that may hold its label (an index or a class name), in order.
 JSON_LABEL_FIELDS: tuple[str, ...] = ("label", "class", "cls", "category", "class_name", "target")
 #: Largest ``.cls``/``.json`` label member read while indexing a shard.

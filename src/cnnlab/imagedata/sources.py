@@ -75,10 +75,16 @@ def record_kind(source: str | Path) -> str | None:
     if path.is_dir():
         if _is_saved_dataset(path):
             return "saved"
-        if any(path.glob("*.tar")):
+        # a class-folder tree stays one even with a stray archive or table beside its classes
+        split_folders = {"data", *(s for aliases in SPLIT_ALIASES.values() for s in aliases)}
+        try:
+            folders = {c.name for c in path.iterdir() if c.is_dir() and not c.name.startswith((".", "_"))}
+        except OSError:
+            return None
+        if any(path.glob("*.tar")) and not folders:
             return "shards"
-        places = [path, path / "data", *(path / s for aliases in SPLIT_ALIASES.values() for s in aliases)]
-        if any(any(place.glob("*.parquet")) for place in places if place.is_dir()):
+        places = [path, *(path / s for s in sorted(split_folders))]
+        if folders <= split_folders and any(any(place.glob("*.parquet")) for place in places if place.is_dir()):
             return "parquet"
         return None
     suffix = path.suffix.lower()

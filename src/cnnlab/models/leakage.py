@@ -40,11 +40,18 @@ EXAMPLES = 5
 
 
 def file_digest(path: str | Path) -> int | None:
-    """The first 8 bytes of the SHA-256 of the file's bytes as a signed int64; ``None`` if unreadable."""
+    """The first 8 bytes of the SHA-256 of the file's bytes as a signed int64; ``None`` if unreadable. A record of
+    a dataset (``shard.tar#KEY``, ``hf:name/split#ROW``) is hashed on its image bytes, as a file would be."""
+    from cnnlab.errors import ImageDecodeError
+    from cnnlab.imagedata.records import is_record, read_record
+
     try:
-        with open(path, "rb") as fh:
-            digest = hashlib.file_digest(fh, "sha256").digest()
-    except OSError:
+        if is_record(path):
+            digest = hashlib.sha256(read_record(path, 1 << 31)).digest()
+        else:
+            with open(path, "rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").digest()
+    except (OSError, ImageDecodeError):
         return None
     return int.from_bytes(digest[:8], "little", signed=True)
 

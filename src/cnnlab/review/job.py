@@ -103,7 +103,9 @@ def review(data: str | Path | None = None, config: ReviewConfig | None = None, *
 def _data_of(config: ReviewConfig) -> Path:
     if config.data is None:
         raise UsageError("no data to review: give the config a data folder or manifest")
-    if not config.data.exists():
+    from cnnlab.imagedata.sources import record_kind
+
+    if not config.data.exists() and record_kind(config.data) is None:
         raise UsageError(f"no such folder or manifest: {config.data}")
     return config.data
 
@@ -148,7 +150,7 @@ class _Review:
         detectors = detectors_for(config.kinds)
         if any(Need.PROBABILITIES in d.needs for d in detectors):
             require_review_extra()
-        images = scan_dataset(data)
+        images = scan_dataset(data, image_column=config.image_column, label_column=config.label_column)
         if not images.paths:
             raise DatasetError(f"{data} has no images to review")
         embed = any(d.needs_embeddings() for d in detectors)

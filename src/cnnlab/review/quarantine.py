@@ -112,10 +112,21 @@ def _chosen(findings: Sequence[Finding], kinds: Sequence[ReviewIssue], min_score
     return [best[p] for p in sorted(best)]
 
 
+def _refuse_records(root: Path, what: str) -> None:
+    """Images inside shards, Parquet files or a ``datasets`` folder are not files that can be moved aside."""
+    from cnnlab.imagedata.sources import record_kind
+
+    kind = record_kind(root)
+    if kind is not None:
+        raise DatasetError(f"{what} needs a folder of image files; {root} is a {kind} data set, whose images are "
+                           "records inside its files: use the review's report (review.csv) to clean it at its source")
+
+
 def apply_review(root: str | Path, findings: Sequence[Finding], *, kinds: Sequence[ReviewIssue],
                  min_score: float = 0.0) -> MoveReport:
     """Move the files flagged with one of ``kinds`` (score >= ``min_score``) into ``root/.quarantine/``."""
     root = Path(root)
+    _refuse_records(root, "moving flagged files")
     if not root.is_dir():
         raise DatasetError(f"moving flagged files needs the dataset folder; {root} is not a folder")
     log = own_file(own_folder(root, QUARANTINE_DIR), MOVES_FILE)
@@ -205,6 +216,7 @@ def quarantined(root: str | Path) -> dict[str, Move]:
 def undo_review(root: str | Path) -> MoveReport:
     """Put every quarantined file back where it was, and say so in the move log (and the manifest)."""
     root = Path(root)
+    _refuse_records(root, "undoing a review")
     if not root.is_dir():
         raise DatasetError(f"undoing a review needs the dataset folder; {root} is not a folder")
     log = own_file(own_folder(root, QUARANTINE_DIR), MOVES_FILE)

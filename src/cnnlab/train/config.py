@@ -94,6 +94,12 @@ class TrainConfig:
     #: Images whose perceptual hashes differ in at most this many bits land in one split
     #: (:func:`cnnlab.imagedata.splits.make_split`; ``-1``: no grouping).
     near_dup_threshold: int = DEFAULT_NEAR_DUP_THRESHOLD
+    #: With the near-duplicate grouping, also keep crops and rescales of one photo in one split (the offline
+    #: model's features, verified on pixels: :func:`cnnlab.imagedata.near_duplicates.crop_pairs`).
+    crops: bool = True
+    #: The image and label columns of a Hugging Face dataset or Parquet file (``None``: found from its features).
+    image_column: str | None = None
+    label_column: str | None = None
     seed: int = 0
     device: str = "auto"
     #: ``auto``: mixed precision (bf16, else fp16) on CUDA, fp32 on the CPU.

@@ -81,6 +81,7 @@ def prepare_data(
     seed: int = 0,
     near_dup_threshold: int = DEFAULT_NEAR_DUP_THRESHOLD,
     progress: Progress | None = None,
+    crops: bool = True,
     image_column: str | None = None,
     label_column: str | None = None,
 ) -> DataSplits:
@@ -112,7 +113,7 @@ def prepare_data(
         train = _relabel(everything, classes, "train")
         if val_fraction > 0 or test_fraction > 0:
             train, val, test = _split(train, data if data.is_dir() else None, val=val_fraction, test=test_fraction,
-                                      seed=seed, threshold=near_dup_threshold, progress=progress)
+                                      seed=seed, threshold=near_dup_threshold, crops=crops, progress=progress)
         source = (f"split of {data}: val {val_fraction:.0%}, test {test_fraction:.0%} per class, seed {seed}, "
                   "near duplicates together")
     else:
@@ -130,7 +131,7 @@ def prepare_data(
         source = f"splits of {manifest}"
         if val is None and val_fraction > 0:
             train, val, _ = _split(train, None, val=val_fraction, test=0.0, seed=seed, threshold=near_dup_threshold,
-                                   progress=progress)
+                                   crops=crops, progress=progress)
             source += f" (val: {val_fraction:.0%} of train per class, seed {seed}, near duplicates together)"
     if len(classes) < 2:
         raise DatasetError(f"{data} has {len(classes)} class(es) with training images; a classifier needs at least 2")
@@ -237,6 +238,7 @@ def _split(
     seed: int,
     threshold: int,
     progress: Progress,
+    crops: bool = True,
 ) -> tuple[LabelledImages, LabelledImages, LabelledImages]:
     """``images`` split by :func:`cnnlab.imagedata.splits.make_split` into train, val and test.
 
@@ -244,12 +246,18 @@ def _split(
     perceptual hashes of its ``manifest.jsonl`` when it has one). Without one (a manifest, or the
     training rows of a given split) the images are split through a temporary class-folder tree of
     links to them. Files the split does not list (a manifest entry without an image extension)
-    train.
+    train. ``crops``: crops and rescales of one photo are found too (the offline model's features, verified on
+    pixels), when that model is installed.
     """
+    from cnnlab.runtime.features import offline_embedder
+
     progress.note(f"split: comparing {len(images)} images to keep near duplicates in one split")
+    embed = offline_embedder(progress) if crops and threshold >= 0 else None
+    if crops and threshold >= 0 and embed is None:
+        progress.note("split: crops of one photo are not looked for (the offline model is not installed)")
     if folder is not None:
         names = [p.relative_to(folder).as_posix() for p in images.paths]
-        rows = make_split(folder, val, test, seed, threshold, write=False).rows
+        rows = make_split(folder, val, test, seed, threshold, write=False, embed=embed, progress=progress).rows
     else:
         with tempfile.TemporaryDirectory(prefix="cnnlab-split-") as tmp:
             view = Path(tmp)
@@ -259,7 +267,7 @@ def _split(
                 link.parent.mkdir(exist_ok=True)
                 link.symlink_to(path.resolve())
                 names.append(link.relative_to(view).as_posix())
-            rows = make_split(view, val, test, seed, threshold, write=False).rows
+            rows = make_split(view, val, test, seed, threshold, write=False, embed=embed, progress=progress).rows
     split_of = {row.path: row.split for row in rows}
     positions: dict[str, list[int]] = {name: [] for name in SPLITS}
     for i, name in enumerate(names):

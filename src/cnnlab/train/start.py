@@ -153,7 +153,8 @@ def _start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool, ra
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     splits = prepare_data(config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                          seed=config.seed, near_dup_threshold=config.near_dup_threshold, progress=progress)
+                          seed=config.seed, near_dup_threshold=config.near_dup_threshold, crops=config.crops,
+                          progress=progress, image_column=config.image_column, label_column=config.label_column)
     seed_everything(config.seed)  # the random parts of the model (the new head) are reproducible
     if stored is not None:
         _check_same_data(stored, splits, config.data)

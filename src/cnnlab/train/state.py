@@ -157,10 +157,14 @@ def clear_run(folder: OutputFolder) -> None:
 def write_split_csv(splits: DataSplits, path: Path) -> None:
     """``data_split.csv``: ``path,label,split`` of every image of the run, paths relative to the CSV's own folder
     (as every manifest's are read, so ``bench`` and ``train`` can take it back from any working folder); absolute
-    where no relative path exists (another drive)."""
+    where no relative path exists (another drive); a record of a hub dataset (``hf:...``) by its name."""
+    from cnnlab.imagedata.hfdata import HF_PREFIX
+
     folder = os.path.abspath(path.parent)
 
     def located(p: str) -> str:
+        if p.startswith(HF_PREFIX):  # a record of a dataset on the hub: a name, not a path
+            return p
         try:
             return Path(os.path.relpath(os.path.abspath(p), folder)).as_posix()
         except ValueError:
