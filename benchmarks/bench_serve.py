@@ -10,11 +10,13 @@
 4. The same load again with HOSTILE bad requests mixed in (non-images, truncated JPEGs, decompression bomb
    headers, 20000x1 strips, wrong content types, bodies over the limit): every good request must be answered,
    and the server's memory (PSS of all its processes) is compared with its idle figure.
-5. A flood: FLOOD requests at once, one connection each (503 with Retry-After beyond --max-pending).
+5. Slow clients: SLOW connections that never finish their headers and 256 uploads that send a byte now and
+   then, held open while the good load runs again: every good request and /healthz must be answered.
+6. A flood: FLOOD requests at once, one connection each (503 with Retry-After beyond --max-pending).
 
 Usage (from the project root):
     .venv/bin/python benchmarks/bench_serve.py [--model efficientnet_lite0] [--clients 16] [--seconds 15] [--rounds 3]
-        [--hostile 1000] [--images 64] [--flood 1000]
+        [--hostile 1000] [--images 64] [--flood 1000] [--slow 2100]
 """
 from __future__ import annotations
 
@@ -88,6 +90,11 @@ def hostile_bodies(good: bytes) -> list[tuple[str, dict[str, str], bytes]]:
     ihdr = bomb.index(b"IHDR")
     bomb[ihdr + 4:ihdr + 12] = struct.pack(">II", 40_000, 40_000)
     bomb[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(bomb[ihdr:ihdr + 17])) & 0xFFFFFFFF)
+    big = bytearray(bomb)  # under the pixel limit alone; 32 of them are over a request's pixel budget
+    big[ihdr + 4:ihdr + 12] = struct.pack(">II", 9000, 9000)
+    big[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(big[ihdr:ihdr + 17])) & 0xFFFFFFFF)
+    parts = b"".join(b"--b0\r\nContent-Disposition: form-data; name=files; filename=%d.png\r\n"
+                     b"Content-Type: image/png\r\n\r\n%s\r\n" % (i, bytes(big)) for i in range(32))
     jpeg = {"content-type": "image/jpeg"}
     return [
         ("not-an-image", jpeg, os.urandom(4000)),
@@ -98,6 +105,9 @@ def hostile_bodies(good: bytes) -> list[tuple[str, dict[str, str], bytes]]:
         ("bad-json", {"content-type": "application/json"}, b'{"images": ["%%%"]}'),
         ("empty", jpeg, b""),
         ("too-large", {"content-type": "image/jpeg", "x-declared-length": str(10**10)}, b""),
+        ("deep-json", {"content-type": "application/json"}, b"[" * 100_000),
+        ("multipart-no-boundary", {"content-type": "multipart/form-data"}, os.urandom(2000)),
+        ("too-many-pixels-32x9000x9000", {"content-type": "multipart/form-data; boundary=b0"}, parts + b"--b0--\r\n"),
     ]
 
 
@@ -226,6 +236,20 @@ def run_load(url: str, files: list[Path], clients: int, seconds: float, hostile:
 
 # --- the server ---------------------------------------------------------------------------------------------
 
+def open_slow_clients(url: str, headers: int, bodies: int) -> list[socket.socket]:
+    """Connections that stall: ``headers`` with half a request head, ``bodies`` with a body announced and one byte."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    held = []
+    for k in range(headers + bodies):
+        sock = socket.create_connection((parts.hostname, parts.port))
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n" if k < headers else
+                     b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\na")
+        held.append(sock)
+    return held
+
+
 def tree_rss_mib(pid: int) -> float:
     """Memory of ``pid`` and all its descendants (proportional set size), in MiB (Linux /proc)."""
     parents: dict[int, int] = {}
@@ -326,6 +350,7 @@ def main() -> int:
     ap.add_argument("--hostile", type=int, default=1000)
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--flood", type=int, default=1000, help="requests sent at once, one connection each")
+    ap.add_argument("--slow", type=int, default=2100, help="connections that never finish their headers")
     ap.add_argument("--max-batch-size", default="16")
     ap.add_argument("--batch-timeout-ms", default="10")
     a = ap.parse_args()
@@ -374,6 +399,17 @@ def main() -> int:
         print(f"server memory (PSS of all its processes): idle {idle:.0f} MiB, peak under load {peak_clean:.0f} MiB, "
               f"peak with hostile mix {peak_mixed:.0f} MiB, after {after:.0f} MiB; peak/idle {peak_mixed / idle:.2f}x",
               flush=True)
+        held = open_slow_clients(url, a.slow, 256)
+        try:
+            slowed, peak_slow = run_load(url, files, a.clients, a.seconds, 0, process.pid)
+            health = __import__("httpx").get(url + "/healthz", timeout=30).status_code
+        finally:
+            for sock in held:
+                sock.close()
+        print(f"with {a.slow} connections stalled in their headers and 256 slow uploads held open: {slowed['ok']} good "
+              f"requests answered ({slowed['ok'] / slowed['elapsed_s']:.1f} images/s), failed "
+              f"{slowed['good_failed'] or 'none'}; /healthz {health}; peak memory {peak_slow:.0f} MiB "
+              f"({peak_slow / idle:.2f}x idle)", flush=True)
         flooded, peak_flood = run_load(url, files, a.flood, -1, 0, process.pid)
         print(f"{a.flood} requests at once, one connection each: {json.dumps(flooded['statuses'], sort_keys=True)} in "
               f"{flooded['elapsed_s']:.1f} s, 503s without Retry-After: {flooded['retry_after_missing']}; peak memory "

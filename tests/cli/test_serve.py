@@ -3,6 +3,7 @@ says it, and SIGTERM lets the requests in flight finish before the command exits
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -31,7 +32,8 @@ def _serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], str, Pa
     err = tmp_path / "stderr.txt"
     with err.open("wb") as errors:
         process = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", *args, "--port", str(port)],
-                                   stdout=subprocess.DEVNULL, stderr=errors, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                   stdout=subprocess.DEVNULL, stderr=errors, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                   start_new_session=True)  # its own process group: a failed test kills it whole
     return process, f"http://127.0.0.1:{port}", err
 
 
@@ -103,9 +105,9 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(tmp_path: Path) -> 
     finally:
         for sock in sockets:
             sock.close()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        with contextlib.suppress(ProcessLookupError):  # the model and web processes too, not only the main one
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def test_the_docs_show_the_dockerfile_as_it_is() -> None:

@@ -24,6 +24,12 @@ MAX_REQUEST_BYTES = 4_000_000
 MAX_IMAGES = 8
 MAX_PENDING = 24
 MAX_BATCH = 8
+#: Pixel limits of the test server (images of a request add up to at most MAX_REQUEST_PIXELS).
+MAX_PIXELS = 50_000_000
+MAX_REQUEST_PIXELS = 40_000_000
+#: Seconds a client of the test server has for its headers, and for its body.
+HEADER_TIMEOUT_S = 2
+BODY_TIMEOUT_S = 4
 
 
 @dataclass
@@ -48,7 +54,8 @@ def start_server(folder: Path, *args: str, timeout: float = 180.0, limits: dict[
     log, err = folder / "access.jsonl", folder / "stderr.txt"
     with log.open("wb") as out, err.open("wb") as errors:
         process = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", *args, "--port", str(port)],
-                                   stdout=out, stderr=errors, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                   stdout=out, stderr=errors, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                   start_new_session=True)  # its own process group: stop_server can end it whole
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -70,7 +77,7 @@ def stop_server(process: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     return int(process.returncode)
 
@@ -81,9 +88,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = start_server(folder, "efficientnet_lite0", "--max-image-bytes", str(MAX_IMAGE_BYTES),
                            "--max-request-bytes", str(MAX_REQUEST_BYTES), "--max-images", str(MAX_IMAGES),
                            "--max-pending", str(MAX_PENDING), "--max-batch-size", str(MAX_BATCH),
-                           "--batch-timeout-ms", "100",
+                           "--batch-timeout-ms", "100", "--max-pixels", str(MAX_PIXELS),
+                           "--max-request-pixels", str(MAX_REQUEST_PIXELS), "--header-timeout", str(HEADER_TIMEOUT_S),
+                           "--body-timeout", str(BODY_TIMEOUT_S),
                            limits={"max_image_bytes": MAX_IMAGE_BYTES, "max_request_bytes": MAX_REQUEST_BYTES,
-                                   "max_images": MAX_IMAGES, "max_pending": MAX_PENDING})
+                                   "max_images": MAX_IMAGES, "max_pending": MAX_PENDING, "max_pixels": MAX_PIXELS,
+                                   "max_request_pixels": MAX_REQUEST_PIXELS, "header_timeout_s": HEADER_TIMEOUT_S,
+                                   "body_timeout_s": BODY_TIMEOUT_S})
     try:
         yield running
     finally:

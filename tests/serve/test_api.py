@@ -25,3 +25,17 @@ def test_serve_and_predict_give_the_same_top_k_for_real_photos(server: Any, real
         for a, b in zip(mine["top"], theirs.top):
             assert abs(a["probability"] - b.probability) <= 1e-5
         assert mine["unknown"] is theirs.unknown is False
+
+
+def test_a_request_past_its_deadline_is_not_decoded_by_the_model_process() -> None:
+    """The web process has answered it 504 already: the model process skips its images instead of decoding them."""
+    import time
+
+    from cnnlab.options import ModelSource
+    from cnnlab.serve.api import EXPIRES, ClassifierAPI
+    from cnnlab.serve.config import ServeConfig
+
+    api = ClassifierAPI(ServeConfig(model=ModelSource(name="efficientnet_lite0")))  # no model loaded: none needed
+    decoded = api.decode_request({"images": [b"\x89PNG...", b"\xff\xd8\xff..."], EXPIRES: time.time() - 1})
+    assert decoded.images == [] and decoded.count == 2
+    assert [(i, reason) for i, reason, _ in decoded.failed] == [(0, "timeout"), (1, "timeout")]

@@ -124,6 +124,10 @@ def test_unusable_images_get_a_clear_status_and_the_server_goes_on(server: Any, 
     assert response.status_code == status, response.text
     assert response.json()["error"] == reason
     assert response.json()["status"] == status
+    if reason == "decompression-bomb":  # the server's limit and wording, not Pillow's
+        detail = response.json()["detail"]
+        assert "30000x30000" in detail and f"{server.limits['max_pixels']:,}" in detail, detail
+        assert "178956970" not in detail and "178,956,970" not in detail
     _still_answers(server)
 
 
@@ -180,34 +184,91 @@ def test_an_image_over_the_image_limit_and_too_many_images_get_413(server: Any) 
     big = _post_files(server, ("big.jpg", b"\xff\xd8\xff" + b"0" * (server.limits["max_image_bytes"] + 1)))
     assert big.status_code == 413 and big.json()["error"] == "too-large"
     many = _post_files(server, *[(f"{i}.jpg", _photo()) for i in range(server.limits["max_images"] + 1)])
-    assert many.status_code in (400, 413)
+    assert many.status_code == 413, many.text
+    assert many.json() == {"error": "too-many-images", "status": 413, "detail": many.json()["detail"]}
     _still_answers(server)
 
 
-def test_a_full_server_answers_503_with_retry_after(server: Any) -> None:
-    """Slow clients hold every waiting place (a body announced and never sent): the next request is refused."""
+@pytest.mark.parametrize(("content_type", "body"), [
+    ("multipart/form-data; boundary=xyz", b"garbage, no parts at all\r\n--xyz\r\nContent-Disposition: bogus\r\n"),
+    ("multipart/form-data", b"--xyz\r\nContent-Disposition: form-data; name=files; filename=a.jpg\r\n\r\nab\r\n--xyz--\r\n"),
+], ids=["garbage", "no-boundary"])
+def test_bad_multipart_bodies_get_the_documented_json_error_and_are_counted(server: Any, content_type: str,
+                                                                           body: bytes) -> None:
+    response = httpx.post(server.url + "/v1/predict", content=body, headers={"content-type": content_type}, timeout=60)
+    assert response.status_code == 400, response.text
+    answer = response.json()
+    assert set(answer) == {"error", "detail", "status"} and answer["status"] == 400
+    assert answer["error"] in ("bad-multipart", "no-images")
+    assert f'cnnlab_serve_errors_total{{reason="{answer["error"]}"}}' in httpx.get(server.url + "/metrics").text
+    _still_answers(server)
+
+
+def test_deeply_nested_json_gets_400_bad_json_and_is_counted(server: Any) -> None:
+    def counted() -> float:
+        for line in httpx.get(server.url + "/metrics").text.splitlines():
+            if line.startswith('cnnlab_serve_errors_total{reason="bad-json"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = counted()
+    response = httpx.post(server.url + "/v1/predict", content=b"[" * 100_000,
+                          headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "bad-json" and response.json()["status"] == 400
+    assert counted() == before + 1
+    _still_answers(server)
+
+
+def test_a_request_whose_images_add_up_to_too_many_pixels_gets_413_before_decoding(server: Any) -> None:
+    each = (3000, 2000)  # under the pixel limit one by one, over the request's budget together
+    count = server.limits["max_request_pixels"] // (each[0] * each[1]) + 1
+    assert count <= server.limits["max_images"]
+    response = _post_files(server, *[(f"{i}.png", _png_claiming(*each)) for i in range(count)])
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "too-many-pixels"
+    assert f"{server.limits['max_request_pixels']:,}" in response.json()["detail"]
+    _still_answers(server)
+
+
+def test_an_image_over_the_pixel_limit_beside_a_good_one_is_skipped(server: Any) -> None:
+    body = _post_files(server, ("coffee.jpg", _photo()), ("bomb.png", _png_claiming(30_000, 30_000))).json()
+    assert [p["name"] for p in body["predictions"]] == ["coffee.jpg"]
+    assert body["predictions"][0]["top"][0]["label"] == "espresso"
+    assert [(r["name"], r["reason"]) for r in body["skipped"]] == [("bomb.png", "decompression-bomb")]
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """A whole JSON answer from ``sock`` (or what came before the server closed it)."""
+    answer = b""
+    while not (b"\r\n\r\n" in answer and answer.rstrip().endswith(b"}")):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+def test_slow_uploads_take_no_place_meant_for_the_model_and_get_408(server: Any) -> None:
+    """More slow uploads than there are waiting places (a body announced, one byte sent): good requests are
+    still answered, and each slow upload gets 408 once its body deadline passes."""
     parts = urlsplit(server.url)
     held = []
     try:
-        for _ in range(server.limits["max_pending"]):
-            sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
-            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n12")
+        for _ in range(server.limits["max_pending"] + 8):
+            sock = socket.create_connection((parts.hostname, parts.port), timeout=60)
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                         b"Content-Length: 100000\r\n\r\na")
             held.append(sock)
-        for _ in range(100):  # the server takes the held requests in as it reads them
-            response = _post_files(server, ("coffee.jpg", _photo()))
-            if response.status_code == 503:
-                break
-        assert response.status_code == 503
-        assert response.headers["retry-after"] == "1"
-        assert response.json()["error"] == "overloaded"
+        _still_answers(server)
+        assert httpx.get(server.url + "/healthz").status_code == 200
+        answers = [_read_answer(sock) for sock in held]
     finally:
         for sock in held:
             sock.close()
-    for _ in range(100):  # the closed connections give their places back
-        response = _post_files(server, ("coffee.jpg", _photo()))
-        if response.status_code == 200:
-            break
-    assert response.status_code == 200
+    assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), {a[:40] for a in answers}
+    assert b'"error":"body-timeout"' in answers[0]
+    _still_answers(server)
 
 
 def test_concurrent_requests_are_batched_and_metrics_show_it(server: Any) -> None:
@@ -231,6 +292,7 @@ def test_concurrent_requests_are_batched_and_metrics_show_it(server: Any) -> Non
     assert parse_histogram(text, "cnnlab_serve_batch_images")["+Inf"] >= 1
     assert 'cnnlab_serve_requests_total{path="/v1/predict",method="POST",status="200"}' in text
     assert "cnnlab_serve_request_duration_seconds_bucket" in text
+    assert "cnnlab_serve_waiting 0" in text
 
 
 def test_model_health_ready_docs(server: Any) -> None:
@@ -304,3 +366,81 @@ def test_request_bytes_over_the_budget_get_503() -> None:
     assert state.buffered == 900
     body = asyncio.run(read_body(_request_with_body([b"x" * 50, b"y" * 10]), state))
     assert body == b"x" * 50 + b"y" * 10
+
+
+def _route_request(body: bytes, *, stall: bool = False):
+    """A starlette Request for POST /v1/predict with a raw JPEG-typed body (never ending, with ``stall``)."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    sent = [False]
+
+    async def receive() -> dict[str, object]:
+        if not sent[0]:
+            sent[0] = True
+            return {"type": "http.request", "body": body, "more_body": stall}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    headers = [(b"content-type", b"image/jpeg"), (b"content-length", str(len(body) + 1000 * stall).encode())]
+    return Request({"type": "http", "method": "POST", "path": "/v1/predict", "headers": headers,
+                    "query_string": b""}, receive)
+
+
+def test_a_request_takes_a_waiting_place_only_once_its_body_is_read() -> None:
+    """Requests still uploading hold no place; a request ready for the model finds one, and a full server
+    answers 503 with Retry-After."""
+    import asyncio
+
+    from cnnlab.options import ModelSource
+    from cnnlab.serve.app import ServerState, make_predict_route
+    from cnnlab.serve.config import ServeConfig
+
+    state = ServerState(ServeConfig(model=ModelSource(name="efficientnet_lite0"), max_pending=2, body_timeout_s=0.5))
+    seen: list[int] = []
+
+    async def submit(payload: dict[str, Any]) -> dict[str, Any]:
+        seen.append(state.pending)
+        return {"model": "m", "backend": "torch", "batch": {"id": "1", "images": 1, "requests": 1, "model_ms": 1.0},
+                "results": [{"top": [{"index": 0, "label": "a", "probability": 1.0}], "unknown": False}]}
+
+    route = make_predict_route(submit, state)
+
+    async def scenario() -> list[Any]:
+        slow = [asyncio.ensure_future(route(_route_request(b"\xff\xd8", stall=True))) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        assert state.pending == 0  # five uploads under way, no place taken
+        good = await route(_route_request(_photo()))
+        state.pending = 2  # two requests wait for the model
+        full = await route(_route_request(_photo()))
+        state.pending = 0
+        return [good, full, *await asyncio.gather(*slow)]
+
+    good, full, *slow = asyncio.run(scenario())
+    assert good.status_code == 200 and seen == [1]
+    assert full.status_code == 503 and full.headers["retry-after"] == "1"
+    assert json.loads(full.body)["error"] == "overloaded"
+    assert [r.status_code for r in slow] == [408] * 5
+    assert state.pending == 0 and state.buffered == 0
+
+
+def test_a_request_the_model_does_not_answer_in_time_gets_504_and_is_forgotten() -> None:
+    """The web process keeps the request timeout itself: a request queued behind a slow batch is not held longer."""
+    import asyncio
+    import queue
+    from types import SimpleNamespace
+
+    from cnnlab.serve.api import API_PATH
+    from cnnlab.serve.app import RequestRefused, model_submitter
+
+    requests: queue.Queue[Any] = queue.Queue()
+    server = SimpleNamespace(response_buffer={}, app=SimpleNamespace(response_queue_id=0), active_requests=0,
+                             _get_request_queue=lambda path: requests,
+                             _callback_runner=SimpleNamespace(trigger_event=lambda *args, **kwargs: None))
+    submit = model_submitter(server, SimpleNamespace(api_path=API_PATH), 0.3)  # type: ignore[arg-type]
+    with pytest.raises(RequestRefused) as refused:
+        asyncio.run(submit({"images": [b"x"]}))
+    assert (refused.value.status, refused.value.reason) == (504, "timeout")
+    assert requests.qsize() == 1  # it was submitted; the model never answered
+    assert server.response_buffer == {}

@@ -18,6 +18,7 @@ from cnnlab.serve.config import (
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_PENDING,
     DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_REQUEST_PIXELS,
     ServeConfig,
 )
 
@@ -35,9 +36,13 @@ def serve_command(
     unknown_threshold: Annotated[Optional[str], typer.Option("--unknown-threshold", metavar="P|auto", help="Mark an image unknown (none of these) when its top class is below this probability; auto: the threshold a cnnlab train checkpoint calibrated on its validation images.")] = None,
     max_image_bytes: Annotated[int, typer.Option("--max-image-bytes", min=1, metavar="BYTES", help="Largest image file accepted (larger: 413).")] = DEFAULT_MAX_IMAGE_BYTES,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, metavar="N", help="Largest image in pixels, checked before decoding (decompression bombs: 413).")] = DEFAULT_MAX_PIXELS,
+    max_request_pixels: Annotated[int, typer.Option("--max-request-pixels", min=1, metavar="N", help="Most pixels the images of one request may add up to, read from their headers before decoding (more: 413).")] = DEFAULT_MAX_REQUEST_PIXELS,
     max_request_bytes: Annotated[int, typer.Option("--max-request-bytes", min=1, metavar="BYTES", help="Largest request body accepted (larger: 413).")] = DEFAULT_MAX_REQUEST_BYTES,
     max_images: Annotated[int, typer.Option("--max-images", min=1, metavar="N", help="Most images in one request.")] = DEFAULT_MAX_IMAGES,
     max_pending: Annotated[int, typer.Option("--max-pending", min=1, metavar="N", help="Most requests waiting for the model; more get 503 with Retry-After.")] = DEFAULT_MAX_PENDING,
+    header_timeout: Annotated[float, typer.Option("--header-timeout", min=0.1, max=3600.0, metavar="SECONDS", help="Time a client has to send a request's headers (later: 408, connection closed).")] = 10.0,
+    body_timeout: Annotated[float, typer.Option("--body-timeout", min=0.1, max=3600.0, metavar="SECONDS", help="Time a client has to send a request's body (later: 408).")] = 30.0,
+    request_timeout: Annotated[float, typer.Option("--request-timeout", min=0.1, max=3600.0, metavar="SECONDS", help="Time a request may wait for the model once its body is read (later: 504).")] = 30.0,
     backend: Annotated[BackendName, typer.Option("--backend", case_sensitive=False, help="What runs the model: auto (ONNX Runtime on the CPU when installed and its export matches PyTorch, else PyTorch), torch, or its ONNX export in onnxruntime or openvino.")] = BackendName.AUTO,
     device: Device = "auto",
     threads: Threads = None,
@@ -58,5 +63,7 @@ def serve_command(
     config = ServeConfig(model=source, runtime=runtime, auto_backend=auto, host=host, port=port,
                          max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms, workers=workers, topk=topk,
                          unknown_threshold=unknown_threshold, max_image_bytes=max_image_bytes, max_pixels=max_pixels,
-                         max_request_bytes=max_request_bytes, max_images=max_images, max_pending=max_pending)
+                         max_request_pixels=max_request_pixels, max_request_bytes=max_request_bytes,
+                         max_images=max_images, max_pending=max_pending, header_timeout_s=header_timeout,
+                         body_timeout_s=body_timeout, request_timeout_s=request_timeout)
     run(config)

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 API_PATH = "/v1/predict"
 #: A request for the model's description instead of predictions (the web process asks once, at start).
 DESCRIBE = "describe"
+#: The payload key of the wall-clock time (``time.time()``) after which the web process no longer waits for the
+#: answer (it has answered 504): the model process then skips the request's decoding instead of doing it for nobody.
+EXPIRES = "expires"
 
 
 @dataclass
@@ -181,6 +184,10 @@ class ClassifierAPI(ls.LitAPI):
         if request.get(DESCRIBE):
             return Decoded(describe=True)
         items = request.get("images") or []
+        expires = request.get(EXPIRES)
+        if expires is not None and time.time() > expires:
+            return Decoded(count=len(items), failed=[(i, "timeout", "the request timed out before it was decoded")
+                                                     for i in range(len(items))])
         assert self.model is not None
         transform = _Limited(self.model.preprocessing, self.config.max_pixels)
         dataset = ImageFileDataset(cast(Sequence[Path], items), transform, fast_decode=self.runtime.fast_decode)

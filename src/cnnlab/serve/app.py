@@ -30,14 +30,17 @@ from pathlib import Path
 from typing import Any
 
 import litserve as ls
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from cnnlab.errors import CnnlabError, UsageError
-from cnnlab.serve.api import API_PATH, DESCRIBE, ClassifierAPI, describe_stderr, report_setup_error
+from cnnlab.serve.api import API_PATH, DESCRIBE, EXPIRES, ClassifierAPI, describe_stderr, report_setup_error
 from cnnlab.serve.config import ServeConfig
+from cnnlab.serve.connections import protocol_class
 from cnnlab.serve.metrics import ServeMetrics
+from cnnlab.serve.probe import header_size
 
 #: HTTP status of an image that could not be used, by its reason (:data:`cnnlab.imagedata.decode.REASONS`).
 STATUS_OF_REASON = {"not-an-image": 415, "too-large": 413, "decompression-bomb": 413}
@@ -47,6 +50,9 @@ RETRY_AFTER_S = 1
 KNOWN_PATHS = ("/", "/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 #: Content types of one raw image as the whole body (``curl --data-binary @photo.jpg``).
 RAW_TYPES = ("application/octet-stream",)
+
+#: Submits a request's payload to a model process and waits for its answer (504 past the request timeout).
+Submit = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
                    Awaitable[None]]
@@ -77,6 +83,7 @@ class ServerState:
         self.metrics = ServeMetrics()
         self.description: dict[str, Any] | None = None
         self.pending = 0
+        self.active = 0
         self.buffered = 0
         self.lock = threading.Lock()
         self.started = time.time()
@@ -162,8 +169,12 @@ async def parse_images(request: Request, body: bytes, content_type: str, state: 
 
         try:
             form = await Request(request.scope, replay).form(max_files=config.max_images, max_fields=config.max_images)
-        except HTTPException as exc:  # starlette's multipart errors: too many files, malformed parts
-            raise RequestRefused(400, "bad-multipart", str(exc.detail)) from None
+        except HTTPException as exc:  # starlette's multipart errors: too many files or fields, malformed parts
+            detail = str(exc.detail)
+            if detail.startswith(("Too many files", "Too many fields")):
+                raise RequestRefused(413, "too-many-images", f"more than {config.max_images} parts; the limit is "
+                                                             f"{config.max_images} images") from None
+            raise RequestRefused(400, "bad-multipart", f"the multipart body cannot be read: {detail}") from None
         images: list[tuple[str, bytes]] = []
         for _, value in form.multi_items():
             if hasattr(value, "read"):
@@ -175,6 +186,8 @@ async def parse_images(request: Request, body: bytes, content_type: str, state: 
             document = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise RequestRefused(400, "bad-json", "the request body is not valid JSON") from None
+        except RecursionError:  # arrays or objects nested deeper than Python's parser goes
+            raise RequestRefused(400, "bad-json", "the request body nests JSON arrays or objects too deeply") from None
         items = document.get("images") if isinstance(document, dict) else None
         if isinstance(document, dict) and items is None and "image" in document:
             items = [document["image"]]
@@ -197,24 +210,87 @@ def _status_of(results: list[dict[str, Any]]) -> tuple[int, str, str]:
     return STATUS_OF_REASON.get(reason, 422), reason, f"{reason}: {first.get('detail') or 'the image cannot be used'}"
 
 
-def make_predict_route(server: ls.LitServer, api: ClassifierAPI, state: ServerState
-                       ) -> Callable[[Request], Awaitable[Response]]:
-    """``POST /v1/predict``: checks, then the images' bytes through LitServe's queue to a model process."""
+def model_submitter(server: ls.LitServer, api: ClassifierAPI, timeout_s: float) -> Submit:
+    """A payload through LitServe's queue to a model process, its answer awaited at most ``timeout_s``.
+
+    LitServe's own handler waits for ever, and its model loop only checks a request's age when it takes
+    the request from the queue: a request queued behind a slow batch would learn of its timeout late.
+    Here the web process keeps the deadline itself (504), and forgets the answer if it comes after.
+    """
     from litserve.server import RegularRequestHandler
+    from litserve.utils import LitAPIStatus, ResponseBufferItem
 
     handler = RegularRequestHandler(api, server)
+
+    async def submit(payload: dict[str, Any]) -> dict[str, Any]:
+        uid, _ = await handler._submit_request({**payload, EXPIRES: time.time() + timeout_s})
+        event = asyncio.Event()
+        server.response_buffer[uid] = ResponseBufferItem(event)
+        try:
+            await asyncio.wait_for(event.wait(), timeout=timeout_s)
+        except TimeoutError:
+            raise RequestRefused(504, "timeout", f"the model did not answer within {timeout_s:g} s") from None
+        finally:
+            item = server.response_buffer.pop(uid, None)
+        assert item is not None
+        response, status = item.response
+        if status == LitAPIStatus.ERROR:
+            try:
+                handler._handle_error_response(response)
+            except HTTPException as exc:
+                code = exc.status_code
+                reason = "timeout" if code == 504 else "model-error" if code >= 500 else "refused"
+                raise RequestRefused(code, reason, str(exc.detail)) from None
+        answer: dict[str, Any] = response
+        return answer
+
+    return submit
+
+
+def weigh_images(images: list[tuple[str, bytes]], config: ServeConfig) -> dict[int, tuple[str, str]]:
+    """The images over the pixel limit (position: reason, detail), read from their headers; a request whose
+    other images add up to more than the request's pixel budget is refused (413) before any is decoded."""
+    refused: dict[int, tuple[str, str]] = {}
+    total = 0
+    for position, (_, data) in enumerate(images):
+        size = header_size(data)
+        if size is None:  # no format recognises it: the model process says why, as predict would
+            continue
+        width, height = size
+        pixels = width * height
+        if pixels > config.max_pixels:
+            refused[position] = ("decompression-bomb", f"{width}x{height} = {pixels:,} pixels exceeds the limit "
+                                                       f"of {config.max_pixels:,}")
+            continue
+        total += pixels
+    if total > config.max_request_pixels:
+        raise RequestRefused(413, "too-many-pixels", f"the images of this request add up to {total:,} pixels; the "
+                                                     f"limit per request is {config.max_request_pixels:,}: send "
+                                                     "fewer or smaller images per request")
+    return refused
+
+
+def make_predict_route(submit: Submit, state: ServerState) -> Callable[[Request], Awaitable[Response]]:
+    """``POST /v1/predict``: checks, then the images' bytes through ``submit`` to a model process.
+
+    A request takes one of the ``max_pending`` places only once its body is read and checked: clients
+    still uploading (slow ones get 408 from :func:`read_body`) never crowd out requests ready for the model.
+    """
     config = state.config
     accepted = ("multipart/form-data", "application/json", *RAW_TYPES)
+
+    def overloaded() -> RequestRefused:
+        return RequestRefused(503, "overloaded", f"{state.pending} requests are waiting for the model; try again shortly")
 
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
         extra = request.scope.setdefault("cnnlab", {})
-        if state.pending >= config.max_pending:
-            state.metrics.error("overloaded")
-            return error_response(503, "overloaded", f"{state.pending} requests are waiting; try again shortly")
-        state.pending += 1
-        state.metrics.in_flight = state.pending
+        placed = False
+        state.active += 1
+        state.metrics.in_flight = state.active
         try:
+            if state.pending >= config.max_pending:  # full already: say so before reading the body
+                raise overloaded()
             content_type = _content_type(request)
             if content_type not in accepted and not content_type.startswith("image/"):
                 raise RequestRefused(415, "unsupported-media-type",
@@ -235,16 +311,19 @@ def make_predict_route(server: ls.LitServer, api: ClassifierAPI, state: ServerSt
                                                            f"{config.max_image_bytes:,}")
             extra["images"] = len(images)
             topk = _requested_topk(request, config.topk)
-            decoded_at = time.perf_counter()
-            try:
-                answer = await handler.handle_request({"images": [data for _, data in images]}, dict)
-            except HTTPException as exc:
-                status = exc.status_code
-                reason = "timeout" if status == 504 else "model-error" if status >= 500 else "refused"
-                raise RequestRefused(status, reason, str(exc.detail)) from None
+            refused = weigh_images(images, config)
+            if state.pending >= config.max_pending:
+                raise overloaded()
+            state.pending += 1
+            placed = True
+            state.metrics.waiting = state.pending
             names = [name for name, _ in images]
+            sent = [data for position, (_, data) in enumerate(images) if position not in refused]
             del images
-            return _answer(answer, names, topk, state, started, decoded_at, extra)
+            submitted = time.perf_counter()
+            answer = await submit({"images": sent}) if sent else None
+            del sent
+            return _answer(answer, names, refused, topk, state, started, submitted, extra)
         except RequestRefused as exc:
             state.metrics.error(exc.reason)
             extra["reason"] = exc.reason
@@ -255,8 +334,11 @@ def make_predict_route(server: ls.LitServer, api: ClassifierAPI, state: ServerSt
             return error_response(400, "client-disconnected", "the client closed the connection before its body was read")
         finally:
             state.release(extra.pop("held", 0))
-            state.pending -= 1
-            state.metrics.in_flight = state.pending
+            state.active -= 1
+            state.metrics.in_flight = state.active
+            if placed:
+                state.pending -= 1
+                state.metrics.waiting = state.pending
 
     return predict
 
@@ -274,12 +356,18 @@ def _requested_topk(request: Request, most: int) -> int:
     return k
 
 
-def _answer(answer: dict[str, Any], names: list[str], topk: int, state: ServerState, started: float,
-            submitted: float, extra: dict[str, Any]) -> Response:
-    """The JSON answer: one prediction per usable image, one skipped record per other image, timing."""
-    results = answer["results"]
-    batch = answer["batch"]
-    state.metrics.batch(batch["id"], batch["images"], batch["requests"], batch["model_ms"])
+def _answer(answer: dict[str, Any] | None, names: list[str], refused: dict[int, tuple[str, str]], topk: int,
+            state: ServerState, started: float, submitted: float, extra: dict[str, Any]) -> Response:
+    """The JSON answer: one prediction per usable image, one skipped record per other image, timing.
+
+    ``answer`` is the model process's, for the images not ``refused`` by the web process (None if none was sent).
+    """
+    model_results = iter(answer["results"] if answer else [])
+    results = [{"error": refused[i][0], "detail": refused[i][1]} if i in refused else next(model_results)
+               for i in range(len(names))]
+    batch = answer["batch"] if answer else None
+    if batch is not None:
+        state.metrics.batch(batch["id"], batch["images"], batch["requests"], batch["model_ms"])
     predictions, skipped = [], []
     for name, result in zip(names, results):
         if "error" in result:
@@ -289,11 +377,10 @@ def _answer(answer: dict[str, Any], names: list[str], topk: int, state: ServerSt
     for record in skipped:
         state.metrics.error(record["reason"])
     state.metrics.predicted(len(predictions))
-    if not predictions:
+    if not predictions or answer is None or batch is None:
         status, reason, message = _status_of(results)
         extra["reason"] = reason
-        response = error_response(status, reason, message)
-        return response
+        return error_response(status, reason, message)
     now = time.perf_counter()
     body = {"model": answer["model"], "backend": answer["backend"], "predictions": predictions, "skipped": skipped,
             "timing": {"total_ms": round((now - started) * 1000, 3), "read_ms": round((submitted - started) * 1000, 3),
@@ -383,7 +470,8 @@ def add_routes(server: ls.LitServer, api: ClassifierAPI, state: ServerState) -> 
     app.title = "cnnlab serve"
     app.version = cnnlab.__version__
     app.description = "Image classification with dynamic batching: POST images to /v1/predict."
-    app.add_api_route(API_PATH, make_predict_route(server, api, state), methods=["POST"],
+    submit = model_submitter(server, api, state.config.request_timeout_s)
+    app.add_api_route(API_PATH, make_predict_route(submit, state), methods=["POST"],
                       summary="Classify one or many images", openapi_extra=_PREDICT_OPENAPI,
                       response_class=JSONResponse)
 
@@ -526,7 +614,8 @@ def run(config: ServeConfig) -> None:
         try:
             server.run(host=config.host, port=config.port, num_api_servers=1, log_level="warning",
                        generate_client_file=False, access_log=False,
-                       limit_concurrency=4 * config.max_pending + 1024, timeout_keep_alive=5)
+                       limit_concurrency=4 * config.max_pending + 1024, timeout_keep_alive=5,
+                       http=protocol_class(config.header_timeout_s))
         except RuntimeError as exc:
             failed = report_setup_error(error_file)
             if failed is not None:

@@ -21,6 +21,9 @@ DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 #: Images one request may carry by default.
 DEFAULT_MAX_IMAGES = 32
+#: Pixels (width x height, from the headers) that the images of one request may add up to by default: decoding is
+#: what a request costs the model process, so one request of many huge images cannot hold it for long.
+DEFAULT_MAX_REQUEST_PIXELS = 100_000_000
 #: Requests waiting for the model before new ones are turned away with 503 and Retry-After.
 DEFAULT_MAX_PENDING = 256
 #: Bytes of request bodies held in memory at once, all requests together, before new ones get 503.
@@ -61,6 +64,8 @@ class ServeConfig:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     #: Largest image in pixels (width x height), checked before its pixels are decoded (decompression bombs).
     max_pixels: int = DEFAULT_MAX_PIXELS
+    #: Most pixels the images of one request may add up to (read from their headers): more get 413.
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
     #: Largest request body in bytes: larger ones get 413.
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     #: Most images in one request.
@@ -69,9 +74,11 @@ class ServeConfig:
     max_pending: int = DEFAULT_MAX_PENDING
     #: Most bytes of request bodies held at once; more get 503 with Retry-After (keeps memory bounded).
     max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
+    #: Seconds a client may take to send a request's headers (later: 408 and the connection is closed).
+    header_timeout_s: float = 10.0
     #: Seconds a client may take to send its request body (slow clients get 408).
     body_timeout_s: float = 30.0
-    #: Seconds a request may wait for the model before it gets 504.
+    #: Seconds a request may wait for the model (from the moment its body is read) before it gets 504.
     request_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -96,14 +103,18 @@ class ServeConfig:
         _count(self.topk, "topk", 1, 1000)
         _count(self.max_image_bytes, "the image size limit (max_image_bytes)", 1, 2**40)
         _count(self.max_pixels, "the pixel limit (max_pixels)", 1, 2**40)
+        _count(self.max_request_pixels, "the pixels per request (max_request_pixels)", 1, 2**44)
         _count(self.max_request_bytes, "the request size limit (max_request_bytes)", 1, 2**40)
         _count(self.max_images, "the images per request (max_images)", 1, 100_000)
         _count(self.max_pending, "the waiting requests (max_pending)", 1, 1_000_000)
         _count(self.max_buffered_bytes, "the buffered bytes (max_buffered_bytes)", 1, 2**44)
-        for name in ("body_timeout_s", "request_timeout_s"):
+        for name in ("header_timeout_s", "body_timeout_s", "request_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
                 raise UsageError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.request_timeout_s * 1000 <= self.batch_timeout_ms:
+            raise UsageError(f"the request timeout (request_timeout_s, {self.request_timeout_s:g} s) must be longer than "
+                             f"the batch timeout (batch_timeout_ms, {self.batch_timeout_ms:g} ms)")
         threshold = self.unknown_threshold
         if isinstance(threshold, str) and threshold.strip().lower() != "auto":
             try:
@@ -130,5 +141,7 @@ class ServeConfig:
                 "host": self.host, "port": self.port, "max_batch_size": self.max_batch_size,
                 "batch_timeout_ms": self.batch_timeout_ms, "workers": self.workers, "topk": self.topk,
                 "unknown_threshold": self.unknown_threshold, "max_image_bytes": self.max_image_bytes,
-                "max_pixels": self.max_pixels, "max_request_bytes": self.max_request_bytes,
-                "max_images": self.max_images, "max_pending": self.max_pending}
+                "max_pixels": self.max_pixels, "max_request_pixels": self.max_request_pixels,
+                "max_request_bytes": self.max_request_bytes, "max_images": self.max_images,
+                "max_pending": self.max_pending, "header_timeout_s": self.header_timeout_s,
+                "body_timeout_s": self.body_timeout_s, "request_timeout_s": self.request_timeout_s}

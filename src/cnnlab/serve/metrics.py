@@ -69,6 +69,7 @@ class ServeMetrics:
         self.model_seconds = Histogram(LATENCY_BUCKETS)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.in_flight = 0
+        self.waiting = 0
 
     def request(self, path: str, method: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -121,7 +122,10 @@ class ServeMetrics:
                       f"# HELP {p}_batch_model_seconds Time in the model per batch.",
                       f"# TYPE {p}_batch_model_seconds histogram", *self.model_seconds.lines(f"{p}_batch_model_seconds"),
                       f"# HELP {p}_in_flight Prediction requests being read, waiting or running.",
-                      f"# TYPE {p}_in_flight gauge", f"{p}_in_flight {self.in_flight}"]
+                      f"# TYPE {p}_in_flight gauge", f"{p}_in_flight {self.in_flight}",
+                      f"# HELP {p}_waiting Prediction requests read and waiting for the model or running "
+                      "(the places of max_pending).",
+                      f"# TYPE {p}_waiting gauge", f"{p}_waiting {self.waiting}"]
         return "\n".join(lines) + "\n"
 
 
