@@ -121,6 +121,15 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
     assert info.value.reason == "decompression-bomb"
 
 
+def test_a_bomb_pillow_refuses_first_is_told_with_our_limit(tmp_path: Path) -> None:
+    path = tmp_path / "huge.png"
+    Image.new("1", (30000, 30000)).save(path)  # beyond Pillow's own limit: it refuses before cnnlab looks
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(path, max_pixels=1_000_000)
+    assert info.value.reason == "decompression-bomb"
+    assert "900,000,000 pixels exceeds the limit of 1,000,000" in str(info.value)
+
+
 def test_missing_and_too_small(tmp_path: Path) -> None:
     with pytest.raises(ImageDecodeError) as info:
         decode_image(tmp_path / "nope.jpg")

@@ -94,7 +94,7 @@ def decode_image(
         try:
             img: Image.Image = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as exc:
-            raise ImageDecodeError("decompression-bomb", str(exc)) from None
+            raise ImageDecodeError("decompression-bomb", _bomb_message(exc, max_pixels)) from None
         except UnidentifiedImageError:
             raise ImageDecodeError("not-an-image", "no image format recognises these bytes") from None
         except (OSError, ValueError, SyntaxError) as exc:
@@ -142,6 +142,18 @@ def _upright(img: Image.Image) -> Image.Image:
     upright = img.transpose(method) if method is not None else img
     upright.info.pop("exif", None)
     return upright
+
+
+def _bomb_message(exc: BaseException, max_pixels: int) -> str:
+    """Pillow's own refusal (it checks before cnnlab can) told with cnnlab's limit, which is the one the user set."""
+    import re
+
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    if found is None:
+        return str(exc)
+    pixels = int(found.group(1))
+    limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or pixels))
+    return f"{pixels:,} pixels exceeds the limit of {limit:,}"
 
 
 def _reason_of(exc: BaseException) -> str:
