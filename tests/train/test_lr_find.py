@@ -16,7 +16,17 @@ from typer.testing import CliRunner
 
 from cnnlab.cli import app
 from cnnlab.train import TrainConfig
-from cnnlab.train.lr_find import find_lr, suggest_rules, valley_fall, y_axis
+from cnnlab.train.lr_find import (
+    FLAT_DIVISOR,
+    FLAT_RULE,
+    LRFinderResult,
+    apply_rules,
+    find_lr,
+    rise_onset,
+    suggest_rules,
+    valley_fall,
+    y_axis,
+)
 from tests.helpers.images import make_two_colours
 from tests.helpers.runs import SMALL_TRAIN_ARGS as SMALL
 
@@ -264,13 +274,38 @@ def test_the_plot_axis_shows_the_whole_curve() -> None:
     assert y_axis([math.nan]) is None
 
 
-def test_after_a_probe_that_fits_the_curve_is_flat_and_the_suggestion_is_slide(tmp_path: Path) -> None:
+def test_after_a_probe_that_fits_the_curve_is_flat_and_the_suggestion_is_below_the_rise(tmp_path: Path) -> None:
     """The issue's run: after the probe the loss was flat near zero and the finder suggested --lr 1.35e-07."""
-    from cnnlab.train.lr_find import FLAT_RULE
-
     data = make_two_colours(tmp_path / "data", per_class=4)
     config = TrainConfig(data=str(data), out=str(tmp_path / "lr"), model="efficientnet_lite0", image_size=32,
                          workers=0, val_fraction=0.0, augment="none")
     result = find_lr(config, start_lr=1e-6, end_lr=100.0, steps=40)
     assert result.warning and "did not fall" in result.warning and result.rule == FLAT_RULE
-    assert result.suggestion == result.rules["slide"]
+    assert result.suggestion == result.rules["rise"] / FLAT_DIVISOR
+
+
+def _flat_then_rising(steps: int = 100, onset: float = 1e-2, seed: int = 0) -> tuple[list[float], list[float]]:
+    """The curve measured after a probe that fits real photos: flat near 0.01 with noise, rising from ``onset``."""
+    generator = torch.Generator().manual_seed(seed)
+    lrs = [1e-7 * (1e8 ** (i / (steps - 1))) for i in range(steps)]
+    noise = (torch.rand(steps, generator=generator) * 0.008).tolist()
+    return lrs, [0.008 + n + (0.0 if lr < onset else 0.5 * math.log10(lr / onset) + 0.1) for lr, n in zip(lrs, noise)]
+
+
+def test_on_a_flat_curve_the_suggestion_is_a_third_of_the_rises_onset() -> None:
+    """On real photos after the probe, fastai's valley and minimum read the noise of the flat part (1e-7 .. 1e-3);
+    the best rate of a sweep lay a few times below where the loss starts to rise."""
+    for seed in range(3):
+        lrs, losses = _flat_then_rising(seed=seed)
+        onset = rise_onset(lrs, losses, num_classes=4)
+        assert onset is not None and 1e-2 <= onset < 1.5e-2
+        result = apply_rules(LRFinderResult("full", lrs=lrs, losses=losses, smoothed=losses), classes=4, images=50)
+        assert result.rule == FLAT_RULE and result.warning and "did not fall" in result.warning
+        assert result.rules["rise"] == onset and result.suggestion == pytest.approx(onset / FLAT_DIVISOR)
+    assert rise_onset(lrs, [0.01] * len(lrs), num_classes=4) is None  # never rose: no onset
+
+
+def test_a_curve_that_falls_keeps_fastais_valley() -> None:
+    lrs, losses = _u_curve()
+    result = apply_rules(LRFinderResult("full", lrs=lrs, losses=losses, smoothed=losses), classes=4, images=50)
+    assert result.warning is None and result.suggestion == result.rules["valley"]

@@ -19,9 +19,10 @@ read the noise of a flat curve as the onset and suggested ``1e-7``.
 A suggestion is sound when the curve falls and rises as the rules assume. The test warns when it
 does not: the loss never rose (no rate broke training, so the rules saw only half a curve), or the
 valley's fall is below :data:`MIN_FALL` (a flat curve, as after a probe that already fits the
-training images: the valley then reads noise, and the suggestion is ``slide``, the edge of the flat part,
-which on the real-photo set measured for issue 24 landed within 3x of the best rate of a 5-point sweep
-where ``valley`` did not).
+training images: ``valley``, ``minimum`` and ``steep`` then read noise, and the suggestion is a third
+(:data:`FLAT_DIVISOR`) of ``rise``, the rate where the loss starts to rise, :func:`rise_onset`: fastai's
+old advice of a rate below the one that breaks training, taken from the one part of a flat curve that is
+not noise; ``benchmarks/bench_lr_find.py`` compares it with a 5-point sweep on real photos).
 
 Nothing is trained for good: the weights are discarded; ``lr_find.csv`` and ``lr_find.png`` are
 written to ``out``.
@@ -56,7 +57,10 @@ SMOOTHING = 0.98
 #: Stop once the smoothed loss is this many times its minimum.
 DIVERGED = 4.0
 RULE = "fastai's valley: a third and a half into the longest run of falling smoothed losses"
-FLAT_RULE = "fastai's slide (a flat curve has no valley): where the loss's slope starts to change, from the top"
+FLAT_RULE = ("a flat curve has no valley: a third of the rate where the loss starts to rise (fastai's advice, a "
+             "rate below the one that breaks training)")
+#: The flat-curve suggestion is the rise's onset divided by this.
+FLAT_DIVISOR = 3.0
 #: The rise (relative, and in units of ln(classes)) that counts as breaking training (:func:`never_rose`).
 RISE = (2.0, 0.05)
 #: The least fall of the smoothed loss over the valley, in units of ln(classes), for a sound suggestion.
@@ -74,7 +78,8 @@ class LRFinderResult:
     losses: list[float] = field(default_factory=list)
     smoothed: list[float] = field(default_factory=list)
     suggestion: float | None = None
-    #: Every rule's rate: ``valley`` (the suggestion), ``minimum``, ``steep``, ``slide``.
+    #: Every rule's rate: ``valley`` (the suggestion), ``minimum``, ``steep``, ``slide``; ``rise`` (the onset of the
+    #: rise, :func:`rise_onset`) when the curve has one.
     rules: dict[str, float] = field(default_factory=dict)
     rule: str = RULE
     files: list[str] = field(default_factory=list)
@@ -150,6 +155,22 @@ def _slide(xs: list[float], ys: list[float], lr_diff: int = 15, thresh: float = 
 def suggest(lrs: list[float], smoothed: list[float], num_classes: int) -> float | None:
     """:data:`RULE` applied to a range test (``None`` without points)."""
     return suggest_rules(lrs, smoothed).get("valley")
+
+
+def rise_onset(lrs: list[float], smoothed: list[float], num_classes: int) -> float | None:
+    """The first rate (after fastai's first tenth) at which the smoothed loss exceeds its lowest so far by
+    ``RISE[1] * ln(classes)``: where training starts to break (``None`` if it never does).
+
+    On a flat curve the lowest loss is noise, so fastai's ``minimum`` (and its ``valley``) point anywhere; the
+    onset of the rise is where the curve still says something."""
+    margin = RISE[1] * math.log(max(num_classes, 2))
+    lowest = math.inf
+    for i in range(len(lrs) // 10, len(lrs)):
+        value = smoothed[i]
+        if not math.isfinite(value) or value > lowest + margin:
+            return lrs[i]
+        lowest = min(lowest, value)
+    return None
 
 
 def valley_fall(lrs: list[float], smoothed: list[float]) -> float:
@@ -250,23 +271,32 @@ def _range_test(config: TrainConfig, progress: Progress, out: Path, *, start_lr:
     progress.finish("lr_find")
     if not result.lrs:
         raise CnnlabError("the range test got no training batch (no image could be decoded)")
-    classes = len(run.splits.classes)
-    result.rules = suggest_rules(result.lrs, result.smoothed)
-    result.suggestion = result.rules.get("valley")
-    default = f"keep the default --lr {TrainConfig().lr:g} unless the plot says otherwise"
-    if never_rose(result.lrs, result.smoothed, classes):
-        result.warning = (f"the loss never rose up to lr {result.lrs[-1]:.1e}: the test found no rate that breaks "
-                          f"training ({len(run.splits.train)} training images), so the rules saw half a curve; "
-                          + default)
-    elif valley_fall(result.lrs, result.smoothed) < MIN_FALL * math.log(classes):
-        result.suggestion = result.rules.get("slide", result.suggestion)  # the valley of a flat curve is noise
-        result.rule = FLAT_RULE
-        result.warning = ("the loss did not fall before it rose (a flat curve: the probe may already fit the "
-                          "training images), so no rule has a sound suggestion; the suggestion is fastai's slide "
-                          "(where the rise starts); " + default)
+    apply_rules(result, len(run.splits.classes), len(run.splits.train))
     if result.warning:
         progress.note(result.warning, warning=True)
     result.files = [str(_write_csv(result, out)), str(_plot(result, out))]
+    return result
+
+
+def apply_rules(result: LRFinderResult, classes: int, images: int) -> LRFinderResult:
+    """Set ``result``'s rules, suggestion, rule and warning from its points (``classes`` classes, ``images``
+    training images); return it."""
+    result.rules = suggest_rules(result.lrs, result.smoothed)
+    result.suggestion = result.rules.get("valley")
+    result.rule, result.warning = RULE, None
+    default = f"keep the default --lr {TrainConfig().lr:g} unless the plot says otherwise"
+    if never_rose(result.lrs, result.smoothed, classes):
+        result.warning = (f"the loss never rose up to lr {result.lrs[-1]:.1e}: the test found no rate that breaks "
+                          f"training ({images} training images), so the rules saw half a curve; " + default)
+    elif valley_fall(result.lrs, result.smoothed) < MIN_FALL * math.log(classes):
+        onset = rise_onset(result.lrs, result.smoothed, classes)  # the valley of a flat curve is noise
+        if onset is not None:
+            result.rules["rise"] = onset
+            result.suggestion = onset / FLAT_DIVISOR
+        result.rule = FLAT_RULE
+        result.warning = ("the loss did not fall before it rose (a flat curve: the probe may already fit the "
+                          "training images), so fastai's rules have no sound suggestion; the suggestion is a third "
+                          "of the rate where the loss starts to rise; " + default)
     return result
 
 
@@ -307,7 +337,7 @@ def _plot(result: LRFinderResult, out: Path) -> Path:
     ax.plot(result.lrs, result.losses, color="lightgrey", linewidth=1, label="loss")
     ax.plot(result.lrs, result.smoothed, label="smoothed loss")
     styles = {"valley": ("green", "--"), "minimum": ("tab:purple", ":"), "steep": ("tab:orange", ":"),
-              "slide": ("tab:brown", ":")}
+              "slide": ("tab:brown", ":"), "rise": ("tab:red", "-.")}
     for name, lr in result.rules.items():
         colour, style = styles[name]
         label = f"{name} {lr:.1e}" + (" (suggested --lr)" if name == "valley" else "")

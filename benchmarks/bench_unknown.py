@@ -1,0 +1,138 @@
+"""How well "none of these" scores separate in-class held-out photos from off-topic photos, for a trained model.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_unknown.py --photos DIR [--sets animals,things] [--seed 0] [--workdir DIR]
+
+``--photos``: a clone of imagenet-sample-images (see ``benchmarks/photo_sets.py``, which builds the sets and
+the ``off-topic`` folder: fish, primates, fungi, landscapes, balls, clothing, superclasses in neither set).
+Per set, ``fine_tune`` with its defaults (efficientnet_lite0, real ImageNet weights, 224 px) trains on the
+set's training photos (a fifth of them held for validation by the run itself); its ``best.pt`` then scores
+the validation photos, the set's held-out photos (in-class) and the off-topic photos. Scores (high: in-class):
+
+* ``max_softmax``: the top softmax probability (Hendrycks and Gimpel 2017);
+* ``max_logit``: the top logit (Hendrycks et al. 2022);
+* ``energy``: logsumexp of the logits (Liu et al. 2020);
+* ``class_mean_cos``: cosine similarity of the penultimate features to the nearest class mean of the
+  training photos' features (class means as in Lee et al. 2018's Mahalanobis score, without the covariance);
+* ``knn_cos``: cosine similarity to the nearest training photo's features (Sun et al. 2022, k=1).
+
+Printed per score: AUROC (in-class held-out vs off-topic), and with the threshold calibrated as
+``cnnlab.train.unknown.calibrate_unknown`` does (the ``floor(0.05 n)``-th lowest validation score) the share of
+in-class held-out photos rejected and of off-topic photos accepted; also the off-topic share accepted at the
+threshold that keeps exactly 95 % of the held-out photos (FPR@95, a calibration without noise).
+The photos come from ImageNet, which the backbone was pretrained on (said with the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from photo_sets import CAVEAT, SETS, build_off_topic, build_set
+
+from cnnlab.options import RuntimeOptions
+from cnnlab.train import TrainConfig, fine_tune
+from cnnlab.train.unknown import FALSE_REJECTION, SCORES, feature_scorer, score_logits
+
+
+def _logits_and_features(model: object, paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    from cnnlab.runtime.inference import run_inference
+
+    logits, feats = [], []
+    for batch in run_inference(model, paths, batch_size=32, workers=0, features=True):  # type: ignore[arg-type]
+        logits.append(batch.logits)
+        assert batch.features is not None
+        feats.append(batch.features)
+    return torch.cat(logits), torch.cat(feats)
+
+
+def _run_rows(run: Path) -> dict[str, list[tuple[Path, str]]]:
+    rows: dict[str, list[tuple[Path, str]]] = {}
+    with (run / "data_split.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            rows.setdefault(row["split"], []).append(((run / row["path"]).resolve(), row["label"]))
+    return rows
+
+
+def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
+    """P(score of an in-class photo > score of an off-topic one): scikit-learn's ROC AUC, in-class positive."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.r_[np.ones(len(inside)), np.zeros(len(outside))], np.r_[inside, outside]))
+
+
+def measure(run: Path, off_topic: list[Path]) -> dict[str, dict[str, float]]:
+    """Every score's figures for the run folder ``run`` (``best.pt``, ``data_split.csv``)."""
+    from cnnlab.models.load import load_torch
+
+    model = load_torch(run / "best.pt", RuntimeOptions(device="cpu"))
+    rows = _run_rows(run)
+    classes = sorted({label for _, label in rows["train"]})
+    got = {name: _logits_and_features(model, [p for p, _ in rows[name]]) for name in ("train", "val", "test")}
+    got["off"] = _logits_and_features(model, off_topic)
+    targets = torch.tensor([classes.index(label) for _, label in rows["train"]])
+    features = feature_scorer(got["train"][1], targets)
+    out: dict[str, dict[str, float]] = {}
+    for score in [*SCORES, "class_mean_cos", "knn_cos"]:
+        def values(part: str, score: str = score) -> np.ndarray:
+            logits, feats = got[part]
+            if score == "class_mean_cos":
+                return features.class_mean(feats).numpy()
+            if score == "knn_cos":
+                return features.nearest(feats).numpy()
+            return score_logits(logits, score).numpy()
+
+        val, test, off = values("val"), values("test"), values("off")
+        threshold = np.sort(val)[math.floor(FALSE_REJECTION * len(val))]
+        at95 = np.sort(test)[math.floor(FALSE_REJECTION * len(test))]
+        out[score] = {"auroc": auroc(test, off), "rejected_in": float(np.mean(test < threshold)),
+                      "accepted_off": float(np.mean(off >= threshold)), "fpr95": float(np.mean(off >= at95)),
+                      "n_val": len(val), "n_in": len(test), "n_off": len(off)}
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=Path, required=True, help="a clone of imagenet-sample-images")
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--seed", type=int, default=0, help="the run's seed")
+    parser.add_argument("--workdir", type=Path, help="keep the sets and runs here (a finished run there is reused)")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{os.getloadavg()[0]:.1f}; cnnlab train defaults (efficientnet_lite0, real ImageNet weights, 224 px), "
+          f"seed {args.seed}; {CAVEAT}")
+    with tempfile.TemporaryDirectory(prefix="cnnlab-bench-unknown-") as tmp:
+        work = args.workdir or Path(tmp)
+        off = sorted(build_off_topic(args.photos, work / "off-topic").glob("*.JPEG"))
+        print("set | score | AUROC | in-class rejected at the calibrated threshold | off-topic accepted | "
+              "off-topic accepted at 95 % in-class kept | val / in-class / off-topic photos")
+        for name in [s for s in args.sets.split(",") if s]:
+            root = build_set(name, args.photos, work / name / "data")
+            run = work / name / f"run-seed{args.seed}"
+            if not (run / "best.pt").is_file():
+                started = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()):
+                    fine_tune(TrainConfig(data=str(root), out=str(run), seed=args.seed, overwrite=True))
+                print(f"{name}: trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            for score, f in measure(run, off).items():
+                print(f"{name} | {score} | {f['auroc']:.3f} | {f['rejected_in']:.1%} | {f['accepted_off']:.1%} | "
+                      f"{f['fpr95']:.1%} | {f['n_val']}/{f['n_in']}/{f['n_off']}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f}; {CAVEAT}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
