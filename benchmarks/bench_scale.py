@@ -8,6 +8,11 @@ results.json), and the largest of the whole process tree (GNU time), then the ra
 Goals (issue 9): peak RSS <= 1.5 GiB at every size, <= 1.2x between the smallest and largest set;
 wall time linear in images.
 
+``--shards`` also writes each set as WebDataset shards (``webdataset.TarWriter``, 1,000 images a shard,
+the wnid of each image as its ``cls`` through ``classes.txt``) and benches them the same way, right after
+the folder: peak RSS and evaluation images/s of shards against the folder (issue 26's goal: peak RSS within
+10 % of the folder's and at most 1.5 GiB, images/s at least the folder's).
+
 Part 2 writes crops of the real photos that ship with scikit-image, scikit-learn and matplotlib,
 runs bench with --exact-decode, and recomputes every prediction with PIL + torchvision transforms
 + the model: the top-5 indices must be identical for every image.
@@ -68,6 +73,22 @@ def make_imagenet_layout(root: Path, images: int, size: tuple[int, int] = (320, 
     return root
 
 
+def write_shards(folder: Path, out: Path, shard_size: int = 1000) -> Path:
+    """The class-folder tree ``folder`` as WebDataset shards in ``out`` (class-major, as the folder lists them);
+    returns the brace pattern of the shards."""
+    import webdataset as wds
+
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    files = [(c, f) for c, name in enumerate(classes) for f in sorted((folder / name).iterdir())]
+    out.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(files), shard_size):
+        with wds.TarWriter(str(out / f"set-{start // shard_size:06d}.tar")) as sink:
+            for c, f in files[start:start + shard_size]:
+                sink.write({"__key__": f.stem, "jpg": f.read_bytes(), "cls": c})
+    (out / "classes.txt").write_text("\n".join(classes) + "\n")
+    return out / f"set-{{000000..{(len(files) - 1) // shard_size:06d}}}.tar"
+
+
 def run_bench(data: Path, out: Path, model: str, extra: list[str]) -> dict[str, float]:
     """``cnnlab bench`` in a fresh process under GNU time; returns wall time and memory peaks in MiB."""
     cmd = ["/usr/bin/time", "-v", sys.executable, "-c", _RUN_CLI, "bench", str(data), "-m", model, "-o", str(out),
@@ -91,7 +112,14 @@ def run_bench(data: Path, out: Path, model: str, extra: list[str]) -> dict[str, 
     }
 
 
-def scale(sizes: list[int], model: str, work: Path) -> None:
+def _print_row(label: str, figures: dict[str, float]) -> None:
+    print(f"  {label}: wall {figures['wall_s']:7.1f} s (evaluation {figures['eval_s']:7.1f} s, "
+          f"{figures['images'] / figures['eval_s']:.1f} img/s), peak RSS parent {figures['parent_mib']:6.0f} MiB, "
+          f"worker {figures['worker_mib']:6.0f} MiB, tree {figures['tree_mib']:6.0f} MiB; results.json "
+          f"{figures['json_kb']:.0f} KB; load average {os.getloadavg()[0]:.1f}", flush=True)
+
+
+def scale(sizes: list[int], model: str, work: Path, shards: bool = False) -> None:
     print(f"part 1: {model} on 1000-class ImageNet layouts (synthetic 320x240 JPEGs), "
           f"{os.cpu_count()} cores; the machine may be shared: compare ratios")
     rows = []
@@ -103,9 +131,17 @@ def scale(sizes: list[int], model: str, work: Path) -> None:
             print(f"  generated {n:,} images in {time.perf_counter() - t0:.0f} s", flush=True)
         figures = run_bench(data, work / f"out-{n}", model, [])
         rows.append((n, figures))
-        print(f"  {n:>6,} images: wall {figures['wall_s']:7.1f} s (evaluation {figures['eval_s']:7.1f} s), "
-              f"peak RSS parent {figures['parent_mib']:6.0f} MiB, worker {figures['worker_mib']:6.0f} MiB, "
-              f"tree {figures['tree_mib']:6.0f} MiB; results.json {figures['json_kb']:.0f} KB", flush=True)
+        _print_row(f"{n:>6,} images, folder", figures)
+        if shards:
+            pattern = write_shards(data, work / f"shards-{n}")
+            got = run_bench(Path(str(pattern)), work / f"out-shards-{n}", model, [])
+            _print_row(f"{n:>6,} images, shards", got)
+            rss = max(got["worker_mib"], got["parent_mib"]) / max(figures["worker_mib"], figures["parent_mib"])
+            speed = (got["images"] / got["eval_s"]) / (figures["images"] / figures["eval_s"])
+            tree = got["tree_mib"] / figures["tree_mib"]
+            print(f"  {n:,} images, shards vs folder: largest peak RSS {rss:.2f}x, tree {tree:.2f}x, "
+                  f"evaluation images/s {speed:.2f}x (goal: RSS <= 1.10x and <= 1536 MiB, images/s >= 1.00x)",
+                  flush=True)
     if len(rows) > 1:
         (n0, a), (n1, b) = rows[0], rows[-1]
         print(f"  {n1:,} vs {n0:,} images ({n1 / n0:.0f}x): wall {b['wall_s'] / a['wall_s']:.1f}x, "
@@ -169,12 +205,13 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=None, help="folder for the generated sets (kept for reruns)")
     parser.add_argument("--reference-images", type=int, default=300)
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--shards", action="store_true", help="also bench each set as WebDataset shards")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="cnnlab-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if sizes:
-        scale(sizes, args.model, work)
+        scale(sizes, args.model, work, args.shards)
     if not args.skip_reference:
         reference_check(args.reference_images, work)
     return 0
