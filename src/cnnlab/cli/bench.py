@@ -25,6 +25,7 @@ from cnnlab.cli.params import (
     out_option,
 )
 from cnnlab.cli.tracking import Track, Tracker, TrackUri, track_run
+from cnnlab.cli.train import check_tracking
 from cnnlab.errors import UsageError
 from cnnlab.models.registry import LAB_MODELS
 from cnnlab.options import (
@@ -235,6 +236,7 @@ def bench_command(
     """
     if random_weights and random_if_missing:
         raise typer.BadParameter("choose one of --random-weights and --random-weights-if-missing")
+    track_uri = check_tracking(track, track_uri)  # the store, before any work
     if nproc is not None:
         from cnnlab.runtime.distributed import from_environment, relaunch
 

@@ -3,7 +3,8 @@
 * :mod:`~cnnlab.tracking.mlflow_run`: :func:`log_run_folder` logs a ``train`` run folder or ``bench`` results
   folder (parameters, per-epoch metrics, results, the report and the model as artifacts) and returns a
   :class:`TrackedRun`; :func:`tracking_uri` says where it goes (an embedded SQLite store in the working
-  folder unless a URI is given).
+  folder unless a URI is given); :func:`check_store` checks, before a job's work, that the store can be used
+  (a server that answers, a SQLite or file store whose folder can be written).
 
 Light to import: mlflow is imported only inside :func:`log_run_folder`.
 """
@@ -16,10 +17,11 @@ from cnnlab.tracking.mlflow_run import (
     EXTRA_HINT,
     TrackedRun,
     TrackingError,
+    check_store,
     log_run_folder,
     require_mlflow,
     tracking_uri,
 )
 
-__all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_DATABASE", "EXTRA_HINT", "TrackedRun", "TrackingError", "log_run_folder",
-           "require_mlflow", "tracking_uri"]
+__all__ = ["DEFAULT_ARTIFACTS", "DEFAULT_DATABASE", "EXTRA_HINT", "TrackedRun", "TrackingError", "check_store",
+           "log_run_folder", "require_mlflow", "tracking_uri"]

@@ -16,6 +16,13 @@ logged after the fact, to another server, or again.
 Where it goes (:func:`tracking_uri`): the URI given, else ``MLFLOW_TRACKING_URI``, else an embedded SQLite
 store in the working folder (``mlruns.db``, artifacts under ``mlruns/``), which ``mlflow ui --backend-store-uri
 sqlite:///mlruns.db`` shows. mlflow (extra ``track``) is imported only here, when a run is logged.
+
+:func:`check_store` is what a job calls before its work when it is to be tracked: a tracking server that
+does not answer, or a SQLite or file store whose folder cannot be written, is a one-line
+:class:`~cnnlab.errors.UsageError` then, not an error (after minutes of MLflow's retries) once the run is done.
+While a run is logged, MLflow's HTTP requests are retried :data:`LOG_HTTP_RETRIES` times with a timeout of
+:data:`LOG_HTTP_TIMEOUT_S` seconds unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_TIMEOUT``
+say otherwise.
 """
 
 from __future__ import annotations
@@ -27,7 +34,11 @@ import json
 import math
 import os
 import re
+import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +64,12 @@ _SPLIT_FIGURES = ("top1", "top5", "loss", "ece", "mean_confidence", "n")
 _MAX_PARAM_LENGTH = 6000
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
+#: Seconds :func:`check_store` waits for a tracking server's answer.
+CHECK_TIMEOUT_S = 5.0
+#: MLflow's HTTP retries and request timeout while a run is logged, unless its environment variables are set
+#: (MLflow's own defaults retry for minutes before giving up on a server that is gone).
+LOG_HTTP_RETRIES = 2
+LOG_HTTP_TIMEOUT_S = 30
 
 
 class TrackingError(CnnlabError):
@@ -88,6 +105,104 @@ def tracking_uri(uri: str | None = None) -> tuple[str, bool]:
     if chosen:
         return chosen, False
     return f"sqlite:///{(Path.cwd() / DEFAULT_DATABASE).as_posix()}", True
+
+
+def check_store(uri: str | None = None, *, timeout_s: float = CHECK_TIMEOUT_S) -> str:
+    """Check, before any work, that a run can be logged to ``uri`` (:func:`tracking_uri`); return the URI.
+
+    * ``http(s)://``: the server answers a request for ``/health`` within ``timeout_s`` seconds (any HTTP answer
+      will do: what it thinks of the credentials is for the logging to find out);
+    * ``sqlite:///PATH`` (the default store in the working folder included): the database, when it exists, can be
+      opened for writing, and its folder (or the nearest that exists) is a folder a file can be created in; for the
+      default store also the artifact folder ``mlruns/`` of the working folder;
+    * ``file:`` URIs and plain paths (MLflow's file store): the folder, or the nearest that exists, likewise;
+    * anything else (``postgresql://``, ``databricks``...) is left to MLflow when the run is logged.
+
+    Needs no mlflow. Raises :class:`~cnnlab.errors.UsageError` (one line) when the store cannot be used.
+    """
+    resolved, default_store = tracking_uri(uri)
+    parts = urllib.parse.urlsplit(resolved)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        _check_server(resolved, timeout_s)
+    elif scheme == "sqlite":
+        path = resolved[len("sqlite:///"):].split("?", 1)[0] if resolved.startswith("sqlite:///") else ""
+        if path and path != ":memory:":
+            _check_database(Path(path), resolved)
+        if default_store:
+            _check_folder(Path.cwd() / DEFAULT_ARTIFACTS, resolved, "artifact folder")
+    elif scheme == "file" or not scheme:
+        folder = Path(urllib.request.url2pathname(parts.path)) if scheme == "file" else Path(resolved)
+        _check_folder(folder, resolved, "folder")
+    return resolved
+
+
+def _check_server(uri: str, timeout_s: float) -> None:
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answered: a server is there
+    except (OSError, ValueError) as exc:  # refused, unknown host, timed out, a URL that is no URL
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            why = f"no answer in {timeout_s:g} s"
+        else:
+            why = (reason.strerror if isinstance(reason, OSError) else None) or str(reason) or type(exc).__name__
+        raise UsageError(f"the MLflow tracking server at {uri} cannot be reached ({why}): start it, or track to "
+                         "another URI") from None
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or the nearest folder above it that exists (``path`` absolute: the root at least)."""
+    return next((p for p in (path, *path.parents) if p.exists() or p.is_symlink()), Path(path.anchor))
+
+
+def _check_folder(folder: Path, uri: str, what: str) -> None:
+    """``folder`` (or, while it does not exist, the nearest folder above it) is a folder a file can be created in."""
+    place = _nearest_existing(folder.absolute())
+    if not place.is_dir():
+        where = "" if place == folder.absolute() else f" (its {what} would be {folder.absolute()})"
+        raise UsageError(f"the MLflow store {uri} cannot be used: {place} is not a folder{where}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=place, prefix=".cnnlab-track-check-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"the MLflow store {uri} cannot be written: no file can be created in {place} "
+                         f"({exc.strerror or exc}); track to another URI, or run where the folder is writable") \
+            from None
+
+
+def _check_database(path: Path, uri: str) -> None:
+    """A SQLite database MLflow can write: the file (when it exists) and its folder (journals are made beside it)."""
+    path = path.absolute()
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise UsageError(f"the MLflow store {uri} cannot be used: {path} is not a file")
+        try:
+            with path.open("r+b"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"the MLflow store {uri} cannot be written: {path} ({exc.strerror or exc}); track to "
+                             "another URI, or run where the folder is writable") from None
+    _check_folder(path.parent, uri, "database's folder")
+
+
+@contextlib.contextmanager
+def _bounded_http_retries() -> Iterator[None]:
+    """MLflow's HTTP retries and timeout bounded (:data:`LOG_HTTP_RETRIES`, :data:`LOG_HTTP_TIMEOUT_S`) while a run
+    is logged, unless the user set them; the environment as it was afterwards."""
+    defaults = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(LOG_HTTP_RETRIES),
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": str(LOG_HTTP_TIMEOUT_S)}
+    added = [name for name in defaults if name not in os.environ]
+    for name in added:
+        os.environ[name] = defaults[name]
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def run_kind(folder: Path) -> str:
@@ -223,7 +338,8 @@ def log_run_folder(folder: str | Path, *, uri: str | None = None, experiment: st
     resolved_uri, default_store = tracking_uri(uri)
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENTS[kind]
     try:
-        return _log(record, kind, resolved_uri, default_store, name, run_name or folder.resolve().name)
+        with _bounded_http_retries():
+            return _log(record, kind, resolved_uri, default_store, name, run_name or folder.resolve().name)
     except CnnlabError:
         raise
     except Exception as exc:  # mlflow's own errors, and connection errors of an HTTP store
