@@ -156,3 +156,16 @@ def test_data_is_the_first_argument_and_data_option_a_deprecated_alias(tmp_path:
     both = runner.invoke(app, ["train", str(missing), "--data", str(missing)])
     assert both.exit_code == 2 and "give the data once" in both.output
     assert not (tmp_path / "run").exists()
+
+
+def test_the_summary_names_every_file_the_run_wrote_report_html_included(tmp_path: Path) -> None:
+    """The "files" row left out report.html, which every run writes."""
+    data = make_two_colours(tmp_path / "data", per_class=4)
+    result = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "run"), "--freeze", *SMALL],
+                           env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    (row,) = [line for line in result.stdout.splitlines() if "│ files" in line]
+    listed = row.split(":", 1)[1].strip(" │").split(", ")
+    assert listed == ["best.pt", "last.pt", "history.csv", "curves.png", "metrics.json", "data_split.csv",
+                      "report.html"]
+    assert all((tmp_path / "run" / name).is_file() for name in listed)

@@ -193,6 +193,15 @@ def _find_lr(config: TrainConfig, *, quiet: bool, as_json: bool) -> None:
     out.print(f"plot: {escape(result.files[-1])}")
 
 
+def _run_files(result: TrainResult) -> list[str]:
+    """The files the run wrote into its folder, in :data:`~cnnlab.train.result.RUN_FILES`' order (report.html
+    included), and ``tensorboard/`` when it was asked for."""
+    from cnnlab.train.result import RUN_FILES
+
+    names = [name for name in RUN_FILES if (result.out / name).is_file()]
+    return names + (["tensorboard/"] if (result.out / "tensorboard").is_dir() else [])
+
+
 def _print_summary(result: TrainResult, *, wide: bool = False) -> None:
     """The run in a two-column table (readable in 80 columns), then the per-class scores; ``wide``: every class
     name and every class, with the predicted count."""
@@ -234,8 +243,7 @@ def _print_summary(result: TrainResult, *, wide: bool = False) -> None:
         table.add_row(f"{result.evaluated_on} top-1", f"{_pct(ev.get('top1'))}{ci_text} on {ev.get('n')} images")
     if result.skipped:
         table.add_row("skipped", f"{len(result.skipped)} file{'' if len(result.skipped) == 1 else 's'}")
-    table.add_row("files", escape(f"{result.out}/: best.pt, last.pt, history.csv, curves.png, metrics.json, "
-                                  "data_split.csv"))
+    table.add_row("files", escape(f"{result.out}/: " + ", ".join(_run_files(result))))
     out.print(table)
     if ev.get("per_class"):
         classes, title = ev["per_class"], f"per class ({result.evaluated_on})"
