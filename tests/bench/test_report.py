@@ -183,7 +183,7 @@ def test_failed_models_and_missing_tests_are_explained(demo: tuple[BenchResult, 
     headings = _markdown_headings(files["markdown"])
     assert headings == _page(files["html"]).headings == [*[s for s in SECTIONS if s != "Plots"], "Errors"]
     markdown = files["markdown"].read_text(encoding="utf-8")
-    assert "- alexnet: weights missing: <alexnet-owt-7be5be79.pth>" in markdown
+    assert "- alexnet: weights missing: &lt;alexnet-owt-7be5be79.pth&gt;" in markdown  # no HTML in Markdown either
     html = files["html"].read_text(encoding="utf-8")
     assert "&lt;alexnet-owt-7be5be79.pth&gt;" in html and "<alexnet-owt" not in html  # text is escaped
     assert "data:image/png" not in html  # no plots; the gallery's thumbnail stays
@@ -299,3 +299,25 @@ def test_the_report_names_the_fastest_runtime_measured(demo: tuple[BenchResult, 
     text = both["markdown"].read_text(encoding="utf-8")
     assert "Fastest runtime measured" in text
     assert f"efficientnet_lite0.IMAGENET1K: onnxruntime, {faster.run.throughput_ips:.1f} images/s (3.00x torch)" in text
+
+
+HOSTILE = '<script>alert("L")</script>'
+
+
+def test_markdown_shows_names_as_text_never_as_html_or_extra_cells(
+        demo: tuple[BenchResult, dict[str, Path]], tmp_path: Path) -> None:
+    """results.md put class and model names raw: a class folder <script>alert("L")</script> was markup in any viewer
+    that renders Markdown's inline HTML, and a | in a name split its table cell."""
+    result, _ = demo
+    (model,) = result.models
+    hostile = f"{HOSTILE}|x"
+    mappings = {(hostile if name == "astronaut" else name): m for name, m in result.mappings.items()}
+    named = dataclasses.replace(model, run=dataclasses.replace(model.run, model=hostile, spec={**model.run.spec,
+                                                                                                "name": hostile}))
+    files = write_bench_outputs(dataclasses.replace(result, models=[named], mappings=mappings), tmp_path, plots=False)
+    markdown = files["markdown"].read_text(encoding="utf-8")
+    assert "<script" not in markdown and "</script>" not in markdown
+    assert '&lt;script&gt;alert("L")&lt;/script&gt;\\|x' in markdown  # the name, as text, its pipe escaped
+    for table in re.findall(r"(?:^\|.*\|\n)+", markdown, flags=re.MULTILINE):
+        widths = {len(re.split(r"(?<!\\)\|", line)) for line in table.splitlines()}
+        assert len(widths) == 1, table  # every row as many cells as the header: no name split a cell

@@ -1,14 +1,25 @@
-"""Rendering report blocks as Markdown (GitHub-flavoured tables; figures as links to the PNG files)."""
+"""Rendering report blocks as Markdown (GitHub-flavoured tables; figures as links to the PNG files).
+
+Every text is the data's as much as the report's (class folders, file and model names): ``&``, ``<`` and ``>``
+are written as HTML entities, so a name like ``<script>`` reads as itself and is never markup in a Markdown
+viewer; in a table cell ``|`` is escaped too, so a name cannot split a cell.
+"""
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterable
 
 from cnnlab.render.blocks import Block, Bullets, Figure, Gallery, Heading, Paragraph, Table
 
 
+def _text(text: str) -> str:
+    """``text`` with the characters HTML gives a meaning written as entities (quotes are harmless outside tags)."""
+    return html.escape(str(text), quote=False)
+
+
 def _one_line(text: str) -> str:
-    return str(text).replace("\n", " ")
+    return _text(text).replace("\n", " ")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -24,13 +35,14 @@ def _block(block: Block) -> str:
     if isinstance(block, Heading):
         return "#" * block.level + " " + _one_line(block.text)
     if isinstance(block, Paragraph):
-        return block.text
+        return _text(block.text)
     if isinstance(block, Table):
         return _table(block.header, block.rows)
     if isinstance(block, Bullets):
         return "\n".join(f"- {_one_line(item)}" for item in block.items)
     if isinstance(block, Figure):
-        return f"![{_one_line(block.title)}]({block.path.name})"
+        title = _one_line(block.title).replace("[", "\\[").replace("]", "\\]")
+        return f"![{title}]({block.path.name})"
     if isinstance(block, Gallery):
         return _table(["file", *[f"note {i}" for i in range(1, 4)]],
                       [[str(item.path), *item.caption[:3]] for item in block.items])
