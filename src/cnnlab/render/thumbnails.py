@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from pathlib import Path
 
 #: Longest side of a gallery thumbnail, in pixels (bench's galleries).
@@ -36,9 +37,23 @@ class Thumbnails:
         self.root = Path(root)
         self._done: dict[tuple[str, int], str] = {}
 
+    def file(self, path: str) -> Path:
+        """Where the image a report names ``path`` is: an absolute path as it is, else the file or record of that
+        name under ``root``; a record name that is none under ``root`` but names a record as it is (its container
+        named from the working folder, as a saved dataset's ``saved#7`` whose container is the root itself, or a
+        hub dataset's ``hf:NAME#7``) is that record."""
+        from cnnlab.imagedata.records import is_record
+
+        given = Path(path)
+        if given.is_absolute():
+            return given
+        inside = self.root / given
+        if not os.path.lexists(inside) and not is_record(inside) and is_record(path):
+            return given
+        return inside
+
     def __call__(self, path: str, size: int = THUMBNAIL_SIZE) -> str:
         key = (path, size)
         if key not in self._done:
-            file = Path(path) if Path(path).is_absolute() else self.root / path
-            self._done[key] = thumbnail_data_uri(file, size)
+            self._done[key] = thumbnail_data_uri(self.file(path), size)
         return self._done[key]

@@ -1,0 +1,77 @@
+"""cnnlab review of record sets (a saved Hugging Face dataset, WebDataset shards) named as the docs name them,
+relative to the working folder: thumbnails in the page, the embeddings cache, what an unlabelled sample is
+called, and --apply refused before any work (review findings 2, 3, 5 and 6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cnnlab.cli.app import app
+from cnnlab.options import ReviewIssue
+from cnnlab.review import ReviewConfig, review, run
+from tests.helpers.images import grid_tiles, jpeg, package_photo
+
+datasets = pytest.importorskip("datasets")
+wds = pytest.importorskip("webdataset")
+
+CLASSES = ["cat", "coffee"]
+CPU = ReviewConfig(device="cpu", batch_size=16, workers=0)
+FILES_ONLY = (ReviewIssue.UNREADABLE, ReviewIssue.TOO_SMALL)
+SETS = ["saved", "shards"]
+
+
+@pytest.fixture(autouse=True)
+def export_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ONNX export review embeds with (onnxruntime, when installed) goes to one cache of the session's."""
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four real photo tiles of each class and one 24-pixel image (too small), as a saved dataset ``saved`` and as
+    shards ``shards/`` (which also hold a sample without a label); the folder they are in."""
+    root = tmp_path_factory.mktemp("records")
+    images, labels = [], []
+    for label, name in enumerate(CLASSES):
+        photo = package_photo("skimage", "data", "chelsea.png" if name == "cat" else "coffee.png")
+        for tile in grid_tiles(photo, 4, 96):
+            images.append(jpeg(tile))
+            labels.append(label)
+    images.append(jpeg(Image.new("RGB", (24, 24), (200, 30, 30))))
+    labels.append(0)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+    rows = {"image": [{"bytes": b, "path": f"{i}.jpg"} for i, b in enumerate(images)], "label": labels}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(root / "saved"))
+    (root / "shards").mkdir()
+    with wds.TarWriter(str(root / "shards" / "set-000000.tar")) as sink:
+        for i, (data, label) in enumerate(zip(images, labels)):
+            sink.write({"__key__": f"s{i}", "jpg": data, "cls": label})
+        sink.write({"__key__": "nolabel", "jpg": images[0]})
+    (root / "shards" / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    return root
+
+
+@pytest.fixture
+def inside(stored: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the stored sets (review writes into them) as the working folder."""
+    import shutil
+
+    for name in SETS:
+        shutil.copytree(stored / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("source", SETS)
+def test_a_set_named_relative_to_the_working_folder_shows_its_thumbnails(inside: Path, source: str) -> None:
+    """`cnnlab review saved` showed "no preview" on every card; with an absolute path it showed the images."""
+    for data in (Path(source), inside / source):
+        result = run(ReviewConfig(data=data, kinds=FILES_ONLY))
+        (small,) = result.of(ReviewIssue.TOO_SMALL)
+        assert small.path.endswith(("saved#8", "set-000000.tar#s8"))
+        page = result.files["html"].read_text(encoding="utf-8")
+        assert "no preview" not in page and page.count('class="main" src="data:image/jpeg;base64,') == 1, data
