@@ -75,3 +75,17 @@ def test_a_set_named_relative_to_the_working_folder_shows_its_thumbnails(inside:
         assert small.path.endswith(("saved#8", "set-000000.tar#s8"))
         page = result.files["html"].read_text(encoding="utf-8")
         assert "no preview" not in page and page.count('class="main" src="data:image/jpeg;base64,') == 1, data
+
+
+@pytest.mark.parametrize("source", SETS)
+def test_a_record_set_is_embedded_once_and_read_from_the_cache_after(inside: Path, source: str) -> None:
+    """Every rerun said "9 embedded, 0 from the cache": a record's key was the stat of a file that is not there."""
+    first = review(Path(source), CPU)
+    assert (first.embedded, first.from_cache) == (9, 0)
+    assert list(inside.glob(f"{source}/.cnnlab/embeddings-*.npz"))
+    again = review(Path(source), CPU)
+    assert (again.embedded, again.from_cache) == (0, 9)
+    assert [(f.path, f.issue, round(f.score, 4)) for f in again.findings] == \
+           [(f.path, f.issue, round(f.score, 4)) for f in first.findings]
+    elsewhere = review(inside / source, CPU)  # the same records named another way: the same cache entries
+    assert (elsewhere.embedded, elsewhere.from_cache) == (0, 9)

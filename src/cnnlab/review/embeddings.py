@@ -5,13 +5,17 @@ The cache is one ``.npz`` file per model and backend inside the dataset folder,
 ONNX Runtime (a hidden folder: dataset scans skip it). The two backends' features agree to float
 rounding, not bit for bit, so they are never mixed. Entries are keyed by the sha256 of the file's bytes, so
 a file that was moved or renamed (``--apply`` and ``--undo`` move files) is still found; a
-(path, size, mtime) index avoids hashing unchanged files again. The cache records which model and
+(path, size, mtime) index avoids hashing unchanged files again. A record of a dataset (``shard.tar#KEY``,
+``saved#7``: :mod:`cnnlab.imagedata.records`) is keyed by the sha256 of its image bytes likewise, and indexed by
+its name with its container's size and mtime (a folder's, such as a saved dataset's: the total size and the latest
+mtime of the files in it), so an unchanged set is not read again. The cache records which model and
 weights file made it and is ignored when they differ. Features and logits are stored as float16,
 and fresh ones are rounded the same way, so a run gives the same answer with or without the cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,8 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cnnlab.errors import ImageDecodeError
 from cnnlab.imagedata.datasets import SkippedFile
 from cnnlab.imagedata.hashes import file_sha256
+from cnnlab.imagedata.records import RECORD_SEP, is_hf_name, is_record, split_record
 from cnnlab.progress import Progress
 
 if TYPE_CHECKING:
@@ -151,13 +157,29 @@ class EmbeddingCache:
             self.vectors, self.index = {}, {}
 
     def key_of(self, path: Path) -> str:
-        """The file's sha256, from the stat index when size and mtime are unchanged."""
-        stat = path.stat()
-        stat_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        sha = self.index.get(stat_key)
+        """The sha256 of the file's (or record's) image bytes, from the stat index when the file's (or the record's
+        container's) size and mtime are unchanged.
+
+        Raises :class:`OSError` for a file that cannot be read, :class:`~cnnlab.errors.ImageDecodeError` for a
+        record that cannot be."""
+        record = split_record(path) if is_record(path) else None
+        if record is None:
+            stat = path.stat()
+            stat_key: tuple[str, int, int] | None = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        else:
+            container, key = record
+            found = _container_stat(container)
+            stat_key = None if found is None else (f"{Path(container).resolve()}{RECORD_SEP}{key}", *found)
+        sha = self.index.get(stat_key) if stat_key is not None else None
         if sha is None:
-            sha = file_sha256(path)
-            self.index[stat_key] = sha
+            if record is None:
+                sha = file_sha256(path)
+            else:
+                from cnnlab.imagedata.decode import read_regular_file
+
+                sha = hashlib.sha256(read_regular_file(path)).hexdigest()
+            if stat_key is not None:
+                self.index[stat_key] = sha
         return sha
 
     def save(self) -> None:
@@ -186,6 +208,24 @@ class EmbeddingCache:
             temp.unlink(missing_ok=True)
 
 
+def _container_stat(container: str) -> tuple[int, int] | None:
+    """(size, mtime in ns) of a record's container: a file's own; a folder's (a saved dataset, a split of one) the
+    total size and latest mtime of the files in it, hidden ones (review's own ``.cnnlab``) left out; ``None`` for
+    a hub dataset (``hf:NAME``), whose records are read to be hashed every time."""
+    if is_hf_name(container):
+        return None
+    stat = os.stat(container)
+    if not os.path.isdir(container):
+        return stat.st_size, stat.st_mtime_ns
+    size, mtime = 0, 0
+    with os.scandir(container) as entries:
+        for entry in entries:
+            if not entry.name.startswith(".") and entry.is_file():
+                info = entry.stat()
+                size, mtime = size + info.st_size, max(mtime, info.st_mtime_ns)
+    return size, mtime
+
+
 def embed_images(
     model: Runtime,
     paths: Sequence[Path],
@@ -212,7 +252,7 @@ def embed_images(
         for i, p in enumerate(paths):
             try:
                 keys[i] = cache.key_of(p)
-            except OSError:
+            except (OSError, ImageDecodeError):
                 keys[i] = None  # unreadable: the decoder will say why
     todo = [i for i, k in enumerate(keys) if cache is None or k is None or k not in cache.vectors]
     found = {i for i in range(len(paths))} - set(todo)
