@@ -89,3 +89,11 @@ def test_a_record_set_is_embedded_once_and_read_from_the_cache_after(inside: Pat
            [(f.path, f.issue, round(f.score, 4)) for f in first.findings]
     elsewhere = review(inside / source, CPU)  # the same records named another way: the same cache entries
     assert (elsewhere.embedded, elsewhere.from_cache) == (0, 9)
+
+
+def test_a_sample_without_a_label_is_said_to_be_unlabelled_not_missing_from_a_manifest(inside: Path) -> None:
+    result = review(Path("shards"), ReviewConfig(kinds=FILES_ONLY))
+    assert result.images == 9
+    assert not [n for n in result.notes if "manifest" in n]
+    (note,) = [n for n in result.notes if "without a label" in n]
+    assert note.startswith("1 record without a label not reviewed (e.g. shards/set-000000.tar#nolabel: no label")

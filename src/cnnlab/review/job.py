@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from cnnlab.errors import CnnlabError, DatasetError, UsageError
 from cnnlab.imagedata.datasets import LabelledImages, SkippedFile, scan_dataset
+from cnnlab.imagedata.records import is_record
 from cnnlab.progress import Progress
 from cnnlab.review.config import OUTPUT_DIR, RUN_FILES, STATE_DIR, ReviewConfig
 from cnnlab.review.detectors import Detector, Need, detectors_for
@@ -213,6 +214,10 @@ class _Review:
             seconds=seconds, settings=settings)
 
 
+#: What :func:`~cnnlab.imagedata.datasets.scan_dataset` says of a manifest's row whose file is not there.
+_NOT_ON_DISK = "listed in the manifest but not on disk"
+
+
 def _dataset_notes(images: LabelledImages, data: str | Path) -> list[str]:
     notes = []
     if len(images.classes) == 1:
@@ -220,8 +225,20 @@ def _dataset_notes(images: LabelledImages, data: str | Path) -> list[str]:
     if images.empty_classes:
         notes.append(f"empty class folders: {', '.join(images.empty_classes)}")
     missing = [s for s in images.skipped if s.reason == "missing"]
+    unlabelled = [s for s in missing if is_record(s.path)]  # a sample or row without a label: not a lost file
+    if unlabelled:
+        n, example = len(unlabelled), unlabelled[0]
+        notes.append(f"{n} record{'' if n == 1 else 's'} without a label not reviewed (e.g. {example.path}"
+                     + (f": {example.detail})" if example.detail else ")"))
+    missing = [s for s in missing if not is_record(s.path)]
     if missing:
-        notes.append(f"{len(missing)} files listed in the manifest are not on disk (e.g. {missing[0].path})")
+        n, example = len(missing), missing[0]
+        if all(s.detail == _NOT_ON_DISK for s in missing):
+            notes.append(f"{n} file{'' if n == 1 else 's'} listed in the manifest {'is' if n == 1 else 'are'} "
+                         f"not on disk (e.g. {example.path})")
+        else:
+            notes.append(f"{n} file{'' if n == 1 else 's'} not found (e.g. {example.path}"
+                         + (f": {example.detail})" if example.detail else ")"))
     others: dict[str, list[SkippedFile]] = {}
     for s in images.skipped:  # FIFOs, devices, symlink loops, unreadable folders: never images, still worth saying
         if s.reason not in ("missing", "duplicate"):
