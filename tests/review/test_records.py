@@ -97,3 +97,18 @@ def test_a_sample_without_a_label_is_said_to_be_unlabelled_not_missing_from_a_ma
     assert not [n for n in result.notes if "manifest" in n]
     (note,) = [n for n in result.notes if "without a label" in n]
     assert note.startswith("1 record without a label not reviewed (e.g. shards/set-000000.tar#nolabel: no label")
+
+
+@pytest.mark.parametrize("source", SETS)
+def test_apply_on_a_record_set_is_refused_before_any_work(inside: Path, source: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import cnnlab.review.job
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the review ran")
+
+    monkeypatch.setattr(cnnlab.review.job._Review, "prepare", no_work)
+    done = CliRunner().invoke(app, ["review", source, "--apply"], env={"COLUMNS": "200"})
+    assert done.exit_code == 2, done.output
+    assert done.output.startswith(f"error: moving flagged files needs a folder of image files; {source} is a ")
+    assert "review.csv" in done.output and not (inside / source / ".cnnlab").exists()

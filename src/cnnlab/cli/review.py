@@ -10,7 +10,6 @@ import typer
 from cnnlab.cli.app import app
 from cnnlab.cli.common import err, escape, handle_errors, out, print_json, print_table, split_csv
 from cnnlab.cli.params import Device, ImageColumn, Json, LabelColumn, Quiet, Threads, WeightsDir, Wide
-from cnnlab.errors import UsageError
 from cnnlab.jsonable import to_jsonable
 from cnnlab.options import ReviewIssue, parse_choice
 from cnnlab.review.config import ISSUE_ORDER, QUARANTINE_DIR, EmbeddingBackend, ReviewConfig
@@ -127,13 +126,10 @@ def review_command(
         if report.failed:
             raise typer.Exit(1)
         return
-    if apply and not data.is_dir():
-        raise UsageError(f"--apply moves files inside a dataset folder; {data} is not one")
-    if apply:  # where the moves would go is checked before the review's work, not after it
-        from cnnlab.review.config import QUARANTINE_DIR
-        from cnnlab.review.state import own_folder
+    if apply:  # a set of records, or where the moves would go, is refused before the review's work, not after it
+        from cnnlab.review import check_apply
 
-        own_folder(data, QUARANTINE_DIR)
+        check_apply(data)
     config = ReviewConfig(model=model, device=device, backend=backend.value, batch_size=batch_size, workers=workers,
                           image_column=image_column, label_column=label_column, threads=threads, weights_dir=weights_dir,
                           mapping_file=mapping, cache=not no_cache, folds=folds, min_side=min_side,

@@ -122,14 +122,22 @@ def _refuse_records(root: Path, what: str) -> None:
                            "records inside its files: use the review's report (review.csv) to clean it at its source")
 
 
-def apply_review(root: str | Path, findings: Sequence[Finding], *, kinds: Sequence[ReviewIssue],
-                 min_score: float = 0.0) -> MoveReport:
-    """Move the files flagged with one of ``kinds`` (score >= ``min_score``) into ``root/.quarantine/``."""
+def check_apply(root: str | Path) -> Path:
+    """What :func:`apply_review` checks before it moves anything, for a caller to check before a review's work:
+    ``root`` is a folder of image files (not a set of records) whose quarantine folder is its own (not a link or
+    a file). Returns the quarantine folder; raises :class:`~cnnlab.errors.DatasetError` (exit 2)."""
     root = Path(root)
     _refuse_records(root, "moving flagged files")
     if not root.is_dir():
         raise DatasetError(f"moving flagged files needs the dataset folder; {root} is not a folder")
-    log = own_file(own_folder(root, QUARANTINE_DIR), MOVES_FILE)
+    return own_folder(root, QUARANTINE_DIR)
+
+
+def apply_review(root: str | Path, findings: Sequence[Finding], *, kinds: Sequence[ReviewIssue],
+                 min_score: float = 0.0) -> MoveReport:
+    """Move the files flagged with one of ``kinds`` (score >= ``min_score``) into ``root/.quarantine/``."""
+    root = Path(root)
+    log = own_file(check_apply(root), MOVES_FILE)
     report = MoveReport()
     with _locked(root) as (manifest, ok):
         for f in _chosen(findings, kinds, min_score):
