@@ -34,12 +34,15 @@ def check_files(paths: Sequence[Path]) -> FileCheck:
     """Read every file's header: its size, or why it cannot be read.
 
     A record of a dataset (``shard.tar#KEY``, :mod:`cnnlab.imagedata.sources`) is read through
-    :func:`cnnlab.imagedata.decode.read_regular_file`, with the limits of every image read.
+    :func:`cnnlab.imagedata.decode.read_regular_file`, with the limits of every image read. A decompression bomb
+    is told as decoding tells it, with cnnlab's pixel limit (not Pillow's, which is twice it).
     """
     from PIL import Image, UnidentifiedImageError
 
     from cnnlab.errors import ImageDecodeError
+    from cnnlab.imagedata.decode import _bomb_message as bomb_message  # decoding's wording: cnnlab's limit
     from cnnlab.imagedata.decode import read_regular_file
+    from cnnlab.imagedata.limits import DEFAULT_MAX_PIXELS
     from cnnlab.imagedata.records import is_record
 
     result = FileCheck(sizes=[None] * len(paths))
@@ -62,8 +65,8 @@ def check_files(paths: Sequence[Path]) -> FileCheck:
             result.unreadable[i] = (exc.reason, exc.detail)
         except UnidentifiedImageError:
             result.unreadable[i] = ("not-an-image", "no image format recognises these bytes")
-        except Image.DecompressionBombError as exc:
-            result.unreadable[i] = ("decompression-bomb", str(exc))
+        except Image.DecompressionBombError as exc:  # Pillow refuses before any limit of cnnlab's is looked at
+            result.unreadable[i] = ("decompression-bomb", bomb_message(exc, DEFAULT_MAX_PIXELS))
         except (OSError, ValueError, SyntaxError) as exc:
             result.unreadable[i] = ("unreadable", f"{type(exc).__name__}: {exc}")
     return result
