@@ -493,7 +493,8 @@ def main() -> int:
         if not args.no_colours:
             acc, seconds, cpu = isolated("colours", work, work, 3)
             print(f"colours | 3 | 24/30 unseen | cnnlab --epochs 3 | {acc:.3f} | {seconds:.0f} | {cpu:.0f}", flush=True)
-    print("held-out: crops from a part of each photo that no training crop comes from", file=sys.stderr)
+    print("held-out: for the packaged-photo sets, crops from a part of each photo that no training crop comes from; "
+          f"for {', '.join(photo_sets.SETS)}, other photographs", file=sys.stderr)
     return 0
 
 
