@@ -128,3 +128,75 @@ def test_next_to_a_manifest_is_inside_its_data(tmp_path: Path) -> None:
     lists.mkdir()
     (lists / "m.csv").write_text("path,label\n")
     assert OutputFolder(lists / "res", "bench", data=lists / "m.csv").check() == lists / "res"
+
+
+# -- data stored as records (Parquet files, tar shards, save_to_disk folders) ------------------------------------
+
+
+def _photo_table(path: Path, labels: list[int]) -> Any:
+    """A Parquet file of real photo tiles (skimage's cat and coffee cup) as ``datasets`` writes it; the dataset."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+    from skimage import data as sk
+
+    from tests.helpers.images import grid_tiles, jpeg
+
+    tiles = {0: grid_tiles(Image.fromarray(sk.chelsea()), 2, 96), 1: grid_tiles(Image.fromarray(sk.coffee()), 2, 96)}
+    seen = {0: 0, 1: 0}
+    images = []
+    for label in labels:
+        images.append({"bytes": jpeg(tiles[label][seen[label]]), "path": None})
+        seen[label] += 1
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "coffee"])})
+    dataset = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    dataset.to_parquet(str(path))
+    return dataset
+
+
+def test_an_output_folder_beside_a_record_file_is_free_and_inside_a_folder_of_shards_is_not(tmp_path: Path) -> None:
+    """Found by review: ``bench data.parquet -o runs/x`` in a folder that also held class folders was refused
+    ("inside the data folder ."), though a Parquet file or a shard is read alone, never its folder."""
+    import tarfile
+
+    from tests.helpers.images import make_image
+
+    here = tmp_path / "here"
+    for label in ("cat", "dog"):  # the folder the record files lie in is also a class-folder tree
+        (here / label).mkdir(parents=True)
+        make_image(here / label / "1.jpg")
+    with tarfile.open(here / "set.tar", "w") as tar:
+        tar.add(here / "cat" / "1.jpg", "a.jpg")
+    _photo_table(here / "data.parquet", [0, 1]).save_to_disk(str(tmp_path / "sv"))
+    for data in (here / "set.tar", here / "data.parquet"):
+        assert OutputFolder(here / "runs" / "x", "bench", data=data).check() == here / "runs" / "x"
+    # a save_to_disk folder reads the files its state.json lists, nothing else written in it
+    assert OutputFolder(tmp_path / "sv" / "runs", "bench", data=tmp_path / "sv").check() == tmp_path / "sv" / "runs"
+    # a folder of shards holds its shards (and split folders) only: another folder would make it a class-folder tree
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (here / "set.tar").rename(shards / "s-000000.tar")
+    with pytest.raises(UsageError, match="take its folders for classes .* not shards or Parquet files"):
+        OutputFolder(shards / "runs", "bench", data=shards).check()
+    assert OutputFolder(shards / ".cnnlab" / "bench", "bench", data=shards).check() == shards / ".cnnlab" / "bench"
+
+
+def test_bench_on_a_parquet_file_in_the_current_folder_writes_where_it_is_told(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+    from cnnlab.models.registry import OFFLINE_MODEL
+    from tests.helpers.images import make_image
+
+    for label in ("cat", "coffee"):  # the current folder is also a class-folder tree
+        (tmp_path / label).mkdir()
+        make_image(tmp_path / label / "0.jpg")
+    _photo_table(tmp_path / "data.parquet", [0, 0, 1, 1])
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(app, ["bench", "data.parquet", "-m", OFFLINE_MODEL, "-b", "4", "--workers", "0",
+                                    "--repeats", "3", "--speed-budget", "1", "--no-plots", "-o", "runs/x", "-q"])
+    assert done.exit_code == 0, done.output
+    results = json.loads((tmp_path / "runs" / "x" / "results.json").read_text())
+    assert results["dataset"]["images"] == 4 and results["dataset"]["classes"] == {"cat": 2, "coffee": 2}

@@ -253,6 +253,26 @@ def _class_folder_tree(folder: Path, *, look: int = 64) -> bool:
     return False
 
 
+#: File endings of the containers of a dataset stored as records (:mod:`cnnlab.imagedata.sources`).
+_RECORD_ENDINGS = (".parquet", ".tar")
+
+
+def _reads_only_its_own_files(data: Path) -> bool:
+    """Whether the job reads nothing of what may be written in or beside ``data``: one file of records (a Parquet
+    file, a tar shard: that file only, never its folder), or a folder written by ``datasets``' ``save_to_disk``
+    (its ``state.json`` lists its Arrow files; nothing else in the folder is read)."""
+    if data.is_file():
+        return data.suffix.lower() in _RECORD_ENDINGS
+    return data.is_dir() and ((data / "state.json").is_file() or (data / "dataset_dict.json").is_file())
+
+
+def _holds_records(folder: Path) -> bool:
+    try:
+        return any(e.name.lower().endswith(_RECORD_ENDINGS) for _, e in zip(range(4096), os.scandir(folder)))
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class OutputFolder:
     """The one place that says whether a folder may receive a job's outputs, and that prepares it.
@@ -318,8 +338,12 @@ class OutputFolder:
     def check_outside_data(self) -> None:
         """Not the data folder, nor a visible folder inside it (hidden folders are never read as data). A manifest
         (``split.csv``, ``manifest.jsonl``) that lies in a class-folder tree counts as that tree: ``split``,
-        ``review`` and a folder scan would read what is written beside it; next to other folders it is free."""
-        if self.data is None:
+        ``review`` and a folder scan would read what is written beside it; next to other folders it is free.
+
+        Data stored as records is read as it is stored: a Parquet file or a tar shard alone, and a ``save_to_disk``
+        folder, read their own files only, so they leave the output folder free; a folder of shards or Parquet
+        files holds them and its split folders only (any other folder in it would make it a class-folder tree)."""
+        if self.data is None or _reads_only_its_own_files(self.data):
             return
         root = self.data if self.data.is_dir() else None
         if self.data.is_file() and _class_folder_tree(self.data.parent):
@@ -330,8 +354,10 @@ class OutputFolder:
         if parts is None or (parts and parts[0].startswith((".", "_"))):
             return
         where = "is the data folder" if not parts else f"is inside the data folder {root}"
-        raise UsageError(f"output folder {self.path} {where}: the next run would read its files as images "
-                         f"and its folders as classes; choose a folder outside it (or a hidden one, "
+        why = ("the next run would take its folders for classes and the folder for a class-folder tree, not shards or "
+               "Parquet files" if _holds_records(root) else
+               "the next run would read its files as images and its folders as classes")
+        raise UsageError(f"output folder {self.path} {where}: {why}; choose a folder outside it (or a hidden one, "
                          f"{root / '.cnnlab' / self.job})")
 
     def check_no_previous_run(self) -> None:
