@@ -3,6 +3,7 @@
 * :mod:`~cnnlab.imagedata.decode`: any file -> an RGB image, or a reason why not;
 * :mod:`~cnnlab.imagedata.preprocess`: the preprocessing that travels with the weights;
 * :mod:`~cnnlab.imagedata.datasets`: folder walks, class-folder trees and manifests;
+* :mod:`~cnnlab.imagedata.filenames`: which file names are images, and which are litter;
 * :mod:`~cnnlab.imagedata.sources`: Hugging Face datasets, Parquet files and WebDataset shards, listed with their labels;
 * :mod:`~cnnlab.imagedata.records`: one record of such a dataset read by its name (``shard.tar#KEY``), in any process;
 * :mod:`~cnnlab.imagedata.shards`: a WebDataset shard's samples, indexed from its tar headers;

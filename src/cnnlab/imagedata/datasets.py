@@ -31,19 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnlab.errors import DatasetError
+from cnnlab.imagedata.filenames import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
+from cnnlab.imagedata.filenames import JUNK_NAMES as JUNK_NAMES
+from cnnlab.imagedata.filenames import is_image_name as is_image_name
+from cnnlab.imagedata.filenames import is_junk_name as is_junk_name
 from cnnlab.imagedata.skipped import SkippedFile
-
-#: File name extensions treated as images when scanning folders (case-insensitive).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
-)
-
-
-#: Names never treated as images or walked into (compared case-insensitively): what operating systems,
-#: archivers and photo managers leave in folders. Hidden names (a leading ``.``) are skipped too.
-JUNK_NAMES: frozenset[str] = frozenset(
-    {"__macosx", "thumbs.db", "ehthumbs.db", "desktop.ini", "@eadir", "$recycle.bin", "system volume information"}
-)
 
 #: The splits a manifest's ``split`` column may name (case-insensitive: ``Val`` is ``val``).
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
@@ -79,15 +71,6 @@ class LabelledImages:
             list(self.skipped),
             list(self.empty_classes),
         )
-
-
-def is_image_name(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def is_junk_name(name: str) -> bool:
-    """Hidden (``.name``) or operating-system litter (:data:`JUNK_NAMES`): never an image, never walked."""
-    return name.startswith(".") or name.lower() in JUNK_NAMES
 
 
 def _is_class_folder_name(name: str) -> bool:

@@ -40,6 +40,8 @@ REASONS: Final[tuple[str, ...]] = (
     "extreme-aspect-ratio",  # one side many times the other (where the caller sets a limit)
     "symlink-loop",  # a link back into a folder being walked: not followed
     "duplicate",  # the same real file again (a link, or a repeated manifest row): counted once
+    "bad-label",  # a dataset record whose label names no class (an index past the class names, an unknown name)
+    "outside-dataset",  # a dataset row that names a file outside the dataset's folder instead of holding its bytes
 )
 
 #: Largest image file read by default, in bytes (the biggest camera RAW-sized TIFFs stay below it).

@@ -6,7 +6,9 @@ names do. Loading goes through ``datasets`` (imported only when a dataset is rea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,18 +64,63 @@ SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def choose_split(available: Sequence[str], split: str | None, where: str) -> str | None:
-    """The dataset's name for the split the user asked for; without one, the only split, else an error."""
+def choose_split(available: Sequence[str], split: str | None, where: str,
+                 alone: Callable[[str], str | None] | None = None) -> str | None:
+    """The dataset's name for the split the user asked for; without one, the only split, else an error.
+
+    ``alone`` gives the name under which one split is read on its own (``saved/validation``,
+    ``hf:beans/validation``, ``'data/validation-*.parquet'``), for the commands that take no split: the error
+    names them."""
     if split is None:
         if len(available) <= 1:
             return available[0] if available else None
-        raise DatasetError(f"{where} has splits {', '.join(available)}: choose one (split)")
+        names = [alone(s) for s in available] if alone is not None else []
+        how = ""
+        if names and all(names):
+            shown = " or ".join(str(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+            how = f", or read one split on its own as {shown}"
+        raise DatasetError(f"{where} has splits {', '.join(available)}: choose one (split){how}")
     if split in available:
         return split
     for alias in SPLIT_ALIASES.get(split.lower(), ()):
         if alias in available:
             return alias
     raise DatasetError(f"{where} has no split {split!r} (it has {', '.join(available) or 'none'})")
+
+
+def hf_split_name(source: str, split: str) -> str | None:
+    """The ``hf:`` name that reads split ``split`` of dataset ``source`` on its own (``None``: none says it)."""
+    name, config, _ = parse_hf_name(source)
+    candidate = f"{HF_PREFIX}{name}" + (f":{config}" if config else "") + f"/{split}"
+    try:
+        return candidate if parse_hf_name(candidate) == (name, config, split) else None
+    except DatasetError:
+        return None
+
+
+def saved_split_name(folder: str, split: str) -> str | None:
+    """The folder that holds split ``split`` of a saved ``DatasetDict``, read on its own (``None``: there is none)."""
+    path = Path(folder) / split
+    return str(path) if (path / "state.json").is_file() else None
+
+
+@contextlib.contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """``datasets``' own progress bars off while cnnlab loads a dataset (cnnlab shows its own progress, and a quiet
+    run stays quiet); as they were afterwards. ``HF_DATASETS_DISABLE_PROGRESS_BARS=0`` keeps them on."""
+    from datasets import config
+    from datasets.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    if config.HF_DATASETS_DISABLE_PROGRESS_BARS is not None or are_progress_bars_disabled():
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            enable_progress_bars()
 
 
 def parse_hf_name(text: str) -> tuple[str, str | None, str | None]:
@@ -106,12 +153,13 @@ def load_arrow_dataset(source: str, kind: str, split: str | None) -> tuple[Any, 
     if kind == "hf":
         name, config, given = parse_hf_name(source)
         try:
-            if given is None:
-                split_names = list(datasets.get_dataset_split_names(name, config))
-                given = choose_split(split_names, split, source)
-            elif split is not None and split not in (given, *SPLIT_ALIASES.get(split.lower(), ())):
-                raise DatasetError(f"{source} names split {given!r}; split {split!r} contradicts it")
-            dataset = datasets.load_dataset(name, config, split=given)
+            with quiet_datasets():
+                if given is None:
+                    split_names = list(datasets.get_dataset_split_names(name, config))
+                    given = choose_split(split_names, split, source, lambda s: hf_split_name(source, s))
+                elif split is not None and split not in (given, *SPLIT_ALIASES.get(split.lower(), ())):
+                    raise DatasetError(f"{source} names split {given!r}; split {split!r} contradicts it")
+                dataset = datasets.load_dataset(name, config, split=given)
         except DatasetError:
             raise
         except Exception as exc:  # noqa: BLE001 - network, hub and format errors all mean "cannot read it"
@@ -120,11 +168,12 @@ def load_arrow_dataset(source: str, kind: str, split: str | None) -> tuple[Any, 
         return _without_indices(dataset), container
     folder = Path(source)
     try:
-        loaded = datasets.load_from_disk(str(folder))
+        with quiet_datasets():
+            loaded = datasets.load_from_disk(str(folder))
     except Exception as exc:  # noqa: BLE001
         raise DatasetError(f"cannot read the saved dataset {folder}: {type(exc).__name__}: {exc}") from None
     if isinstance(loaded, datasets.DatasetDict):
-        chosen = choose_split(list(loaded), split, source)
+        chosen = choose_split(list(loaded), split, source, lambda s: saved_split_name(source, s))
         assert chosen is not None
         return _without_indices(loaded[chosen]), str(folder / chosen)
     if split is not None:
@@ -134,4 +183,22 @@ def load_arrow_dataset(source: str, kind: str, split: str | None) -> tuple[Any, 
 
 def _without_indices(dataset: Any) -> Any:
     """``dataset`` with its rows in its Arrow files (a selection of rows is written out once)."""
-    return dataset.flatten_indices() if getattr(dataset, "_indices", None) is not None else dataset
+    if getattr(dataset, "_indices", None) is None:
+        return dataset
+    with quiet_datasets():
+        return dataset.flatten_indices()
+
+
+def check_label_type(arrow_type: Any, column: str, where: str) -> None:
+    """Refuse a label column that holds neither class indices (integers) nor class names (strings)."""
+    import pyarrow as pa
+
+    def fits(kind: Any) -> bool:
+        string_view = getattr(pa.types, "is_string_view", lambda _: False)
+        return bool(pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                    or string_view(kind) or pa.types.is_null(kind))
+
+    if fits(arrow_type) or (pa.types.is_dictionary(arrow_type) and fits(arrow_type.value_type)):
+        return
+    raise DatasetError(f"{where}: the label column {column!r} holds {arrow_type} values; a label is a class index "
+                       "(an integer) or a class name (a string): name the label column (label_column)")

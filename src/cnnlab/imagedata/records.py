@@ -76,8 +76,7 @@ class ShardContainer(Container):
     def open(cls, path: str) -> ShardContainer:
         from cnnlab.imagedata.shards import walk_shard
 
-        index, _, _ = walk_shard(Path(path))
-        return cls(path, index)
+        return cls(path, walk_shard(Path(path)).images)
 
     def read(self, key: str, max_bytes: int) -> bytes:
         where = self.index.get(key)
@@ -89,12 +88,15 @@ class ShardContainer(Container):
 class ArrowContainer(Container):
     """The Arrow files of a dataset split: row -> (file, offset, size) of the image bytes, found from the
     buffers of the memory-mapped files (uncompressed Arrow, as ``datasets`` writes it); rows that only name a
-    file (an ``Image`` feature stored as a path) keep that path."""
+    file (an ``Image`` feature stored as a path) keep that path, which is read only inside ``roots``
+    (:func:`read_named_file`)."""
 
-    def __init__(self, files: list[str], file_of: Any, offsets: Any, sizes: Any, paths: dict[int, str]) -> None:
+    def __init__(self, files: list[str], file_of: Any, offsets: Any, sizes: Any, paths: dict[int, str],
+                 roots: tuple[str, ...] = ()) -> None:
         self.files = files
         self.file_of, self.offsets, self.sizes = file_of, offsets, sizes
         self.paths = paths
+        self.roots = roots
 
     @classmethod
     def from_dataset(cls, name: str, dataset: Any, image_column: str) -> ArrowContainer:
@@ -102,6 +104,7 @@ class ArrowContainer(Container):
         if not files:
             raise DatasetError(f"{name} is held in memory, not in Arrow files: save it with save_to_disk first")
         container = cls.from_files(files, image_column, name)
+        container.roots = dataset_roots(name)
         if len(container.offsets) != len(dataset):
             raise DatasetError(f"{name}: its Arrow files hold {len(container.offsets):,} rows, the dataset "
                                f"{len(dataset):,}: a selection of rows is not supported; save it with save_to_disk")
@@ -170,15 +173,59 @@ class ArrowContainer(Container):
         return [int(i) for i in (self.sizes < 0).nonzero()[0] if int(i) not in self.paths]
 
     def read(self, key: str, max_bytes: int) -> bytes:
-        from cnnlab.imagedata.filebytes import read_file_bytes
-
         row = _row_number(key, len(self.offsets))
         if row in self.paths:
-            return read_file_bytes(self.paths[row], max_bytes)
+            return read_named_file(self.paths[row], self.roots, max_bytes)
         size = int(self.sizes[row])
         if size < 0:
             raise ImageDecodeError("empty", "no image in this row")
         return _pread(self.files[int(self.file_of[row])], int(self.offsets[row]), size, max_bytes)
+
+
+def dataset_roots(name: str) -> tuple[str, ...]:
+    """The folders inside which a row of dataset ``name`` that names a file instead of holding its bytes may be read
+    (the first one is where a relative path is taken from): a saved dataset's folder (the whole ``DatasetDict``'s
+    for one of its splits); for a dataset loaded by ``datasets.load_dataset``, the folder it was loaded from when
+    local, and the caches where ``datasets`` and the Hub keep downloaded and extracted files."""
+    if not is_hf_name(name):
+        folder = Path(name)
+        return (str(folder), str(folder.parent)) if (folder.parent / "dataset_dict.json").is_file() else (str(folder),)
+    from cnnlab.imagedata.hfdata import parse_hf_name
+
+    roots: list[str] = []
+    local = parse_hf_name(name)[0]
+    if local.startswith(("/", ".")):
+        roots.append(local)
+    with contextlib.suppress(ImportError, AttributeError):
+        from datasets import config
+
+        roots += [str(config.HF_DATASETS_CACHE), str(config.DOWNLOADED_DATASETS_PATH),
+                  str(config.EXTRACTED_DATASETS_PATH)]
+    with contextlib.suppress(ImportError, AttributeError):
+        from huggingface_hub import constants
+
+        roots.append(str(constants.HF_HUB_CACHE))
+    return tuple(roots)
+
+
+def read_named_file(value: str, roots: tuple[str, ...], max_bytes: int) -> bytes:
+    """The bytes of the file that a dataset row names instead of holding its image's bytes, when that file lies
+    inside one of ``roots`` (links resolved; a relative path is taken from the first root). A row naming any other
+    file is not read: a dataset row carries its image, and a file elsewhere (``/etc/passwd``) is none of its business.
+
+    Raises:
+        ImageDecodeError: ``outside-dataset``, or what :func:`cnnlab.imagedata.filebytes.read_file_bytes` raises.
+    """
+    from cnnlab.imagedata.filebytes import read_file_bytes
+
+    path = Path(value)
+    if "://" not in value and roots:
+        real = os.path.realpath(path if path.is_absolute() else Path(roots[0]) / path)
+        if any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in map(os.path.realpath, roots)):
+            return read_file_bytes(real, max_bytes)
+    raise ImageDecodeError("outside-dataset", f"the row holds no image bytes, only the file name {value!r}, which is "
+                           f"outside the dataset's folder {roots[0] if roots else ''}: not read (a dataset row must "
+                           "carry its image's bytes)")
 
 
 def _row_number(key: str, rows: int) -> int:
@@ -232,9 +279,7 @@ class ParquetContainer(Container):
         else:
             data, path = value, None
         if data is None and path:
-            from cnnlab.imagedata.filebytes import read_file_bytes
-
-            return read_file_bytes(path, max_bytes)
+            return read_named_file(path, (str(Path(self.path).parent),), max_bytes)
         if data is None:
             raise ImageDecodeError("empty", "no image in this row")
         if len(data) > max_bytes:
@@ -252,10 +297,20 @@ def remember(name: str, container: Container) -> None:
 
 
 def split_record(path: str | Path) -> tuple[str, str] | None:
-    """``(container, key)`` of a record name, or ``None`` when ``path`` is not one (no ``#``)."""
+    """``(container, key)`` of a record name, or ``None`` when ``path`` is not one (no ``#``).
+
+    A shard's keys may hold ``#`` (``shard.tar#a#b`` is key ``a#b``): the container is the first part ending in
+    ``.tar`` that is a shard (opened, or a file); other containers' keys are row numbers, after the last ``#``."""
     text = str(path)
     if RECORD_SEP not in text:
         return None
+    at = text.find(RECORD_SEP)
+    while at > 0:
+        container = text[:at]
+        if container.lower().endswith(".tar") and (container in _OPEN or os.path.isfile(container)):
+            key = text[at + 1:]
+            return (container, key) if key else None
+        at = text.find(RECORD_SEP, at + 1)
     container, key = text.rsplit(RECORD_SEP, 1)
     return (container, key) if container and key else None
 
@@ -340,9 +395,10 @@ def open_containers(paths: Iterable[str | Path]) -> None:
     seen: set[str] = set()
     for path in paths:
         text = str(path)
-        if RECORD_SEP not in text:
+        parts = split_record(text) if RECORD_SEP in text else None
+        if parts is None:
             continue
-        container = text.rsplit(RECORD_SEP, 1)[0]
+        container = parts[0]
         if container in seen:
             continue
         seen.add(container)
