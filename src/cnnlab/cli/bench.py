@@ -24,8 +24,7 @@ from cnnlab.cli.params import (
     default_of,
     out_option,
 )
-from cnnlab.cli.tracking import Track, Tracker, TrackUri, track_run
-from cnnlab.cli.train import check_tracking
+from cnnlab.cli.tracking import Track, Tracker, TrackUri, check_tracking, track_run
 from cnnlab.errors import UsageError
 from cnnlab.models.registry import LAB_MODELS
 from cnnlab.options import (

@@ -93,12 +93,19 @@ def full_width_console() -> Console:
     return Console(highlight=False, soft_wrap=True, width=max(out.width, 1000))
 
 
+#: Characters a terminal acts on, other than line breaks and tabs: C0 controls (ESC starts colour and cursor
+#: sequences), DEL and C1 controls.
+_TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def escape(text: str) -> str:
-    """``text`` with rich markup made literal (file names and messages can hold ``[...]``) and
-    undecodable file-name bytes shown as ``\\xNN`` (see :func:`printable`)."""
+    """``text`` with rich markup made literal (file names and messages can hold ``[...]``), undecodable
+    file-name bytes shown as ``\\xNN`` (see :func:`printable`), and terminal control characters (a file
+    named with an ESC sequence) shown as ``\\xNN`` rather than acted on."""
     from rich.markup import escape as rich_escape
 
-    return rich_escape(printable(text))
+    safe = _TERMINAL_CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", printable(text))
+    return rich_escape(safe)
 
 
 def write_stdout(text: str) -> None:

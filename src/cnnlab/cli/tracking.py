@@ -68,3 +68,17 @@ def track_run(folder: Path, track: Tracker | None, uri: str | None = None) -> Tr
     if default_store:
         err.print(f"  see it with: mlflow ui --backend-store-uri {escape(tracked.tracking_uri)}")
     return tracked
+
+
+def check_tracking(track: Tracker | None, uri: str | None) -> str | None:
+    """Before any work: the tracking store checked (:func:`cnnlab.tracking.check_store`, a one-line error, exit 2),
+    or ``--track-uri`` without ``--track`` warned about. Returns the URI :func:`track_run` should get (``None``
+    when nothing is tracked: the warning is not repeated after the run). Shared by ``train`` and ``bench``."""
+    if track is None:
+        if uri:
+            err.print("[yellow]warning:[/] --track-uri without --track mlflow: the run will not be tracked")
+        return None
+    from cnnlab.tracking import check_store
+
+    check_store(uri)
+    return uri

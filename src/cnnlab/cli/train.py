@@ -23,7 +23,7 @@ from cnnlab.cli.params import (
     Workers,
     out_option,
 )
-from cnnlab.cli.tracking import Track, Tracker, TrackUri, track_run
+from cnnlab.cli.tracking import Track, TrackUri, check_tracking, track_run
 from cnnlab.imagedata.preprocess import MAX_INPUT_SIZE
 from cnnlab.options import Augment, BNPolicy, Schedule
 from cnnlab.train.config import TrainConfig
@@ -146,20 +146,6 @@ def train_command(
         _print_summary(result, wide=wide)
     _print_skipped(result)
     track_run(result.out, track, track_uri)
-
-
-def check_tracking(track: Tracker | None, uri: str | None) -> str | None:
-    """Before any work: the tracking store checked (:func:`cnnlab.tracking.check_store`, a one-line error, exit 2),
-    or ``--track-uri`` without ``--track`` warned about. Returns the URI :func:`track_run` should get (``None``
-    when nothing is tracked: the warning is not repeated after the run). Shared by ``train`` and ``bench``."""
-    if track is None:
-        if uri:
-            err.print("[yellow]warning:[/] --track-uri without --track mlflow: the run will not be tracked")
-        return None
-    from cnnlab.tracking import check_store
-
-    check_store(uri)
-    return uri
 
 
 #: Classes the summary's per-class table lists one by one; with more it lists the least accurate half as many.
