@@ -3,13 +3,14 @@ speed figures carry their spread and the machine's load. Not speed: no timed ass
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from cnnlab.bench.config import MeasureOptions
-from cnnlab.bench.machine import LoadSnapshot, busy_warning, machine_state
+from cnnlab.bench.machine import LoadSnapshot, available_cores, busy_cores_now, busy_warning, machine_state
 from cnnlab.bench.measure import time_repeated
 from cnnlab.bench.protocol import RunResult
 from cnnlab.errors import UsageError
@@ -129,6 +130,25 @@ def test_machine_state_says_when_the_machine_was_busy() -> None:
     assert busy["busy"] and "stolen" in busy["busy_reason"] and "not reliable" in str(busy_warning(busy))
     blind = machine_state(LoadSnapshot(None, None), LoadSnapshot(None, None), cores_in_use=2)
     assert blind["steal_fraction"] is None and not blind["busy"]
+
+
+def test_the_start_is_judged_on_the_cores_busy_now_not_the_lagging_load_average() -> None:
+    # a minute's load average left by an install that has finished: the CPUs are idle now, so not busy
+    after_install = machine_state(LoadSnapshot((1.9, 1.0, 0.5), (1000, 0), busy_cores=0.05),
+                                  LoadSnapshot((1.2, 1.0, 0.5), (2000, 0)), cores_in_use=2)
+    assert not after_install["busy"] and after_install["busy_cores_start"] == 0.05
+    # another process on a core right now, with a load average that has not caught up yet
+    competing = machine_state(LoadSnapshot((0.1, 0.1, 0.1), (1000, 0), busy_cores=1.0),
+                              LoadSnapshot((0.3, 0.1, 0.1), (2000, 0)), cores_in_use=max(2, available_cores()))
+    assert competing["busy"] and "cores busy when the run started" in competing["busy_reason"]
+
+
+def test_busy_cores_now_measures_this_machine() -> None:
+    measured = busy_cores_now(0.2)
+    if measured is None:
+        pytest.skip("no /proc/stat")
+    assert 0.0 <= measured <= (os.cpu_count() or 1) + 1e-9
+    assert busy_cores_now(0) is None
 
 
 def test_speed_budget_and_auto_choice_travel_to_and_from_the_worker() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,20 +46,56 @@ def _cpu_times() -> tuple[int, int] | None:
     return sum(values[:8]), steal
 
 
+def _busy_jiffies() -> tuple[int, int] | None:
+    """(total, busy) jiffies of all CPUs from ``/proc/stat`` (busy: neither idle nor waiting for I/O)."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if not first or first[0] != "cpu":
+        return None
+    values = [int(v) for v in first[1:9]]
+    total = sum(values)
+    return total, total - values[3] - (values[4] if len(values) > 4 else 0)
+
+
+#: Seconds bench watches the CPUs before its first model, to tell whether other processes keep them busy.
+START_SAMPLE_S = 0.5
+
+
+def busy_cores_now(seconds: float) -> float | None:
+    """How many cores other processes keep busy, measured over ``seconds`` while this process sleeps.
+
+    The load average is a minute's moving average: just after a pip install or an earlier run it still says
+    busy on a machine that has gone quiet (and says quiet for a while after a job starts), so the start of a
+    run is judged on what the CPUs do now."""
+    first = _busy_jiffies()
+    if first is None or seconds <= 0:
+        return None
+    time.sleep(seconds)
+    second = _busy_jiffies()
+    if second is None or second[0] <= first[0]:
+        return None
+    return (second[1] - first[1]) / (second[0] - first[0]) * (os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class LoadSnapshot:
-    """The load average and CPU time counters at one moment."""
+    """The load average and CPU time counters at one moment, and the cores busy just then (when sampled)."""
 
     loadavg: tuple[float, float, float] | None
     cpu_times: tuple[int, int] | None
+    busy_cores: float | None = None
 
     @classmethod
-    def take(cls) -> LoadSnapshot:
+    def take(cls, sample_s: float = 0.0) -> LoadSnapshot:
+        """The snapshot; with ``sample_s``, also the cores busy over that many seconds (:func:`busy_cores_now`)."""
         try:
             load = os.getloadavg()
         except (OSError, AttributeError):
             load = None
-        return cls(load, _cpu_times())
+        busy = busy_cores_now(sample_s) if sample_s > 0 else None
+        return cls(load, _cpu_times(), busy)
 
 
 def machine_state(start: LoadSnapshot, end: LoadSnapshot, *, cores_in_use: int) -> dict[str, Any]:
@@ -76,7 +113,11 @@ def machine_state(start: LoadSnapshot, end: LoadSnapshot, *, cores_in_use: int) 
     reasons = []
     load_start = start.loadavg[0] if start.loadavg else None
     load_end = end.loadavg[0] if end.loadavg else None
-    if load_start is not None and load_start + in_use > cores + 0.5:
+    if start.busy_cores is not None:  # what the CPUs did just before the run: the load average lags a minute
+        if start.busy_cores + in_use > cores + 0.5:
+            reasons.append(f"other processes kept {start.busy_cores:.1f} cores busy when the run started, with "
+                           f"{in_use} of {cores} cores needed")
+    elif load_start is not None and load_start + in_use > cores + 0.5:
         reasons.append(f"load average {load_start:.1f} when the run started, with {in_use} of {cores} cores needed")
     if load_end is not None and load_end > max(cores, in_use) + 1.0:
         reasons.append(f"load average {load_end:.1f} when it ended, on {cores} cores")
@@ -89,6 +130,7 @@ def machine_state(start: LoadSnapshot, end: LoadSnapshot, *, cores_in_use: int) 
         "cores_in_use": in_use,
         "loadavg_start": list(start.loadavg) if start.loadavg else None,
         "loadavg_end": list(end.loadavg) if end.loadavg else None,
+        "busy_cores_start": start.busy_cores,
         "steal_fraction": steal,
         "busy": bool(reasons),
         "busy_reason": "; ".join(reasons) or None,

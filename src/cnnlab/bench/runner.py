@@ -31,7 +31,7 @@ import numpy as np
 
 from cnnlab.bench import ranks
 from cnnlab.bench.config import BenchConfig
-from cnnlab.bench.machine import LoadSnapshot, busy_warning, machine_state
+from cnnlab.bench.machine import START_SAMPLE_S, LoadSnapshot, busy_warning, machine_state
 from cnnlab.bench.protocol import PREDICTION_DTYPE, ProtocolError, RunRequest, RunResult
 from cnnlab.bench.result import BenchResult, ModelResult, environment
 from cnnlab.bench.scoring import comparisons, score
@@ -313,7 +313,7 @@ def measure_models(config: BenchConfig, *, progress: Progress | None = None, pla
     """
     progress = progress or Progress()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    load_start = LoadSnapshot.take()
+    load_start = LoadSnapshot.take(sample_s=START_SAMPLE_S)
     _STOPPING.clear()
     ctx = ranks.join()  # torchrun: every rank runs this, rank 0 checks the data and merges (cnnlab.bench.ranks)
     if ctx is not None and len(config.devices) > 1:
