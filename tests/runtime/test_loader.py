@@ -103,7 +103,11 @@ def test_int8_is_calibrated_on_the_given_images_and_cached(photos: list[Path], t
     assert int(confident.sum()) == 2
     for model in (ort8, ov8):
         logits = torch.cat([b.logits for b in run_inference(model, photos, batch_size=3, workers=0)])
-        assert torch.equal(logits.argmax(1)[confident], torch_logits.argmax(1)[confident])
+        # int8 kernels differ between CPUs (with or without VNNI), and the cat's top classes are three cat
+        # breeds: each confident image's top class is among the other model's top 3, both ways
+        for got, want in zip(logits[confident], torch_logits[confident]):
+            assert int(got.argmax()) in want.topk(3).indices.tolist()
+            assert int(want.argmax()) in got.topk(3).indices.tolist()
 
 
 def test_onnx_files_work_where_model_names_do(tmp_path: Path, real_photos: dict[str, Path]) -> None:
