@@ -33,28 +33,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """(total, steal) jiffies of all CPUs from ``/proc/stat``; ``None`` where there is no such file."""
+def _proc_stat_cpu() -> list[int] | None:
+    """The first eight jiffy counters of all CPUs from ``/proc/stat`` (user, nice, system, idle, iowait, irq,
+    softirq, steal); ``None`` where there is no such file."""
     try:
         first = Path("/proc/stat").read_text().splitlines()[0].split()
     except (OSError, IndexError):
         return None
     if not first or first[0] != "cpu":
         return None
-    values = [int(v) for v in first[1:]]
-    steal = values[7] if len(values) > 7 else 0
-    return sum(values[:8]), steal
+    return [int(v) for v in first[1:9]]
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(total, steal) jiffies of all CPUs; ``None`` where there is no ``/proc/stat``."""
+    values = _proc_stat_cpu()
+    if values is None:
+        return None
+    return sum(values), values[7] if len(values) > 7 else 0
 
 
 def _busy_jiffies() -> tuple[int, int] | None:
-    """(total, busy) jiffies of all CPUs from ``/proc/stat`` (busy: neither idle nor waiting for I/O)."""
-    try:
-        first = Path("/proc/stat").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
+    """(total, busy) jiffies of all CPUs (busy: neither idle nor waiting for I/O)."""
+    values = _proc_stat_cpu()
+    if values is None:
         return None
-    if not first or first[0] != "cpu":
-        return None
-    values = [int(v) for v in first[1:9]]
     total = sum(values)
     return total, total - values[3] - (values[4] if len(values) > 4 else 0)
 
