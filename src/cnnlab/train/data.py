@@ -133,13 +133,8 @@ def prepare_data(
             train, val, _ = _split(train, None, val=val_fraction, test=0.0, seed=seed, threshold=near_dup_threshold,
                                    crops=crops, progress=progress)
             source += f" (val: {val_fraction:.0%} of train per class, seed {seed}, near duplicates together)"
-    if len(classes) < 2:
-        raise DatasetError(f"{data} has {len(classes)} class(es) with training images; a classifier needs at least 2")
-    without = [c for c, n in train.class_counts().items() if n == 0]
-    if without:
-        raise DatasetError(f"the split left class(es) {', '.join(without)} without training images: "
-                           "lower val_fraction/test_fraction or add images")
-    return DataSplits(classes, train, val if val else None, test if test else None, source, skipped, dropped)
+    return _checked_splits(data, DataSplits(classes, train, val if val else None, test if test else None, source,
+                                            skipped, dropped))
 
 
 def _prepare_records(data: str | Path, *, val_fraction: float, test_fraction: float, seed: int,
@@ -175,13 +170,8 @@ def _prepare_records(data: str | Path, *, val_fraction: float, test_fraction: fl
         if val_fraction > 0 or test_fraction > 0:
             train, val, test = _stratified(train, val=val_fraction, test=test_fraction, seed=seed)
         source = f"split of {data}: val {val_fraction:.0%}, test {test_fraction:.0%} per class, seed {seed}"
-    if len(classes) < 2:
-        raise DatasetError(f"{data} has {len(classes)} class(es) with training images; a classifier needs at least 2")
-    without = [c for c, n in train.class_counts().items() if n == 0]
-    if without:
-        raise DatasetError(f"the split left class(es) {', '.join(without)} without training images: "
-                           "lower val_fraction/test_fraction or add images")
-    return DataSplits(classes, train, val if val else None, test if test else None, source, skipped, dropped)
+    return _checked_splits(data, DataSplits(classes, train, val if val else None, test if test else None, source,
+                                            skipped, dropped))
 
 
 def _stratified(images: LabelledImages, *, val: float, test: float, seed: int,
@@ -330,3 +320,15 @@ def reseed(seed: int, epoch: int, generator: torch.Generator) -> None:
     epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
     seed_everything(epoch_seed)
     generator.manual_seed(epoch_seed)
+
+
+def _checked_splits(data: str | Path, splits: DataSplits) -> DataSplits:
+    """``splits``, once they hold at least two classes and every class has training images."""
+    if len(splits.classes) < 2:
+        raise DatasetError(f"{data} has {len(splits.classes)} class(es) with training images; a classifier needs "
+                           "at least 2")
+    without = [c for c, n in splits.train.class_counts().items() if n == 0]
+    if without:
+        raise DatasetError(f"the split left class(es) {', '.join(without)} without training images: "
+                           "lower val_fraction/test_fraction or add images")
+    return splits
