@@ -54,6 +54,7 @@ def train_command(
     freeze_epochs: Annotated[int, typer.Option("--freeze-epochs", min=0, metavar="N", help="Head-only epochs after the probe, backbone frozen.")] = _C.freeze_epochs,
     freeze: Annotated[bool, typer.Option("--freeze", help="Linear probe only: fit the head on frozen features (seconds), no epochs.")] = _C.freeze,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Start the head from a logistic regression on frozen features.")] = _C.probe,
+    refit: Annotated[bool, typer.Option("--refit/--no-refit", help="End by refitting the head on the training and validation images (validation figures then out of fold).")] = _C.refit,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=65536, metavar="N", help="Largest batch (lowered for small data, see --min-phase-steps).")] = _C.batch_size,
     min_phase_steps: Annotated[int, typer.Option("--min-phase-steps", min=1, metavar="N", help="Optimiser steps each phase should have; smaller batches (>= 8) give them.")] = _C.min_phase_steps,
     find_lr: Annotated[bool, typer.Option("--find-lr", help="Only run the learning-rate range test: lr_find.png/csv and a suggested --lr.")] = False,
@@ -108,7 +109,7 @@ def train_command(
                   f"`cnnlab train {escape(data_option)} ...`")
         data = data_option
     config = TrainConfig(
-        data=data, out=str(out_dir), model=model, epochs=epochs, freeze_epochs=freeze_epochs, freeze=freeze, probe=probe,
+        data=data, out=str(out_dir), model=model, epochs=epochs, freeze_epochs=freeze_epochs, freeze=freeze, probe=probe, refit=refit,
         batch_size=batch_size, min_phase_steps=min_phase_steps, lr=lr, backbone_lr_ratio=backbone_lr_ratio, weight_decay=weight_decay,
         schedule=schedule, patience=patience or None, label_smoothing=label_smoothing, val_fraction=val_fraction,
         test_fraction=test_fraction, near_dup_threshold=near_dup_threshold, crops=crops, image_column=image_column,
@@ -218,6 +219,10 @@ def _print_summary(result: TrainResult, *, wide: bool = False) -> None:
     if result.weight_mix is not None:
         table.add_row("best.pt", f"{result.weight_mix:g} x epoch {result.best_epoch}'s weights + "
                                  f"{1 - result.weight_mix:g} x the probe's (WiSE-FT, chosen on validation)")
+    if result.refit is not None:
+        rf = result.refit
+        table.add_row("refit", f"head refitted on {rf['images']} train + val images; val acc {_pct(rf['val_acc'])} "
+                               f"out of {rf['folds']} folds ({_pct(rf['val_acc_before'])} before)")
     if result.zero_shot is not None:
         zs = result.zero_shot
         table.add_row("zero-shot", f"{_pct(zs['val_acc'])} on {zs['n']} val images: the untouched pretrained model "

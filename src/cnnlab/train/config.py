@@ -72,6 +72,8 @@ class TrainConfig:
     freeze: bool = False
     #: Initialise the new head by a logistic-regression fit on frozen features (:mod:`~cnnlab.train.probe`).
     probe: bool = True
+    #: End by refitting the chosen network's head on the training and validation images (:mod:`~cnnlab.train.refit`).
+    refit: bool = True
     #: Largest batch; a small training set gets smaller batches so that each phase has
     #: ``min_phase_steps`` optimiser steps (never below 8 images), all batches about equal.
     batch_size: int = 32

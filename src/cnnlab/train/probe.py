@@ -105,6 +105,49 @@ def probe_sample(images: LabelledImages, limit: int, seed: int) -> list[int]:
     return sorted(chosen)
 
 
+@dataclass
+class Features:
+    """Penultimate features of labelled images: row ``i`` of ``x`` belongs to class ``y[i]``."""
+
+    x: torch.Tensor  # (N, D)
+    y: torch.Tensor  # (N,)
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+
+def frozen_features(
+    model: LoadedModel, images: LabelledImages, *, batch_size: int, workers: int, progress: Progress,
+    description: str, task: str = "probe",
+) -> Features:
+    """``model``'s penultimate features of ``images`` with the evaluation preprocessing (the model goes into eval
+    mode); undecodable files are skipped and listed. Raises :class:`DatasetError` when none decodes."""
+    model.module.eval()
+    feats: list[torch.Tensor] = []
+    found: list[int] = []
+    skipped: list[SkippedFile] = []
+    labels = [images.classes[t] for t in images.targets]
+    for batch in run_inference(model, images.paths, batch_size=batch_size, workers=workers, labels=labels,
+                               progress=progress, task=task, description=description, features=True):
+        skipped.extend(batch.skipped)
+        if batch.features is None:  # every file of the batch failed
+            continue
+        feats.append(batch.features)
+        found.extend(batch.indices)
+    if not found:
+        raise DatasetError(f"no image could be decoded for the {description}")
+    y = torch.tensor([images.targets[i] for i in found], dtype=torch.long)
+    return Features(torch.cat(feats), y, skipped)
+
+
+def fit_features(features: Features, num_classes: int, *, balance: bool, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The logistic regression on ``features`` (each class weighing the same with ``balance``): ``(W, b)``."""
+    y = features.y
+    sample_weight = None
+    if balance:
+        counts = torch.bincount(y, minlength=num_classes).double()
+        sample_weight = (len(y) / (num_classes * counts.clamp(min=1)))[y]
+    return fit_logistic(features.x, y, num_classes, sample_weight=sample_weight, bias=bias)
+
+
 def fit_probe(
     model: LoadedModel,
     head: nn.Module,
@@ -121,34 +164,18 @@ def fit_probe(
     subset = images.subset(positions) if len(positions) < len(images) else images
     if len(positions) < len(images):
         progress.note(f"probe: fitted on a class-stratified sample of {len(subset):,} of {len(images):,} images")
-    model.module.eval()
-    feats: list[torch.Tensor] = []
-    found: list[int] = []
-    skipped: list[SkippedFile] = []
-    labels = [subset.classes[t] for t in subset.targets]
-    for batch in run_inference(model, subset.paths, batch_size=batch_size, workers=workers, labels=labels,
-                               progress=progress, task="probe", description="probe: frozen features",
-                               features=True):
-        skipped.extend(batch.skipped)
-        if batch.features is None:  # every file of the batch failed
-            continue
-        feats.append(batch.features)
-        found.extend(batch.indices)
-    if not found:
-        raise DatasetError("no training image could be decoded for the probe")
-    x = torch.cat(feats)
-    y = torch.tensor([subset.targets[i] for i in found], dtype=torch.long)
+    try:
+        feats = frozen_features(model, subset, batch_size=batch_size, workers=workers, progress=progress,
+                                description="probe: frozen features")
+    except DatasetError:
+        raise DatasetError("no training image could be decoded for the probe") from None
     num_classes = len(images.classes)
-    sample_weight = None
-    if balance:
-        counts = torch.bincount(y, minlength=num_classes).double()
-        sample_weight = (len(y) / (num_classes * counts.clamp(min=1)))[y]
     has_bias = getattr(head, "bias", None) is not None
-    weight, bias = fit_logistic(x, y, num_classes, sample_weight=sample_weight, bias=has_bias)
-    logits = x @ weight.T + (bias if bias is not None else 0.0)
-    loss = float(nn.functional.cross_entropy(logits, y))
-    accuracy = float((logits.argmax(1) == y).float().mean())
-    return ProbeFit(weight, bias, loss, accuracy, len(y), skipped)
+    weight, bias = fit_features(feats, num_classes, balance=balance, bias=has_bias)
+    logits = feats.x @ weight.T + (bias if bias is not None else 0.0)
+    loss = float(nn.functional.cross_entropy(logits, feats.y))
+    accuracy = float((logits.argmax(1) == feats.y).float().mean())
+    return ProbeFit(weight, bias, loss, accuracy, len(feats.y), feats.skipped)
 
 
 @torch.no_grad()

@@ -98,6 +98,9 @@ class TrainResult:
     #: Share of the best epoch's weights in best.pt, the rest the probe's (``None``: not mixed, the best epoch as is).
     weight_mix: float | None = None
     mix_scores: list[MixScore] = field(default_factory=list)
+    #: The head refitted on training and validation images (:mod:`cnnlab.train.refit`): images, folds, validation
+    #: accuracy before and out of fold after; ``None`` when it was not refitted.
+    refit: dict[str, Any] | None = None
     #: The untouched pretrained model on the validation images through the WordNet mapping
     #: (:mod:`cnnlab.train.zero_shot`): ``{"val_acc", "n", "synsets"}``; ``None`` when a class does not map.
     zero_shot: dict[str, Any] | None = None
@@ -159,6 +162,7 @@ class TrainResult:
             "selection": self.selection,
             "weight_mix": self.weight_mix,
             "mix_scores": [m.to_dict() for m in self.mix_scores],
+            "refit": self.refit,
             "zero_shot": self.zero_shot,
         })
         return data

@@ -38,6 +38,7 @@ from cnnlab.train.config import BatchPlan, Phase, ResolvedSettings, TrainConfig,
 from cnnlab.train.data import DataSplits, make_train_loader
 from cnnlab.train.loop import Predictions, evaluate, evaluation_report
 from cnnlab.train.mixing import choose_mix, interpolate, score_mixes
+from cnnlab.train.refit import can_refit, refit_head
 from cnnlab.train.report import REPORT_FILE, SplitPredictions, write_run_report
 from cnnlab.train.result import RUN_FILES, EpochRecord, TrainResult
 from cnnlab.train.state import RunState, plot_curves, write_history
@@ -242,6 +243,8 @@ def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
     run.model.module.load_state_dict(best["state_dict"])
     if run.splits.val is not None and state.best_epoch:  # the best epoch trained: mix it with the probe
         _mix_with_probe(run, best)
+    if run.splits.val is not None and run.config.refit:  # the chosen network's head, fitted on every labelled image
+        _refit(run, best)
     reports: dict[str, Any] = {}
     held_out: list[SplitPredictions] = []  # for report.html
     for name, part in (("val", run.splits.val), ("test", run.splits.test)):
@@ -250,7 +253,8 @@ def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
             reports[name] = {**evaluation_report(preds.logits, preds.targets, classes), "skipped": len(preds.skipped)}
             held_out.append(_split_predictions(name, part, preds))
             if name == "val":  # "none of these": calibrated on validation (cnnlab.train.unknown)
-                best[CHECKPOINT_KEY] = calibrate_unknown(preds.logits)
+                best[CHECKPOINT_KEY] = calibrate_unknown(
+                    preds.logits, calibrated_on="val, out of fold" if result.refit is not None else "val")
     result.evaluated_on = "test" if "test" in reports else ("val" if "val" in reports else None)
     result.evaluation = reports[result.evaluated_on] if result.evaluated_on else {}
     metrics = {
@@ -266,6 +270,7 @@ def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
             else "no validation or test images: no held-out figures"
             if result.evaluated_on is None
             else "no test split: validation figures, and the validation split chose the best epoch (optimistic)"
+            + ("; the refitted head's validation figures are out of fold" if result.refit is not None else "")
         ),
         **reports,
         "class_counts": result.class_counts,
@@ -277,6 +282,7 @@ def finish_run(run: TrainingRun, state: RunState) -> TrainResult:
         "zero_shot": result.zero_shot,
         "weight_mix": result.weight_mix,
         "mix_scores": [m.to_dict() for m in result.mix_scores],
+        "refit": result.refit,
         "unknown": best.get(CHECKPOINT_KEY),
     }
     atomic_write(out / "metrics.json", json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n")
@@ -334,3 +340,34 @@ def _mix_with_probe(run: TrainingRun, best: dict[str, Any]) -> None:
     run.note(f"best.pt: {chosen.share:g} of the fine-tuned weights (epoch {run.result.best_epoch}) and "
              f"{1 - chosen.share:g} of the probe's, val acc {chosen.accuracy:.1%} loss {chosen.loss:.4f} ("
              + ", ".join(f"{s.share:g}: {s.accuracy:.1%}" for s in scores) + ")")
+
+
+def _refit(run: TrainingRun, best: dict[str, Any]) -> None:
+    """Refit the head of the run's model (``best``'s weights) on every labelled image (:mod:`cnnlab.train.refit`);
+    put it in the model and ``best``, and the out-of-fold validation logits in ``run.best_val``."""
+    assert run.splits.val is not None
+    head = run.head
+    if not can_refit(head):
+        run.note(f"refit: skipped, the head of {run.model.spec.name} is not a linear layer")
+        return
+    before = run.best_val if run.best_val is not None else run.evaluate(run.splits.val, "best.pt on val")
+    fit = refit_head(run.model, head, run.splits.train, run.splits.val, batch_size=run.config.batch_size,
+                     workers=run.workers, balance=run.config.balance, seed=run.config.seed, progress=run.progress)
+    run.skip(fit.skipped)
+    with torch.no_grad():
+        head.weight.copy_(fit.weight.to(head.weight))
+        if fit.bias is not None and head.bias is not None:
+            head.bias.copy_(fit.bias.to(head.bias))
+    prefix = f"{run.head_info.path}."
+    state = dict(best["state_dict"])
+    for name, value in head.state_dict().items():
+        state[prefix + name] = value.detach().to("cpu", copy=True)
+    best["state_dict"] = state
+    val_skipped = [s for s in fit.skipped if s.path in {str(p) for p in run.splits.val.paths}]
+    run.best_val = Predictions(fit.val_logits, fit.val_targets, val_skipped)
+    record = {"images": fit.images, "folds": fit.folds, "val_acc_before": before.accuracy,
+              "val_acc": run.best_val.accuracy, "val_loss": run.best_val.loss}
+    run.result.refit = record
+    best["metrics"] = {**best.get("metrics", {}), "refit": record}
+    run.note(f"best.pt: head refitted on {fit.images} training and validation images; validation "
+             f"{run.best_val.accuracy:.1%} out of {fit.folds} folds ({before.accuracy:.1%} before the refit)")

@@ -62,7 +62,7 @@ def stored_score(entry: Mapping[str, Any]) -> str:
 
 
 def calibrate_unknown(logits: torch.Tensor, false_rejection: float = FALSE_REJECTION,
-                      score: str = SCORE) -> dict[str, Any] | None:
+                      score: str = SCORE, calibrated_on: str = "val") -> dict[str, Any] | None:
     """The ``unknown`` entry of a checkpoint from the validation logits of its weights (``None`` without any).
 
     The threshold is the ``floor(false_rejection * n)``-th lowest score (0-based), so at most that share of
@@ -72,7 +72,7 @@ def calibrate_unknown(logits: torch.Tensor, false_rejection: float = FALSE_REJEC
     scores = torch.sort(score_logits(logits, score)).values
     k = math.floor(false_rejection * len(scores))
     return {"score": score, "threshold": float(scores[k]), "false_rejection": false_rejection,
-            "calibrated_on": "val", "n": len(scores)}
+            "calibrated_on": calibrated_on, "n": len(scores)}
 
 
 @dataclass(frozen=True)
