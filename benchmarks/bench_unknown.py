@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_unknown.py --photos DIR [--sets animals,things] [--seed 0] [--workdir DIR]
+    .venv/bin/python benchmarks/bench_unknown.py --photos DIR [--sets animals,things] [--seeds 0,1,2] [--workdir DIR]
 
 ``--photos``: a clone of imagenet-sample-images (see ``benchmarks/photo_sets.py``, which builds the sets and
 the ``off-topic`` folder: fish, primates, fungi, landscapes, balls, clothing, superclasses in neither set).
@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import csv
 import io
+import json
 import math
 import os
 import sys
@@ -45,6 +46,8 @@ from photo_sets import CAVEAT, SETS, build_off_topic, build_set
 
 from cnnlab.options import RuntimeOptions
 from cnnlab.train import TrainConfig, fine_tune
+from cnnlab.train.probe import Features
+from cnnlab.train.refit import cross_fit
 from cnnlab.train.unknown import FALSE_REJECTION, SCORES, feature_scorer, score_logits
 
 
@@ -74,7 +77,7 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
     return float(roc_auc_score(np.r_[np.ones(len(inside)), np.zeros(len(outside))], np.r_[inside, outside]))
 
 
-def measure(run: Path, off_topic: list[Path]) -> dict[str, dict[str, float]]:
+def measure(run: Path, off_topic: list[Path], seed: int = 0) -> dict[str, dict[str, float]]:
     """Every score's figures for the run folder ``run`` (``best.pt``, ``data_split.csv``)."""
     from cnnlab.models.load import load_torch
 
@@ -85,6 +88,16 @@ def measure(run: Path, off_topic: list[Path]) -> dict[str, dict[str, float]]:
     got["off"] = _logits_and_features(model, off_topic)
     targets = torch.tensor([classes.index(label) for _, label in rows["train"]])
     features = feature_scorer(got["train"][1], targets)
+    refit = json.loads((run / "metrics.json").read_text()).get("refit")
+    if refit is not None:  # best.pt's head saw the validation photos: their logits out of fold, as the run had them
+        val_targets = torch.tensor([classes.index(label) for _, label in rows["val"]])
+        oof, _, _ = cross_fit(Features(got["train"][1], targets), Features(got["val"][1], val_targets), len(classes),
+                              folds=refit["folds"], seed=seed, balance=False, bias=True)
+        got["val"] = (oof, got["val"][1])
+        stored = torch.load(run / "best.pt", weights_only=True, map_location="cpu")["unknown"]
+        again = np.sort(score_logits(oof, stored["score"]).numpy())[math.floor(FALSE_REJECTION * len(oof))]
+        print(f"{run.name}: checkpoint threshold {stored['threshold']:.4f}, out of fold here {again:.4f}",
+              file=sys.stderr)
     out: dict[str, dict[str, float]] = {}
     for score in [*SCORES, "class_mean_cos", "knn_cos"]:
         def values(part: str, score: str = score) -> np.ndarray:
@@ -108,28 +121,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=Path, required=True, help="a clone of imagenet-sample-images")
     parser.add_argument("--sets", default=",".join(SETS))
-    parser.add_argument("--seed", type=int, default=0, help="the run's seed")
+    parser.add_argument("--seeds", default="0", help="the runs' seeds, comma-separated (one run per set and seed)")
     parser.add_argument("--workdir", type=Path, help="keep the sets and runs here (a finished run there is reused)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
           f"{os.getloadavg()[0]:.1f}; cnnlab train defaults (efficientnet_lite0, real ImageNet weights, 224 px), "
-          f"seed {args.seed}; {CAVEAT}")
+          f"seeds {args.seeds}; {CAVEAT}")
     with tempfile.TemporaryDirectory(prefix="cnnlab-bench-unknown-") as tmp:
         work = args.workdir or Path(tmp)
         off = sorted(build_off_topic(args.photos, work / "off-topic").glob("*.JPEG"))
-        print("set | score | AUROC | in-class rejected at the calibrated threshold | off-topic accepted | "
+        print("set | seed | score | AUROC | in-class rejected at the calibrated threshold | off-topic accepted | "
               "off-topic accepted at 95 % in-class kept | val / in-class / off-topic photos")
         for name in [s for s in args.sets.split(",") if s]:
             root = build_set(name, args.photos, work / name / "data")
-            run = work / name / f"run-seed{args.seed}"
-            if not (run / "best.pt").is_file():
-                started = time.perf_counter()
-                with contextlib.redirect_stdout(io.StringIO()):
-                    fine_tune(TrainConfig(data=str(root), out=str(run), seed=args.seed, overwrite=True))
-                print(f"{name}: trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-            for score, f in measure(run, off).items():
-                print(f"{name} | {score} | {f['auroc']:.3f} | {f['rejected_in']:.1%} | {f['accepted_off']:.1%} | "
-                      f"{f['fpr95']:.1%} | {f['n_val']}/{f['n_in']}/{f['n_off']}", flush=True)
+            for seed in [int(x) for x in args.seeds.split(",")]:
+                run = work / name / f"run-seed{seed}"
+                if not (run / "best.pt").is_file():
+                    started = time.perf_counter()
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        fine_tune(TrainConfig(data=str(root), out=str(run), seed=seed, overwrite=True))
+                    print(f"{name}: trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+                for score, f in measure(run, off, seed).items():
+                    print(f"{name} | seed {seed} | {score} | {f['auroc']:.3f} | {f['rejected_in']:.1%} | "
+                          f"{f['accepted_off']:.1%} | {f['fpr95']:.1%} | {f['n_val']}/{f['n_in']}/{f['n_off']}",
+                          flush=True)
     print(f"load average {os.getloadavg()[0]:.1f}; {CAVEAT}", file=sys.stderr)
     return 0
 

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +36,7 @@ from cnnlab.bench.machine import START_SAMPLE_S, LoadSnapshot, busy_warning, mac
 from cnnlab.bench.protocol import PREDICTION_DTYPE, ProtocolError, RunRequest, RunResult
 from cnnlab.bench.result import BenchResult, ModelResult, environment
 from cnnlab.bench.scoring import comparisons, score
+from cnnlab.bench.zygote import ForkedWorker, Zygote, ZygoteError, start_zygote
 from cnnlab.errors import CnnlabError, DatasetError, UsageError, WeightsNotFoundError
 from cnnlab.imagedata.datasets import LabelledImages, scan_dataset
 from cnnlab.imagedata.imagenet_val import read_real_labels, real_sets_for, scan_flat_val
@@ -74,16 +76,26 @@ def failed_result(request: RunRequest, error: str) -> RunResult:
                      quantization=choice.quantization.value)
 
 
+def worker_env() -> MutableMapping[str, str]:
+    """The environment of the worker processes: sleeping, not spinning, OpenMP threads (cnnlab.runtime.threads)."""
+    return passive_openmp(dict(os.environ))
+
+
 def run_isolated(request: RunRequest, workdir: Path, index: int, *, progress: Progress,
-                 timeout_s: float | None = None) -> RunResult:
-    """Measure one model in a fresh ``python -m cnnlab.bench.worker`` process."""
+                 timeout_s: float | None = None, zygote: Zygote | None = None) -> RunResult:
+    """Measure one model in a fresh process: forked by ``zygote`` (:mod:`cnnlab.bench.zygote`) when there is one
+    that works, else started as ``python -m cnnlab.bench.worker``."""
     req_file = workdir / f"request-{index}.json"
     res_file = workdir / f"result-{index}.json"
     res_file.unlink(missing_ok=True)
     request.write(req_file)
-    env = passive_openmp(dict(os.environ))  # sleeping, not spinning, OpenMP threads (cnnlab.runtime.threads)
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlab.bench.worker", str(req_file), str(res_file)],
-                            stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
+    proc: subprocess.Popen[str] | ForkedWorker | None = None
+    if zygote is not None and zygote.alive:
+        with contextlib.suppress(ZygoteError):
+            proc = zygote.spawn([str(req_file), str(res_file)])
+    if proc is None:
+        proc = subprocess.Popen([sys.executable, "-m", "cnnlab.bench.worker", str(req_file), str(res_file)],
+                                stdout=subprocess.PIPE, text=True, bufsize=1, env=worker_env())
     with _LIVE_LOCK:
         _LIVE_WORKERS.add(proc)
         if _STOPPING.is_set():  # bench was interrupted while this thread started the worker
@@ -96,7 +108,7 @@ def run_isolated(request: RunRequest, workdir: Path, index: int, *, progress: Pr
 
 
 #: The workers running now (several at once with a list of devices), stopped by :func:`kill_workers`.
-_LIVE_WORKERS: set[subprocess.Popen[str]] = set()
+_LIVE_WORKERS: set[subprocess.Popen[str] | ForkedWorker] = set()
 _LIVE_LOCK = threading.Lock()
 _STOPPING = threading.Event()
 
@@ -114,7 +126,7 @@ def kill_workers() -> None:
         proc.wait()
 
 
-def _wait_for(proc: subprocess.Popen[str], request: RunRequest, res_file: Path, progress: Progress, index: int,
+def _wait_for(proc: subprocess.Popen[str] | ForkedWorker, request: RunRequest, res_file: Path, progress: Progress, index: int,
               timeout_s: float | None) -> RunResult:
     relay = threading.Thread(target=_relay, args=(proc.stdout, progress, f"{index}:"), daemon=True)
     relay.start()
@@ -135,7 +147,7 @@ def _wait_for(proc: subprocess.Popen[str], request: RunRequest, res_file: Path, 
             return RunResult.read(res_file)
         except (ProtocolError, ValueError) as exc:
             return failed_result(request, f"unreadable worker result: {exc}")
-    code = proc.returncode
+    code = proc.returncode if proc.returncode is not None else proc.wait()
     how = f"signal {-code}" if code < 0 else f"exit code {code}"
     hint = " (killed: out of memory?)" if code in (-9, 137) else ""
     return failed_result(request, f"the worker process died with {how}{hint}")
@@ -328,8 +340,13 @@ def measure_models(config: BenchConfig, *, progress: Progress | None = None, pla
     calibration = _calibration(config, dataset.paths)
     part = shard(len(dataset.paths), ctx)
     progress.start("models", "models", total=total)
-    with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
+        # started after the load sample above (its imports would count as a busy core), it imports while the
+        # first row is prepared; it is closed before the folder goes
+        zygote = start_zygote(worker_env()) if config.isolate else None
+        if zygote is not None:
+            stack.callback(zygote.close)
 
         def run_row(i: int, device: str | None = None) -> ModelResult | None:
             name, choice = plan.rows[i]
@@ -348,7 +365,8 @@ def measure_models(config: BenchConfig, *, progress: Progress | None = None, pla
                                           progress)
             if run is None:
                 if config.isolate:
-                    run = run_isolated(request, workdir, i, progress=progress, timeout_s=config.model_timeout_s)
+                    run = run_isolated(request, workdir, i, progress=progress, timeout_s=config.model_timeout_s,
+                                       zygote=zygote)
                 else:
                     run = _run_in_process(request, progress)
             run.prepare_s = prepare_s
