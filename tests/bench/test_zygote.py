@@ -105,3 +105,21 @@ def test_closing_the_zygote_stops_its_running_workers(tmp_path: Path, zygote: Zy
     zygote.close()
     assert worker.wait(timeout=30) == -signal.SIGKILL
     assert _gone(worker.pid)
+
+
+@pytest.mark.slow
+def test_a_worker_dies_with_its_zygote(tmp_path: Path, zygote: Zygote) -> None:
+    """A zygote killed mid-run left its worker running on, orphaned, next to the next model's worker."""
+    request = _request(tmp_path, "a.bin", images=1)
+    request.measure = MeasureOptions(weights="random", workers=0, warmup=50, latency_repeats=500,
+                                     throughput_repeats=500)
+    request.write(tmp_path / "req.json")
+    worker = zygote.spawn([str(tmp_path / "req.json"), str(tmp_path / "res.json")])
+    assert worker.pid is not None
+    time.sleep(1.0)
+    zygote._proc.send_signal(signal.SIGKILL)
+    assert worker.wait(timeout=30) == -signal.SIGKILL and worker.lost == "its zygote process exited"
+    deadline = time.monotonic() + 10
+    while not _gone(worker.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(worker.pid)

@@ -97,3 +97,35 @@ def test_without_refit_the_head_is_the_chosen_mix(runs: dict[bool, Path]) -> Non
     backbone = [k for k in a if not k.startswith(f"{head}.") and a[k].is_floating_point()]
     assert backbone and all(torch.equal(a[k], b[k]) for k in backbone)
     assert not torch.equal(a[f"{head}.weight"], b[f"{head}.weight"])
+
+
+def test_a_finished_run_resumed_keeps_its_refit_figures(runs: dict[bool, Path], tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(runs[True], copy)
+    before = json.loads((copy / "metrics.json").read_text())
+    head = torch.load(copy / "best.pt", weights_only=True)["head"]["path"]
+    fine_tune(TrainConfig(out=str(copy), resume=True))
+    after = json.loads((copy / "metrics.json").read_text())
+    assert after["refit"] == pytest.approx(before["refit"])  # not "before" scored by a head that saw val
+    assert after["val"]["top1"] == pytest.approx(before["val"]["top1"])
+    w = [torch.load(d / "best.pt", weights_only=True)["state_dict"][f"{head}.weight"] for d in (runs[True], copy)]
+    assert torch.allclose(w[0], w[1], atol=1e-5)
+
+
+def test_without_a_decodable_validation_image_the_run_finishes_unrefitted(tmp_path: Path) -> None:
+    data = make_colours(tmp_path / "data", per_class=6, broken=False)
+    rows = ["path,label,split"]
+    for folder in sorted(p for p in data.iterdir() if p.is_dir()):
+        for i, image in enumerate(sorted(folder.iterdir())):
+            split = "val" if i < 2 else "train"
+            if split == "val":
+                image.write_bytes(b"not an image")
+            rows.append(f"{folder.name}/{image.name},{folder.name},{split}")
+    (data / "split.csv").write_text("\n".join(rows) + "\n")
+    result = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "run"), **{**FAST, "epochs": 1}))
+    metrics = json.loads((result.out / "metrics.json").read_text())
+    assert metrics["refit"] is None and result.refit is None
+    assert any("refit: skipped" in w for w in result.warnings)
+    assert len(result.skipped) == 6 and (result.out / "report.html").is_file()

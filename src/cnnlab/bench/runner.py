@@ -147,6 +147,9 @@ def _wait_for(proc: subprocess.Popen[str] | ForkedWorker, request: RunRequest, r
             return RunResult.read(res_file)
         except (ProtocolError, ValueError) as exc:
             return failed_result(request, f"unreadable worker result: {exc}")
+    lost = getattr(proc, "lost", None)
+    if lost is not None:
+        return failed_result(request, f"the worker process was stopped: {lost}")
     code = proc.returncode if proc.returncode is not None else proc.wait()
     how = f"signal {-code}" if code < 0 else f"exit code {code}"
     hint = " (killed: out of memory?)" if code in (-9, 137) else ""

@@ -49,6 +49,8 @@ class ForkedWorker:
         self.stdout = stdout
         self.pid: int | None = None
         self.returncode: int | None = None
+        #: Why the worker's end was not its own (its zygote died), for the row's error.
+        self.lost: str | None = None
         self._started = threading.Event()
         self._done = threading.Event()
 
@@ -136,9 +138,11 @@ class Zygote:
                     worker = self._running.pop(message["exit"], None)
                     if worker is not None:
                         worker._exited(int(message["code"]))
-        with self._lock:  # the zygote is gone: so are its children (it kills them when it stops)
+        with self._lock:  # the zygote is gone; its workers die with it (PR_SET_PDEATHSIG), and are killed here too
             self.alive = False
             for worker in [*self._pending.values(), *self._running.values()]:
+                worker.kill()
+                worker.lost = "its zygote process exited"
                 worker._exited(-signal.SIGKILL)
             self._pending.clear()
             self._running.clear()
@@ -185,10 +189,21 @@ def start_zygote(env: Mapping[str, str]) -> Zygote | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _child(sock: socket.socket, stdout_fd: int, args: list[str]) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent (the zygote) exits, however it exits."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the zygote died before the line above
+        os._exit(1)
+
+
+def _child(sock: socket.socket, stdout_fd: int, args: list[str], zygote_pid: int) -> None:
     """In the forked child: become a worker process and exit with its status."""
     code = 1
     try:
+        _die_with_parent(zygote_pid)
         sock.close()
         os.dup2(stdout_fd, 1)
         os.close(stdout_fd)
@@ -225,9 +240,10 @@ def _serve(sock: socket.socket) -> None:
                 message = json.loads(data)
                 if not fds:
                     continue
+                zygote_pid = os.getpid()
                 pid = os.fork()
                 if pid == 0:
-                    _child(sock, fds[0], [str(a) for a in message["args"]])
+                    _child(sock, fds[0], [str(a) for a in message["args"]], zygote_pid)
                 os.close(fds[0])
                 children.add(pid)
                 send({"id": message["id"], "pid": pid})

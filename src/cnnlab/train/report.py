@@ -167,7 +167,7 @@ def _overview(result: TrainResult) -> list[Block]:
         lines.append(f"best.pt holds {result.weight_mix:g} of the best epoch's weights and "
                      f"{1 - result.weight_mix:g} of the linear probe's (WiSE-FT, chosen on validation).")
     if result.refit is not None:
-        lines.append(f"Its head was then refitted by logistic regression on all {result.refit['images']} training and "
+        lines.append(f"Its head was then refitted by logistic regression on {result.refit['images']} training and "
                      f"validation images; its validation figures are out of fold ({result.refit['folds']} folds).")
     if result.zero_shot and result.zero_shot.get("val_acc") is not None:
         lines.append(f"The untouched pretrained model scores {_pct(result.zero_shot['val_acc'])} on the same "

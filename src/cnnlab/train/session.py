@@ -350,9 +350,17 @@ def _refit(run: TrainingRun, best: dict[str, Any]) -> None:
     if not can_refit(head):
         run.note(f"refit: skipped, the head of {run.model.spec.name} is not a linear layer")
         return
-    before = run.best_val if run.best_val is not None else run.evaluate(run.splits.val, "best.pt on val")
-    fit = refit_head(run.model, head, run.splits.train, run.splits.val, batch_size=run.config.batch_size,
-                     workers=run.workers, balance=run.config.balance, seed=run.config.seed, progress=run.progress)
+    stored = best.get("metrics", {}).get("refit")  # a finished run resumed: its head is refitted already
+    if stored is None:
+        before_acc = (run.best_val if run.best_val is not None else run.evaluate(run.splits.val, "best.pt on val")).accuracy
+    else:  # best.pt's head saw the validation images: the figure from before the refit is the stored one
+        before_acc = stored["val_acc_before"]
+    try:
+        fit = refit_head(run.model, head, run.splits.train, run.splits.val, batch_size=run.config.batch_size,
+                         workers=run.workers, balance=run.config.balance, seed=run.config.seed, progress=run.progress)
+    except DatasetError as exc:  # e.g. no validation image decodes: the head stays as chosen
+        run.note(f"refit: skipped, {exc}", warning=True)
+        return
     run.skip(fit.skipped)
     with torch.no_grad():
         head.weight.copy_(fit.weight.to(head.weight))
@@ -365,9 +373,9 @@ def _refit(run: TrainingRun, best: dict[str, Any]) -> None:
     best["state_dict"] = state
     val_skipped = [s for s in fit.skipped if s.path in {str(p) for p in run.splits.val.paths}]
     run.best_val = Predictions(fit.val_logits, fit.val_targets, val_skipped)
-    record = {"images": fit.images, "folds": fit.folds, "val_acc_before": before.accuracy,
+    record = {"images": fit.images, "folds": fit.folds, "val_acc_before": before_acc,
               "val_acc": run.best_val.accuracy, "val_loss": run.best_val.loss}
     run.result.refit = record
     best["metrics"] = {**best.get("metrics", {}), "refit": record}
     run.note(f"best.pt: head refitted on {fit.images} training and validation images; validation "
-             f"{run.best_val.accuracy:.1%} out of {fit.folds} folds ({before.accuracy:.1%} before the refit)")
+             f"{run.best_val.accuracy:.1%} out of {fit.folds} folds ({before_acc:.1%} before the refit)")
