@@ -53,6 +53,15 @@ def test_the_zygote_is_opt_in() -> None:
     assert start_zygote({k: v for k, v in worker_env().items() if k != ENV_SWITCH}) is None
 
 
+@pytest.fixture(autouse=True)
+def workers_allowed() -> None:
+    """An interrupted bench earlier in this process (a Ctrl-C test) leaves new workers refused until the next
+    bench starts (cnnlab.bench.runner.kill_workers); these tests call run_isolated directly."""
+    from cnnlab.bench import runner
+
+    runner._STOPPING.clear()
+
+
 @pytest.fixture
 def zygote() -> Zygote:
     started = start_zygote({**worker_env(), ENV_SWITCH: "1"})

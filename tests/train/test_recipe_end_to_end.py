@@ -368,23 +368,26 @@ def _val_report_and_best_pt(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return json.loads((out / "metrics.json").read_text())["val"], fresh
 
 
-def test_the_reported_validation_figures_are_those_of_best_pt(colour_run: TrainResult) -> None:
-    """The report is kept from the best epoch's validation, not computed again."""
+def test_the_reported_validation_figures_are_the_refitted_heads_out_of_fold(colour_run: TrainResult) -> None:
+    """With the refit (the default) best.pt's head saw the validation images: the report is the out-of-fold
+    figures of the same images, not best.pt's own (in-sample) ones."""
     report, fresh = _val_report_and_best_pt(colour_run.out)
-    assert report["n"] == fresh["n"] == 7 and report["top1"] == fresh["top1"]
-    assert report["loss"] == pytest.approx(fresh["loss"], rel=1e-4, abs=1e-6)
+    assert colour_run.refit is not None and report["n"] == fresh["n"] == 7
+    assert report["top1"] == pytest.approx(colour_run.refit["val_acc"])
+    assert report["loss"] == pytest.approx(colour_run.refit["val_loss"], rel=1e-6)
 
 
 def test_the_validation_report_is_the_best_epochs_when_a_later_epoch_is_last(
     colours: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A validation loss that only rises makes the probe (epoch 0) the best epoch: the report is its predictions,
-    not those of the last epoch."""
+    kept from that epoch (not computed again), not those of the last epoch (without the refit, which would
+    replace them by its out-of-fold figures)."""
     from cnnlab.train import loop
 
     losses = iter(np.arange(1.0, 20.0))
     monkeypatch.setattr(loop.Predictions, "loss", property(lambda self: float(next(losses))))
-    r = fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "r"), **FAST))
+    r = fine_tune(TrainConfig(data=str(colours), out=str(tmp_path / "r"), refit=False, **FAST))
     monkeypatch.undo()
     assert r.best_epoch == 0 and [h.epoch for h in r.history] == [0, 1, 2, 3]
     report, fresh = _val_report_and_best_pt(r.out)
