@@ -44,7 +44,9 @@ class Refit:
     #: Images the final head was fitted on (training and validation).
     images: int
     folds: int
+    #: Undecodable training and validation files, and those of them in the validation split.
     skipped: list[SkippedFile] = field(default_factory=list)
+    val_skipped: list[SkippedFile] = field(default_factory=list)
 
 
 def can_refit(head: nn.Module) -> TypeGuard[nn.Linear]:
@@ -92,7 +94,7 @@ def refit_head(
                                          step=lambda: progress.update("refit", advance=1))
     progress.finish("refit")
     return Refit(weight, bias, val_logits, val_f.y.clone(), len(train_f.y) + len(val_f.y), folds,
-                 train_f.skipped + val_f.skipped)
+                 train_f.skipped + val_f.skipped, val_f.skipped)
 
 
 def cross_fit(

@@ -371,8 +371,7 @@ def _refit(run: TrainingRun, best: dict[str, Any]) -> None:
     for name, value in head.state_dict().items():
         state[prefix + name] = value.detach().to("cpu", copy=True)
     best["state_dict"] = state
-    val_skipped = [s for s in fit.skipped if s.path in {str(p) for p in run.splits.val.paths}]
-    run.best_val = Predictions(fit.val_logits, fit.val_targets, val_skipped)
+    run.best_val = Predictions(fit.val_logits, fit.val_targets, fit.val_skipped)
     record = {"images": fit.images, "folds": fit.folds, "val_acc_before": before_acc,
               "val_acc": run.best_val.accuracy, "val_loss": run.best_val.loss}
     run.result.refit = record
