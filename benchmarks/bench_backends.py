@@ -82,7 +82,8 @@ def seeded_weights(folder: Path, models: list[str]) -> list[str]:
 
 
 def one_round(photos: Path, models: list[str], weights_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every model on every backend, then PyTorch channels_last: one flat row per run."""
+    """Every model on every backend (PyTorch as plain eager: NCHW, batch norms unfolded), then PyTorch's own
+    default on the CPU (channels_last, batch norms folded): one flat row per run."""
     from cnnlab.bench import BenchConfig, MeasureOptions, bench_models
     from cnnlab.cli.progress import RichProgress
     from cnnlab.options import RuntimeChoice
@@ -90,14 +91,15 @@ def one_round(photos: Path, models: list[str], weights_dir: Path, args: argparse
     rows = []
     for channels_last, backends in ((False, [RuntimeChoice(b) for b in BACKENDS]), (True, [RuntimeChoice.TORCH])):
         measure = MeasureOptions(weights_dir=str(weights_dir), threads=args.threads, batch_size=args.batch_size,
-                                 channels_last=channels_last, latency_repeats=10, throughput_repeats=5, workers=0)
+                                 channels_last=channels_last, fold_bn=channels_last, latency_repeats=10,
+                                 throughput_repeats=5, workers=0)
         config = BenchConfig(data=photos, models=models, backends=backends, measure=measure,
                              calibration_images=args.calibration_images)
         with RichProgress(quiet=True) as progress:
             result = bench_models(config, progress=progress)
         for m in result.models:
             flat = m.flat()
-            flat["runtime"] = "torch channels_last" if channels_last else m.runtime
+            flat["runtime"] = "torch channels_last+folded" if channels_last else m.runtime
             flat["base"] = str(m.run.spec.get("name") or m.run.model)
             flat["top1_by_row"] = {} if m.predictions is None else dict(
                 zip(m.predictions["row"].tolist(), m.predictions["topk"][:, 0].tolist()))

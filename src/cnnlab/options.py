@@ -241,7 +241,12 @@ class RuntimeOptions:
     device: str = "auto"
     precision: Precision = Precision.FP32
     backend: RuntimeChoice = RuntimeChoice.TORCH
-    channels_last: bool = False
+    #: NHWC layout for torch; ``None``: on for the CPU, where oneDNN's convolutions run 1.2-2.2x faster in it
+    #: (``benchmarks/bench_layout.py``), off elsewhere.
+    channels_last: bool | None = None
+    #: Fold eval-mode batch normalisation into the convolutions before it (torch; inference only:
+    #: :func:`cnnlab.models.fold.fold_batchnorm`). Same predictions, one pass less over each activation map.
+    fold_bn: bool = True
     compile: bool = False
     #: torch (or ONNX Runtime) CPU threads; ``None``: the cores not used for decoding.
     threads: int | None = None

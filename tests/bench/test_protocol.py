@@ -138,7 +138,7 @@ def test_measure_options_embed_runtime_options_and_keep_the_results_json_keys() 
     assert short.runtime == long.runtime and short.runtime.precision is Precision.BF16
     data = short.to_dict()
     assert list(data) == ["device", "batch_size", "precision", "channels_last", "compile", "workers", "threads",
-                          "fast_decode", "decode", "weights", "weights_dir", "batch_sizes", "warmup",
+                          "fast_decode", "decode", "fold_bn", "weights", "weights_dir", "batch_sizes", "warmup",
                           "latency_repeats", "throughput_repeats", "max_seconds_per_timing",
                           "speed_budget_s"]
     assert (data["precision"], data["decode"], data["weights"]) == ("bf16", "cpu", "pretrained")

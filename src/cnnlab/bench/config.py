@@ -29,7 +29,7 @@ DEFAULT_SPEED_BUDGET_S = 20.0
 #: The fields of :class:`~cnnlab.options.RuntimeOptions` that a measurement takes (the backend is per row:
 #: :attr:`BenchConfig.backends`). :meth:`MeasureOptions.to_dict` flattens them, so results.json keeps its keys.
 RUNTIME_FIELDS = ("device", "batch_size", "precision", "channels_last", "compile", "workers", "threads",
-                  "fast_decode", "decode")
+                  "fast_decode", "decode", "fold_bn")
 
 
 @dataclass(kw_only=True, init=False)

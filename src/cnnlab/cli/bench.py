@@ -207,7 +207,8 @@ def bench_command(
     batch_size: Annotated[str, typer.Option("--batch-size", "-b", metavar="auto|N", help="Images per batch; auto: measured per model and device on the first images (a few seconds; the choice and its evidence go into results.json).")] = "auto",
     batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", metavar="N[,N...]", help="Also measure model-only throughput at these batch sizes, e.g. 1,8,32,128 (a curve).")] = None,
     precision: PrecisionOpt = _R.precision,
-    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory format (torch rows).")] = _R.channels_last,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory format (torch rows); default: on for the CPU, where it is faster.", show_default=False)] = _R.channels_last,
+    fold_bn: Annotated[bool, typer.Option("--fold-bn/--no-fold-bn", help="Fold batch normalisation into the convolutions before it (torch rows; same predictions, faster).")] = _R.fold_bn,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (torch rows; slow to start).")] = _R.compile,
     workers: Annotated[str, typer.Option("--workers", metavar="auto|N", help="Decoding processes; auto: chosen from where the time goes (decode against model seconds per image, measured on the first images).")] = "auto",
     threads: Threads = _R.threads,
@@ -248,7 +249,7 @@ def bench_command(
     policy = (WeightsPolicy.RANDOM if random_weights else
               WeightsPolicy.RANDOM_IF_MISSING if random_if_missing else WeightsPolicy.PRETRAINED)
     runtime = RuntimeOptions(device=devices[0], batch_size=auto_or_count(batch_size, "the batch size", 1, 65536),
-                             precision=precision, channels_last=channels_last, compile=compile,
+                             precision=precision, channels_last=channels_last, fold_bn=fold_bn, compile=compile,
                              workers=auto_or_count(workers, "the loader workers", 0, 256), threads=threads,
                              fast_decode=not exact_decode, decode=decode)
     measure = MeasureOptions(runtime=runtime, weights=policy, weights_dir=weights_dir, latency_repeats=repeats,

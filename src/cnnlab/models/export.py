@@ -214,7 +214,8 @@ def export_model(
         check_export_path(Path(out) if out is not None else default_output(str(source), format), source,
                           overwrite=overwrite, format=format)
     loaded = model if isinstance(model, LoadedModel) else load_torch(
-        ModelSource(name=str(model), weights=None if weights is None else Path(weights)), RuntimeOptions(device="cpu"),
+        ModelSource(name=str(model), weights=None if weights is None else Path(weights)),
+        RuntimeOptions(device="cpu", channels_last=False, fold_bn=False),
         progress=False)
     name = loaded.name
     module = loaded.module.float().to("cpu").eval()

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, UsageError, WeightsIntegrityError, WeightsNotFoundError
+from cnnlab.models.fold import fold_batchnorm
 from cnnlab.models.registry import get_spec
 from cnnlab.models.spec import FromSpec, ModelSpec
 from cnnlab.models.weights import describe_mismatch, load_state_dict, resolve_weights
@@ -96,6 +97,8 @@ class LoadedModel(FromSpec):
     dtype: torch.dtype = torch.float32
     precision: Precision = Precision.FP32
     channels_last: bool = False
+    #: Batch normalisations folded into their convolutions (:func:`cnnlab.models.fold.fold_batchnorm`).
+    folded_bn: int = 0
     random_weights: bool = False
     weights_path: Path | None = None
     compiled: bool = False
@@ -117,6 +120,7 @@ class LoadedModel(FromSpec):
         """What runs the model: for results and reports (:class:`cnnlab.runtime.Runtime`)."""
         return {"backend": "torch", "quantization": "none", "precision": self.precision.value,
                 "provider": f"torch {torch.__version__} {self.device}" + (" channels_last" if self.channels_last else "")
+                + (f" bn-folded({self.folded_bn})" if self.folded_bn else "")
                 + (" compiled" if self.compiled else ""), "threads": torch.get_num_threads(), "device": str(self.device)}
 
     def __call__(self, batch_uint8: torch.Tensor) -> torch.Tensor:
@@ -155,7 +159,8 @@ def load_torch(source: str | Path | ModelSource, runtime: RuntimeOptions | None 
     """A registered model or a ``cnnlab train`` checkpoint in PyTorch, with its weights, in eval mode.
 
     ``source`` says which model and weights (a name or path: its pretrained weights); ``runtime`` the device, precision (see
-    :func:`resolve_precision`), channels-last layout, ``torch.compile`` and CPU threads (its backend,
+    :func:`resolve_precision`), channels-last layout (default: on the CPU), batch-norm folding (default: on;
+    pass ``fold_bn=False`` for a module to train), ``torch.compile`` and CPU threads (its backend,
     batch size and decoding are for the caller). Random weights are seeded (0): the same in every
     process and in the ONNX exports of random-weight models. ``progress``: show download progress.
     """
@@ -208,10 +213,13 @@ def load_torch(source: str | Path | ModelSource, runtime: RuntimeOptions | None 
             detail = describe_mismatch(spec.build(None).state_dict(), state_dict)
             raise WeightsIntegrityError(f"weights {weights_path} do not fit {spec.name}: {detail}") from None
     module.eval().to(dev)
-    if runtime.channels_last:
+    folded = fold_batchnorm(module) if runtime.fold_bn else 0
+    channels_last = dev.type == "cpu" if runtime.channels_last is None else runtime.channels_last
+    if channels_last:
         module = module.to(memory_format=torch.channels_last)
     loaded = LoadedModel(spec=spec, module=module, device=dev, dtype=dtype, precision=chosen,
-                         channels_last=runtime.channels_last, random_weights=random_weights, weights_path=weights_path)
+                         channels_last=channels_last, folded_bn=folded, random_weights=random_weights,
+                         weights_path=weights_path)
     if runtime.compile:
         loaded._forward = torch.compile(module)  # type: ignore[assignment]
         loaded.compiled = True

@@ -141,7 +141,8 @@ def _export_into(folder: Path, name: str, weights_path: Path | None, random_weig
                           f"(set {CACHE_ENV} to another folder)") from None
     try:
         policy = WeightsPolicy.RANDOM if random_weights else WeightsPolicy.PRETRAINED
-        loaded = load_torch(ModelSource(name=name, weights=weights_path, policy=policy), RuntimeOptions(device="cpu"),
+        loaded = load_torch(ModelSource(name=name, weights=weights_path, policy=policy),
+                            RuntimeOptions(device="cpu", channels_last=False, fold_bn=False),
                             progress=False)
         if variant is not None:
             variant.export(loaded, tmp / "model.onnx")

@@ -281,7 +281,7 @@ def _training_forward_fails(model: LoadedModel, size: int) -> str | None:
 
 
 def _from_registry(config: TrainConfig, num_classes: int, progress: Progress) -> StartingModel:
-    loaded = load_torch(config.model_source, RuntimeOptions(device="cpu"),
+    loaded = load_torch(config.model_source, RuntimeOptions(device="cpu", channels_last=False, fold_bn=False),
                         progress=type(progress) is not Progress)  # a display was given: show downloads
     imagenet_head = None if config.random_weights else keep_imagenet_head(loaded.module)
     head_info = replace_head(loaded.module, num_classes)
