@@ -85,6 +85,21 @@ def test_auto_batch_is_a_candidate_no_larger_than_needed_and_recorded() -> None:
     assert small.batch_size == CANDIDATE_BATCHES["cpu"][0] and small.workers == 0
 
 
+class _FlatThenFaster(_Model):
+    """Seconds per image: 10 ms at batch 8 and 16 (no gain), 5 ms at 32 (AlexNet's shape on a small CPU)."""
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(len(batch) * (0.005 if len(batch) >= 32 else 0.010))
+        return super().__call__(batch)
+
+
+def test_a_candidate_that_does_not_gain_does_not_stop_the_search() -> None:
+    choice = choose_batch_and_workers(_FlatThenFaster(), _paths(200), budget_s=10.0)  # type: ignore[arg-type]
+    assert set(choice.model_s_per_image) == {"8", "16", "32"} and choice.batch_size == 32
+
+
 def test_given_values_are_kept_and_only_they_are_measured() -> None:
     model = _Model()
     choice = choose_batch_and_workers(model, _paths(200), batch_size=5, workers=3)  # type: ignore[arg-type]
