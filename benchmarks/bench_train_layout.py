@@ -28,11 +28,13 @@ _CHILD = r"""
 import json, sys, time
 import torch
 from cnnlab.runtime.allocator import keep_freed_memory
-from cnnlab.runtime.loader import load_model
+from cnnlab.models.load import load_torch
+from cnnlab.options import ModelSource, RuntimeOptions
 
 keep_freed_memory()
 name, channels_last, batch, size, steps = sys.argv[1], sys.argv[2] == "1", *map(int, sys.argv[3:6])
-model = load_model(name, random_weights=True, device="cpu", channels_last=channels_last, progress=False)
+model = load_torch(ModelSource(name=name, policy="random"),  # trained: batch norms stay as they are
+                   RuntimeOptions(device="cpu", channels_last=channels_last, fold_bn=False), progress=False)
 net = model.module.train()
 opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
 x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
