@@ -28,11 +28,12 @@ from pathlib import Path
 import torch
 from cnnlab.runtime.allocator import keep_freed_memory
 from cnnlab.runtime.inference import run_inference
+from cnnlab.options import RuntimeOptions
 from cnnlab.runtime.loader import load_model
 
 kept = keep_freed_memory()
 paths, steps = sorted(Path(sys.argv[1]).glob("*.jpg")), int(sys.argv[2])
-model = load_model("efficientnet_lite0", device="cpu")
+model = load_model("efficientnet_lite0", RuntimeOptions(device="cpu", channels_last=False, fold_bn=False))  # trained below
 out = {"kept": kept}
 for bs in (8, 32):
     start = time.perf_counter()

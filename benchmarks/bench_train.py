@@ -314,7 +314,8 @@ def _fastai(root: Path, work: Path, epochs: int, bs: int) -> float:
 
     def lite0(pretrained: bool = True) -> nn.Module:
         """The loaded network as feature maps then pooling: fastai cuts it before the pooling layer."""
-        return nn.Sequential(FeatureMaps(load_torch("efficientnet_lite0", RuntimeOptions(device="cpu")).module.train()),
+        plain = RuntimeOptions(device="cpu", channels_last=False, fold_bn=False)  # trained: batch norms kept
+        return nn.Sequential(FeatureMaps(load_torch("efficientnet_lite0", plain).module.train()),
                              nn.AdaptiveAvgPool2d(1))
 
     block = DataBlock(
