@@ -12,18 +12,12 @@ and ``/v1/model``. One web process (all counters in one place); ``workers`` mode
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import datetime
-import json
 import os
 import signal
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -36,171 +30,18 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from cnnlab.errors import CnnlabError, UsageError
+from cnnlab.serve.access_log import AccessLog
 from cnnlab.serve.api import API_PATH, DESCRIBE, EXPIRES, ClassifierAPI, describe_stderr, report_setup_error
 from cnnlab.serve.config import ServeConfig
 from cnnlab.serve.connections import protocol_class
-from cnnlab.serve.metrics import ServeMetrics
-from cnnlab.serve.probe import header_size
+from cnnlab.serve.requests import RAW_TYPES, media_type, parse_images, read_body, requested_topk, weigh_images
+from cnnlab.serve.state import RequestRefused, ServerState, error_response
 
 #: HTTP status of an image that could not be used, by its reason (:data:`cnnlab.imagedata.decode.REASONS`).
 STATUS_OF_REASON = {"not-an-image": 415, "too-large": 413, "decompression-bomb": 413}
-#: Seconds a client is asked to wait before trying again when the server is full.
-RETRY_AFTER_S = 1
-#: Paths that the metrics and the access log name as they are (others: "other", so labels stay few).
-KNOWN_PATHS = ("/", "/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
-#: Content types of one raw image as the whole body (``curl --data-binary @photo.jpg``).
-RAW_TYPES = ("application/octet-stream",)
 
 #: Submits a request's payload to a model process and waits for its answer (504 past the request timeout).
 Submit = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-
-ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
-                   Awaitable[None]]
-
-
-class RequestRefused(Exception):
-    """A request answered with an error status: ``status``, a short ``reason`` and a sentence."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-
-def error_response(status: int, reason: str, message: str) -> JSONResponse:
-    """The JSON body every error has: ``{"error": reason, "detail": message, "status": status}``."""
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (503, 429) else None
-    return JSONResponse({"error": reason, "detail": message, "status": status}, status_code=status, headers=headers)
-
-
-class ServerState:
-    """What the web process knows: the model's description (asked of a model process at start), the
-    requests and bytes in flight, the counters."""
-
-    def __init__(self, config: ServeConfig) -> None:
-        self.config = config
-        self.metrics = ServeMetrics()
-        self.description: dict[str, Any] | None = None
-        self.pending = 0
-        self.active = 0
-        self.buffered = 0
-        self.lock = threading.Lock()
-        self.started = time.time()
-
-    def reserve(self, size: int) -> bool:
-        """Hold ``size`` more bytes of request bodies, if the budget allows."""
-        with self.lock:
-            if self.buffered + size > self.config.max_buffered_bytes:
-                return False
-            self.buffered += size
-            return True
-
-    def release(self, size: int) -> None:
-        with self.lock:
-            self.buffered -= size
-
-
-async def read_body(request: Request, state: ServerState) -> bytes:
-    """The request body within the size limit, the buffer budget and the time limit (refused otherwise)."""
-    config = state.config
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise RequestRefused(400, "bad-request", "the Content-Length header is not a number") from None
-        if size > config.max_request_bytes:
-            raise RequestRefused(413, "request-too-large",
-                                 f"the request body has {size:,} bytes; the limit is {config.max_request_bytes:,}")
-    chunks: list[bytes] = []
-    held = 0
-
-    async def collect() -> None:
-        nonlocal held
-        async for chunk in request.stream():
-            if not chunk:
-                continue
-            if held + len(chunk) > config.max_request_bytes:
-                raise RequestRefused(413, "request-too-large",
-                                     f"the request body has more than the limit of {config.max_request_bytes:,} bytes")
-            if not state.reserve(len(chunk)):
-                raise RequestRefused(503, "overloaded", "the server holds as many request bytes as it may; try again")
-            held += len(chunk)
-            chunks.append(chunk)
-
-    try:
-        await asyncio.wait_for(collect(), timeout=config.body_timeout_s)
-    except TimeoutError:
-        state.release(held)
-        raise RequestRefused(408, "body-timeout", f"the request body did not arrive within {config.body_timeout_s:g} s") \
-            from None
-    except BaseException:
-        state.release(held)
-        raise
-    request.scope.setdefault("cnnlab", {})["held"] = held
-    return b"".join(chunks)
-
-
-def _base64_image(item: Any, position: int) -> tuple[str, bytes]:
-    """One JSON image: a base64 string (or ``data:`` URL), or ``{"name": ..., "data": base64}``."""
-    name = f"image-{position}"
-    if isinstance(item, dict):
-        name = str(item.get("name") or name)[:200]
-        item = item.get("data")
-    if not isinstance(item, str):
-        raise RequestRefused(400, "bad-request", f"images[{position}] must be a base64 string or "
-                                                 '{"name": ..., "data": base64}')
-    if item.startswith("data:"):
-        item = item.partition(",")[2]
-    try:
-        return name, base64.b64decode(item, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestRefused(400, "bad-base64", f"images[{position}] is not valid base64") from None
-
-
-async def parse_images(request: Request, body: bytes, content_type: str, state: ServerState) -> list[tuple[str, bytes]]:
-    """The (name, bytes) of every image of a request: multipart files, JSON with base64, or a raw image body."""
-    config = state.config
-    if content_type == "multipart/form-data":
-
-        async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        try:
-            form = await Request(request.scope, replay).form(max_files=config.max_images, max_fields=config.max_images)
-        except HTTPException as exc:  # starlette's multipart errors: too many files or fields, malformed parts
-            detail = str(exc.detail)
-            if detail.startswith(("Too many files", "Too many fields")):
-                raise RequestRefused(413, "too-many-images", f"more than {config.max_images} parts; the limit is "
-                                                             f"{config.max_images} images") from None
-            raise RequestRefused(400, "bad-multipart", f"the multipart body cannot be read: {detail}") from None
-        images: list[tuple[str, bytes]] = []
-        for _, value in form.multi_items():
-            if hasattr(value, "read"):
-                images.append((str(getattr(value, "filename", "") or f"image-{len(images)}")[:200], await value.read()))
-        await form.close()
-        return images
-    if content_type == "application/json":
-        try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise RequestRefused(400, "bad-json", "the request body is not valid JSON") from None
-        except RecursionError:  # arrays or objects nested deeper than Python's parser goes
-            raise RequestRefused(400, "bad-json", "the request body nests JSON arrays or objects too deeply") from None
-        items = document.get("images") if isinstance(document, dict) else None
-        if isinstance(document, dict) and items is None and "image" in document:
-            items = [document["image"]]
-        if not isinstance(items, list):
-            raise RequestRefused(400, "bad-request", 'a JSON request is {"images": [base64, ...]}')
-        if len(items) > config.max_images:
-            raise RequestRefused(413, "too-many-images", f"{len(items)} images; the limit is {config.max_images}")
-        return [_base64_image(item, i) for i, item in enumerate(items)]
-    return [("image-0", body)]  # image/* or application/octet-stream: the body is the image
-
-
-def _content_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
 def _status_of(results: list[dict[str, Any]]) -> tuple[int, str, str]:
@@ -247,29 +88,6 @@ def model_submitter(server: ls.LitServer, api: ClassifierAPI, timeout_s: float) 
     return submit
 
 
-def weigh_images(images: list[tuple[str, bytes]], config: ServeConfig) -> dict[int, tuple[str, str]]:
-    """The images over the pixel limit (position: reason, detail), read from their headers; a request whose
-    other images add up to more than the request's pixel budget is refused (413) before any is decoded."""
-    refused: dict[int, tuple[str, str]] = {}
-    total = 0
-    for position, (_, data) in enumerate(images):
-        size = header_size(data)
-        if size is None:  # no format recognises it: the model process says why, as predict would
-            continue
-        width, height = size
-        pixels = width * height
-        if pixels > config.max_pixels:
-            refused[position] = ("decompression-bomb", f"{width}x{height} = {pixels:,} pixels exceeds the limit "
-                                                       f"of {config.max_pixels:,}")
-            continue
-        total += pixels
-    if total > config.max_request_pixels:
-        raise RequestRefused(413, "too-many-pixels", f"the images of this request add up to {total:,} pixels; the "
-                                                     f"limit per request is {config.max_request_pixels:,}: send "
-                                                     "fewer or smaller images per request")
-    return refused
-
-
 def make_predict_route(submit: Submit, state: ServerState) -> Callable[[Request], Awaitable[Response]]:
     """``POST /v1/predict``: checks, then the images' bytes through ``submit`` to a model process.
 
@@ -291,7 +109,7 @@ def make_predict_route(submit: Submit, state: ServerState) -> Callable[[Request]
         try:
             if state.pending >= config.max_pending:  # full already: say so before reading the body
                 raise overloaded()
-            content_type = _content_type(request)
+            content_type = media_type(request)
             if content_type not in accepted and not content_type.startswith("image/"):
                 raise RequestRefused(415, "unsupported-media-type",
                                      f"content type {content_type or '(none)'!r}: send multipart/form-data files, "
@@ -310,7 +128,7 @@ def make_predict_route(submit: Submit, state: ServerState) -> Callable[[Request]
                     raise RequestRefused(413, "too-large", f"{name}: {len(data):,} bytes exceeds the limit of "
                                                            f"{config.max_image_bytes:,}")
             extra["images"] = len(images)
-            topk = _requested_topk(request, config.topk)
+            topk = requested_topk(request, config.topk)
             refused = weigh_images(images, config)
             if state.pending >= config.max_pending:
                 raise overloaded()
@@ -341,19 +159,6 @@ def make_predict_route(submit: Submit, state: ServerState) -> Callable[[Request]
                 state.metrics.waiting = state.pending
 
     return predict
-
-
-def _requested_topk(request: Request, most: int) -> int:
-    value = request.query_params.get("topk")
-    if value is None:
-        return most
-    try:
-        k = int(value)
-    except ValueError:
-        raise RequestRefused(400, "bad-request", f"topk must be a whole number, not {value!r}") from None
-    if not 1 <= k <= most:
-        raise RequestRefused(400, "bad-request", f"topk must be from 1 to {most} (the server's topk)")
-    return k
 
 
 def _answer(answer: dict[str, Any] | None, names: list[str], refused: dict[int, tuple[str, str]], topk: int,
@@ -387,61 +192,6 @@ def _answer(answer: dict[str, Any] | None, names: list[str], refused: dict[int, 
                        "model_ms": batch["model_ms"], "batch_images": batch["images"],
                        "batch_requests": batch["requests"]}}
     return JSONResponse(body)
-
-
-class AccessLog:
-    """ASGI middleware: one JSON line per request on ``stream`` and the request counters and latency."""
-
-    def __init__(self, app: ASGIApp, state: ServerState, stream: Any = None) -> None:
-        self.app = app
-        self.state = state
-        self.stream = stream or sys.stdout
-
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]],
-                       send: Callable[[Any], Awaitable[None]]) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        sent = 0
-
-        async def watch(message: Any) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch)
-        finally:
-            seconds = time.perf_counter() - started
-            path = scope.get("path", "")
-            label = path if path in KNOWN_PATHS else "other"
-            method = str(scope.get("method", ""))
-            self.state.metrics.request(label, method, status, seconds)
-            extra = scope.get("cnnlab", {})
-            headers = dict(scope.get("headers") or [])
-            client = scope.get("client")
-            record = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
-                      "client": client[0] if client else None, "method": method, "path": path[:200],
-                      "status": status, "duration_ms": round(seconds * 1000, 3), "bytes_sent": sent,
-                      "content_length": _int(headers.get(b"content-length")),
-                      **{k: v for k, v in extra.items() if k in ("images", "reason")}}
-            try:
-                self.stream.write(json.dumps(record) + "\n")
-                self.stream.flush()
-            except (OSError, ValueError):  # a closed stdout must not take the server down
-                pass
-
-
-def _int(value: bytes | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def page_html() -> str:

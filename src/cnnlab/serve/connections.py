@@ -5,7 +5,7 @@ uvicorn bounds the connections it holds (``limit_concurrency``) and the idle tim
 header line now and then would hold every place for as long as they like, and then even ``/healthz`` gets
 uvicorn's 503. Here a connection has ``header_timeout_s`` from its first byte (or its opening) to the end
 of its headers; past it, it gets 408 and is closed. The request body has its own deadline
-(:func:`cnnlab.serve.app.read_body`).
+(:func:`cnnlab.serve.requests.read_body`).
 
 A new connection joins the connections uvicorn counts against ``limit_concurrency`` only once its first
 request's headers are complete: sockets opened and left silent neither lock others out while they wait for
