@@ -23,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def _jpeg(seed: int, size: tuple[int, int]) -> bytes:
+def jpeg(seed: int, size: tuple[int, int]) -> bytes:
+    """A distinct JPEG per seed (smooth noise scaled up), as a crawl would fetch; shared with bench_collect_shards."""
     from PIL import Image
 
     rng = random.Random(seed)
@@ -36,7 +37,7 @@ def _jpeg(seed: int, size: tuple[int, int]) -> bytes:
 
 
 def _serve(n: int, size: tuple[int, int], latency: float, ready: mp.Queue) -> None:  # type: ignore[type-arg]
-    images = {f"/img/{i}.jpg": _jpeg(i, size) for i in range(n)}
+    images = {f"/img/{i}.jpg": jpeg(i, size) for i in range(n)}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"

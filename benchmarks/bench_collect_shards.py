@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import io
 import json
 import multiprocessing as mp
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -36,21 +34,12 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-
-def _jpeg(seed: int, size: tuple[int, int]) -> bytes:
-    from PIL import Image
-
-    rng = random.Random(seed)
-    small = Image.new("RGB", (16, 12))
-    small.putdata([(rng.randrange(256), rng.randrange(256), rng.randrange(256)) for _ in range(16 * 12)])
-    img = small.resize(size, Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_collect import jpeg
 
 
 def _serve(n: int, size: tuple[int, int], latency: float, ready: mp.Queue) -> None:  # type: ignore[type-arg]
-    images = {f"/img/{i}.jpg": _jpeg(i, size) for i in range(n)}
+    images = {f"/img/{i}.jpg": jpeg(i, size) for i in range(n)}
     hits: Counter[str] = Counter()
     lock = threading.Lock()
 
