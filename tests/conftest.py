@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from cnnlab.runtime.threads import passive_openmp
 from tests.helpers.images import make_image
+
+# What the CLI does for its own process (cnnlab.runtime.threads): OpenMP threads that sleep rather than spin while
+# they wait, set before torch is imported here and inherited by every subprocess a test starts. Two test
+# processes share the cores (scripts/test.sh): spinning threads of one would take the time the other needs.
+passive_openmp()
 
 
 def _site_file(package: str, *parts: str) -> Path:
@@ -36,6 +42,19 @@ def real_photos() -> dict[str, Path]:
 
 
 
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> None:
+    """One PyTorch CPU thread in the test process at the start of every test.
+
+    Two test processes share the two cores: each keeps to one, rather than two threads each competing for both.
+    Loading a model with ``threads=`` changes it for the rest of the process, so it is set before every test
+    (a test sees the same count whichever tests ran before it in its process). Subprocesses are not affected.
+    """
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
