@@ -39,10 +39,16 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data
 
 
+#: The models of the one-process run: the offline model (real weights) and a second one, random weights unless
+#: its file is on disk, so that a run on a list of devices has two models to share out.
+MODELS = ["--models", "efficientnet_lite0,squeezenet1_1", "--random-weights-if-missing"]
+
+
 @pytest.fixture(scope="module")
 def one(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one-process, one-device run that the others must give again: the models one after the other."""
     out = tmp_path_factory.mktemp("one") / "out"
-    _bench(demo, out, "--models", "efficientnet_lite0")
+    _bench(demo, out, *MODELS)
     return out
 
 
@@ -69,11 +75,9 @@ def test_two_processes_give_the_one_process_report(demo: Path, one: Path, tmp_pa
 
 
 @pytest.mark.slow
-def test_models_on_a_list_of_devices_match_a_sequential_run(demo: Path, tmp_path: Path) -> None:
-    seq, par = tmp_path / "seq", tmp_path / "par"
-    models = ["--models", "efficientnet_lite0,squeezenet1_1", "--random-weights-if-missing"]
-    _bench(demo, seq, *models)
-    _bench(demo, par, *models, "--device", "cpu,cpu")
+def test_models_on_a_list_of_devices_match_a_sequential_run(demo: Path, one: Path, tmp_path: Path) -> None:
+    seq, par = one, tmp_path / "par"
+    _bench(demo, par, *MODELS, "--device", "cpu,cpu")
     name = "efficientnet_lite0.IMAGENET1K.csv"
     assert (seq / "predictions" / name).read_bytes() == (par / "predictions" / name).read_bytes()
     a, b = _rows(seq), _rows(par)
