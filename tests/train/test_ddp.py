@@ -15,8 +15,9 @@ from cnnlab.train.ddp import RankBatches
 from tests.helpers.images import make_colours
 from tests.helpers.runs import FAST
 
+#: FAST as ``cnnlab train`` options (no search for crops of one photo: FAST has none either).
 ARGS = ["--model", "efficientnet_lite0", "--epochs", "2", "--freeze-epochs", "1", "-b", "8", "--image-size", "64",
-        "--workers", "0", "--ema", "-q"]
+        "--workers", "0", "--ema", "--no-crops", "-q"]
 
 #: Run under torchrun: rank 0 stops after its third epoch (probe, head, first full), as Ctrl-C would.
 _INTERRUPTED = """
