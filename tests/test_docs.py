@@ -3,7 +3,8 @@
 The examples are run as a reader would run them: each ```python block of README.md and docs/**/*.md in a
 fresh interpreter, in a folder holding ``photos/`` (the demo photos in class folders), with an empty weights
 folder and a mirror that refuses every connection, so nothing is downloaded: the examples use the offline
-model's real weights, and random weights for any other model. A block preceded by a ``<!-- no-test -->``
+model's real weights, and random weights for any other model. cnnlab's cache (ONNX exports) starts empty and
+is kept from one example to the next, as on the reader's machine. A block preceded by a ``<!-- no-test -->``
 line is not run (the line says why next to it).
 """
 
@@ -76,6 +77,16 @@ def demo_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_demo_set(tmp_path_factory.mktemp("demo") / "photos")  # with its SOURCES.csv, as demo leaves it
 
 
+@pytest.fixture(scope="module")
+def export_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """cnnlab's cache (ONNX exports) for the examples of this test process, empty before the first of them.
+
+    A reader who runs the examples one after the other has the exports the earlier ones made; so do the
+    examples here: the first that needs an export makes it, the later ones use it.
+    """
+    return tmp_path_factory.mktemp("cache")
+
+
 def test_the_examples_are_found() -> None:
     ids = [block_id for block_id, _ in _python_blocks()]
     assert any(i.startswith("README.md:") for i in ids), "README.md has no Python example"
@@ -84,7 +95,8 @@ def test_the_examples_are_found() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("block_id", "code"), _python_blocks(), ids=[b for b, _ in _python_blocks()])
-def test_python_example_runs(block_id: str, code: str, demo_photos: Path, tmp_path: Path) -> None:
+def test_python_example_runs(block_id: str, code: str, demo_photos: Path, export_cache: Path,
+                             tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     shutil.copytree(demo_photos, work / "photos")
@@ -94,7 +106,7 @@ def test_python_example_runs(block_id: str, code: str, demo_photos: Path, tmp_pa
         **os.environ,
         "CNNLAB_WEIGHTS_DIR": str(empty),
         "CNNLAB_WEIGHTS_MIRROR": "http://127.0.0.1:9/",  # the discard port: a download fails at once
-        "CNNLAB_CACHE_DIR": str(tmp_path / "cache"),
+        "CNNLAB_CACHE_DIR": str(export_cache),
         "TORCH_HOME": str(tmp_path / "torch"),
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
