@@ -154,7 +154,27 @@ def test_split_is_deterministic_stratified_and_from_split_py(tmp_path: Path) -> 
     assert not (tmp_path / "split.csv").exists()  # nothing written into the data
 
 
+@pytest.fixture
+def features_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The offline model's features of a file computed once per test: every split of the same files (one per
+    seed) compares the same features, and loading the model and embedding them again would only repeat the work."""
+    from cnnlab.runtime import features
+
+    real = features.image_features
+    seen: dict[tuple[Path, ...], tuple[np.ndarray, list[bool]]] = {}
+
+    def once(paths: Any, **kwargs: Any) -> tuple[np.ndarray, list[bool]]:
+        key = tuple(Path(p).resolve() for p in paths)  # a manifest is split through fresh links to the same files
+        if key not in seen:
+            seen[key] = real(paths, **kwargs)
+        found, usable = seen[key]
+        return found.copy(), list(usable)
+
+    monkeypatch.setattr(features, "image_features", once)
+
+
 @pytest.mark.parametrize("layout", ["folders", "manifest", "split.csv with train rows only"])
+@pytest.mark.usefixtures("features_once")
 def test_near_duplicates_never_straddle_splits(tmp_path: Path, layout: str) -> None:
     """An image and its slightly smaller copy always land in one split, whatever the seed and the layout."""
     rng = np.random.default_rng(1)
