@@ -43,6 +43,23 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache holding the random-weights ONNX export of SMALL, made once by cnnlab."""
+    root = tmp_path_factory.mktemp("pristine") / "cnnlab-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CNNLAB_CACHE_DIR", str(root))
+        prepare_on(SMALL, "onnxruntime", random_weights=True)
+    return root
+
+
+@pytest.fixture
+def cached(cache: Path, pristine: Path) -> Path:
+    """This test's cache holding a copy of :func:`pristine`'s whole export, for a test to damage."""
+    shutil.copytree(pristine, cache, dirs_exist_ok=True)
+    return cache
+
+
+@pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weights squeezenet exported by cnnlab, with its sidecar."""
     path = tmp_path_factory.mktemp("onnx") / "small.onnx"
@@ -65,8 +82,9 @@ def _variant(exported: Path, folder: Path, name: str, **changes: object) -> Path
 
 
 @pytest.mark.parametrize("damage", ["truncate-model", "truncate-sidecar", "no-marker"])
+@pytest.mark.usefixtures("cached")
 def test_damaged_cache_entries_are_exported_again(damage: str) -> None:
-    first = prepare_on(SMALL, "onnxruntime", random_weights=True)
+    first = prepare_on(SMALL, "onnxruntime", random_weights=True)  # the whole entry, found in the cache
     size = first.stat().st_size
     if damage == "truncate-model":
         first.write_bytes(first.read_bytes()[:1000])  # a full disk, a killed copy
@@ -81,6 +99,7 @@ def test_damaged_cache_entries_are_exported_again(damage: str) -> None:
     assert not [p for p in first.parent.parent.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
 
 
+@pytest.mark.usefixtures("cached")  # the int8 version is made from the fp32 export there
 def test_damaged_int8_entries_are_calibrated_again(real_photos: dict[str, Path]) -> None:
     photos = list(real_photos.values())[:2]
     first = prepare_on(SMALL, "onnxruntime-int8", random_weights=True, calibration=photos)
