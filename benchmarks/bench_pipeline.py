@@ -62,7 +62,8 @@ def reference_loop(root: Path, model_name: str, device: torch.device, batch_size
 
     spec = get_spec(model_name)
     policy = WeightsPolicy.RANDOM if random_weights else WeightsPolicy.PRETRAINED
-    loaded = load_torch(ModelSource(name=model_name, policy=policy), RuntimeOptions(device=device))
+    loaded = load_torch(ModelSource(name=model_name, policy=policy),  # the lab's way: NCHW, batch norms kept
+                        RuntimeOptions(device=device, channels_last=False, fold_bn=False))
     model = loaded.module
     if spec.source == "torchvision":
         transform = get_model_weights(spec.arch)[spec.weights_tag].transforms()

@@ -245,8 +245,10 @@ class RuntimeOptions:
     #: (``benchmarks/bench_layout.py``), off elsewhere.
     channels_last: bool | None = None
     #: Fold eval-mode batch normalisation into the convolutions before it (torch; inference only:
-    #: :func:`cnnlab.models.fold.fold_batchnorm`). Same predictions, one pass less over each activation map.
-    fold_bn: bool = True
+    #: :func:`cnnlab.models.fold.fold_batchnorm`): same predictions, one pass less over each activation map.
+    #: ``None``: folded where a model is loaded to run (``load_model``, bench, predict, serve, review), not by
+    #: ``load_torch``, whose module a caller may train.
+    fold_bn: bool | None = None
     compile: bool = False
     #: torch (or ONNX Runtime) CPU threads; ``None``: the cores not used for decoding.
     threads: int | None = None
@@ -263,6 +265,9 @@ class RuntimeOptions:
         object.__setattr__(self, "precision", parse_choice(Precision, self.precision, "precision"))
         object.__setattr__(self, "backend", parse_choice(RuntimeChoice, self.backend, "backend"))
         object.__setattr__(self, "decode", parse_choice(DecodeWhere, self.decode, "decode"))
+        for name in ("channels_last", "fold_bn"):
+            if getattr(self, name) not in (None, True, False):
+                raise UsageError(f"{name} must be true, false or None (chosen for the device), got {getattr(self, name)!r}")
         object.__setattr__(self, "threads", _optional_count(self.threads, "threads", 1, 1024))
         object.__setattr__(self, "workers", _optional_count(self.workers, "workers", 0, 256))
         object.__setattr__(self, "batch_size", _optional_count(self.batch_size, "batch size", 1, 65536))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,11 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
+from cnnlab.errors import UsageError
 from cnnlab.models.fold import fold_batchnorm
-from cnnlab.models.load import load_torch
+from cnnlab.models.load import LoadedModel, load_torch
 from cnnlab.options import ModelSource, RuntimeOptions, WeightsPolicy
+from cnnlab.runtime.loader import load_model
 
 
 def _with_statistics(module: nn.Module) -> nn.Module:
@@ -71,27 +74,84 @@ def test_only_safe_pairs_fold() -> None:
     assert isinstance(model.bn, nn.BatchNorm2d) and isinstance(model.conv, nn.Conv2d)
 
 
+class _Pair(nn.Module):
+    """A convolution and its batch norm, whose forward may also read their tensors directly."""
+
+    def __init__(self, extra: str = "") -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.extra = extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        if self.extra == "conv weight":
+            y = y + nn.functional.conv2d(x, self.conv.weight, self.conv.bias, padding=1)
+        elif self.extra == "bn buffer":
+            y = y * self.bn.running_var.view(1, -1, 1, 1)  # type: ignore[union-attr]
+        return y
+
+
+def _hooked(m: _Pair) -> _Pair:
+    m.bn.register_forward_hook(lambda _m, _a, out: out * 2)
+    return m
+
+
+def _weight_norm(m: _Pair) -> _Pair:
+    nn.utils.parametrizations.weight_norm(m.conv)
+    return m
+
+
+def _bn_training(m: _Pair) -> _Pair:
+    m.bn.train()  # the root stays in eval mode
+    return m
+
+
+@pytest.mark.parametrize("make", [lambda m: _Pair("conv weight"), lambda m: _Pair("bn buffer"), _hooked, _weight_norm,
+                                  _bn_training],
+                         ids=["conv weight read", "bn buffer read", "hooked bn", "weight norm", "bn training"])
+def test_a_pair_whose_tensors_are_read_hooked_or_computed_stays_as_it_is(make: Callable[[_Pair], _Pair]) -> None:
+    model = make(_with_statistics(_Pair()))
+    if make is not _bn_training:
+        _with_statistics(model)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        before = model(x)
+        assert fold_batchnorm(model) == 0
+        after = model(x)
+    assert isinstance(model.bn, nn.BatchNorm2d) and isinstance(model.conv, nn.Conv2d)
+    if make is not _bn_training:  # a training batch norm updates its statistics at every call
+        assert torch.equal(before, after)
+    assert not any(name.startswith("_tensor_constant") for name in vars(model))  # the tracer's leftovers removed
+
+
 def test_a_module_in_training_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(resnet18(num_classes=2).train())
 
 
-def test_load_torch_folds_and_goes_channels_last_on_the_cpu_unless_told_not_to() -> None:
+def test_a_model_loaded_to_run_is_folded_and_load_torch_keeps_a_trainable_module() -> None:
     source = ModelSource(name="resnet18", policy=WeightsPolicy.RANDOM)
-    fast = load_torch(source, RuntimeOptions(device="cpu"), progress=False)
+    fast = load_model(source, RuntimeOptions(device="cpu"))
+    kept = load_torch(source, RuntimeOptions(device="cpu"), progress=False)
     plain = load_torch(source, RuntimeOptions(device="cpu", channels_last=False, fold_bn=False), progress=False)
-    assert fast.channels_last and fast.folded_bn == 20 and "bn-folded(20)" in fast.runtime_info()["provider"]
+    assert isinstance(fast, LoadedModel) and fast.channels_last and fast.folded_bn == 20
+    assert "bn-folded(20)" in fast.runtime_info()["provider"]
+    assert kept.channels_last and kept.folded_bn == 0  # load_torch's module may be trained: batch norms kept
     assert not plain.channels_last and plain.folded_bn == 0
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in plain.module.modules()) == 20
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in kept.module.modules()) == 20
+    assert fast.params == kept.params == plain.params == sum(p.numel() for p in plain.module.parameters())
     batch = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
     with torch.inference_mode():
         assert torch.allclose(fast(batch), plain(batch), atol=1e-3, rtol=1e-3)
+    with pytest.raises(UsageError, match="fold_bn"):
+        RuntimeOptions(fold_bn="yes")  # type: ignore[arg-type]
 
 
 def test_the_offline_model_folds_its_same_padding_convolutions_and_keeps_its_predictions(
         real_photos: dict[str, Path]) -> None:
     """efficientnet_lite0's convolutions are a padding subclass of Conv2d: each folded pair is checked on numbers."""
-    folded = load_torch("efficientnet_lite0", RuntimeOptions(device="cpu"), progress=False)
+    folded = load_torch("efficientnet_lite0", RuntimeOptions(device="cpu", fold_bn=True), progress=False)
     plain = load_torch("efficientnet_lite0", RuntimeOptions(device="cpu", fold_bn=False), progress=False)
     assert folded.folded_bn == 49 and plain.folded_bn == 0
     batch = torch.stack([folded.preprocessing.load(p) for p in real_photos.values()])

@@ -93,7 +93,8 @@ def _load(request: RunRequest, threads: int) -> Runtime:
     source = m.source(request.model)
     if is_checkpoint_file(request.model):  # a checkpoint from `cnnlab train` always brings its own weights
         source = dataclasses.replace(source, policy=WeightsPolicy.PRETRAINED)
-    return load_torch(source, m.runtime, progress=request.progress)
+    runtime = m.runtime if m.runtime.fold_bn is not None else m.runtime.replace(fold_bn=True)  # loaded to run
+    return load_torch(source, runtime, progress=request.progress)
 
 
 def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
@@ -139,8 +140,8 @@ def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
     result.random_weights = model.random_weights
     result.weights_path = str(model.weights_path) if model.weights_path else None
     if isinstance(model, LoadedModel):
-        result.params = sum(p.numel() for p in model.module.parameters())
-        result.weights_mib = parameter_bytes(model.module) / MiB
+        result.params = model.params or sum(p.numel() for p in model.module.parameters())  # before folding
+        result.weights_mib = parameter_bytes(model.module) / MiB  # what the running module holds
         if model.weights_path is not None:
             result.weights_file_mb = model.weights_path.stat().st_size / 1e6
     else:  # an ONNX file: what is loaded is the file

@@ -208,7 +208,7 @@ def bench_command(
     batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", metavar="N[,N...]", help="Also measure model-only throughput at these batch sizes, e.g. 1,8,32,128 (a curve).")] = None,
     precision: PrecisionOpt = _R.precision,
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory format (torch rows); default: on for the CPU, where it is faster.", show_default=False)] = _R.channels_last,
-    fold_bn: Annotated[bool, typer.Option("--fold-bn/--no-fold-bn", help="Fold batch normalisation into the convolutions before it (torch rows; same predictions, faster).")] = _R.fold_bn,
+    fold_bn: Annotated[bool, typer.Option("--fold-bn/--no-fold-bn", help="Fold batch normalisation into the convolutions before it (torch rows; same predictions, faster).")] = True,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (torch rows; slow to start).")] = _R.compile,
     workers: Annotated[str, typer.Option("--workers", metavar="auto|N", help="Decoding processes; auto: chosen from where the time goes (decode against model seconds per image, measured on the first images).")] = "auto",
     threads: Threads = _R.threads,

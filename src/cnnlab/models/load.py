@@ -97,8 +97,11 @@ class LoadedModel(FromSpec):
     dtype: torch.dtype = torch.float32
     precision: Precision = Precision.FP32
     channels_last: bool = False
-    #: Batch normalisations folded into their convolutions (:func:`cnnlab.models.fold.fold_batchnorm`).
+    #: Batch normalisations folded into their convolutions (:func:`cnnlab.models.fold.fold_batchnorm`): the
+    #: module is for inference then, not for training.
     folded_bn: int = 0
+    #: Parameters of the model as built (before any folding: what its publishers count).
+    params: int = 0
     random_weights: bool = False
     weights_path: Path | None = None
     compiled: bool = False
@@ -159,8 +162,9 @@ def load_torch(source: str | Path | ModelSource, runtime: RuntimeOptions | None 
     """A registered model or a ``cnnlab train`` checkpoint in PyTorch, with its weights, in eval mode.
 
     ``source`` says which model and weights (a name or path: its pretrained weights); ``runtime`` the device, precision (see
-    :func:`resolve_precision`), channels-last layout (default: on the CPU), batch-norm folding (default: on;
-    pass ``fold_bn=False`` for a module to train), ``torch.compile`` and CPU threads (its backend,
+    :func:`resolve_precision`), channels-last layout (default: on the CPU), batch-norm folding (only when
+    ``fold_bn=True``: :func:`cnnlab.load_model` and the commands ask for it, since a folded module cannot be
+    trained), ``torch.compile`` and CPU threads (its backend,
     batch size and decoding are for the caller). Random weights are seeded (0): the same in every
     process and in the ONNX exports of random-weight models. ``progress``: show download progress.
     """
@@ -213,12 +217,13 @@ def load_torch(source: str | Path | ModelSource, runtime: RuntimeOptions | None 
             detail = describe_mismatch(spec.build(None).state_dict(), state_dict)
             raise WeightsIntegrityError(f"weights {weights_path} do not fit {spec.name}: {detail}") from None
     module.eval().to(dev)
+    params = sum(p.numel() for p in module.parameters())  # the model's own count, folded or not
     folded = fold_batchnorm(module) if runtime.fold_bn else 0
     channels_last = dev.type == "cpu" if runtime.channels_last is None else runtime.channels_last
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     loaded = LoadedModel(spec=spec, module=module, device=dev, dtype=dtype, precision=chosen,
-                         channels_last=channels_last, folded_bn=folded, random_weights=random_weights,
+                         channels_last=channels_last, folded_bn=folded, params=params, random_weights=random_weights,
                          weights_path=weights_path)
     if runtime.compile:
         loaded._forward = torch.compile(module)  # type: ignore[assignment]

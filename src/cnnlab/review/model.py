@@ -100,5 +100,6 @@ def load_review_model(config: ReviewConfig, progress: Progress | None = None) ->
 
         torch.set_num_threads(config.threads)
     model = load_torch(ModelSource(name=config.model, weights_dir=Path(config.weights_dir) if config.weights_dir else None),
-                       RuntimeOptions(device=config.device, channels_last=config.channels_last), progress=False)
+                       RuntimeOptions(device=config.device, channels_last=config.channels_last, fold_bn=True),
+                       progress=False)
     return model, config.workers, notes
