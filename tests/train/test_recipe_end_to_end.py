@@ -134,6 +134,26 @@ def split_of(splits: DataSplits) -> dict[str, str]:
     return {f"{p.parent.name}/{p.name}": name for name, part in splits.parts() for p in part.paths}
 
 
+@pytest.fixture
+def features_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The offline model's features of a file computed once per test: every split of the same files (one per
+    seed) compares the same features, and loading the model and embedding them again would only repeat the work."""
+    from cnnlab.runtime import features
+
+    real = features.image_features
+    seen: dict[tuple[Path, ...], tuple[np.ndarray, list[bool]]] = {}
+
+    def once(paths: Any, **kwargs: Any) -> tuple[np.ndarray, list[bool]]:
+        key = tuple(Path(p).resolve() for p in paths)  # a manifest is split through fresh links to the same files
+        if key not in seen:
+            seen[key] = real(paths, **kwargs)
+        found, usable = seen[key]
+        return found.copy(), list(usable)
+
+    monkeypatch.setattr(features, "image_features", once)
+
+
+@pytest.mark.usefixtures("features_once")
 def test_split_is_deterministic_stratified_and_from_split_py(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for label, n in (("a", 20), ("b", 10), ("c", 3)):
@@ -152,25 +172,6 @@ def test_split_is_deterministic_stratified_and_from_split_py(tmp_path: Path) -> 
     rows = {(r.path, r.split) for r in make_split(tmp_path, 0.2, 0.1, 3, write=False).rows}
     assert rows == set(split_of(a).items())  # exactly cnnlab.imagedata.splits's assignment
     assert not (tmp_path / "split.csv").exists()  # nothing written into the data
-
-
-@pytest.fixture
-def features_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The offline model's features of a file computed once per test: every split of the same files (one per
-    seed) compares the same features, and loading the model and embedding them again would only repeat the work."""
-    from cnnlab.runtime import features
-
-    real = features.image_features
-    seen: dict[tuple[Path, ...], tuple[np.ndarray, list[bool]]] = {}
-
-    def once(paths: Any, **kwargs: Any) -> tuple[np.ndarray, list[bool]]:
-        key = tuple(Path(p).resolve() for p in paths)  # a manifest is split through fresh links to the same files
-        if key not in seen:
-            seen[key] = real(paths, **kwargs)
-        found, usable = seen[key]
-        return found.copy(), list(usable)
-
-    monkeypatch.setattr(features, "image_features", once)
 
 
 @pytest.mark.parametrize("layout", ["folders", "manifest", "split.csv with train rows only"])
