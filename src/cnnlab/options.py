@@ -272,6 +272,10 @@ class RuntimeOptions:
         object.__setattr__(self, "workers", _optional_count(self.workers, "workers", 0, 256))
         object.__setattr__(self, "batch_size", _optional_count(self.batch_size, "batch size", 1, 65536))
 
+    def to_run(self) -> RuntimeOptions:
+        """These options for a model loaded to run (not to train): batch norms folded unless said otherwise."""
+        return self if self.fold_bn is not None else self.replace(fold_bn=True)
+
     def replace(self, **changes: Any) -> RuntimeOptions:
         """A copy with ``changes`` (checked like the original)."""
         return dataclasses.replace(self, **changes)

@@ -93,8 +93,7 @@ def _load(request: RunRequest, threads: int) -> Runtime:
     source = m.source(request.model)
     if is_checkpoint_file(request.model):  # a checkpoint from `cnnlab train` always brings its own weights
         source = dataclasses.replace(source, policy=WeightsPolicy.PRETRAINED)
-    runtime = m.runtime if m.runtime.fold_bn is not None else m.runtime.replace(fold_bn=True)  # loaded to run
-    return load_torch(source, runtime, progress=request.progress)
+    return load_torch(source, m.runtime.to_run(), progress=request.progress)
 
 
 def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:

@@ -19,12 +19,6 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
-def _set_submodule(root: nn.Module, target: str, new: nn.Module) -> None:
-    parent_name, _, attr = target.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, new)
-
-
 def _after_folding(bn: nn.Module) -> nn.Module | None:
     """What replaces a batch norm once folded: nothing for ``nn.BatchNorm2d``, its dropout and activation for
     timm's ``BatchNormAct2d`` (batch norm, then ``self.drop``, then ``self.act``); ``None``: it does not fold."""
@@ -80,8 +74,8 @@ def fold_batchnorm(module: nn.Module) -> int:
         graph = _Tracer().trace(module)
         # parameters or buffers the forward reads directly (``F.conv2d(x, self.conv.weight)``,
         # ``self.bn.running_var``): their modules must stay as they are
-        read = [str(n.target) for n in graph.nodes if n.op == "get_attr"]
-        read_memory = {t.data_ptr() for t in (_tensor_at(module, r) for r in read) if t is not None and t.data_ptr()}
+        read = (_tensor_at(module, str(n.target)) for n in graph.nodes if n.op == "get_attr")
+        read_memory = {t.data_ptr() for t in read if t is not None and t.data_ptr()}
     except Exception:  # noqa: BLE001 - data-dependent control flow etc.: the module runs unfolded
         return 0
     finally:  # the tracer keeps tensors the forward reads as attributes of the module ("_tensor_constant0")
@@ -97,8 +91,6 @@ def fold_batchnorm(module: nn.Module) -> int:
                 and isinstance(module.get_submodule(str(conv_node.target)), nn.Conv2d)):
             continue
         conv_name, bn_name = str(conv_node.target), str(node.target)
-        if any(r == name or r.startswith(name + ".") for r in read for name in (conv_name, bn_name)):
-            continue
         owned = [*module.get_submodule(conv_name).parameters(), *module.get_submodule(bn_name).parameters(),
                  *module.get_submodule(bn_name).buffers()]
         if any(t.data_ptr() in read_memory for t in owned):
@@ -125,9 +117,9 @@ def fold_batchnorm(module: nn.Module) -> int:
             exact = type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d
             if not exact and not _folds_exactly(conv, bn, fused):
                 continue
-            _set_submodule(module, conv_name, fused)
+            module.set_submodule(conv_name, fused)
             replacement = _after_folding(bn)
             assert replacement is not None
-            _set_submodule(module, bn_name, replacement)
+            module.set_submodule(bn_name, replacement)
             folded += 1
     return folded

@@ -174,14 +174,10 @@ def choose_batch_and_workers(model: Runtime, paths: Sequence[Path], *, batch_siz
             batches[b] = batch
             progress.update(task, info=f"batch {b}: {1 / timings[str(b)]:,.1f} img/s")
         # more rounds, the candidates interleaved so that a passing disturbance does not decide; the best kept
-        for _ in range(2):
-            for b, batch in batches.items():
-                if time.perf_counter() + b * timings[str(b)] > deadline:
-                    break
-                timings[str(b)] = min(timings[str(b)], _timed_call(model, batch))
-            else:
-                continue
-            break
+        for b, batch in [*batches.items()] * 2:
+            if time.perf_counter() + b * timings[str(b)] > deadline:
+                break
+            timings[str(b)] = min(timings[str(b)], _timed_call(model, batch))
         best_b, best_s = candidates[0], math.inf
         for b in batches:
             if timings[str(b)] < best_s * (1 - MIN_GAIN):

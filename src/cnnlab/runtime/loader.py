@@ -237,9 +237,7 @@ def load_runtime(source: ModelSource, runtime: RuntimeOptions, *, calibration: S
     if choice is RuntimeChoice.TORCH:
         from cnnlab.models.load import load_torch
 
-        if runtime.fold_bn is None:  # loaded to run: batch norms folded (load_torch alone keeps them)
-            runtime = runtime.replace(fold_bn=True)
-        return load_torch(source, runtime, progress=progress is None or type(progress) is not Progress)
+        return load_torch(source, runtime.to_run(), progress=progress is None or type(progress) is not Progress)
     if runtime.precision not in (Precision.FP32, Precision.AUTO):
         raise UsageError(f"precision {runtime.precision.value} applies to the torch backend; the {choice.value} "
                          "backend runs the exported graph as it is (fp32, or int8 for an -int8 backend)")
