@@ -133,6 +133,10 @@ class RunResult:
     calibration_images: int = 0
     #: Seconds the parent spent exporting and quantising before the worker started (0 when cached).
     prepare_s: float | None = None
+    #: The torch rows' layout: channels-last memory format, batch normalisations folded into their convolutions
+    #: (``None``/0 for the other runtimes).
+    channels_last: bool | None = None
+    folded_bn: int = 0
     #: How JPEGs were decoded for the evaluation: ``cpu`` (Pillow, in the loader) or ``nvjpeg`` (on the GPU).
     decode: str = "cpu"
     #: Processes the evaluation was split over (torchrun), and each one's own figures

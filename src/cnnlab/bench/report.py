@@ -41,6 +41,17 @@ def _precision(result: BenchResult) -> str:
     return ", ".join(used) or str(result.config.measure.runtime.precision)
 
 
+def _layout(result: BenchResult) -> str:
+    """How the PyTorch rows ran: the layout changes speed (not predictions), so a reader comparing runs sees it."""
+    torch_rows = [m.run for m in result.models if m.ok and m.run.backend == "torch"]
+    if not torch_rows:
+        return ""
+    layouts = sorted({("channels-last" if r.channels_last else "NCHW") for r in torch_rows})
+    folded = sum(1 for r in torch_rows if r.folded_bn)
+    return (f"; PyTorch rows in {' and '.join(layouts)}"
+            + (f", batch norms folded in {folded} of {len(torch_rows)}" if folded else ""))
+
+
 def _overview(result: BenchResult) -> list[Block]:
     env, ds = result.environment, result.dataset
     device = next((m.run.device_name or m.run.device for m in result.models if m.ok), "n/a")
@@ -48,7 +59,8 @@ def _overview(result: BenchResult) -> list[Block]:
         Heading("cnnlab bench results", level=1),
         Paragraph(f"Data: {ds.root} — {len(ds)} images in {len(ds.classes)} classes; {len(result.skipped)} files "
                   f"skipped. Device: {device}; torch {env.get('torch', 'n/a')}, torchvision "
-                  f"{env.get('torchvision', 'n/a')}; precision {_precision(result)}; batch {_batch(result)}."),
+                  f"{env.get('torchvision', 'n/a')}; precision {_precision(result)}; batch {_batch(result)}"
+                  f"{_layout(result)}."),
         *_machine(result),
     ]
 

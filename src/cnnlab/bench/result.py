@@ -20,7 +20,7 @@ from cnnlab.jsonable import finite_or_none
 
 #: Version of the layout of results.json and results.csv. Columns added at the end (backend,
 #: quantization, provider, runtime_file, calibration_images, prepare_s, decode, the rank totals,
-#: leaked_images) keep the version:
+#: leaked_images, channels_last, folded_bn) keep the version:
 #: readers by name or by position are not affected.
 SCHEMA_VERSION = 2
 #: Fields of a model's run left out of its ``run`` dict in results.json: the categories (its class
@@ -182,6 +182,8 @@ class ModelResult:
             "decode": r.decode,
             **rank_totals(r),
             "leaked_images": self.leakage["overlapping"] if self.leakage and self.leakage["recorded"] else None,
+            "channels_last": r.channels_last,
+            "folded_bn": r.folded_bn,
         }
 
 

@@ -139,6 +139,7 @@ def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
     result.random_weights = model.random_weights
     result.weights_path = str(model.weights_path) if model.weights_path else None
     if isinstance(model, LoadedModel):
+        result.channels_last, result.folded_bn = model.channels_last, model.folded_bn
         result.params = model.params or sum(p.numel() for p in model.module.parameters())  # before folding
         result.weights_mib = parameter_bytes(model.module) / MiB  # what the running module holds
         if model.weights_path is not None:

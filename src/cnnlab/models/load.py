@@ -124,7 +124,8 @@ class LoadedModel(FromSpec):
         return {"backend": "torch", "quantization": "none", "precision": self.precision.value,
                 "provider": f"torch {torch.__version__} {self.device}" + (" channels_last" if self.channels_last else "")
                 + (f" bn-folded({self.folded_bn})" if self.folded_bn else "")
-                + (" compiled" if self.compiled else ""), "threads": torch.get_num_threads(), "device": str(self.device)}
+                + (" compiled" if self.compiled else ""), "threads": torch.get_num_threads(), "device": str(self.device),
+                "channels_last": self.channels_last, "folded_bn": self.folded_bn}
 
     def __call__(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """Normalise on the model's device and run the network; returns float32 logits."""
