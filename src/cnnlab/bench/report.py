@@ -43,7 +43,8 @@ def _precision(result: BenchResult) -> str:
 
 def _layout(result: BenchResult) -> str:
     """How the PyTorch rows ran: the layout changes speed (not predictions), so a reader comparing runs sees it."""
-    torch_rows = [m.run for m in result.models if m.ok and m.run.backend == "torch"]
+    # a row from before the layout was recorded (channels_last None) says nothing either way
+    torch_rows = [m.run for m in result.models if m.ok and m.run.backend == "torch" and m.run.channels_last is not None]
     if not torch_rows:
         return ""
     layouts = sorted({("channels-last" if r.channels_last else "NCHW") for r in torch_rows})
