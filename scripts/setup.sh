@@ -13,8 +13,9 @@ want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "cnnlab setup: installing dependencies (torch is large: a minute or more)" >&2
   # PyPI's torch for Linux x86_64 is a CUDA build: the environment takes about 7.5 GB
-  free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
-  if [ "${free_kb:-0}" -lt 9000000 ]; then
+  # a warning only: a df that fails or prints something odd changes nothing
+  free_kb=$(df -Pk . 2>/dev/null | awk 'NR==2 && $4 ~ /^[0-9]+$/ {print $4}') || free_kb=
+  if [ -n "$free_kb" ] && [ "$free_kb" -lt 9000000 ]; then
     echo "cnnlab setup: only $((free_kb / 1024)) MB free on this disk; the install needs about 9 GB (7.5 GB stays)" >&2
   fi
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >&2

@@ -192,6 +192,24 @@ def test_failed_models_and_missing_tests_are_explained(demo: tuple[BenchResult, 
     assert rows["alexnet"]["status"] == "error" and rows[MODEL]["status"] == "ok"
 
 
+def test_the_overview_says_how_each_pytorch_row_ran(demo: tuple[BenchResult, dict[str, Path]], tmp_path: Path) -> None:
+    """Layout and folding change speed, not predictions: a reader comparing runs sees which rows ran how, and a
+    model with no batch norm to fold (AlexNet) is not counted as one left unfolded."""
+    result, _ = demo
+    (model,) = result.models
+
+    def row(name: str, channels_last: bool | None, folded_bn: int | None) -> ModelResult:
+        run = dataclasses.replace(model.run, model=name, spec={**model.run.spec, "name": name},
+                                  channels_last=channels_last, folded_bn=folded_bn)
+        return dataclasses.replace(model, run=run)
+
+    rows = [row("efficientnet_lite0", True, 49), row("alexnet", False, 0), row("resnet18", None, None)]
+    files = write_bench_outputs(dataclasses.replace(result, models=rows), tmp_path, plots=False)
+    markdown = files["markdown"].read_text(encoding="utf-8")
+    assert ("PyTorch rows in NCHW (alexnet) and channels-last (efficientnet_lite0), batch norms folded into their "
+            "convolutions (efficientnet_lite0 49).") in markdown  # resnet18's row predates the record: not described
+
+
 def test_models_whose_names_differ_only_in_non_ascii_get_their_own_files(
         demo: tuple[BenchResult, dict[str, Path]], tmp_path: Path) -> None:
     """Issue 27 item 9: runs/猫/best.pt and runs/犬/best.pt both made the stem runs_best.pt; the second

@@ -134,9 +134,9 @@ class RunResult:
     #: Seconds the parent spent exporting and quantising before the worker started (0 when cached).
     prepare_s: float | None = None
     #: The torch rows' layout: channels-last memory format, batch normalisations folded into their convolutions
-    #: (``None``/0 for the other runtimes).
+    #: (``None`` for the other runtimes, which choose their own layout and fuse batch norms in their graph optimiser).
     channels_last: bool | None = None
-    folded_bn: int = 0
+    folded_bn: int | None = None
     #: How JPEGs were decoded for the evaluation: ``cpu`` (Pillow, in the loader) or ``nvjpeg`` (on the GPU).
     decode: str = "cpu"
     #: Processes the evaluation was split over (torchrun), and each one's own figures

@@ -44,13 +44,19 @@ def _precision(result: BenchResult) -> str:
 def _layout(result: BenchResult) -> str:
     """How the PyTorch rows ran: the layout changes speed (not predictions), so a reader comparing runs sees it."""
     # a row from before the layout was recorded (channels_last None) says nothing either way
-    torch_rows = [m.run for m in result.models if m.ok and m.run.backend == "torch" and m.run.channels_last is not None]
-    if not torch_rows:
+    rows = [m for m in result.models if m.ok and m.run.backend == "torch" and m.run.channels_last is not None]
+    if not rows:
         return ""
-    layouts = sorted({("channels-last" if r.channels_last else "NCHW") for r in torch_rows})
-    folded = sum(1 for r in torch_rows if r.folded_bn)
-    return (f"; PyTorch rows in {' and '.join(layouts)}"
-            + (f", batch norms folded in {folded} of {len(torch_rows)}" if folded else ""))
+    layouts: dict[str, list[str]] = {}
+    for m in rows:
+        layouts.setdefault("channels-last" if m.run.channels_last else "NCHW", []).append(m.name)
+    if len(layouts) == 1:
+        layout = f"; PyTorch rows in {next(iter(layouts))}"
+    else:  # e.g. CPU and GPU rows in one run: say which ran how
+        layout = "; PyTorch rows in " + " and ".join(f"{k} ({', '.join(v)})" for k, v in sorted(layouts.items()))
+    # a model with no batch norm after a convolution (alexnet) has nothing to fold: only the folded ones are named
+    folded = [f"{m.name} {m.run.folded_bn}" for m in rows if m.run.folded_bn]
+    return layout + (f", batch norms folded into their convolutions ({', '.join(folded)})" if folded else "")
 
 
 def _overview(result: BenchResult) -> list[Block]:
