@@ -19,10 +19,12 @@ read the noise of a flat curve as the onset and suggested ``1e-7``.
 A suggestion is sound when the curve falls and rises as the rules assume. The test warns when it
 does not: the loss never rose (no rate broke training, so the rules saw only half a curve), or the
 valley's fall is below :data:`MIN_FALL` (a flat curve, as after a probe that already fits the
-training images: ``valley``, ``minimum`` and ``steep`` then read noise, and the suggestion is a third
-(:data:`FLAT_DIVISOR`) of ``rise``, the rate where the loss starts to rise, :func:`rise_onset`: fastai's
-old advice of a rate below the one that breaks training, taken from the one part of a flat curve that is
-not noise; ``benchmarks/bench_lr_find.py`` compares it with a 5-point sweep on real photos).
+training images: ``valley``, ``minimum`` and ``steep`` then read noise). A flat curve cannot tell rates apart,
+so the suggestion is then train's default ``--lr``, or a third (:data:`FLAT_DIVISOR`) of ``rise``, the rate where
+the loss starts to rise (:func:`rise_onset`), when that is lower: fastai's old advice of a rate below the one that
+breaks training, taken from the one part of a flat curve that is not noise. A third of the rise alone, above the
+default, landed 8-20x from the best rate of a 5-point sweep on real photos where the sweep's rates scored the
+same (``benchmarks/bench_lr_find.py``), while the warning said to keep the default.
 
 Nothing is trained for good: the weights are discarded; ``lr_find.csv`` and ``lr_find.png`` are
 written to ``out``.
@@ -57,8 +59,8 @@ SMOOTHING = 0.98
 #: Stop once the smoothed loss is this many times its minimum.
 DIVERGED = 4.0
 RULE = "fastai's valley: a third and a half into the longest run of falling smoothed losses"
-FLAT_RULE = ("a flat curve has no valley: a third of the rate where the loss starts to rise (fastai's advice, a "
-             "rate below the one that breaks training)")
+FLAT_RULE = ("a flat curve has no valley: train's default --lr, or a third of the rate where the loss starts to "
+             "rise when that is lower (fastai's advice, a rate below the one that breaks training)")
 #: The flat-curve suggestion is the rise's onset divided by this.
 FLAT_DIVISOR = 3.0
 #: The rise (relative, and in units of ln(classes)) that counts as breaking training (:func:`never_rose`).
@@ -284,19 +286,23 @@ def apply_rules(result: LRFinderResult, classes: int, images: int) -> LRFinderRe
     result.rules = suggest_rules(result.lrs, result.smoothed)
     result.suggestion = result.rules.get("valley")
     result.rule, result.warning = RULE, None
-    default = f"keep the default --lr {TrainConfig().lr:g} unless the plot says otherwise"
+    default_lr = TrainConfig().lr
+    default = f"keep the default --lr {default_lr:g} unless the plot says otherwise"
     if never_rose(result.lrs, result.smoothed, classes):
         result.warning = (f"the loss never rose up to lr {result.lrs[-1]:.1e}: the test found no rate that breaks "
                           f"training ({images} training images), so the rules saw half a curve; " + default)
     elif valley_fall(result.lrs, result.smoothed) < MIN_FALL * math.log(classes):
         onset = rise_onset(result.lrs, result.smoothed, classes)  # the valley of a flat curve is noise
+        result.suggestion = default_lr
         if onset is not None:
             result.rules["rise"] = onset
-            result.suggestion = onset / FLAT_DIVISOR
+            result.suggestion = min(default_lr, onset / FLAT_DIVISOR)
         result.rule = FLAT_RULE
+        below = (f"a third of the rate where the loss starts to rise ({onset:.1e}), below the default"
+                 if result.suggestion < default_lr else "the default")
         result.warning = ("the loss did not fall before it rose (a flat curve: the probe may already fit the "
-                          "training images), so fastai's rules have no sound suggestion; the suggestion is a third "
-                          "of the rate where the loss starts to rise; " + default)
+                          f"training images), so fastai's rules have no sound suggestion; the suggestion is {below}; "
+                          + default)
     return result
 
 
