@@ -278,10 +278,11 @@ def test_after_a_probe_that_fits_the_curve_is_flat_and_the_suggestion_is_below_t
     """The issue's run: after the probe the loss was flat near zero and the finder suggested --lr 1.35e-07."""
     data = make_two_colours(tmp_path / "data", per_class=4)
     config = TrainConfig(data=str(data), out=str(tmp_path / "lr"), model="efficientnet_lite0", image_size=32,
-                         workers=0, val_fraction=0.0, augment="none")
+                         workers=0, val_fraction=0.0, augment="none", lr=1e-3)
     result = find_lr(config, start_lr=1e-6, end_lr=100.0, steps=40)
     assert result.warning and "did not fall" in result.warning and result.rule == FLAT_RULE
     assert result.suggestion == min(TrainConfig().lr, result.rules["rise"] / FLAT_DIVISOR)
+    assert "(--lr 0.001 was given: the range test does not depend on it)" in result.warning  # not the user's rate
 
 
 def _flat_then_rising(steps: int = 100, onset: float = 1e-2, seed: int = 0) -> tuple[list[float], list[float]]:
@@ -308,7 +309,9 @@ def test_on_a_flat_curve_the_suggestion_is_the_default_or_below_the_rise() -> No
         early = rise_onset(lrs, losses, num_classes=4)
         assert early is not None and 1e-3 <= early < 1.5e-3
         result = apply_rules(LRFinderResult("full", lrs=lrs, losses=losses, smoothed=losses), classes=4, images=50)
-        assert result.suggestion == pytest.approx(early / FLAT_DIVISOR) and "below the default" in (result.warning or "")
+        assert result.suggestion == pytest.approx(early / FLAT_DIVISOR)
+        assert result.warning and "default --lr 0.002 is above it" in result.warning
+        assert "keep the default" not in result.warning  # the default would break training here
     assert rise_onset(lrs, [0.01] * len(lrs), num_classes=4) is None  # never rose: no onset
 
 

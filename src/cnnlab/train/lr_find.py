@@ -23,8 +23,8 @@ training images: ``valley``, ``minimum`` and ``steep`` then read noise). A flat 
 so the suggestion is then train's default ``--lr``, or a third (:data:`FLAT_DIVISOR`) of ``rise``, the rate where
 the loss starts to rise (:func:`rise_onset`), when that is lower: fastai's old advice of a rate below the one that
 breaks training, taken from the one part of a flat curve that is not noise. A third of the rise alone, above the
-default, landed 8-20x from the best rate of a 5-point sweep on real photos where the sweep's rates scored the
-same (``benchmarks/bench_lr_find.py``), while the warning said to keep the default.
+default, landed up to 20x from the best rate of a 5-point sweep on real photos (``benchmarks/bench_lr_find.py``),
+while the warning said to keep the default.
 
 Nothing is trained for good: the weights are discarded; ``lr_find.csv`` and ``lr_find.png`` are
 written to ``out``.
@@ -274,6 +274,8 @@ def _range_test(config: TrainConfig, progress: Progress, out: Path, *, start_lr:
     if not result.lrs:
         raise CnnlabError("the range test got no training batch (no image could be decoded)")
     apply_rules(result, len(run.splits.classes), len(run.splits.train))
+    if result.warning and config.lr != TrainConfig().lr:  # the curve does not depend on --lr: say it was read
+        result.warning += f" (--lr {config.lr:g} was given: the range test does not depend on it)"
     if result.warning:
         progress.note(result.warning, warning=True)
     result.files = [str(_write_csv(result, out)), str(_plot(result, out))]
@@ -298,11 +300,13 @@ def apply_rules(result: LRFinderResult, classes: int, images: int) -> LRFinderRe
             result.rules["rise"] = onset
             result.suggestion = min(default_lr, onset / FLAT_DIVISOR)
         result.rule = FLAT_RULE
-        below = (f"a third of the rate where the loss starts to rise ({onset:.1e}), below the default"
-                 if result.suggestion < default_lr else "the default")
+        if onset is not None and result.suggestion < default_lr:
+            advice = (f"the suggestion is a third of the rate where the loss starts to rise ({onset:.1e}): the "
+                      f"default --lr {default_lr:g} is above it")
+        else:
+            advice = "the suggestion is the default; " + default
         result.warning = ("the loss did not fall before it rose (a flat curve: the probe may already fit the "
-                          f"training images), so fastai's rules have no sound suggestion; the suggestion is {below}; "
-                          + default)
+                          "training images), so fastai's rules have no sound suggestion; " + advice)
     return result
 
 
@@ -346,8 +350,10 @@ def _plot(result: LRFinderResult, out: Path) -> Path:
               "slide": ("tab:brown", ":"), "rise": ("tab:red", "-.")}
     for name, lr in result.rules.items():
         colour, style = styles[name]
-        label = f"{name} {lr:.1e}" + (" (suggested --lr)" if name == "valley" else "")
-        ax.axvline(lr, color=colour, linestyle=style, linewidth=1.5 if name == "valley" else 1, label=label)
+        ax.axvline(lr, color=colour, linestyle=style, linewidth=1, label=f"{name} {lr:.1e}")
+    if result.suggestion is not None:  # the valley, or on a flat curve the default or a third of the rise
+        ax.axvline(result.suggestion, color="black", linestyle="-", linewidth=1.5,
+                   label=f"suggested --lr {result.suggestion:.1e}")
     axis = y_axis([*result.losses, *result.smoothed])
     if axis is not None:
         ax.set_yscale(axis[2])
