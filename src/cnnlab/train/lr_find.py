@@ -295,15 +295,15 @@ def apply_rules(result: LRFinderResult, classes: int, images: int) -> LRFinderRe
                           f"training ({images} training images), so the rules saw half a curve; " + default)
     elif valley_fall(result.lrs, result.smoothed) < MIN_FALL * math.log(classes):
         onset = rise_onset(result.lrs, result.smoothed, classes)  # the valley of a flat curve is noise
-        result.suggestion = default_lr
+        result.rule = FLAT_RULE
         if onset is not None:
             result.rules["rise"] = onset
-            result.suggestion = min(default_lr, onset / FLAT_DIVISOR)
-        result.rule = FLAT_RULE
-        if onset is not None and result.suggestion < default_lr:
+        if onset is not None and onset / FLAT_DIVISOR < default_lr:
+            result.suggestion = onset / FLAT_DIVISOR
             advice = (f"the suggestion is a third of the rate where the loss starts to rise ({onset:.1e}): the "
                       f"default --lr {default_lr:g} is above it")
         else:
+            result.suggestion = default_lr
             advice = "the suggestion is the default; " + default
         result.warning = ("the loss did not fall before it rose (a flat curve: the probe may already fit the "
                           "training images), so fastai's rules have no sound suggestion; " + advice)
