@@ -46,7 +46,7 @@ def run(config: BenchConfig, *, out: str | Path | None = None, overwrite: bool =
         OutputError: the folder cannot be written, or another run holds its lock.
     """
     from cnnlab.bench.outputs import write_bench_outputs
-    from cnnlab.bench.runner import measure_models, preflight
+    from cnnlab.bench.runner import measure_models, preflight, start_standby
     from cnnlab.runtime.distributed import destroy_process_group, from_environment
 
     progress = progress or Progress()
@@ -61,16 +61,21 @@ def run(config: BenchConfig, *, out: str | Path | None = None, overwrite: bool =
     # Under torchrun too, rank 0 checks before it makes the folder: if that fails, it raises and the
     # launcher stops the other ranks (waiting for rank 0 to join them); if it passes, measure_models
     # hands the plan to every rank.
-    plan = preflight(config, progress)
-    folder.create()
-    with folder.lock():
-        folder.check(replace=overwrite)  # again, under the lock: another run may have finished meanwhile
-        try:
-            result = measure_models(config, progress=progress, plan=plan)
-        finally:
-            destroy_process_group()
-        folder.clear_previous()
-        result.files = write_bench_outputs(result, folder.path, plots=plots)
+    standby = start_standby(config)  # the first model's worker imports while the data and weights are checked
+    try:
+        plan = preflight(config, progress)
+        folder.create()
+        with folder.lock():
+            folder.check(replace=overwrite)  # again, under the lock: another run may have finished meanwhile
+            try:
+                result = measure_models(config, progress=progress, plan=plan, standby=standby)
+            finally:
+                destroy_process_group()
+            folder.clear_previous()
+            result.files = write_bench_outputs(result, folder.path, plots=plots)
+    finally:
+        if standby is not None:
+            standby.close()
     return result
 
 

@@ -36,7 +36,8 @@ from cnnlab.bench.machine import START_SAMPLE_S, LoadSnapshot, busy_warning, mac
 from cnnlab.bench.protocol import PREDICTION_DTYPE, ProtocolError, RunRequest, RunResult
 from cnnlab.bench.result import BenchResult, ModelResult, environment
 from cnnlab.bench.scoring import comparisons, score
-from cnnlab.bench.zygote import ForkedWorker, Zygote, ZygoteError, start_zygote
+from cnnlab.bench.standby import StandbyWorker
+from cnnlab.bench.zygote import ENV_SWITCH, ForkedWorker, Zygote, ZygoteError, start_zygote
 from cnnlab.errors import CnnlabError, DatasetError, UsageError, WeightsNotFoundError
 from cnnlab.imagedata.datasets import LabelledImages, scan_dataset
 from cnnlab.imagedata.imagenet_val import read_real_labels, real_sets_for, scan_flat_val
@@ -81,16 +82,31 @@ def worker_env() -> MutableMapping[str, str]:
     return passive_openmp(dict(os.environ))
 
 
+def start_standby(config: BenchConfig) -> StandbyWorker | None:
+    """The first model's worker, importing while the caller checks the data (:mod:`cnnlab.bench.standby`);
+    ``None`` where models run in this process, under torchrun, or with the zygote on (it forks them)."""
+    from cnnlab.runtime.distributed import from_environment
+
+    env = worker_env()
+    if not config.isolate or env.get(ENV_SWITCH) == "1" or from_environment() is not None:
+        return None
+    return StandbyWorker(env)
+
+
 def run_isolated(request: RunRequest, workdir: Path, index: int, *, progress: Progress,
-                 timeout_s: float | None = None, zygote: Zygote | None = None) -> RunResult:
-    """Measure one model in a fresh process: forked by ``zygote`` (:mod:`cnnlab.bench.zygote`) when there is one
-    that works, else started as ``python -m cnnlab.bench.worker``."""
+                 timeout_s: float | None = None, zygote: Zygote | None = None,
+                 standby: StandbyWorker | None = None) -> RunResult:
+    """Measure one model in a fresh process: ``standby`` when it is ready and not yet taken
+    (:mod:`cnnlab.bench.standby`), forked by ``zygote`` (:mod:`cnnlab.bench.zygote`) when there is one that works,
+    else started as ``python -m cnnlab.bench.worker``."""
     req_file = workdir / f"request-{index}.json"
     res_file = workdir / f"result-{index}.json"
     res_file.unlink(missing_ok=True)
     request.write(req_file)
     proc: subprocess.Popen[str] | ForkedWorker | None = None
-    if zygote is not None and zygote.alive:
+    if standby is not None:
+        proc = standby.take(req_file, res_file)
+    if proc is None and zygote is not None and zygote.alive:
         with contextlib.suppress(ZygoteError):
             proc = zygote.spawn([str(req_file), str(res_file)])
     if proc is None:
@@ -318,16 +334,20 @@ def _missing_weights(config: BenchConfig, first: str) -> WeightsNotFoundError:
         "  or measure speed and memory only: --random-weights-if-missing")
 
 
-def measure_models(config: BenchConfig, *, progress: Progress | None = None, plan: Plan | None = None) -> BenchResult:
+def measure_models(config: BenchConfig, *, progress: Progress | None = None, plan: Plan | None = None,
+                   standby: StandbyWorker | None = None) -> BenchResult:
     """Run the benchmark described by ``config`` and score it, writing nothing. Never raises for a single
     model's failure.
 
     Everything that can fail before the first model runs fails first (see :func:`preflight`); a caller
     that ran :func:`preflight` itself (:func:`cnnlab.bench.job.run` does, before it creates its output
-    folder) passes its ``plan``.
+    folder) passes its ``plan``, and may pass the first model's worker, started while it checked
+    (:func:`start_standby`; the caller closes it).
     """
     progress = progress or Progress()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if standby is not None:
+        standby.wait_ready()  # still importing, it would count as a busy core in the load sample below
     load_start = LoadSnapshot.take(sample_s=START_SAMPLE_S)
     _STOPPING.clear()
     ctx = ranks.join()  # torchrun: every rank runs this, rank 0 checks the data and merges (cnnlab.bench.ranks)
@@ -369,7 +389,7 @@ def measure_models(config: BenchConfig, *, progress: Progress | None = None, pla
             if run is None:
                 if config.isolate:
                     run = run_isolated(request, workdir, i, progress=progress, timeout_s=config.model_timeout_s,
-                                       zygote=zygote)
+                                       zygote=zygote, standby=standby)
                 else:
                     run = _run_in_process(request, progress)
             run.prepare_s = prepare_s

@@ -18,6 +18,7 @@ if __name__ == "__main__":  # Ctrl-C during the imports below (seconds): a quiet
 
     _signal.signal(_signal.SIGINT, lambda *_: _os._exit(130))
 
+import contextlib
 import dataclasses
 import functools
 import platform
@@ -272,10 +273,22 @@ def _evaluate(model: Runtime, kind: str, request: RunRequest, result: RunResult,
 def main(argv: list[str] | None = None) -> int:
     """``python -m cnnlab.bench.worker REQUEST.json RESULT.json``: progress events on stdout.
 
+    ``--standby`` instead of the two paths: say so once imported and read them from stdin
+    (:mod:`cnnlab.bench.standby`); its end before them ends the worker with status 0.
     Ctrl-C (which reaches the worker too) ends it quietly with status 130: the parent reports the run.
     """
     args = sys.argv[1:] if argv is None else argv
     try:
+        if args == ["--standby"]:
+            from cnnlab.bench.standby import request_from_stdin
+            from cnnlab.models.registry import all_specs
+
+            with contextlib.suppress(Exception):  # the registry's imports too; a failure is the request's to report
+                all_specs()
+            given = request_from_stdin(sys.stdin)
+            if given is None:
+                return 0
+            args = given
         request = RunRequest.read(Path(args[0]))
         progress = JsonLinesProgress(sys.stdout) if request.progress else Progress()
         result = run_model(request, progress)
