@@ -104,8 +104,11 @@ def run_isolated(request: RunRequest, workdir: Path, index: int, *, progress: Pr
     res_file.unlink(missing_ok=True)
     request.write(req_file)
     proc: subprocess.Popen[str] | ForkedWorker | None = None
+    imported_s = 0.0  # of the time limit, spent before the process was handed its request
     if standby is not None:
-        proc = standby.take(req_file, res_file)
+        proc = standby.take(req_file, res_file, worker_env())
+        if proc is not None:  # a fresh worker's limit counts its imports too
+            imported_s = standby.import_s
     if proc is None and zygote is not None and zygote.alive:
         with contextlib.suppress(ZygoteError):
             proc = zygote.spawn([str(req_file), str(res_file)])
@@ -117,7 +120,7 @@ def run_isolated(request: RunRequest, workdir: Path, index: int, *, progress: Pr
         if _STOPPING.is_set():  # bench was interrupted while this thread started the worker
             proc.kill()
     try:
-        return _wait_for(proc, request, res_file, progress, index, timeout_s)
+        return _wait_for(proc, request, res_file, progress, index, timeout_s, imported_s)
     finally:
         with _LIVE_LOCK:
             _LIVE_WORKERS.discard(proc)
@@ -143,11 +146,11 @@ def kill_workers() -> None:
 
 
 def _wait_for(proc: subprocess.Popen[str] | ForkedWorker, request: RunRequest, res_file: Path, progress: Progress, index: int,
-              timeout_s: float | None) -> RunResult:
+              timeout_s: float | None, imported_s: float = 0.0) -> RunResult:
     relay = threading.Thread(target=_relay, args=(proc.stdout, progress, f"{index}:"), daemon=True)
     relay.start()
     try:
-        proc.wait(timeout=timeout_s)
+        proc.wait(timeout=None if timeout_s is None else max(0.0, timeout_s - imported_s))
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -346,8 +349,8 @@ def measure_models(config: BenchConfig, *, progress: Progress | None = None, pla
     """
     progress = progress or Progress()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if standby is not None:
-        standby.wait_ready()  # still importing, it would count as a busy core in the load sample below
+    if standby is not None:  # still importing, it would count as a busy core in the load sample below
+        standby.wait_ready(on_slow=lambda: progress.note("waiting for the first model's worker to import torch"))
     load_start = LoadSnapshot.take(sample_s=START_SAMPLE_S)
     _STOPPING.clear()
     ctx = ranks.join()  # torchrun: every rank runs this, rank 0 checks the data and merges (cnnlab.bench.ranks)

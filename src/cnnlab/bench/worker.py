@@ -17,6 +17,12 @@ if __name__ == "__main__":  # Ctrl-C during the imports below (seconds): a quiet
     import signal as _signal
 
     _signal.signal(_signal.SIGINT, lambda *_: _os._exit(130))
+    import sys as _sys
+
+    if _sys.argv[1:2] == ["--standby"] and len(_sys.argv) == 3:  # started early: it must not outlive bench
+        from cnnlab.bench.orphans import die_with_parent
+
+        die_with_parent(int(_sys.argv[2]))
 
 import contextlib
 import dataclasses
@@ -273,13 +279,13 @@ def _evaluate(model: Runtime, kind: str, request: RunRequest, result: RunResult,
 def main(argv: list[str] | None = None) -> int:
     """``python -m cnnlab.bench.worker REQUEST.json RESULT.json``: progress events on stdout.
 
-    ``--standby`` instead of the two paths: say so once imported and read them from stdin
+    ``--standby PARENT_PID`` instead of the two paths: say so once imported and read them from stdin
     (:mod:`cnnlab.bench.standby`); its end before them ends the worker with status 0.
     Ctrl-C (which reaches the worker too) ends it quietly with status 130: the parent reports the run.
     """
     args = sys.argv[1:] if argv is None else argv
     try:
-        if args == ["--standby"]:
+        if args[:1] == ["--standby"]:
             from cnnlab.bench.standby import request_from_stdin
             from cnnlab.models.registry import all_specs
 

@@ -33,6 +33,8 @@ import threading
 from collections.abc import Mapping
 from typing import IO, Any
 
+from cnnlab.bench.orphans import die_with_parent
+
 #: Seconds the parent waits for the zygote to fork a requested worker before starting a fresh process instead.
 FORK_TIMEOUT_S = 120.0
 
@@ -189,21 +191,11 @@ def start_zygote(env: Mapping[str, str]) -> Zygote | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel kill this process when its parent (the zygote) exits, however it exits."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the zygote died before the line above
-        os._exit(1)
-
-
 def _child(sock: socket.socket, stdout_fd: int, args: list[str], zygote_pid: int) -> None:
     """In the forked child: become a worker process and exit with its status."""
     code = 1
     try:
-        _die_with_parent(zygote_pid)
+        die_with_parent(zygote_pid)  # the zygote's end is this worker's
         sock.close()
         os.dup2(stdout_fd, 1)
         os.close(stdout_fd)
