@@ -155,7 +155,8 @@ def _wait_for(proc: subprocess.Popen[str] | ForkedWorker, request: RunRequest, r
         proc.kill()
         proc.wait()
         relay.join(timeout=RELAY_GRACE_S)
-        return failed_result(request, f"stopped after the time limit of {timeout_s:g} s per model")
+        started = f" (its worker's start {imported_s:.0f} s before the model's turn included)" if imported_s else ""
+        return failed_result(request, f"stopped after the time limit of {timeout_s:g} s per model{started}")
     except BaseException:  # Ctrl-C or a signal sent to bench alone: the worker must not run on, orphaned
         proc.kill()
         proc.wait()
