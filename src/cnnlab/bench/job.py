@@ -61,7 +61,8 @@ def run(config: BenchConfig, *, out: str | Path | None = None, overwrite: bool =
     # Under torchrun too, rank 0 checks before it makes the folder: if that fails, it raises and the
     # launcher stops the other ranks (waiting for rank 0 to join them); if it passes, measure_models
     # hands the plan to every rank.
-    standby = start_standby(config)  # the first model's worker imports while the data and weights are checked
+    # the first model's worker imports while the data and weights are checked (not under torchrun: each rank's own)
+    standby = start_standby(config) if ctx is None else None
     try:
         plan = preflight(config, progress)
         folder.create()

@@ -84,11 +84,10 @@ def worker_env() -> MutableMapping[str, str]:
 
 def start_standby(config: BenchConfig) -> StandbyWorker | None:
     """The first model's worker, importing while the caller checks the data (:mod:`cnnlab.bench.standby`);
-    ``None`` where models run in this process, under torchrun, or with the zygote on (it forks them)."""
-    from cnnlab.runtime.distributed import from_environment
-
+    ``None`` where models run in this process or with the zygote on (it forks them); not for torchrun's ranks
+    (the caller knows them)."""
     env = worker_env()
-    if not config.isolate or env.get(ENV_SWITCH) == "1" or from_environment() is not None:
+    if not config.isolate or env.get(ENV_SWITCH) == "1":
         return None
     return StandbyWorker(env)
 

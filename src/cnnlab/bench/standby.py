@@ -121,10 +121,11 @@ class StandbyWorker:
         proc.wait()
         if self._reader is not None:
             self._reader.join(timeout=1.0)  # at the end of its output now
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None and not (pipe is proc.stdout and self._reader is not None and self._reader.is_alive()):
-                with contextlib.suppress(OSError):
-                    pipe.close()
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()
+            if proc.stdout is not None and not (self._reader is not None and self._reader.is_alive()):
+                proc.stdout.close()  # not under a reader still in it
 
 
 def request_from_stdin(stdin: IO[str]) -> list[str] | None:
