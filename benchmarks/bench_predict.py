@@ -6,7 +6,10 @@ checks that both give the same top-1 class for every file.
 
 Usage (from the project root):
     .venv/bin/python benchmarks/bench_predict.py [--models resnet50,efficientnet_lite0] [--rounds 3] [DIR]
-DIR: images to predict (default: the demo photos, built into a temporary folder).
+DIR: images to predict (default: the demo photos, built into a temporary folder). A model whose pretrained
+weights are not on this machine runs with random weights saved under its weights file's name in a temporary
+weights folder (found as a user's would be, so the export is remembered as theirs is); its line says so:
+speed only, though both runtimes must still agree on every top-1.
 """
 from __future__ import annotations
 
@@ -21,14 +24,31 @@ import time
 from pathlib import Path
 
 
-def run(cnnlab: str, data: str, model: str, backend: str | None) -> tuple[float, dict]:
+def run(cnnlab: str, data: str, model: str, backend: str | None, weights_dir: str | None) -> tuple[float, dict]:
     cmd = [cnnlab, "predict", data, "-m", model, "--json", "-q"] + (["--backend", backend] if backend else [])
+    cmd += ["--weights-dir", weights_dir] if weights_dir else []
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr[-500:]}")
     return seconds, json.loads(done.stdout)
+
+
+def random_weights_dir(model: str) -> str | None:
+    """``None`` when ``model``'s pretrained weights are found; else a temporary folder holding random ones."""
+    import torch
+
+    from cnnlab.models.registry import get_spec
+    from cnnlab.models.weights import locate_weights
+
+    spec = get_spec(model)
+    if locate_weights(spec).found is not None or not spec.weights_file:
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="bench-predict-weights-"))
+    torch.manual_seed(0)
+    torch.save(spec.build(None).state_dict(), folder / spec.weights_file)
+    return str(folder)
 
 
 def main() -> int:
@@ -44,18 +64,20 @@ def main() -> int:
 
         data = str(build_demo_set(Path(tempfile.mkdtemp(prefix="bench-predict-")) / "photos"))
     for model in a.models.split(","):
-        run(cnnlab, data, model, None)  # warm: the ONNX export is made and cached once, not timed
+        weights_dir = random_weights_dir(model)
+        run(cnnlab, data, model, None, weights_dir)  # warm: the ONNX export is made and cached once, not timed
         times: dict[str, list[float]] = {"auto": [], "torch": []}
         outputs = {}
         for _ in range(a.rounds):
             for backend in ("auto", "torch"):
-                seconds, result = run(cnnlab, data, model, None if backend == "auto" else backend)
+                seconds, result = run(cnnlab, data, model, None if backend == "auto" else backend, weights_dir)
                 times[backend].append(seconds)
                 outputs[backend] = result
         top1 = {b: [p["top"][0]["index"] for p in r["predictions"]] for b, r in outputs.items()}
         chosen = outputs["auto"]["runtime"].get("backend_choice", {}).get("backend")
         auto, torch_s = statistics.median(times["auto"]), statistics.median(times["torch"])
-        print(f"{model:20s} default ({chosen}) {auto:6.2f} s [{min(times['auto']):.2f}-{max(times['auto']):.2f}]  "
+        label = model + (" (random weights)" if weights_dir else "")
+        print(f"{label:20s} default ({chosen}) {auto:6.2f} s [{min(times['auto']):.2f}-{max(times['auto']):.2f}]  "
               f"torch eager {torch_s:6.2f} s [{min(times['torch']):.2f}-{max(times['torch']):.2f}]  "
               f"speed-up {torch_s / auto:4.2f}x  same top-1: {top1['auto'] == top1['torch']} "
               f"({len(top1['auto'])} files, load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)", flush=True)

@@ -23,7 +23,8 @@ from bench_pipeline import make_jpegs
 
 from cnnlab.models.load import load_torch
 from cnnlab.options import ModelSource, RuntimeOptions, WeightsPolicy
-from cnnlab.runtime.inference import default_workers, run_inference
+from cnnlab.runtime.cores import default_workers
+from cnnlab.runtime.inference import run_inference
 
 
 def _sync(device: torch.device) -> None:

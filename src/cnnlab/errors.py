@@ -42,6 +42,11 @@ class WeightsIntegrityError(CnnlabError):
     exit_code = 3
 
 
+class ExportMismatchError(CnnlabError):
+    """An exported model's outputs differ from PyTorch's by more than the tolerance
+    (:func:`cnnlab.models.export.export_model`)."""
+
+
 class UnsafeWeightsError(CnnlabError):
     """A weights file would run code when unpickled; it is refused."""
 

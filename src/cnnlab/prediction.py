@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from cnnlab.errors import DatasetError, UsageError
 from cnnlab.imagedata.datasets import SkippedFile, expand_paths
@@ -14,9 +14,11 @@ from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, ModelSource, Quantization
 from cnnlab.progress import Progress
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-    from cnnlab.runtime.base import Runtime
+    from cnnlab.runtime.base import ExportedModel, Runtime
+    from cnnlab.runtime.batches import InferenceBatch
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,6 @@ def predict(
         WeightsIntegrityError: the model gives outputs that are not one row per image (an ONNX graph that
             ignores the batch dimension).
     """
-    from cnnlab.runtime.inference import run_inference
     from cnnlab.runtime.loader import load_runtime
     from cnnlab.runtime.quantize import calibration_sample
 
@@ -173,11 +174,20 @@ def predict(
                                         progress=progress)
         batch_size, workers = auto.batch_size, auto.workers
         result.runtime["auto"] = auto.to_dict()
-    for batch in run_inference(loaded, paths, batch_size=batch_size or DEFAULT_PREDICT_BATCH,
-                               workers=workers, fast_decode=runtime.fast_decode,
-                               decode=runtime.decode,
-                               progress=progress,
-                               task="predict", description=f"predict {loaded.name}"):
+    batches: Iterator[InferenceBatch[Any]]
+    if _runs_without_torch(loaded, workers, runtime):
+        from cnnlab.runtime.host_loop import run_host_inference
+
+        batches = run_host_inference(loaded, paths, batch_size=batch_size or DEFAULT_PREDICT_BATCH,
+                                     fast_decode=runtime.fast_decode, progress=progress, task="predict",
+                                     description=f"predict {loaded.name}")
+    else:
+        from cnnlab.runtime.inference import run_inference
+
+        batches = run_inference(loaded, paths, batch_size=batch_size or DEFAULT_PREDICT_BATCH,
+                                workers=workers, fast_decode=runtime.fast_decode, decode=runtime.decode,
+                                progress=progress, task="predict", description=f"predict {loaded.name}")
+    for batch in batches:
         result.skipped.extend(batch.skipped)
         values, indices = rank(batch.logits, k)
         for row, i in enumerate(batch.indices):
@@ -188,12 +198,26 @@ def predict(
     return result
 
 
-def rank(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` most probable classes of each row of ``logits``: (probabilities, class indices), best first.
-    The one ranking of predict and serve, so that the two give the same answers."""
-    import torch
+def _runs_without_torch(loaded: Runtime, workers: int | None, runtime: RuntimeOptions) -> TypeGuard[ExportedModel]:
+    """Whether ``loaded`` takes host arrays on the CPU and nothing asks for loader workers or GPU decoding: then
+    :mod:`cnnlab.runtime.host_loop` runs it and torch is never imported (seconds of a small run)."""
+    from cnnlab.runtime.base import ExportedModel
 
-    return torch.softmax(logits, dim=1).topk(k, dim=1)
+    return (isinstance(loaded, ExportedModel) and loaded.details.get("device") == "cpu" and not workers
+            and runtime.decode != "device")
+
+
+def rank(logits: torch.Tensor | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most probable classes of each row of ``logits`` (float32, on the CPU): (probabilities, class
+    indices), best first, ties by lower index. The one ranking of predict and serve, so that the two give the
+    same answers; in numpy, so that the loop without PyTorch ranks as the others do."""
+    import numpy as np
+
+    x = np.asarray(logits, dtype=np.float32)
+    exp = np.exp(x - x.max(axis=1, keepdims=True))
+    probabilities = exp / exp.sum(axis=1, keepdims=True)
+    indices = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(probabilities, indices, axis=1), indices
 
 
 #: Fewer validation images than this make a calibrated unknown threshold a rough hint (said when it is used).
@@ -253,7 +277,7 @@ def _model_name(model: object) -> str | None:
 
 def _checkpoint_of(model: object, loaded: Runtime) -> Path | None:
     """The ``cnnlab train`` checkpoint behind ``model``, if it is one (given by path, or loaded from one)."""
-    from cnnlab.models.checkpoint import is_checkpoint_file
+    from cnnlab.models.files import is_checkpoint_file
 
     if isinstance(model, ModelSource):
         model = model.name

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from cnnlab.bench.config import MeasureOptions
-from cnnlab.bench.machine import LoadSnapshot, available_cores, busy_cores_now, busy_warning, machine_state
+from cnnlab.bench.machine import LoadSnapshot, busy_cores_now, busy_warning, machine_state
 from cnnlab.bench.measure import time_repeated
 from cnnlab.bench.protocol import RunResult
 from cnnlab.errors import UsageError
 from cnnlab.options import ModelSource, RuntimeChoice, RuntimeOptions
 from cnnlab.runtime import autotune
 from cnnlab.runtime.autotune import CANDIDATE_BATCHES, choose_batch_and_workers, choose_workers
+from cnnlab.runtime.cores import available_cores
 from cnnlab.runtime.threads import passive_openmp
 from tests.helpers.images import make_image
 
@@ -196,7 +197,7 @@ def test_auto_backend_falls_back_to_torch_without_onnxruntime(monkeypatch: pytes
 
 
 def test_auto_backend_falls_back_to_torch_when_the_export_does_not_match(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cnnlab.models.export import ExportMismatchError
+    from cnnlab.errors import ExportMismatchError
     from cnnlab.runtime import loader
 
     def mismatch(*args: object, **kwargs: object) -> None:

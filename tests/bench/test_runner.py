@@ -264,7 +264,7 @@ def test_model_files_are_recognised_one_way_everywhere(tiny_folder: Path, tmp_pa
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A checkpoint is known by its suffix in any case (bench preflight, its worker, load_model alike), and a
     registry name that happens to be a file in the working folder is still the registry model."""
-    from cnnlab.models.checkpoint import is_checkpoint_file, is_onnx_file, model_file_kind
+    from cnnlab.models.files import is_checkpoint_file, is_onnx_file, model_file_kind
 
     assert [model_file_kind(n) for n in ("a.pt", "b.PTH", "c.ckpt", "d.ONNX", "resnet50", "x.IMAGENET1K")] == [
         "checkpoint", "checkpoint", "checkpoint", "onnx", None, None]

@@ -16,9 +16,9 @@ import torch
 from typer.testing import CliRunner
 
 from cnnlab.cli import app
-from cnnlab.errors import CnnlabError, UsageError
+from cnnlab.errors import CnnlabError, ExportMismatchError, UsageError
 from cnnlab.models import export as export_module
-from cnnlab.models.export import ExportMismatchError, export_model
+from cnnlab.models.export import export_model
 from cnnlab.models.load import load_torch
 from cnnlab.options import RuntimeOptions
 from cnnlab.train import TrainConfig, fine_tune

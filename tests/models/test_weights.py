@@ -159,3 +159,38 @@ def test_checkpoint_paths_refuse_other_weights(tmp_path: Path) -> None:
     ckpt.write_bytes(b"\x80placeholder")
     with pytest.raises(CnnlabError, match="checkpoint with its own weights"):
         load_torch(ModelSource(name=str(ckpt), policy=WeightsPolicy.RANDOM))
+
+
+HUB_DIRS = """
+import json, os, sys
+from cnnlab.models.weights import hub_checkpoints_dir
+settings = [{}, {"TORCH_HOME": "/tmp/th"}, {"XDG_CACHE_HOME": "/tmp/xdg"}, {"TORCH_HOME": "~/th", "XDG_CACHE_HOME": "/x"}]
+ours = []
+for extra in settings:
+    for key in ("TORCH_HOME", "XDG_CACHE_HOME"):
+        os.environ.pop(key, None)
+    os.environ.update(extra)
+    ours.append(str(hub_checkpoints_dir()))
+imported = "torch" in sys.modules
+import torch
+theirs = []
+for extra in settings:
+    for key in ("TORCH_HOME", "XDG_CACHE_HOME"):
+        os.environ.pop(key, None)
+    os.environ.update(extra)
+    theirs.append(os.path.join(torch.hub.get_dir(), "checkpoints"))
+print(json.dumps({"ours": ours, "theirs": theirs, "imported": imported}))
+"""
+
+
+def test_hub_cache_is_found_as_torch_finds_it_without_importing_torch() -> None:
+    """Looking for a weights file imports no torch (predict's ONNX Runtime path), yet names torch's own folder."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", HUB_DIRS], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["imported"] is False
+    assert out["ours"] == out["theirs"] and len(set(out["ours"])) == 4

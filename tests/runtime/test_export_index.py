@@ -19,8 +19,14 @@ from cnnlab.runtime.loader import choose_backend, prepare_runtime_file
 from cnnlab.options import RuntimeOptions
 choice, why = choose_backend(ModelSource(name=sys.argv[1]), RuntimeOptions())
 path = prepare_runtime_file(ModelSource(name=sys.argv[1]), choice)
+from cnnlab.runtime.cores import no_gpu_here
+from cnnlab.runtime.export_index import torch_version
+version = torch_version()
+torch_imported = "torch" in sys.modules
+import torch
 print(json.dumps({"choice": choice.value, "path": str(path),
-                  "imported": sorted(m for m in ("torchvision", "onnx", "onnxscript") if m in sys.modules)}))
+                  "imported": sorted(m for m in ("torchvision", "onnx", "onnxscript") if m in sys.modules),
+                  "torch": torch_imported, "no_gpu_here": no_gpu_here(), "version": [version, str(torch.__version__)]}))
 """
 
 
@@ -51,6 +57,9 @@ def test_a_cached_export_is_found_again_without_the_registry_and_only_while_it_h
     assert first["choice"] == "onnxruntime" and "torchvision" in first["imported"]  # exported: the slow way
     again = probe(cache)
     assert again["path"] == first["path"] and again["imported"] == []
+    if again["no_gpu_here"]:  # auto on a machine with a GPU driver asks torch whether it sees the GPU
+        assert again["torch"] is False
+    assert again["version"][0] == again["version"][1]  # the key's torch version, read without importing torch
     index_file = cache / "exports" / INDEX_FILE
     index = json.loads(index_file.read_text())
     assert len(index) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -19,15 +20,20 @@ from tests.helpers.images import make_shades
 runner = CliRunner()
 
 
-def test_finite_logits_pass_and_others_name_the_images() -> None:
-    require_finite(torch.zeros(2, 3), "m")
-    require_finite(torch.zeros(0, 3), "m")
+@pytest.mark.parametrize("kind", ["tensor", "array"])
+def test_finite_logits_pass_and_others_name_the_images(kind: str) -> None:
+    """The same check and message for tensors and for the arrays of the loop without PyTorch."""
+    def as_kind(t: torch.Tensor) -> torch.Tensor | np.ndarray:
+        return t if kind == "tensor" else t.numpy()
+
+    require_finite(as_kind(torch.zeros(2, 3)), "m")
+    require_finite(as_kind(torch.zeros(0, 3)), "m")
     logits = torch.zeros(3, 2)
     logits[1, 0] = float("nan")
     with pytest.raises(NonFiniteOutputError, match=r"m gives NaN outputs for 1 of 3 images .*b\.png"):
-        require_finite(logits, "m", ["a.png", "b.png", "c.png"])
+        require_finite(as_kind(logits), "m", ["a.png", "b.png", "c.png"])
     with pytest.raises(NonFiniteOutputError, match="infinite"):
-        require_finite(torch.tensor([[float("inf"), 0.0]]), "m")
+        require_finite(as_kind(torch.tensor([[float("inf"), 0.0]])), "m")
     assert NonFiniteOutputError("x").exit_code == 3
 
 

@@ -77,7 +77,8 @@ def test_stopping_early_removes_the_hook_and_leaves_inference_mode_off(real_phot
 def test_more_decoding_processes_than_the_cores_can_use_are_capped_with_a_warning(tmp_path: Path) -> None:
     """Issue 27: ``--workers 64`` on 2 cores ran into the memory limit at 6 GB."""
     from cnnlab.imagedata.preprocess import Preprocessing
-    from cnnlab.runtime.inference import MAX_WORKERS_PER_CORE, available_cores, make_loader
+    from cnnlab.runtime.cores import available_cores
+    from cnnlab.runtime.inference import MAX_WORKERS_PER_CORE, make_loader
 
     pp = Preprocessing(resize_size=32, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 

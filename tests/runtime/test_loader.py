@@ -158,7 +158,13 @@ def test_execution_providers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert onnxruntime_providers(gpu[1:], "cuda", tmp_path)[0] == ("CUDAExecutionProvider", {"device_id": 0})
     with pytest.raises(UsageError, match="onnxruntime-gpu"):
         onnxruntime_providers(["CPUExecutionProvider"], "cuda", tmp_path)
+    import cnnlab.runtime.cores as cores
+
+    # auto: no GPU driver's device file, no GPU (known without torch); else torch decides
+    monkeypatch.setattr(cores, "no_gpu_here", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert onnxruntime_providers(gpu, "auto", tmp_path) == ["CPUExecutionProvider"]
+    monkeypatch.setattr(cores, "no_gpu_here", lambda: False)
+    assert onnxruntime_providers(gpu, "auto", tmp_path)[0][0] == "TensorrtExecutionProvider"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert onnxruntime_providers(gpu, "auto", tmp_path) == ["CPUExecutionProvider"]
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert onnxruntime_providers(gpu, "auto", tmp_path)[0][0] == "TensorrtExecutionProvider"

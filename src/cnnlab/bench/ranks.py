@@ -95,7 +95,7 @@ def measure_for_rank(measure: MeasureOptions, ctx: DistContext | None) -> Measur
         return measure
     import torch
 
-    from cnnlab.runtime.inference import available_cores
+    from cnnlab.runtime.cores import available_cores
 
     device = measure.runtime.device
     if device in ("auto", "cuda") and torch.cuda.is_available():

@@ -64,7 +64,7 @@ RELAY_GRACE_S = 0.5
 def failed_result(request: RunRequest, error: str) -> RunResult:
     """The row of a model whose worker gave no result: named as a finished row would be (the registry
     name with its weights tag; ``@backend`` for rows not run by PyTorch)."""
-    from cnnlab.models.checkpoint import model_file_kind
+    from cnnlab.models.files import model_file_kind
     from cnnlab.models.registry import get_spec
     from cnnlab.options import parse_choice
 
@@ -229,7 +229,7 @@ def preflight(config: BenchConfig, progress: Progress | None = None) -> Plan:
         WeightsNotFoundError: pretrained weights are missing and cannot be downloaded (one message for all).
         UsageError: a backend whose packages are not installed (the message names the extra).
     """
-    from cnnlab.models.checkpoint import is_onnx_file
+    from cnnlab.models.files import is_onnx_file
     from cnnlab.runtime.loader import check_installed, effective_choice
 
     progress = progress or Progress()
@@ -288,7 +288,8 @@ def _check_one_decodes(dataset: LabelledImages, config: BenchConfig) -> None:
 
 
 def _weights_for(name: str, config: BenchConfig) -> str:
-    from cnnlab.models.checkpoint import model_file_kind, read_checkpoint
+    from cnnlab.models.checkpoint import read_checkpoint
+    from cnnlab.models.files import model_file_kind
     from cnnlab.models.registry import get_spec
     from cnnlab.models.weights import fetch_weights, locate_weights
     from cnnlab.runtime.artifacts import read_sidecar

@@ -51,14 +51,15 @@ from cnnlab.bench.measure import (
 from cnnlab.bench.protocol import PREDICTION_DTYPE, TOPK, RunRequest, RunResult
 from cnnlab.bench.user_classes import UserClasses, accepted_sets
 from cnnlab.errors import CnnlabError
-from cnnlab.models.checkpoint import is_checkpoint_file, model_file_kind
+from cnnlab.models.files import is_checkpoint_file, model_file_kind
 from cnnlab.models.load import LoadedModel, load_torch, resolve_device
 from cnnlab.models.registry import get_spec
 from cnnlab.options import RuntimeChoice, WeightsPolicy
 from cnnlab.progress import JsonLinesProgress, Progress
 from cnnlab.runtime.autotune import choose_batch_and_workers
+from cnnlab.runtime.cores import available_cores, default_cpu_threads, default_workers
 from cnnlab.runtime.gpu_decode import decode_label, use_device_decode
-from cnnlab.runtime.inference import available_cores, default_cpu_threads, default_workers, run_inference
+from cnnlab.runtime.inference import run_inference
 from cnnlab.runtime.loader import load_runtime_file
 
 if TYPE_CHECKING:

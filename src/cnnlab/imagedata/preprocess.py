@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from cnnlab.imagedata.limits import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:  # imported where pixels are touched: the registry imports this module for its names
+    import numpy as np
     import torch
     from PIL import Image
 
@@ -114,25 +115,39 @@ class Preprocessing:
         top = int(round((img.height - crop) / 2.0))
         return img.crop((left, top, left + crop, top + crop))
 
-    def to_uint8(self, img: Image.Image) -> torch.Tensor:
-        """CPU half: RGB PIL image -> ``uint8`` tensor of shape (3, crop, crop)."""
+    def to_array(self, img: Image.Image) -> np.ndarray:
+        """CPU half without torch: RGB PIL image -> ``uint8`` array of shape (3, crop, crop) (what runtimes that
+        take host arrays, ONNX Runtime and OpenVINO, are given)."""
         import numpy as np
-        import torch
 
         array = np.asarray(self.resize_and_crop(img.convert("RGB")), dtype=np.uint8)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+        return np.ascontiguousarray(array.transpose(2, 0, 1))
 
-    def load(
+    def to_uint8(self, img: Image.Image) -> torch.Tensor:
+        """CPU half: RGB PIL image -> ``uint8`` tensor of shape (3, crop, crop)."""
+        import torch
+
+        return torch.from_numpy(self.to_array(img))
+
+    def load_array(
         self, path: str | Path | bytes, *, fast_decode: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
-    ) -> torch.Tensor:
-        """Decode a file and run the CPU half. ``fast_decode`` lets JPEGs decode at reduced scale.
+    ) -> np.ndarray:
+        """Decode a file and run the CPU half, without torch. ``fast_decode`` lets JPEGs decode at reduced scale.
 
         Raises :class:`cnnlab.errors.ImageDecodeError` for files that cannot be used.
         """
         from cnnlab.imagedata.decode import decode_image
 
         img = decode_image(path, max_pixels=max_pixels, draft_to=self.resize_size if fast_decode else None)
-        return self.to_uint8(img)
+        return self.to_array(img)
+
+    def load(
+        self, path: str | Path | bytes, *, fast_decode: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> torch.Tensor:
+        """:meth:`load_array` as a tensor (the loaders of PyTorch models)."""
+        import torch
+
+        return torch.from_numpy(self.load_array(path, fast_decode=fast_decode, max_pixels=max_pixels))
 
     def normalize(self, batch: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Device half: ``uint8`` (N, 3, H, W) on any device -> normalised ``dtype`` tensor."""

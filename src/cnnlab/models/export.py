@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError, OutputError, UsageError
+from cnnlab.errors import CnnlabError, ExportMismatchError, OutputError, UsageError
 from cnnlab.imagedata.preprocess import Preprocessing
 from cnnlab.models.load import LoadedModel, load_torch
 from cnnlab.options import DEFAULT_EXPORT_TOLERANCE, ExportFormat, ModelSource, RuntimeOptions, parse_choice
@@ -43,10 +43,6 @@ _SUFFIXES = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
 _ENDINGS = {"torchscript": (".pt", ".pth", ".ts", ".torchscript"), "onnx": (".onnx",)}
 #: Above this size, ONNX weights go to a separate ``FILE.data`` (protobuf's 2 GB limit).
 _ONNX_SINGLE_FILE_BYTES = 1_500_000_000
-
-
-class ExportMismatchError(CnnlabError):
-    """The exported model's outputs differ from PyTorch's by more than the tolerance."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +149,7 @@ def check_export_path(path: Path, source: str | Path | None = None, *, overwrite
 def default_output(model: str | Path, format: str) -> Path:
     """``runs/x/best.pt`` -> ``runs/x/best.onnx`` (or ``best.torchscript.pt``); a registry name -> ``./NAME.onnx``."""
     path = Path(model)
-    from cnnlab.models.checkpoint import is_checkpoint_file
+    from cnnlab.models.files import is_checkpoint_file
 
     checkpoint = is_checkpoint_file(path)
     stem = path.stem if checkpoint else str(model).replace("/", "_")

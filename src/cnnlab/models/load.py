@@ -179,7 +179,7 @@ def load_torch(source: str | Path | ModelSource, runtime: RuntimeOptions | None 
     set_tf32(chosen, dev)
     if runtime.threads is not None:
         torch.set_num_threads(runtime.threads)
-    from cnnlab.models.checkpoint import model_file_kind
+    from cnnlab.models.files import model_file_kind
 
     kind = model_file_kind(name)
     if kind == "onnx":

@@ -28,12 +28,13 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from cnnlab.errors import OutputError, UnsafeWeightsError, UsageError, WeightsIntegrityError, WeightsNotFoundError
 from cnnlab.models.spec import ModelSpec, StateDict
+
+if TYPE_CHECKING:  # imported where tensors are loaded: finding a file needs no torch (predict's ONNX path)
+    import torch
 
 WEIGHTS_DIR_ENV = "CNNLAB_WEIGHTS_DIR"
 MIRROR_ENV = "CNNLAB_WEIGHTS_MIRROR"
@@ -61,8 +62,18 @@ class WeightsLocation:
 
 
 def hub_checkpoints_dir() -> Path:
-    """torch hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    """torch hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch``).
+
+    Asked of torch when it is imported (a ``torch.hub.set_dir`` of the caller applies); otherwise found from
+    the environment as ``torch.hub.get_dir`` finds it, so that looking for a file imports no torch."""
+    import sys
+
+    if "torch" in sys.modules:
+        import torch
+
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    torch_home = os.environ.get("TORCH_HOME", os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return Path(os.path.expanduser(torch_home), "hub", "checkpoints")
 
 
 def search_dirs(weights_dir: str | Path | None = None) -> list[Path]:
@@ -160,6 +171,8 @@ def _download(spec: ModelSpec, location: WeightsLocation, target_dir: Path, prog
     match = _HASH_IN_NAME.search(spec.weights_file)
     try:
         target_dir.mkdir(parents=True, exist_ok=True)
+        import torch
+
         torch.hub.download_url_to_file(url, str(target), hash_prefix=match.group(1) if match else None, progress=progress)
     except RuntimeError as exc:
         if "invalid hash" in str(exc):
@@ -271,6 +284,8 @@ def torch_load_plain(path: str | Path) -> Any:
         what = "is not a regular file" if os.path.lexists(path) else "does not exist"
         raise WeightsIntegrityError(f"weights file {path} {what}")
     try:
+        import torch
+
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not _looks_like_torch_file(path):
@@ -328,6 +343,8 @@ def load_state_dict(path: str | Path) -> StateDict:
 
 
 def _is_state_dict(obj: dict[Any, Any]) -> bool:
+    import torch
+
     return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 

@@ -69,7 +69,7 @@ class ReviewConfig:
     """NHWC memory format for the PyTorch model: faster on CPUs, same features (``benchmarks/bench_review.py``)."""
     workers: int | None = None
     threads: int | None = None
-    """CPU threads of the model (default: the cores not decoding, :func:`cnnlab.runtime.inference.default_cpu_threads`)."""
+    """CPU threads of the model (default: the cores not decoding, :func:`cnnlab.runtime.cores.default_cpu_threads`)."""
     weights_dir: str | None = None
     mapping_file: Path | None = None
     """YAML/JSON class -> ImageNet classes, for the pretrained model's own opinion on off-topic images."""

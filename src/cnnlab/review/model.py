@@ -56,7 +56,7 @@ def onnxruntime_workers(workers: int | None) -> int:
     pays even on 2 cores, where PyTorch does better decoding in-process (``benchmarks/bench_review.py``
     measures both layouts).
     """
-    from cnnlab.runtime.inference import default_workers
+    from cnnlab.runtime.cores import default_workers
 
     return max(1, default_workers("cpu")) if workers is None else workers
 
@@ -81,7 +81,7 @@ def load_review_model(config: ReviewConfig, progress: Progress | None = None) ->
     backend = choose_backend(config.backend, config.device)
     if backend == "onnxruntime":
         from cnnlab.review.onnx_features import load_feature_model
-        from cnnlab.runtime.inference import default_cpu_threads
+        from cnnlab.runtime.cores import default_cpu_threads
         from cnnlab.runtime.sessions import wants_gpu
 
         workers = config.workers if wants_gpu(config.device) else onnxruntime_workers(config.workers)

@@ -119,7 +119,8 @@ def export_features(loaded: LoadedModel, path: Path, *, tolerance: float = DEFAU
     import numpy as np
     import torch
 
-    from cnnlab.models.export import ExportMismatchError, sample_batch
+    from cnnlab.errors import ExportMismatchError
+    from cnnlab.models.export import sample_batch
 
     require("onnxscript", EXTRAS[Backend.ONNXRUNTIME], "the ONNX export")
     ort = require("onnxruntime", EXTRAS[Backend.ONNXRUNTIME], "the ONNX export")
@@ -198,13 +199,12 @@ def load_feature_model(name: str, *, weights_dir: str | Path | None = None, rand
         UsageError: onnxruntime (or, to export, onnx/onnxscript) is not installed.
         ExportMismatchError, CnnlabError: what the export raises; what :func:`cnnlab.models.load.load_model` raises.
     """
-    import torch
 
     from cnnlab.errors import WeightsIntegrityError
     from cnnlab.options import RuntimeChoice
     from cnnlab.runtime.artifacts import cached_export, discard_entry
+    from cnnlab.runtime.cores import default_cpu_threads, default_workers
     from cnnlab.runtime.export_index import remember_export, remembered_export
-    from cnnlab.runtime.inference import default_cpu_threads, default_workers
     from cnnlab.runtime.loader import check_installed
 
     def export() -> Path:
@@ -238,7 +238,7 @@ def load_feature_model(name: str, *, weights_dir: str | Path | None = None, rand
     weights_file = meta.get("weights_file")
     return ExportedFeatureModel(
         spec=spec, file=path, run=run, backend=Backend.ONNXRUNTIME, quantization=Quantization.NONE, provider=provider,
-        threads=threads, device=torch.device("cpu"), random_weights=bool(meta.get("random_weights")),
+        threads=threads, random_weights=bool(meta.get("random_weights")),
         weights_path=Path(weights_file) if isinstance(weights_file, str) and weights_file else None,
         details={"device": "cuda" if on_gpu else "cpu", "outputs": list(OUTPUTS)}, run_all=run_all,
     )

@@ -92,7 +92,7 @@ def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: 
     import torch
 
     import cnnlab
-    from cnnlab.models.checkpoint import is_checkpoint_file
+    from cnnlab.models.files import is_checkpoint_file
     from cnnlab.models.weights import resolve_weights
 
     weights_path: Path | None

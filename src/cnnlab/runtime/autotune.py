@@ -36,7 +36,7 @@ MIN_DATA_SHARE = 0.12
 #: A larger batch is kept only when it is at least this much faster per image (else the smaller one wins:
 #: less memory, earlier first results).
 MIN_GAIN = 0.05
-#: Most loader workers chosen (as :func:`cnnlab.runtime.inference.default_workers`).
+#: Most loader workers chosen (as :func:`cnnlab.runtime.cores.default_workers`).
 MAX_WORKERS = 8
 
 
@@ -73,7 +73,7 @@ def choose_workers(decode_s: float | None, model_s: float | None, *, cores: int,
     image at best (the cores are shared) against ``decode_s + model_s`` in-process: workers pay when decoding
     is a large enough share, and the fewest that keep up are used. A GPU model leaves the CPU to decoding.
     """
-    from cnnlab.runtime.inference import default_workers
+    from cnnlab.runtime.cores import default_workers
 
     if device_type == "cuda":
         return default_workers("cuda"), "the model runs on the GPU: the CPU cores decode"
@@ -136,7 +136,7 @@ def choose_batch_and_workers(model: Runtime, paths: Sequence[Path], *, batch_siz
     """
     import torch
 
-    from cnnlab.runtime.inference import available_cores
+    from cnnlab.runtime.cores import available_cores
 
     progress = progress or Progress()
     started = time.perf_counter()

@@ -41,10 +41,13 @@ class Runtime(Protocol):
     """A classifier ready for inference, whatever executes it."""
 
     spec: ModelSpec
-    #: Where input batches go (``cpu`` for ONNX Runtime and OpenVINO, which take host arrays).
-    device: torch.device
     random_weights: bool
     weights_path: Path | None
+
+    @property
+    def device(self) -> torch.device:
+        """Where input batches go (``cpu`` for ONNX Runtime and OpenVINO, which take host arrays)."""
+        ...
 
     @property
     def name(self) -> str: ...
@@ -89,10 +92,17 @@ class ExportedModel(FromSpec):
     quantization: Quantization
     provider: str
     threads: int
-    device: torch.device
     random_weights: bool = False
     weights_path: Path | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        """The CPU: these runtimes take host arrays (a CUDA provider copies them itself); torch is imported
+        only when this is asked for, which the loop without PyTorch never does."""
+        import torch
+
+        return torch.device("cpu")
 
     @property
     def precision_label(self) -> str:
@@ -103,13 +113,23 @@ class ExportedModel(FromSpec):
                 "precision": self.precision_label, "provider": self.provider, "threads": self.threads,
                 "file": str(self.file), **self.details}
 
-    def __call__(self, batch_uint8: torch.Tensor) -> torch.Tensor:
-        import numpy as np
-        import torch
+    def run_array(self, batch_uint8: np.ndarray) -> np.ndarray:
+        """The logits of a ``uint8`` (N, 3, crop, crop) array, as a float32 array (no torch: the loop without
+        PyTorch calls this).
 
-        array = np.ascontiguousarray(batch_uint8.cpu().numpy())
+        Raises:
+            WeightsIntegrityError: not one row of outputs per image (a graph that ignores the batch dimension).
+        """
+        import numpy as np
+
+        array = np.ascontiguousarray(batch_uint8)
         logits = np.asarray(self.run(array), dtype=np.float32)
         if logits.ndim != 2 or logits.shape[0] != array.shape[0]:  # numpy would copy one row to every image
             raise WeightsIntegrityError(f"{self.file} ignores the batch dimension: it gives outputs of shape "
                                         f"{list(logits.shape)} for a batch of {array.shape[0]} images")
-        return torch.from_numpy(logits)
+        return logits
+
+    def __call__(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(self.run_array(batch_uint8.cpu().numpy()))

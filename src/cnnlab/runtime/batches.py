@@ -1,36 +1,46 @@
 """Image files as a dataset, and their batches: what the loaders of inference and training hand out.
 
-Its own module so that the inference loop and the GPU decode path (:mod:`cnnlab.runtime.gpu_decode`) share
-these types without importing each other.
+Its own module so that the inference loop, the GPU decode path (:mod:`cnnlab.runtime.gpu_decode`) and the
+loop without PyTorch (:mod:`cnnlab.runtime.host_loop`) share these types without importing each other. Light
+to import: torch only where tensors are stacked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
-
-import torch
-from torch.utils.data import Dataset
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from cnnlab.errors import ImageDecodeError
 
+if TYPE_CHECKING:
+    import torch
 
-class ImageTransform(Protocol):
-    """Turns a file into a ``uint8`` (3, H, W) tensor: a :class:`~cnnlab.imagedata.preprocess.Preprocessing` or a
-    training transform."""
+    from cnnlab.imagedata.datasets import SkippedFile
 
-    def load(self, path: str | Path | bytes, *, fast_decode: bool = True) -> torch.Tensor: ...
+T_co = TypeVar("T_co", covariant=True)
+T = TypeVar("T")
 
+
+class ImageLoader(Protocol[T_co]):
+    """Turns a file into a ``uint8`` (3, H, W) image: a tensor (:meth:`Preprocessing.load
+    <cnnlab.imagedata.preprocess.Preprocessing.load>`, a training transform) or an array (its ``load_array``)."""
+
+    def load(self, path: str | Path | bytes, *, fast_decode: bool = True) -> T_co: ...
+
+
+#: What the loaders of PyTorch models use: files to tensors.
+ImageTransform = ImageLoader["torch.Tensor"]
 
 Item = tuple[int, "torch.Tensor | None", str, str]
 
 
-class ImageFileDataset(Dataset[Item]):
-    """Decodes and transforms one file per item: ``(index, uint8 tensor or None, reason, detail)``."""
+class ImageFileDataset(Generic[T]):
+    """Decodes and transforms one file per item: ``(index, image or None, reason, detail)``. Map-style, as
+    DataLoader takes it; the loop without PyTorch indexes it itself."""
 
-    def __init__(self, paths: Sequence[Path], transform: ImageTransform, *, fast_decode: bool = True) -> None:
+    def __init__(self, paths: Sequence[Path], transform: ImageLoader[T], *, fast_decode: bool = True) -> None:
         self.paths = list(paths)
         self.transform = transform
         self.fast_decode = fast_decode
@@ -38,14 +48,14 @@ class ImageFileDataset(Dataset[Item]):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> Item:
+    def __getitem__(self, index: int) -> tuple[int, T | None, str, str]:
         try:
-            tensor = self.transform.load(self.paths[index], fast_decode=self.fast_decode)
+            image = self.transform.load(self.paths[index], fast_decode=self.fast_decode)
         except ImageDecodeError as exc:
             return index, None, exc.reason, exc.detail
         except Exception as exc:  # noqa: BLE001 - one odd file must not stop a whole run
             return index, None, "unreadable", f"{type(exc).__name__}: {exc}"
-        return index, tensor, "", ""
+        return index, image, "", ""
 
 
 @dataclass
@@ -67,7 +77,30 @@ class Batch:
 
 def collate(items: list[Item]) -> Batch:
     """DataLoader ``collate_fn``: stack the decoded images, keep the failures apart."""
+    import torch
+
     good = [(i, t) for i, t, _, _ in items if t is not None]
     failed = [(i, reason, detail) for i, t, reason, detail in items if t is None]
     images = torch.stack([t for _, t in good]) if good else None
     return Batch([i for i, _ in good], images, failed)
+
+
+@dataclass
+class InferenceBatch(Generic[T]):
+    """What the inference loops yield per batch (:func:`cnnlab.runtime.inference.run_inference`,
+    :func:`cnnlab.runtime.host_loop.run_host_inference`).
+
+    ``indices`` are positions in the list of files, ``logits`` their float32 logits on the CPU
+    (row ``r`` belongs to ``indices[r]``; a tensor, or an array from the loop without PyTorch: ``T``); ``features``
+    (when asked for) the input of the model's classifier head, pooled to one float32 vector per image;
+    ``skipped`` are the files of this batch that could not be used; ``data_s`` is the time spent waiting for
+    the batch (decoding), ``model_s`` the time in the model, including the copy of its output to the host (so
+    GPU work is finished).
+    """
+
+    indices: list[int]
+    logits: T
+    features: torch.Tensor | None = None
+    skipped: list[SkippedFile] = field(default_factory=list)
+    data_s: float = 0.0
+    model_s: float = 0.0

@@ -26,13 +26,33 @@ INDEX_FILE = "index.json"
 INDEX_MAX_BYTES = 1 << 20
 
 
-def _index_key(name: str, weights_dir: str | Path | None, format: str) -> str:
+def torch_version() -> str:
+    """``torch.__version__``, read from torch's ``version.py`` while torch is not imported (importing it takes
+    seconds that a run of a cached export in ONNX Runtime never needs)."""
+    import importlib.util
+    import re
+    import sys
+
+    if "torch" not in sys.modules:
+        spec = importlib.util.find_spec("torch")
+        folders = list(spec.submodule_search_locations or []) if spec is not None else []
+        try:
+            text = Path(folders[0], "version.py").read_text(encoding="utf-8") if folders else ""
+        except OSError:
+            text = ""
+        match = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
+        if match:
+            return match.group(1)
     import torch
 
+    return str(torch.__version__)
+
+
+def _index_key(name: str, weights_dir: str | Path | None, format: str) -> str:
     import cnnlab
 
     data = {"name": name, "weights_dir": str(Path(weights_dir).resolve()) if weights_dir is not None else None,
-            "cnnlab": cnnlab.__version__, "torch": str(torch.__version__), "format": format}
+            "cnnlab": cnnlab.__version__, "torch": torch_version(), "format": format}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -50,7 +70,7 @@ def _read_index() -> dict[str, Any]:
 def remembered_export(name: str, weights_dir: str | Path | None = None, *, format: str) -> Path | None:
     """The cached export (``format``: the sidecar's) of registry model ``name``'s pretrained weights, or ``None``
     when the record does not hold: then resolve the name the slow way."""
-    from cnnlab.models.checkpoint import model_file_kind
+    from cnnlab.models.files import model_file_kind
     from cnnlab.models.weights import search_dirs
     from cnnlab.runtime.artifacts import cache_entry_ok, exports_dir, read_sidecar
 
@@ -85,7 +105,7 @@ def remember_export(name: str, weights_dir: str | Path | None, export: Path, *, 
     Nothing is recorded for a checkpoint, a Hugging Face model (found by the hub's own cache), or
     when the index cannot be written (the next run resolves the name the slow way).
     """
-    from cnnlab.models.checkpoint import is_checkpoint_file
+    from cnnlab.models.files import is_checkpoint_file
     from cnnlab.models.registry import get_spec
     from cnnlab.models.weights import locate_weights, search_dirs
     from cnnlab.runtime.artifacts import exports_dir

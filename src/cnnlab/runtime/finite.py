@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from cnnlab.errors import WeightsIntegrityError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 #: Images named in the message (the count is complete).
@@ -26,18 +27,25 @@ class NonFiniteOutputError(WeightsIntegrityError):
     """A model gave NaN or infinite outputs: its weights or graph are broken (exit 3, like other broken models)."""
 
 
-def require_finite(logits: torch.Tensor, model: str, paths: Sequence[str | Path] = ()) -> None:
+def require_finite(logits: torch.Tensor | np.ndarray, model: str, paths: Sequence[str | Path] = ()) -> None:
     """Raise :class:`NonFiniteOutputError` if any of ``logits`` (one row per image, ``paths`` in the same
-    order where known) is NaN or infinite."""
-    import torch
+    order where known; a tensor, or an array of the loop without PyTorch) is NaN or infinite."""
+    import numpy as np
 
-    if logits.numel() == 0 or not logits.is_floating_point():
+    if isinstance(logits, np.ndarray):
+        if logits.size == 0 or not np.issubdtype(logits.dtype, np.floating):
+            return
+        rows = np.flatnonzero(~np.isfinite(logits).reshape(len(logits), -1).all(axis=1)).tolist()
+        nan = bool(rows) and bool(np.isnan(logits).any())
+    else:
+        import torch
+
+        if logits.numel() == 0 or not logits.is_floating_point():
+            return
+        rows = (~torch.isfinite(logits).reshape(len(logits), -1).all(dim=1)).nonzero().flatten().tolist()
+        nan = bool(rows) and bool(torch.isnan(logits).any())
+    if not rows:
         return
-    bad_rows = ~torch.isfinite(logits).reshape(len(logits), -1).all(dim=1)
-    if not bool(bad_rows.any()):
-        return
-    rows = bad_rows.nonzero().flatten().tolist()
-    nan = bool(torch.isnan(logits).any())
     what = "NaN" if nan else "infinite"
     named = [str(paths[i]) for i in rows[:EXAMPLES] if i < len(paths)]
     where = f" (e.g. {', '.join(named)})" if named else ""

@@ -13,11 +13,9 @@
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,35 +27,12 @@ from cnnlab.imagedata.datasets import SkippedFile
 from cnnlab.models.load import LoadedModel
 from cnnlab.progress import Progress
 from cnnlab.runtime.allocator import return_free_pages
-from cnnlab.runtime.batches import Batch, ImageFileDataset, ImageTransform, Item, collate
+from cnnlab.runtime.batches import Batch, ImageFileDataset, ImageTransform, InferenceBatch, Item, collate
+from cnnlab.runtime.cores import available_cores, default_workers
 from cnnlab.runtime.finite import require_finite
 
 if TYPE_CHECKING:
     from cnnlab.runtime.base import Runtime
-
-
-def available_cores() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def default_workers(device_type: str = "cpu") -> int:
-    """Decoding processes to use by default.
-
-    With a GPU the CPU only decodes: one worker per core, leaving one for the main process (at most
-    8). On the CPU, decoding and the model share the cores: a quarter of them decode and the model
-    gets the rest (see :func:`default_cpu_threads`); on 2 cores decoding stays in-process, which
-    measured faster than one worker competing with the model's threads.
-    """
-    cores = available_cores()
-    if device_type == "cuda":
-        return max(0, min(cores - 1, 8))
-    return min(cores // 4, 8)
-
-
-def default_cpu_threads(workers: int) -> int:
-    """torch threads for CPU inference next to ``workers`` decoding processes."""
-    return max(1, available_cores() - workers)
 
 
 #: Decoding processes at most per CPU core: more only add memory (each prefetches its own batches).
@@ -112,26 +87,6 @@ def make_loader(
     )
 
 
-@dataclass
-class InferenceBatch:
-    """What :func:`run_inference` yields per batch.
-
-    ``indices`` are positions in the list of files, ``logits`` their float32 logits on the CPU
-    (row ``r`` belongs to ``indices[r]``); ``features`` (when asked for) the input of the model's
-    classifier head, pooled to one float32 vector per image; ``skipped`` are the files of this
-    batch that could not be used; ``data_s`` is the time spent waiting for the batch (decoding),
-    ``model_s`` the time in the model, including the copy of its output to the host (so GPU work
-    is finished).
-    """
-
-    indices: list[int]
-    logits: torch.Tensor
-    features: torch.Tensor | None = None
-    skipped: list[SkippedFile] = field(default_factory=list)
-    data_s: float = 0.0
-    model_s: float = 0.0
-
-
 def run_inference(
     model: Runtime,
     paths: Sequence[Path],
@@ -145,7 +100,7 @@ def run_inference(
     description: str | None = None,
     features: bool = False,
     decode: str = "auto",
-) -> Iterator[InferenceBatch]:
+) -> Iterator[InferenceBatch[torch.Tensor]]:
     """Run ``model`` over ``paths`` in order, one :class:`InferenceBatch` at a time.
 
     ``labels`` (parallel to ``paths``) are copied into the skipped-file records. With

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnlab.errors import UsageError, WeightsIntegrityError
-from cnnlab.models.checkpoint import is_onnx_file
+from cnnlab.errors import CnnlabError, ExportMismatchError, UsageError, WeightsIntegrityError
+from cnnlab.models.files import is_onnx_file
 from cnnlab.options import (
     Backend,
     ModelSource,
@@ -28,6 +28,7 @@ from cnnlab.options import (
     RuntimeOptions,
     WeightsPolicy,
     parse_choice,
+    parse_device,
 )
 from cnnlab.progress import Progress
 from cnnlab.runtime.artifacts import cached_export, onnx_spec, read_sidecar, sidecar
@@ -129,7 +130,7 @@ def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = 
     user's file, made in the cache, after that file's path); it is int8 when its
     sidecar says it was quantised."""
     from cnnlab.runtime.artifacts import exports_dir
-    from cnnlab.runtime.inference import default_cpu_threads, default_workers
+    from cnnlab.runtime.cores import default_cpu_threads, default_workers
     from cnnlab.runtime.sessions import open_session
 
     choice = parse_choice(RuntimeChoice, choice, "backend")
@@ -156,13 +157,11 @@ def load_runtime_file(path: Path, choice: RuntimeChoice | str, *, device: str = 
     if quantization and used < FEW_CALIBRATION_IMAGES:
         (progress or Progress()).note(f"{spec.name}: int8 calibrated on only {used} images; its ranges may be poor",
                                       warning=True)
-    import torch
-
     weights_file = meta.get("weights_file")
     return ExportedModel(
         spec=spec, file=path, run=run, backend=choice.backend,
         quantization=Quantization.INT8 if quantization else Quantization.NONE, provider=provider,
-        threads=threads, device=torch.device("cpu"), random_weights=bool(meta.get("random_weights")),
+        threads=threads, random_weights=bool(meta.get("random_weights")),
         weights_path=Path(weights_file) if isinstance(weights_file, str) and weights_file else None,
         details={"device": runs_on, **({"calibration_images": used} if quantization else {})},
     )
@@ -255,22 +254,26 @@ def choose_backend(source: ModelSource, runtime: RuntimeOptions, *, progress: Pr
     on a CPU (``benchmarks/bench_predict.py``). On a GPU, and with options only PyTorch has (precision other
     than fp32, channels_last, compile): PyTorch. An ``.onnx`` file runs in ONNX Runtime.
     """
-    from cnnlab.models.load import resolve_device
+    from cnnlab.runtime.cores import no_gpu_here
 
     if is_onnx_file(source.name):
         return RuntimeChoice.ONNXRUNTIME, "an ONNX file runs in ONNX Runtime"
-    device = resolve_device(runtime.device)
-    if device.type != "cpu":
-        return RuntimeChoice.TORCH, f"PyTorch on {device.type}"
+    device = parse_device(runtime.device)
+    if device == "auto":
+        if no_gpu_here():  # known without importing torch (ONNX Runtime's path then imports none)
+            device = "cpu"
+        else:
+            from cnnlab.models.load import resolve_device
+
+            device = resolve_device(device).type
+    if device != "cpu":
+        return RuntimeChoice.TORCH, f"PyTorch on {device.split(':')[0]}"
     if runtime.precision not in (Precision.FP32, Precision.AUTO) or runtime.channels_last or runtime.compile:
         return RuntimeChoice.TORCH, "options that only PyTorch runs (precision, channels_last or compile)"
     try:
         check_installed(RuntimeChoice.ONNXRUNTIME, export=remembered_runtime_file(source) is None)
     except UsageError:
         return RuntimeChoice.TORCH, f"PyTorch: ONNX Runtime is not installed ({EXTRAS[Backend.ONNXRUNTIME]} extra)"
-    from cnnlab.errors import CnnlabError
-    from cnnlab.models.export import ExportMismatchError
-
     try:
         prepare_runtime_file(source, RuntimeChoice.ONNXRUNTIME, progress=progress)
     except (ExportMismatchError, WeightsIntegrityError) as exc:

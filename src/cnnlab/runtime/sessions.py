@@ -34,6 +34,10 @@ def wants_gpu(device: str) -> bool:
     """``cuda``/``cuda:N``, or ``auto`` on a machine where torch sees a CUDA device."""
     text = parse_device(device)
     if text == "auto":
+        from cnnlab.runtime.cores import no_gpu_here
+
+        if no_gpu_here():  # known without importing torch (the ONNX Runtime path of predict needs none)
+            return False
         import torch
 
         return bool(torch.cuda.is_available())

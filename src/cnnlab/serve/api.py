@@ -128,9 +128,9 @@ class ClassifierAPI(ls.LitAPI):
         from cnnlab.runtime.threads import passive_openmp
 
         passive_openmp()
-        from cnnlab.models.checkpoint import is_checkpoint_file
+        from cnnlab.models.files import is_checkpoint_file
         from cnnlab.prediction import resolve_unknown_threshold
-        from cnnlab.runtime.inference import available_cores
+        from cnnlab.runtime.cores import available_cores
         from cnnlab.runtime.loader import choose_backend, load_runtime
 
         config = self.config
@@ -209,6 +209,7 @@ class ClassifierAPI(ls.LitAPI):
 
     def predict(self, x: Decoded | list[Decoded]) -> dict[str, Any] | list[dict[str, Any]]:
         """Every image of every request of the batch through the model, in chunks of the max batch size."""
+        import numpy as np
         import torch
 
         from cnnlab.prediction import rank
@@ -219,8 +220,8 @@ class ClassifierAPI(ls.LitAPI):
         assert model is not None
         images = [t for r in requests for t in r.images]
         started = time.perf_counter()
-        probabilities: list[torch.Tensor] = []
-        classes: list[torch.Tensor] = []
+        probabilities: list[np.ndarray] = []
+        classes: list[np.ndarray] = []
         k = max(1, min(self.config.topk, len(model.categories)))
         step = self.config.max_batch_size
         for first in range(0, len(images), step):
@@ -235,8 +236,8 @@ class ClassifierAPI(ls.LitAPI):
         self.batches += 1
         batch = {"id": f"{os.getpid()}-{self.batches}", "images": len(images), "requests": len(requests),
                  "model_ms": round(model_s * 1000, 3)}
-        values_all = torch.cat(probabilities).tolist() if probabilities else []
-        indices_all = torch.cat(classes).tolist() if classes else []
+        values_all = np.concatenate(probabilities).tolist() if probabilities else []
+        indices_all = np.concatenate(classes).tolist() if classes else []
         categories = model.categories
         outputs: list[dict[str, Any]] = []
         row = 0

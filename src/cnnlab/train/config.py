@@ -106,7 +106,7 @@ class TrainConfig:
     device: str = "auto"
     #: ``auto``: mixed precision (bf16, else fp16) on CUDA, fp32 on the CPU.
     precision: Precision = Precision.AUTO
-    #: DataLoader worker processes (``None``: :func:`cnnlab.runtime.inference.default_workers`).
+    #: DataLoader worker processes (``None``: :func:`cnnlab.runtime.cores.default_workers`).
     workers: int | None = None
     #: Augmentation preset: ``light`` is random resized crop + flip; ``none`` the evaluation preprocessing.
     augment: Augment = Augment.LIGHT

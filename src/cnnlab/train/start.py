@@ -30,10 +30,10 @@ from cnnlab.models.checkpoint import (
     build_finetuned,
     checkpoint_preprocessing,
     find_head,
-    is_checkpoint_file,
     read_checkpoint,
     replace_head,
 )
+from cnnlab.models.files import is_checkpoint_file
 from cnnlab.models.leakage import make_record
 from cnnlab.models.load import (
     LoadedModel,
@@ -46,7 +46,7 @@ from cnnlab.models.load import (
 from cnnlab.models.registry import ModelSpec, get_spec
 from cnnlab.options import Augment, BNPolicy, Precision, RuntimeOptions
 from cnnlab.progress import Progress
-from cnnlab.runtime.inference import default_workers
+from cnnlab.runtime.cores import default_workers
 from cnnlab.train import tblog
 from cnnlab.train.config import (
     ResolvedSettings,

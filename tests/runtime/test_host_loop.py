@@ -1,0 +1,90 @@
+"""The loop without PyTorch: an ONNX Runtime model on the CPU gives what the loop with loader workers gives, and
+``predict`` on it never imports torch (the seconds a small run spent importing it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnlab.models.registry import OFFLINE_MODEL
+from cnnlab.options import RuntimeOptions
+from cnnlab.runtime.base import ExportedModel
+from cnnlab.runtime.host_loop import run_host_inference
+from cnnlab.runtime.inference import run_inference
+from cnnlab.runtime.loader import load_model
+from tests.helpers.images import make_image
+
+
+@pytest.fixture(scope="module")
+def lite0_ort() -> ExportedModel:
+    model = load_model(OFFLINE_MODEL, RuntimeOptions(device="cpu", backend="onnxruntime"))
+    assert isinstance(model, ExportedModel)
+    return model
+
+
+def _files(tmp_path: Path, real_photos: dict[str, Path]) -> list[Path]:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"<html>not a photo</html>")
+    return [real_photos["coffee"], broken, real_photos["cat"], make_image(tmp_path / "small.png", (40, 30)),
+            real_photos["grace_hopper"]]
+
+
+def test_same_batches_logits_and_skipped_files_as_the_loop_with_workers(
+        tmp_path: Path, real_photos: dict[str, Path], lite0_ort: ExportedModel) -> None:
+    files = _files(tmp_path, real_photos)
+    host = list(run_host_inference(lite0_ort, files, batch_size=2))
+    loop = list(run_inference(lite0_ort, files, batch_size=2, workers=0))
+    assert [b.indices for b in host] == [b.indices for b in loop] == [[0], [2, 3], [4]]
+    assert [[(s.path, s.reason) for s in b.skipped] for b in host] == \
+        [[(s.path, s.reason) for s in b.skipped] for b in loop] == [[(str(files[1]), "not-an-image")], [], []]
+    for h, t in zip(host, loop):
+        assert isinstance(h.logits, np.ndarray) and h.logits.dtype == np.float32
+        np.testing.assert_array_equal(h.logits, t.logits.numpy())  # same pixels, same graph: same numbers
+        assert h.data_s > 0 and h.model_s > 0
+
+
+def test_a_batch_of_only_broken_files_gives_no_rows(tmp_path: Path, lite0_ort: ExportedModel) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"")
+    (batch,) = run_host_inference(lite0_ort, [tmp_path / "a.jpg"], batch_size=4)
+    assert batch.indices == [] and batch.logits.shape == (0, 1000) and batch.skipped[0].reason == "empty"
+
+
+PREDICT = """
+import json, sys
+import cnnlab
+from cnnlab.options import RuntimeOptions
+from cnnlab.runtime.cores import no_gpu_here
+runtime = None if sys.argv[1] == "auto" else RuntimeOptions(device="cpu", backend="onnxruntime")
+result = cnnlab.predict(sys.argv[2:], model="efficientnet_lite0", topk=3, runtime=runtime)
+print(json.dumps({"result": result.to_dict(), "torch": "torch" in sys.modules, "no_gpu_here": no_gpu_here()}))
+"""
+
+
+@pytest.mark.parametrize("runtime", ["auto", "onnxruntime"])
+def test_predict_on_onnx_runtime_imports_no_torch_and_answers_as_pytorch(
+        tmp_path: Path, real_photos: dict[str, Path], lite0_ort: ExportedModel, runtime: str) -> None:
+    import cnnlab
+
+    files = [str(f) for f in _files(tmp_path, real_photos)]
+    # the export is cached and remembered (lite0_ort made it) in this test session's cache
+    done = subprocess.run([sys.executable, "-c", PREDICT, runtime, *files], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    result = out["result"]
+    assert result["runtime"]["backend"] == "onnxruntime"
+    if runtime == "onnxruntime" or out["no_gpu_here"]:  # auto on a machine with a GPU driver asks torch
+        assert out["torch"] is False
+    eager = cnnlab.predict(files, model="efficientnet_lite0", topk=3, runtime=RuntimeOptions(device="cpu"))
+    assert eager.runtime["backend"] == "torch"
+    assert [p["path"] for p in result["predictions"]] == [p.path for p in eager.predictions]
+    assert [s["reason"] for s in result["skipped"]] == [s.reason for s in eager.skipped] == ["not-an-image"]
+    for ours, theirs in zip(result["predictions"], eager.predictions):
+        assert [c["index"] for c in ours["top"]][:1] == [theirs.top[0].index]
+        assert ours["top"][0]["probability"] == pytest.approx(theirs.top[0].probability, abs=2e-3)
