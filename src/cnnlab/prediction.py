@@ -111,7 +111,10 @@ def predict(
     (:func:`cnnlab.runtime.loader.choose_backend`: ONNX Runtime on the CPU when installed, else PyTorch)
     instead of ``runtime.backend``; ``result.runtime["backend_choice"]`` says which and why. A batch size or
     loader workers left ``None`` are measured on the first images when there are enough of them
-    (:mod:`cnnlab.runtime.autotune`; ``result.runtime["auto"]``). Files that cannot be decoded are listed in
+    (:mod:`cnnlab.runtime.autotune`; ``result.runtime["auto"]``), except for an ONNX Runtime or OpenVINO model on the
+    CPU: that one runs without torch (:mod:`cnnlab.runtime.host_loop`), ``workers`` decoding threads (default: one
+    per four cores, at least one) and batches of :data:`DEFAULT_PREDICT_BATCH` unless given
+    (``result.runtime["host_loop"]``). Files that cannot be decoded are listed in
     ``result.skipped`` with their reason; the other files are still predicted. Progress is reported as
     task ``predict``, in files. ``unknown_threshold`` marks an image ``unknown`` ("none of these") when its top
     class's probability is below it; ``"auto"``: the threshold ``cnnlab train`` calibrated on its validation
@@ -166,24 +169,28 @@ def predict(
     k = max(1, min(topk, loaded.spec.num_classes))
     categories = loaded.categories
     batch_size, workers = runtime.batch_size, runtime.workers
-    if (batch_size is None or workers is None) and len(paths) >= MIN_IMAGES_TO_MEASURE:
-        from cnnlab.runtime.autotune import choose_batch_and_workers
-
-        auto = choose_batch_and_workers(loaded, paths, batch_size=batch_size, workers=workers,
-                                        fast_decode=runtime.fast_decode, budget_s=PREDICT_AUTO_BUDGET_S,
-                                        progress=progress)
-        batch_size, workers = auto.batch_size, auto.workers
-        result.runtime["auto"] = auto.to_dict()
     batches: Iterator[InferenceBatch[Any]]
-    if _runs_without_torch(loaded, workers, runtime):
+    if _runs_without_torch(loaded, runtime):
+        from cnnlab.runtime.cores import default_workers
         from cnnlab.runtime.host_loop import run_host_inference
 
-        batches = run_host_inference(loaded, paths, batch_size=batch_size or DEFAULT_PREDICT_BATCH,
+        batch_size = batch_size or DEFAULT_PREDICT_BATCH
+        workers = max(1, default_workers("cpu")) if workers is None else workers  # threads: 1 measured best on 2 cores
+        result.runtime["host_loop"] = {"batch_size": batch_size, "decode_threads": workers}
+        batches = run_host_inference(loaded, paths, batch_size=batch_size, workers=workers,
                                      fast_decode=runtime.fast_decode, progress=progress, task="predict",
                                      description=f"predict {loaded.name}")
     else:
         from cnnlab.runtime.inference import run_inference
 
+        if (batch_size is None or workers is None) and len(paths) >= MIN_IMAGES_TO_MEASURE:
+            from cnnlab.runtime.autotune import choose_batch_and_workers
+
+            auto = choose_batch_and_workers(loaded, paths, batch_size=batch_size, workers=workers,
+                                            fast_decode=runtime.fast_decode, budget_s=PREDICT_AUTO_BUDGET_S,
+                                            progress=progress)
+            batch_size, workers = auto.batch_size, auto.workers
+            result.runtime["auto"] = auto.to_dict()
         batches = run_inference(loaded, paths, batch_size=batch_size or DEFAULT_PREDICT_BATCH,
                                 workers=workers, fast_decode=runtime.fast_decode, decode=runtime.decode,
                                 progress=progress, task="predict", description=f"predict {loaded.name}")
@@ -198,13 +205,13 @@ def predict(
     return result
 
 
-def _runs_without_torch(loaded: Runtime, workers: int | None, runtime: RuntimeOptions) -> TypeGuard[ExportedModel]:
-    """Whether ``loaded`` takes host arrays on the CPU and nothing asks for loader workers or GPU decoding: then
-    :mod:`cnnlab.runtime.host_loop` runs it and torch is never imported (seconds of a small run)."""
+def _runs_without_torch(loaded: Runtime, runtime: RuntimeOptions) -> TypeGuard[ExportedModel]:
+    """Whether ``loaded`` takes host arrays on the CPU and GPU decoding is not asked for: then
+    :mod:`cnnlab.runtime.host_loop` runs it, decoding in threads, and torch is never imported (seconds of a
+    small run, half a gigabyte of memory)."""
     from cnnlab.runtime.base import ExportedModel
 
-    return (isinstance(loaded, ExportedModel) and loaded.details.get("device") == "cpu" and not workers
-            and runtime.decode != "device")
+    return isinstance(loaded, ExportedModel) and loaded.details.get("device") == "cpu" and runtime.decode != "device"
 
 
 def rank(logits: torch.Tensor | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -28,17 +28,23 @@ def lite0_ort() -> ExportedModel:
     return model
 
 
-def _files(tmp_path: Path, real_photos: dict[str, Path]) -> list[Path]:
-    broken = tmp_path / "broken.jpg"
+def _files(folder: Path, real_photos: dict[str, Path]) -> list[Path]:
+    """Three real photos (linked into ``folder``), a broken file and a small made-up image."""
+    linked = {}
+    for name in ("coffee", "cat", "grace_hopper"):
+        linked[name] = folder / f"{name}{real_photos[name].suffix}"
+        linked[name].symlink_to(real_photos[name])
+    broken = folder / "broken.jpg"
     broken.write_bytes(b"<html>not a photo</html>")
-    return [real_photos["coffee"], broken, real_photos["cat"], make_image(tmp_path / "small.png", (40, 30)),
-            real_photos["grace_hopper"]]
+    return [linked["coffee"], broken, linked["cat"], make_image(folder / "small.png", (40, 30)), linked["grace_hopper"]]
 
 
+@pytest.mark.parametrize("threads", [0, 1, 3])
 def test_same_batches_logits_and_skipped_files_as_the_loop_with_workers(
-        tmp_path: Path, real_photos: dict[str, Path], lite0_ort: ExportedModel) -> None:
+        tmp_path: Path, real_photos: dict[str, Path], lite0_ort: ExportedModel, threads: int) -> None:
+    """Decoding in this thread or in threads ahead of the model: the same batches, in order."""
     files = _files(tmp_path, real_photos)
-    host = list(run_host_inference(lite0_ort, files, batch_size=2))
+    host = list(run_host_inference(lite0_ort, files, batch_size=2, workers=threads))
     loop = list(run_inference(lite0_ort, files, batch_size=2, workers=0))
     assert [b.indices for b in host] == [b.indices for b in loop] == [[0], [2, 3], [4]]
     assert [[(s.path, s.reason) for s in b.skipped] for b in host] == \
@@ -66,25 +72,31 @@ print(json.dumps({"result": result.to_dict(), "torch": "torch" in sys.modules, "
 """
 
 
-@pytest.mark.parametrize("runtime", ["auto", "onnxruntime"])
+@pytest.mark.parametrize(("runtime", "copies"), [("auto", 1), ("onnxruntime", 1), ("auto", 14)])
 def test_predict_on_onnx_runtime_imports_no_torch_and_answers_as_pytorch(
-        tmp_path: Path, real_photos: dict[str, Path], lite0_ort: ExportedModel, runtime: str) -> None:
+        tmp_path: Path, real_photos: dict[str, Path], lite0_ort: ExportedModel, runtime: str, copies: int) -> None:
+    """A handful of files, and 70 (more than predict measures a PyTorch model's batch size and workers on)."""
     import cnnlab
 
-    files = [str(f) for f in _files(tmp_path, real_photos)]
+    files = []
+    for copy in range(copies):
+        folder = tmp_path / f"copy{copy}"
+        folder.mkdir()
+        files += [str(f) for f in _files(folder, real_photos)]
     # the export is cached and remembered (lite0_ort made it) in this test session's cache
     done = subprocess.run([sys.executable, "-c", PREDICT, runtime, *files], capture_output=True, text=True,
                           env=dict(os.environ), timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.splitlines()[-1])
     result = out["result"]
-    assert result["runtime"]["backend"] == "onnxruntime"
+    assert result["runtime"]["backend"] == "onnxruntime" and "auto" not in result["runtime"]
+    assert result["runtime"]["host_loop"]["batch_size"] == 16 and result["runtime"]["host_loop"]["decode_threads"] >= 1
     if runtime == "onnxruntime" or out["no_gpu_here"]:  # auto on a machine with a GPU driver asks torch
         assert out["torch"] is False
     eager = cnnlab.predict(files, model="efficientnet_lite0", topk=3, runtime=RuntimeOptions(device="cpu"))
     assert eager.runtime["backend"] == "torch"
     assert [p["path"] for p in result["predictions"]] == [p.path for p in eager.predictions]
-    assert [s["reason"] for s in result["skipped"]] == [s.reason for s in eager.skipped] == ["not-an-image"]
+    assert [s["reason"] for s in result["skipped"]] == [s.reason for s in eager.skipped] == ["not-an-image"] * copies
     for ours, theirs in zip(result["predictions"], eager.predictions):
         assert [c["index"] for c in ours["top"]][:1] == [theirs.top[0].index]
         assert ours["top"][0]["probability"] == pytest.approx(theirs.top[0].probability, abs=2e-3)

@@ -34,8 +34,8 @@ def default_cpu_threads(workers: int) -> int:
     return max(1, available_cores() - workers)
 
 
-#: Device files of the GPU drivers PyTorch can use (NVIDIA, ROCm, CUDA on WSL).
-_GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+#: Device files of the GPU drivers PyTorch can use (NVIDIA, NVIDIA Jetson, ROCm, CUDA on WSL).
+_GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/nvhost-ctrl-gpu", "/dev/nvmap", "/dev/kfd", "/dev/dxg")
 
 
 def no_gpu_here() -> bool:
