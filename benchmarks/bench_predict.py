@@ -7,8 +7,8 @@ checks that both give the same top-1 class for every file.
 Usage (from the project root):
     .venv/bin/python benchmarks/bench_predict.py [--models resnet50,efficientnet_lite0] [--rounds 3] [DIR]
 DIR: images to predict (default: the demo photos, built into a temporary folder). A model whose pretrained
-weights are not on this machine runs with random weights saved under its weights file's name in a temporary
-weights folder (found as a user's would be, so the export is remembered as theirs is); its line says so:
+weights are not on this machine runs with random weights saved under its weights file's name in a weights
+folder in the temporary directory (found as a user's would be, so the export is remembered as theirs is); its line says so:
 speed only, though both runtimes must still agree on every top-1.
 """
 from __future__ import annotations
@@ -45,9 +45,11 @@ def random_weights_dir(model: str) -> str | None:
     spec = get_spec(model)
     if locate_weights(spec).found is not None or not spec.weights_file:
         return None
-    folder = Path(tempfile.mkdtemp(prefix="bench-predict-weights-"))
-    torch.manual_seed(0)
-    torch.save(spec.build(None).state_dict(), folder / spec.weights_file)
+    folder = Path(tempfile.gettempdir()) / "cnnlab-bench-predict-weights"  # one folder, reused: 100 MB a model
+    folder.mkdir(exist_ok=True)
+    if not (folder / spec.weights_file).is_file():
+        torch.manual_seed(0)
+        torch.save(spec.build(None).state_dict(), folder / spec.weights_file)
     return str(folder)
 
 

@@ -17,10 +17,11 @@ import json, sys
 from cnnlab.options import ModelSource
 from cnnlab.runtime.loader import choose_backend, prepare_runtime_file
 from cnnlab.options import RuntimeOptions
-choice, why = choose_backend(ModelSource(name=sys.argv[1]), RuntimeOptions())
-path = prepare_runtime_file(ModelSource(name=sys.argv[1]), choice)
+source = ModelSource(name=sys.argv[1], weights_dir=sys.argv[2] if len(sys.argv) > 2 else None)
+choice, why = choose_backend(source, RuntimeOptions())
+path = prepare_runtime_file(source, choice)
 from cnnlab.runtime.cores import no_gpu_here
-from cnnlab.runtime.export_index import torch_version
+from cnnlab.runtime.artifacts import torch_version
 version = torch_version()
 torch_imported = "torch" in sys.modules
 import torch
@@ -30,10 +31,10 @@ print(json.dumps({"choice": choice.value, "path": str(path),
 """
 
 
-def probe(cache: Path) -> dict[str, object]:
+def probe(cache: Path, weights_dir: Path | None = None) -> dict[str, object]:
     env = {**os.environ, "CNNLAB_CACHE_DIR": str(cache)}
-    done = subprocess.run([sys.executable, "-c", PROBE, OFFLINE_MODEL], capture_output=True, text=True, env=env,
-                          timeout=600)
+    done = subprocess.run([sys.executable, "-c", PROBE, OFFLINE_MODEL, *([str(weights_dir)] if weights_dir else [])],
+                          capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -88,3 +89,25 @@ def test_random_or_given_weights_are_never_remembered(tmp_path: Path, monkeypatc
     source = (ModelSource(name=OFFLINE_MODEL, policy=WeightsPolicy.RANDOM) if weights == "random"
               else ModelSource(name=OFFLINE_MODEL, weights=tmp_path / "w.pth"))
     assert remembered_runtime_file(source) is None
+
+
+def test_the_same_weights_in_another_folder_find_their_export_again(tmp_path: Path) -> None:
+    """The export is cached by the weights' digest: a copy of the file elsewhere (another weights folder, a moved
+    cache) reuses it, and after one slow lookup the index vouches for the new place too."""
+    import shutil
+
+    from cnnlab.models.registry import get_spec
+
+    spec = get_spec(OFFLINE_MODEL)
+    assert spec.packaged_weights is not None and spec.weights_file
+    cache, first, second = tmp_path / "cache", tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        shutil.copyfile(spec.packaged_weights, folder / spec.weights_file)
+    made = probe(cache, first)
+    assert "onnx" in made["imported"]  # exported
+    moved = probe(cache, second)
+    assert moved["path"] == made["path"] and "torchvision" in moved["imported"]  # found by digest: no new export
+    assert len([p for p in (cache / "exports").iterdir() if p.is_dir()]) == 1
+    again = probe(cache, second)
+    assert again["path"] == made["path"] and again["imported"] == []

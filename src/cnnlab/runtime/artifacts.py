@@ -77,6 +77,42 @@ class ExportVariant:
     export: Callable[[LoadedModel, Path], Any]
 
 
+#: What stands for the weights' digest in the key of an export of random weights (seeded: the same ones every time).
+RANDOM_WEIGHTS_DIGEST = "random-seed-0"
+
+
+def torch_version() -> str:
+    """``torch.__version__``, read from torch's ``version.py`` while torch is not imported (importing it takes
+    seconds that a run of a cached export in ONNX Runtime never needs)."""
+    import importlib.util
+    import re
+    import sys
+
+    if "torch" not in sys.modules:
+        spec = importlib.util.find_spec("torch")
+        folders = list(spec.submodule_search_locations or []) if spec is not None else []
+        try:
+            text = Path(folders[0], "version.py").read_text(encoding="utf-8") if folders else ""
+        except OSError:
+            text = ""
+        match = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
+        if match:
+            return match.group(1)
+    import torch
+
+    return str(torch.__version__)
+
+
+def export_key(model: str, weights_digest: str, format: str) -> str:
+    """The end of an export's cache folder name: another model, weights, kind of export (``format``), cnnlab or
+    torch is another folder. Computed without torch, so that the export index can check a folder's name."""
+    import cnnlab
+
+    data = {"model": model, "weights": weights_digest, "cnnlab": cnnlab.__version__, "torch": torch_version(),
+            "format": format}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: str | Path | None = None,
                   random_weights: bool = False, download: bool = True, progress: Progress | None = None,
                   variant: ExportVariant | None = None) -> Path:
@@ -91,7 +127,6 @@ def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: 
     """
     import torch
 
-    import cnnlab
     from cnnlab.models.files import is_checkpoint_file
     from cnnlab.models.weights import resolve_weights
 
@@ -106,11 +141,8 @@ def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: 
         canonical = spec.name
         weights_path = None if random_weights else resolve_weights(
             spec, weights=weights, weights_dir=weights_dir, download=download, progress=progress is not None)
-    key_data = {"model": canonical, "weights": file_sha256(weights_path) if weights_path else "random-seed-0",
-                "cnnlab": cnnlab.__version__, "torch": str(torch.__version__), "format": "onnx"}
-    if variant is not None:
-        key_data["format"] = variant.format
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
+    key = export_key(canonical, file_sha256(weights_path) if weights_path else RANDOM_WEIGHTS_DIGEST,
+                     variant.format if variant is not None else "onnx")
     folder = exports_dir() / f"{cache_stem(canonical)}-{variant.name + '-' if variant else ''}{key}"
     model = folder / "model.onnx"
     if cache_entry_ok(folder):

@@ -6,7 +6,7 @@ whose export is already cached should not pay (``predict``, ``review``: ``benchm
 :func:`remember_export` records which weights file a name resolved to and the export made from it;
 :func:`remembered_export` trusts the record while the weights search finds the same file (the same
 search folders, the same first one holding the file, its size and modification time unchanged) and the
-export is whole and was made from that very file, in that format.
+export is whole and was made from weights of that file's digest (its folder's name says so), in that format.
 """
 
 from __future__ import annotations
@@ -26,30 +26,9 @@ INDEX_FILE = "index.json"
 INDEX_MAX_BYTES = 1 << 20
 
 
-def torch_version() -> str:
-    """``torch.__version__``, read from torch's ``version.py`` while torch is not imported (importing it takes
-    seconds that a run of a cached export in ONNX Runtime never needs)."""
-    import importlib.util
-    import re
-    import sys
-
-    if "torch" not in sys.modules:
-        spec = importlib.util.find_spec("torch")
-        folders = list(spec.submodule_search_locations or []) if spec is not None else []
-        try:
-            text = Path(folders[0], "version.py").read_text(encoding="utf-8") if folders else ""
-        except OSError:
-            text = ""
-        match = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
-        if match:
-            return match.group(1)
-    import torch
-
-    return str(torch.__version__)
-
-
 def _index_key(name: str, weights_dir: str | Path | None, format: str) -> str:
     import cnnlab
+    from cnnlab.runtime.artifacts import torch_version
 
     data = {"name": name, "weights_dir": str(Path(weights_dir).resolve()) if weights_dir is not None else None,
             "cnnlab": cnnlab.__version__, "torch": torch_version(), "format": format}
@@ -72,7 +51,7 @@ def remembered_export(name: str, weights_dir: str | Path | None = None, *, forma
     when the record does not hold: then resolve the name the slow way."""
     from cnnlab.models.files import model_file_kind
     from cnnlab.models.weights import search_dirs
-    from cnnlab.runtime.artifacts import cache_entry_ok, exports_dir, read_sidecar
+    from cnnlab.runtime.artifacts import cache_entry_ok, export_key, exports_dir, read_sidecar
 
     if model_file_kind(name) is not None:
         return None
@@ -90,11 +69,15 @@ def remembered_export(name: str, weights_dir: str | Path | None = None, *, forma
         if folder.parent != exports_dir() or not cache_entry_ok(folder):
             return None
         meta = read_sidecar(folder / "model.onnx")
+        # the export named must be of that format and of weights with the digest recorded for that very file (not,
+        # after an edit of the index, another kind of export or another model's); the folder's name says which
+        # weights it was made from, so the same weights moved to another folder find their export again
+        model, digest = meta.get("model"), record["sha256"]
+        assert isinstance(model, str) and isinstance(digest, str)
+        if (meta.get("format"), meta.get("random_weights")) != (format, False) or \
+                not folder.name.endswith("-" + export_key(model, digest, format)):
+            return None
     except (AssertionError, KeyError, TypeError, OSError, WeightsIntegrityError):
-        return None
-    # the export named must be of that format and that very weights file (not, after an edit of the index, another
-    # kind of export or another model's)
-    if (meta.get("format"), meta.get("weights_file"), meta.get("random_weights")) != (format, found, False):
         return None
     return folder / "model.onnx"
 
@@ -105,6 +88,7 @@ def remember_export(name: str, weights_dir: str | Path | None, export: Path, *, 
     Nothing is recorded for a checkpoint, a Hugging Face model (found by the hub's own cache), or
     when the index cannot be written (the next run resolves the name the slow way).
     """
+    from cnnlab.imagedata.hashes import file_sha256
     from cnnlab.models.files import is_checkpoint_file
     from cnnlab.models.registry import get_spec
     from cnnlab.models.weights import locate_weights, search_dirs
@@ -122,7 +106,8 @@ def remember_export(name: str, weights_dir: str | Path | None, export: Path, *, 
     index[_index_key(name, weights_dir, format)] = {
         "weights_file": spec.weights_file, "candidates": candidates,
         "packaged": str(spec.packaged_weights) if spec.packaged_weights is not None else None,
-        "found": str(found), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "folder": export.parent.name}
+        "found": str(found), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(found),
+        "folder": export.parent.name}
     target = exports_dir() / INDEX_FILE
     temp = target.with_name(f".{INDEX_FILE}.{os.getpid()}.tmp")
     with contextlib.suppress(OSError):
