@@ -91,12 +91,16 @@ def test_random_or_given_weights_are_never_remembered(tmp_path: Path, monkeypatc
     assert remembered_runtime_file(source) is None
 
 
-def test_the_same_weights_in_another_folder_find_their_export_again(tmp_path: Path) -> None:
+def test_the_same_weights_in_another_folder_find_their_export_again(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The export is cached by the weights' digest: a copy of the file elsewhere (another weights folder, a moved
-    cache) reuses it, and after one slow lookup the index vouches for the new place too."""
+    cache) reuses it, and after one slow lookup the index vouches for the new place too; never for weights that
+    changed behind an unchanged size and time, nor for an export of other weights that an edited index names."""
     import shutil
 
     from cnnlab.models.registry import get_spec
+    from cnnlab.runtime.artifacts import export_key
+    from cnnlab.runtime.export_index import INDEX_FILE, remembered_export
 
     spec = get_spec(OFFLINE_MODEL)
     assert spec.packaged_weights is not None and spec.weights_file
@@ -111,3 +115,27 @@ def test_the_same_weights_in_another_folder_find_their_export_again(tmp_path: Pa
     assert len([p for p in (cache / "exports").iterdir() if p.is_dir()]) == 1
     again = probe(cache, second)
     assert again["path"] == made["path"] and again["imported"] == []
+
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(cache))
+    assert str(remembered_export(OFFLINE_MODEL, second, format="onnx")) == made["path"]
+    weights = second / spec.weights_file
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # other weights, same size, same modification time
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert remembered_export(OFFLINE_MODEL, second, format="onnx") is None
+    shutil.copyfile(first / spec.weights_file, weights)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert str(remembered_export(OFFLINE_MODEL, second, format="onnx")) == made["path"]
+    # an edited index naming the export of other weights (a folder whose name carries another digest)
+    export = Path(str(made["path"])).parent
+    model = json.loads((export / "model.onnx.json").read_text())["model"]
+    other = export.with_name(export.name.rsplit("-", 1)[0] + "-" + export_key(model, "0" * 64, "onnx"))
+    shutil.copytree(export, other)
+    index_file = cache / "exports" / INDEX_FILE
+    index = json.loads(index_file.read_text())
+    for record in index.values():
+        record["folder"] = other.name
+    index_file.write_text(json.dumps(index))
+    assert remembered_export(OFFLINE_MODEL, second, format="onnx") is None
