@@ -28,7 +28,6 @@ from cnnlab.options import (
     RuntimeOptions,
     WeightsPolicy,
     parse_choice,
-    parse_device,
 )
 from cnnlab.progress import Progress
 from cnnlab.runtime.artifacts import cached_export, onnx_spec, read_sidecar, sidecar
@@ -255,20 +254,12 @@ def choose_backend(source: ModelSource, runtime: RuntimeOptions, *, progress: Pr
     on a CPU (``benchmarks/bench_predict.py``). On a GPU, and with options only PyTorch has (precision other
     than fp32, channels_last, compile): PyTorch. An ``.onnx`` file runs in ONNX Runtime.
     """
-    from cnnlab.runtime.cores import no_gpu_here
+    from cnnlab.runtime.sessions import wants_gpu
 
     if is_onnx_file(source.name):
         return RuntimeChoice.ONNXRUNTIME, "an ONNX file runs in ONNX Runtime"
-    device = parse_device(runtime.device)
-    if device == "auto":
-        if no_gpu_here():  # known without importing torch (ONNX Runtime's path then imports none)
-            device = "cpu"
-        else:
-            from cnnlab.models.load import resolve_device
-
-            device = resolve_device(device).type
-    if device != "cpu":
-        return RuntimeChoice.TORCH, f"PyTorch on {device.split(':')[0]}"
+    if wants_gpu(runtime.device):  # auto: without importing torch where no GPU driver is installed
+        return RuntimeChoice.TORCH, "PyTorch on cuda"
     if runtime.precision not in (Precision.FP32, Precision.AUTO) or runtime.channels_last or runtime.compile:
         return RuntimeChoice.TORCH, "options that only PyTorch runs (precision, channels_last or compile)"
     try:
