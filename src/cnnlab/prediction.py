@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -155,17 +155,19 @@ def predict(
     if backend_choice is not None:
         result.runtime["backend_choice"] = backend_choice
     checkpoint = _checkpoint_of(model, loaded)
+    facts = export_facts(loaded) if checkpoint is not None else None
     if checkpoint is not None and paths:
         from cnnlab.models.leakage import overlap
 
-        report = overlap(checkpoint, paths, progress=progress)
+        report = overlap(facts if facts is not None else checkpoint, paths, progress=progress, source=str(checkpoint))
         message = report.message()
         if message is not None:
             (progress or Progress()).note(message, warning=report.recorded)
         result.leakage = report.to_dict()
     name = _model_name(model)
     onnx_file = Path(name) if name is not None and name.endswith(".onnx") else None
-    result.unknown_threshold = resolve_unknown_threshold(unknown_threshold, checkpoint, progress, onnx_file)
+    result.unknown_threshold = resolve_unknown_threshold(unknown_threshold, checkpoint, progress, onnx_file,
+                                                         facts=facts)
     k = max(1, min(topk, loaded.spec.num_classes))
     categories = loaded.categories
     batch_size, workers = runtime.batch_size, runtime.workers
@@ -231,8 +233,21 @@ def rank(logits: torch.Tensor | np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
 MIN_UNKNOWN_CALIBRATION = 30
 
 
-def _stored_unknown(checkpoint: Path | None, onnx_file: Path | None) -> object:
-    """The ``unknown`` record of a checkpoint, or of an exported ``.onnx`` file's sidecar."""
+def export_facts(loaded: Runtime) -> dict[str, Any] | None:
+    """What the checkpoint behind ``loaded`` recorded, when ``loaded`` is its cached export and the export cache
+    kept it (:func:`cnnlab.runtime.artifacts.checkpoint_facts`): read so, the checkpoint is never loaded in torch."""
+    from cnnlab.runtime.artifacts import checkpoint_facts, exports_dir
+    from cnnlab.runtime.base import ExportedModel
+
+    if not isinstance(loaded, ExportedModel) or not loaded.file.resolve().is_relative_to(exports_dir().resolve()):
+        return None
+    return checkpoint_facts(loaded.file)
+
+
+def _stored_unknown(checkpoint: Path | None, onnx_file: Path | None, facts: Mapping[str, Any] | None) -> object:
+    """The ``unknown`` record of a checkpoint (kept with its cached export), or of an ``.onnx`` file's sidecar."""
+    if facts is not None:
+        return facts.get("unknown")
     if checkpoint is not None:
         from cnnlab.models.checkpoint import read_checkpoint
 
@@ -245,9 +260,11 @@ def _stored_unknown(checkpoint: Path | None, onnx_file: Path | None) -> object:
 
 
 def resolve_unknown_threshold(value: float | str | None, checkpoint: Path | None, progress: Progress | None,
-                              onnx_file: Path | None = None) -> float | None:
+                              onnx_file: Path | None = None, *, facts: Mapping[str, Any] | None = None,
+                              ) -> float | None:
     """The threshold to apply: a number in [0, 1] as given, or (``"auto"``) the calibrated one stored in the
-    checkpoint or the ``.onnx`` file's sidecar (``serve`` resolves it as ``predict`` does)."""
+    checkpoint (``facts``: as its cached export kept it, :func:`export_facts`) or the ``.onnx`` file's sidecar
+    (``serve`` resolves it as ``predict`` does)."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -258,7 +275,7 @@ def resolve_unknown_threshold(value: float | str | None, checkpoint: Path | None
                 raise UsageError(f"the unknown threshold (unknown_threshold) is a probability or auto, not {value!r}") \
                     from None
         else:
-            entry = _stored_unknown(checkpoint, onnx_file)
+            entry = _stored_unknown(checkpoint, onnx_file, facts)
             stored = entry.get("threshold") if isinstance(entry, dict) else None
             if not isinstance(stored, (int, float)) or isinstance(stored, bool) or not 0 <= stored <= 1:
                 (progress or Progress()).note("this model has no calibrated unknown threshold (only checkpoints of "

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from cnnlab.models.checkpoint import read_checkpoint
-from cnnlab.models.leakage import file_digests, make_record, overlap, recorded_paths
+from cnnlab.models.leakage import file_digests, make_record, overlap, record_from_json, record_to_json, recorded_paths
 from cnnlab.options import RuntimeOptions
 from cnnlab.progress import Progress
 from cnnlab.train import TrainConfig, TrainResult, fine_tune
@@ -84,6 +84,31 @@ def test_the_record_stays_small_for_100k_images(tmp_path: Path) -> None:
     assert buffer.tell() < 1.5e6, buffer.tell()
     assert recorded_paths(record["splits"]["val"])[:1] == ["class00/img_080000.jpg"]
     assert np.all(record["splits"]["train"]["digests"].numpy() == 0)
+
+
+def test_a_record_as_json_reads_back_the_same_and_damage_is_an_error(probe_run: TrainResult, tmp_path: Path) -> None:
+    """The form the export cache keeps next to a checkpoint's ONNX file (read there without torch)."""
+    import json
+
+    record = read_checkpoint(probe_run.best_path)["data_record"]
+    continued = {**record, "inherited": {"from": "runs/x/best.pt", "record": record}}  # a run continued from another
+    back = record_from_json(json.loads(json.dumps(record_to_json(continued))))
+    assert back["inherited"]["from"] == "runs/x/best.pt"
+    for ours, theirs in ((back, continued), (back["inherited"]["record"], record)):
+        for name, entry in theirs["splits"].items():
+            assert np.array_equal(ours["splits"][name]["digests"], entry["digests"].numpy())
+            assert recorded_paths(ours["splits"][name]) == recorded_paths(entry)
+            assert (ours["splits"][name]["count"], ours["splits"][name]["root"]) == (entry["count"], entry["root"])
+    paths = [*_evaluated(probe_run, tmp_path), tmp_path / "red" / "new.png"]
+    kept = overlap({"data_record": record_from_json(record_to_json(record))}, paths, source="best.pt")
+    assert kept.to_dict() == overlap(probe_run.best_path, paths).to_dict() | {"source": "best.pt"}
+    assert kept.counts == {"train": 2, "val": 1}
+    good = record_to_json(record)
+    for damaged in ({**good, "hash": "md5"}, {**good, "splits": {"train": {**good["splits"]["train"], "count": 1}}},
+                    {**good, "splits": {"train": {**good["splits"]["train"], "digests": "@@"}}}, {"splits": {}},
+                    [], None):
+        with pytest.raises(ValueError):
+            record_from_json(damaged)
 
 
 class _Notes(Progress):

@@ -100,3 +100,64 @@ def test_predict_on_onnx_runtime_imports_no_torch_and_answers_as_pytorch(
     for ours, theirs in zip(result["predictions"], eager.predictions):
         assert [c["index"] for c in ours["top"]][:1] == [theirs.top[0].index]
         assert ours["top"][0]["probability"] == pytest.approx(theirs.top[0].probability, abs=2e-3)
+
+
+CHECKPOINT_PREDICT = """
+import json, sys
+import cnnlab
+result = cnnlab.predict(sys.argv[2:], model=sys.argv[1], topk=1, unknown_threshold="auto")
+print(json.dumps({"result": result.to_dict(), "torch": "torch" in sys.modules}))
+"""
+
+
+def test_a_checkpoints_cached_export_runs_without_torch_with_its_leakage_guard_and_threshold(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cnnlab predict -m runs/x/best.pt``: once its export is cached, the checkpoint is never loaded (8 s of a
+    small run on 2 cores went to importing torch and reading it); what predict needs of it, the record of the images
+    it was trained on and its calibrated threshold, is kept with the export."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    import cnnlab
+    from cnnlab.cli import app
+    from cnnlab.runtime.artifacts import CHECKPOINT_FACTS
+    from cnnlab.runtime.cores import no_gpu_here
+    from tests.helpers.images import make_two_colours
+    from tests.helpers.runs import SMALL_TRAIN_ARGS
+
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    data = make_two_colours(tmp_path / "data", per_class=10)
+    trained = CliRunner().invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--freeze", *SMALL_TRAIN_ARGS])
+    assert trained.exit_code == 0, trained.output
+    best = str(tmp_path / "run" / "best.pt")
+    files = [*sorted((data / "red").iterdir())[:3], *sorted((data / "blue").iterdir())[:3]]
+    new = tmp_path / "new.png"
+    shutil.copy(files[0], new)
+    with new.open("ab") as fh:
+        fh.write(b"\0")  # the same picture, other bytes: not a file it was trained on
+    files.append(new)
+    eager = cnnlab.predict(files, model=best, topk=1, unknown_threshold="auto", runtime=cnnlab.RuntimeOptions())
+    assert eager.runtime["backend"] == "torch" and eager.leakage is not None and eager.leakage["overlapping"] >= 1
+    first = cnnlab.predict(files, model=best, topk=1, unknown_threshold="auto")  # makes the export
+    assert first.runtime["backend"] == "onnxruntime"
+    (facts,) = (tmp_path / "cache" / "exports").glob(f"*/{CHECKPOINT_FACTS}")
+
+    def in_fresh_interpreter() -> dict:
+        done = subprocess.run([sys.executable, "-c", CHECKPOINT_PREDICT, best, *map(str, files)], capture_output=True,
+                              text=True, env=dict(os.environ), timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.splitlines()[-1])
+
+    for run in (first.to_dict(), in_fresh_interpreter()):
+        result = run.get("result", run)
+        assert result["leakage"] == eager.leakage | {"source": best}
+        assert result["unknown_threshold"] == eager.unknown_threshold is not None
+        assert [p["top"][0]["index"] for p in result["predictions"]] == [p.top[0].index for p in eager.predictions]
+        assert [p["unknown"] for p in result["predictions"]] == [p.unknown for p in eager.predictions]
+    if no_gpu_here():
+        assert in_fresh_interpreter()["torch"] is False
+    facts.write_text("{not json")  # damaged: the checkpoint is read instead, with the same answers
+    damaged = in_fresh_interpreter()
+    assert damaged["result"]["leakage"] == eager.leakage | {"source": best} and damaged["torch"] is True
+    assert damaged["result"]["unknown_threshold"] == eager.unknown_threshold

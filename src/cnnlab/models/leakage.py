@@ -21,6 +21,7 @@ call it to warn that accuracy on such images is optimistic. Only byte-identical 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import zlib
 from collections.abc import Mapping, Sequence
@@ -96,6 +97,43 @@ def make_record(splits: Mapping[str, tuple[Path, Sequence[Path]]], *, inherited:
     return record
 
 
+def record_to_json(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A data record (its tensors or arrays) as JSON-able values: digests and packed paths in base64, so that
+    the export cache can keep it next to a checkpoint's ONNX file and ``predict`` can read it without torch."""
+    out: dict[str, Any] = {"hash": record.get("hash"), "splits": {}}
+    for name, entry in (record.get("splits") or {}).items():
+        out["splits"][name] = {
+            "count": int(entry["count"]), "root": str(entry["root"]),
+            "digests": base64.b64encode(np.asarray(entry["digests"], dtype="<i8").tobytes()).decode("ascii"),
+            "paths": base64.b64encode(bytes(np.asarray(entry["paths"], dtype=np.uint8))).decode("ascii")}
+    inherited = record.get("inherited")
+    if inherited and inherited.get("record"):
+        out["inherited"] = {"from": str(inherited.get("from") or ""), "record": record_to_json(inherited["record"])}
+    return out
+
+
+def record_from_json(obj: Any) -> dict[str, Any]:
+    """The record :func:`record_to_json` wrote, with numpy arrays. Raises ``ValueError`` for anything else
+    (a damaged or edited file: the caller reads the checkpoint instead)."""
+    try:
+        record: dict[str, Any] = {"hash": obj["hash"], "splits": {}}
+        if obj["hash"] != HASH:
+            raise ValueError(f"unknown digest {obj['hash']!r}")
+        for name, entry in obj["splits"].items():
+            digests = np.frombuffer(base64.b64decode(entry["digests"], validate=True), dtype="<i8").astype(np.int64)
+            if len(digests) != int(entry["count"]):
+                raise ValueError("digests and count differ")
+            record["splits"][str(name)] = {
+                "count": int(entry["count"]), "root": str(entry["root"]), "digests": digests,
+                "paths": np.frombuffer(base64.b64decode(entry["paths"], validate=True), dtype=np.uint8)}
+        inherited = obj.get("inherited")
+        if inherited:
+            record["inherited"] = {"from": str(inherited["from"]), "record": record_from_json(inherited["record"])}
+    except (KeyError, TypeError, AttributeError, RecursionError) as exc:  # bad base64 raises ValueError itself
+        raise ValueError(f"not a data record: {exc}") from None
+    return record
+
+
 def recorded_paths(entry: Mapping[str, Any]) -> list[str]:
     """The paths of one split entry of a record (as stored: relative to its ``root`` where they were inside it)."""
     data = bytes(np.asarray(entry["paths"], dtype=np.uint8))
@@ -153,14 +191,15 @@ def overlap(
     *,
     digests: np.ndarray | None = None,
     progress: Progress | None = None,
+    source: str | None = None,
 ) -> OverlapReport:
     """Which of ``paths`` the checkpoint (a file or a checkpoint dict) saw in training or validation.
 
     ``digests``: :func:`file_digests` of ``paths`` when already computed (several checkpoints
-    against one data set hash the files once).
+    against one data set hash the files once). ``source``: what the report calls a checkpoint given as a dict.
     """
     if isinstance(checkpoint, Mapping):
-        ckpt, source = checkpoint, "the checkpoint"
+        ckpt, source = checkpoint, source or "the checkpoint"
     else:
         from cnnlab.models.checkpoint import read_checkpoint
 

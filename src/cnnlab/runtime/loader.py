@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cnnlab.errors import CnnlabError, ExportMismatchError, UsageError, WeightsIntegrityError
-from cnnlab.models.files import is_onnx_file
+from cnnlab.models.files import is_checkpoint_file, is_onnx_file
 from cnnlab.options import (
     Backend,
     ModelSource,
@@ -114,9 +114,14 @@ def _rememberable(source: ModelSource) -> bool:
 
 def remembered_runtime_file(source: ModelSource) -> Path | None:
     """The cached classifier export of ``source`` when the export index vouches for it
-    (:mod:`cnnlab.runtime.export_index`): found without importing torchvision or onnx."""
+    (:mod:`cnnlab.runtime.export_index`), or, for a training checkpoint, when its export is cached: found
+    without importing torch, torchvision or onnx."""
     if not _rememberable(source):
         return None
+    if is_checkpoint_file(source.name):
+        from cnnlab.runtime.artifacts import cached_checkpoint_export
+
+        return cached_checkpoint_export(source.name)
     from cnnlab.runtime.export_index import remembered_export
 
     return remembered_export(source.name, source.weights_dir, format=CLASSIFIER_FORMAT)

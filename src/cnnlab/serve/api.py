@@ -129,7 +129,7 @@ class ClassifierAPI(ls.LitAPI):
 
         passive_openmp()
         from cnnlab.models.files import is_checkpoint_file
-        from cnnlab.prediction import resolve_unknown_threshold
+        from cnnlab.prediction import export_facts, resolve_unknown_threshold
         from cnnlab.runtime.cores import available_cores
         from cnnlab.runtime.loader import choose_backend, load_runtime
 
@@ -149,7 +149,8 @@ class ClassifierAPI(ls.LitAPI):
         name = source.name
         checkpoint = Path(name) if is_checkpoint_file(name) else None
         onnx_file = Path(name) if name.endswith(".onnx") else None
-        self.threshold = resolve_unknown_threshold(config.unknown_threshold, checkpoint, None, onnx_file)
+        facts = export_facts(model) if checkpoint is not None else None
+        self.threshold = resolve_unknown_threshold(config.unknown_threshold, checkpoint, None, onnx_file, facts=facts)
         self.model = model
         self.runtime = runtime
         info = model.runtime_info()
