@@ -31,10 +31,10 @@ print(json.dumps({"choice": choice.value, "path": str(path),
 """
 
 
-def probe(cache: Path, weights_dir: Path | None = None) -> dict[str, object]:
+def probe(cache: Path, weights_dir: Path | None = None, cwd: Path | None = None) -> dict[str, object]:
     env = {**os.environ, "CNNLAB_CACHE_DIR": str(cache)}
     done = subprocess.run([sys.executable, "-c", PROBE, OFFLINE_MODEL, *([str(weights_dir)] if weights_dir else [])],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=env, timeout=600, cwd=cwd)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -139,3 +139,22 @@ def test_the_same_weights_in_another_folder_find_their_export_again(tmp_path: Pa
         record["folder"] = other.name
     index_file.write_text(json.dumps(index))
     assert remembered_export(OFFLINE_MODEL, second, format="onnx") is None
+
+
+def test_a_weights_folder_given_relative_or_absolute_is_one_record(tmp_path: Path) -> None:
+    """``--weights-dir w`` and ``--weights-dir /abs/w`` name one folder: each finds what the other remembered
+    (the record held the relative paths, so the two rewrote it in turn and every other run went the slow way)."""
+    import shutil
+
+    from cnnlab.models.registry import get_spec
+
+    spec = get_spec(OFFLINE_MODEL)
+    assert spec.packaged_weights is not None and spec.weights_file
+    cache, folder = tmp_path / "cache", tmp_path / "w"
+    folder.mkdir()
+    shutil.copyfile(spec.packaged_weights, folder / spec.weights_file)
+    made = probe(cache, Path("w"), cwd=tmp_path)
+    assert "onnx" in made["imported"]  # exported
+    for weights_dir in (folder, Path("w"), folder):
+        again = probe(cache, weights_dir, cwd=tmp_path)
+        assert again["path"] == made["path"] and again["imported"] == [], weights_dir

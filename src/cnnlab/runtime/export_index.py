@@ -52,7 +52,6 @@ def remembered_export(name: str, weights_dir: str | Path | None = None, *, forma
     when the record does not hold: then resolve the name the slow way."""
     from cnnlab.imagedata.hashes import file_sha256
     from cnnlab.models.files import model_file_kind
-    from cnnlab.models.weights import search_dirs
     from cnnlab.runtime.artifacts import cache_entry_ok, export_key, exports_dir, read_sidecar
 
     if model_file_kind(name) is not None:
@@ -60,7 +59,7 @@ def remembered_export(name: str, weights_dir: str | Path | None = None, *, forma
     record = _read_index().get(_index_key(name, weights_dir, format))
     try:
         assert isinstance(record, dict)
-        candidates = [str(d / record["weights_file"]) for d in search_dirs(weights_dir)]
+        candidates = _candidates(record["weights_file"], weights_dir)
         if candidates != record["candidates"]:
             return None
         found = next((c for c in candidates if Path(c).is_file()), record["packaged"])
@@ -85,6 +84,15 @@ def remembered_export(name: str, weights_dir: str | Path | None = None, *, forma
     return folder / "model.onnx"
 
 
+def _candidates(weights_file: str, weights_dir: str | Path | None) -> list[str]:
+    """Where the weights search looks for ``weights_file``, as absolute paths: ``--weights-dir w`` and its
+    absolute form are one record (relative paths made the two rewrite it in turn, each sending the next run the
+    slow way)."""
+    from cnnlab.models.weights import search_dirs
+
+    return [os.path.abspath(d / weights_file) for d in search_dirs(weights_dir)]
+
+
 def remember_export(name: str, weights_dir: str | Path | None, export: Path, *, format: str) -> None:
     """Record that registry model ``name`` (its weights searched in ``weights_dir``) resolved to ``export``.
 
@@ -93,7 +101,7 @@ def remember_export(name: str, weights_dir: str | Path | None, export: Path, *, 
     """
     from cnnlab.models.files import is_checkpoint_file
     from cnnlab.models.registry import get_spec
-    from cnnlab.models.weights import locate_weights, search_dirs
+    from cnnlab.models.weights import locate_weights
     from cnnlab.runtime.artifacts import exports_dir
 
     if is_checkpoint_file(name):
@@ -102,13 +110,13 @@ def remember_export(name: str, weights_dir: str | Path | None, export: Path, *, 
     found = locate_weights(spec, weights_dir).found
     if spec.hf_hub_id is not None or not spec.weights_file or found is None:
         return
-    candidates = [str(d / spec.weights_file) for d in search_dirs(weights_dir)]
+    candidates = _candidates(spec.weights_file, weights_dir)
     stat = found.stat()
     index = _read_index()
     index[_index_key(name, weights_dir, format)] = {
         "weights_file": spec.weights_file, "candidates": candidates,
         "packaged": str(spec.packaged_weights) if spec.packaged_weights is not None else None,
-        "found": str(found), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "folder": export.parent.name}
+        "found": os.path.abspath(found), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "folder": export.parent.name}
     target = exports_dir() / INDEX_FILE
     temp = target.with_name(f".{INDEX_FILE}.{os.getpid()}.tmp")
     with contextlib.suppress(OSError):
