@@ -236,12 +236,19 @@ MIN_UNKNOWN_CALIBRATION = 30
 def export_facts(loaded: Runtime) -> dict[str, Any] | None:
     """What the checkpoint behind ``loaded`` recorded, when ``loaded`` is its cached export and the export cache
     kept it (:func:`cnnlab.runtime.artifacts.checkpoint_facts`): read so, the checkpoint is never loaded in torch."""
-    from cnnlab.runtime.artifacts import checkpoint_facts, exports_dir
+    from cnnlab.runtime.artifacts import checkpoint_facts, exports_dir, read_sidecar
     from cnnlab.runtime.base import ExportedModel
 
-    if not isinstance(loaded, ExportedModel) or not loaded.file.resolve().is_relative_to(exports_dir().resolve()):
+    cache = exports_dir().resolve()
+    if not isinstance(loaded, ExportedModel) or not loaded.file.resolve().is_relative_to(cache):
         return None
-    return checkpoint_facts(loaded.file)
+    facts = checkpoint_facts(loaded.file)
+    if facts is None:  # an int8 version, cached in a folder of its own: the facts are beside its fp32 export
+        quantized = read_sidecar(loaded.file).get("quantization")
+        source = quantized.get("source_file") if isinstance(quantized, dict) else None
+        if isinstance(source, str) and source and Path(source).resolve().is_relative_to(cache):
+            facts = checkpoint_facts(Path(source))
+    return facts
 
 
 def _stored_unknown(checkpoint: Path | None, onnx_file: Path | None, facts: Mapping[str, Any] | None) -> object:

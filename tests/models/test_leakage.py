@@ -103,9 +103,13 @@ def test_a_record_as_json_reads_back_the_same_and_damage_is_an_error(probe_run: 
     kept = overlap({"data_record": record_from_json(record_to_json(record))}, paths, source="best.pt")
     assert kept.to_dict() == overlap(probe_run.best_path, paths).to_dict() | {"source": "best.pt"}
     assert kept.counts == {"train": 2, "val": 1}
+    for unwritable in ({**record, "hash": None}, {**record, "splits": {"train": {"digests": torch.zeros(1)}}}):
+        with pytest.raises((KeyError, ValueError)):
+            record_to_json(unwritable)  # the export then keeps no facts and predict reads the checkpoint
     good = record_to_json(record)
     for damaged in ({**good, "hash": "md5"}, {**good, "splits": {"train": {**good["splits"]["train"], "count": 1}}},
                     {**good, "splits": {"train": {**good["splits"]["train"], "digests": "@@"}}}, {"splits": {}},
+                    {**good, "splits": {"train": {**good["splits"]["train"], "count": float("inf")}}},
                     [], None):
         with pytest.raises(ValueError):
             record_from_json(damaged)

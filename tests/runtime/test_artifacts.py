@@ -350,3 +350,27 @@ def test_quantising_external_data_behind_a_link_is_a_clear_error(tmp_path: Path,
     (folder / "ext.data").symlink_to(elsewhere)
     with pytest.raises(WeightsIntegrityError, match=r"'ext.data' .* is a symbolic link"):
         quantized_file(path, [real_photos["cat"]])
+
+
+def test_a_checkpoint_rewritten_while_it_is_exported_is_not_cached_under_its_old_digest(
+        tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training run saving best.pt while predict exports it: the export would carry the old bytes' name."""
+    from cnnlab.runtime import artifacts
+    from cnnlab.train import TrainConfig, fine_tune
+    from tests.helpers.images import make_two_colours
+
+    data = make_two_colours(tmp_path / "data", per_class=6)
+    run = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "run"), model=SMALL, random_weights=True,
+                                image_size=32, workers=0, freeze=True))
+    write_facts = artifacts._write_checkpoint_facts
+
+    def and_then_rewrite(checkpoint: str, folder: Path) -> None:
+        write_facts(checkpoint, folder)
+        with open(checkpoint, "ab") as fh:
+            fh.write(b"\0")
+
+    monkeypatch.setattr(artifacts, "_write_checkpoint_facts", and_then_rewrite)
+    with pytest.raises(WeightsIntegrityError, match="changed while it was exported"):
+        artifacts.cached_export(str(run.best_path))
+    assert not [p for p in (cache / "exports").iterdir() if not p.name.startswith(".")]
+    assert artifacts.cached_checkpoint_export(run.best_path) is None

@@ -157,7 +157,43 @@ def test_a_checkpoints_cached_export_runs_without_torch_with_its_leakage_guard_a
         assert [p["unknown"] for p in result["predictions"]] == [p.unknown for p in eager.predictions]
     if no_gpu_here():
         assert in_fresh_interpreter()["torch"] is False
+
+    def never(*args: object) -> None:
+        raise AssertionError("the checkpoint was loaded")
+
+    with monkeypatch.context() as patched:  # int8 is cached in a folder of its own: the facts are its fp32 export's
+        patched.setattr("cnnlab.models.checkpoint.read_checkpoint", never)
+        int8 = cnnlab.predict(files, model=best, topk=1, unknown_threshold="auto",
+                              runtime=cnnlab.RuntimeOptions(backend="onnxruntime-int8"))
+    assert int8.leakage == eager.leakage and int8.unknown_threshold == eager.unknown_threshold
     facts.write_text("{not json")  # damaged: the checkpoint is read instead, with the same answers
     damaged = in_fresh_interpreter()
     assert damaged["result"]["leakage"] == eager.leakage | {"source": best} and damaged["torch"] is True
     assert damaged["result"]["unknown_threshold"] == eager.unknown_threshold
+
+
+def test_a_hand_made_checkpoint_whose_record_lacks_paths_still_exports_and_is_read_itself(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by review: the checkpoint format allows a record without paths; its export failed on them."""
+    import torch
+
+    import cnnlab
+    from cnnlab.runtime.artifacts import CHECKPOINT_FACTS
+    from cnnlab.train import TrainConfig, fine_tune
+    from tests.helpers.images import make_two_colours
+
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    data = make_two_colours(tmp_path / "data", per_class=8)
+    run = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "run"), model="squeezenet1_1", random_weights=True,
+                                image_size=32, workers=0, freeze=True))
+    ckpt = torch.load(run.best_path, weights_only=True)
+    for split in ckpt["data_record"]["splits"].values():
+        del split["paths"]
+    made = tmp_path / "made.pt"
+    torch.save(ckpt, made)
+    files = sorted((data / "red").iterdir())[:4]
+    result = cnnlab.predict(files, model=str(made), topk=1)
+    assert result.runtime["backend"] == "onnxruntime", result.runtime.get("backend_choice")
+    assert not list((tmp_path / "cache" / "exports").glob(f"*/{CHECKPOINT_FACTS}"))
+    eager = cnnlab.predict(files, model=str(made), topk=1, runtime=cnnlab.RuntimeOptions())
+    assert result.leakage == eager.leakage and result.leakage is not None and result.leakage["overlapping"] >= 1

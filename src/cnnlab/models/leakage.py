@@ -99,8 +99,11 @@ def make_record(splits: Mapping[str, tuple[Path, Sequence[Path]]], *, inherited:
 
 def record_to_json(record: Mapping[str, Any]) -> dict[str, Any]:
     """A data record (its tensors or arrays) as JSON-able values: digests and packed paths in base64, so that
-    the export cache can keep it next to a checkpoint's ONNX file and ``predict`` can read it without torch."""
-    out: dict[str, Any] = {"hash": record.get("hash"), "splits": {}}
+    the export cache can keep it next to a checkpoint's ONNX file and ``predict`` can read it without torch.
+    Raises ``ValueError`` or ``KeyError`` for a record without what :func:`make_record` writes (a hand-made one)."""
+    if record.get("hash") != HASH:
+        raise ValueError(f"unknown digest {record.get('hash')!r}")
+    out: dict[str, Any] = {"hash": HASH, "splits": {}}
     for name, entry in (record.get("splits") or {}).items():
         out["splits"][name] = {
             "count": int(entry["count"]), "root": str(entry["root"]),
@@ -129,7 +132,7 @@ def record_from_json(obj: Any) -> dict[str, Any]:
         inherited = obj.get("inherited")
         if inherited:
             record["inherited"] = {"from": str(inherited["from"]), "record": record_from_json(inherited["record"])}
-    except (KeyError, TypeError, AttributeError, RecursionError) as exc:  # bad base64 raises ValueError itself
+    except (KeyError, TypeError, AttributeError, RecursionError, OverflowError) as exc:  # bad base64: ValueError
         raise ValueError(f"not a data record: {exc}") from None
     return record
 

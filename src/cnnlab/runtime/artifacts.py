@@ -141,7 +141,8 @@ def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: 
         canonical = spec.name
         weights_path = None if random_weights else resolve_weights(
             spec, weights=weights, weights_dir=weights_dir, download=download, progress=progress is not None)
-    folder = _export_folder(canonical, file_sha256(weights_path) if weights_path else RANDOM_WEIGHTS_DIGEST, variant)
+    digest = file_sha256(weights_path) if weights_path else RANDOM_WEIGHTS_DIGEST
+    folder = _export_folder(canonical, digest, variant)
     model = folder / "model.onnx"
     if cache_entry_ok(folder):
         return model
@@ -154,7 +155,7 @@ def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random weights: the same ones for every export of this key
         _export_into(folder, canonical if not checkpoint else name, weights_path if not checkpoint else None,
-                     random_weights, variant=variant)
+                     random_weights, variant=variant, checkpoint_digest=digest if checkpoint else None)
     progress.finish("export")
     return model
 
@@ -181,7 +182,7 @@ def cached_checkpoint_export(path: str | Path, *, variant: ExportVariant | None 
 #: record and "none of these" threshold), so that a run of the cached export never loads the checkpoint in torch.
 CHECKPOINT_FACTS = "checkpoint.json"
 #: The most of it read: a million training images' digests and paths take some tens of megabytes.
-MAX_FACTS_BYTES = 1 << 30
+MAX_FACTS_BYTES = 256 << 20
 
 
 def checkpoint_facts(model_file: Path) -> dict[str, Any] | None:
@@ -196,23 +197,30 @@ def checkpoint_facts(model_file: Path) -> dict[str, Any] | None:
         record, unknown = facts["data_record"], facts["unknown"]
         return {"data_record": record_from_json(record) if record is not None else None,
                 "unknown": unknown if isinstance(unknown, dict) else None}
-    except (OSError, ValueError, KeyError, TypeError, RecursionError, ImageDecodeError):
+    except (OSError, ValueError, KeyError, TypeError, ArithmeticError, RecursionError, ImageDecodeError):
         return None
 
 
 def _write_checkpoint_facts(checkpoint: str, folder: Path) -> None:
+    """Write :data:`CHECKPOINT_FACTS`; nothing for a record this form cannot hold (a hand-made checkpoint's):
+    predict then reads the checkpoint, as before."""
     from cnnlab.models.checkpoint import read_checkpoint
     from cnnlab.models.leakage import record_to_json
 
     ckpt = read_checkpoint(checkpoint)
     record, unknown = ckpt.get("data_record"), ckpt.get("unknown")
-    facts = {"data_record": record_to_json(record) if record else None,
-             "unknown": unknown if isinstance(unknown, dict) else None}
-    (folder / CHECKPOINT_FACTS).write_text(json.dumps(facts) + "\n", encoding="utf-8")
+    try:
+        facts = json.dumps({"data_record": record_to_json(record) if record else None,
+                            "unknown": unknown if isinstance(unknown, dict) else None}, allow_nan=False)
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
+        return
+    (folder / CHECKPOINT_FACTS).write_text(facts + "\n", encoding="utf-8")
 
 
 def _export_into(folder: Path, name: str, weights_path: Path | None, random_weights: bool, *,
-                 variant: ExportVariant | None = None) -> None:
+                 variant: ExportVariant | None = None, checkpoint_digest: str | None = None) -> None:
+    """``checkpoint_digest``: the digest of checkpoint ``name`` that the folder's name carries: a checkpoint
+    rewritten meanwhile (a training run saving ``best.pt``) is not published under the old digest."""
     """Export into a temporary folder next to ``folder``, then rename it (another process may win the race)."""
     from cnnlab.models.export import export_model
     from cnnlab.models.files import is_checkpoint_file
@@ -235,6 +243,9 @@ def _export_into(folder: Path, name: str, weights_path: Path | None, random_weig
             export_model(loaded, "onnx", tmp / "model.onnx")
         if is_checkpoint_file(name):
             _write_checkpoint_facts(name, tmp)
+            if checkpoint_digest is not None and file_sha256(Path(name)) != checkpoint_digest:
+                raise WeightsIntegrityError(f"checkpoint {name} changed while it was exported (is a training run "
+                                            "writing it?): run again once it is written")
         publish_entry(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
