@@ -15,7 +15,11 @@ the validation photos, the set's held-out photos (in-class) and the off-topic ph
 * ``energy``: logsumexp of the logits (Liu et al. 2020);
 * ``class_mean_cos``: cosine similarity of the penultimate features to the nearest class mean of the
   training photos' features (class means as in Lee et al. 2018's Mahalanobis score, without the covariance);
-* ``knn_cos``: cosine similarity to the nearest training photo's features (Sun et al. 2022, k=1).
+* ``knn_cos``: cosine similarity to the nearest training photo's features (Sun et al. 2022, k=1);
+* ``vim``: Virtual-logit Matching (Wang et al. 2022): the features' distance from the training features'
+  8-dimensional principal subspace (centred at the head's origin), scaled to the logits and taken as one more
+  logit; the score is minus its softmax probability's log-odds against the classes;
+* ``energy+knn``: the energy and ``knn_cos``, each standardised on the validation photos, summed.
 
 Printed per score: AUROC (in-class held-out vs off-topic), and with the threshold calibrated as
 ``cnnlab.train.unknown.calibrate_unknown`` does (the ``floor(0.05 n)``-th lowest validation score) the share of
@@ -77,6 +81,28 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
     return float(roc_auc_score(np.r_[np.ones(len(inside)), np.zeros(len(outside))], np.r_[inside, outside]))
 
 
+def _vim(model: object, train: tuple[torch.Tensor, torch.Tensor], dims: int = 8):  # type: ignore[no-untyped-def]
+    """ViM's score function fitted on the training photos' logits and features (the head: the last linear layer)."""
+    head = [m for m in model.module.modules() if isinstance(m, torch.nn.Linear)][-1]  # type: ignore[attr-defined]
+    weight, bias = head.weight.detach().double().numpy(), head.bias.detach().double().numpy()
+    origin = -np.linalg.pinv(weight) @ bias
+    x = train[1].flatten(1).double().numpy() - origin
+    basis = np.linalg.svd(x, full_matrices=False)[2][:dims].T
+
+    def residual(feats: torch.Tensor) -> np.ndarray:
+        centred = feats.flatten(1).double().numpy() - origin
+        return np.linalg.norm(centred - centred @ basis @ basis.T, axis=1)
+
+    alpha = train[0].double().max(dim=1).values.mean().item() / residual(train[1]).mean()
+
+    def score(logits: torch.Tensor, feats: torch.Tensor) -> np.ndarray:
+        energy = torch.logsumexp(logits.double(), dim=1).numpy()
+        virtual = alpha * residual(feats)
+        return -(np.logaddexp(energy, virtual) - energy)  # log p(not the virtual class): high for in-class
+
+    return score
+
+
 def measure(run: Path, off_topic: list[Path], seed: int = 0) -> dict[str, dict[str, float]]:
     """Every score's figures for the run folder ``run`` (``best.pt``, ``data_split.csv``)."""
     from cnnlab.models.load import load_torch
@@ -98,14 +124,26 @@ def measure(run: Path, off_topic: list[Path], seed: int = 0) -> dict[str, dict[s
         again = np.sort(score_logits(oof, stored["score"]).numpy())[math.floor(FALSE_REJECTION * len(oof))]
         print(f"{run.name}: checkpoint threshold {stored['threshold']:.4f}, out of fold here {again:.4f}",
               file=sys.stderr)
+    vim = _vim(model, got["train"])
     out: dict[str, dict[str, float]] = {}
-    for score in [*SCORES, "class_mean_cos", "knn_cos"]:
+    for score in [*SCORES, "class_mean_cos", "knn_cos", "vim", "energy+knn"]:
         def values(part: str, score: str = score) -> np.ndarray:
             logits, feats = got[part]
             if score == "class_mean_cos":
                 return features.class_mean(feats).numpy()
             if score == "knn_cos":
                 return features.nearest(feats).numpy()
+            if score == "vim":
+                return vim(logits, feats)
+            if score == "energy+knn":
+                def z(part_values: np.ndarray, val_values: np.ndarray) -> np.ndarray:
+                    return (part_values - val_values.mean()) / (val_values.std() + 1e-12)
+
+                energy = score_logits(logits, "energy").numpy()
+                near = features.nearest(feats).numpy()
+                val_logits, val_feats = got["val"]
+                return z(energy, score_logits(val_logits, "energy").numpy()) + \
+                    z(near, features.nearest(val_feats).numpy())
             return score_logits(logits, score).numpy()
 
         val, test, off = values("val"), values("test"), values("off")
