@@ -88,6 +88,40 @@ def test_export_mismatch_fails_clearly(checkpoint: Path, tmp_path: Path, monkeyp
     assert passes.exit_code == 0 and out.is_file()
 
 
+@pytest.mark.parametrize("failure", ["none", "raises", "wrong graph", "both"])
+def test_onnx_falls_back_to_the_dynamo_exporter(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                failure: str) -> None:
+    """The TorchScript-based exporter goes first (faster to make); where it fails or its graph does not reproduce
+    the model, the dynamo exporter's graph is the one written; where both fail, the error says so."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    real_write, real_run = export_module.write_onnx, export_module._run_exported
+    used: list[str] = []
+
+    def write(module: torch.nn.Module, example: torch.Tensor, path: Path, outputs: list[str], **kwargs: object) -> None:
+        used.append(str(kwargs["exporter"]))
+        if failure in ("raises", "both") and kwargs["exporter"] == "torchscript":
+            raise RuntimeError("the exporter broke")
+        real_write(module, example, path, outputs, **kwargs)  # type: ignore[arg-type]
+
+    def run(*args: object) -> torch.Tensor:
+        wrong = failure == "both" or (failure == "wrong graph" and used[-1] == "torchscript")
+        return real_run(*args) + (0.5 if wrong else 0.0)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(export_module, "write_onnx", write)
+    monkeypatch.setattr(export_module, "_run_exported", run)
+    out = tmp_path / "m.onnx"
+    if failure == "both":
+        with pytest.raises(ExportMismatchError, match="differs from the PyTorch model"):
+            export_model(checkpoint, "onnx", out)
+        assert used == ["torchscript", "dynamo"] and not out.exists()
+        return
+    result = export_model(checkpoint, "onnx", out)
+    expected = ["torchscript"] if failure == "none" else ["torchscript", "dynamo"]
+    assert used == expected and result.max_abs_diff < 1e-3
+    assert json.loads(result.metadata_path.read_text())["exporter"] == expected[-1]
+
+
 def test_export_refuses_unknown_formats(checkpoint: Path) -> None:
     with pytest.raises(CnnlabError, match="unknown export format"):
         export_model(checkpoint, "tflite")

@@ -31,12 +31,14 @@ runner = CliRunner()
 CPU = ReviewConfig(device="cpu", batch_size=16, workers=0)
 
 
-@pytest.fixture(autouse=True)
-def export_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The ONNX export review embeds with (onnxruntime, when installed) goes to one cache of the session's."""
+@pytest.fixture(scope="module", autouse=True)
+def export_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The ONNX export review embeds with (onnxruntime, when installed) goes to one cache of the session's, for the
+    module's fixtures too (``reviewed`` used the user's cache, whose export may come from another exporter)."""
     root = tmp_path_factory.getbasetemp() / "cnnlab-cache"
-    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(root))
-    return root
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CNNLAB_CACHE_DIR", str(root))
+        yield root
 
 
 @pytest.fixture(scope="module")

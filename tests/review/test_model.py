@@ -163,11 +163,13 @@ def test_an_edited_index_naming_another_export_is_not_followed(cache: Path) -> N
 
 
 @pytest.mark.parametrize("damage", ["truncated", "zeroed"])
-def test_a_damaged_weights_data_file_is_exported_again(cache: Path, damage: str) -> None:
+def test_damaged_weights_are_exported_again(cache: Path, damage: str) -> None:
     first = load_feature_model(OFFLINE, device="cpu", threads=1)
     black = torch.zeros(1, 3, 224, 224, dtype=torch.uint8)
     want = first(black)
-    data = first.file.with_name(first.file.name + ".data")  # the weights, outside model.onnx
+    data = first.file.with_name(first.file.name + ".data")  # the weights, outside model.onnx (dynamo exporter)
+    if first.file.with_name(first.file.name + ".json").read_text().count('"exporter": "torchscript"'):
+        data = first.file  # the TorchScript-based exporter writes them into it: most of its bytes
     assert data.is_file()
     size = data.stat().st_size
     if damage == "truncated":
@@ -176,7 +178,7 @@ def test_a_damaged_weights_data_file_is_exported_again(cache: Path, damage: str)
     else:  # the same size, so the cache's size record cannot tell
         with data.open("r+b") as f:
             f.seek(size // 2)
-            f.write(bytes(4096))
+            f.write(bytes(size // 8))  # an eighth of the weights: far beyond the export tolerance
     again = load_feature_model(OFFLINE, device="cpu", threads=1)
     assert data.stat().st_size == size
     assert torch.allclose(again(black), want, atol=1e-4)

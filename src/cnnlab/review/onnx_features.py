@@ -20,7 +20,6 @@ a :class:`~cnnlab.runtime.Runtime` (called on a batch it gives the logits) with
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,25 +119,12 @@ def export_features(loaded: LoadedModel, path: Path, *, tolerance: float = DEFAU
     import torch
 
     from cnnlab.errors import ExportMismatchError
-    from cnnlab.models.export import sample_batch
+    from cnnlab.models.export import onnx_exporters, sample_batch, write_onnx
 
     require("onnxscript", EXTRAS[Backend.ONNXRUNTIME], "the ONNX export")
     ort = require("onnxruntime", EXTRAS[Backend.ONNXRUNTIME], "the ONNX export")
     graph, head = _wrapper(loaded)
     pp = loaded.preprocessing
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(graph, (sample_batch(pp, 2, seed=1),), str(path), input_names=["images"],
-                              output_names=list(OUTPUTS), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-                              dynamo=True, verbose=False)
-    except OSError as exc:
-        path.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except Exception as exc:  # exporters fail in many ways; say which model
-        path.unlink(missing_ok=True)
-        raise CnnlabError(f"ONNX export of {loaded.name}'s feature extractor failed: {type(exc).__name__}: {exc}") \
-            from exc
     check = sample_batch(pp, check_batch, seed=0)
     seen: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
@@ -149,20 +135,44 @@ def export_features(loaded: LoadedModel, path: Path, *, tolerance: float = DEFAU
             probe = graph(torch.zeros(1, 3, pp.crop_size, pp.crop_size, dtype=torch.uint8))
     finally:
         hook.remove()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    features, logits = session.run(list(OUTPUTS), {"images": check.numpy()})
     ref_f, ref_l = ref_features.numpy(), ref_logits.float().numpy()
-    if features.shape != ref_f.shape or logits.shape != ref_l.shape:
-        path.unlink(missing_ok=True)
-        raise ExportMismatchError(f"the feature export of {loaded.name} gives shapes {features.shape}, {logits.shape}; "
-                                  f"PyTorch gives {ref_f.shape}, {ref_l.shape}")
-    diff_l = float(np.abs(logits - ref_l).max())
-    diff_f = float(np.abs(features - ref_f).max())
-    scale_f = max(1.0, float(np.abs(ref_f).max()))
-    if not (diff_l <= tolerance and diff_f <= tolerance * scale_f):
-        path.unlink(missing_ok=True)
-        raise ExportMismatchError(f"the feature export of {loaded.name} differs from PyTorch by up to {diff_f:.3g} "
-                                  f"(features) and {diff_l:.3g} (logits); tolerance {tolerance:g}")
+
+    def made_with(exporter: str) -> tuple[float, float]:
+        try:
+            write_onnx(graph, sample_batch(pp, 2, seed=1), path, list(OUTPUTS), exporter=exporter)
+        except CnnlabError:
+            raise
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        except Exception as exc:  # exporters fail in many ways; say which model
+            path.unlink(missing_ok=True)
+            raise CnnlabError(f"ONNX export of {loaded.name}'s feature extractor failed: {type(exc).__name__}: "
+                              f"{exc}") from exc
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        features, logits = session.run(list(OUTPUTS), {"images": check.numpy()})
+        if features.shape != ref_f.shape or logits.shape != ref_l.shape:
+            path.unlink(missing_ok=True)
+            raise ExportMismatchError(f"the feature export of {loaded.name} gives shapes {features.shape}, "
+                                      f"{logits.shape}; PyTorch gives {ref_f.shape}, {ref_l.shape}")
+        diff_l = float(np.abs(logits - ref_l).max())
+        diff_f = float(np.abs(features - ref_f).max())
+        scale_f = max(1.0, float(np.abs(ref_f).max()))
+        if not (diff_l <= tolerance and diff_f <= tolerance * scale_f):
+            path.unlink(missing_ok=True)
+            raise ExportMismatchError(f"the feature export of {loaded.name} differs from PyTorch by up to "
+                                      f"{diff_f:.3g} (features) and {diff_l:.3g} (logits); tolerance {tolerance:g}")
+        return diff_f, diff_l
+
+    exporters = onnx_exporters(graph)
+    for exporter in exporters:
+        try:
+            diff_f, diff_l = made_with(exporter)
+            break
+        except CnnlabError:
+            if exporter == exporters[-1]:
+                raise
+            path.unlink(missing_ok=True)  # the next exporter tries
     spec = loaded.spec
     meta: dict[str, Any] = {
         "model": loaded.name, "format": FEATURES_FORMAT, "source": spec.source,
@@ -177,6 +187,7 @@ def export_features(loaded: LoadedModel, path: Path, *, tolerance: float = DEFAU
                    {"name": "logits", "dtype": "float32", "shape": ["N", len(loaded.categories)]}],
         "check": {"batch": check_batch, "max_abs_diff_features": diff_f, "max_abs_diff_logits": diff_l,
                   "tolerance": tolerance},
+        "exporter": exporter,
         # PyTorch's outputs for a black image: loading compares them, so damaged weights in the
         # external data file (model.onnx.data, not covered by the cache's size record) are noticed
         "probe": {"image": "zeros", **{k: [round(float(v), 6) for v in t.float()[0]] for k, t in zip(OUTPUTS, probe)}},
