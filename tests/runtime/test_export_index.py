@@ -142,7 +142,7 @@ def test_the_same_weights_in_another_folder_find_their_export_again(tmp_path: Pa
 
 
 def test_a_weights_folder_given_relative_or_absolute_is_one_record(tmp_path: Path) -> None:
-    """``--weights-dir w`` and ``--weights-dir /abs/w`` name one folder: each finds what the other remembered
+    """``--weights-dir w``, ``--weights-dir /abs/w`` and a link to it name one folder: each finds what another remembered
     (the record held the relative paths, so the two rewrote it in turn and every other run went the slow way)."""
     import shutil
 
@@ -155,6 +155,7 @@ def test_a_weights_folder_given_relative_or_absolute_is_one_record(tmp_path: Pat
     shutil.copyfile(spec.packaged_weights, folder / spec.weights_file)
     made = probe(cache, Path("w"), cwd=tmp_path)
     assert "onnx" in made["imported"]  # exported
-    for weights_dir in (folder, Path("w"), folder):
+    (tmp_path / "link").symlink_to(folder)  # found by review: a link to the folder alternated with it
+    for weights_dir in (folder, Path("w"), tmp_path / "link", folder, Path("link")):
         again = probe(cache, weights_dir, cwd=tmp_path)
         assert again["path"] == made["path"] and again["imported"] == [], weights_dir

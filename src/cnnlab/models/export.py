@@ -8,9 +8,11 @@ the exported graph. The batch dimension is dynamic. A JSON file next to the expo
 file, published figures) and the measured difference, so the file can be used without cnnlab;
 ``cnnlab predict`` and ``bench`` run an ONNX file with it (see :mod:`cnnlab.runtime`).
 
-After writing, the file is loaded back (``torch.jit.load``; an ONNX Runtime session for ONNX) and
-run on a seeded random batch of a different size than the one used for export; the largest
-absolute difference from the PyTorch model's logits must stay within ``tolerance``, otherwise
+ONNX files are written by torch's TorchScript-based exporter, or, where it fails or its file does not pass the
+check below, by the dynamo exporter (:func:`onnx_exporters`). After writing, the file is loaded back
+(``torch.jit.load``; an ONNX Runtime session for ONNX) and run on a seeded random batch of a different size than
+the one used for export; the largest absolute difference from the PyTorch model's logits must stay within
+``tolerance``, otherwise
 :class:`ExportMismatchError` is raised and the file removed.
 
 The output is checked before the model is loaded (:func:`check_export_path`): never the input checkpoint itself
@@ -242,7 +244,15 @@ def export_model(
             raise OutputError(f"cannot write {path}: {exc.strerror or exc}; nothing was kept") from None
         except Exception as exc:  # exporters fail in many ways; say which model and format
             raise CnnlabError(f"{format} export of {name} failed: {type(exc).__name__}: {exc}") from exc
-        exported = _run_exported(format, path, check)
+        try:
+            exported = _run_exported(format, path, check)
+        except CnnlabError:
+            raise
+        except Exception as exc:  # the runtime refuses the graph (a batch size fixed at tracing, an unknown op)
+            _remove(path)
+            why = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ExportMismatchError(f"the {format} export of {name} does not run on a batch of {check_batch} "
+                                      f"({type(exc).__name__}: {why}); {path} was removed") from exc
         if exported.shape != reference.shape:
             _remove(path)
             raise ExportMismatchError(
@@ -259,13 +269,17 @@ def export_model(
         return diff
 
     exporters = onnx_exporters(wrapper) if format == "onnx" else ("torch.jit",)
+    failed: list[str] = []
     for exporter in exporters:
         try:
             diff = made_with(exporter)
             break
-        except CnnlabError:
+        except CnnlabError as exc:
             if exporter == exporters[-1]:
+                if failed:  # say what each exporter did
+                    exc.args = (f"{exc} (the {' and '.join(failed)} tried first)",)
                 raise
+            failed.append(f"{exporter} exporter: {exc}")
             _remove(path)  # the next exporter tries
     meta_path = path.with_name(path.name + ".json")
     spec = loaded.spec

@@ -149,8 +149,14 @@ def export_features(loaded: LoadedModel, path: Path, *, tolerance: float = DEFAU
             path.unlink(missing_ok=True)
             raise CnnlabError(f"ONNX export of {loaded.name}'s feature extractor failed: {type(exc).__name__}: "
                               f"{exc}") from exc
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        features, logits = session.run(list(OUTPUTS), {"images": check.numpy()})
+        try:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            features, logits = session.run(list(OUTPUTS), {"images": check.numpy()})
+        except Exception as exc:  # ONNX Runtime refuses the graph (a batch size fixed at tracing, an unknown op)
+            path.unlink(missing_ok=True)
+            why = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ExportMismatchError(f"the feature export of {loaded.name} does not run on a batch of {check_batch} "
+                                      f"({type(exc).__name__}: {why})") from exc
         if features.shape != ref_f.shape or logits.shape != ref_l.shape:
             path.unlink(missing_ok=True)
             raise ExportMismatchError(f"the feature export of {loaded.name} gives shapes {features.shape}, "
@@ -165,13 +171,17 @@ def export_features(loaded: LoadedModel, path: Path, *, tolerance: float = DEFAU
         return diff_f, diff_l
 
     exporters = onnx_exporters(graph)
+    failed: list[str] = []
     for exporter in exporters:
         try:
             diff_f, diff_l = made_with(exporter)
             break
-        except CnnlabError:
+        except CnnlabError as exc:
             if exporter == exporters[-1]:
+                if failed:  # say what each exporter did
+                    exc.args = (f"{exc} (the {' and '.join(failed)} tried first)",)
                 raise
+            failed.append(f"{exporter} exporter: {exc}")
             path.unlink(missing_ok=True)  # the next exporter tries
     spec = loaded.spec
     meta: dict[str, Any] = {

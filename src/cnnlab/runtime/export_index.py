@@ -62,7 +62,8 @@ def remembered_export(name: str, weights_dir: str | Path | None = None, *, forma
         candidates = _candidates(record["weights_file"], weights_dir)
         if candidates != record["candidates"]:
             return None
-        found = next((c for c in candidates if Path(c).is_file()), record["packaged"])
+        packaged = record["packaged"]
+        found = next((c for c in candidates if Path(c).is_file()), packaged and os.path.realpath(packaged))
         stat = Path(found).stat()
         if (found, stat.st_size, stat.st_mtime_ns) != (record["found"], record["size"], record["mtime_ns"]):
             return None
@@ -85,12 +86,12 @@ def remembered_export(name: str, weights_dir: str | Path | None = None, *, forma
 
 
 def _candidates(weights_file: str, weights_dir: str | Path | None) -> list[str]:
-    """Where the weights search looks for ``weights_file``, as absolute paths: ``--weights-dir w`` and its
-    absolute form are one record (relative paths made the two rewrite it in turn, each sending the next run the
-    slow way)."""
+    """Where the weights search looks for ``weights_file``, as absolute paths with links resolved, as the index's key
+    resolves the folder: ``--weights-dir w``, its absolute form and a link to it are one record (relative paths made
+    them rewrite it in turn, each sending the next run the slow way)."""
     from cnnlab.models.weights import search_dirs
 
-    return [os.path.abspath(d / weights_file) for d in search_dirs(weights_dir)]
+    return [os.path.realpath(d / weights_file) for d in search_dirs(weights_dir)]
 
 
 def remember_export(name: str, weights_dir: str | Path | None, export: Path, *, format: str) -> None:
@@ -116,7 +117,7 @@ def remember_export(name: str, weights_dir: str | Path | None, export: Path, *, 
     index[_index_key(name, weights_dir, format)] = {
         "weights_file": spec.weights_file, "candidates": candidates,
         "packaged": str(spec.packaged_weights) if spec.packaged_weights is not None else None,
-        "found": os.path.abspath(found), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "folder": export.parent.name}
+        "found": os.path.realpath(found), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "folder": export.parent.name}
     target = exports_dir() / INDEX_FILE
     temp = target.with_name(f".{INDEX_FILE}.{os.getpid()}.tmp")
     with contextlib.suppress(OSError):
