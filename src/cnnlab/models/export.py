@@ -26,9 +26,10 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -45,6 +46,8 @@ _SUFFIXES = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
 _ENDINGS = {"torchscript": (".pt", ".pth", ".ts", ".torchscript"), "onnx": (".onnx",)}
 #: Above this size, ONNX weights go to a separate ``FILE.data`` (protobuf's 2 GB limit).
 _ONNX_SINGLE_FILE_BYTES = 1_500_000_000
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -268,19 +271,8 @@ def export_model(
             )
         return diff
 
-    exporters = onnx_exporters(wrapper) if format == "onnx" else ("torch.jit",)
-    failed: list[str] = []
-    for exporter in exporters:
-        try:
-            diff = made_with(exporter)
-            break
-        except CnnlabError as exc:
-            if exporter == exporters[-1]:
-                if failed:  # say what each exporter did
-                    exc.args = (f"{exc} (the {' and '.join(failed)} tried first)",)
-                raise
-            failed.append(f"{exporter} exporter: {exc}")
-            _remove(path)  # the next exporter tries
+    exporter, diff = first_that_works(onnx_exporters(wrapper) if format == "onnx" else ("torch.jit",), made_with,
+                                      path)
     meta_path = path.with_name(path.name + ".json")
     spec = loaded.spec
     meta = {
@@ -356,6 +348,23 @@ def onnx_exporters(module: nn.Module) -> tuple[str, ...]:
     """The exporters to try for ``module``, in order: only the dynamo one for weights above protobuf's limit."""
     large = sum(p.numel() * p.element_size() for p in module.parameters()) > _ONNX_SINGLE_FILE_BYTES
     return ("dynamo",) if large else ONNX_EXPORTERS
+
+
+def first_that_works(exporters: Sequence[str], attempt: Callable[[str], T], path: Path) -> tuple[str, T]:
+    """``(exporter, attempt(exporter))`` for the first of ``exporters`` whose attempt raises no
+    :class:`CnnlabError` (``path`` removed after each failure); the last failure is raised, naming the others."""
+    failed: list[str] = []
+    for exporter in exporters:
+        try:
+            return exporter, attempt(exporter)
+        except CnnlabError as exc:
+            if exporter == exporters[-1]:
+                if failed:  # say what each exporter did
+                    exc.args = (f"{exc} (the {' and '.join(failed)} tried first)",)
+                raise
+            failed.append(f"{exporter} exporter: {exc}")
+            _remove(path)  # the next exporter tries
+    raise CnnlabError("no exporter to try")
 
 
 def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str], *, opset: int | None = None,

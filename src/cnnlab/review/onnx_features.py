@@ -119,7 +119,7 @@ def export_features(loaded: LoadedModel, path: Path, *, tolerance: float = DEFAU
     import torch
 
     from cnnlab.errors import ExportMismatchError
-    from cnnlab.models.export import onnx_exporters, sample_batch, write_onnx
+    from cnnlab.models.export import first_that_works, onnx_exporters, sample_batch, write_onnx
 
     require("onnxscript", EXTRAS[Backend.ONNXRUNTIME], "the ONNX export")
     ort = require("onnxruntime", EXTRAS[Backend.ONNXRUNTIME], "the ONNX export")
@@ -170,19 +170,7 @@ def export_features(loaded: LoadedModel, path: Path, *, tolerance: float = DEFAU
                                       f"{diff_f:.3g} (features) and {diff_l:.3g} (logits); tolerance {tolerance:g}")
         return diff_f, diff_l
 
-    exporters = onnx_exporters(graph)
-    failed: list[str] = []
-    for exporter in exporters:
-        try:
-            diff_f, diff_l = made_with(exporter)
-            break
-        except CnnlabError as exc:
-            if exporter == exporters[-1]:
-                if failed:  # say what each exporter did
-                    exc.args = (f"{exc} (the {' and '.join(failed)} tried first)",)
-                raise
-            failed.append(f"{exporter} exporter: {exc}")
-            path.unlink(missing_ok=True)  # the next exporter tries
+    exporter, (diff_f, diff_l) = first_that_works(onnx_exporters(graph), made_with, path)
     spec = loaded.spec
     meta: dict[str, Any] = {
         "model": loaded.name, "format": FEATURES_FORMAT, "source": spec.source,
