@@ -219,9 +219,10 @@ def _write_checkpoint_facts(checkpoint: str, folder: Path) -> None:
 
 def _export_into(folder: Path, name: str, weights_path: Path | None, random_weights: bool, *,
                  variant: ExportVariant | None = None, checkpoint_digest: str | None = None) -> None:
-    """``checkpoint_digest``: the digest of checkpoint ``name`` that the folder's name carries: a checkpoint
+    """Export into a temporary folder next to ``folder``, then rename it (another process may win the race).
+
+    ``checkpoint_digest``: the digest of checkpoint ``name`` that the folder's name carries: a checkpoint
     rewritten meanwhile (a training run saving ``best.pt``) is not published under the old digest."""
-    """Export into a temporary folder next to ``folder``, then rename it (another process may win the race)."""
     from cnnlab.models.export import export_model
     from cnnlab.models.files import is_checkpoint_file
     from cnnlab.models.load import load_torch
