@@ -346,8 +346,11 @@ ONNX_EXPORTERS = ("torchscript", "dynamo")
 
 def onnx_exporters(module: nn.Module) -> tuple[str, ...]:
     """The exporters to try for ``module``, in order: only the dynamo one for weights above protobuf's limit."""
-    large = sum(p.numel() * p.element_size() for p in module.parameters()) > _ONNX_SINGLE_FILE_BYTES
-    return ("dynamo",) if large else ONNX_EXPORTERS
+    return ("dynamo",) if _needs_external_data(module) else ONNX_EXPORTERS
+
+
+def _needs_external_data(module: nn.Module) -> bool:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) > _ONNX_SINGLE_FILE_BYTES
 
 
 def first_that_works(exporters: Sequence[str], attempt: Callable[[str], T], path: Path) -> tuple[str, T]:
@@ -375,10 +378,10 @@ def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, outputs: li
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError:
         raise CnnlabError("ONNX export needs onnx and onnxscript: pip install 'cnnlab[export]'") from None
-    large = sum(p.numel() * p.element_size() for p in module.parameters()) > _ONNX_SINGLE_FILE_BYTES
     if exporter == "dynamo":
         batch = torch.export.Dim("batch", min=1, max=4096)
-        dynamic: dict[str, Any] = {"dynamic_shapes": ({0: batch},), "dynamo": True, "external_data": large}
+        dynamic: dict[str, Any] = {"dynamic_shapes": ({0: batch},), "dynamo": True,
+                                   "external_data": _needs_external_data(module)}
     else:
         dynamic = {"dynamic_axes": {name: {0: "batch"} for name in ["images", *outputs]}, "dynamo": False}
     with warnings.catch_warnings():

@@ -105,6 +105,22 @@ def torch_version() -> str:
     return str(torch.__version__)
 
 
+#: Digests of weights files this process hashed, by what ``os.stat`` says of the file: one run hashes its weights
+#: once, not at every step that looks the export up (choosing the backend, preparing its file, loading it); any
+#: write to the file changes its change time, and the file is hashed again.
+_DIGESTS: dict[tuple[str, int, int, int, int, int], str] = {}
+
+
+def weights_sha256(path: str | Path) -> str:
+    """:func:`~cnnlab.imagedata.hashes.file_sha256` of a weights or checkpoint file, hashed once per process while
+    the file is unchanged."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_sha256(path)
+    return _DIGESTS[key]
+
+
 def export_key(model: str, weights_digest: str, format: str) -> str:
     """The end of an export's cache folder name: another model, weights, kind of export (``format``), cnnlab or
     torch is another folder. Computed without torch, so that the export index can check a folder's name."""
@@ -141,7 +157,7 @@ def cached_export(name: str, *, weights: str | Path | None = None, weights_dir: 
         canonical = spec.name
         weights_path = None if random_weights else resolve_weights(
             spec, weights=weights, weights_dir=weights_dir, download=download, progress=progress is not None)
-    digest = file_sha256(weights_path) if weights_path else RANDOM_WEIGHTS_DIGEST
+    digest = weights_sha256(weights_path) if weights_path else RANDOM_WEIGHTS_DIGEST
     folder = _export_folder(canonical, digest, variant)
     model = folder / "model.onnx"
     if cache_entry_ok(folder):
@@ -172,7 +188,7 @@ def cached_checkpoint_export(path: str | Path, *, variant: ExportVariant | None 
     try:
         if not path.is_file():
             return None
-        folder = _export_folder(str(path.resolve()), file_sha256(path), variant)
+        folder = _export_folder(str(path.resolve()), weights_sha256(path), variant)
     except OSError:
         return None
     return folder / "model.onnx" if cache_entry_ok(folder) else None
