@@ -54,18 +54,18 @@ def _paths(n: int) -> list[Path]:
     return [Path(f"img{i}.jpg") for i in range(n)]
 
 
-def test_workers_follow_where_the_time_goes() -> None:
-    # decoding is most of the time: loader processes, at most one per core
-    many, why = choose_workers(0.09, 0.01, cores=2, device_type="cpu", images=500, batch_size=8)
-    assert 1 <= many <= 2 and "loader" in why
-    # decoding is a sliver of the time: decode in-process
-    assert choose_workers(0.001, 0.1, cores=2, device_type="cpu", images=500, batch_size=8)[0] == 0
-    # more cores never mean fewer workers for the same split, and never more than the cores
-    assert choose_workers(0.09, 0.01, cores=8, device_type="cpu", images=500, batch_size=8)[0] in range(many, 9)
-    # one core, too few images, or nothing decoded: no workers
-    assert choose_workers(0.09, 0.01, cores=1, device_type="cpu", images=500, batch_size=8)[0] == 0
-    assert choose_workers(0.09, 0.01, cores=2, device_type="cpu", images=10, batch_size=8)[0] == 0
-    assert choose_workers(None, 0.01, cores=2, device_type="cpu", images=500, batch_size=8)[0] == 0
+def test_a_cpu_model_decodes_in_its_own_threads_and_a_gpu_model_in_processes() -> None:
+    from cnnlab.runtime.cores import default_workers
+
+    # however large decoding's share, a CPU model gets no loader process: its batches are decoded in threads
+    for decode_s, model_s in ((0.09, 0.01), (0.001, 0.1)):
+        for cores in (2, 8):
+            workers, why = choose_workers(decode_s, model_s, cores=cores, device_type="cpu")
+            assert workers == 0 and f"{cores} threads" in why and "%" in why
+    assert "one core" in choose_workers(0.09, 0.01, cores=1, device_type="cpu")[1]
+    assert choose_workers(None, 0.01, cores=2, device_type="cpu")[0] == 0
+    # a GPU model leaves the cores to decoding processes
+    assert choose_workers(0.09, 0.01, cores=2, device_type="cuda")[0] == default_workers("cuda")
 
 
 def test_auto_batch_is_a_candidate_no_larger_than_needed_and_recorded() -> None:

@@ -74,6 +74,35 @@ def test_stopping_early_removes_the_hook_and_leaves_inference_mode_off(real_phot
     assert not torch.is_inference_mode_enabled()
 
 
+def test_decoding_threads_give_what_a_loader_process_gives_and_stop_with_the_loop(
+        tmp_path: Path, real_photos: dict[str, Path], lite0) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from cnnlab.runtime.cores import available_cores
+
+    if available_cores() < 2:
+        pytest.skip("decoding threads are for several cores")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    paths = [real_photos["cat"], bad, make_image(tmp_path / "a.png", (90, 70)), real_photos["coffee"],
+             real_photos["astronaut"] if "astronaut" in real_photos else real_photos["cat"]]
+    threaded = list(run_inference(lite0, paths, batch_size=2, workers=0))
+    in_process = list(run_inference(lite0, paths, batch_size=2, workers=1))
+    assert [b.indices for b in threaded] == [b.indices for b in in_process] == [[0], [2, 3], [4]]
+    assert [[s.reason for s in b.skipped] for b in threaded] == [["not-an-image"], [], []]
+    for a, b in zip(threaded, in_process):
+        assert torch.equal(a.logits, b.logits)
+
+    def decoding_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("cnnlab-decode")]
+
+    batches = run_inference(lite0, paths, batch_size=2, workers=0)
+    next(batches)
+    assert decoding_threads()  # the pool lives while the caller iterates
+    batches.close()  # the caller stops early: the pool goes with the loop
+    assert not decoding_threads()
+
+
 def test_more_decoding_processes_than_the_cores_can_use_are_capped_with_a_warning(tmp_path: Path) -> None:
     """Issue 27: ``--workers 64`` on 2 cores ran into the memory limit at 6 GB."""
     from cnnlab.imagedata.preprocess import Preprocessing

@@ -1,12 +1,11 @@
 """Batch size and loader workers chosen by measuring: ``--batch-size auto`` / ``--workers auto``.
 
-No fixed default is right for every model and machine: a model with large fully connected layers
+No fixed batch size is right for every model and machine: a model with large fully connected layers
 (AlexNet) runs far faster in batches of 32 than of 8 on a small CPU while small convolutional models do
-not care, and decoding in loader processes pays when decoding is a large share of the time (big photos,
-fast models) and costs when the model's threads need every core. So :func:`choose_batch_and_workers`
-decodes the first few images and runs the model on a few candidate batches, inside a time bound, and
-chooses from where the time goes (decode seconds against model seconds per image), not from the core
-count. ``benchmarks/bench_auto.py`` compares the choice with fixed settings.
+not care. So :func:`choose_batch_and_workers` decodes the first few images and runs the model on a few
+candidate batches, inside a time bound, and records where the time goes (decode seconds against model seconds
+per image). Loader processes decode for a GPU model; a CPU model's batches are decoded by threads of its own
+process, taking turns with it (:func:`choose_workers`; ``benchmarks/bench_decode_threads.py`` compares the two).
 """
 
 from __future__ import annotations
@@ -31,13 +30,9 @@ CANDIDATE_BATCHES = {"cpu": (8, 16, 32), "cuda": (32, 64, 128, 256)}
 DEFAULT_AUTO_BUDGET_S = 4.0
 #: Images decoded to measure the decode time (fewer when the time bound is reached first).
 DECODE_SAMPLE = 8
-#: Loader workers pay only when decoding is at least this share of the serial time per image.
-MIN_DATA_SHARE = 0.12
 #: A larger batch is kept only when it is at least this much faster per image (else the smaller one wins:
 #: less memory, earlier first results).
 MIN_GAIN = 0.05
-#: Most loader workers chosen (as :func:`cnnlab.runtime.cores.default_workers`).
-MAX_WORKERS = 8
 
 
 @dataclass
@@ -65,30 +60,26 @@ class AutoChoice:
 
 
 def choose_workers(decode_s: float | None, model_s: float | None, *, cores: int, device_type: str,
-                   images: int, batch_size: int) -> tuple[int, str]:
-    """Loader workers for a run whose images take ``decode_s`` to decode and ``model_s`` in the model
+                   ) -> tuple[int, str]:
+    """Loader processes for a run whose images take ``decode_s`` to decode and ``model_s`` in the model
     (seconds per image, serially), and why.
 
-    Decoding in ``w`` workers next to the model takes ``max(decode_s / w, model_s + decode_s / cores)`` per
-    image at best (the cores are shared) against ``decode_s + model_s`` in-process: workers pay when decoding
-    is a large enough share, and the fewest that keep up are used. A GPU model leaves the CPU to decoding.
+    A GPU model leaves the CPU cores to decoding processes. A CPU model gets none: decoding in processes
+    beside it costs it more than their share of the cores (a descheduled model thread stalls the others at
+    every parallel region), so each batch is decoded by this process's threads on every core while the model
+    waits (:func:`cnnlab.runtime.batches.decode_in_threads`), which can only tie with perfect overlap and beat it
+    as measured (``benchmarks/bench_decode_threads.py``).
     """
     from cnnlab.runtime.cores import default_workers
 
     if device_type == "cuda":
         return default_workers("cuda"), "the model runs on the GPU: the CPU cores decode"
-    if images < 2 * batch_size:
-        return 0, f"{images} images: fewer than two batches, nothing to overlap"
     if decode_s is None or model_s is None:
         return 0, "no image decoded in the sample: decoding in this process"
-    share = decode_s / (decode_s + model_s)
+    share = f"decoding is {decode_s / (decode_s + model_s):.0%} of the time per image"
     if cores < 2:
-        return 0, "one core: decoding and the model take turns"
-    if share < MIN_DATA_SHARE:
-        return 0, f"decoding is {share:.0%} of the time per image: not worth a loader process"
-    floor = model_s + decode_s / cores  # the model's own time plus its share of the decoding
-    workers = max(1, min(cores, MAX_WORKERS, math.ceil(decode_s / floor - 1e-9)))
-    return workers, f"decoding is {share:.0%} of the time per image: {workers} loader process(es) keep up"
+        return 0, f"one core: {share}, taking turns with the model"
+    return 0, f"{share}: it takes turns with the model, in {cores} threads of this process"
 
 
 def _decode_sample(model: Runtime, paths: Sequence[Path], *, fast_decode: bool, seconds: float,
@@ -186,8 +177,7 @@ def choose_batch_and_workers(model: Runtime, paths: Sequence[Path], *, batch_siz
             best_b = batch_size
         model_s = timings.get(str(best_b))
         if workers is None:
-            chosen_workers, reason = choose_workers(decode_s, model_s, cores=cores, device_type=kind,
-                                                    images=len(paths), batch_size=best_b)
+            chosen_workers, reason = choose_workers(decode_s, model_s, cores=cores, device_type=kind)
         else:
             chosen_workers, reason = workers, "given"
         share = decode_s / (decode_s + model_s) if decode_s is not None and model_s else None

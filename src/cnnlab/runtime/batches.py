@@ -7,7 +7,7 @@ to import: torch only where tensors are stacked.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
@@ -83,6 +83,24 @@ def collate(items: list[Item]) -> Batch:
     failed = [(i, reason, detail) for i, t, reason, detail in items if t is None]
     images = torch.stack([t for _, t in good]) if good else None
     return Batch([i for i, _ in good], images, failed)
+
+
+def decode_in_threads(dataset: ImageFileDataset[torch.Tensor], batch_size: int, threads: int,
+                      collate_fn: Callable[[list[Item]], Batch] = collate) -> Iterator[Batch]:
+    """The dataset's batches, in order, each decoded by ``threads`` threads of this process when it is asked for.
+
+    For a model on the CPU: decoding then takes its turn on every core while the model waits, and the model
+    then has every core to itself. Loader processes decoding *beside* the model cost more than their share,
+    since a descheduled model thread stalls the others at each of its parallel regions (AlexNet 57-64 img/s
+    with one loader process, 67-68 this way, 500x375 JPEGs on 2 cores). Pillow releases the GIL while it
+    decodes and resizes.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    step = max(1, batch_size)
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="cnnlab-decode") as pool:
+        for first in range(0, len(dataset), step):
+            yield collate_fn(list(pool.map(dataset.__getitem__, range(first, min(first + step, len(dataset))))))
 
 
 @dataclass

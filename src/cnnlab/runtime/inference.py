@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +27,7 @@ from cnnlab.imagedata.datasets import SkippedFile
 from cnnlab.models.load import LoadedModel
 from cnnlab.progress import Progress
 from cnnlab.runtime.allocator import return_free_pages
-from cnnlab.runtime.batches import Batch, ImageFileDataset, ImageTransform, InferenceBatch, Item, collate
+from cnnlab.runtime.batches import Batch, ImageFileDataset, ImageTransform, InferenceBatch, Item, collate, decode_in_threads
 from cnnlab.runtime.cores import available_cores, default_workers
 from cnnlab.runtime.finite import require_finite
 
@@ -107,7 +107,9 @@ def run_inference(
     ``features=True`` each batch also carries the penultimate features (what the classifier head
     receives: the embedding used by linear probes, outlier and similarity searches; PyTorch models,
     and exports with a ``features_and_logits`` method, :mod:`cnnlab.review.onnx_features`). Progress
-    is reported as task ``task`` in images, with the rate so far. ``decode``:
+    is reported as task ``task`` in images, with the rate so far. ``workers``: loader processes decoding beside
+    the model (``None``: :func:`default_workers`); with 0 and a CPU model on several cores, each batch is decoded
+    by threads of this process, on every core, while the model waits (:func:`decode_in_threads`). ``decode``:
     where JPEGs are decoded (:func:`cnnlab.runtime.gpu_decode.use_device_decode`; ``auto``: on a CUDA device
     with nvJPEG, the decode counted in ``data_s``).
 
@@ -127,15 +129,21 @@ def run_inference(
     from cnnlab.runtime import gpu_decode
 
     on_device = gpu_decode.use_device_decode(decode, device)
-    loader = make_loader(paths, gpu_decode.JpegBytes(model.preprocessing) if on_device else model.preprocessing,
-                         batch_size=batch_size, workers=workers, device_type=device.type, fast_decode=fast_decode,
-                         collate_fn=gpu_decode.collate_encoded if on_device else collate)
+    workers = default_workers(device.type) if workers is None else workers
+    loader: Iterable[Batch]
+    if workers == 0 and device.type == "cpu" and available_cores() > 1:  # decoding takes turns with the model
+        loader = decode_in_threads(ImageFileDataset(paths, model.preprocessing, fast_decode=fast_decode),
+                                   batch_size, available_cores())
+    else:
+        loader = make_loader(paths, gpu_decode.JpegBytes(model.preprocessing) if on_device else model.preprocessing,
+                             batch_size=batch_size, workers=workers, device_type=device.type,
+                             fast_decode=fast_decode, collate_fn=gpu_decode.collate_encoded if on_device else collate)
+    iterator = iter(loader)
     hook = _capture_head_input(model, captured) if isinstance(model, LoadedModel) and features else None
     try:
         progress.start(task, description or f"{model.name}", total=len(paths))
         done = 0
         started = time.perf_counter()
-        iterator = iter(loader)
         while True:
             t0 = time.perf_counter()
             try:
@@ -169,6 +177,8 @@ def run_inference(
     finally:
         if hook is not None:
             hook.remove()
+        if isinstance(iterator, Generator):  # the decoding threads stop now, not when the generator is collected
+            iterator.close()
         progress.finish(task)
 
 
