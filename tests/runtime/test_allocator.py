@@ -31,6 +31,38 @@ def test_freed_memory_is_kept_on_linux_unless_the_environment_chose() -> None:
     assert _run(GLIBC_TUNABLES="glibc.rtld.nns=2") == "True True"  # tunables of something else
 
 
+_OWNERS = """
+import io, sys
+from cnnlab.runtime import allocator
+which = sys.argv[1]
+if which == "bench-worker":
+    from cnnlab.bench import worker
+    sys.stdin = io.StringIO("")  # a standby worker that is never given a model
+    worker.main(["--standby"])
+elif which == "library":
+    import cnnlab
+    cnnlab.predict  # the library's entry points, imported and not called: the caller's process is left alone
+else:
+    import importlib
+    importlib.import_module(f"cnnlab.cli.{which}")
+print(allocator._done is True)
+"""
+
+
+@pytest.mark.skipif(not _GLIBC_2_33, reason="glibc 2.33+ (mallopt, mallinfo2)")
+@pytest.mark.parametrize(("owner", "kept"), [("bench-worker", True), ("bench", True), ("predict", True),
+                                             ("library", False)])
+def test_processes_that_run_models_for_cnnlab_keep_freed_memory_and_a_library_caller_is_left_alone(
+        owner: str, kept: bool) -> None:
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith("MALLOC_") and k not in ("CNNLAB_MALLOC", "GLIBC_TUNABLES")}
+    out = subprocess.run([sys.executable, "-c", _OWNERS, owner], env=base, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == str(kept)
+    opted_out = subprocess.run([sys.executable, "-c", _OWNERS, owner], env={**base, "CNNLAB_MALLOC": "system"},
+                               capture_output=True, text=True, check=True)
+    assert opted_out.stdout.strip().splitlines()[-1] == "False"
+
+
 _HEAP = """
 import ctypes
 from cnnlab.runtime.allocator import glibc_defaults, keep_freed_memory

@@ -284,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     (:mod:`cnnlab.bench.standby`); its end before them ends the worker with status 0.
     Ctrl-C (which reaches the worker too) ends it quietly with status 130: the parent reports the run.
     """
+    from cnnlab.runtime.allocator import keep_freed_memory
+
+    keep_freed_memory()  # this process runs one model: its forward passes reuse freed memory (runtime.allocator)
     args = sys.argv[1:] if argv is None else argv
     try:
         if args[:1] == ["--standby"]:

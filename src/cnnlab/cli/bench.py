@@ -35,12 +35,14 @@ from cnnlab.options import (
     WeightsPolicy,
     parse_choice,
 )
+from cnnlab.runtime.allocator import keep_freed_memory
 from cnnlab.runtime.threads import passive_openmp
 
 if TYPE_CHECKING:
     from cnnlab.bench import BenchResult
 
 passive_openmp()  # before torch is imported (--in-process runs the models here): cnnlab.runtime.threads
+keep_freed_memory()  # this process is the command's: forward passes reuse freed memory (cnnlab.runtime.allocator)
 
 #: Exit status when some model failed (its row says why).
 EXIT_MODEL_FAILED = 4
@@ -210,7 +212,7 @@ def bench_command(
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory format (torch rows); default: on for the CPU, where it is faster.", show_default=False)] = _R.channels_last,
     fold_bn: Annotated[bool, typer.Option("--fold-bn/--no-fold-bn", help="Fold batch normalisation into the convolutions before it (torch rows; same predictions, faster).")] = True,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile each model (torch rows; slow to start).")] = _R.compile,
-    workers: Annotated[str, typer.Option("--workers", metavar="auto|N", help="Decoding processes; auto: chosen from where the time goes (decode against model seconds per image, measured on the first images).")] = "auto",
+    workers: Annotated[str, typer.Option("--workers", metavar="auto|N", help="Decoding processes beside the model; auto: none for a CPU model (threads of this process decode each batch, taking turns with it), cores-1 up to 8 for a GPU model.")] = "auto",
     threads: Threads = _R.threads,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Speed and memory only: no weights, no accuracy.")] = False,
     random_if_missing: Annotated[bool, typer.Option("--random-weights-if-missing", help="Random weights only for models whose weights are not on disk.")] = False,

@@ -24,9 +24,11 @@ from cnnlab.cli.params import (
 )
 from cnnlab.models.registry import OFFLINE_MODEL
 from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, ModelSource, RuntimeChoice, RuntimeOptions
+from cnnlab.runtime.allocator import keep_freed_memory
 from cnnlab.runtime.threads import passive_openmp
 
 passive_openmp()  # before torch is imported (the model runs in this process): cnnlab.runtime.threads
+keep_freed_memory()  # this process is the command's: forward passes reuse freed memory (cnnlab.runtime.allocator)
 
 
 
@@ -49,7 +51,7 @@ def predict_command(
     topk: Annotated[int, typer.Option("--topk", "-k", min=1, max=1000, metavar="K", help="How many classes to show per image.")] = 5,
     device: Device = "auto",
     batch_size: Annotated[str, typer.Option("--batch-size", "-b", metavar="auto|N", help="Images per batch; auto: measured on the first images when there are enough of them (else 16; 16 for ONNX Runtime and OpenVINO on the CPU).")] = "auto",
-    workers: Annotated[str, typer.Option("--workers", metavar="auto|N", help="Decoding processes (threads for an ONNX Runtime or OpenVINO model on the CPU); auto: chosen from where the time goes (decode against model seconds per image).")] = "auto",
+    workers: Annotated[str, typer.Option("--workers", metavar="auto|N", help="Decoding processes beside a PyTorch model (threads for an ONNX Runtime or OpenVINO model on the CPU); auto: none for a PyTorch model on the CPU (threads of this process decode each batch, taking turns with it), cores-1 up to 8 on a GPU.")] = "auto",
     backend: Annotated[BackendName, typer.Option("--backend", case_sensitive=False, help="What runs the model: auto (ONNX Runtime on the CPU when installed and its export matches PyTorch, else PyTorch), torch, or its ONNX export in onnxruntime or openvino; -int8: quantised, calibrated on your images.")] = BackendName.AUTO,
     threads: Threads = None,
     calibration_images: CalibrationImages = DEFAULT_CALIBRATION_IMAGES,
