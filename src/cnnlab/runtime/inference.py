@@ -108,8 +108,9 @@ def run_inference(
     receives: the embedding used by linear probes, outlier and similarity searches; PyTorch models,
     and exports with a ``features_and_logits`` method, :mod:`cnnlab.review.onnx_features`). Progress
     is reported as task ``task`` in images, with the rate so far. ``workers``: loader processes decoding beside
-    the model (``None``: :func:`default_workers`); with 0 and a CPU model on several cores, each batch is decoded
-    by threads of this process, on every core, while the model waits (:func:`decode_in_threads`). ``decode``:
+    the model (``None``: :func:`default_workers` for a GPU model, 0 for a CPU model); with 0 and a CPU model on
+    several cores, each batch is decoded by threads of this process, on every core, while the model waits
+    (:func:`decode_in_threads`). ``decode``:
     where JPEGs are decoded (:func:`cnnlab.runtime.gpu_decode.use_device_decode`; ``auto``: on a CUDA device
     with nvJPEG, the decode counted in ``data_s``).
 
@@ -129,7 +130,8 @@ def run_inference(
     from cnnlab.runtime import gpu_decode
 
     on_device = gpu_decode.use_device_decode(decode, device)
-    workers = default_workers(device.type) if workers is None else workers
+    if workers is None:  # as --workers auto chooses: loader processes for a GPU, none for a CPU model
+        workers = 0 if device.type == "cpu" else default_workers(device.type)
     loader: Iterable[Batch]
     if workers == 0 and device.type == "cpu" and available_cores() > 1:  # decoding takes turns with the model
         loader = decode_in_threads(ImageFileDataset(paths, model.preprocessing, fast_decode=fast_decode),
