@@ -35,14 +35,12 @@ from cnnlab.options import (
     WeightsPolicy,
     parse_choice,
 )
-from cnnlab.runtime.allocator import keep_freed_memory
 from cnnlab.runtime.threads import passive_openmp
 
 if TYPE_CHECKING:
     from cnnlab.bench import BenchResult
 
 passive_openmp()  # before torch is imported (--in-process runs the models here): cnnlab.runtime.threads
-keep_freed_memory()  # this process is the command's: forward passes reuse freed memory (cnnlab.runtime.allocator)
 
 #: Exit status when some model failed (its row says why).
 EXIT_MODEL_FAILED = 4
@@ -262,5 +260,9 @@ def bench_command(
                          real_labels=real_labels, measure=measure, isolate=not in_process, model_timeout_s=timeout,
                          backends=[RuntimeChoice(b) for b in backends or [RuntimeChoice.TORCH.value]],
                          calibration_images=calibration_images, devices=devices if len(devices) > 1 else [])
+    if in_process:  # the models run in this process: as in their own processes, freed memory is kept for reuse
+        from cnnlab.runtime.allocator import keep_freed_memory
+
+        keep_freed_memory()
     run_bench(config, out_dir, plots=not no_plots, quiet=quiet, wide=wide, overwrite=overwrite, track=track,
               track_uri=track_uri)

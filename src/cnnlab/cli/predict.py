@@ -24,11 +24,9 @@ from cnnlab.cli.params import (
 )
 from cnnlab.models.registry import OFFLINE_MODEL
 from cnnlab.options import DEFAULT_CALIBRATION_IMAGES, ModelSource, RuntimeChoice, RuntimeOptions
-from cnnlab.runtime.allocator import keep_freed_memory
 from cnnlab.runtime.threads import passive_openmp
 
 passive_openmp()  # before torch is imported (the model runs in this process): cnnlab.runtime.threads
-keep_freed_memory()  # this process is the command's: forward passes reuse freed memory (cnnlab.runtime.allocator)
 
 
 

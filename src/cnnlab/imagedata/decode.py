@@ -13,8 +13,11 @@ the records of datasets stored as Hugging Face datasets, Parquet or WebDataset s
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -62,6 +65,20 @@ _TRANSPOSE: Final[dict[int, Image.Transpose]] = {
 }
 
 
+#: Held while the warnings filters are changed: ``warnings.catch_warnings`` saves and restores the whole
+#: process's filters, so two decoding threads inside it at once could leave one's "ignore" behind for good.
+_WARNINGS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def bomb_warnings_ignored() -> Iterator[None]:
+    """Pillow's ``DecompressionBombWarning`` ignored inside the block (the caller applies its own pixel limit),
+    safely from several threads at once; keep the block short (a header read): the threads take turns in it."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def decode_image(
     source: str | Path | bytes,
     *,
@@ -91,38 +108,37 @@ def decode_image(
     data = source if isinstance(source, bytes) else read_regular_file(source, max_bytes)
     if not data:
         raise ImageDecodeError("empty", "the file has no bytes")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
+    try:
+        with bomb_warnings_ignored():  # Pillow warns from 89M pixels: the limit below decides
             img: Image.Image = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            raise ImageDecodeError("decompression-bomb", _bomb_message(exc, max_pixels)) from None
-        except UnidentifiedImageError:
-            raise ImageDecodeError("not-an-image", "no image format recognises these bytes") from None
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise ImageDecodeError(_reason_of(exc), str(exc)) from None
-        width, height = img.size
-        if width * height > max_pixels:
-            raise ImageDecodeError(
-                "decompression-bomb",
-                f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,}",
-            )
-        if max_aspect_ratio is not None and max(width, height) > max_aspect_ratio * max(1, min(width, height)):
-            raise ImageDecodeError(
-                "extreme-aspect-ratio",
-                f"{width}x{height}: one side is more than {max_aspect_ratio:g} times the other",
-            )
-        try:
-            if draft_to is not None and img.format == "JPEG":
-                img.draft("RGB", (draft_to, draft_to))
-            img.load()  # full decode: truncation and corruption show up here
-            img = _to_rgb(_upright(img))
-        except Image.DecompressionBombError as exc:
-            raise ImageDecodeError("decompression-bomb", str(exc)) from None
-        except OSError as exc:
-            raise ImageDecodeError(_reason_of(exc), str(exc)) from None
-        except (ValueError, SyntaxError, EOFError, IndexError) as exc:
-            raise ImageDecodeError("unreadable", f"{type(exc).__name__}: {exc}") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError("decompression-bomb", _bomb_message(exc, max_pixels)) from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not-an-image", "no image format recognises these bytes") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageDecodeError(_reason_of(exc), str(exc)) from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            "decompression-bomb",
+            f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,}",
+        )
+    if max_aspect_ratio is not None and max(width, height) > max_aspect_ratio * max(1, min(width, height)):
+        raise ImageDecodeError(
+            "extreme-aspect-ratio",
+            f"{width}x{height}: one side is more than {max_aspect_ratio:g} times the other",
+        )
+    try:
+        if draft_to is not None and img.format == "JPEG":
+            img.draft("RGB", (draft_to, draft_to))
+        img.load()  # full decode: truncation and corruption show up here
+        img = _to_rgb(_upright(img))
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError("decompression-bomb", str(exc)) from None
+    except OSError as exc:
+        raise ImageDecodeError(_reason_of(exc), str(exc)) from None
+    except (ValueError, SyntaxError, EOFError, IndexError) as exc:
+        raise ImageDecodeError("unreadable", f"{type(exc).__name__}: {exc}") from None
     if min(img.size) < min_size:
         raise ImageDecodeError("too-small", f"{img.width}x{img.height} is below {min_size}px")
     return img

@@ -324,11 +324,22 @@ def is_record(path: str | Path) -> bool:
     return is_hf_name(container) or os.path.exists(container)
 
 
+#: Held while a container is opened: threads decoding records of the same container at once open it once.
+_OPENING_LOCK = threading.Lock()
+
+
 def _open(name: str) -> Container:
     with _OPEN_LOCK:
         found = _OPEN.get(name)
     if found is not None:
         return found
+    with _OPENING_LOCK:
+        with _OPEN_LOCK:
+            found = _OPEN.get(name)
+        return found if found is not None else _open_new(name)
+
+
+def _open_new(name: str) -> Container:
     lower = name.lower()
     container: Container
     if lower.endswith(".tar"):

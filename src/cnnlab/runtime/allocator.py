@@ -1,4 +1,4 @@
-"""The C allocator's settings for CPU runs of a network: ``train``, ``bench``'s model processes, ``predict``.
+"""The C allocator's settings for CPU runs of a network: ``train`` and ``bench``'s model processes.
 
 glibc's ``malloc`` serves large blocks with ``mmap`` and gives them back to the system when they are
 freed. A CPU forward pass frees and allocates activations of tens of megabytes at every layer, so each
@@ -7,10 +7,11 @@ itself (``benchmarks/bench_allocator.py`` measures it).
 :func:`keep_freed_memory` makes ``malloc`` take every block from its heap and keep up to 2 GiB of freed
 memory there for the next batch, as PyTorch's performance guide does by preloading jemalloc or tcmalloc.
 
-Processes that cnnlab owns call it: ``train`` (and ``fine_tune``), each of ``bench``'s model processes (its rows of
+It is called by ``train`` (and ``fine_tune``), by each of ``bench``'s model processes (its rows of
 efficientnet_lite0 and mobilenet_v3_large ran 1.2-1.3x faster end to end, resnet50 1.15x, on 96 JPEGs on 2 cores;
-its memory figures then count the freed memory a batch reuses), and the ``bench`` and ``predict`` commands' own
-processes. A library call of ``predict`` leaves the caller's process as it is.
+its memory figures then count the freed memory a batch reuses) and by ``bench --in-process``, which runs the models
+in the command's own process. Other commands, ``predict`` (whose PyTorch path peaked 0.4-0.5 GB higher with it)
+and library calls other than ``fine_tune`` leave malloc as it is.
 
 It changes the whole process, once, on Linux with glibc only, and cannot be undone: freed memory stays
 with the process (up to 2 GiB at the top of the main heap, and what other threads freed in their own

@@ -97,6 +97,9 @@ def decode_in_threads(dataset: ImageFileDataset[torch.Tensor], batch_size: int, 
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from cnnlab.imagedata.records import open_containers
+
+    open_containers(dataset.paths)  # records of a dataset: its containers indexed once, here, not in each thread
     step = max(1, batch_size)
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="cnnlab-decode") as pool:
         for first in range(0, len(dataset), step):

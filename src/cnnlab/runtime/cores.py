@@ -19,9 +19,10 @@ def default_workers(device_type: str = "cpu") -> int:
     """Decoding processes to use by default.
 
     With a GPU the CPU only decodes: one worker per core, leaving one for the main process (at most
-    8). On the CPU, decoding and the model share the cores: a quarter of them decode and the model
-    gets the rest (see :func:`default_cpu_threads`); on 2 cores decoding stays in-process, which
-    measured faster than one worker competing with the model's threads.
+    8). On the CPU (training's augmenting loader, review's ONNX Runtime embeddings, and the decoding threads of the
+    loop without PyTorch) a quarter of the cores, and the model gets the rest (see :func:`default_cpu_threads`); the
+    inference loop of a PyTorch model on the CPU uses none, its batches decoded in threads that take turns with it
+    (:func:`cnnlab.runtime.batches.decode_in_threads`).
     """
     cores = available_cores()
     if device_type == "cuda":
