@@ -59,8 +59,7 @@ class AutoChoice:
         return asdict(self)
 
 
-def choose_workers(decode_s: float | None, model_s: float | None, *, cores: int, device_type: str,
-                   ) -> tuple[int, str]:
+def choose_workers(decode_s: float | None, model_s: float | None, *, cores: int, device_type: str) -> tuple[int, str]:
     """Loader processes for a run whose images take ``decode_s`` to decode and ``model_s`` in the model
     (seconds per image, serially), and why.
 

@@ -91,9 +91,9 @@ def decode_in_threads(dataset: ImageFileDataset[torch.Tensor], batch_size: int, 
 
     For a model on the CPU: decoding then takes its turn on every core while the model waits, and the model
     then has every core to itself. Loader processes decoding *beside* the model cost more than their share,
-    since a descheduled model thread stalls the others at each of its parallel regions (AlexNet 57-64 img/s
-    with one loader process, 67-68 this way, 500x375 JPEGs on 2 cores). Pillow releases the GIL while it
-    decodes and resizes.
+    since a descheduled model thread stalls the others at each of its parallel regions (five models, two JPEG
+    sizes, 2 cores: median 1.10x faster this way, ``benchmarks/bench_decode_threads.py``). Pillow releases the GIL
+    while it decodes and resizes.
     """
     from concurrent.futures import ThreadPoolExecutor
 
