@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 from dataclasses import dataclass
 from typing import Final
 
 from PIL import Image
 
 from cnnlab.collect.config import DEFAULT_MAX_ASPECT_RATIO
-from cnnlab.imagedata.decode import DEFAULT_MAX_PIXELS, decode_image
+from cnnlab.imagedata.decode import DEFAULT_MAX_PIXELS, decode_image, warnings_ignored
 from cnnlab.imagedata.hashes import perceptual_hash
 
 #: Stored formats and their file extensions. Other formats Pillow can decode are re-encoded as PNG.
@@ -94,8 +93,7 @@ def verify_image(
 
 def _header(data: bytes) -> tuple[str, int]:
     """Format name and EXIF orientation, read without decoding pixels."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings_ignored():  # collect verifies in threads: the process's filters are left as they were
         try:
             with Image.open(io.BytesIO(data)) as im:
                 fmt = im.format or ""

@@ -71,12 +71,17 @@ _WARNINGS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def bomb_warnings_ignored() -> Iterator[None]:
-    """Pillow's ``DecompressionBombWarning`` ignored inside the block (the caller applies its own pixel limit),
-    safely from several threads at once; keep the block short (a header read): the threads take turns in it."""
+def warnings_ignored(category: type[Warning] = Warning) -> Iterator[None]:
+    """Warnings of ``category`` ignored inside the block, safely from several threads at once (decoding and
+    collecting run in threads); keep the block short (a header read): the threads take turns in it."""
     with _WARNINGS_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", category)
         yield
+
+
+def bomb_warnings_ignored() -> contextlib.AbstractContextManager[None]:
+    """Pillow's ``DecompressionBombWarning`` ignored inside the block: the caller applies its own pixel limit."""
+    return warnings_ignored(Image.DecompressionBombWarning)
 
 
 def decode_image(
