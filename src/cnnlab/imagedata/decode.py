@@ -79,11 +79,6 @@ def warnings_ignored(category: type[Warning] = Warning) -> Iterator[None]:
         yield
 
 
-def bomb_warnings_ignored() -> contextlib.AbstractContextManager[None]:
-    """Pillow's ``DecompressionBombWarning`` ignored inside the block: the caller applies its own pixel limit."""
-    return warnings_ignored(Image.DecompressionBombWarning)
-
-
 def decode_image(
     source: str | Path | bytes,
     *,
@@ -114,7 +109,7 @@ def decode_image(
     if not data:
         raise ImageDecodeError("empty", "the file has no bytes")
     try:
-        with bomb_warnings_ignored():  # Pillow warns from 89M pixels: the limit below decides
+        with warnings_ignored(Image.DecompressionBombWarning):  # Pillow warns from 89M pixels: our limit decides
             img: Image.Image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError("decompression-bomb", _bomb_message(exc, max_pixels)) from None

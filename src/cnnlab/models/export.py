@@ -253,9 +253,8 @@ def export_model(
             raise
         except Exception as exc:  # the runtime refuses the graph (a batch size fixed at tracing, an unknown op)
             _remove(path)
-            why = (str(exc).strip().splitlines() or [""])[0][:300]
             raise ExportMismatchError(f"the {format} export of {name} does not run on a batch of {check_batch} "
-                                      f"({type(exc).__name__}: {why}); {path} was removed") from exc
+                                      f"({refusal(exc)}); {path} was removed") from exc
         if exported.shape != reference.shape:
             _remove(path)
             raise ExportMismatchError(
@@ -351,6 +350,11 @@ def onnx_exporters(module: nn.Module) -> tuple[str, ...]:
 
 def _needs_external_data(module: nn.Module) -> bool:
     return sum(p.numel() * p.element_size() for p in module.parameters()) > _ONNX_SINGLE_FILE_BYTES
+
+
+def refusal(exc: BaseException) -> str:
+    """What a runtime said when it refused an exported graph, in one line (its messages run to pages)."""
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
 
 
 def first_that_works(exporters: Sequence[str], attempt: Callable[[str], T], path: Path) -> tuple[str, T]:

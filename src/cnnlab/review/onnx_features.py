@@ -119,7 +119,7 @@ def export_features(loaded: LoadedModel, path: Path, *, tolerance: float = DEFAU
     import torch
 
     from cnnlab.errors import ExportMismatchError
-    from cnnlab.models.export import first_that_works, onnx_exporters, sample_batch, write_onnx
+    from cnnlab.models.export import first_that_works, onnx_exporters, refusal, sample_batch, write_onnx
 
     require("onnxscript", EXTRAS[Backend.ONNXRUNTIME], "the ONNX export")
     ort = require("onnxruntime", EXTRAS[Backend.ONNXRUNTIME], "the ONNX export")
@@ -154,9 +154,8 @@ def export_features(loaded: LoadedModel, path: Path, *, tolerance: float = DEFAU
             features, logits = session.run(list(OUTPUTS), {"images": check.numpy()})
         except Exception as exc:  # ONNX Runtime refuses the graph (a batch size fixed at tracing, an unknown op)
             path.unlink(missing_ok=True)
-            why = (str(exc).strip().splitlines() or [""])[0][:300]
             raise ExportMismatchError(f"the feature export of {loaded.name} does not run on a batch of {check_batch} "
-                                      f"({type(exc).__name__}: {why})") from exc
+                                      f"({refusal(exc)})") from exc
         if features.shape != ref_f.shape or logits.shape != ref_l.shape:
             path.unlink(missing_ok=True)
             raise ExportMismatchError(f"the feature export of {loaded.name} gives shapes {features.shape}, "
