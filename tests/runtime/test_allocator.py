@@ -107,6 +107,25 @@ print(kept >= 200, given_back < 50)
 """
 
 
+_GIVE_BACK = _HEAP.replace("with glibc_defaults():\n    given_back = freed_mib_kept_in_heap()", """
+from cnnlab.runtime.allocator import give_back_free_memory
+block = libc.malloc(200 << 20)
+ctypes.memset(block, 1, 200 << 20)
+libc.free(block)
+give_back_free_memory()
+given_back = libc.mallinfo2().fordblks >> 20""")
+
+
+@pytest.mark.skipif(not _GLIBC_2_33, reason="glibc 2.33+ (mallopt, mallinfo2)")
+def test_free_memory_kept_for_reuse_goes_back_when_asked() -> None:
+    """bench gives back what its batch-size trials freed before it measures the chosen batch's memory."""
+    assert "give_back_free_memory()" in _GIVE_BACK
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith("MALLOC_") and k not in ("CNNLAB_MALLOC", "GLIBC_TUNABLES")}
+    out = subprocess.run([sys.executable, "-c", _GIVE_BACK], env=base, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True True", out.stdout + out.stderr
+
+
 @pytest.mark.skipif(not _GLIBC_2_33, reason="glibc 2.33+ (mallopt, mallinfo2)")
 def test_a_freed_block_stays_in_the_heap_except_under_glibc_defaults() -> None:
     """What the setting does: 200 MB freed stay in the heap for reuse; inside glibc_defaults() (the probe's

@@ -56,6 +56,7 @@ from cnnlab.models.load import LoadedModel, load_torch, resolve_device
 from cnnlab.models.registry import get_spec
 from cnnlab.options import RuntimeChoice, WeightsPolicy
 from cnnlab.progress import JsonLinesProgress, Progress
+from cnnlab.runtime.allocator import give_back_free_memory
 from cnnlab.runtime.autotune import choose_batch_and_workers
 from cnnlab.runtime.cores import available_cores, default_cpu_threads, default_workers
 from cnnlab.runtime.gpu_decode import decode_label, use_device_decode
@@ -172,6 +173,7 @@ def _run(request: RunRequest, result: RunResult, progress: Progress) -> None:
         result.workers = workers = choice.workers
         m = dataclasses.replace(m, runtime=m.runtime.replace(batch_size=choice.batch_size, workers=choice.workers))
         request = dataclasses.replace(request, measure=m)
+        give_back_free_memory()  # the trials' larger batches stay out of the chosen batch's memory figures
     with MemoryMeter(model.device) as meter, torch.inference_mode():
         _time_synthetic(model, kind, result, progress, m)
         _evaluate(model, kind, request, result, progress)

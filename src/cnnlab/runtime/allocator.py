@@ -148,6 +148,15 @@ def return_free_pages() -> bool:
     return True
 
 
+def give_back_free_memory() -> None:
+    """Every free page back to the system now (``malloc_trim(0)``), when freed memory is kept: between phases
+    whose memory must not count in the next one's (bench's batch-size trials, then the measured phases)."""
+    global _mark
+    if _done:
+        _libc.malloc_trim(0)
+        _mark = free_inside_heap()
+
+
 def _set(mmap_max: int, trim_threshold: int) -> bool:
     return bool(_mallopt(_M_MMAP_MAX, mmap_max)) and bool(_mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
