@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,9 +45,10 @@ from cnnlab.train.mixing import MixScore, score_mixes
 SWEEP = (2e-4, 6.3e-4, 2e-3, 6.3e-3, 2e-2)
 
 
-def _tuned_only(probe: object, tuned: object, validate: object, grid: Sequence[float] = (1.0,)) -> list[MixScore]:
+def _tuned_only(probe: object, tuned: object, validate: object, grid: Sequence[float] = (1.0,),
+                **options: Any) -> list[MixScore]:
     """score_mixes on the fine-tuned end alone: best.pt is the best epoch as it trained."""
-    return score_mixes(probe, tuned, validate, grid=(1.0,))  # type: ignore[arg-type]
+    return score_mixes(probe, tuned, validate, grid=(1.0,), **options)  # type: ignore[arg-type]
 
 
 def sweep_point(root: Path, out: Path, lr: float, seed: int) -> tuple[float, float]:

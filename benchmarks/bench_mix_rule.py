@@ -100,9 +100,9 @@ def main() -> int:
     kept: dict[str, Any] = {}
     original = train_session.score_mixes
 
-    def keeping(probe: Any, tuned: Any, validate: Any, *rest: Any) -> list[MixScore]:
+    def keeping(probe: Any, tuned: Any, validate: Any, *rest: Any, **options: Any) -> list[MixScore]:
         kept.update(probe=dict(probe), tuned=dict(tuned))
-        return original(probe, tuned, validate, *rest)
+        return original(probe, tuned, validate, *rest, **options)
 
     train_session.score_mixes = keeping  # type: ignore[assignment]
     print(f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}; cnnlab train defaults "

@@ -16,6 +16,7 @@ from cnnlab.models.checkpoint import read_checkpoint
 from cnnlab.models.leakage import overlap
 from cnnlab.models.load import load_torch
 from cnnlab.options import RuntimeOptions
+from cnnlab.progress import Progress
 from cnnlab.train import TrainConfig, TrainResult, fine_tune
 from tests.helpers.images import make_colours
 
@@ -149,3 +150,64 @@ def test_a_run_whose_checkpoints_have_the_previous_format_resumes(parent: TrainR
     metrics = json.loads((run / "metrics.json").read_text())  # reported in the new format
     assert metrics["resolved"]["bn"] == "train" and "bn_resolved" not in metrics["train_args"]
     assert load_torch(str(run / "last.pt"), RuntimeOptions(device="cpu")).categories == ("blue", "green", "red")
+
+
+class _Passes(Progress):
+    """The passes a run makes over its images: (task, description, images) of every task started."""
+
+    def __init__(self) -> None:
+        self.passes: list[tuple[str, str, float | None]] = []
+
+    def start(self, key: str, description: str, *, total: float | None = None, completed: float = 0) -> None:
+        self.passes.append((key, description, total))
+
+    def tasks(self) -> set[str]:
+        """The tasks that ran a network over images (not the refit's own regressions)."""
+        return {key for key, description, _ in self.passes if not description.startswith("refit: the head")}
+
+
+def _cats_and_dogs(root: Path) -> Path:
+    data = make_colours(root, per_class=6, broken=False, classes=("blue", "red"))
+    (data / "blue").rename(data / "cat")
+    (data / "red").rename(data / "dog")
+    return data
+
+
+def _head(out: Path) -> torch.Tensor:
+    best = read_checkpoint(out / "best.pt")
+    return best["state_dict"][f"{best['head']['path']}.weight"]
+
+
+def test_the_splits_features_serve_the_probe_zero_shot_and_refit(tmp_path: Path) -> None:
+    """The split runs the offline model over the training images to find crops of one photo; a run that fine-tunes
+    that model from its pretrained weights at its own size takes the probe's, the zero-shot figure's and (the
+    network unchanged) the refit's features from that pass instead of running the model over them again."""
+    data = _cats_and_dogs(tmp_path / "data")
+    common = {"data": str(data), "freeze": True, "model": "efficientnet_lite0", "batch_size": 8, "workers": 0,
+              "val_fraction": 0.5}
+    shared, own = _Passes(), _Passes()
+    reused = fine_tune(TrainConfig(out=str(tmp_path / "reused"), **common), progress=shared)
+    plain = fine_tune(TrainConfig(out=str(tmp_path / "plain"), crops=False, **common), progress=own)
+    assert "features" in shared.tasks() and not shared.tasks() & {"probe", "zero-shot", "refit"}
+    assert "features" not in own.tasks() and {"probe", "zero-shot", "refit"} <= own.tasks()
+    # the same figures as from the run's own passes (the split's model runs with folded batch norms)
+    assert reused.zero_shot == plain.zero_shot and reused.zero_shot is not None
+    assert torch.allclose(_head(reused.out), _head(plain.out), atol=1e-4)
+    assert reused.evaluation["top1"] == plain.evaluation["top1"]
+    # another preprocessing gives other features: the run computes its own
+    small = _Passes()
+    fine_tune(TrainConfig(out=str(tmp_path / "small"), image_size=64, **common), progress=small)
+    assert {"features", "probe", "zero-shot", "refit"} <= small.tasks()
+
+
+def test_the_mix_validates_only_the_points_between_the_probe_and_the_best_epoch(tmp_path: Path) -> None:
+    """Shares 0 and 1 are the probe and the best epoch, validated when they were trained."""
+    data = make_colours(tmp_path / "data", broken=False)
+    passes = _Passes()
+    result = fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "run"), epochs=2, batch_size=8, **SMALL),
+                       progress=passes)
+    mixing = [p for p in passes.passes if p[1] == "mixing with the probe"]
+    assert len(mixing) == 3 and result.best_epoch
+    scores = {s.share: (s.accuracy, s.loss) for s in result.mix_scores}
+    history = {r.epoch: (r.val_acc, r.val_loss) for r in result.history}
+    assert scores[0.0] == history[0] and scores[1.0] == history[result.best_epoch]

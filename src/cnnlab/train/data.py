@@ -35,6 +35,7 @@ from cnnlab.imagedata.datasets import (
 from cnnlab.imagedata.hashes import DEFAULT_NEAR_DUP_THRESHOLD
 from cnnlab.imagedata.splits import SPLITS, make_split
 from cnnlab.progress import Progress
+from cnnlab.runtime.features import FeatureStore
 from cnnlab.runtime.inference import Batch, ImageTransform, make_loader
 
 
@@ -84,13 +85,15 @@ def prepare_data(
     crops: bool = True,
     image_column: str | None = None,
     label_column: str | None = None,
+    store: FeatureStore | None = None,
 ) -> DataSplits:
     """Read ``data`` and split it: the data's own split when it has one, else :func:`cnnlab.imagedata.splits.make_split`.
 
     Class folders without images are left out (and listed in ``dropped_classes``); every class
     must have training images. A dataset stored as records (a Hugging Face dataset, Parquet files, WebDataset
     shards: :mod:`cnnlab.imagedata.sources`) uses its own ``train``/``validation``/``test`` splits when it has
-    them; ``image_column``/``label_column`` name its columns. Raises :class:`DatasetError` for unusable data.
+    them; ``image_column``/``label_column`` name its columns. The offline model's features that the split computes
+    (to keep crops of one photo together) are kept in ``store``. Raises :class:`DatasetError` for unusable data.
     """
     from cnnlab.imagedata.sources import record_kind
 
@@ -113,7 +116,8 @@ def prepare_data(
         train = _relabel(everything, classes, "train")
         if val_fraction > 0 or test_fraction > 0:
             train, val, test = _split(train, data if data.is_dir() else None, val=val_fraction, test=test_fraction,
-                                      seed=seed, threshold=near_dup_threshold, crops=crops, progress=progress)
+                                      seed=seed, threshold=near_dup_threshold, crops=crops, progress=progress,
+                                      store=store)
         source = (f"split of {data}: val {val_fraction:.0%}, test {test_fraction:.0%} per class, seed {seed}, "
                   "near duplicates together")
     else:
@@ -131,7 +135,7 @@ def prepare_data(
         source = f"splits of {manifest}"
         if val is None and val_fraction > 0:
             train, val, _ = _split(train, None, val=val_fraction, test=0.0, seed=seed, threshold=near_dup_threshold,
-                                   crops=crops, progress=progress)
+                                   crops=crops, progress=progress, store=store)
             source += f" (val: {val_fraction:.0%} of train per class, seed {seed}, near duplicates together)"
     return _checked_splits(data, DataSplits(classes, train, val if val else None, test if test else None, source,
                                             skipped, dropped))
@@ -229,6 +233,7 @@ def _split(
     threshold: int,
     progress: Progress,
     crops: bool = True,
+    store: FeatureStore | None = None,
 ) -> tuple[LabelledImages, LabelledImages, LabelledImages]:
     """``images`` split by :func:`cnnlab.imagedata.splits.make_split` into train, val and test.
 
@@ -242,7 +247,7 @@ def _split(
     from cnnlab.runtime.features import offline_embedder
 
     progress.note(f"split: comparing {len(images)} images to keep near duplicates in one split")
-    embed = offline_embedder(progress) if crops and threshold >= 0 else None
+    embed = offline_embedder(progress, store) if crops and threshold >= 0 else None
     if crops and threshold >= 0 and embed is None:
         progress.note("split: crops of one photo are not looked for (the offline model is not installed)")
     if folder is not None:

@@ -72,10 +72,14 @@ def choose_mix(scores: Sequence[MixScore]) -> MixScore:
 
 def score_mixes(probe: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor],
                 validate: Callable[[dict[str, torch.Tensor]], tuple[float, float]],
-                grid: Sequence[float] = MIX_GRID) -> list[MixScore]:
-    """``validate(weights) -> (accuracy, loss)`` at each share of ``grid``."""
+                grid: Sequence[float] = MIX_GRID, *,
+                known: Mapping[float, tuple[float, float]] | None = None) -> list[MixScore]:
+    """``validate(weights) -> (accuracy, loss)`` at each share of ``grid``; a share in ``known`` (the run validated
+    the probe and the best epoch already: shares 0 and 1, which :func:`interpolate` gives exactly) is not
+    validated again."""
+    known = known or {}
     scores = []
     for share in grid:
-        accuracy, loss = validate(interpolate(probe, tuned, share))
+        accuracy, loss = known[share] if share in known else validate(interpolate(probe, tuned, share))
         scores.append(MixScore(share, accuracy, loss))
     return scores

@@ -31,6 +31,7 @@ from cnnlab.imagedata.datasets import LabelledImages, SkippedFile
 from cnnlab.models.load import LoadedModel
 from cnnlab.progress import Progress
 from cnnlab.runtime.allocator import glibc_defaults
+from cnnlab.runtime.features import FeatureStore
 from cnnlab.runtime.inference import run_inference
 
 #: Training images the probe is fitted on at most (features: 20k x 1280 float32 = 100 MB).
@@ -116,26 +117,39 @@ class Features:
 
 def frozen_features(
     model: LoadedModel, images: LabelledImages, *, batch_size: int, workers: int, progress: Progress,
-    description: str, task: str = "probe",
+    description: str, task: str = "probe", known: FeatureStore | None = None,
 ) -> Features:
     """``model``'s penultimate features of ``images`` with the evaluation preprocessing (the model goes into eval
-    mode); undecodable files are skipped and listed. Raises :class:`DatasetError` when none decodes."""
+    mode); undecodable files are skipped and listed. Raises :class:`DatasetError` when none decodes.
+
+    ``known``: features of this very network (its pretrained weights and preprocessing) computed earlier in the
+    run; only the files it lacks are run through ``model``.
+    """
     model.module.eval()
-    feats: list[torch.Tensor] = []
-    found: list[int] = []
+    rows: dict[int, torch.Tensor] = {}
+    missing: list[int] = []
+    for i, path in enumerate(images.paths):
+        row = known.get(path) if known is not None else None
+        if row is None:
+            missing.append(i)
+        else:
+            rows[i] = torch.from_numpy(row)
     skipped: list[SkippedFile] = []
-    labels = [images.classes[t] for t in images.targets]
-    for batch in run_inference(model, images.paths, batch_size=batch_size, workers=workers, labels=labels,
-                               progress=progress, task=task, description=description, features=True):
-        skipped.extend(batch.skipped)
-        if batch.features is None:  # every file of the batch failed
-            continue
-        feats.append(batch.features)
-        found.extend(batch.indices)
-    if not found:
+    if missing:
+        labels = [images.classes[images.targets[i]] for i in missing]
+        for batch in run_inference(model, [images.paths[i] for i in missing], batch_size=batch_size, workers=workers,
+                                   labels=labels, progress=progress, task=task, description=description,
+                                   features=True):
+            skipped.extend(batch.skipped)
+            if batch.features is None:  # every file of the batch failed
+                continue
+            for row_index, i in enumerate(batch.indices):
+                rows[missing[i]] = batch.features[row_index]
+    if not rows:
         raise DatasetError(f"no image could be decoded for the {description}")
+    found = sorted(rows)
     y = torch.tensor([images.targets[i] for i in found], dtype=torch.long)
-    return Features(torch.cat(feats), y, skipped)
+    return Features(torch.stack([rows[i] for i in found]).float(), y, skipped)
 
 
 def fit_features(features: Features, num_classes: int, *, balance: bool, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -158,15 +172,17 @@ def fit_probe(
     balance: bool,
     seed: int,
     progress: Progress,
+    known: FeatureStore | None = None,
 ) -> ProbeFit:
-    """Fit the probe on ``model``'s frozen features of ``images`` (the model goes into eval mode)."""
+    """Fit the probe on ``model``'s frozen features of ``images`` (the model goes into eval mode; ``known``: see
+    :func:`frozen_features`)."""
     positions = probe_sample(images, PROBE_MAX_IMAGES, seed)
     subset = images.subset(positions) if len(positions) < len(images) else images
     if len(positions) < len(images):
         progress.note(f"probe: fitted on a class-stratified sample of {len(subset):,} of {len(images):,} images")
     try:
         feats = frozen_features(model, subset, batch_size=batch_size, workers=workers, progress=progress,
-                                description="probe: frozen features")
+                                description="probe: frozen features", known=known)
     except DatasetError:
         raise DatasetError("no training image could be decoded for the probe") from None
     num_classes = len(images.classes)

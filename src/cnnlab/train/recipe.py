@@ -120,6 +120,7 @@ def _run_phases(run: TrainingRun, state: RunState, ctx: DistContext | None) -> T
             record, val = _probe(run)
             run.probe_state = {k: v.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
                                for k, v in run.model.module.state_dict().items()}
+            run.probe_val = val
             is_best, _ = state.end_epoch(record, phase, run.config.patience)
             run.keep_if_best(val, is_best)
             run.save_epoch(state, record, is_best, resume_entry(state, run.splits, run.config.seed))
@@ -153,8 +154,8 @@ def _zero_shot(run: TrainingRun) -> None:
     """The untouched pretrained model on the validation images, when every class maps onto ImageNet."""
     if run.imagenet_head is None or run.splits.val is None:
         return
-    found = zero_shot_accuracy(run.model, run.head_info.path, run.imagenet_head, run.splits.val,
-                               batch_size=run.config.batch_size, workers=run.workers, progress=run.progress)
+    found = zero_shot_accuracy(run.model, run.imagenet_head, run.splits.val, batch_size=run.config.batch_size,
+                               workers=run.workers, progress=run.progress, known=run.pretrained_features)
     if found is not None:
         run.result.zero_shot = found.to_dict()
         run.note(f"zero-shot: the pretrained model scores {found.accuracy:.1%} on the {found.images} validation "
@@ -166,7 +167,8 @@ def _probe(run: TrainingRun) -> tuple[EpochRecord, Predictions | None]:
     started = time.perf_counter()
     run.progress.start("epoch", "epoch   0 probe (logistic regression on frozen features)", total=1)
     fit = fit_probe(run.model, run.head, run.splits.train, batch_size=run.config.batch_size, workers=run.workers,
-                    balance=run.config.balance, seed=run.config.seed, progress=run.progress)
+                    balance=run.config.balance, seed=run.config.seed, progress=run.progress,
+                    known=run.pretrained_features)
     set_head(run.head, fit)
     run.skip(fit.skipped)
     run.progress.update("epoch", advance=1)

@@ -27,6 +27,7 @@ from torch import nn
 from cnnlab.imagedata.datasets import LabelledImages, SkippedFile
 from cnnlab.models.load import LoadedModel
 from cnnlab.progress import Progress
+from cnnlab.runtime.features import FeatureStore
 from cnnlab.train.probe import PROBE_MAX_IMAGES, Features, fit_features, frozen_features, probe_sample
 
 #: Folds of the validation images for the refitted head's out-of-fold validation figures.
@@ -78,15 +79,17 @@ def refit_head(
     balance: bool,
     seed: int,
     progress: Progress,
+    known: FeatureStore | None = None,
 ) -> Refit:
     """Fit ``head``'s logistic regression on ``model``'s features of ``train`` and ``val``; return it (``head`` is
-    not changed) with the validation images' out-of-fold logits."""
+    not changed) with the validation images' out-of-fold logits. ``known``: see
+    :func:`~cnnlab.train.probe.frozen_features`."""
     positions = probe_sample(train, max(PROBE_MAX_IMAGES - len(val), len(train.classes)), seed)
     train_part = train.subset(positions) if len(positions) < len(train) else train
     train_f = frozen_features(model, train_part, batch_size=batch_size, workers=workers, progress=progress,
-                              description="refit: features of the training images", task="refit")
+                              description="refit: features of the training images", task="refit", known=known)
     val_f = frozen_features(model, val, batch_size=batch_size, workers=workers, progress=progress,
-                            description="refit: features of the validation images", task="refit")
+                            description="refit: features of the validation images", task="refit", known=known)
     folds = max(1, min(REFIT_FOLDS, len(val_f.y)))
     progress.start("refit", "refit: the head, and its validation figures out of fold", total=folds + 1)
     val_logits, weight, bias = cross_fit(train_f, val_f, len(train.classes), folds=folds, seed=seed, balance=balance,

@@ -32,6 +32,7 @@ from cnnlab.models.load import LoadedModel
 from cnnlab.options import BNPolicy
 from cnnlab.outputs import atomic_write
 from cnnlab.progress import Progress
+from cnnlab.runtime.features import FeatureStore
 from cnnlab.runtime.inference import Batch
 from cnnlab.train.augment import make_transform
 from cnnlab.train.config import BatchPlan, Phase, ResolvedSettings, TrainConfig, plan_batches
@@ -90,6 +91,11 @@ class TrainingRun:
     #: The probe's weights (the start of the line that :mod:`cnnlab.train.mixing` scores), in the default layout
     #: on the CPU (``last.pt`` keeps them for a resumed run); ``None`` in a run without a probe.
     probe_state: dict[str, torch.Tensor] | None = None
+    #: The probe's validation predictions (epoch 0) when this process fitted it: the mix's share 0.
+    probe_val: Predictions | None = None
+    #: Features of the run's images by the network as it starts, computed by the split (the offline model is
+    #: that network when the run fine-tunes it from its pretrained weights); ``None`` otherwise.
+    pretrained_features: FeatureStore | None = None
     #: The pretrained ImageNet classifier, for the zero-shot figure (:mod:`cnnlab.train.zero_shot`).
     imagenet_head: nn.Linear | None = None
     tensorboard: TensorBoardLog | None = None
@@ -319,23 +325,31 @@ def _mix_with_probe(run: TrainingRun, best: dict[str, Any]) -> None:
     if best.get("metrics", {}).get("weight_mix") is not None:  # mixed already (a finished run resumed)
         run.result.weight_mix = best["metrics"]["weight_mix"]
         return
-    seen: dict[float, Predictions] = {}
+    # the ends of the line were validated when they were trained (in this process): the probe at epoch 0, best.pt
+    # at its epoch
+    seen: dict[float, Predictions] = {share: preds for share, preds in ((0.0, run.probe_val), (1.0, run.best_val))
+                                      if preds is not None}
+    mixing: list[Predictions] = []
 
     def validate(weights: dict[str, torch.Tensor]) -> tuple[float, float]:
         assert run.splits.val is not None
         run.model.module.load_state_dict(weights)
         preds = run.evaluate(run.splits.val, "mixing with the probe")
-        seen[len(seen)] = preds
+        mixing.append(preds)
         return preds.accuracy, preds.loss
 
     tuned = best["state_dict"]
-    scores = score_mixes(run.probe_state, tuned, validate)
+    scores = score_mixes(run.probe_state, tuned, validate,
+                         known={share: (preds.accuracy, preds.loss) for share, preds in seen.items()})
+    for score in scores:
+        if score.share not in seen:
+            seen[score.share] = mixing.pop(0)
     chosen = choose_mix(scores)
     weights = interpolate(run.probe_state, tuned, chosen.share)
     run.model.module.load_state_dict(weights)
     best["state_dict"] = weights
     best["metrics"] = {**best.get("metrics", {}), "weight_mix": chosen.share}
-    run.best_val = seen[scores.index(chosen)]
+    run.best_val = seen[chosen.share]
     run.result.weight_mix, run.result.mix_scores = chosen.share, scores
     run.note(f"best.pt: {chosen.share:g} of the fine-tuned weights (epoch {run.result.best_epoch}) and "
              f"{1 - chosen.share:g} of the probe's, val acc {chosen.accuracy:.1%} loss {chosen.loss:.4f} ("
@@ -356,8 +370,11 @@ def _refit(run: TrainingRun, best: dict[str, Any]) -> None:
     else:  # best.pt's head saw the validation images: the figure from before the refit is the stored one
         before_acc = stored["val_acc_before"]
     try:
+        # the probe's end of the mix is the starting network with a new head: the same features
+        unchanged = run.result.best_epoch == 0 or run.result.weight_mix == 0.0
         fit = refit_head(run.model, head, run.splits.train, run.splits.val, batch_size=run.config.batch_size,
-                         workers=run.workers, balance=run.config.balance, seed=run.config.seed, progress=run.progress)
+                         workers=run.workers, balance=run.config.balance, seed=run.config.seed, progress=run.progress,
+                         known=run.pretrained_features if unchanged else None)
     except DatasetError as exc:  # e.g. no validation image decodes: the head stays as chosen
         run.note(f"refit: skipped, {exc}", warning=True)
         return

@@ -47,6 +47,7 @@ from cnnlab.models.registry import ModelSpec, get_spec
 from cnnlab.options import Augment, BNPolicy, Precision, RuntimeOptions
 from cnnlab.progress import Progress
 from cnnlab.runtime.cores import default_workers
+from cnnlab.runtime.features import FeatureStore
 from cnnlab.train import tblog
 from cnnlab.train.config import (
     ResolvedSettings,
@@ -152,9 +153,11 @@ def _start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool, ra
     out = folder.check(replace=config.overwrite, resume=config.resume) if prepare_out else folder.path
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
+    store = FeatureStore()
     splits = prepare_data(config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                           seed=config.seed, near_dup_threshold=config.near_dup_threshold, crops=config.crops,
-                          progress=progress, image_column=config.image_column, label_column=config.label_column)
+                          progress=progress, image_column=config.image_column, label_column=config.label_column,
+                          store=store)
     seed_everything(config.seed)  # the random parts of the model (the new head) are reproducible
     if stored is not None:
         _check_same_data(stored, splits, config.data)
@@ -204,7 +207,9 @@ def _start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool, ra
     workers = default_workers(device.type) if config.workers is None else config.workers
     run = TrainingRun(config=config, out=out, splits=splits, model=model, head_info=head_info, bn=bn,
                       frozen=frozen, train_size=train_size, workers=workers, result=result, progress=progress,
-                      phases=phases, data_record=record, imagenet_head=start.imagenet_head)
+                      phases=phases, data_record=record, imagenet_head=start.imagenet_head,
+                      pretrained_features=_reusable(store, config, start, resumed=stored is not None, device=device,
+                                                    precision=precision))
     for n in notes:
         run.note(n, warning=True)
     _describe(run, start, range_test=range_test, finished=finished)
@@ -227,6 +232,20 @@ def _start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool, ra
     if config.tensorboard and prepare_out:
         run.tensorboard = tblog.TensorBoardLog(out, first_epoch=state.epochs_done + 1 if stored is not None else 0)
     return run, state
+
+
+def _reusable(store: FeatureStore, config: TrainConfig, start: StartingModel, *, resumed: bool, device: torch.device,
+              precision: Precision) -> FeatureStore | None:
+    """``store`` when the run starts from the network that computed it (its registry model with the default
+    pretrained weights and preprocessing, in fp32 on the CPU, as the split ran it), else ``None``."""
+    if not store.rows or resumed or is_checkpoint(config.model) or start.random_weights:
+        return None
+    if config.weights is not None or config.weights_dir is not None:
+        return None
+    if device.type != "cpu" or precision is not Precision.FP32:
+        return None
+    spec = get_spec(store.model)
+    return store if start.spec == spec and start.preprocessing == spec.preprocessing else None
 
 
 def resolve_train_size(model: LoadedModel, config: TrainConfig) -> tuple[int, str | None]:

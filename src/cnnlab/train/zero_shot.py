@@ -4,8 +4,8 @@ When every class of the run maps onto ImageNet classes (``cat`` onto its five do
 :func:`cnnlab.imagedata.labels.map_classes`, made disjoint as bench makes them), the pretrained model is already
 a classifier over them: an image counts as right when the model's top ImageNet class belongs to its class.
 The run reports that figure next to its own, so a user sees whether training helped at all. The
-ImageNet classifier is kept aside when the head is replaced (:func:`keep_imagenet_head`) and put back in the
-network for one pass over the validation images.
+ImageNet classifier is kept aside when the head is replaced (:func:`keep_imagenet_head`) and applied to the
+pretrained network's features of the validation images.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlab.errors import DatasetError
 from cnnlab.imagedata.datasets import LabelledImages
 from cnnlab.imagedata.labels import disjoint_mappings, map_classes
 from cnnlab.models.checkpoint import IMAGENET_OUTPUTS, find_head
 from cnnlab.models.load import LoadedModel
 from cnnlab.progress import Progress
-from cnnlab.train.loop import evaluate
+from cnnlab.runtime.features import FeatureStore
+from cnnlab.train.probe import frozen_features
 
 
 @dataclass
@@ -59,26 +61,24 @@ def imagenet_owners(classes: list[str]) -> tuple[torch.Tensor, dict[str, str | N
     return owner, {c: mappings[c].synset for c in classes}
 
 
-def zero_shot_accuracy(model: LoadedModel, head_path: str, imagenet_head: nn.Linear, images: LabelledImages, *,
-                       batch_size: int, workers: int, progress: Progress) -> ZeroShot | None:
-    """The untouched classifier's accuracy on ``images`` (``None`` when a class does not map or nothing decoded).
-
-    The run's head at ``head_path`` is swapped for ``imagenet_head`` for the pass, then put back."""
+def zero_shot_accuracy(model: LoadedModel, imagenet_head: nn.Linear, images: LabelledImages, *,
+                       batch_size: int, workers: int, progress: Progress,
+                       known: FeatureStore | None = None) -> ZeroShot | None:
+    """The untouched classifier's accuracy on ``images`` (``None`` when a class does not map or nothing decoded):
+    ``imagenet_head`` over ``model``'s features of them (``model`` still has its pretrained weights; ``known``: see
+    :func:`cnnlab.train.probe.frozen_features`)."""
     mapped = imagenet_owners(images.classes)
     if mapped is None:
         return None
     owner, synsets = mapped
-    parent_path, _, attr = head_path.rpartition(".")
-    parent = model.module.get_submodule(parent_path)
-    own = getattr(parent, attr)
-    dtype = next(own.parameters()).dtype
-    setattr(parent, attr, imagenet_head.to(device=model.device, dtype=dtype))
     try:
-        preds = evaluate(model, images, batch_size=batch_size, workers=workers, progress=progress,
-                         description="zero-shot: the pretrained model through the WordNet mapping")
-    finally:
-        setattr(parent, attr, own)
-    if not len(preds.targets):
+        feats = frozen_features(model, images, batch_size=batch_size, workers=workers, progress=progress,
+                                description="zero-shot: the pretrained model through the WordNet mapping",
+                                task="zero-shot", known=known)
+    except DatasetError:  # nothing decoded
         return None
-    accuracy = float((owner[preds.logits.argmax(1)] == preds.targets).float().mean())
-    return ZeroShot(accuracy, len(preds.targets), synsets)
+    with torch.no_grad():
+        bias = imagenet_head.bias.float().cpu() if imagenet_head.bias is not None else None
+        logits = nn.functional.linear(feats.x, imagenet_head.weight.float().cpu(), bias)
+    accuracy = float((owner[logits.argmax(1)] == feats.y).float().mean())
+    return ZeroShot(accuracy, len(feats.y), synsets)
