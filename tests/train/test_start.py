@@ -194,10 +194,49 @@ def test_the_splits_features_serve_the_probe_zero_shot_and_refit(tmp_path: Path)
     assert reused.zero_shot == plain.zero_shot and reused.zero_shot is not None
     assert torch.allclose(_head(reused.out), _head(plain.out), atol=1e-4)
     assert reused.evaluation["top1"] == plain.evaluation["top1"]
-    # another preprocessing gives other features: the run computes its own
-    small = _Passes()
-    fine_tune(TrainConfig(out=str(tmp_path / "small"), image_size=64, **common), progress=small)
-    assert {"features", "probe", "zero-shot", "refit"} <= small.tasks()
+
+
+@pytest.mark.parametrize("other", ["image_size", "random_weights", "weights"])
+def test_a_run_from_another_network_computes_its_own_features(other: str, tmp_path: Path) -> None:
+    """Another preprocessing, random weights or a weights file: the split's features are not this network's."""
+    data = _cats_and_dogs(tmp_path / "data")
+    settings: dict[str, object] = {"image_size": {"image_size": 64}, "random_weights": {"random_weights": True}}.get(
+        other, {})
+    if other == "weights":  # the very same weights, given as a file: the run cannot know, so it computes its own
+        weights = tmp_path / "lite0.pt"
+        torch.save(load_torch("efficientnet_lite0", RuntimeOptions(device="cpu", fold_bn=False)).module.state_dict(),
+                   weights)
+        settings = {"weights": str(weights)}
+    passes = _Passes()
+    fine_tune(TrainConfig(data=str(data), out=str(tmp_path / "run"), freeze=True, model="efficientnet_lite0",
+                          batch_size=8, workers=0, val_fraction=0.5, **settings), progress=passes)
+    assert {"features", "probe"} <= passes.tasks()
+
+
+def test_a_resumed_run_ends_as_the_uninterrupted_one_when_its_refit_reuses_the_splits_features(tmp_path: Path) -> None:
+    """At a rate this high no epoch beats the probe: best.pt is the probe's network, whose refit takes the split's
+    features; the resumed process must take them too, or its head differs in the sixth decimal."""
+    data = _cats_and_dogs(tmp_path / "data")
+
+    class Interrupt(Exception):
+        pass
+
+    class StopAfterTheProbe(Progress):
+        def finish(self, key: str, message: str | None = None) -> None:
+            if key == "epoch":
+                raise Interrupt
+
+    common = {"data": str(data), "model": "efficientnet_lite0", "epochs": 1, "lr": 1.0, "batch_size": 8,
+              "workers": 0, "val_fraction": 0.5}
+    whole = fine_tune(TrainConfig(out=str(tmp_path / "whole"), **common))
+    with pytest.raises(Interrupt):
+        fine_tune(TrainConfig(out=str(tmp_path / "parts"), **common), progress=StopAfterTheProbe())
+    passes = _Passes()
+    resumed = fine_tune(TrainConfig(out=str(tmp_path / "parts"), resume=True, workers=0), progress=passes)
+    assert whole.refit is not None and (whole.best_epoch == 0 or whole.weight_mix == 0.0)
+    assert "features" in passes.tasks() and "refit" not in passes.tasks()
+    a, b = read_checkpoint(whole.out / "best.pt")["state_dict"], read_checkpoint(resumed.out / "best.pt")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_the_mix_validates_only_the_points_between_the_probe_and_the_best_epoch(tmp_path: Path) -> None:

@@ -22,18 +22,45 @@ from cnnlab.progress import Progress
 @dataclass
 class FeatureStore:
     """Features of image files computed by one pretrained network (``model``, its default weights and
-    preprocessing), by resolved path, so that a later step of the same run need not compute them again."""
+    preprocessing), by resolved path, so that a later step of the same run need not compute them again.
+
+    A row is given back only while its file has the size and modification time it had when the row was added
+    (a file replaced in between is decoded again, and skipped if it no longer decodes)."""
 
     model: str = OFFLINE_MODEL
-    rows: dict[Path, np.ndarray] = field(default_factory=dict)
+    rows: dict[Path, tuple[tuple[int, int], np.ndarray]] = field(default_factory=dict)
 
     def add(self, paths: Sequence[Path], features: np.ndarray, usable: Sequence[bool]) -> None:
         for path, row, ok in zip(paths, features, usable):
-            if ok:
-                self.rows[Path(path).resolve()] = np.array(row, dtype=np.float32)  # a copy: callers may change theirs
+            if not ok:
+                continue
+            real = Path(path).resolve()
+            stamp = _stamp(real)
+            if stamp is not None:  # a copy: callers may change their array
+                self.rows[real] = (stamp, np.array(row, dtype=np.float32))
 
     def get(self, path: Path) -> np.ndarray | None:
-        return self.rows.get(Path(path).resolve())
+        real = Path(path).resolve()
+        found = self.rows.get(real)
+        if found is None or _stamp(real) != found[0]:
+            return None
+        return found[1]
+
+    def keep_only(self, paths: Sequence[Path]) -> None:
+        """Forget every row but those of ``paths``."""
+        wanted = {Path(p).resolve() for p in paths}
+        self.rows = {k: v for k, v in self.rows.items() if k in wanted}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def image_features(paths: Sequence[Path], *, model: str = OFFLINE_MODEL, batch_size: int = 32,

@@ -230,7 +230,7 @@ def _range_test(config: TrainConfig, progress: Progress, out: Path, *, start_lr:
     if run.phases[0].name == "probe":
         set_head(run.head, fit_probe(run.model, run.head, run.splits.train, batch_size=config.batch_size,
                                      workers=run.workers, balance=config.balance, seed=config.seed,
-                                     progress=progress))
+                                     progress=progress, known=run.pretrained_features))
     module = run.model.module
     optimizer = make_optimizer(module, run.head, phase.name, run.config, run.bn, run.frozen)
     for group in optimizer.param_groups:  # the groups keep the phase's proportions to --lr

@@ -59,6 +59,7 @@ from cnnlab.train.config import (
 )
 from cnnlab.train.data import DataSplits, prepare_data, seed_everything
 from cnnlab.train.optim import early_layers, kept_layer_modes
+from cnnlab.train.probe import PROBE_MAX_IMAGES
 from cnnlab.train.result import TrainResult
 from cnnlab.train.session import TrainingRun
 from cnnlab.train.state import RunState, clear_run, read_resume_checkpoint, run_folder, write_split_csv
@@ -208,8 +209,7 @@ def _start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool, ra
     run = TrainingRun(config=config, out=out, splits=splits, model=model, head_info=head_info, bn=bn,
                       frozen=frozen, train_size=train_size, workers=workers, result=result, progress=progress,
                       phases=phases, data_record=record, imagenet_head=start.imagenet_head,
-                      pretrained_features=_reusable(store, config, start, resumed=stored is not None, device=device,
-                                                    precision=precision))
+                      pretrained_features=_reusable(store, config, start, splits, device=device, precision=precision))
     for n in notes:
         run.note(n, warning=True)
     _describe(run, start, range_test=range_test, finished=finished)
@@ -234,18 +234,27 @@ def _start_run(config: TrainConfig, progress: Progress, *, prepare_out: bool, ra
     return run, state
 
 
-def _reusable(store: FeatureStore, config: TrainConfig, start: StartingModel, *, resumed: bool, device: torch.device,
-              precision: Precision) -> FeatureStore | None:
-    """``store`` when the run starts from the network that computed it (its registry model with the default
-    pretrained weights and preprocessing, in fp32 on the CPU, as the split ran it), else ``None``."""
-    if not store.rows or resumed or is_checkpoint(config.model) or start.random_weights:
+def _reusable(store: FeatureStore, config: TrainConfig, start: StartingModel, splits: DataSplits, *,
+              device: torch.device, precision: Precision) -> FeatureStore | None:
+    """``store``, cut to the training and validation images, when the run starts from the network that computed it
+    (its registry model with the default pretrained weights and preprocessing, in fp32 on the CPU, as the split ran
+    it; a resumed run too, so that it ends as the uninterrupted run did) and holds no more images than the probe
+    fits on (:data:`~cnnlab.train.probe.PROBE_MAX_IMAGES`: the store's memory stays as bounded as the probe's);
+    else ``None``."""
+    if not store.rows or is_checkpoint(config.model) or start.random_weights or start.parent is not None:
         return None
     if config.weights is not None or config.weights_dir is not None:
         return None
     if device.type != "cpu" or precision is not Precision.FP32:
         return None
     spec = get_spec(store.model)
-    return store if start.spec == spec and start.preprocessing == spec.preprocessing else None
+    if start.spec != spec or start.preprocessing != spec.preprocessing:
+        return None
+    labelled = [*splits.train.paths, *(splits.val.paths if splits.val is not None else [])]
+    if len(labelled) > PROBE_MAX_IMAGES:
+        return None
+    store.keep_only(labelled)
+    return store
 
 
 def resolve_train_size(model: LoadedModel, config: TrainConfig) -> tuple[int, str | None]:
