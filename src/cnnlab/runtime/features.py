@@ -24,18 +24,25 @@ class FeatureStore:
     """Features of image files computed by one pretrained network (``model``, its default weights and
     preprocessing), by resolved path, so that a later step of the same run need not compute them again.
 
-    A row is given back only while its file has the size and modification time it had when the row was added
-    (a file replaced in between is decoded again, and skipped if it no longer decodes)."""
+    A row is given back only while its file has the size, times and inode it had before the row was computed
+    (a file replaced since is decoded again, and skipped if it no longer decodes)."""
 
     model: str = OFFLINE_MODEL
-    rows: dict[Path, tuple[tuple[int, int], np.ndarray]] = field(default_factory=dict)
+    rows: dict[Path, tuple[tuple[int, ...], np.ndarray]] = field(default_factory=dict)
 
-    def add(self, paths: Sequence[Path], features: np.ndarray, usable: Sequence[bool]) -> None:
-        for path, row, ok in zip(paths, features, usable):
+    def stamps(self, paths: Sequence[Path]) -> list[tuple[int, ...] | None]:
+        """Each file's identity now (taken before its features are computed: see :meth:`add`)."""
+        return [_stamp(Path(p).resolve()) for p in paths]
+
+    def add(self, paths: Sequence[Path], features: np.ndarray, usable: Sequence[bool],
+            stamps: Sequence[tuple[int, ...] | None] | None = None) -> None:
+        """Keep the usable rows; ``stamps`` (:meth:`stamps`, taken before the files were decoded) ties each row to
+        the file it was computed from, so a file replaced during the pass is not reused."""
+        for k, (path, row, ok) in enumerate(zip(paths, features, usable)):
             if not ok:
                 continue
             real = Path(path).resolve()
-            stamp = _stamp(real)
+            stamp = stamps[k] if stamps is not None else _stamp(real)
             if stamp is not None:  # a copy: callers may change their array
                 self.rows[real] = (stamp, np.array(row, dtype=np.float32))
 
@@ -55,12 +62,13 @@ class FeatureStore:
         return len(self.rows)
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
+def _stamp(path: Path) -> tuple[int, ...] | None:
+    """Size, modification and change times and inode: a file replaced (or renamed over) changes one of them."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
 def image_features(paths: Sequence[Path], *, model: str = OFFLINE_MODEL, batch_size: int = 32,
@@ -76,6 +84,7 @@ def image_features(paths: Sequence[Path], *, model: str = OFFLINE_MODEL, batch_s
 
     progress = progress or Progress()
     runtime = load_runtime(ModelSource(name=model), RuntimeOptions(device="cpu"), progress=progress)
+    stamps = store.stamps(paths) if store is not None and store.model == model else None
     rows: dict[int, np.ndarray] = {}
     for batch in run_inference(runtime, list(paths), batch_size=batch_size, progress=progress, task="features",
                                description=f"{runtime.name} features for near duplicates", features=True):
@@ -89,8 +98,8 @@ def image_features(paths: Sequence[Path], *, model: str = OFFLINE_MODEL, batch_s
     for i, v in rows.items():
         out[i] = v
     usable = [i in rows for i in range(len(paths))]
-    if store is not None and store.model == model:
-        store.add(paths, out, usable)
+    if store is not None and stamps is not None:
+        store.add(paths, out, usable, stamps)
     return out, usable
 
 

@@ -93,8 +93,10 @@ class TrainingRun:
     probe_state: dict[str, torch.Tensor] | None = None
     #: The probe's validation predictions (epoch 0) when this process fitted it: the mix's share 0.
     probe_val: Predictions | None = None
-    #: Features of the run's images by the network as it starts, computed by the split (the offline model is
-    #: that network when the run fine-tunes it from its pretrained weights); ``None`` otherwise.
+    #: Features of the run's training and validation images by the *pretrained* network (the probe's backbone),
+    #: computed by the split, when the run fine-tunes the offline model from its pretrained weights; ``None``
+    #: otherwise. A resumed run has them too while ``model`` holds trained weights: use them only for the probe's
+    #: network.
     pretrained_features: FeatureStore | None = None
     #: The pretrained ImageNet classifier, for the zero-shot figure (:mod:`cnnlab.train.zero_shot`).
     imagenet_head: nn.Linear | None = None
