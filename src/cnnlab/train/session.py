@@ -343,9 +343,7 @@ def _mix_with_probe(run: TrainingRun, best: dict[str, Any]) -> None:
     tuned = best["state_dict"]
     scores = score_mixes(run.probe_state, tuned, validate,
                          known={share: (preds.accuracy, preds.loss) for share, preds in seen.items()})
-    for score in scores:
-        if score.share not in seen:
-            seen[score.share] = mixing.pop(0)
+    seen.update(zip([s.share for s in scores if s.share not in seen], mixing))  # validated in the grid's order
     chosen = choose_mix(scores)
     weights = interpolate(run.probe_state, tuned, chosen.share)
     run.model.module.load_state_dict(weights)
